@@ -1,0 +1,350 @@
+package events
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors returned by the bus.
+var (
+	// ErrCompacted: the resume point is older than the history holds, or
+	// newer than the head. The error is a *RangeError.
+	ErrCompacted = errors.New("sequence not held")
+	// ErrSlow: the watcher fell too far behind and was cut loose.
+	ErrSlow = errors.New("watcher too slow")
+	// ErrTooManyWatchers: the daemon-wide watcher cap is reached.
+	ErrTooManyWatchers = errors.New("too many watchers")
+	// ErrClosed: the bus is shutting down.
+	ErrClosed = errors.New("event bus closed")
+)
+
+// RangeError reports a resume sequence outside the history.
+type RangeError struct {
+	Asked, Oldest, Newest uint64
+}
+
+func (e *RangeError) Error() string {
+	return fmt.Sprintf("sequence %d not held: history holds %d to %d", e.Asked, e.Oldest, e.Newest)
+}
+
+// Unwrap makes errors.Is(err, ErrCompacted) true.
+func (e *RangeError) Unwrap() error { return ErrCompacted }
+
+// Defaults for Options.
+const (
+	DefaultHistory     = 640 * 1024 // a minute at 10,000 events a second
+	DefaultWatcherLag  = 64 * 1024
+	DefaultMaxWatchers = 1024
+	chunkSize          = 4096
+	maxScan            = 4096 // events scanned under the lock per Next
+)
+
+// Options size the bus.
+type Options struct {
+	History     int // events held for resume
+	WatcherLag  int // how far a watcher may fall behind the head before it is cut
+	MaxWatchers int // concurrent watchers
+}
+
+// Bus assigns every event a daemon-wide sequence, keeps the most recent ones
+// in a ring, and wakes watchers. Publish never blocks on a watcher.
+type Bus struct {
+	bootID      string
+	size        uint64 // ring capacity in events, a multiple of chunkSize
+	lag         uint64
+	maxWatchers int
+
+	mu     sync.Mutex
+	chunks [][]Event // allocated on first use
+	head   uint64    // last sequence assigned; 0 before the first event
+	closed bool
+
+	wmu      sync.Mutex
+	watchers atomic.Pointer[[]*Watcher] // copy on write under wmu
+}
+
+// NewBus returns a bus sized by opts; zero fields take the defaults.
+func NewBus(opts Options) *Bus {
+	if opts.History <= 0 {
+		opts.History = DefaultHistory
+	}
+	if opts.WatcherLag <= 0 {
+		opts.WatcherLag = DefaultWatcherLag
+	}
+	if opts.MaxWatchers <= 0 {
+		opts.MaxWatchers = DefaultMaxWatchers
+	}
+	n := (opts.History + chunkSize - 1) / chunkSize
+	size := uint64(n * chunkSize)
+	lag := uint64(opts.WatcherLag)
+	// A watcher must be cut before the ring overwrites what it has not read.
+	if lag > size-chunkSize/2 {
+		lag = size - chunkSize/2
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	b := &Bus{
+		bootID:      hex.EncodeToString(id[:]),
+		size:        size,
+		lag:         lag,
+		maxWatchers: opts.MaxWatchers,
+		chunks:      make([][]Event, n),
+	}
+	b.watchers.Store(&[]*Watcher{})
+	return b
+}
+
+// BootID identifies this bus, and so this daemon process.
+func (b *Bus) BootID() string { return b.bootID }
+
+// Head returns the last sequence assigned.
+func (b *Bus) Head() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.head
+}
+
+// Publish assigns e the next sequence and the current time, records it and
+// wakes the watchers. It returns the sequence.
+func (b *Bus) Publish(e Event) uint64 {
+	b.mu.Lock()
+	b.head++
+	seq := b.head
+	e.Seq = seq
+	e.Time = time.Now().UnixNano()
+	*b.slot(seq) = e
+	b.mu.Unlock()
+	for _, w := range *b.watchers.Load() {
+		w.notify(seq, b.lag)
+	}
+	return seq
+}
+
+// slot returns the ring slot of seq; b.mu must be held.
+func (b *Bus) slot(seq uint64) *Event {
+	i := seq % b.size
+	c := b.chunks[i/chunkSize]
+	if c == nil {
+		c = make([]Event, chunkSize)
+		b.chunks[i/chunkSize] = c
+	}
+	return &c[i%chunkSize]
+}
+
+// oldest returns the oldest sequence held; b.mu must be held.
+func (b *Bus) oldest() uint64 {
+	if b.head < b.size {
+		return 1
+	}
+	return b.head - b.size + 1
+}
+
+// Filter selects events. Empty fields match everything.
+type Filter struct {
+	Listeners []string
+	Kinds     []Kind
+}
+
+// Watch registers a watcher. With after nil it starts at the head; otherwise
+// it replays the events after *after from the history first. It returns the
+// head at the time of the call.
+func (b *Bus) Watch(f Filter, after *uint64) (*Watcher, uint64, error) {
+	w := &Watcher{bus: b, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	if len(f.Listeners) > 0 {
+		w.listeners = make(map[string]struct{}, len(f.Listeners))
+		for _, l := range f.Listeners {
+			w.listeners[l] = struct{}{}
+		}
+	}
+	if len(f.Kinds) > 0 {
+		w.kinds = new([kindCount]bool)
+		for _, k := range f.Kinds {
+			if k.Valid() {
+				w.kinds[k] = true
+			}
+		}
+	}
+
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	list := *b.watchers.Load()
+	if len(list) >= b.maxWatchers {
+		return nil, 0, fmt.Errorf("%w: %d watching", ErrTooManyWatchers, len(list))
+	}
+	b.mu.Lock()
+	head, oldest, closed := b.head, b.oldest(), b.closed
+	b.mu.Unlock()
+	if closed {
+		return nil, 0, ErrClosed
+	}
+	w.next = head + 1
+	if after != nil {
+		if *after > head || *after+1 < oldest {
+			return nil, 0, &RangeError{Asked: *after, Oldest: oldest, Newest: head}
+		}
+		w.next = *after + 1
+	}
+	w.start = head
+	w.cursor.Store(w.next - 1)
+	next := make([]*Watcher, len(list), len(list)+1)
+	copy(next, list)
+	next = append(next, w)
+	b.watchers.Store(&next)
+	return w, head, nil
+}
+
+// Watchers returns how many watchers are registered.
+func (b *Bus) Watchers() int { return len(*b.watchers.Load()) }
+
+// Close ends every watcher with ErrClosed and refuses new ones.
+func (b *Bus) Close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	for _, w := range *b.watchers.Load() {
+		w.cut(ErrClosed)
+	}
+}
+
+func (b *Bus) remove(w *Watcher) {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	list := *b.watchers.Load()
+	next := make([]*Watcher, 0, len(list))
+	for _, o := range list {
+		if o != w {
+			next = append(next, o)
+		}
+	}
+	b.watchers.Store(&next)
+}
+
+// Watcher reads events from the bus history at its own pace. Its only
+// buffer is the history: it is cut loose (ErrSlow) when it falls more than
+// the bus's watcher lag behind the head.
+type Watcher struct {
+	bus       *Bus
+	listeners map[string]struct{}
+	kinds     *[kindCount]bool
+	start     uint64 // head at registration: replay does not count as lag
+
+	next   uint64        // next sequence to scan; owned by the reader
+	cursor atomic.Uint64 // last sequence scanned
+
+	wake chan struct{}
+	done chan struct{}
+	once sync.Once
+	err  error
+}
+
+func (w *Watcher) notify(seq, lag uint64) {
+	from := max(w.cursor.Load(), w.start)
+	if seq > from && seq-from > lag {
+		w.cut(ErrSlow)
+		return
+	}
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Watcher) cut(err error) {
+	w.once.Do(func() {
+		w.err = err
+		close(w.done)
+	})
+}
+
+func (w *Watcher) match(e *Event) bool {
+	if w.kinds != nil && !w.kinds[e.Kind] {
+		return false
+	}
+	if w.listeners != nil {
+		if _, ok := w.listeners[e.Listener]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Next blocks until events match, then appends up to cap(dst) of them to
+// dst[:0]. It also returns the last sequence scanned: once the batch is
+// delivered, a resume after that sequence loses nothing. It fails with
+// ErrSlow when the watcher was cut loose, ErrClosed when the bus closed, or
+// the context's error.
+func (w *Watcher) Next(ctx context.Context, dst []Event) ([]Event, uint64, error) {
+	b := w.bus
+	dst = dst[:0]
+	if cap(dst) == 0 {
+		dst = make([]Event, 0, 256)
+	}
+	for {
+		select {
+		case <-w.done:
+			return nil, w.cursor.Load(), w.err
+		default:
+		}
+		b.mu.Lock()
+		if w.next < b.oldest() {
+			b.mu.Unlock()
+			w.cut(ErrSlow)
+			continue
+		}
+		seq := w.next
+		for scanned := 0; seq <= b.head && len(dst) < cap(dst) && scanned < maxScan; seq++ {
+			scanned++
+			if e := b.slot(seq); w.match(e) {
+				dst = append(dst, *e)
+			}
+		}
+		more := seq <= b.head
+		b.mu.Unlock()
+		w.next = seq
+		w.cursor.Store(seq - 1)
+		if len(dst) > 0 {
+			return dst, seq - 1, nil
+		}
+		if more {
+			continue // scanned maxScan without a match; more to scan
+		}
+		select {
+		case <-w.wake:
+		case <-w.done:
+		case <-ctx.Done():
+			return nil, seq - 1, ctx.Err()
+		}
+	}
+}
+
+// Close unregisters the watcher. It is safe to call more than once.
+func (w *Watcher) Close() {
+	w.cut(ErrClosed)
+	w.bus.remove(w)
+}
+
+// ConnID formats the daemon-wide id of connection n of a listener.
+func ConnID(listener string, n uint64) string {
+	return listener + "." + strconv.FormatUint(n, 10)
+}
+
+// ParseConnID splits a connection id into its listener id and number.
+func ParseConnID(id string) (listener string, n uint64, ok bool) {
+	i := strings.LastIndexByte(id, '.')
+	if i <= 0 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(id[i+1:], 10, 64)
+	if err != nil || n == 0 {
+		return "", 0, false
+	}
+	return id[:i], n, true
+}

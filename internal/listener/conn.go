@@ -1,0 +1,237 @@
+package listener
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
+
+// conn is one accepted connection, served by its own goroutine.
+type conn struct {
+	l      *Listener
+	n      uint64
+	c      *net.TCPConn
+	tuple  events.Tuple
+	opened time.Time
+	in     atomic.Uint64
+	out    atomic.Uint64
+
+	reason   atomic.Uint32 // events.CloseReason set by whoever closes it first
+	kill     chan struct{} // closed by close
+	killOnce sync.Once
+	peer     atomic.Pointer[net.TCPConn] // forward: the upstream connection
+}
+
+// close closes the connection from the daemon's side with reason. It
+// reports whether this call was the first to close it.
+func (c *conn) close(reason events.CloseReason, reset bool) bool {
+	first := c.reason.CompareAndSwap(0, uint32(reason))
+	c.killOnce.Do(func() {
+		if reset {
+			_ = c.c.SetLinger(0)
+		}
+		close(c.kill)
+		_ = c.c.Close()
+		if p := c.peer.Load(); p != nil {
+			_ = p.Close()
+		}
+	})
+	return first
+}
+
+// bufPool holds read buffers. A buffer is taken only once data is waiting
+// and given back as soon as the socket is drained, so an idle connection
+// pins none.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (c *conn) serve() {
+	l := c.l
+	defer l.conWG.Done()
+	lim := l.limits.Load()
+	if lim.MaxLifetime > 0 {
+		t := time.AfterFunc(lim.MaxLifetime, func() { c.close(events.CloseMaxLifetime, false) })
+		defer t.Stop()
+	}
+
+	var err error
+	switch {
+	case l.spec.PauseOnConnect:
+		c.hold(lim.IdleTimeout)
+	case l.spec.Handler.Kind == HandlerForward:
+		err = c.forward()
+	default:
+		err = c.pump(l.spec.Handler.Kind == HandlerEcho, lim.IdleTimeout)
+		if err == nil && l.spec.AllowHalfOpen {
+			// The peer ended its side; ours stays open until someone closes it.
+			l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionHalfClosed, Conn: c.n, Tuple: c.tuple})
+			c.hold(lim.IdleTimeout)
+		}
+	}
+	_ = c.c.Close()
+
+	reason := events.CloseReason(c.reason.Load())
+	var errText string
+	switch {
+	case reason != 0:
+	case err == nil:
+		reason = events.ClosePeerClosed
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		reason = events.CloseIdleTimeout
+	case errors.Is(err, errUpstream):
+		reason, errText = events.CloseUpstreamFailed, err.Error()
+	default:
+		reason, errText = events.CloseReset, err.Error()
+	}
+	l.finish(c, reason, errText)
+}
+
+// hold keeps the connection open, unread, until it is closed by the daemon
+// or sits idle for idle (if set).
+func (c *conn) hold(idle time.Duration) {
+	if idle > 0 {
+		t := time.AfterFunc(idle, func() { c.close(events.CloseIdleTimeout, false) })
+		defer t.Stop()
+	}
+	<-c.kill
+}
+
+// pump reads until the peer ends its side, counting, and with echo writes
+// every byte back before reading more. It returns nil at the peer's FIN.
+func (c *conn) pump(echo bool, idle time.Duration) error {
+	rc, err := c.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	l := c.l
+	var buf *[]byte
+	defer func() {
+		if buf != nil {
+			bufPool.Put(buf)
+		}
+	}()
+	for {
+		if idle > 0 {
+			_ = c.c.SetReadDeadline(time.Now().Add(idle))
+		}
+		if buf == nil {
+			if err := waitReadable(rc); err != nil {
+				return err
+			}
+			buf = bufPool.Get().(*[]byte)
+		}
+		n, err := c.c.Read(*buf)
+		if n > 0 {
+			c.in.Add(uint64(n))
+			l.bytesIn.Add(uint64(n))
+			if echo {
+				w, werr := c.c.Write((*buf)[:n])
+				c.out.Add(uint64(w))
+				l.bytesOut.Add(uint64(w))
+				if werr != nil {
+					return werr
+				}
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if n < len(*buf) {
+			// Drained for now: give the buffer back while idle.
+			bufPool.Put(buf)
+			buf = nil
+		}
+	}
+}
+
+// waitReadable blocks in the runtime's poller until the socket has data, an
+// EOF or an error to read, without holding a buffer.
+func waitReadable(rc syscall.RawConn) error {
+	return rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		return e != syscall.EAGAIN && e != syscall.EINTR
+	})
+}
+
+// errUpstream marks a failure of the forward handler's upstream side.
+var errUpstream = errors.New("upstream")
+
+type upstreamError struct{ err error }
+
+func (e upstreamError) Error() string { return "upstream: " + e.err.Error() }
+func (e upstreamError) Unwrap() []error {
+	return []error{errUpstream, e.err}
+}
+
+// forward proxies the connection to the handler's upstream, passing a
+// half-close through in each direction. Both sides are *net.TCPConn, so on
+// Linux io.Copy splices without copying through user space.
+func (c *conn) forward() error {
+	h := c.l.spec.Handler
+	timeout := h.ConnectTimeout
+	if timeout <= 0 {
+		timeout = DefaultConnectTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	go func() { // a kill cancels the dial
+		select {
+		case <-c.kill:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", h.Upstream)
+	cancel()
+	if err != nil {
+		return upstreamError{err}
+	}
+	up := nc.(*net.TCPConn)
+	c.peer.Store(up)
+	select {
+	case <-c.kill: // closed while dialling: close() did not see the peer
+		_ = up.Close()
+		return nil
+	default:
+	}
+	defer up.Close()
+
+	var upErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, err := io.Copy(c.c, up) // upstream to client
+		c.out.Add(uint64(n))
+		c.l.bytesOut.Add(uint64(n))
+		if err != nil {
+			upErr = upstreamError{err}
+			c.close(events.CloseUpstreamFailed, false)
+			return
+		}
+		_ = c.c.CloseWrite()
+	}()
+	n, err := io.Copy(up, c.c) // client to upstream
+	c.in.Add(uint64(n))
+	c.l.bytesIn.Add(uint64(n))
+	if err != nil {
+		_ = up.Close()
+		<-done
+		return err
+	}
+	_ = up.CloseWrite()
+	<-done
+	return upErr
+}

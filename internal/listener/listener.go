@@ -1,0 +1,397 @@
+package listener
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
+
+// Listener is one bound TCP listener with its connections. Its accept loop
+// and every connection goroutine are owned by it and joined by Close.
+type Listener struct {
+	id      string
+	name    string
+	spec    Spec
+	created time.Time
+	bus     *events.Bus
+	log     *slog.Logger
+	ln      *net.TCPListener
+	bound   string
+
+	limits atomic.Pointer[Limits]
+	state  atomic.Int32
+
+	active   atomic.Int64
+	accepted atomic.Uint64
+	rejected atomic.Uint64
+	bytesIn  atomic.Uint64
+	bytesOut atomic.Uint64
+
+	mu        sync.Mutex
+	conns     map[uint64]*conn
+	nextConn  uint64
+	lastErr   string
+	closeTime time.Time
+	draining  bool          // Close has begun
+	allGone   chan struct{} // closed when draining and no connection is left
+	destroyed uint64        // connections killed by close or shutdown
+
+	slot       chan struct{} // a connection ended or limits changed (overflow BACKLOG)
+	stop       chan struct{} // closed when Close begins
+	acceptDone chan struct{} // closed when the accept loop has returned
+	done       chan struct{} // closed when the listener is CLOSED
+	closeOnce  sync.Once
+	conWG      sync.WaitGroup
+}
+
+// ID returns the listener's id.
+func (l *Listener) ID() string { return l.id }
+
+// Name returns the listener's name, possibly empty.
+func (l *Listener) Name() string { return l.name }
+
+// Done is closed once the listener is closed and its last connection gone.
+func (l *Listener) Done() <-chan struct{} { return l.done }
+
+// Info is a snapshot of a listener.
+type Info struct {
+	ID, Name  string
+	Spec      Spec
+	State     State
+	Bound     string
+	Active    uint64
+	Accepted  uint64
+	Rejected  uint64
+	BytesIn   uint64
+	BytesOut  uint64
+	Created   time.Time
+	Closed    time.Time // zero while accepting
+	LastError string
+}
+
+// Info returns a snapshot of the listener.
+func (l *Listener) Info() Info {
+	spec := l.spec
+	spec.Limits = *l.limits.Load()
+	l.mu.Lock()
+	lastErr, closed := l.lastErr, l.closeTime
+	l.mu.Unlock()
+	return Info{
+		ID: l.id, Name: l.name, Spec: spec,
+		State:     State(l.state.Load()),
+		Bound:     l.bound,
+		Active:    uint64(max(l.active.Load(), 0)),
+		Accepted:  l.accepted.Load(),
+		Rejected:  l.rejected.Load(),
+		BytesIn:   l.bytesIn.Load(),
+		BytesOut:  l.bytesOut.Load(),
+		Created:   l.created,
+		Closed:    closed,
+		LastError: lastErr,
+	}
+}
+
+// setLimits applies fn to the limits under the listener's lock and
+// publishes the result. Limits apply to the next accept: nobody is closed.
+func (l *Listener) setLimits(fn func(Limits) (Limits, error)) (Limits, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	next, err := fn(*l.limits.Load())
+	if err != nil {
+		return Limits{}, err
+	}
+	l.limits.Store(&next)
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindLimitsChanged, Detail: &events.Detail{Limits: next}})
+	l.signalSlot()
+	return next, nil
+}
+
+func (l *Listener) signalSlot() {
+	select {
+	case l.slot <- struct{}{}:
+	default:
+	}
+}
+
+// Accept-error back-off, as Go's net/http server does it.
+const (
+	minBackoff = 5 * time.Millisecond
+	maxBackoff = time.Second
+	// acceptErrorEvery bounds accept-error events: errors in between are
+	// folded into the next event's count.
+	acceptErrorEvery = time.Second
+)
+
+// acceptLoop accepts until Close. It is the only place a connection is
+// counted in, so the active count never passes the limit.
+func (l *Listener) acceptLoop() {
+	defer close(l.acceptDone)
+	var (
+		backoff   time.Duration
+		lastEvent time.Time
+		folded    uint64
+	)
+	for {
+		if !l.waitForSlot() {
+			return
+		}
+		c, err := l.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || l.stopping() {
+				return
+			}
+			backoff = min(max(2*backoff, minBackoff), maxBackoff)
+			folded++
+			l.mu.Lock()
+			l.lastErr = err.Error()
+			l.mu.Unlock()
+			if now := time.Now(); now.Sub(lastEvent) >= acceptErrorEvery {
+				l.log.Warn("accept failed; backing off", "err", err, "backoff", backoff, "count", folded)
+				l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindAcceptError,
+					Detail: &events.Detail{Error: err.Error(), Backoff: backoff, Count: folded}})
+				lastEvent, folded = now, 0
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-l.stop:
+				t.Stop()
+				return
+			}
+			continue
+		}
+		backoff = 0
+		l.admit(c)
+	}
+}
+
+// waitForSlot blocks while the listener is at its limit under the BACKLOG
+// overflow policy, leaving new connections in the kernel's queue. It
+// returns false when the listener is closing.
+func (l *Listener) waitForSlot() bool {
+	for {
+		lim := l.limits.Load()
+		if !lim.Backlog || lim.Unlimited() || l.active.Load() < lim.MaxConnections {
+			return !l.stopping()
+		}
+		select {
+		case <-l.slot:
+		case <-l.stop:
+			return false
+		}
+	}
+}
+
+func (l *Listener) stopping() bool {
+	select {
+	case <-l.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+func tupleOf(c *net.TCPConn) events.Tuple {
+	var t events.Tuple
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ap := a.AddrPort()
+		t.Remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		ap := a.AddrPort()
+		t.Local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return t
+}
+
+// admit decides the fate of an accepted connection: rejected at once, or
+// counted, registered and served by its own goroutine.
+func (l *Listener) admit(c *net.TCPConn) {
+	tuple := tupleOf(c)
+	if reason := l.refuse(tuple.Remote.Addr()); reason != events.RejectUnspecified {
+		_ = c.Close()
+		l.rejected.Add(1)
+		l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionRejected, Reject: reason, Tuple: tuple})
+		return
+	}
+	l.active.Add(1)
+	l.accepted.Add(1)
+	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), kill: make(chan struct{})}
+	l.mu.Lock()
+	l.nextConn++
+	cn.n = l.nextConn
+	l.conns[cn.n] = cn
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionOpened, Conn: cn.n, Tuple: tuple})
+	l.mu.Unlock()
+	l.conWG.Add(1)
+	go cn.serve()
+}
+
+// refuse returns why a new connection from addr must be rejected, or
+// RejectUnspecified to admit it. The ACL is checked before the limit, so a
+// denied source never takes a slot.
+func (l *Listener) refuse(addr netip.Addr) events.RejectReason {
+	if !l.allowed(addr) {
+		return events.RejectDeniedByACL
+	}
+	lim := l.limits.Load()
+	if !lim.Unlimited() && l.active.Load() >= lim.MaxConnections {
+		return events.RejectMaxConnections
+	}
+	return events.RejectUnspecified
+}
+
+func (l *Listener) allowed(addr netip.Addr) bool {
+	for _, p := range l.spec.Deny {
+		if p.Contains(addr) {
+			return false
+		}
+	}
+	if len(l.spec.Allow) == 0 {
+		return true
+	}
+	for _, p := range l.spec.Allow {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// finish unregisters a served connection and reports it closed.
+func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
+	in, out := c.in.Load(), c.out.Load()
+	var detail *events.Detail
+	if errText != "" {
+		detail = &events.Detail{Error: errText}
+	}
+	l.mu.Lock()
+	delete(l.conns, c.n)
+	l.active.Add(-1)
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionClosed, Conn: c.n, Tuple: c.tuple,
+		BytesIn: in, BytesOut: out, Duration: time.Since(c.opened), Close: reason, Detail: detail})
+	if l.draining && len(l.conns) == 0 {
+		closeOnce(l.allGone)
+	}
+	l.mu.Unlock()
+	l.signalSlot()
+}
+
+func closeOnce(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+}
+
+// ConnInfo is a snapshot of one open connection.
+type ConnInfo struct {
+	ID       string
+	Listener string
+	Tuple    events.Tuple
+	Opened   time.Time
+	BytesIn  uint64
+	BytesOut uint64
+}
+
+// Connections returns the open connections, oldest first, and the event
+// sequence the snapshot reflects.
+func (l *Listener) Connections() ([]ConnInfo, uint64) {
+	l.mu.Lock()
+	seq := l.bus.Head()
+	out := make([]ConnInfo, 0, len(l.conns))
+	for _, c := range l.conns {
+		out = append(out, ConnInfo{ID: events.ConnID(l.id, c.n), Listener: l.id, Tuple: c.tuple,
+			Opened: c.opened, BytesIn: c.in.Load(), BytesOut: c.out.Load()})
+	}
+	l.mu.Unlock()
+	slices.SortFunc(out, func(a, b ConnInfo) int { return a.Opened.Compare(b.Opened) })
+	return out, seq
+}
+
+// closeConn kicks connection n.
+func (l *Listener) closeConn(n uint64, reset bool) error {
+	l.mu.Lock()
+	c := l.conns[n]
+	l.mu.Unlock()
+	if c == nil {
+		return ErrNotFound
+	}
+	c.close(events.CloseKicked, reset)
+	return nil
+}
+
+// killAll destroys every open connection with reason and counts those it
+// was first to close.
+func (l *Listener) killAll(reason events.CloseReason) {
+	l.mu.Lock()
+	list := make([]*conn, 0, len(l.conns))
+	for _, c := range l.conns {
+		list = append(list, c)
+	}
+	l.mu.Unlock()
+	var n uint64
+	for _, c := range list {
+		if c.close(reason, false) {
+			n++
+		}
+	}
+	l.mu.Lock()
+	l.destroyed += n
+	l.mu.Unlock()
+}
+
+// beginClose stops accepting at once and frees the port; it returns once the
+// accept loop has returned. It reports whether this call began the close.
+func (l *Listener) beginClose() (first bool) {
+	l.closeOnce.Do(func() {
+		first = true
+		l.mu.Lock()
+		l.closeTime = time.Now()
+		l.draining = true
+		if len(l.conns) == 0 {
+			closeOnce(l.allGone)
+		}
+		l.mu.Unlock()
+		l.state.Store(int32(StateDraining))
+		close(l.stop)
+		if l.ln != nil {
+			_ = l.ln.Close()
+			<-l.acceptDone
+		}
+	})
+	return first
+}
+
+// drain waits for the connections to end by themselves until the timeout,
+// destroys what is left with reason, then reports the listener closed.
+func (l *Listener) drain(timeout time.Duration, reason events.CloseReason, open uint64) {
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		select {
+		case <-l.allGone:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	l.killAll(reason)
+	l.conWG.Wait()
+	l.mu.Lock()
+	destroyed := l.destroyed
+	l.mu.Unlock()
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindListenerClosed,
+		Detail: &events.Detail{Drained: open - min(open, destroyed), Destroyed: destroyed}})
+	if State(l.state.Load()) != StateFailed {
+		l.state.Store(int32(StateClosed))
+	}
+	l.log.Info("listener closed", "drained", open-min(open, destroyed), "destroyed", destroyed)
+	close(l.done)
+}

@@ -1,0 +1,355 @@
+package listener
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
+
+// DefaultDrainTimeout is how long a closing listener's connections may
+// drain when the caller does not say.
+const DefaultDrainTimeout = 30 * time.Second
+
+// Manager owns every listener of the daemon: it creates, finds, changes and
+// closes them, and owns the goroutines that drain closing ones.
+type Manager struct {
+	bus *events.Bus
+	log *slog.Logger
+
+	mu     sync.Mutex
+	byID   map[string]*Listener
+	byName map[string]*Listener
+	wg     sync.WaitGroup // accept loops and drains
+}
+
+// NewManager returns a manager that reports to bus.
+func NewManager(bus *events.Bus, log *slog.Logger) *Manager {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{bus: bus, log: log, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
+}
+
+// Bus returns the manager's event bus.
+func (m *Manager) Bus() *events.Bus { return m.bus }
+
+func newID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "ln-" + hex.EncodeToString(b[:])
+}
+
+// Create binds a new listener and starts accepting. When it returns
+// without error the port is open.
+func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if err := validateSpec(&spec); err != nil {
+		return nil, err
+	}
+	host := spec.Host
+	if host == "" {
+		host = DefaultHost
+	}
+	ip, err := resolve(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if name != "" && m.byName[name] != nil {
+		return nil, fmt.Errorf("listener name %q: %w", name, ErrAlreadyExists)
+	}
+	id := newID()
+	for m.byID[id] != nil {
+		id = newID()
+	}
+	ln, err := bind(ctx, ip, spec.Port, spec.Backlog)
+	if err != nil {
+		return nil, err
+	}
+	l := m.newListener(id, name, spec, ln)
+	m.byID[id] = l
+	if name != "" {
+		m.byName[name] = l
+	}
+	m.bus.Publish(events.Event{Listener: id, Kind: events.KindListenerStarted,
+		Detail: &events.Detail{Address: l.bound, Name: name}})
+	l.log.Info("listener started")
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		l.acceptLoop()
+	}()
+	return l, nil
+}
+
+func (m *Manager) newListener(id, name string, spec Spec, ln *net.TCPListener) *Listener {
+	l := &Listener{
+		id: id, name: name, spec: spec, created: time.Now(), bus: m.bus, ln: ln,
+		conns:      map[uint64]*conn{},
+		allGone:    make(chan struct{}),
+		slot:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		acceptDone: make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	lim := spec.Limits
+	l.limits.Store(&lim)
+	l.state.Store(int32(StateListening))
+	if ln != nil {
+		l.bound = ln.Addr().String()
+	}
+	l.log = m.log.With("listener", id, "addr", l.bound)
+	return l
+}
+
+func validateSpec(s *Spec) error {
+	if s.Backlog < 0 || s.Backlog > MaxBacklog {
+		return Invalid("spec.backlog", "%d is out of range 1-%d", s.Backlog, MaxBacklog)
+	}
+	if s.Limits.MaxConnections < -1 {
+		s.Limits.MaxConnections = -1
+	}
+	if s.Limits.IdleTimeout < 0 {
+		return Invalid("spec.limits.idle_timeout", "must not be negative")
+	}
+	if s.Limits.MaxLifetime < 0 {
+		return Invalid("spec.limits.max_lifetime", "must not be negative")
+	}
+	if s.Handler.Kind == HandlerForward {
+		if _, _, err := net.SplitHostPort(s.Handler.Upstream); err != nil || s.Handler.Upstream == "" {
+			return Invalid("spec.handler.forward.upstream", "%q is not host:port", s.Handler.Upstream)
+		}
+		if s.Handler.ConnectTimeout < 0 {
+			return Invalid("spec.handler.forward.connect_timeout", "must not be negative")
+		}
+	}
+	return nil
+}
+
+// resolve turns a host into the address to bind, like Node's
+// listen(port, host): an IP literal as is, a name through the resolver,
+// first address wins.
+func resolve(ctx context.Context, host string) (netip.Addr, error) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Zone() != "" {
+			return netip.Addr{}, Invalid("spec.host", "%q: zoned addresses are not supported", host)
+		}
+		return ip, nil
+	}
+	if len(host) > 253 {
+		return netip.Addr{}, Invalid("spec.host", "host name longer than 253 characters")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return netip.Addr{}, Invalid("spec.host", "cannot resolve %q: %v", host, err)
+	}
+	return ips[0].Unmap(), nil
+}
+
+// bind opens the listening socket. A backlog, when asked for, is set with a
+// second listen(2), which Linux allows on a listening socket.
+func bind(ctx context.Context, ip netip.Addr, port uint16, backlog int) (*net.TCPListener, error) {
+	addr := netip.AddrPortFrom(ip, port).String()
+	var lc net.ListenConfig
+	nl, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, bindError(addr, err)
+	}
+	ln := nl.(*net.TCPListener)
+	if backlog > 0 {
+		rc, err := ln.SyscallConn()
+		if err == nil {
+			var lerr error
+			err = rc.Control(func(fd uintptr) { lerr = syscall.Listen(int(fd), backlog) })
+			if err == nil {
+				err = lerr
+			}
+		}
+		if err != nil {
+			_ = ln.Close()
+			return nil, fmt.Errorf("listen %s with backlog %d: %w", addr, backlog, err)
+		}
+	}
+	return ln, nil
+}
+
+func bindError(addr string, err error) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%w: %v", ErrAddressInUse, err)
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("%w: %v", ErrPermission, err)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return Invalid("spec.host", "%s is not an address of this machine: %v", addr, err)
+	default:
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+}
+
+// Get finds a listener by id or name.
+func (m *Manager) Get(ref string) (*Listener, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.getLocked(ref)
+}
+
+func (m *Manager) getLocked(ref string) (*Listener, error) {
+	if l := m.byID[ref]; l != nil {
+		return l, nil
+	}
+	if l := m.byName[ref]; l != nil {
+		return l, nil
+	}
+	return nil, fmt.Errorf("listener %q: %w", ref, ErrNotFound)
+}
+
+// Resolve maps listener names to ids, leaving ids (and unknown refs) as
+// they are, for event filters.
+func (m *Manager) Resolve(refs []string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, len(refs))
+	for i, r := range refs {
+		out[i] = r
+		if l := m.byName[r]; l != nil && m.byID[r] == nil {
+			out[i] = l.id
+		}
+	}
+	return out
+}
+
+// List returns every listener, oldest first, and the event sequence the
+// snapshot reflects.
+func (m *Manager) List() ([]Info, uint64) {
+	m.mu.Lock()
+	seq := m.bus.Head()
+	ls := make([]*Listener, 0, len(m.byID))
+	for _, l := range m.byID {
+		ls = append(ls, l)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(ls, func(a, b *Listener) int { return a.created.Compare(b.created) })
+	out := make([]Info, len(ls))
+	for i, l := range ls {
+		out[i] = l.Info()
+	}
+	return out, seq
+}
+
+// SetLimits changes a listener's limits at runtime: fn gets the current
+// limits and returns the new ones.
+func (m *Manager) SetLimits(ref string, fn func(Limits) (Limits, error)) (Info, error) {
+	l, err := m.Get(ref)
+	if err != nil {
+		return Info{}, err
+	}
+	if State(l.state.Load()) != StateListening {
+		return Info{}, fmt.Errorf("listener %s is %s: %w", l.id, State(l.state.Load()), ErrNotListening)
+	}
+	if _, err := l.setLimits(fn); err != nil {
+		return Info{}, err
+	}
+	return l.Info(), nil
+}
+
+// Close stops a listener accepting at once (the port is free on return) and
+// drains its connections for up to drain, then destroys them; force
+// destroys them now. Closing a listener already draining with force
+// destroys what is left.
+func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, error) {
+	l, err := m.Get(ref)
+	if err != nil {
+		return Info{}, err
+	}
+	m.closeListener(l, drain, force, events.CloseListenerClosed)
+	return l.Info(), nil
+}
+
+func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) {
+	if force {
+		drain = 0
+	}
+	if l.beginClose() {
+		m.mu.Lock()
+		if l.name != "" && m.byName[l.name] == l {
+			delete(m.byName, l.name) // the name is free for a new listener at once
+		}
+		m.mu.Unlock()
+		l.mu.Lock()
+		open := uint64(len(l.conns))
+		l.mu.Unlock()
+		l.log.Info("listener closing", "open", open, "drain", drain)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			l.drain(drain, reason, open)
+			m.mu.Lock()
+			if m.byID[l.id] == l {
+				delete(m.byID, l.id)
+			}
+			m.mu.Unlock()
+		}()
+		return
+	}
+	if force {
+		l.killAll(reason)
+	}
+}
+
+// Connections lists a listener's open connections.
+func (m *Manager) Connections(ref string) ([]ConnInfo, uint64, error) {
+	l, err := m.Get(ref)
+	if err != nil {
+		return nil, 0, err
+	}
+	conns, seq := l.Connections()
+	return conns, seq, nil
+}
+
+// CloseConnection kicks one connection by its id.
+func (m *Manager) CloseConnection(id string, reset bool) error {
+	lid, n, ok := events.ParseConnID(id)
+	if !ok {
+		return Invalid("id", "%q is not a connection id (listener id, '.', number)", id)
+	}
+	l, err := m.Get(lid)
+	if err == nil {
+		err = l.closeConn(n, reset)
+	}
+	if err != nil {
+		return fmt.Errorf("connection %q: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// Shutdown closes every listener, lets connections drain for up to
+// timeout, destroys the rest and waits for every goroutine it owns.
+func (m *Manager) Shutdown(timeout time.Duration) {
+	m.mu.Lock()
+	ls := make([]*Listener, 0, len(m.byID))
+	for _, l := range m.byID {
+		ls = append(ls, l)
+	}
+	m.mu.Unlock()
+	for _, l := range ls {
+		m.closeListener(l, timeout, timeout <= 0, events.CloseDaemonShutdown)
+	}
+	m.wg.Wait()
+}
