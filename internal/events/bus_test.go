@@ -1,0 +1,202 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func publishN(b *Bus, listener string, n int) {
+	for range n {
+		b.Publish(Event{Listener: listener, Kind: KindConnectionOpened})
+	}
+}
+
+// collect reads until it has n events.
+func collect(t *testing.T, w *Watcher, n int) []uint64 {
+	t.Helper()
+	var seqs []uint64
+	buf := make([]Event, 0, 64)
+	for len(seqs) < n {
+		batch, _, err := w.Next(ctx(t), buf)
+		if err != nil {
+			t.Fatalf("after %d events: %v", len(seqs), err)
+		}
+		for _, e := range batch {
+			seqs = append(seqs, e.Seq)
+		}
+	}
+	return seqs
+}
+
+func TestSequenceAndResume(t *testing.T) {
+	b := NewBus(Options{History: chunkSize})
+	publishN(b, "a", 10)
+	after := uint64(4)
+	w, head, err := b.Watch(Filter{}, &after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if head != 10 {
+		t.Fatalf("head %d", head)
+	}
+	publishN(b, "a", 5)
+	got := collect(t, w, 11)
+	for i, s := range got {
+		if s != uint64(i+5) {
+			t.Fatalf("seq[%d] = %d, want %d (no gap, no duplicate)", i, s, i+5)
+		}
+	}
+}
+
+func TestWatchFromNowAndFilter(t *testing.T) {
+	b := NewBus(Options{})
+	publishN(b, "a", 3)
+	w, _, err := b.Watch(Filter{Listeners: []string{"b"}, Kinds: []Kind{KindConnectionClosed}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	publishN(b, "b", 3) // wrong kind
+	b.Publish(Event{Listener: "a", Kind: KindConnectionClosed})
+	b.Publish(Event{Listener: "b", Kind: KindConnectionClosed})
+	got := collect(t, w, 1)
+	if got[0] != 8 {
+		t.Fatalf("got seq %d, want 8", got[0])
+	}
+}
+
+func TestResumeOutOfRange(t *testing.T) {
+	b := NewBus(Options{History: chunkSize})
+	publishN(b, "a", chunkSize+10)
+	for _, after := range []uint64{0, 5, chunkSize + 11} {
+		_, _, err := b.Watch(Filter{}, &after)
+		var re *RangeError
+		if !errors.As(err, &re) || !errors.Is(err, ErrCompacted) {
+			t.Fatalf("after %d: %v, want a RangeError", after, err)
+		}
+		if re.Oldest != 11 || re.Newest != chunkSize+10 {
+			t.Fatalf("range %d-%d", re.Oldest, re.Newest)
+		}
+	}
+	after := uint64(10) // oldest-1 is still a valid resume point
+	w, _, err := b.Watch(Filter{}, &after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+}
+
+// A watcher that does not read is cut loose with ErrSlow; the publisher
+// never waits, and the watcher can resume from where it was.
+func TestSlowWatcherIsCut(t *testing.T) {
+	b := NewBus(Options{History: 4 * chunkSize, WatcherLag: 100})
+	w, _, err := b.Watch(Filter{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	publishN(b, "a", 50)
+	got := collect(t, w, 50)
+	publishN(b, "a", 500) // never read: the watcher falls behind
+	_, through, err := w.Next(ctx(t), nil)
+	if !errors.Is(err, ErrSlow) {
+		t.Fatalf("next: %v, want ErrSlow", err)
+	}
+	if through != got[len(got)-1] {
+		t.Fatalf("cut at %d, last delivered %d", through, got[len(got)-1])
+	}
+	w2, _, err := b.Watch(Filter{}, &through)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Close()
+	if more := collect(t, w2, 500); more[0] != 51 || more[499] != 550 {
+		t.Fatalf("resume got %d..%d", more[0], more[499])
+	}
+}
+
+func TestCloseEndsWatchers(t *testing.T) {
+	b := NewBus(Options{MaxWatchers: 1})
+	w, _, err := b.Watch(Filter{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Watch(Filter{}, nil); !errors.Is(err, ErrTooManyWatchers) {
+		t.Fatalf("second watcher: %v", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, _, err := w.Next(context.Background(), nil); !errors.Is(err, ErrClosed) {
+			t.Errorf("next after close: %v", err)
+		}
+	}()
+	b.Close()
+	wg.Wait()
+	w.Close()
+	if _, _, err := b.Watch(Filter{}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("watch after close: %v", err)
+	}
+}
+
+// Concurrent publishers and watchers: every watcher sees every sequence
+// exactly once, in order.
+func TestConcurrentPublishersWatchers(t *testing.T) {
+	const publishers, per, watchers = 4, 5000, 4
+	b := NewBus(Options{})
+	var ws []*Watcher
+	for range watchers {
+		w, _, err := b.Watch(Filter{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		ws = append(ws, w)
+	}
+	var wg sync.WaitGroup
+	for range publishers {
+		wg.Add(1)
+		go func() { defer wg.Done(); publishN(b, "a", per) }()
+	}
+	results := make([][]uint64, watchers)
+	for i, w := range ws {
+		wg.Add(1)
+		go func() { defer wg.Done(); results[i] = collect(t, w, publishers*per) }()
+	}
+	wg.Wait()
+	for i, r := range results {
+		for j, s := range r {
+			if s != uint64(j+1) {
+				t.Fatalf("watcher %d: seq[%d] = %d", i, j, s)
+			}
+		}
+	}
+}
+
+func TestConnID(t *testing.T) {
+	id := ConnID("ln-0123abcd", 42)
+	l, n, ok := ParseConnID(id)
+	if !ok || l != "ln-0123abcd" || n != 42 {
+		t.Fatalf("parse %q: %q %d %v", id, l, n, ok)
+	}
+	for _, bad := range []string{"", "x", ".1", "ln-1.", "ln-1.0", "ln-1.x"} {
+		if _, _, ok := ParseConnID(bad); ok {
+			t.Errorf("parsed %q", bad)
+		}
+	}
+}
