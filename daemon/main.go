@@ -1,0 +1,72 @@
+// Command daemon is listenerd: it hosts raw TCP listeners created on demand
+// and serves the listenerd.v1 gRPC API on a unix socket.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/paths"
+	"github.com/listenerd/listenerd/internal/server"
+)
+
+func main() {
+	cfg, level, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "listenerd:", err)
+		os.Exit(2)
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Stdout = os.Stdout
+
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		cfg.Log.Info("signal received; shutting down (again to exit at once)", "signal", sig)
+		cancel()
+		<-sigs
+		fmt.Fprintln(os.Stderr, "listenerd: second signal; exiting now")
+		os.Exit(1)
+	}()
+
+	if err := server.Run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "listenerd:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (server.Config, slog.Level, error) {
+	fs := flag.NewFlagSet("listenerd", flag.ContinueOnError)
+	var cfg server.Config
+	var level slog.Level
+	fs.StringVar(&cfg.Socket, "socket", paths.DefaultSocket(), "API unix socket path (env "+paths.SocketEnv+")")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long connections may drain on SIGTERM/SIGINT")
+	fs.IntVar(&cfg.History, "history", events.DefaultHistory, "events held in memory for watch resume")
+	fs.IntVar(&cfg.WatcherLag, "watch-queue", events.DefaultWatcherLag, "events a watcher may fall behind before its stream ends with RESOURCE_EXHAUSTED")
+	fs.IntVar(&cfg.MaxWatchers, "max-watchers", events.DefaultMaxWatchers, "concurrent WatchEvents streams")
+	fs.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, level, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, level, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	switch {
+	case cfg.Socket == "":
+		return cfg, level, fmt.Errorf("--socket must not be empty")
+	case cfg.ShutdownTimeout < 0:
+		return cfg, level, fmt.Errorf("--shutdown-timeout must not be negative")
+	case cfg.History <= 0 || cfg.WatcherLag <= 0 || cfg.MaxWatchers <= 0:
+		return cfg, level, fmt.Errorf("--history, --watch-queue and --max-watchers must be positive")
+	}
+	return cfg, level, nil
+}

@@ -1,0 +1,162 @@
+// Package server wires the daemon: the API socket, the gRPC server with its
+// interceptors, health and reflection, the listener manager, and the
+// shutdown order.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/listener"
+	"github.com/listenerd/listenerd/internal/service"
+)
+
+// Config is the daemon's configuration.
+type Config struct {
+	Socket          string        // API unix socket path
+	ShutdownTimeout time.Duration // drain budget on SIGTERM/SIGINT
+	History         int           // events held for resume
+	WatcherLag      int           // events a watcher may fall behind before it is cut
+	MaxWatchers     int           // concurrent WatchEvents streams
+	Log             *slog.Logger
+	Stdout          io.Writer // where the "serving on" line goes
+}
+
+// Run serves the API until ctx is done, then shuts down in order: health
+// NOT_SERVING, watch streams ended, gRPC stopped (gracefully, within a
+// bound), listeners drained within ShutdownTimeout.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ln, err := listenUnix(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Socket)
+
+	bus := events.NewBus(events.Options{History: cfg.History, WatcherLag: cfg.WatcherLag, MaxWatchers: cfg.MaxWatchers})
+	mgr := listener.NewManager(bus, log)
+	srv, hs := newGRPCServer(service.New(mgr, log), log)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID())
+	if cfg.Stdout != nil {
+		fmt.Fprintf(cfg.Stdout, "listenerd serving on unix://%s\n", cfg.Socket)
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	log.Info("listenerd shutting down", "timeout", cfg.ShutdownTimeout)
+	hs.Shutdown()
+	bus.Close() // ends WatchEvents streams, which would hold GracefulStop
+	stopGRPC(srv, cfg.ShutdownTimeout)
+	mgr.Shutdown(cfg.ShutdownTimeout)
+	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve: %w", serveErr)
+	}
+	log.Info("listenerd stopped")
+	return nil
+}
+
+// stopGRPC stops gracefully, or at once when that takes longer than limit.
+func stopGRPC(srv *grpc.Server, limit time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(done)
+	}()
+	t := time.NewTimer(max(limit, time.Second))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		srv.Stop()
+		<-done
+	}
+}
+
+func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger) (*grpc.Server, *health.Server) {
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		log.ErrorContext(ctx, "panic in handler", "panic", p)
+		return status.Error(codes.Internal, "internal error")
+	})}
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(
+			logging.UnaryServerInterceptor(logger, logOpts...),
+			recovery.UnaryServerInterceptor(recoverOpts...),
+		),
+		grpc.ChainStreamInterceptor(
+			logging.StreamServerInterceptor(logger, logOpts...),
+			recovery.StreamServerInterceptor(recoverOpts...),
+		),
+		grpc.MaxRecvMsgSize(1<<20),
+	)
+	listenerdv1.RegisterListenerServiceServer(srv, svc)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(listenerdv1.ListenerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+	return srv, hs
+}
+
+// listenUnix opens the API socket: its directory 0700 (created if needed),
+// the socket 0600. A socket file left by a daemon that is gone is removed;
+// one that answers belongs to a running daemon and is left alone.
+func listenUnix(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("socket directory: %w", err)
+		}
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another listenerd is serving on %s", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("socket mode: %w", err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,284 @@
+package service
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/listener"
+)
+
+// Bounds on request fields: requests are small, and nothing a request says
+// is allocated up front.
+const (
+	maxCIDRs     = 1024
+	maxIDLen     = 128
+	maxWatchRefs = 256
+	maxHostLen   = 253
+)
+
+// duration checks an optional duration field.
+func duration(field string, d *durationpb.Duration) (time.Duration, error) {
+	if d == nil {
+		return 0, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, listener.Invalid(field, "%v", err)
+	}
+	v := d.AsDuration()
+	if v < 0 {
+		return 0, listener.Invalid(field, "must not be negative, got %v", v)
+	}
+	return v, nil
+}
+
+func limitsFromProto(p *listenerdv1.Limits) (listener.Limits, error) {
+	lim := listener.Limits{MaxConnections: -1}
+	if p == nil {
+		return lim, nil
+	}
+	if p.MaxConnections != nil {
+		lim.MaxConnections = int64(p.GetMaxConnections())
+	}
+	switch p.GetOverflow() {
+	case listenerdv1.OverflowPolicy_OVERFLOW_POLICY_UNSPECIFIED, listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT:
+	case listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG:
+		lim.Backlog = true
+	default:
+		return lim, listener.Invalid("spec.limits.overflow", "unknown policy %d", p.GetOverflow())
+	}
+	var err error
+	if lim.IdleTimeout, err = duration("spec.limits.idle_timeout", p.GetIdleTimeout()); err != nil {
+		return lim, err
+	}
+	if lim.MaxLifetime, err = duration("spec.limits.max_lifetime", p.GetMaxLifetime()); err != nil {
+		return lim, err
+	}
+	return lim, nil
+}
+
+func cidrs(field string, in []string) ([]netip.Prefix, error) {
+	if len(in) > maxCIDRs {
+		return nil, listener.Invalid(field, "%d entries, at most %d", len(in), maxCIDRs)
+	}
+	var out []netip.Prefix
+	for i, s := range in {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			// A bare address means that one host.
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil || a.Zone() != "" {
+				return nil, listener.Invalid(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR (%v)", s, err)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		// Sources are unmapped before matching, so an IPv4 prefix also
+		// covers IPv4-mapped IPv6 peers of a dual-stack listener.
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// specFromProto validates and converts a requested spec. Every failure names
+// its field.
+func specFromProto(p *listenerdv1.ListenerSpec) (listener.Spec, error) {
+	var s listener.Spec
+	if p == nil {
+		return s, listener.Invalid("spec", "required")
+	}
+	if len(p.GetHost()) > maxHostLen {
+		return s, listener.Invalid("spec.host", "longer than %d characters", maxHostLen)
+	}
+	s.Host = p.GetHost()
+	if p.GetPort() > 65535 {
+		return s, listener.Invalid("spec.port", "%d is out of range 0-65535", p.GetPort())
+	}
+	s.Port = uint16(p.GetPort())
+	if p.Backlog != nil {
+		if p.GetBacklog() == 0 || p.GetBacklog() > listener.MaxBacklog {
+			return s, listener.Invalid("spec.backlog", "%d is out of range 1-%d", p.GetBacklog(), listener.MaxBacklog)
+		}
+		s.Backlog = int(p.GetBacklog())
+	}
+	var err error
+	if s.Limits, err = limitsFromProto(p.GetLimits()); err != nil {
+		return s, err
+	}
+	s.AllowHalfOpen = p.GetAllowHalfOpen()
+	s.PauseOnConnect = p.GetPauseOnConnect()
+	switch h := p.GetHandler().GetKind().(type) {
+	case nil, *listenerdv1.Handler_Discard:
+		s.Handler.Kind = listener.HandlerDiscard
+	case *listenerdv1.Handler_Echo:
+		s.Handler.Kind = listener.HandlerEcho
+	case *listenerdv1.Handler_Forward:
+		s.Handler.Kind = listener.HandlerForward
+		s.Handler.Upstream = h.Forward.GetUpstream()
+		if s.Handler.Upstream == "" {
+			return s, listener.Invalid("spec.handler.forward.upstream", "required")
+		}
+		if s.Handler.ConnectTimeout, err = duration("spec.handler.forward.connect_timeout", h.Forward.GetConnectTimeout()); err != nil {
+			return s, err
+		}
+	}
+	if s.Allow, err = cidrs("spec.allow_cidrs", p.GetAllowCidrs()); err != nil {
+		return s, err
+	}
+	if s.Deny, err = cidrs("spec.deny_cidrs", p.GetDenyCidrs()); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+func limitsToProto(l listener.Limits) *listenerdv1.Limits {
+	p := &listenerdv1.Limits{Overflow: listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT}
+	if !l.Unlimited() {
+		n := uint32(min(l.MaxConnections, 1<<32-1))
+		p.MaxConnections = &n
+	}
+	if l.Backlog {
+		p.Overflow = listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG
+	}
+	if l.IdleTimeout > 0 {
+		p.IdleTimeout = durationpb.New(l.IdleTimeout)
+	}
+	if l.MaxLifetime > 0 {
+		p.MaxLifetime = durationpb.New(l.MaxLifetime)
+	}
+	return p
+}
+
+func specToProto(s listener.Spec) *listenerdv1.ListenerSpec {
+	host := s.Host
+	if host == "" {
+		host = listener.DefaultHost
+	}
+	p := &listenerdv1.ListenerSpec{
+		Host:           host,
+		Port:           uint32(s.Port),
+		Limits:         limitsToProto(s.Limits),
+		AllowHalfOpen:  s.AllowHalfOpen,
+		PauseOnConnect: s.PauseOnConnect,
+		Handler:        &listenerdv1.Handler{},
+	}
+	if s.Backlog > 0 {
+		b := uint32(s.Backlog)
+		p.Backlog = &b
+	}
+	switch s.Handler.Kind {
+	case listener.HandlerEcho:
+		p.Handler.Kind = &listenerdv1.Handler_Echo{Echo: &listenerdv1.EchoHandler{}}
+	case listener.HandlerForward:
+		f := &listenerdv1.ForwardHandler{Upstream: s.Handler.Upstream}
+		if s.Handler.ConnectTimeout > 0 {
+			f.ConnectTimeout = durationpb.New(s.Handler.ConnectTimeout)
+		}
+		p.Handler.Kind = &listenerdv1.Handler_Forward{Forward: f}
+	default:
+		p.Handler.Kind = &listenerdv1.Handler_Discard{Discard: &listenerdv1.DiscardHandler{}}
+	}
+	for _, c := range s.Allow {
+		p.AllowCidrs = append(p.AllowCidrs, c.String())
+	}
+	for _, c := range s.Deny {
+		p.DenyCidrs = append(p.DenyCidrs, c.String())
+	}
+	return p
+}
+
+func timestamp(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func listenerToProto(in listener.Info) *listenerdv1.Listener {
+	return &listenerdv1.Listener{
+		Id:   in.ID,
+		Name: in.Name,
+		Spec: specToProto(in.Spec),
+		Status: &listenerdv1.ListenerStatus{
+			State:               listenerdv1.State(in.State),
+			BoundAddress:        in.Bound,
+			ActiveConnections:   in.Active,
+			AcceptedConnections: in.Accepted,
+			RejectedConnections: in.Rejected,
+			BytesIn:             in.BytesIn,
+			BytesOut:            in.BytesOut,
+			CreateTime:          timestamp(in.Created),
+			LastError:           in.LastError,
+			CloseTime:           timestamp(in.Closed),
+		},
+	}
+}
+
+func tupleToProto(t events.Tuple) *listenerdv1.FiveTuple {
+	fam := listenerdv1.Family_FAMILY_IPV6
+	if t.Remote.Addr().Is4() {
+		fam = listenerdv1.Family_FAMILY_IPV4
+	}
+	return &listenerdv1.FiveTuple{
+		RemoteAddress: t.Remote.Addr().String(),
+		RemotePort:    uint32(t.Remote.Port()),
+		Family:        fam,
+		LocalAddress:  t.Local.Addr().String(),
+		LocalPort:     uint32(t.Local.Port()),
+	}
+}
+
+func connToProto(c listener.ConnInfo) *listenerdv1.Connection {
+	return &listenerdv1.Connection{
+		Id:         c.ID,
+		ListenerId: c.Listener,
+		Tuple:      tupleToProto(c.Tuple),
+		OpenTime:   timestamp(c.Opened),
+		BytesIn:    c.BytesIn,
+		BytesOut:   c.BytesOut,
+	}
+}
+
+// eventToProto converts one event. The connection event kinds carry their
+// five-tuple; the rarer kinds their detail.
+func eventToProto(e *events.Event, boot string) *listenerdv1.Event {
+	p := &listenerdv1.Event{
+		Sequence:   e.Seq,
+		Time:       timestamppb.New(time.Unix(0, e.Time)),
+		ListenerId: e.Listener,
+		BootId:     boot,
+	}
+	d := e.Detail
+	if d == nil {
+		d = &events.Detail{}
+	}
+	switch e.Kind {
+	case events.KindListenerStarted:
+		p.Kind = &listenerdv1.Event_ListenerStarted{ListenerStarted: &listenerdv1.ListenerStarted{BoundAddress: d.Address, Name: d.Name}}
+	case events.KindConnectionOpened:
+		p.Kind = &listenerdv1.Event_ConnectionOpened{ConnectionOpened: &listenerdv1.ConnectionOpened{
+			ConnectionId: e.ConnID(), Tuple: tupleToProto(e.Tuple)}}
+	case events.KindConnectionClosed:
+		p.Kind = &listenerdv1.Event_ConnectionClosed{ConnectionClosed: &listenerdv1.ConnectionClosed{
+			ConnectionId: e.ConnID(), Tuple: tupleToProto(e.Tuple),
+			BytesIn: e.BytesIn, BytesOut: e.BytesOut, Duration: durationpb.New(e.Duration),
+			Reason: listenerdv1.CloseReason(e.Close), Error: d.Error}}
+	case events.KindConnectionHalfClosed:
+		p.Kind = &listenerdv1.Event_ConnectionHalfClosed{ConnectionHalfClosed: &listenerdv1.ConnectionHalfClosed{ConnectionId: e.ConnID()}}
+	case events.KindConnectionRejected:
+		p.Kind = &listenerdv1.Event_ConnectionRejected{ConnectionRejected: &listenerdv1.ConnectionRejected{
+			Tuple: tupleToProto(e.Tuple), Reason: listenerdv1.RejectReason(e.Reject)}}
+	case events.KindAcceptError:
+		p.Kind = &listenerdv1.Event_AcceptError{AcceptError: &listenerdv1.AcceptError{
+			Error: d.Error, Backoff: durationpb.New(d.Backoff), Count: d.Count}}
+	case events.KindLimitsChanged:
+		p.Kind = &listenerdv1.Event_LimitsChanged{LimitsChanged: &listenerdv1.LimitsChanged{Limits: limitsToProto(d.Limits)}}
+	case events.KindListenerClosed:
+		p.Kind = &listenerdv1.Event_ListenerClosed{ListenerClosed: &listenerdv1.ListenerClosed{Drained: d.Drained, Destroyed: d.Destroyed}}
+	}
+	return p
+}
