@@ -214,6 +214,9 @@ const (
 	EventKind_EVENT_KIND_LISTENER_CLOSED EventKind = 7
 	// The peer ended its side of a connection (Node's 'end').
 	EventKind_EVENT_KIND_CONNECTION_HALF_CLOSED EventKind = 8
+	// Bytes moved on a connection (only for watchers that ask, see
+	// WatchEventsRequest.include_data).
+	EventKind_EVENT_KIND_CONNECTION_DATA EventKind = 9
 )
 
 // Enum value maps for EventKind.
@@ -228,6 +231,7 @@ var (
 		6: "EVENT_KIND_LIMITS_CHANGED",
 		7: "EVENT_KIND_LISTENER_CLOSED",
 		8: "EVENT_KIND_CONNECTION_HALF_CLOSED",
+		9: "EVENT_KIND_CONNECTION_DATA",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":            0,
@@ -239,6 +243,7 @@ var (
 		"EVENT_KIND_LIMITS_CHANGED":         6,
 		"EVENT_KIND_LISTENER_CLOSED":        7,
 		"EVENT_KIND_CONNECTION_HALF_CLOSED": 8,
+		"EVENT_KIND_CONNECTION_DATA":        9,
 	}
 )
 
@@ -411,6 +416,59 @@ func (RejectReason) EnumDescriptor() ([]byte, []int) {
 	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{5}
 }
 
+// Direction says which way bytes moved.
+type Direction int32
+
+const (
+	// Unknown.
+	Direction_DIRECTION_UNSPECIFIED Direction = 0
+	// From the client to the daemon.
+	Direction_DIRECTION_IN Direction = 1
+	// From the daemon to the client.
+	Direction_DIRECTION_OUT Direction = 2
+)
+
+// Enum value maps for Direction.
+var (
+	Direction_name = map[int32]string{
+		0: "DIRECTION_UNSPECIFIED",
+		1: "DIRECTION_IN",
+		2: "DIRECTION_OUT",
+	}
+	Direction_value = map[string]int32{
+		"DIRECTION_UNSPECIFIED": 0,
+		"DIRECTION_IN":          1,
+		"DIRECTION_OUT":         2,
+	}
+)
+
+func (x Direction) Enum() *Direction {
+	p := new(Direction)
+	*p = x
+	return p
+}
+
+func (x Direction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Direction) Descriptor() protoreflect.EnumDescriptor {
+	return file_listenerd_v1_listenerd_proto_enumTypes[6].Descriptor()
+}
+
+func (Direction) Type() protoreflect.EnumType {
+	return &file_listenerd_v1_listenerd_proto_enumTypes[6]
+}
+
+func (x Direction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Direction.Descriptor instead.
+func (Direction) EnumDescriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{6}
+}
+
 // Listener is a TCP listener hosted by the daemon.
 type Listener struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -510,7 +568,12 @@ type ListenerSpec struct {
 	// Source CIDRs allowed to connect. Empty allows every source.
 	AllowCidrs []string `protobuf:"bytes,8,rep,name=allow_cidrs,json=allowCidrs,proto3" json:"allow_cidrs,omitempty"`
 	// Source CIDRs refused. Deny wins over allow.
-	DenyCidrs     []string `protobuf:"bytes,9,rep,name=deny_cidrs,json=denyCidrs,proto3" json:"deny_cidrs,omitempty"`
+	DenyCidrs []string `protobuf:"bytes,9,rep,name=deny_cidrs,json=denyCidrs,proto3" json:"deny_cidrs,omitempty"`
+	// TCP_NODELAY on accepted connections. Unset means true (Go's default).
+	NoDelay *bool `protobuf:"varint,10,opt,name=no_delay,json=noDelay,proto3,oneof" json:"no_delay,omitempty"`
+	// TCP keepalive probe interval on accepted connections. Unset means the
+	// default (15s); zero turns keepalive off.
+	Keepalive     *durationpb.Duration `protobuf:"bytes,11,opt,name=keepalive,proto3" json:"keepalive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -608,6 +671,20 @@ func (x *ListenerSpec) GetDenyCidrs() []string {
 	return nil
 }
 
+func (x *ListenerSpec) GetNoDelay() bool {
+	if x != nil && x.NoDelay != nil {
+		return *x.NoDelay
+	}
+	return false
+}
+
+func (x *ListenerSpec) GetKeepalive() *durationpb.Duration {
+	if x != nil {
+		return x.Keepalive
+	}
+	return nil
+}
+
 // Limits bound what a listener accepts.
 type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -621,9 +698,16 @@ type Limits struct {
 	// means never.
 	IdleTimeout *durationpb.Duration `protobuf:"bytes,3,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
 	// Close a connection this long after it opened. Unset or zero means never.
-	MaxLifetime   *durationpb.Duration `protobuf:"bytes,4,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxLifetime *durationpb.Duration `protobuf:"bytes,4,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
+	// Accepted connections per second (token bucket). Zero means no limit.
+	AcceptRate float64 `protobuf:"fixed64,5,opt,name=accept_rate,json=acceptRate,proto3" json:"accept_rate,omitempty"`
+	// Burst of the accept rate limit. Zero means max(1, accept_rate).
+	AcceptBurst uint32 `protobuf:"varint,6,opt,name=accept_burst,json=acceptBurst,proto3" json:"accept_burst,omitempty"`
+	// Maximum open connections from one source address. Unset means
+	// unlimited.
+	MaxConnectionsPerSource *uint32 `protobuf:"varint,7,opt,name=max_connections_per_source,json=maxConnectionsPerSource,proto3,oneof" json:"max_connections_per_source,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -682,6 +766,27 @@ func (x *Limits) GetMaxLifetime() *durationpb.Duration {
 		return x.MaxLifetime
 	}
 	return nil
+}
+
+func (x *Limits) GetAcceptRate() float64 {
+	if x != nil {
+		return x.AcceptRate
+	}
+	return 0
+}
+
+func (x *Limits) GetAcceptBurst() uint32 {
+	if x != nil {
+		return x.AcceptBurst
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxConnectionsPerSource() uint32 {
+	if x != nil && x.MaxConnectionsPerSource != nil {
+		return *x.MaxConnectionsPerSource
+	}
+	return 0
 }
 
 // Handler says what the daemon does with an accepted connection.
@@ -1911,6 +2016,98 @@ func (*CloseConnectionResponse) Descriptor() ([]byte, []int) {
 	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{23}
 }
 
+// RebindListenerRequest names a FAILED listener.
+type RebindListenerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Listener id or name.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebindListenerRequest) Reset() {
+	*x = RebindListenerRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebindListenerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebindListenerRequest) ProtoMessage() {}
+
+func (x *RebindListenerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebindListenerRequest.ProtoReflect.Descriptor instead.
+func (*RebindListenerRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RebindListenerRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RebindListenerResponse carries the listener, LISTENING again.
+type RebindListenerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listener.
+	Listener      *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebindListenerResponse) Reset() {
+	*x = RebindListenerResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebindListenerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebindListenerResponse) ProtoMessage() {}
+
+func (x *RebindListenerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebindListenerResponse.ProtoReflect.Descriptor instead.
+func (*RebindListenerResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RebindListenerResponse) GetListener() *Listener {
+	if x != nil {
+		return x.Listener
+	}
+	return nil
+}
+
 // Event is something that happened on a listener.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1935,6 +2132,7 @@ type Event struct {
 	//	*Event_LimitsChanged
 	//	*Event_ListenerClosed
 	//	*Event_ConnectionHalfClosed
+	//	*Event_ConnectionData
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1942,7 +2140,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[24]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2152,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[24]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2165,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{24}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -2077,6 +2275,15 @@ func (x *Event) GetConnectionHalfClosed() *ConnectionHalfClosed {
 	return nil
 }
 
+func (x *Event) GetConnectionData() *ConnectionData {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_ConnectionData); ok {
+			return x.ConnectionData
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -2121,6 +2328,11 @@ type Event_ConnectionHalfClosed struct {
 	ConnectionHalfClosed *ConnectionHalfClosed `protobuf:"bytes,17,opt,name=connection_half_closed,json=connectionHalfClosed,proto3,oneof"`
 }
 
+type Event_ConnectionData struct {
+	// Bytes moved on a connection.
+	ConnectionData *ConnectionData `protobuf:"bytes,18,opt,name=connection_data,json=connectionData,proto3,oneof"`
+}
+
 func (*Event_ListenerStarted) isEvent_Kind() {}
 
 func (*Event_ConnectionOpened) isEvent_Kind() {}
@@ -2137,6 +2349,81 @@ func (*Event_ListenerClosed) isEvent_Kind() {}
 
 func (*Event_ConnectionHalfClosed) isEvent_Kind() {}
 
+func (*Event_ConnectionData) isEvent_Kind() {}
+
+// ConnectionData carries bytes read from or written to a connection.
+type ConnectionData struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connection id.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Which way the bytes moved.
+	Direction Direction `protobuf:"varint,2,opt,name=direction,proto3,enum=listenerd.v1.Direction" json:"direction,omitempty"`
+	// The bytes, cut to the watcher's data_max_bytes.
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// How many bytes moved; more than len(data) when cut.
+	Length        uint64 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionData) Reset() {
+	*x = ConnectionData{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionData) ProtoMessage() {}
+
+func (x *ConnectionData) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionData.ProtoReflect.Descriptor instead.
+func (*ConnectionData) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ConnectionData) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ConnectionData) GetDirection() Direction {
+	if x != nil {
+		return x.Direction
+	}
+	return Direction_DIRECTION_UNSPECIFIED
+}
+
+func (x *ConnectionData) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ConnectionData) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
 // ListenerStarted reports a listener that started accepting.
 type ListenerStarted struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2150,7 +2437,7 @@ type ListenerStarted struct {
 
 func (x *ListenerStarted) Reset() {
 	*x = ListenerStarted{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[25]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2162,7 +2449,7 @@ func (x *ListenerStarted) String() string {
 func (*ListenerStarted) ProtoMessage() {}
 
 func (x *ListenerStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[25]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2175,7 +2462,7 @@ func (x *ListenerStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerStarted.ProtoReflect.Descriptor instead.
 func (*ListenerStarted) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{25}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListenerStarted) GetBoundAddress() string {
@@ -2205,7 +2492,7 @@ type ConnectionOpened struct {
 
 func (x *ConnectionOpened) Reset() {
 	*x = ConnectionOpened{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[26]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +2504,7 @@ func (x *ConnectionOpened) String() string {
 func (*ConnectionOpened) ProtoMessage() {}
 
 func (x *ConnectionOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[26]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2517,7 @@ func (x *ConnectionOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionOpened.ProtoReflect.Descriptor instead.
 func (*ConnectionOpened) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{26}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ConnectionOpened) GetConnectionId() string {
@@ -2270,7 +2557,7 @@ type ConnectionClosed struct {
 
 func (x *ConnectionClosed) Reset() {
 	*x = ConnectionClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[27]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2569,7 @@ func (x *ConnectionClosed) String() string {
 func (*ConnectionClosed) ProtoMessage() {}
 
 func (x *ConnectionClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[27]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2582,7 @@ func (x *ConnectionClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionClosed.ProtoReflect.Descriptor instead.
 func (*ConnectionClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{27}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ConnectionClosed) GetConnectionId() string {
@@ -2358,7 +2645,7 @@ type ConnectionHalfClosed struct {
 
 func (x *ConnectionHalfClosed) Reset() {
 	*x = ConnectionHalfClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[28]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2657,7 @@ func (x *ConnectionHalfClosed) String() string {
 func (*ConnectionHalfClosed) ProtoMessage() {}
 
 func (x *ConnectionHalfClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[28]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2670,7 @@ func (x *ConnectionHalfClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionHalfClosed.ProtoReflect.Descriptor instead.
 func (*ConnectionHalfClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{28}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConnectionHalfClosed) GetConnectionId() string {
@@ -2406,7 +2693,7 @@ type ConnectionRejected struct {
 
 func (x *ConnectionRejected) Reset() {
 	*x = ConnectionRejected{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[29]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2705,7 @@ func (x *ConnectionRejected) String() string {
 func (*ConnectionRejected) ProtoMessage() {}
 
 func (x *ConnectionRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[29]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2718,7 @@ func (x *ConnectionRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionRejected.ProtoReflect.Descriptor instead.
 func (*ConnectionRejected) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{29}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ConnectionRejected) GetTuple() *FiveTuple {
@@ -2463,7 +2750,7 @@ type AcceptError struct {
 
 func (x *AcceptError) Reset() {
 	*x = AcceptError{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2762,7 @@ func (x *AcceptError) String() string {
 func (*AcceptError) ProtoMessage() {}
 
 func (x *AcceptError) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2775,7 @@ func (x *AcceptError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptError.ProtoReflect.Descriptor instead.
 func (*AcceptError) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{30}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AcceptError) GetError() string {
@@ -2523,7 +2810,7 @@ type LimitsChanged struct {
 
 func (x *LimitsChanged) Reset() {
 	*x = LimitsChanged{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2822,7 @@ func (x *LimitsChanged) String() string {
 func (*LimitsChanged) ProtoMessage() {}
 
 func (x *LimitsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2835,7 @@ func (x *LimitsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitsChanged.ProtoReflect.Descriptor instead.
 func (*LimitsChanged) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{31}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LimitsChanged) GetLimits() *Limits {
@@ -2571,7 +2858,7 @@ type ListenerClosed struct {
 
 func (x *ListenerClosed) Reset() {
 	*x = ListenerClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2583,7 +2870,7 @@ func (x *ListenerClosed) String() string {
 func (*ListenerClosed) ProtoMessage() {}
 
 func (x *ListenerClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2596,7 +2883,7 @@ func (x *ListenerClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerClosed.ProtoReflect.Descriptor instead.
 func (*ListenerClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{32}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListenerClosed) GetDrained() uint64 {
@@ -2625,14 +2912,19 @@ type WatchEventsRequest struct {
 	AfterSequence *uint64 `protobuf:"varint,3,opt,name=after_sequence,json=afterSequence,proto3,oneof" json:"after_sequence,omitempty"`
 	// Resume only if the events come from this boot; a mismatch fails with
 	// OUT_OF_RANGE. Empty skips the check.
-	BootId        string `protobuf:"bytes,4,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	BootId string `protobuf:"bytes,4,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	// Also stream connection data events. Off by default: data is recorded
+	// only while at least one watcher asks for it.
+	IncludeData bool `protobuf:"varint,5,opt,name=include_data,json=includeData,proto3" json:"include_data,omitempty"`
+	// Bytes of data kept per data event, 1-65536. Unset or zero means 256.
+	DataMaxBytes  uint32 `protobuf:"varint,6,opt,name=data_max_bytes,json=dataMaxBytes,proto3" json:"data_max_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2936,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2949,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{33}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatchEventsRequest) GetListenerIds() []string {
@@ -2688,6 +2980,20 @@ func (x *WatchEventsRequest) GetBootId() string {
 	return ""
 }
 
+func (x *WatchEventsRequest) GetIncludeData() bool {
+	if x != nil {
+		return x.IncludeData
+	}
+	return false
+}
+
+func (x *WatchEventsRequest) GetDataMaxBytes() uint32 {
+	if x != nil {
+		return x.DataMaxBytes
+	}
+	return 0
+}
+
 // WatchEventsResponse carries a batch of events.
 type WatchEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2703,7 +3009,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +3021,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +3034,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{34}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WatchEventsResponse) GetEvents() []*Event {
@@ -2761,7 +3067,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12.\n" +
 	"\x04spec\x18\x03 \x01(\v2\x1a.listenerd.v1.ListenerSpecR\x04spec\x124\n" +
-	"\x06status\x18\x04 \x01(\v2\x1c.listenerd.v1.ListenerStatusR\x06status\"\xd2\x02\n" +
+	"\x06status\x18\x04 \x01(\v2\x1c.listenerd.v1.ListenerStatusR\x06status\"\xb8\x03\n" +
 	"\fListenerSpec\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1d\n" +
@@ -2773,15 +3079,24 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\vallow_cidrs\x18\b \x03(\tR\n" +
 	"allowCidrs\x12\x1d\n" +
 	"\n" +
-	"deny_cidrs\x18\t \x03(\tR\tdenyCidrsB\n" +
+	"deny_cidrs\x18\t \x03(\tR\tdenyCidrs\x12\x1e\n" +
+	"\bno_delay\x18\n" +
+	" \x01(\bH\x01R\anoDelay\x88\x01\x01\x127\n" +
+	"\tkeepalive\x18\v \x01(\v2\x19.google.protobuf.DurationR\tkeepaliveB\n" +
 	"\n" +
-	"\b_backlog\"\x80\x02\n" +
+	"\b_backlogB\v\n" +
+	"\t_no_delay\"\xa5\x03\n" +
 	"\x06Limits\x12,\n" +
 	"\x0fmax_connections\x18\x01 \x01(\rH\x00R\x0emaxConnections\x88\x01\x01\x128\n" +
 	"\boverflow\x18\x02 \x01(\x0e2\x1c.listenerd.v1.OverflowPolicyR\boverflow\x12<\n" +
 	"\fidle_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12<\n" +
-	"\fmax_lifetime\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetimeB\x12\n" +
-	"\x10_max_connections\"\xb6\x01\n" +
+	"\fmax_lifetime\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12\x1f\n" +
+	"\vaccept_rate\x18\x05 \x01(\x01R\n" +
+	"acceptRate\x12!\n" +
+	"\faccept_burst\x18\x06 \x01(\rR\vacceptBurst\x12@\n" +
+	"\x1amax_connections_per_source\x18\a \x01(\rH\x01R\x17maxConnectionsPerSource\x88\x01\x01B\x12\n" +
+	"\x10_max_connectionsB\x1d\n" +
+	"\x1b_max_connections_per_source\"\xb6\x01\n" +
 	"\aHandler\x128\n" +
 	"\adiscard\x18\x01 \x01(\v2\x1c.listenerd.v1.DiscardHandlerH\x00R\adiscard\x12/\n" +
 	"\x04echo\x18\x02 \x01(\v2\x19.listenerd.v1.EchoHandlerH\x00R\x04echo\x128\n" +
@@ -2858,7 +3173,11 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x16CloseConnectionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05reset\x18\x02 \x01(\bR\x05reset\"\x19\n" +
-	"\x17CloseConnectionResponse\"\xff\x05\n" +
+	"\x17CloseConnectionResponse\"'\n" +
+	"\x15RebindListenerRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
+	"\x16RebindListenerResponse\x122\n" +
+	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\xc8\x06\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
@@ -2873,8 +3192,14 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\faccept_error\x18\x0e \x01(\v2\x19.listenerd.v1.AcceptErrorH\x00R\vacceptError\x12D\n" +
 	"\x0elimits_changed\x18\x0f \x01(\v2\x1b.listenerd.v1.LimitsChangedH\x00R\rlimitsChanged\x12G\n" +
 	"\x0flistener_closed\x18\x10 \x01(\v2\x1c.listenerd.v1.ListenerClosedH\x00R\x0elistenerClosed\x12Z\n" +
-	"\x16connection_half_closed\x18\x11 \x01(\v2\".listenerd.v1.ConnectionHalfClosedH\x00R\x14connectionHalfClosedB\x06\n" +
-	"\x04kind\"J\n" +
+	"\x16connection_half_closed\x18\x11 \x01(\v2\".listenerd.v1.ConnectionHalfClosedH\x00R\x14connectionHalfClosed\x12G\n" +
+	"\x0fconnection_data\x18\x12 \x01(\v2\x1c.listenerd.v1.ConnectionDataH\x00R\x0econnectionDataB\x06\n" +
+	"\x04kind\"\x98\x01\n" +
+	"\x0eConnectionData\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x125\n" +
+	"\tdirection\x18\x02 \x01(\x0e2\x17.listenerd.v1.DirectionR\tdirection\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\x04R\x06length\"J\n" +
 	"\x0fListenerStarted\x12#\n" +
 	"\rbound_address\x18\x01 \x01(\tR\fboundAddress\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"f\n" +
@@ -2902,12 +3227,14 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x06limits\x18\x01 \x01(\v2\x14.listenerd.v1.LimitsR\x06limits\"H\n" +
 	"\x0eListenerClosed\x12\x18\n" +
 	"\adrained\x18\x01 \x01(\x04R\adrained\x12\x1c\n" +
-	"\tdestroyed\x18\x02 \x01(\x04R\tdestroyed\"\xbe\x01\n" +
+	"\tdestroyed\x18\x02 \x01(\x04R\tdestroyed\"\x87\x02\n" +
 	"\x12WatchEventsRequest\x12!\n" +
 	"\flistener_ids\x18\x01 \x03(\tR\vlistenerIds\x12-\n" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x17.listenerd.v1.EventKindR\x05kinds\x12*\n" +
 	"\x0eafter_sequence\x18\x03 \x01(\x04H\x00R\rafterSequence\x88\x01\x01\x12\x17\n" +
-	"\aboot_id\x18\x04 \x01(\tR\x06bootIdB\x11\n" +
+	"\aboot_id\x18\x04 \x01(\tR\x06bootId\x12!\n" +
+	"\finclude_data\x18\x05 \x01(\bR\vincludeData\x12$\n" +
+	"\x0edata_max_bytes\x18\x06 \x01(\rR\fdataMaxBytesB\x11\n" +
 	"\x0f_after_sequence\"\x80\x01\n" +
 	"\x13WatchEventsResponse\x12+\n" +
 	"\x06events\x18\x01 \x03(\v2\x13.listenerd.v1.EventR\x06events\x12#\n" +
@@ -2926,7 +3253,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x06Family\x12\x16\n" +
 	"\x12FAMILY_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vFAMILY_IPV4\x10\x01\x12\x0f\n" +
-	"\vFAMILY_IPV6\x10\x02*\xb3\x02\n" +
+	"\vFAMILY_IPV6\x10\x02*\xd3\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12 \n" +
@@ -2936,7 +3263,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x17EVENT_KIND_ACCEPT_ERROR\x10\x05\x12\x1d\n" +
 	"\x19EVENT_KIND_LIMITS_CHANGED\x10\x06\x12\x1e\n" +
 	"\x1aEVENT_KIND_LISTENER_CLOSED\x10\a\x12%\n" +
-	"!EVENT_KIND_CONNECTION_HALF_CLOSED\x10\b*\x9e\x02\n" +
+	"!EVENT_KIND_CONNECTION_HALF_CLOSED\x10\b\x12\x1e\n" +
+	"\x1aEVENT_KIND_CONNECTION_DATA\x10\t*\x9e\x02\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x16\n" +
@@ -2953,7 +3281,11 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x1bREJECT_REASON_DENIED_BY_ACL\x10\x02\x12\x1c\n" +
 	"\x18REJECT_REASON_RATE_LIMIT\x10\x03\x12\"\n" +
 	"\x1eREJECT_REASON_PER_SOURCE_LIMIT\x10\x04\x12\x1e\n" +
-	"\x1aREJECT_REASON_DAEMON_LIMIT\x10\x052\xe9\x05\n" +
+	"\x1aREJECT_REASON_DAEMON_LIMIT\x10\x05*K\n" +
+	"\tDirection\x12\x19\n" +
+	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fDIRECTION_IN\x10\x01\x12\x11\n" +
+	"\rDIRECTION_OUT\x10\x022\xc6\x06\n" +
 	"\x0fListenerService\x12[\n" +
 	"\x0eCreateListener\x12#.listenerd.v1.CreateListenerRequest\x1a$.listenerd.v1.CreateListenerResponse\x12R\n" +
 	"\vGetListener\x12 .listenerd.v1.GetListenerRequest\x1a!.listenerd.v1.GetListenerResponse\x12X\n" +
@@ -2961,7 +3293,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0eUpdateListener\x12#.listenerd.v1.UpdateListenerRequest\x1a$.listenerd.v1.UpdateListenerResponse\x12X\n" +
 	"\rCloseListener\x12\".listenerd.v1.CloseListenerRequest\x1a#.listenerd.v1.CloseListenerResponse\x12^\n" +
 	"\x0fListConnections\x12$.listenerd.v1.ListConnectionsRequest\x1a%.listenerd.v1.ListConnectionsResponse\x12^\n" +
-	"\x0fCloseConnection\x12$.listenerd.v1.CloseConnectionRequest\x1a%.listenerd.v1.CloseConnectionResponse\x12T\n" +
+	"\x0fCloseConnection\x12$.listenerd.v1.CloseConnectionRequest\x1a%.listenerd.v1.CloseConnectionResponse\x12[\n" +
+	"\x0eRebindListener\x12#.listenerd.v1.RebindListenerRequest\x1a$.listenerd.v1.RebindListenerResponse\x12T\n" +
 	"\vWatchEvents\x12 .listenerd.v1.WatchEventsRequest\x1a!.listenerd.v1.WatchEventsResponse0\x01B=Z;github.com/listenerd/listenerd/api/listenerd/v1;listenerdv1b\x06proto3"
 
 var (
@@ -2976,8 +3309,8 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 	return file_listenerd_v1_listenerd_proto_rawDescData
 }
 
-var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -2985,113 +3318,123 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(EventKind)(0),                  // 3: listenerd.v1.EventKind
 	(CloseReason)(0),                // 4: listenerd.v1.CloseReason
 	(RejectReason)(0),               // 5: listenerd.v1.RejectReason
-	(*Listener)(nil),                // 6: listenerd.v1.Listener
-	(*ListenerSpec)(nil),            // 7: listenerd.v1.ListenerSpec
-	(*Limits)(nil),                  // 8: listenerd.v1.Limits
-	(*Handler)(nil),                 // 9: listenerd.v1.Handler
-	(*DiscardHandler)(nil),          // 10: listenerd.v1.DiscardHandler
-	(*EchoHandler)(nil),             // 11: listenerd.v1.EchoHandler
-	(*ForwardHandler)(nil),          // 12: listenerd.v1.ForwardHandler
-	(*ListenerStatus)(nil),          // 13: listenerd.v1.ListenerStatus
-	(*FiveTuple)(nil),               // 14: listenerd.v1.FiveTuple
-	(*Connection)(nil),              // 15: listenerd.v1.Connection
-	(*CreateListenerRequest)(nil),   // 16: listenerd.v1.CreateListenerRequest
-	(*CreateListenerResponse)(nil),  // 17: listenerd.v1.CreateListenerResponse
-	(*GetListenerRequest)(nil),      // 18: listenerd.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 19: listenerd.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 20: listenerd.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 21: listenerd.v1.ListListenersResponse
-	(*UpdateListenerRequest)(nil),   // 22: listenerd.v1.UpdateListenerRequest
-	(*UpdateListenerResponse)(nil),  // 23: listenerd.v1.UpdateListenerResponse
-	(*CloseListenerRequest)(nil),    // 24: listenerd.v1.CloseListenerRequest
-	(*CloseListenerResponse)(nil),   // 25: listenerd.v1.CloseListenerResponse
-	(*ListConnectionsRequest)(nil),  // 26: listenerd.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 27: listenerd.v1.ListConnectionsResponse
-	(*CloseConnectionRequest)(nil),  // 28: listenerd.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 29: listenerd.v1.CloseConnectionResponse
-	(*Event)(nil),                   // 30: listenerd.v1.Event
-	(*ListenerStarted)(nil),         // 31: listenerd.v1.ListenerStarted
-	(*ConnectionOpened)(nil),        // 32: listenerd.v1.ConnectionOpened
-	(*ConnectionClosed)(nil),        // 33: listenerd.v1.ConnectionClosed
-	(*ConnectionHalfClosed)(nil),    // 34: listenerd.v1.ConnectionHalfClosed
-	(*ConnectionRejected)(nil),      // 35: listenerd.v1.ConnectionRejected
-	(*AcceptError)(nil),             // 36: listenerd.v1.AcceptError
-	(*LimitsChanged)(nil),           // 37: listenerd.v1.LimitsChanged
-	(*ListenerClosed)(nil),          // 38: listenerd.v1.ListenerClosed
-	(*WatchEventsRequest)(nil),      // 39: listenerd.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 40: listenerd.v1.WatchEventsResponse
-	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 43: google.protobuf.FieldMask
+	(Direction)(0),                  // 6: listenerd.v1.Direction
+	(*Listener)(nil),                // 7: listenerd.v1.Listener
+	(*ListenerSpec)(nil),            // 8: listenerd.v1.ListenerSpec
+	(*Limits)(nil),                  // 9: listenerd.v1.Limits
+	(*Handler)(nil),                 // 10: listenerd.v1.Handler
+	(*DiscardHandler)(nil),          // 11: listenerd.v1.DiscardHandler
+	(*EchoHandler)(nil),             // 12: listenerd.v1.EchoHandler
+	(*ForwardHandler)(nil),          // 13: listenerd.v1.ForwardHandler
+	(*ListenerStatus)(nil),          // 14: listenerd.v1.ListenerStatus
+	(*FiveTuple)(nil),               // 15: listenerd.v1.FiveTuple
+	(*Connection)(nil),              // 16: listenerd.v1.Connection
+	(*CreateListenerRequest)(nil),   // 17: listenerd.v1.CreateListenerRequest
+	(*CreateListenerResponse)(nil),  // 18: listenerd.v1.CreateListenerResponse
+	(*GetListenerRequest)(nil),      // 19: listenerd.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 20: listenerd.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 21: listenerd.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 22: listenerd.v1.ListListenersResponse
+	(*UpdateListenerRequest)(nil),   // 23: listenerd.v1.UpdateListenerRequest
+	(*UpdateListenerResponse)(nil),  // 24: listenerd.v1.UpdateListenerResponse
+	(*CloseListenerRequest)(nil),    // 25: listenerd.v1.CloseListenerRequest
+	(*CloseListenerResponse)(nil),   // 26: listenerd.v1.CloseListenerResponse
+	(*ListConnectionsRequest)(nil),  // 27: listenerd.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 28: listenerd.v1.ListConnectionsResponse
+	(*CloseConnectionRequest)(nil),  // 29: listenerd.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 30: listenerd.v1.CloseConnectionResponse
+	(*RebindListenerRequest)(nil),   // 31: listenerd.v1.RebindListenerRequest
+	(*RebindListenerResponse)(nil),  // 32: listenerd.v1.RebindListenerResponse
+	(*Event)(nil),                   // 33: listenerd.v1.Event
+	(*ConnectionData)(nil),          // 34: listenerd.v1.ConnectionData
+	(*ListenerStarted)(nil),         // 35: listenerd.v1.ListenerStarted
+	(*ConnectionOpened)(nil),        // 36: listenerd.v1.ConnectionOpened
+	(*ConnectionClosed)(nil),        // 37: listenerd.v1.ConnectionClosed
+	(*ConnectionHalfClosed)(nil),    // 38: listenerd.v1.ConnectionHalfClosed
+	(*ConnectionRejected)(nil),      // 39: listenerd.v1.ConnectionRejected
+	(*AcceptError)(nil),             // 40: listenerd.v1.AcceptError
+	(*LimitsChanged)(nil),           // 41: listenerd.v1.LimitsChanged
+	(*ListenerClosed)(nil),          // 42: listenerd.v1.ListenerClosed
+	(*WatchEventsRequest)(nil),      // 43: listenerd.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 44: listenerd.v1.WatchEventsResponse
+	(*durationpb.Duration)(nil),     // 45: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 47: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
-	7,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
-	13, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
-	8,  // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
-	9,  // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	0,  // 4: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	41, // 5: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	41, // 6: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	10, // 7: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
-	11, // 8: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
-	12, // 9: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
-	41, // 10: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	1,  // 11: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	42, // 12: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	42, // 13: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
-	2,  // 14: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
-	14, // 15: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	42, // 16: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
-	7,  // 17: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
-	6,  // 18: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	6,  // 19: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
-	6,  // 20: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
-	6,  // 21: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	43, // 22: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
-	6,  // 23: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	41, // 24: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	6,  // 25: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
-	15, // 26: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
-	42, // 27: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
-	31, // 28: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
-	32, // 29: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
-	33, // 30: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
-	35, // 31: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
-	36, // 32: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
-	37, // 33: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
-	38, // 34: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
-	34, // 35: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
-	14, // 36: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
-	14, // 37: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	41, // 38: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
-	4,  // 39: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
-	14, // 40: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
-	5,  // 41: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	41, // 42: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
-	8,  // 43: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
-	3,  // 44: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
-	30, // 45: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
-	16, // 46: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	18, // 47: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	20, // 48: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	22, // 49: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	24, // 50: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	26, // 51: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	28, // 52: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	39, // 53: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	17, // 54: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	19, // 55: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	21, // 56: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	23, // 57: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	25, // 58: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	27, // 59: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	29, // 60: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	40, // 61: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	54, // [54:62] is the sub-list for method output_type
-	46, // [46:54] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	8,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
+	14, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
+	9,  // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
+	10, // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
+	45, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	0,  // 5: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
+	45, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	45, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	11, // 8: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
+	12, // 9: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
+	13, // 10: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
+	45, // 11: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	1,  // 12: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
+	46, // 13: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	46, // 14: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	2,  // 15: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
+	15, // 16: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
+	46, // 17: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	8,  // 18: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
+	7,  // 19: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
+	7,  // 20: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
+	7,  // 21: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
+	7,  // 22: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
+	47, // 23: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	7,  // 24: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
+	45, // 25: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	7,  // 26: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
+	16, // 27: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
+	7,  // 28: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
+	46, // 29: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	35, // 30: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
+	36, // 31: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
+	37, // 32: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
+	39, // 33: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
+	40, // 34: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
+	41, // 35: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
+	42, // 36: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
+	38, // 37: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
+	34, // 38: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
+	6,  // 39: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
+	15, // 40: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
+	15, // 41: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
+	45, // 42: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	4,  // 43: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
+	15, // 44: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
+	5,  // 45: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
+	45, // 46: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	9,  // 47: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
+	3,  // 48: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
+	33, // 49: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
+	17, // 50: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	19, // 51: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	21, // 52: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	23, // 53: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	25, // 54: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	27, // 55: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	29, // 56: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	31, // 57: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	43, // 58: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	18, // 59: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	20, // 60: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	22, // 61: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	24, // 62: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	26, // 63: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	28, // 64: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	30, // 65: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	32, // 66: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	44, // 67: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	59, // [59:68] is the sub-list for method output_type
+	50, // [50:59] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -3106,7 +3449,7 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Handler_Echo)(nil),
 		(*Handler_Forward)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[24].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[26].OneofWrappers = []any{
 		(*Event_ListenerStarted)(nil),
 		(*Event_ConnectionOpened)(nil),
 		(*Event_ConnectionClosed)(nil),
@@ -3115,15 +3458,16 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Event_LimitsChanged)(nil),
 		(*Event_ListenerClosed)(nil),
 		(*Event_ConnectionHalfClosed)(nil),
+		(*Event_ConnectionData)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[33].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[36].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   35,
+			NumEnums:      7,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	ListenerService_CloseListener_FullMethodName   = "/listenerd.v1.ListenerService/CloseListener"
 	ListenerService_ListConnections_FullMethodName = "/listenerd.v1.ListenerService/ListConnections"
 	ListenerService_CloseConnection_FullMethodName = "/listenerd.v1.ListenerService/CloseConnection"
+	ListenerService_RebindListener_FullMethodName  = "/listenerd.v1.ListenerService/RebindListener"
 	ListenerService_WatchEvents_FullMethodName     = "/listenerd.v1.ListenerService/WatchEvents"
 )
 
@@ -74,6 +75,11 @@ type ListenerServiceClient interface {
 	// gives the reason KICKED.
 	// Errors: INVALID_ARGUMENT, NOT_FOUND.
 	CloseConnection(ctx context.Context, in *CloseConnectionRequest, opts ...grpc.CallOption) (*CloseConnectionResponse, error)
+	// RebindListener binds a FAILED listener again (for example one restored
+	// at start whose port was taken), with the same id and spec.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (not FAILED, or
+	// the address is still in use), PERMISSION_DENIED.
+	RebindListener(ctx context.Context, in *RebindListenerRequest, opts ...grpc.CallOption) (*RebindListenerResponse, error)
 	// WatchEvents streams events, optionally resuming after a sequence number
 	// from the daemon's bounded in-memory history. The first response carries no
 	// events, only the current head sequence, so a client can take a snapshot
@@ -164,6 +170,16 @@ func (c *listenerServiceClient) CloseConnection(ctx context.Context, in *CloseCo
 	return out, nil
 }
 
+func (c *listenerServiceClient) RebindListener(ctx context.Context, in *RebindListenerRequest, opts ...grpc.CallOption) (*RebindListenerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RebindListenerResponse)
+	err := c.cc.Invoke(ctx, ListenerService_RebindListener_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *listenerServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &ListenerService_ServiceDesc.Streams[0], ListenerService_WatchEvents_FullMethodName, cOpts...)
@@ -228,6 +244,11 @@ type ListenerServiceServer interface {
 	// gives the reason KICKED.
 	// Errors: INVALID_ARGUMENT, NOT_FOUND.
 	CloseConnection(context.Context, *CloseConnectionRequest) (*CloseConnectionResponse, error)
+	// RebindListener binds a FAILED listener again (for example one restored
+	// at start whose port was taken), with the same id and spec.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (not FAILED, or
+	// the address is still in use), PERMISSION_DENIED.
+	RebindListener(context.Context, *RebindListenerRequest) (*RebindListenerResponse, error)
 	// WatchEvents streams events, optionally resuming after a sequence number
 	// from the daemon's bounded in-memory history. The first response carries no
 	// events, only the current head sequence, so a client can take a snapshot
@@ -268,6 +289,9 @@ func (UnimplementedListenerServiceServer) ListConnections(context.Context, *List
 }
 func (UnimplementedListenerServiceServer) CloseConnection(context.Context, *CloseConnectionRequest) (*CloseConnectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseConnection not implemented")
+}
+func (UnimplementedListenerServiceServer) RebindListener(context.Context, *RebindListenerRequest) (*RebindListenerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RebindListener not implemented")
 }
 func (UnimplementedListenerServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
@@ -419,6 +443,24 @@ func _ListenerService_CloseConnection_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ListenerService_RebindListener_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RebindListenerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ListenerServiceServer).RebindListener(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ListenerService_RebindListener_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ListenerServiceServer).RebindListener(ctx, req.(*RebindListenerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ListenerService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchEventsRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -464,6 +506,10 @@ var ListenerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseConnection",
 			Handler:    _ListenerService_CloseConnection_Handler,
+		},
+		{
+			MethodName: "RebindListener",
+			Handler:    _ListenerService_RebindListener_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
