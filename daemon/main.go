@@ -53,6 +53,10 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 	fs.IntVar(&cfg.History, "history", events.DefaultHistory, "events held in memory for watch resume")
 	fs.IntVar(&cfg.WatcherLag, "watch-queue", events.DefaultWatcherLag, "events a watcher may fall behind before its stream ends with RESOURCE_EXHAUSTED")
 	fs.IntVar(&cfg.MaxWatchers, "max-watchers", events.DefaultMaxWatchers, "concurrent WatchEvents streams")
+	fs.StringVar(&cfg.StateDir, "state-dir", paths.StateDir(), "directory where listener specs persist")
+	fs.BoolVar(&cfg.Ephemeral, "ephemeral", false, "keep no state: listeners are neither saved nor restored")
+	fs.IntVar(&cfg.MaxListeners, "max-listeners", 0, "listeners at once (0: unlimited)")
+	fs.Int64Var(&cfg.MaxConnections, "max-connections", 0, "open connections across all listeners (0: unlimited)")
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return cfg, level, err
@@ -65,6 +69,10 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 		return cfg, level, fmt.Errorf("--socket must not be empty")
 	case cfg.ShutdownTimeout < 0:
 		return cfg, level, fmt.Errorf("--shutdown-timeout must not be negative")
+	case !cfg.Ephemeral && cfg.StateDir == "":
+		return cfg, level, fmt.Errorf("--state-dir must not be empty (or use --ephemeral)")
+	case cfg.MaxListeners < 0 || cfg.MaxConnections < 0:
+		return cfg, level, fmt.Errorf("--max-listeners and --max-connections must not be negative")
 	case cfg.History <= 0 || cfg.WatcherLag <= 0 || cfg.MaxWatchers <= 0:
 		return cfg, level, fmt.Errorf("--history, --watch-queue and --max-watchers must be positive")
 	}

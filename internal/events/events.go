@@ -70,6 +70,9 @@ type Limits struct {
 	Backlog        bool // overflow policy: wait in the kernel backlog
 	IdleTimeout    time.Duration
 	MaxLifetime    time.Duration
+	AcceptRate     float64 // connections a second; 0: no limit
+	AcceptBurst    int     // 0: max(1, AcceptRate)
+	PerSource      int64   // open connections from one address; 0: unlimited
 }
 
 // Unlimited reports whether no connection limit is set.

@@ -29,6 +29,8 @@ type conn struct {
 	kill     chan struct{} // closed by close
 	killOnce sync.Once
 	peer     atomic.Pointer[net.TCPConn] // forward: the upstream connection
+	// perSource: counted in the listener's per-source table.
+	perSource bool
 }
 
 // close closes the connection from the daemon's side with reason. It

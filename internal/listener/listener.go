@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/listenerd/listenerd/internal/events"
 )
 
@@ -24,9 +26,13 @@ type Listener struct {
 	log     *slog.Logger
 	ln      *net.TCPListener
 	bound   string
+	manager *Manager
+	// boundPort is the port bound (or last bound, when FAILED).
+	boundPort uint16
 
-	limits atomic.Pointer[Limits]
-	state  atomic.Int32
+	limits  atomic.Pointer[Limits]
+	limiter atomic.Pointer[rate.Limiter] // nil: no accept rate limit
+	state   atomic.Int32
 
 	active   atomic.Int64
 	accepted atomic.Uint64
@@ -36,6 +42,7 @@ type Listener struct {
 
 	mu        sync.Mutex
 	conns     map[uint64]*conn
+	perSource map[netip.Addr]int64 // open connections by source, when limited
 	nextConn  uint64
 	lastErr   string
 	closeTime time.Time
@@ -107,10 +114,24 @@ func (l *Listener) setLimits(fn func(Limits) (Limits, error)) (Limits, error) {
 	if err != nil {
 		return Limits{}, err
 	}
-	l.limits.Store(&next)
+	l.storeLimits(next)
 	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindLimitsChanged, Detail: &events.Detail{Limits: next}})
 	l.signalSlot()
 	return next, nil
+}
+
+// storeLimits makes lim the limits in force, with its rate limiter.
+func (l *Listener) storeLimits(lim Limits) {
+	var lr *rate.Limiter
+	if lim.AcceptRate > 0 {
+		burst := lim.AcceptBurst
+		if burst <= 0 {
+			burst = max(1, int(lim.AcceptRate))
+		}
+		lr = rate.NewLimiter(rate.Limit(lim.AcceptRate), burst)
+	}
+	l.limiter.Store(lr)
+	l.limits.Store(&lim)
 }
 
 func (l *Listener) signalSlot() {
@@ -189,6 +210,9 @@ func (l *Listener) waitForSlot() bool {
 	}
 }
 
+// closing reports whether Close has begun.
+func (l *Listener) closing() bool { return l.stopping() }
+
 func (l *Listener) stopping() bool {
 	select {
 	case <-l.stop:
@@ -215,15 +239,39 @@ func tupleOf(c *net.TCPConn) events.Tuple {
 // counted, registered and served by its own goroutine.
 func (l *Listener) admit(c *net.TCPConn) {
 	tuple := tupleOf(c)
-	if reason := l.refuse(tuple.Remote.Addr()); reason != events.RejectUnspecified {
+	lim := l.limits.Load()
+	src := tuple.Remote.Addr()
+	reason := l.refuse(lim, src)
+	var counted bool
+	if reason == events.RejectUnspecified {
+		if reason, counted = l.manager.reserve(); counted {
+			l.active.Add(1)
+		}
+	}
+	if reason == events.RejectUnspecified && lim.PerSource > 0 {
+		l.mu.Lock()
+		if l.perSource[src] >= lim.PerSource {
+			reason = events.RejectPerSourceLimit
+		} else {
+			l.perSource[src]++
+		}
+		l.mu.Unlock()
+	}
+	if reason != events.RejectUnspecified {
+		if counted {
+			l.active.Add(-1)
+			l.manager.release()
+		}
 		_ = c.Close()
 		l.rejected.Add(1)
 		l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionRejected, Reject: reason, Tuple: tuple})
 		return
 	}
-	l.active.Add(1)
+	if l.spec.Nagle {
+		_ = c.SetNoDelay(false)
+	}
 	l.accepted.Add(1)
-	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), kill: make(chan struct{})}
+	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), kill: make(chan struct{}), perSource: lim.PerSource > 0}
 	l.mu.Lock()
 	l.nextConn++
 	cn.n = l.nextConn
@@ -235,13 +283,15 @@ func (l *Listener) admit(c *net.TCPConn) {
 }
 
 // refuse returns why a new connection from addr must be rejected, or
-// RejectUnspecified to admit it. The ACL is checked before the limit, so a
-// denied source never takes a slot.
-func (l *Listener) refuse(addr netip.Addr) events.RejectReason {
+// RejectUnspecified to admit it. The ACL and the rate limit are checked
+// before the limit, so a refused source never takes a slot.
+func (l *Listener) refuse(lim *Limits, addr netip.Addr) events.RejectReason {
 	if !l.allowed(addr) {
 		return events.RejectDeniedByACL
 	}
-	lim := l.limits.Load()
+	if lr := l.limiter.Load(); lr != nil && !lr.Allow() {
+		return events.RejectRateLimit
+	}
 	if !lim.Unlimited() && l.active.Load() >= lim.MaxConnections {
 		return events.RejectMaxConnections
 	}
@@ -274,7 +324,14 @@ func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 	}
 	l.mu.Lock()
 	delete(l.conns, c.n)
+	if c.perSource {
+		src := c.tuple.Remote.Addr()
+		if l.perSource[src]--; l.perSource[src] <= 0 {
+			delete(l.perSource, src)
+		}
+	}
 	l.active.Add(-1)
+	l.manager.release()
 	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionClosed, Conn: c.n, Tuple: c.tuple,
 		BytesIn: in, BytesOut: out, Duration: time.Since(c.opened), Close: reason, Detail: detail})
 	if l.draining && len(l.conns) == 0 {

@@ -27,7 +27,7 @@ const guard = 30 * time.Second
 
 func newManager(t *testing.T) *Manager {
 	t.Helper()
-	m := NewManager(events.NewBus(events.Options{}), nil)
+	m := NewManager(events.NewBus(events.Options{}), nil, Options{})
 	t.Cleanup(func() { m.Shutdown(0) })
 	return m
 }

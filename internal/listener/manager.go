@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"sync"
 	"syscall"
 	"time"
@@ -24,8 +26,12 @@ const DefaultDrainTimeout = 30 * time.Second
 // Manager owns every listener of the daemon: it creates, finds, changes and
 // closes them, and owns the goroutines that drain closing ones.
 type Manager struct {
-	bus *events.Bus
-	log *slog.Logger
+	bus          *events.Bus
+	log          *slog.Logger
+	persist      Persister
+	maxListeners int
+	maxConns     int64        // daemon-wide open connections; 0: unlimited
+	totalConns   atomic.Int64 // open connections across listeners
 
 	mu     sync.Mutex
 	byID   map[string]*Listener
@@ -33,12 +39,21 @@ type Manager struct {
 	wg     sync.WaitGroup // accept loops and drains
 }
 
+// Options configure a Manager. Zero values mean no persistence and no
+// daemon-wide caps.
+type Options struct {
+	Persister      Persister // saves desired state on every change
+	MaxListeners   int       // listeners at once; beyond, Create fails with ErrLimit
+	MaxConnections int64     // open connections across all listeners; beyond, rejected
+}
+
 // NewManager returns a manager that reports to bus.
-func NewManager(bus *events.Bus, log *slog.Logger) *Manager {
+func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{bus: bus, log: log, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
+	return &Manager{bus: bus, log: log, persist: opts.Persister, maxListeners: opts.MaxListeners,
+		maxConns: opts.MaxConnections, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
 }
 
 // Bus returns the manager's event bus.
@@ -51,7 +66,8 @@ func newID() string {
 }
 
 // Create binds a new listener and starts accepting. When it returns
-// without error the port is open.
+// without error the port is open and, with a persister, the listener is
+// saved; nothing is left behind when it fails.
 func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
@@ -59,47 +75,61 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 	if err := validateSpec(&spec); err != nil {
 		return nil, err
 	}
-	host := spec.Host
-	if host == "" {
-		host = DefaultHost
-	}
-	ip, err := resolve(ctx, host)
-	if err != nil {
-		return nil, err
-	}
-
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if name != "" && m.byName[name] != nil {
 		return nil, fmt.Errorf("listener name %q: %w", name, ErrAlreadyExists)
 	}
+	if m.maxListeners > 0 && m.countLocked() >= m.maxListeners {
+		return nil, fmt.Errorf("%w: at most %d listeners", ErrLimit, m.maxListeners)
+	}
 	id := newID()
 	for m.byID[id] != nil {
 		id = newID()
 	}
-	ln, err := bind(ctx, ip, spec.Port, spec.Backlog)
+	l, err := m.bindLocked(ctx, id, name, spec, 0, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	l := m.newListener(id, name, spec, ln)
-	m.byID[id] = l
-	if name != "" {
-		m.byName[name] = l
+	if err := m.persistLocked(); err != nil {
+		delete(m.byID, id)
+		if name != "" {
+			delete(m.byName, name)
+		}
+		l.beginClose()
+		go l.drain(0, events.CloseListenerClosed, 0)
+		return nil, err
 	}
-	m.bus.Publish(events.Event{Listener: id, Kind: events.KindListenerStarted,
-		Detail: &events.Detail{Address: l.bound, Name: name}})
-	l.log.Info("listener started")
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		l.acceptLoop()
-	}()
 	return l, nil
 }
 
-func (m *Manager) newListener(id, name string, spec Spec, ln *net.TCPListener) *Listener {
+// reserve counts a connection against the daemon-wide cap. It returns
+// RejectDaemonLimit, or RejectUnspecified and true when counted.
+func (m *Manager) reserve() (events.RejectReason, bool) {
+	if n := m.totalConns.Add(1); m.maxConns > 0 && n > m.maxConns {
+		m.totalConns.Add(-1)
+		return events.RejectDaemonLimit, false
+	}
+	return events.RejectUnspecified, true
+}
+
+// release uncounts a connection reserved with reserve.
+func (m *Manager) release() { m.totalConns.Add(-1) }
+
+// countLocked counts the listeners that are not closing; m.mu must be held.
+func (m *Manager) countLocked() int {
+	n := 0
+	for _, l := range m.byID {
+		if !l.closing() {
+			n++
+		}
+	}
+	return n
+}
+
+func (m *Manager) newListener(id, name string, spec Spec, ln *net.TCPListener, created time.Time) *Listener {
 	l := &Listener{
-		id: id, name: name, spec: spec, created: time.Now(), bus: m.bus, ln: ln,
+		id: id, name: name, spec: spec, created: created, bus: m.bus, ln: ln, manager: m,
 		conns:      map[uint64]*conn{},
 		allGone:    make(chan struct{}),
 		slot:       make(chan struct{}, 1),
@@ -107,11 +137,12 @@ func (m *Manager) newListener(id, name string, spec Spec, ln *net.TCPListener) *
 		acceptDone: make(chan struct{}),
 		done:       make(chan struct{}),
 	}
-	lim := spec.Limits
-	l.limits.Store(&lim)
+	l.perSource = map[netip.Addr]int64{}
+	l.storeLimits(spec.Limits)
 	l.state.Store(int32(StateListening))
 	if ln != nil {
 		l.bound = ln.Addr().String()
+		l.boundPort = uint16(ln.Addr().(*net.TCPAddr).Port)
 	}
 	l.log = m.log.With("listener", id, "addr", l.bound)
 	return l
@@ -165,9 +196,12 @@ func resolve(ctx context.Context, host string) (netip.Addr, error) {
 
 // bind opens the listening socket. A backlog, when asked for, is set with a
 // second listen(2), which Linux allows on a listening socket.
-func bind(ctx context.Context, ip netip.Addr, port uint16, backlog int) (*net.TCPListener, error) {
+func bind(ctx context.Context, ip netip.Addr, port uint16, spec Spec) (*net.TCPListener, error) {
 	addr := netip.AddrPortFrom(ip, port).String()
-	var lc net.ListenConfig
+	backlog := spec.Backlog
+	// KeepAlive applies to every accepted connection: 0 is Go's default
+	// (15s), negative turns it off.
+	lc := net.ListenConfig{KeepAlive: spec.KeepAlive}
 	nl, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, bindError(addr, err)
@@ -240,17 +274,28 @@ func (m *Manager) Resolve(refs []string) []string {
 func (m *Manager) List() ([]Info, uint64) {
 	m.mu.Lock()
 	seq := m.bus.Head()
-	ls := make([]*Listener, 0, len(m.byID))
-	for _, l := range m.byID {
-		ls = append(ls, l)
-	}
+	ls := m.sortedLocked()
 	m.mu.Unlock()
-	slices.SortFunc(ls, func(a, b *Listener) int { return a.created.Compare(b.created) })
 	out := make([]Info, len(ls))
 	for i, l := range ls {
 		out[i] = l.Info()
 	}
 	return out, seq
+}
+
+// sortedLocked returns the listeners oldest first; m.mu must be held.
+func (m *Manager) sortedLocked() []*Listener {
+	ls := make([]*Listener, 0, len(m.byID))
+	for _, l := range m.byID {
+		ls = append(ls, l)
+	}
+	slices.SortFunc(ls, func(a, b *Listener) int {
+		if c := a.created.Compare(b.created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	return ls
 }
 
 // SetLimits changes a listener's limits at runtime: fn gets the current
@@ -263,7 +308,12 @@ func (m *Manager) SetLimits(ref string, fn func(Limits) (Limits, error)) (Info, 
 	if State(l.state.Load()) != StateListening {
 		return Info{}, fmt.Errorf("listener %s is %s: %w", l.id, State(l.state.Load()), ErrNotListening)
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if _, err := l.setLimits(fn); err != nil {
+		return Info{}, err
+	}
+	if err := m.persistLocked(); err != nil {
 		return Info{}, err
 	}
 	return l.Info(), nil
@@ -279,7 +329,10 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 		return Info{}, err
 	}
 	m.closeListener(l, drain, force, events.CloseListenerClosed)
-	return l.Info(), nil
+	m.mu.Lock()
+	err = m.persistLocked()
+	m.mu.Unlock()
+	return l.Info(), err
 }
 
 func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) {

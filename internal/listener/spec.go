@@ -22,6 +22,7 @@ var (
 	ErrInvalid       = errors.New("invalid argument")
 	ErrNotListening  = errors.New("listener is not listening")
 	ErrLimit         = errors.New("limit reached")
+	ErrPersist       = errors.New("state not saved")
 )
 
 // FieldError is an invalid value of one request field. It unwraps to
@@ -87,6 +88,8 @@ type Spec struct {
 	Handler        Handler
 	Allow          []netip.Prefix
 	Deny           []netip.Prefix
+	Nagle          bool          // leave Nagle's algorithm on (TCP_NODELAY off); Go's default is off
+	KeepAlive      time.Duration // keepalive probe interval; 0: default (15s), < 0: off
 }
 
 // DefaultHost is bound when a spec names no host.

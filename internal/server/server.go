@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,7 @@ import (
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/service"
+	"github.com/listenerd/listenerd/internal/state"
 )
 
 // Config is the daemon's configuration.
@@ -36,6 +38,10 @@ type Config struct {
 	History         int           // events held for resume
 	WatcherLag      int           // events a watcher may fall behind before it is cut
 	MaxWatchers     int           // concurrent WatchEvents streams
+	StateDir        string        // where listener specs persist; "" with Ephemeral
+	Ephemeral       bool          // keep no state: nothing persists or is restored
+	MaxListeners    int           // listeners at once; 0: unlimited
+	MaxConnections  int64         // open connections across listeners; 0: unlimited
 	Log             *slog.Logger
 	Stdout          io.Writer // where the "serving on" line goes
 }
@@ -48,14 +54,40 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ln, err := listenUnix(cfg.Socket)
+	ln, unlock, err := listenUnix(cfg.Socket)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	defer os.Remove(cfg.Socket)
+	defer ln.Close()
 
+	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections}
+	var saved []json.RawMessage
+	if !cfg.Ephemeral {
+		store, err := state.Open(cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		if saved, err = store.Load(); err != nil {
+			return fmt.Errorf("%w (fix or move the file aside, or start with --ephemeral)", err)
+		}
+		if err := listener.ValidateRecords(saved); err != nil {
+			return fmt.Errorf("%w: %s: %v (fix or move the file aside, or start with --ephemeral)", state.ErrCorrupt, store.Path(), err)
+		}
+		opts.Persister = store
+	}
 	bus := events.NewBus(events.Options{History: cfg.History, WatcherLag: cfg.WatcherLag, MaxWatchers: cfg.MaxWatchers})
-	mgr := listener.NewManager(bus, log)
+	mgr := listener.NewManager(bus, log, opts)
+	if len(saved) > 0 {
+		up, failed, err := mgr.Restore(ctx, saved)
+		if err != nil {
+			mgr.Shutdown(0)
+			return fmt.Errorf("restore: %w", err)
+		}
+		log.Info("listeners restored", "listening", up, "failed", failed, "state", cfg.StateDir)
+	}
 	srv, hs := newGRPCServer(service.New(mgr, log), log)
 
 	errc := make(chan error, 1)
@@ -129,34 +161,43 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger) (*gr
 }
 
 // listenUnix opens the API socket: its directory 0700 (created if needed),
-// the socket 0600. A socket file left by a daemon that is gone is removed;
-// one that answers belongs to a running daemon and is left alone.
-func listenUnix(path string) (net.Listener, error) {
+// the socket 0600. A lock file beside the socket says whether a daemon owns
+// it: held, another daemon is serving and nothing is touched; free, a socket
+// file left behind is stale (its daemon died) and is removed.
+func listenUnix(path string) (net.Listener, func(), error) {
 	dir := filepath.Dir(path)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("socket directory: %w", err)
+			return nil, nil, fmt.Errorf("socket directory: %w", err)
 		}
 	}
+	lock, err := state.Lock(path + ".lock")
+	if errors.Is(err, state.ErrLocked) {
+		return nil, nil, fmt.Errorf("another listenerd is serving on %s", path)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("socket lock: %w", err)
+	}
+	unlock := func() { lock.Close() }
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("another listenerd is serving on %s", path)
+			unlock()
+			return nil, nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
 		}
 		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket: %w", err)
+			unlock()
+			return nil, nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
 	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
+		unlock()
+		return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("socket mode: %w", err)
+		unlock()
+		return nil, nil, fmt.Errorf("socket mode: %w", err)
 	}
-	return ln, nil
+	return ln, unlock, nil
 }

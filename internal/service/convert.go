@@ -20,6 +20,8 @@ const (
 	maxIDLen     = 128
 	maxWatchRefs = 256
 	maxHostLen   = 253
+	// maxAcceptRate bounds accept_rate and accept_burst.
+	maxAcceptRate = 1_000_000
 )
 
 // duration checks an optional duration field.
@@ -58,6 +60,20 @@ func limitsFromProto(p *listenerdv1.Limits) (listener.Limits, error) {
 	}
 	if lim.MaxLifetime, err = duration("spec.limits.max_lifetime", p.GetMaxLifetime()); err != nil {
 		return lim, err
+	}
+	if r := p.GetAcceptRate(); r < 0 || r > maxAcceptRate || r != r {
+		return lim, listener.Invalid("spec.limits.accept_rate", "%v is out of range 0-%d", r, maxAcceptRate)
+	}
+	lim.AcceptRate = p.GetAcceptRate()
+	if p.GetAcceptBurst() > maxAcceptRate {
+		return lim, listener.Invalid("spec.limits.accept_burst", "%d is out of range 0-%d", p.GetAcceptBurst(), maxAcceptRate)
+	}
+	lim.AcceptBurst = int(p.GetAcceptBurst())
+	if p.MaxConnectionsPerSource != nil {
+		if p.GetMaxConnectionsPerSource() == 0 {
+			return lim, listener.Invalid("spec.limits.max_connections_per_source", "must be at least 1 (unset means unlimited)")
+		}
+		lim.PerSource = int64(p.GetMaxConnectionsPerSource())
 	}
 	return lim, nil
 }
@@ -132,6 +148,15 @@ func specFromProto(p *listenerdv1.ListenerSpec) (listener.Spec, error) {
 	if s.Deny, err = cidrs("spec.deny_cidrs", p.GetDenyCidrs()); err != nil {
 		return s, err
 	}
+	s.Nagle = p.NoDelay != nil && !p.GetNoDelay()
+	if p.GetKeepalive() != nil {
+		if s.KeepAlive, err = duration("spec.keepalive", p.GetKeepalive()); err != nil {
+			return s, err
+		}
+		if s.KeepAlive == 0 {
+			s.KeepAlive = -1 // zero turns keepalive off
+		}
+	}
 	return s, nil
 }
 
@@ -149,6 +174,12 @@ func limitsToProto(l listener.Limits) *listenerdv1.Limits {
 	}
 	if l.MaxLifetime > 0 {
 		p.MaxLifetime = durationpb.New(l.MaxLifetime)
+	}
+	p.AcceptRate = l.AcceptRate
+	p.AcceptBurst = uint32(max(l.AcceptBurst, 0))
+	if l.PerSource > 0 {
+		n := uint32(min(l.PerSource, 1<<32-1))
+		p.MaxConnectionsPerSource = &n
 	}
 	return p
 }
@@ -181,6 +212,16 @@ func specToProto(s listener.Spec) *listenerdv1.ListenerSpec {
 		p.Handler.Kind = &listenerdv1.Handler_Forward{Forward: f}
 	default:
 		p.Handler.Kind = &listenerdv1.Handler_Discard{Discard: &listenerdv1.DiscardHandler{}}
+	}
+	if s.Nagle {
+		f := false
+		p.NoDelay = &f
+	}
+	switch {
+	case s.KeepAlive < 0:
+		p.Keepalive = durationpb.New(0)
+	case s.KeepAlive > 0:
+		p.Keepalive = durationpb.New(s.KeepAlive)
 	}
 	for _, c := range s.Allow {
 		p.AllowCidrs = append(p.AllowCidrs, c.String())

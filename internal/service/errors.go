@@ -36,6 +36,7 @@ var errorTable = []struct {
 	{events.ErrSlow, codes.ResourceExhausted, "WATCHER_TOO_SLOW"},
 	{events.ErrCompacted, codes.OutOfRange, "SEQUENCE_NOT_HELD"},
 	{events.ErrClosed, codes.Unavailable, "SHUTTING_DOWN"},
+	{listener.ErrPersist, codes.Internal, "STATE_NOT_SAVED"},
 }
 
 // toStatus turns a domain error into a gRPC status error. Anything

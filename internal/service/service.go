@@ -88,11 +88,14 @@ func (s *Service) ListListeners(context.Context, *listenerdv1.ListListenersReque
 
 // limitPaths are the update_mask paths UpdateListener accepts.
 var limitPaths = map[string]bool{
-	"spec.limits":                 true,
-	"spec.limits.max_connections": true,
-	"spec.limits.overflow":        true,
-	"spec.limits.idle_timeout":    true,
-	"spec.limits.max_lifetime":    true,
+	"spec.limits":                            true,
+	"spec.limits.max_connections":            true,
+	"spec.limits.overflow":                   true,
+	"spec.limits.idle_timeout":               true,
+	"spec.limits.max_lifetime":               true,
+	"spec.limits.accept_rate":                true,
+	"spec.limits.accept_burst":               true,
+	"spec.limits.max_connections_per_source": true,
 }
 
 // UpdateListener implements ListenerService.
@@ -126,6 +129,12 @@ func (s *Service) UpdateListener(_ context.Context, req *listenerdv1.UpdateListe
 				cur.IdleTimeout = asked.IdleTimeout
 			case "spec.limits.max_lifetime":
 				cur.MaxLifetime = asked.MaxLifetime
+			case "spec.limits.accept_rate":
+				cur.AcceptRate = asked.AcceptRate
+			case "spec.limits.accept_burst":
+				cur.AcceptBurst = asked.AcceptBurst
+			case "spec.limits.max_connections_per_source":
+				cur.PerSource = asked.PerSource
 			}
 		}
 		return cur, nil
@@ -180,6 +189,18 @@ func (s *Service) CloseConnection(_ context.Context, req *listenerdv1.CloseConne
 		return nil, s.err(err)
 	}
 	return &listenerdv1.CloseConnectionResponse{}, nil
+}
+
+// RebindListener implements ListenerService.
+func (s *Service) RebindListener(ctx context.Context, req *listenerdv1.RebindListenerRequest) (*listenerdv1.RebindListenerResponse, error) {
+	if err := requireID("id", req.GetId()); err != nil {
+		return nil, s.err(err)
+	}
+	l, err := s.m.Rebind(ctx, req.GetId())
+	if err != nil {
+		return nil, s.err(err)
+	}
+	return &listenerdv1.RebindListenerResponse{Listener: listenerToProto(l.Info())}, nil
 }
 
 // watchBatch is the most events sent in one response.

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // newClient serves a Service over bufconn and returns a real gRPC client.
 func newClient(t *testing.T, opts events.Options) listenerdv1.ListenerServiceClient {
 	t.Helper()
-	mgr := listener.NewManager(events.NewBus(opts), nil)
+	mgr := listener.NewManager(events.NewBus(opts), nil, listener.Options{})
 	srv := grpc.NewServer()
 	listenerdv1.RegisterListenerServiceServer(srv, New(mgr, nil))
 	lis := bufconn.Listen(1 << 20)
@@ -139,7 +139,10 @@ func TestErrorMatrix(t *testing.T) {
 			return err
 		}, codes.InvalidArgument, "id"},
 		{"watch bad kind", watch(&listenerdv1.WatchEventsRequest{Kinds: []listenerdv1.EventKind{99}}), codes.InvalidArgument, "kinds[0]"},
-		{"get unknown", func() error { _, err := c.GetListener(ctx(t), &listenerdv1.GetListenerRequest{Id: "ln-00000000"}); return err }, codes.NotFound, "ln-00000000"},
+		{"get unknown", func() error {
+			_, err := c.GetListener(ctx(t), &listenerdv1.GetListenerRequest{Id: "ln-00000000"})
+			return err
+		}, codes.NotFound, "ln-00000000"},
 		{"update unknown", update("ghost", &listenerdv1.Limits{}, "spec.limits"), codes.NotFound, "ghost"},
 		{"close unknown", func() error {
 			_, err := c.CloseListener(ctx(t), &listenerdv1.CloseListenerRequest{Id: "ghost"})

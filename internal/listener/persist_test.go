@@ -1,0 +1,166 @@
+package listener
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
+
+// memStore is a Persister that keeps the last save in memory.
+type memStore struct {
+	mu   sync.Mutex
+	recs []json.RawMessage
+	fail error
+}
+
+func (s *memStore) Save(recs []json.RawMessage) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	s.recs = append([]json.RawMessage(nil), recs...)
+	return nil
+}
+
+func (s *memStore) saved() []json.RawMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recs
+}
+
+func newPersistentManager(t *testing.T, st *memStore) *Manager {
+	t.Helper()
+	m := NewManager(events.NewBus(events.Options{}), nil, Options{Persister: st})
+	t.Cleanup(func() { m.Shutdown(0) })
+	return m
+}
+
+func TestRestoreSameIDsAndPorts(t *testing.T) {
+	st := &memStore{}
+	m1 := newPersistentManager(t, st)
+	fixed, err := m1.Create(context.Background(), "fixed", Spec{Limits: limit(3), Handler: Handler{Kind: HandlerEcho}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eph := create(t, m1, Spec{Limits: unlimited()}) // port 0
+	gone := create(t, m1, Spec{Limits: unlimited()})
+	if _, err := m1.Close(gone.ID(), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m1.SetLimits("fixed", func(l Limits) (Limits, error) { l.MaxConnections = 7; return l, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(st.saved()); n != 2 {
+		t.Fatalf("saved %d records, want 2 (closed one removed)", n)
+	}
+	want := map[string]string{fixed.ID(): fixed.Info().Bound, eph.ID(): eph.Info().Bound}
+	m1.Shutdown(0) // the daemon stopping: state stays
+
+	m2 := newPersistentManager(t, st)
+	up, failed, err := m2.Restore(context.Background(), st.saved())
+	if err != nil || up != 2 || failed != 0 {
+		t.Fatalf("restore: %d up, %d failed, %v", up, failed, err)
+	}
+	infos, _ := m2.List()
+	for _, in := range infos {
+		if want[in.ID] != in.Bound || in.State != StateListening {
+			t.Fatalf("restored %s at %s (%v), want %s", in.ID, in.Bound, in.State, want[in.ID])
+		}
+	}
+	l, err := m2.Get("fixed")
+	if err != nil || l.Info().Spec.Limits.MaxConnections != 7 || l.Info().Spec.Handler.Kind != HandlerEcho {
+		t.Fatalf("restored spec: %+v, %v", l.Info().Spec, err)
+	}
+}
+
+func TestRestoreUnbindableComesBackFailed(t *testing.T) {
+	st := &memStore{}
+	m1 := newPersistentManager(t, st)
+	l := create(t, m1, Spec{Limits: unlimited()})
+	port := localPortOf(l)
+	m1.Shutdown(0)
+
+	// Someone else takes the port while the daemon is down.
+	squatter, err := net.Listen("tcp", l.Info().Bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Make the record ask for that fixed port.
+	var r record
+	if err := json.Unmarshal(st.saved()[0], &r); err != nil {
+		t.Fatal(err)
+	}
+	r.Spec.Port = port
+	raw, _ := json.Marshal(r)
+
+	m2 := newPersistentManager(t, st)
+	up, failed, err := m2.Restore(context.Background(), []json.RawMessage{raw})
+	if err != nil || up != 0 || failed != 1 {
+		t.Fatalf("restore: %d up, %d failed, %v", up, failed, err)
+	}
+	got, err := m2.Get(l.ID())
+	if err != nil {
+		t.Fatalf("failed listener dropped: %v", err)
+	}
+	if in := got.Info(); in.State != StateFailed || in.LastError == "" {
+		t.Fatalf("restored %+v, want FAILED with its error", in)
+	}
+	if len(st.saved()) != 1 {
+		t.Fatal("a FAILED listener must stay in the saved state")
+	}
+	if _, err := m2.Rebind(context.Background(), l.ID()); !errors.Is(err, ErrAddressInUse) {
+		t.Fatalf("rebind while taken: %v", err)
+	}
+	squatter.Close()
+	back, err := m2.Rebind(context.Background(), l.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in := back.Info(); in.State != StateListening || localPortOf(back) != port {
+		t.Fatalf("rebound %+v", in)
+	}
+	c := dial(t, back.Info().Bound)
+	c.Close()
+	if _, err := m2.Rebind(context.Background(), l.ID()); !errors.Is(err, ErrNotListening) {
+		t.Fatalf("rebind of a listening listener: %v", err)
+	}
+}
+
+func TestCreateFailsWholeWhenStateCannotBeSaved(t *testing.T) {
+	st := &memStore{fail: errors.New("disk full")}
+	m := newPersistentManager(t, st)
+	_, err := m.Create(context.Background(), "x", Spec{Limits: unlimited()})
+	if !errors.Is(err, ErrPersist) {
+		t.Fatalf("create: %v, want ErrPersist", err)
+	}
+	if ls, _ := m.List(); len(ls) != 0 {
+		t.Fatalf("a listener was left behind: %+v", ls)
+	}
+	if _, err := m.Get("x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("name left behind: %v", err)
+	}
+}
+
+func TestValidateRecordsRejectsGarbage(t *testing.T) {
+	for _, raw := range []string{
+		`{"id":"nope","spec":{"handler":"echo","max_connections":-1}}`,
+		`{"id":"ln-00000001","spec":{"handler":"teleport","max_connections":-1}}`,
+		`{"id":"ln-00000001","spec":{"handler":"echo","max_connections":-1},"extra":1}`,
+		`{"id":"ln-00000001","name":"Bad Name","spec":{"handler":"echo","max_connections":-1}}`,
+		`[]`,
+	} {
+		if err := ValidateRecords([]json.RawMessage{json.RawMessage(raw)}); err == nil {
+			t.Errorf("accepted %s", raw)
+		}
+	}
+	dup := json.RawMessage(`{"id":"ln-00000001","spec":{"handler":"echo","max_connections":-1}}`)
+	if err := ValidateRecords([]json.RawMessage{dup, dup}); err == nil {
+		t.Error("accepted a duplicate id")
+	}
+}

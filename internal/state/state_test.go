@@ -1,0 +1,111 @@
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSaveLoadRoundTrip(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state") // created by Open
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if recs, err := s.Load(); err != nil || len(recs) != 0 {
+		t.Fatalf("empty dir: %v, %v", recs, err)
+	}
+	want := []json.RawMessage{json.RawMessage(`{"id":"a"}`), json.RawMessage(`{"id":"b"}`)}
+	if err := s.Save(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Load()
+	if err != nil || len(got) != 2 {
+		t.Fatalf("load: %s, %v", got, err)
+	}
+	var rec struct{ ID string }
+	if err := json.Unmarshal(got[1], &rec); err != nil || rec.ID != "b" {
+		t.Fatalf("record 1: %s, %v", got[1], err)
+	}
+	// No temporary file is left behind.
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Fatalf("left %s", e.Name())
+		}
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("state dir mode %v, %v", fi.Mode(), err)
+	}
+}
+
+func TestSecondOpenIsLocked(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+	s.Close()
+	s2, err := Open(dir)
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	s2.Close()
+}
+
+func TestCorruptFilesNameTheFile(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Save([]json.RawMessage{json.RawMessage(`{"id":"a"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	full, _ := os.ReadFile(s.Path())
+	for name, data := range map[string][]byte{
+		"cut mid-write":   full[:len(full)/2],
+		"empty":           {},
+		"other version":   []byte(`{"version": 99, "listeners": []}`),
+		"unknown field":   []byte(`{"version": 1, "listeners": [], "x": 1}`),
+		"trailing":        append(append([]byte{}, full...), []byte("{}")...),
+		"not json at all": []byte("\x00\x01garbage"),
+	} {
+		if err := os.WriteFile(s.Path(), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.Load()
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), filepath.Join(dir, FileName)) {
+			t.Errorf("%s: %v, want ErrCorrupt naming the file", name, err)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"version":1,"listeners":[{"id":"ln-00000000"}]}`))
+	f.Add([]byte(`{"version":2}`))
+	f.Add([]byte(``))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		recs, err := Decode("fuzz", data)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "fuzz") {
+				t.Fatalf("error not ErrCorrupt naming the file: %v", err)
+			}
+			return
+		}
+		// What decodes is valid JSON records.
+		for _, r := range recs {
+			if !json.Valid(r) {
+				t.Fatalf("invalid record %q", r)
+			}
+		}
+	})
+}
