@@ -11,8 +11,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,6 +31,7 @@ type Manager struct {
 	persist      Persister
 	maxListeners int
 	maxConns     int64        // daemon-wide open connections; 0: unlimited
+	policy       Policy       // what listeners may bind; checked before every bind
 	totalConns   atomic.Int64 // open connections across listeners
 
 	mu     sync.Mutex
@@ -45,6 +46,7 @@ type Options struct {
 	Persister      Persister // saves desired state on every change
 	MaxListeners   int       // listeners at once; beyond, Create fails with ErrLimit
 	MaxConnections int64     // open connections across all listeners; beyond, rejected
+	Policy         Policy    // ports and hosts listeners may bind; beyond, ErrPermission
 }
 
 // NewManager returns a manager that reports to bus.
@@ -53,7 +55,7 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Manager{bus: bus, log: log, persist: opts.Persister, maxListeners: opts.MaxListeners,
-		maxConns: opts.MaxConnections, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
+		maxConns: opts.MaxConnections, policy: opts.Policy, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
 }
 
 // Bus returns the manager's event bus.

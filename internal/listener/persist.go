@@ -207,6 +207,9 @@ func (m *Manager) bindLocked(ctx context.Context, id, name string, spec Spec, la
 	if err != nil {
 		return nil, err
 	}
+	if err := m.policy.Check(ip, spec.Port); err != nil {
+		return nil, err
+	}
 	var ln *net.TCPListener
 	if spec.Port == 0 && lastPort != 0 {
 		ln, err = bind(ctx, ip, lastPort, spec)
