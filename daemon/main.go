@@ -58,7 +58,11 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 	fs.IntVar(&cfg.MaxListeners, "max-listeners", 0, "listeners at once (0: unlimited)")
 	fs.Int64Var(&cfg.MaxConnections, "max-connections", 0, "open connections across all listeners (0: unlimited)")
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	checkSecurity := addSecurityFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
+		return cfg, level, err
+	}
+	if err := checkSecurity(); err != nil {
 		return cfg, level, err
 	}
 	if fs.NArg() > 0 {

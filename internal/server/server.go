@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -33,15 +34,19 @@ import (
 
 // Config is the daemon's configuration.
 type Config struct {
-	Socket          string        // API unix socket path
-	ShutdownTimeout time.Duration // drain budget on SIGTERM/SIGINT
-	History         int           // events held for resume
-	WatcherLag      int           // events a watcher may fall behind before it is cut
-	MaxWatchers     int           // concurrent WatchEvents streams
-	StateDir        string        // where listener specs persist; "" with Ephemeral
-	Ephemeral       bool          // keep no state: nothing persists or is restored
-	MaxListeners    int           // listeners at once; 0: unlimited
-	MaxConnections  int64         // open connections across listeners; 0: unlimited
+	Socket          string          // API unix socket path
+	ShutdownTimeout time.Duration   // drain budget on SIGTERM/SIGINT
+	History         int             // events held for resume
+	WatcherLag      int             // events a watcher may fall behind before it is cut
+	MaxWatchers     int             // concurrent WatchEvents streams
+	StateDir        string          // where listener specs persist; "" with Ephemeral
+	Ephemeral       bool            // keep no state: nothing persists or is restored
+	MaxListeners    int             // listeners at once; 0: unlimited
+	MaxConnections  int64           // open connections across listeners; 0: unlimited
+	Policy          listener.Policy // ports and hosts listeners may bind
+	API             APIConfig       // the optional TCP API
+	MutationRate    float64         // mutating RPCs a second on each transport; 0: no limit
+	MutationBurst   int             // burst of MutationRate
 	Log             *slog.Logger
 	Stdout          io.Writer // where the "serving on" line goes
 }
@@ -54,6 +59,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	api, apiAuth, err := prepareAPI(ctx, cfg.API, log)
+	if err != nil {
+		return err
+	}
 	ln, unlock, err := listenUnix(cfg.Socket)
 	if err != nil {
 		return err
@@ -61,8 +70,15 @@ func Run(ctx context.Context, cfg Config) error {
 	defer unlock()
 	defer os.Remove(cfg.Socket)
 	defer ln.Close()
+	var tcpLn net.Listener
+	if api != nil {
+		if tcpLn, err = listenTCP(api); err != nil {
+			return err
+		}
+		defer tcpLn.Close()
+	}
 
-	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections}
+	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections, Policy: cfg.Policy}
 	var saved []json.RawMessage
 	if !cfg.Ephemeral {
 		store, err := state.Open(cfg.StateDir)
@@ -88,13 +104,27 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		log.Info("listeners restored", "listening", up, "failed", failed, "state", cfg.StateDir)
 	}
-	srv, hs := newGRPCServer(service.New(mgr, log), log)
+	svc := service.New(mgr, log)
+	srv, hs := newGRPCServer(svc, log, transport{name: "unix",
+		limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)})
+	srvs, hss := []*grpc.Server{srv}, []*health.Server{hs}
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID())
+	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID(), "policy", cfg.Policy.String())
 	if cfg.Stdout != nil {
 		fmt.Fprintf(cfg.Stdout, "listenerd serving on unix://%s\n", cfg.Socket)
+	}
+	if api != nil {
+		tsrv, ths := newGRPCServer(svc, log, transport{name: "tcp", creds: api.creds, auth: apiAuth,
+			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)})
+		srvs, hss = append(srvs, tsrv), append(hss, ths)
+		go func() { errc <- tsrv.Serve(tcpLn) }()
+		log.Info("listenerd serving TCP API", "addr", tcpLn.Addr().String(), "tls", api.creds != nil,
+			"mtls", api.mTLS, "token", api.token)
+		if cfg.Stdout != nil {
+			fmt.Fprintf(cfg.Stdout, "listenerd serving on tcp://%s\n", tcpLn.Addr())
+		}
 	}
 
 	var serveErr error
@@ -103,9 +133,15 @@ func Run(ctx context.Context, cfg Config) error {
 	case serveErr = <-errc:
 	}
 	log.Info("listenerd shutting down", "timeout", cfg.ShutdownTimeout)
-	hs.Shutdown()
+	for _, hs := range hss {
+		hs.Shutdown()
+	}
 	bus.Close() // ends WatchEvents streams, which would hold GracefulStop
-	stopGRPC(srv, cfg.ShutdownTimeout)
+	var wg sync.WaitGroup
+	for _, srv := range srvs {
+		wg.Go(func() { stopGRPC(srv, cfg.ShutdownTimeout) })
+	}
+	wg.Wait()
 	mgr.Shutdown(cfg.ShutdownTimeout)
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve: %w", serveErr)
@@ -131,7 +167,11 @@ func stopGRPC(srv *grpc.Server, limit time.Duration) {
 	}
 }
 
-func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger) (*grpc.Server, *health.Server) {
+// newGRPCServer returns the server of one transport, with logging and
+// recovery outermost, then the transport's own options (see
+// transport.options), health and reflection.
+func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr transport) (*grpc.Server, *health.Server) {
+	log = log.With("api", tr.name)
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
@@ -140,7 +180,7 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger) (*gr
 		log.ErrorContext(ctx, "panic in handler", "panic", p)
 		return status.Error(codes.Internal, "internal error")
 	})}
-	srv := grpc.NewServer(
+	srv := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(
 			logging.UnaryServerInterceptor(logger, logOpts...),
 			recovery.UnaryServerInterceptor(recoverOpts...),
@@ -149,8 +189,7 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger) (*gr
 			logging.StreamServerInterceptor(logger, logOpts...),
 			recovery.StreamServerInterceptor(recoverOpts...),
 		),
-		grpc.MaxRecvMsgSize(1<<20),
-	)
+	}, tr.options()...)...)
 	listenerdv1.RegisterListenerServiceServer(srv, svc)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

@@ -1,0 +1,311 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/ratelimit"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// APIConfig is the optional TCP API, served beside the unix socket.
+type APIConfig struct {
+	Listen    string // "host:port" to serve on; "" serves no TCP API
+	TLSCert   string // PEM certificate (chain) of the server; with TLSKey, enables TLS
+	TLSKey    string // PEM private key of TLSCert
+	ClientCA  string // PEM CA bundle; enables mTLS: a client must present a certificate it signed
+	TokenFile string // file holding the bearer token clients must send
+}
+
+// Limits of the gRPC servers, on both transports. Requests are tiny (the
+// largest is a spec with its CIDR lists), so 64 KiB is ample.
+const (
+	MaxRecvBytes         = 64 << 10
+	MaxConcurrentStreams = 128
+	// KeepaliveMinTime is the shortest ping interval a client may use; ctl
+	// pings every 30s, and only while a stream is open.
+	KeepaliveMinTime  = 20 * time.Second
+	ConnectionTimeout = 10 * time.Second
+	// DefaultMutationRate and DefaultMutationBurst bound the mutating RPCs
+	// (create, update, close, kick, rebind) a second, on each transport.
+	DefaultMutationRate  = 100
+	DefaultMutationBurst = 200
+	// minTokenLen is the shortest token accepted without a warning.
+	minTokenLen = 16
+)
+
+// mutating are the RPCs the rate limit applies to.
+var mutating = map[string]bool{
+	listenerdv1.ListenerService_CreateListener_FullMethodName:  true,
+	listenerdv1.ListenerService_UpdateListener_FullMethodName:  true,
+	listenerdv1.ListenerService_CloseListener_FullMethodName:   true,
+	listenerdv1.ListenerService_CloseConnection_FullMethodName: true,
+	listenerdv1.ListenerService_RebindListener_FullMethodName:  true,
+}
+
+// transport is what differs between the servers of the two transports:
+// the unix socket (guarded by its file mode, no authentication) and the
+// TCP API (TLS and authentication).
+type transport struct {
+	name    string                           // "unix" or "tcp", for logs
+	creds   credentials.TransportCredentials // nil: plaintext
+	auth    auth.AuthFunc                    // nil: no authentication
+	limiter ratelimit.Limiter                // nil: mutations are not limited
+}
+
+// options returns the server options of the transport: the hardening shared
+// by both, its credentials, and the authentication and rate-limit
+// interceptors, which run after logging and recovery.
+func (t transport) options() []grpc.ServerOption {
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxRecvBytes),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.ConnectionTimeout(ConnectionTimeout),
+	}
+	if t.creds != nil {
+		opts = append(opts, grpc.Creds(t.creds))
+	}
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	if t.auth != nil {
+		// Health stays open so probes need no credentials; everything else,
+		// reflection included, is authenticated. Authentication runs before
+		// the rate limit, so calls without credentials spend no tokens.
+		open := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+			return c.Service != healthpb.Health_ServiceDesc.ServiceName
+		})
+		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(t.auth), open))
+		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(t.auth), open))
+	}
+	if t.limiter != nil {
+		isMutation := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+			return mutating[c.FullMethod()]
+		})
+		unary = append(unary, selector.UnaryServerInterceptor(ratelimit.UnaryServerInterceptor(t.limiter), isMutation))
+	}
+	if len(unary) > 0 {
+		opts = append(opts, grpc.ChainUnaryInterceptor(unary...))
+	}
+	if len(stream) > 0 {
+		opts = append(opts, grpc.ChainStreamInterceptor(stream...))
+	}
+	return opts
+}
+
+// mutationLimiter is a token bucket for the ratelimit interceptor.
+type mutationLimiter struct{ l *rate.Limiter }
+
+func newMutationLimiter(perSecond float64, burst int) ratelimit.Limiter {
+	if perSecond <= 0 {
+		return nil
+	}
+	return mutationLimiter{rate.NewLimiter(rate.Limit(perSecond), max(burst, 1))}
+}
+
+// Limit implements ratelimit.Limiter.
+func (m mutationLimiter) Limit(context.Context) error {
+	if !m.l.Allow() {
+		return fmt.Errorf("more than %g changes a second (burst %d)", float64(m.l.Limit()), m.l.Burst())
+	}
+	return nil
+}
+
+// tcpAPI is the prepared TCP API: credentials and authentication, loaded
+// and checked before anything is bound.
+type tcpAPI struct {
+	addr     string
+	creds    credentials.TransportCredentials // nil: plaintext (loopback only)
+	mTLS     bool
+	token    bool
+	loopback bool
+}
+
+// prepareAPI loads and checks the TCP API's TLS files and token. The TCP
+// API must authenticate (bearer token and/or client certificate), since
+// every local user can reach loopback; off loopback it must also use TLS.
+// The token itself is kept only as its SHA-256, so it cannot reach a log.
+func prepareAPI(ctx context.Context, cfg APIConfig, log *slog.Logger) (*tcpAPI, auth.AuthFunc, error) {
+	if cfg.Listen == "" {
+		if cfg.TLSCert != "" || cfg.TLSKey != "" || cfg.ClientCA != "" || cfg.TokenFile != "" {
+			return nil, nil, errors.New("--tls-cert, --tls-key, --client-ca and --token-file need --api-listen")
+		}
+		return nil, nil, nil
+	}
+	api := &tcpAPI{addr: cfg.Listen}
+	loopback, err := isLoopback(ctx, cfg.Listen)
+	if err != nil {
+		return nil, nil, err
+	}
+	api.loopback = loopback
+	switch {
+	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
+		return nil, nil, errors.New("--tls-cert and --tls-key go together")
+	case cfg.TLSCert == "" && cfg.ClientCA != "":
+		return nil, nil, errors.New("--client-ca needs TLS (--tls-cert and --tls-key)")
+	case cfg.TLSCert == "" && !loopback:
+		return nil, nil, fmt.Errorf("refusing to serve the API on %s without TLS: it is not a loopback address (give --tls-cert and --tls-key)", cfg.Listen)
+	case cfg.TokenFile == "" && cfg.ClientCA == "":
+		return nil, nil, fmt.Errorf("refusing to serve the API on %s without authentication (give --token-file and/or --client-ca)", cfg.Listen)
+	}
+	if cfg.TLSCert != "" {
+		tc, err := serverTLS(cfg.TLSCert, cfg.TLSKey, cfg.ClientCA)
+		if err != nil {
+			return nil, nil, err
+		}
+		api.creds = credentials.NewTLS(tc)
+		api.mTLS = cfg.ClientCA != ""
+	}
+	var tokenSum *[sha256.Size]byte
+	if cfg.TokenFile != "" {
+		sum, n, err := readToken(cfg.TokenFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		if n < minTokenLen {
+			log.Warn("API token is short; use at least 32 random bytes", "file", cfg.TokenFile, "length", n)
+		}
+		if fi, err := os.Stat(cfg.TokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			log.Warn("API token file is readable by others; chmod 600 it", "file", cfg.TokenFile, "mode", fi.Mode().Perm())
+		}
+		tokenSum, api.token = &sum, true
+	}
+	return api, authFunc(api.mTLS, tokenSum), nil
+}
+
+// authFunc checks a call on the TCP API: a verified client certificate
+// when requireCert, the bearer token when tokenSum is set.
+func authFunc(requireCert bool, tokenSum *[sha256.Size]byte) auth.AuthFunc {
+	return func(ctx context.Context) (context.Context, error) {
+		if requireCert {
+			p, _ := peer.FromContext(ctx)
+			var ti credentials.TLSInfo
+			if p != nil {
+				ti, _ = p.AuthInfo.(credentials.TLSInfo)
+			}
+			if len(ti.State.VerifiedChains) == 0 {
+				return nil, status.Error(codes.Unauthenticated, "a client certificate signed by the daemon's client CA is required")
+			}
+		}
+		if tokenSum != nil {
+			tok, err := auth.AuthFromMD(ctx, "bearer")
+			if err != nil {
+				return nil, status.Error(codes.Unauthenticated, "missing bearer token (metadata authorization: Bearer <token>)")
+			}
+			// Hashing first makes the comparison constant-time whatever the
+			// lengths.
+			sum := sha256.Sum256([]byte(tok))
+			if subtle.ConstantTimeCompare(sum[:], tokenSum[:]) != 1 {
+				return nil, status.Error(codes.Unauthenticated, "invalid bearer token")
+			}
+		}
+		return ctx, nil
+	}
+}
+
+// readToken reads a token file, trimmed of surrounding white space, and
+// returns its SHA-256 and length.
+func readToken(path string) ([sha256.Size]byte, int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return [sha256.Size]byte{}, 0, fmt.Errorf("token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return [sha256.Size]byte{}, 0, fmt.Errorf("token file %s is empty", path)
+	}
+	if strings.ContainsAny(tok, "\r\n") {
+		return [sha256.Size]byte{}, 0, fmt.Errorf("token file %s holds more than one line", path)
+	}
+	return sha256.Sum256([]byte(tok)), len(tok), nil
+}
+
+// serverTLS is the TCP API's TLS configuration. With a client CA, a client
+// certificate is verified when given, and required by the authentication
+// interceptor, so a client without one gets UNAUTHENTICATED rather than a
+// failed handshake.
+func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("client CA %s: no PEM certificate in it", caFile)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return tc, nil
+}
+
+// isLoopback says whether addr ("host:port") names only loopback
+// addresses. An empty host (every interface) is not loopback.
+func isLoopback(ctx context.Context, addr string) (bool, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, fmt.Errorf("--api-listen %q: %v", addr, err)
+	}
+	if host == "" {
+		return false, nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip.Unmap().IsLoopback(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return false, fmt.Errorf("--api-listen %q: cannot resolve %s: %v", addr, host, err)
+	}
+	for _, ip := range ips {
+		if !ip.Unmap().IsLoopback() {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// listenTCP binds the TCP API and checks that a plaintext API really is on
+// loopback.
+func listenTCP(api *tcpAPI) (net.Listener, error) {
+	ln, err := net.Listen("tcp", api.addr)
+	if err != nil {
+		return nil, fmt.Errorf("API listen on %s: %w", api.addr, err)
+	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); api.creds == nil && (!ok || !ta.IP.IsLoopback()) {
+		ln.Close()
+		return nil, fmt.Errorf("refusing to serve the API on %s without TLS: it is not a loopback address", ln.Addr())
+	}
+	return ln, nil
+}
