@@ -1,0 +1,303 @@
+package ctl
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+func (a *app) lsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List listeners",
+		Long: `List every listener the daemon holds, oldest first, including closed ones
+still draining. MAX is max-connections ("-" for unlimited). -o wide adds bytes
+in and out and the creation time; -o json prints one Listener object a line.`,
+		Example: `  ctl ls
+  ctl ls -o wide
+  ctl ls -o json | jq -r .id`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, err := a.dial()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.unary(cmd.Context())
+			defer cancel()
+			resp, err := client.ListListeners(ctx, &listenerdv1.ListListenersRequest{})
+			if err != nil {
+				return err
+			}
+			return a.writeListeners(a.stdout, resp.GetListeners())
+		},
+	}
+}
+
+func (a *app) getCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get ID",
+		Short: "Show one listener",
+		Long:  `Show one listener, by id or name: its spec and its status, one "key: value" line each.`,
+		Example: `  ctl get ln-1a2b3c4d
+  ctl get web -o json`,
+		Args: exactArgs(1, "a listener id or name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			client, err := a.dial()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.unary(cmd.Context())
+			defer cancel()
+			resp, err := client.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			return a.writeListener(a.stdout, resp.GetListener())
+		},
+	}
+}
+
+// limitOptions holds the flags of ctl limit.
+type limitOptions struct {
+	maxConns    uint32
+	unlimited   bool
+	overflow    string
+	idleTimeout time.Duration
+	maxLifetime time.Duration
+}
+
+func (o *limitOptions) addFlags(fs *pflag.FlagSet) {
+	fs.Uint32Var(&o.maxConns, "max-connections", 0, "most open connections; 0 rejects every new connection")
+	fs.BoolVar(&o.unlimited, "unlimited", false, "remove the connection limit")
+	fs.StringVar(&o.overflow, "overflow", "", "what happens over the limit: reject or backlog")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "close connections idle this long; 0 means never")
+	fs.DurationVar(&o.maxLifetime, "max-lifetime", 0, "close connections this long after they open; 0 means never")
+}
+
+// request builds the UpdateListenerRequest: its mask names exactly the limits
+// whose flags were given. --unlimited names max_connections and leaves it
+// unset.
+func (o *limitOptions) request(id string, fs *pflag.FlagSet) (*listenerdv1.UpdateListenerRequest, error) {
+	limits := &listenerdv1.Limits{}
+	var paths []string
+	maxSet, unlimited := fs.Changed("max-connections"), fs.Changed("unlimited") && o.unlimited
+	switch {
+	case maxSet && unlimited:
+		return nil, usageErrorf("give --max-connections or --unlimited, not both")
+	case maxSet:
+		n := o.maxConns
+		limits.MaxConnections = &n
+		paths = append(paths, "spec.limits.max_connections")
+	case unlimited:
+		paths = append(paths, "spec.limits.max_connections")
+	}
+	if fs.Changed("overflow") {
+		p, err := parseOverflow(o.overflow)
+		if err != nil {
+			return nil, err
+		}
+		limits.Overflow = p
+		paths = append(paths, "spec.limits.overflow")
+	}
+	if fs.Changed("idle-timeout") {
+		limits.IdleTimeout = durationpb.New(o.idleTimeout)
+		paths = append(paths, "spec.limits.idle_timeout")
+	}
+	if fs.Changed("max-lifetime") {
+		limits.MaxLifetime = durationpb.New(o.maxLifetime)
+		paths = append(paths, "spec.limits.max_lifetime")
+	}
+	if len(paths) == 0 {
+		return nil, usageErrorf("nothing to change: give --max-connections N, --unlimited, --overflow, --idle-timeout or --max-lifetime")
+	}
+	return &listenerdv1.UpdateListenerRequest{
+		Listener:   &listenerdv1.Listener{Id: id, Spec: &listenerdv1.ListenerSpec{Limits: limits}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: paths},
+	}, nil
+}
+
+func (a *app) limitCmd() *cobra.Command {
+	var o limitOptions
+	cmd := &cobra.Command{
+		Use:   "limit ID (--max-connections N | --unlimited) [--overflow reject|backlog] [--idle-timeout D] [--max-lifetime D]",
+		Short: "Change a listener's limits at runtime",
+		Long: `Change a listener's limits without a rebind; only the limits given change.
+A lowered --max-connections closes nobody: it applies to the next accept.
+Prints the limits now in force.`,
+		Example: `  ctl limit web --max-connections 100
+  ctl limit ln-1a2b3c4d --unlimited
+  ctl limit web --max-connections 10 --overflow backlog --idle-timeout 1m`,
+		Args: exactArgs(1, "a listener id or name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req, err := o.request(args[0], cmd.Flags())
+			if err != nil {
+				return err
+			}
+			client, err := a.dial()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.unary(cmd.Context())
+			defer cancel()
+			resp, err := client.UpdateListener(ctx, req)
+			if err != nil {
+				return err
+			}
+			l := resp.GetListener()
+			if a.json() {
+				return writeJSON(a.stdout, l)
+			}
+			_, err = fmt.Fprintf(a.stdout, "limits of %s: %s\n", l.GetId(), limitsLine(l.GetSpec().GetLimits()))
+			return err
+		},
+	}
+	o.addFlags(cmd.Flags())
+	cmd.MarkFlagsMutuallyExclusive("max-connections", "unlimited")
+	return cmd
+}
+
+// closeRequest builds the CloseListenerRequest; drain_timeout is set only when
+// --drain was given (0 destroys open connections at once).
+func closeRequest(id string, fs *pflag.FlagSet, drain time.Duration, force bool) (*listenerdv1.CloseListenerRequest, error) {
+	req := &listenerdv1.CloseListenerRequest{Id: id, Force: force}
+	if fs.Changed("drain") {
+		if force {
+			return nil, usageErrorf("give --drain or --force, not both")
+		}
+		req.DrainTimeout = durationpb.New(drain)
+	}
+	return req, nil
+}
+
+func (a *app) closeCmd() *cobra.Command {
+	var (
+		drain time.Duration
+		force bool
+	)
+	cmd := &cobra.Command{
+		Use:   "close ID [--drain D | --force]",
+		Short: "Close a listener",
+		Long: `Close a listener: it stops accepting at once, and its port is free when this
+command returns. Open connections drain for up to --drain (the daemon's
+default, 30s, when not given), then are destroyed; --force (or --drain 0)
+destroys them now.`,
+		Example: `  ctl close web
+  ctl close ln-1a2b3c4d --drain 5s
+  ctl close web --force`,
+		Args: exactArgs(1, "a listener id or name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req, err := closeRequest(args[0], cmd.Flags(), drain, force)
+			if err != nil {
+				return err
+			}
+			client, err := a.dial()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.unary(cmd.Context())
+			defer cancel()
+			resp, err := client.CloseListener(ctx, req)
+			if err != nil {
+				return err
+			}
+			l := resp.GetListener()
+			if a.json() {
+				return writeJSON(a.stdout, l)
+			}
+			_, err = fmt.Fprintln(a.stdout, closedLine(l))
+			return err
+		},
+	}
+	cmd.Flags().DurationVar(&drain, "drain", 0, "let open connections drain for up to this long (default: the daemon's, 30s)")
+	cmd.Flags().BoolVar(&force, "force", false, "destroy open connections now")
+	cmd.MarkFlagsMutuallyExclusive("drain", "force")
+	return cmd
+}
+
+// closedLine is what close prints: "closed ln-1a2b3c4d (draining 3 connections)".
+func closedLine(l *listenerdv1.Listener) string {
+	s := "closed " + l.GetId()
+	if n := l.GetStatus().GetActiveConnections(); n > 0 && l.GetStatus().GetState() == listenerdv1.State_STATE_DRAINING {
+		s += fmt.Sprintf(" (draining %s)", plural(n, "connection"))
+	}
+	return s
+}
+
+func plural(n uint64, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
+func (a *app) connsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "conns ID",
+		Aliases: []string{"connections"},
+		Short:   "List a listener's open connections",
+		Long: `List the open connections of a listener (id or name), oldest first. Use a
+connection id with ctl kick. -o wide adds the family and the opening time;
+-o json prints one Connection object a line.`,
+		Example: `  ctl conns web
+  ctl conns ln-1a2b3c4d -o json`,
+		Args: exactArgs(1, "a listener id or name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			client, err := a.dial()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.unary(cmd.Context())
+			defer cancel()
+			resp, err := client.ListConnections(ctx, &listenerdv1.ListConnectionsRequest{ListenerId: args[0]})
+			if err != nil {
+				return err
+			}
+			return a.writeConnections(a.stdout, resp.GetConnections())
+		},
+	}
+}
+
+func (a *app) kickCmd() *cobra.Command {
+	var reset bool
+	cmd := &cobra.Command{
+		Use:   "kick CONN [--reset]",
+		Short: "Close one connection",
+		Long: `Close one open connection by its id (as shown by ctl conns, e.g. ln-1a2b3c4d.3)
+with a graceful FIN, or with --reset an RST. Its closed event gives the
+reason "kicked". -o json prints the request that was carried out.`,
+		Example: `  ctl kick ln-1a2b3c4d.3
+  ctl kick ln-1a2b3c4d.3 --reset`,
+		Args: exactArgs(1, "a connection id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			client, err := a.dial()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.unary(cmd.Context())
+			defer cancel()
+			req := &listenerdv1.CloseConnectionRequest{Id: args[0], Reset_: reset}
+			if _, err := client.CloseConnection(ctx, req); err != nil {
+				return err
+			}
+			if a.json() {
+				return writeJSON(a.stdout, req)
+			}
+			verb := "kicked"
+			if reset {
+				verb = "reset"
+			}
+			_, err = fmt.Fprintf(a.stdout, "%s %s\n", verb, strings.TrimSpace(args[0]))
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&reset, "reset", false, "close with a TCP reset (RST) instead of a FIN")
+	return cmd
+}

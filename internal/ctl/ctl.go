@@ -1,0 +1,246 @@
+// Package ctl implements ctl, the command-line client of listenerd. Its
+// commands are a pure gRPC client of the daemon (listen, ls, get, limit,
+// close, watch, conns, kick), plus connect, a plain TCP client to try a
+// listener out. Main is the whole program, so tests drive it like a user.
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/paths"
+)
+
+// Output formats accepted by -o/--output.
+const (
+	outputText = "text"
+	outputJSON = "json"
+	outputWide = "wide"
+)
+
+// defaultTimeout bounds each unary RPC unless --timeout says otherwise.
+const defaultTimeout = 10 * time.Second
+
+// Main runs ctl with args (without the program name), writing to stdout and
+// stderr, and returns the process exit code (ExitOK, ExitError, ExitUsage,
+// ExitNotFound or ExitUnavailable). Cancelling ctx ends streaming commands
+// (watch, listen --follow, connect) with ExitOK.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return newApp(stdout, stderr).run(ctx, args)
+}
+
+// app is one run of ctl: its global flags, its writers and its lazily dialed
+// connection to the daemon.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+
+	// Global flags.
+	socket    string
+	api       apiFlags // --api and its credentials (api.go)
+	output    string
+	noHeaders bool
+	timeout   time.Duration
+	verbose   bool
+
+	// running is set once flags and arguments were accepted and a command's
+	// RunE started; an error before that is a usage error.
+	running bool
+
+	conn   *grpc.ClientConn
+	client listenerdv1.ListenerServiceClient
+
+	// retry paces watch resumes after UNAVAILABLE or RESOURCE_EXHAUSTED.
+	retry retryPolicy
+	// now is the clock used for ages in tables.
+	now func() time.Time
+}
+
+func newApp(stdout, stderr io.Writer) *app {
+	return &app{
+		stdin:  os.Stdin,
+		stdout: stdout,
+		stderr: stderr,
+		retry:  defaultRetry,
+		now:    time.Now,
+	}
+}
+
+// run executes args and turns the outcome into an exit code, printing any
+// error as one line on stderr.
+func (a *app) run(ctx context.Context, args []string) int {
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetIn(a.stdin)
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	cmd, err := root.ExecuteContextC(ctx)
+	if a.conn != nil {
+		_ = a.conn.Close()
+	}
+	if err == nil {
+		return ExitOK
+	}
+	if !a.running {
+		err = asUsage(err)
+	}
+	msg, code := a.describe(err)
+	if code == ExitUsage && cmd != nil && isFlagOrArgError(err) {
+		msg += fmt.Sprintf(" (see '%s --help')", cmd.CommandPath())
+	}
+	fmt.Fprintln(a.stderr, "ctl: "+msg)
+	return code
+}
+
+const rootLong = `ctl controls listenerd, a daemon that hosts raw TCP listeners, over its gRPC
+API on a unix socket, and connects to listeners as a plain TCP client.
+
+An id or a name works wherever a listener id is asked for.
+
+Output: -o text (tables for people, the default), -o wide (more columns),
+-o json (one JSON object a line, for scripts and streams).
+
+Exit codes:
+  0  success (and Ctrl-C on watch, listen --follow and connect)
+  1  any other failure
+  2  usage error or invalid input (bad flag or argument, INVALID_ARGUMENT)
+  3  listener or connection not found (NOT_FOUND)
+  4  daemon unreachable or not answering (UNAVAILABLE, DEADLINE_EXCEEDED)`
+
+func (a *app) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ctl",
+		Short: "Control listenerd, a daemon of raw TCP listeners",
+		Long:  rootLong,
+		Example: `  go run ./daemon &                      # start the daemon
+  ctl listen --port 6969 --mode echo     # open a listener
+  ctl connect 127.0.0.1:6969 --send hi   # try it
+  ctl ls                                 # list listeners
+  ctl watch                              # stream every event`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			switch a.output {
+			case outputText, outputJSON, outputWide:
+				return nil
+			}
+			return usageErrorf("unknown output format %q (want text, json or wide)", a.output)
+		},
+	}
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return asUsage(err) })
+
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.socket, "socket", paths.DefaultSocket(), "path of the daemon's API socket (env "+paths.SocketEnv+")")
+	a.addAPIFlags(pf)
+	pf.StringVarP(&a.output, "output", "o", outputText, "output format: text, wide or json")
+	pf.BoolVar(&a.noHeaders, "no-headers", false, "omit the header row of tables")
+	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "time allowed for each request to the daemon (0: no limit; streams are not limited)")
+	pf.BoolVarP(&a.verbose, "verbose", "v", false, "say more on stderr (stream positions, error details)")
+
+	root.AddCommand(
+		a.listenCmd(),
+		a.lsCmd(),
+		a.getCmd(),
+		a.limitCmd(),
+		a.closeCmd(),
+		a.watchCmd(),
+		a.connsCmd(),
+		a.kickCmd(),
+		a.connectCmd(),
+	)
+	markRunning(root, &a.running)
+	return root
+}
+
+// markRunning wraps the RunE of cmd and its children so that running is set
+// once cobra has accepted flags and arguments and the command really runs.
+func markRunning(cmd *cobra.Command, running *bool) {
+	if run := cmd.RunE; run != nil {
+		cmd.RunE = func(c *cobra.Command, args []string) error {
+			*running = true
+			return run(c, args)
+		}
+	}
+	for _, c := range cmd.Commands() {
+		markRunning(c, running)
+	}
+}
+
+// exactArgs is cobra.ExactArgs with an error that names what is missing.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		switch {
+		case len(args) < n:
+			return &usageError{err: fmt.Errorf("missing %s", what)}
+		case len(args) > n:
+			return &usageError{err: fmt.Errorf("too many arguments: want %s, got %q", what, strings.Join(args, " "))}
+		}
+		return nil
+	}
+}
+
+// dial returns the daemon's client, dialing the socket on first use. The
+// connection is closed when run ends.
+func (a *app) dial() (listenerdv1.ListenerServiceClient, error) {
+	if a.client != nil {
+		return a.client, nil
+	}
+	tgt, opts, err := a.endpoint()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(tgt, append(opts,
+		// Reconnect about as fast as watch retries, instead of grpc's
+		// default of 1s growing to 2 minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  defaultRetry.initial,
+				Multiplier: 2,
+				Jitter:     0.2,
+				MaxDelay:   defaultRetry.max,
+			},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	)...)
+	if err != nil {
+		return nil, usageErrorf("bad --socket or --api %q: %v", a.where(), err)
+	}
+	a.conn = conn
+	a.client = listenerdv1.NewListenerServiceClient(conn)
+	return a.client, nil
+}
+
+// target is the gRPC target of a unix socket path.
+func target(socket string) string {
+	if filepath.IsAbs(socket) {
+		return "unix://" + socket
+	}
+	return "unix:" + socket
+}
+
+// unary returns the context for one unary RPC, bounded by --timeout.
+func (a *app) unary(ctx context.Context) (context.Context, context.CancelFunc) {
+	if a.timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, a.timeout)
+}
+
+// note prints one line on stderr.
+func (a *app) note(format string, args ...any) {
+	fmt.Fprintf(a.stderr, "ctl: "+format+"\n", args...)
+}
+
+func (a *app) json() bool { return a.output == outputJSON }
+func (a *app) wide() bool { return a.output == outputWide }

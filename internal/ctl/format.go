@@ -1,0 +1,491 @@
+package ctl
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// timeLayout is how tables show a point in time (local time).
+const timeLayout = "2006-01-02 15:04:05"
+
+// writeJSON writes m as protojson on exactly one line.
+func writeJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	// protojson may vary its whitespace; compact it so every object is one
+	// stable line.
+	if err := json.Compact(&buf, b); err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err = w.Write(buf.Bytes())
+	return err
+}
+
+// table writes aligned columns; the header row is left out with --no-headers.
+type table struct {
+	tw *tabwriter.Writer
+}
+
+func newTable(w io.Writer, noHeaders bool, header ...string) *table {
+	t := &table{tw: tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)}
+	if !noHeaders {
+		t.row(header...)
+	}
+	return t
+}
+
+func (t *table) row(cells ...string) {
+	for i, c := range cells {
+		if c == "" {
+			cells[i] = "-"
+		}
+	}
+	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+}
+
+func (t *table) flush() error { return t.tw.Flush() }
+
+// humanBytes shows a byte count in IEC units: 18 B, 1.2 KiB, 3.0 MiB.
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatUint(n, 10) + " B"
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// humanDuration shows a duration rounded for people: 850ms, 1.2s, 3m12s,
+// 2h5m, 3d4h.
+func humanDuration(d time.Duration) string {
+	if d < 0 {
+		return "-" + humanDuration(-d)
+	}
+	switch {
+	case d == 0:
+		return "0s"
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return strconv.FormatInt(d.Round(time.Millisecond).Milliseconds(), 10) + "ms"
+	case d < time.Minute:
+		s := strconv.FormatFloat(d.Round(100*time.Millisecond).Seconds(), 'f', 1, 64)
+		return strings.TrimSuffix(s, ".0") + "s"
+	case d < time.Hour:
+		d = d.Round(time.Second)
+		return twoUnits(int(d.Minutes()), "m", int(d.Seconds())%60, "s")
+	case d < 24*time.Hour:
+		d = d.Round(time.Minute)
+		return twoUnits(int(d.Hours()), "h", int(d.Minutes())%60, "m")
+	default:
+		d = d.Round(time.Hour)
+		return twoUnits(int(d.Hours())/24, "d", int(d.Hours())%24, "h")
+	}
+}
+
+// twoUnits shows "3m12s", or "3m" when the smaller unit is zero.
+func twoUnits(big int, bigUnit string, small int, smallUnit string) string {
+	if small == 0 {
+		return strconv.Itoa(big) + bigUnit
+	}
+	return strconv.Itoa(big) + bigUnit + strconv.Itoa(small) + smallUnit
+}
+
+// optDuration shows an optional limit duration, where unset or zero means
+// never.
+func optDuration(d *durationpb.Duration) string {
+	if d == nil || d.AsDuration() == 0 {
+		return "none"
+	}
+	return humanDuration(d.AsDuration())
+}
+
+func localTime(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return ts.AsTime().Local().Format(timeLayout)
+}
+
+// enumWord is an enum value name without its type prefix, lower case:
+// STATE_LISTENING → listening.
+func enumWord(name, prefix string) string {
+	return strings.ToLower(strings.TrimPrefix(name, prefix))
+}
+
+func stateWord(s listenerdv1.State) string {
+	if s == listenerdv1.State_STATE_UNSPECIFIED {
+		return "unknown"
+	}
+	return enumWord(s.String(), "STATE_")
+}
+
+func overflowWord(p listenerdv1.OverflowPolicy) string {
+	if p == listenerdv1.OverflowPolicy_OVERFLOW_POLICY_UNSPECIFIED {
+		return "reject"
+	}
+	return enumWord(p.String(), "OVERFLOW_POLICY_")
+}
+
+func closeReasonWord(r listenerdv1.CloseReason) string {
+	return enumWord(r.String(), "CLOSE_REASON_")
+}
+
+func rejectReasonWord(r listenerdv1.RejectReason) string {
+	return enumWord(r.String(), "REJECT_REASON_")
+}
+
+func kindWord(k listenerdv1.EventKind) string {
+	return enumWord(k.String(), "EVENT_KIND_")
+}
+
+func familyWord(f listenerdv1.Family) string {
+	switch f {
+	case listenerdv1.Family_FAMILY_IPV4:
+		return "IPv4"
+	case listenerdv1.Family_FAMILY_IPV6:
+		return "IPv6"
+	}
+	return "unknown"
+}
+
+// maxConnsWord shows max_connections: "-" when unset (unlimited).
+func maxConnsWord(l *listenerdv1.Limits) string {
+	if l == nil || l.MaxConnections == nil {
+		return "-"
+	}
+	return strconv.FormatUint(uint64(*l.MaxConnections), 10)
+}
+
+func modeWord(h *listenerdv1.Handler) string {
+	switch h.GetKind().(type) {
+	case *listenerdv1.Handler_Echo:
+		return "echo"
+	case *listenerdv1.Handler_Forward:
+		return "forward"
+	}
+	return "discard"
+}
+
+// address is where a listener is: its bound address, or what it asked for
+// when it never bound.
+func address(l *listenerdv1.Listener) string {
+	if a := l.GetStatus().GetBoundAddress(); a != "" {
+		return a
+	}
+	host := l.GetSpec().GetHost()
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.FormatUint(uint64(l.GetSpec().GetPort()), 10))
+}
+
+func remote(t *listenerdv1.FiveTuple) string {
+	if t == nil {
+		return "?"
+	}
+	return net.JoinHostPort(t.GetRemoteAddress(), strconv.FormatUint(uint64(t.GetRemotePort()), 10))
+}
+
+func local(t *listenerdv1.FiveTuple) string {
+	if t == nil {
+		return "?"
+	}
+	return net.JoinHostPort(t.GetLocalAddress(), strconv.FormatUint(uint64(t.GetLocalPort()), 10))
+}
+
+// writeListeners prints listeners as a table (text, wide) or one JSON object
+// a line.
+func (a *app) writeListeners(w io.Writer, ls []*listenerdv1.Listener) error {
+	if a.json() {
+		for _, l := range ls {
+			if err := writeJSON(w, l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	header := []string{"ID", "NAME", "ADDRESS", "STATE", "ACTIVE", "ACCEPTED", "REJECTED", "MAX", "MODE"}
+	if a.wide() {
+		header = append(header, "IN", "OUT", "CREATED")
+	}
+	t := newTable(w, a.noHeaders, header...)
+	for _, l := range ls {
+		st := l.GetStatus()
+		row := []string{
+			l.GetId(),
+			l.GetName(),
+			address(l),
+			stateWord(st.GetState()),
+			strconv.FormatUint(st.GetActiveConnections(), 10),
+			strconv.FormatUint(st.GetAcceptedConnections(), 10),
+			strconv.FormatUint(st.GetRejectedConnections(), 10),
+			maxConnsWord(l.GetSpec().GetLimits()),
+			modeWord(l.GetSpec().GetHandler()),
+		}
+		if a.wide() {
+			row = append(row, humanBytes(st.GetBytesIn()), humanBytes(st.GetBytesOut()), localTime(st.GetCreateTime()))
+		}
+		t.row(row...)
+	}
+	return t.flush()
+}
+
+// writeListener prints one listener as "key: value" lines, or as JSON.
+func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
+	if a.json() {
+		return writeJSON(w, l)
+	}
+	spec, st := l.GetSpec(), l.GetStatus()
+	lim := spec.GetLimits()
+	maxConns := "unlimited"
+	if lim != nil && lim.MaxConnections != nil {
+		maxConns = strconv.FormatUint(uint64(lim.GetMaxConnections()), 10)
+	}
+	maxPerSource := "unlimited"
+	if lim != nil && lim.MaxConnectionsPerSource != nil {
+		maxPerSource = strconv.FormatUint(uint64(*lim.MaxConnectionsPerSource), 10)
+	}
+	acceptRate := "unlimited"
+	if r := lim.GetAcceptRate(); r > 0 {
+		acceptRate = strconv.FormatFloat(r, 'g', -1, 64) + "/s"
+		if b := lim.GetAcceptBurst(); b > 0 {
+			acceptRate += fmt.Sprintf(" (burst %d)", b)
+		}
+	}
+	backlog := "system default"
+	if spec.Backlog != nil {
+		backlog = strconv.FormatUint(uint64(spec.GetBacklog()), 10)
+	}
+	mode := modeWord(spec.GetHandler())
+	if f := spec.GetHandler().GetForward(); f != nil {
+		mode += " to " + f.GetUpstream()
+	}
+	rows := [][2]string{
+		{"id", l.GetId()},
+		{"name", l.GetName()},
+		{"state", stateWord(st.GetState())},
+		{"address", address(l)},
+		{"mode", mode},
+		{"max connections", maxConns},
+		{"overflow", overflowWord(lim.GetOverflow())},
+		{"idle timeout", optDuration(lim.GetIdleTimeout())},
+		{"max lifetime", optDuration(lim.GetMaxLifetime())},
+		{"max per source", maxPerSource},
+		{"accept rate", acceptRate},
+		{"backlog", backlog},
+		{"allow half-open", strconv.FormatBool(spec.GetAllowHalfOpen())},
+		{"pause on connect", strconv.FormatBool(spec.GetPauseOnConnect())},
+		{"allow", strings.Join(spec.GetAllowCidrs(), ", ")},
+		{"deny", strings.Join(spec.GetDenyCidrs(), ", ")},
+		{"active", strconv.FormatUint(st.GetActiveConnections(), 10)},
+		{"accepted", strconv.FormatUint(st.GetAcceptedConnections(), 10)},
+		{"rejected", strconv.FormatUint(st.GetRejectedConnections(), 10)},
+		{"bytes in", humanBytes(st.GetBytesIn())},
+		{"bytes out", humanBytes(st.GetBytesOut())},
+		{"created", a.when(st.GetCreateTime())},
+		{"closed", a.when(st.GetCloseTime())},
+		{"last error", st.GetLastError()},
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	for _, r := range rows {
+		v := r[1]
+		if v == "" {
+			v = "-"
+		}
+		fmt.Fprintf(tw, "%s:\t%s\n", r[0], v)
+	}
+	return tw.Flush()
+}
+
+// when shows a time with how long ago it was.
+func (a *app) when(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s (%s ago)", localTime(ts), humanDuration(a.now().Sub(ts.AsTime())))
+}
+
+// limitsLine is the one-line summary of limits printed by limit.
+func limitsLine(l *listenerdv1.Limits) string {
+	maxConns := "unlimited"
+	if l != nil && l.MaxConnections != nil {
+		maxConns = strconv.FormatUint(uint64(*l.MaxConnections), 10)
+	}
+	return fmt.Sprintf("max-connections=%s overflow=%s idle-timeout=%s max-lifetime=%s",
+		maxConns, overflowWord(l.GetOverflow()), optDuration(l.GetIdleTimeout()), optDuration(l.GetMaxLifetime()))
+}
+
+// writeConnections prints connections as a table, or one JSON object a line.
+func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error {
+	if a.json() {
+		for _, c := range cs {
+			if err := writeJSON(w, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	header := []string{"ID", "REMOTE", "LOCAL", "AGE", "IN", "OUT"}
+	if a.wide() {
+		header = append(header, "FAMILY", "OPENED")
+	}
+	t := newTable(w, a.noHeaders, header...)
+	now := a.now()
+	for _, c := range cs {
+		age := ""
+		if c.GetOpenTime() != nil {
+			age = humanDuration(now.Sub(c.GetOpenTime().AsTime()))
+		}
+		row := []string{c.GetId(), remote(c.GetTuple()), local(c.GetTuple()), age,
+			humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut())}
+		if a.wide() {
+			row = append(row, familyWord(c.GetTuple().GetFamily()), localTime(c.GetOpenTime()))
+		}
+		t.row(row...)
+	}
+	return t.flush()
+}
+
+// eventLine is the text form of an event in ctl watch:
+//
+//	seq=12 ln-1a2b3c4d connection_opened c=ln-1a2b3c4d.3 127.0.0.1:54321 -> 127.0.0.1:6969
+//
+// With wide set it starts with the event's local time.
+func eventLine(ev *listenerdv1.Event, wide bool) string {
+	var b strings.Builder
+	if wide && ev.GetTime() != nil {
+		b.WriteString(ev.GetTime().AsTime().Local().Format("15:04:05.000") + " ")
+	}
+	fmt.Fprintf(&b, "seq=%d %s ", ev.GetSequence(), ev.GetListenerId())
+	switch k := ev.GetKind().(type) {
+	case *listenerdv1.Event_ListenerStarted:
+		fmt.Fprintf(&b, "listener_started %s", k.ListenerStarted.GetBoundAddress())
+		if n := k.ListenerStarted.GetName(); n != "" {
+			fmt.Fprintf(&b, " name=%s", n)
+		}
+	case *listenerdv1.Event_ConnectionOpened:
+		o := k.ConnectionOpened
+		fmt.Fprintf(&b, "connection_opened c=%s %s -> %s", o.GetConnectionId(), remote(o.GetTuple()), local(o.GetTuple()))
+	case *listenerdv1.Event_ConnectionHalfClosed:
+		fmt.Fprintf(&b, "connection_half_closed c=%s", k.ConnectionHalfClosed.GetConnectionId())
+	case *listenerdv1.Event_ConnectionClosed:
+		c := k.ConnectionClosed
+		fmt.Fprintf(&b, "connection_closed c=%s %s reason=%s in=%d out=%d duration=%s",
+			c.GetConnectionId(), remote(c.GetTuple()), closeReasonWord(c.GetReason()),
+			c.GetBytesIn(), c.GetBytesOut(), humanDuration(c.GetDuration().AsDuration()))
+		if e := c.GetError(); e != "" {
+			fmt.Fprintf(&b, " error=%q", e)
+		}
+	case *listenerdv1.Event_ConnectionRejected:
+		r := k.ConnectionRejected
+		fmt.Fprintf(&b, "connection_rejected %s -> %s reason=%s", remote(r.GetTuple()), local(r.GetTuple()), rejectReasonWord(r.GetReason()))
+	case *listenerdv1.Event_AcceptError:
+		e := k.AcceptError
+		fmt.Fprintf(&b, "accept_error error=%q backoff=%s count=%d", e.GetError(), humanDuration(e.GetBackoff().AsDuration()), e.GetCount())
+	case *listenerdv1.Event_LimitsChanged:
+		fmt.Fprintf(&b, "limits_changed %s", limitsLine(k.LimitsChanged.GetLimits()))
+	case *listenerdv1.Event_ListenerClosed:
+		c := k.ListenerClosed
+		fmt.Fprintf(&b, "listener_closed drained=%d destroyed=%d", c.GetDrained(), c.GetDestroyed())
+	case *listenerdv1.Event_ConnectionData:
+		d := k.ConnectionData
+		fmt.Fprintf(&b, "connection_data c=%s %s len=%d data=%q", d.GetConnectionId(),
+			enumWord(d.GetDirection().String(), "DIRECTION_"), d.GetLength(), d.GetData())
+	default:
+		b.WriteString("unknown_event")
+	}
+	return b.String()
+}
+
+// followPrinter prints a listener's events like the seed's Node server log
+// (CONNECTED: 127.0.0.1:54321), for ctl listen --follow.
+type followPrinter struct {
+	// remotes maps open connection ids to their remote address, for events
+	// that carry only the id.
+	remotes map[string]string
+}
+
+func newFollowPrinter() *followPrinter {
+	return &followPrinter{remotes: make(map[string]string)}
+}
+
+// line returns the log line for ev, or "" for an event not shown. last
+// reports the listener's closed event, after which nothing follows.
+func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
+	switch k := ev.GetKind().(type) {
+	case *listenerdv1.Event_ConnectionOpened:
+		r := remote(k.ConnectionOpened.GetTuple())
+		p.remotes[k.ConnectionOpened.GetConnectionId()] = r
+		return "CONNECTED: " + r, false
+	case *listenerdv1.Event_ConnectionHalfClosed:
+		return "END: " + p.remoteOf(k.ConnectionHalfClosed.GetConnectionId()), false
+	case *listenerdv1.Event_ConnectionClosed:
+		c := k.ConnectionClosed
+		delete(p.remotes, c.GetConnectionId())
+		why := strings.ReplaceAll(closeReasonWord(c.GetReason()), "_", " ")
+		if e := c.GetError(); e != "" {
+			why += ": " + e
+		}
+		return fmt.Sprintf("CLOSED: %s (%s, in %s, out %s, %s)", remote(c.GetTuple()), why,
+			humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut()), humanDuration(c.GetDuration().AsDuration())), false
+	case *listenerdv1.Event_ConnectionRejected:
+		r := k.ConnectionRejected
+		return fmt.Sprintf("REJECTED: %s (%s)", remote(r.GetTuple()), strings.ReplaceAll(rejectReasonWord(r.GetReason()), "_", " ")), false
+	case *listenerdv1.Event_AcceptError:
+		e := k.AcceptError
+		s := fmt.Sprintf("ERROR: accept: %s (retrying in %s", e.GetError(), humanDuration(e.GetBackoff().AsDuration()))
+		if e.GetCount() > 1 {
+			s += fmt.Sprintf(", %d times", e.GetCount())
+		}
+		return s + ")", false
+	case *listenerdv1.Event_ConnectionData:
+		d := k.ConnectionData
+		if d.GetDirection() != listenerdv1.Direction_DIRECTION_IN {
+			return "", false
+		}
+		s := fmt.Sprintf("DATA: %s: %q", p.remoteOf(d.GetConnectionId()), d.GetData())
+		if d.GetLength() > uint64(len(d.GetData())) {
+			s += fmt.Sprintf(" (%s in all)", humanBytes(d.GetLength()))
+		}
+		return s, false
+	case *listenerdv1.Event_LimitsChanged:
+		return "LIMITS: " + limitsLine(k.LimitsChanged.GetLimits()), false
+	case *listenerdv1.Event_ListenerClosed:
+		c := k.ListenerClosed
+		return fmt.Sprintf("SERVER CLOSED (%d drained, %d destroyed)", c.GetDrained(), c.GetDestroyed()), true
+	}
+	// listener_started: listen already printed the address.
+	return "", false
+}
+
+// remoteOf is the remote address of an open connection, or its id when the
+// connection opened before the follow began.
+func (p *followPrinter) remoteOf(id string) string {
+	if r, ok := p.remotes[id]; ok {
+		return r
+	}
+	return id
+}

@@ -1,0 +1,254 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// listenOptions holds the flags of ctl listen.
+type listenOptions struct {
+	port           uint32
+	host           string
+	name           string
+	maxConns       uint32
+	overflow       string
+	mode           string
+	upstream       string
+	allowHalfOpen  bool
+	pauseOnConnect bool
+	backlog        uint32
+	idleTimeout    time.Duration
+	maxLifetime    time.Duration
+	allow          []string
+	deny           []string
+	follow         bool
+}
+
+func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
+	fs.Uint32Var(&o.port, "port", 0, "TCP port to bind; 0 takes an ephemeral port")
+	fs.StringVar(&o.host, "host", "", "IP address or host name to bind (the daemon's default: 127.0.0.1)")
+	fs.StringVar(&o.name, "name", "", "unique name, usable wherever an id is")
+	fs.Uint32Var(&o.maxConns, "max-connections", 0, "most open connections; 0 rejects every connection (default unlimited)")
+	fs.StringVar(&o.overflow, "overflow", "", "what happens over --max-connections: reject (accept and close, Node's way) or backlog (leave in the kernel queue) (default reject)")
+	fs.StringVar(&o.mode, "mode", "", "what to do with connections: discard, echo or forward (default discard, or forward with --upstream)")
+	fs.StringVar(&o.upstream, "upstream", "", "HOST:PORT to forward connections to (implies --mode forward)")
+	fs.BoolVar(&o.allowHalfOpen, "allow-half-open", false, "keep the daemon's side open after the peer ends its side")
+	fs.BoolVar(&o.pauseOnConnect, "pause-on-connect", false, "hold accepted connections without reading them")
+	fs.Uint32Var(&o.backlog, "backlog", 0, "accept queue length for listen(2) (default: the system's)")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "close connections that move no bytes for this long (default never)")
+	fs.DurationVar(&o.maxLifetime, "max-lifetime", 0, "close connections this long after they open (default never)")
+	fs.StringSliceVar(&o.allow, "allow", nil, "source CIDR allowed to connect; repeat or separate with commas (default: all)")
+	fs.StringSliceVar(&o.deny, "deny", nil, "source CIDR refused; repeat or separate with commas; deny wins over allow")
+	fs.BoolVarP(&o.follow, "follow", "f", false, "after creating, print the listener's events until Ctrl-C or until it closes")
+}
+
+// request builds the CreateListenerRequest from the parsed flags in fs.
+// Optional fields are set only when their flag was given, so that the daemon's
+// defaults apply otherwise (unset max_connections means unlimited).
+func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerRequest, error) {
+	spec := &listenerdv1.ListenerSpec{
+		Host:           o.host,
+		Port:           o.port,
+		AllowHalfOpen:  o.allowHalfOpen,
+		PauseOnConnect: o.pauseOnConnect,
+		AllowCidrs:     o.allow,
+		DenyCidrs:      o.deny,
+	}
+	if fs.Changed("backlog") {
+		backlog := o.backlog
+		spec.Backlog = &backlog
+	}
+
+	var limits listenerdv1.Limits
+	limitsSet := false
+	if fs.Changed("max-connections") {
+		n := o.maxConns
+		limits.MaxConnections = &n
+		limitsSet = true
+	}
+	if fs.Changed("overflow") {
+		p, err := parseOverflow(o.overflow)
+		if err != nil {
+			return nil, err
+		}
+		limits.Overflow = p
+		limitsSet = true
+	}
+	if fs.Changed("idle-timeout") {
+		limits.IdleTimeout = durationpb.New(o.idleTimeout)
+		limitsSet = true
+	}
+	if fs.Changed("max-lifetime") {
+		limits.MaxLifetime = durationpb.New(o.maxLifetime)
+		limitsSet = true
+	}
+	if limitsSet {
+		spec.Limits = &limits
+	}
+
+	handler, err := o.handler(fs)
+	if err != nil {
+		return nil, err
+	}
+	spec.Handler = handler
+	return &listenerdv1.CreateListenerRequest{Name: o.name, Spec: spec}, nil
+}
+
+// handler turns --mode and --upstream into a Handler; nil leaves the daemon's
+// default (discard).
+func (o *listenOptions) handler(fs *pflag.FlagSet) (*listenerdv1.Handler, error) {
+	mode := strings.ToLower(strings.TrimSpace(o.mode))
+	hasUpstream := fs.Changed("upstream")
+	if mode == "" && hasUpstream {
+		mode = "forward"
+	}
+	if hasUpstream && mode != "forward" {
+		return nil, usageErrorf("--upstream needs --mode forward, not %q", o.mode)
+	}
+	switch mode {
+	case "":
+		return nil, nil
+	case "discard":
+		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Discard{Discard: &listenerdv1.DiscardHandler{}}}, nil
+	case "echo":
+		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Echo{Echo: &listenerdv1.EchoHandler{}}}, nil
+	case "forward":
+		if o.upstream == "" {
+			return nil, usageErrorf("--mode forward needs --upstream HOST:PORT")
+		}
+		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{Upstream: o.upstream}}}, nil
+	}
+	return nil, usageErrorf("unknown --mode %q (want discard, echo or forward)", o.mode)
+}
+
+// parseOverflow reads an overflow policy: reject or backlog.
+func parseOverflow(s string) (listenerdv1.OverflowPolicy, error) {
+	n := strings.ToUpper(strings.TrimSpace(s))
+	n = strings.TrimPrefix(n, "OVERFLOW_POLICY_")
+	switch n {
+	case "REJECT":
+		return listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT, nil
+	case "BACKLOG":
+		return listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG, nil
+	}
+	return 0, usageErrorf("unknown --overflow %q (want reject or backlog)", s)
+}
+
+func (a *app) listenCmd() *cobra.Command {
+	var o listenOptions
+	cmd := &cobra.Command{
+		Use:   "listen [flags]",
+		Short: "Open a new TCP listener in the daemon",
+		Long: `Open a new TCP listener in the daemon and print its bound address and id.
+The port is open when this command returns. --port 0 (the default) takes an
+ephemeral port.
+
+--max-connections follows Node's server.maxConnections: without it a listener
+accepts without limit; with it a connection over the limit is accepted and
+closed at once (a rejected event), and 0 rejects every connection.
+--overflow backlog instead leaves excess connections in the kernel's queue.
+
+--follow keeps running and prints the listener's events like a Node server's
+log (CONNECTED:, CLOSED:, REJECTED:). Ctrl-C stops following and exits 0; the
+listener stays open in the daemon (close it with ctl close). Following ends by
+itself when the listener closes.`,
+		Example: `  ctl listen --port 6969
+  ctl listen --port 6969 --mode echo --name echo --follow
+  ctl listen --port 0 --max-connections 2 --idle-timeout 30s
+  ctl listen --host 0.0.0.0 --port 8080 --upstream 127.0.0.1:80 --allow 10.0.0.0/8
+  ctl listen --port 6969 -o json`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req, err := o.request(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			return a.listen(cmd.Context(), req, o.follow)
+		},
+	}
+	o.addFlags(cmd.Flags())
+	return cmd
+}
+
+// listen creates the listener and, with follow, prints its events.
+func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest, follow bool) error {
+	client, err := a.dial()
+	if err != nil {
+		return err
+	}
+	var head uint64
+	var bootID string
+	if follow {
+		// Take the event head first and replay from it once the id is known:
+		// no event of the new listener is missed, even its first connection.
+		if head, bootID, err = a.head(ctx, client); err != nil {
+			return err
+		}
+	}
+
+	uctx, cancel := a.unary(ctx)
+	resp, err := client.CreateListener(uctx, req)
+	cancel()
+	if err != nil {
+		return err
+	}
+	l := resp.GetListener()
+	if a.json() {
+		err = writeJSON(a.stdout, l)
+	} else {
+		what := "id " + l.GetId()
+		if l.GetName() != "" {
+			what += ", name " + l.GetName()
+		}
+		_, err = fmt.Fprintf(a.stdout, "listening on %s (%s)\n", address(l), what)
+	}
+	if err != nil || !follow {
+		return err
+	}
+
+	p := newFollowPrinter()
+	w := a.newWatcher(client, &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}}, func(ev *listenerdv1.Event) (bool, error) {
+		if a.json() {
+			_, closed := ev.GetKind().(*listenerdv1.Event_ListenerClosed)
+			return closed, writeJSON(a.stdout, ev)
+		}
+		line, last := p.line(ev)
+		if line != "" {
+			if _, err := fmt.Fprintln(a.stdout, line); err != nil {
+				return true, err
+			}
+		}
+		return last, nil
+	})
+	w.last, w.bootID = &head, bootID
+	return w.run(ctx)
+}
+
+// head returns the daemon's current event sequence and boot id: the first
+// response of a watch stream, which is then dropped.
+func (a *app) head(ctx context.Context, client listenerdv1.ListenerServiceClient) (uint64, string, error) {
+	ctx, cancel := a.unary(ctx)
+	defer cancel()
+	s, err := client.WatchEvents(ctx, &listenerdv1.WatchEventsRequest{})
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := s.Recv()
+	if errors.Is(err, io.EOF) {
+		return 0, "", errors.New("listenerd ended the event stream before it began")
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	return resp.GetHeadSequence(), resp.GetBootId(), nil
+}

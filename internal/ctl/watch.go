@@ -1,0 +1,322 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// retryPolicy paces watch resumes: the delay starts at initial and doubles up
+// to max; after giveUp of failures in a row the watch fails.
+type retryPolicy struct {
+	initial, max, giveUp time.Duration
+}
+
+var defaultRetry = retryPolicy{
+	initial: 100 * time.Millisecond,
+	max:     2 * time.Second,
+	giveUp:  30 * time.Second,
+}
+
+// watcher follows WatchEvents and resumes it after a slow-watcher cut
+// (RESOURCE_EXHAUSTED) or a lost connection (UNAVAILABLE) from the last
+// sequence it delivered, so that nothing the daemon still holds is lost.
+type watcher struct {
+	client listenerdv1.ListenerServiceClient
+	// req selects listeners and kinds; after_sequence and boot_id are set
+	// per attempt.
+	req *listenerdv1.WatchEventsRequest
+	// emit delivers one event; done ends the watch with no error.
+	emit    func(*listenerdv1.Event) (done bool, err error)
+	retry   retryPolicy
+	note    func(format string, args ...any)
+	verbose bool
+
+	// last is the resume point: the last sequence delivered, or the head
+	// when the watch began from now, or --since. nil before the first
+	// response of a watch from now.
+	last *uint64
+	// bootID is the daemon boot the sequences belong to.
+	bootID string
+}
+
+func (a *app) newWatcher(client listenerdv1.ListenerServiceClient, req *listenerdv1.WatchEventsRequest,
+	emit func(*listenerdv1.Event) (bool, error)) *watcher {
+	return &watcher{client: client, req: req, emit: emit, retry: a.retry, note: a.note, verbose: a.verbose}
+}
+
+// errStreamEnded is a stream the daemon ended with OK status.
+var errStreamEnded = errors.New("stream ended")
+
+// run watches until ctx is cancelled (nil), emit says done (nil), or the
+// stream fails in a way a resume cannot fix.
+func (w *watcher) run(ctx context.Context) error {
+	delay := w.retry.initial
+	var failingSince time.Time
+	announced := false
+	for {
+		progressed, done, err := w.attempt(ctx)
+		if done || ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, errStreamEnded) {
+			w.note("listenerd ended the event stream")
+			return nil
+		}
+		if progressed {
+			failingSince, delay, announced = time.Time{}, w.retry.initial, false
+		}
+		st, _ := grpcStatus(err)
+		switch st.Code() {
+		case codes.ResourceExhausted, codes.Unavailable:
+		case codes.OutOfRange:
+			return w.gapError(st)
+		default:
+			return err
+		}
+		if progressed && st.Code() == codes.ResourceExhausted {
+			// Cut loose for falling behind: resume at once.
+			w.note("watch fell behind and was cut off by listenerd; resuming after seq=%d", w.resumePoint())
+			continue
+		}
+		now := time.Now()
+		if failingSince.IsZero() {
+			failingSince = now
+		} else if now.Sub(failingSince) >= w.retry.giveUp {
+			return err
+		}
+		if !announced {
+			announced = true
+			if st.Code() == codes.Unavailable {
+				w.note("lost the connection to listenerd; reconnecting to resume after seq=%d", w.resumePoint())
+			} else {
+				w.note("listenerd refused the watch (%s); retrying", st.Message())
+			}
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		delay = min(2*delay, w.retry.max)
+	}
+}
+
+func (w *watcher) resumePoint() uint64 {
+	if w.last == nil {
+		return 0
+	}
+	return *w.last
+}
+
+// attempt runs one stream. progressed reports that the stream opened (its
+// first response came).
+func (w *watcher) attempt(ctx context.Context) (progressed, done bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req := proto.CloneOf(w.req)
+	resuming := w.last != nil
+	if resuming {
+		after := *w.last
+		req.AfterSequence = &after
+		req.BootId = w.bootID
+	}
+	s, err := w.client.WatchEvents(ctx, req)
+	if err != nil {
+		return false, false, err
+	}
+	first := true
+	for {
+		resp, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return progressed, false, errStreamEnded
+		}
+		if err != nil {
+			return progressed, false, err
+		}
+		if first {
+			first, progressed = false, true
+			if w.bootID != "" && resp.GetBootId() != "" && resp.GetBootId() != w.bootID {
+				return progressed, false, &messageError{code: ExitError, msg: fmt.Sprintf(
+					"listenerd restarted (boot %s, now %s): the events after seq=%d are gone; "+
+						"re-list with 'ctl ls' and watch from now with 'ctl watch'",
+					w.bootID, resp.GetBootId(), w.resumePoint())}
+			}
+			if resp.GetBootId() != "" {
+				w.bootID = resp.GetBootId()
+			}
+			if !resuming {
+				head := resp.GetHeadSequence()
+				w.last = &head
+			}
+			if w.verbose {
+				if resuming {
+					w.note("watching after seq=%d (head seq=%d, boot %s)", *w.last, resp.GetHeadSequence(), w.bootID)
+				} else {
+					w.note("watching from now (head seq=%d, boot %s)", resp.GetHeadSequence(), w.bootID)
+				}
+			}
+		}
+		for _, ev := range resp.GetEvents() {
+			if w.last != nil && ev.GetSequence() <= *w.last {
+				continue // already delivered before a resume
+			}
+			seq := ev.GetSequence()
+			w.last = &seq
+			done, err := w.emit(ev)
+			if err != nil || done {
+				return progressed, done, err
+			}
+		}
+	}
+}
+
+// gapError explains OUT_OF_RANGE: the resume point is not held, either
+// compacted away, ahead of the history, or from a previous daemon boot.
+func (w *watcher) gapError(st *status.Status) error {
+	const advice = "; re-list with 'ctl ls' and watch from now with 'ctl watch'"
+	info := errorInfo(st)
+	after := w.resumePoint()
+	oldest, hasOldest := metaUint(info, "oldest")
+	newest, hasNewest := metaUint(info, "newest")
+	var msg string
+	switch {
+	case hasNewest && after > newest:
+		msg = fmt.Sprintf("cannot watch after seq=%d: the newest event listenerd holds is seq=%d", after, newest)
+	case hasOldest:
+		msg = fmt.Sprintf("cannot resume the watch after seq=%d: listenerd no longer holds events before seq=%d", after, oldest)
+	case info == nil && w.bootID != "":
+		// The daemon refused the boot id given with the resume point.
+		msg = fmt.Sprintf("cannot resume the watch after seq=%d: listenerd restarted (it was boot %s), and the events of its previous run are gone", after, w.bootID)
+	default:
+		msg = fmt.Sprintf("cannot resume the watch after seq=%d: %s", after, st.Message())
+	}
+	return &messageError{code: ExitError, msg: msg + advice}
+}
+
+// errorInfo returns the ErrorInfo detail of st, if any.
+func errorInfo(st *status.Status) *errdetails.ErrorInfo {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
+	}
+	return nil
+}
+
+// metaUint finds a number in info's metadata under a key containing word
+// (listenerd sends oldest_sequence and newest_sequence).
+func metaUint(info *errdetails.ErrorInfo, word string) (uint64, bool) {
+	for k, v := range info.GetMetadata() {
+		if strings.Contains(strings.ToLower(k), word) {
+			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+				return n, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// parseKind reads an event kind: connection_opened, connection-opened or
+// EVENT_KIND_CONNECTION_OPENED.
+func parseKind(s string) (listenerdv1.EventKind, error) {
+	n := strings.ToUpper(strings.ReplaceAll(strings.TrimSpace(s), "-", "_"))
+	n = "EVENT_KIND_" + strings.TrimPrefix(n, "EVENT_KIND_")
+	if v, ok := listenerdv1.EventKind_value[n]; ok && v != 0 {
+		return listenerdv1.EventKind(v), nil
+	}
+	return 0, usageErrorf("unknown event kind %q (want one of: %s)", s, strings.Join(kindWords(), ", "))
+}
+
+func kindWords() []string {
+	var words []string
+	for i := int32(1); ; i++ {
+		name, ok := listenerdv1.EventKind_name[i]
+		if !ok {
+			return words
+		}
+		words = append(words, enumWord(name, "EVENT_KIND_"))
+	}
+}
+
+// watchRequest builds the WatchEventsRequest of ctl watch (without the resume
+// point, which the watcher sets).
+func watchRequest(ids, kinds []string) (*listenerdv1.WatchEventsRequest, error) {
+	req := &listenerdv1.WatchEventsRequest{ListenerIds: ids}
+	for _, k := range kinds {
+		kind, err := parseKind(k)
+		if err != nil {
+			return nil, err
+		}
+		req.Kinds = append(req.Kinds, kind)
+	}
+	return req, nil
+}
+
+func (a *app) watchCmd() *cobra.Command {
+	var (
+		since uint64
+		kinds []string
+	)
+	cmd := &cobra.Command{
+		Use:   "watch [ID...]",
+		Short: "Stream events of all listeners or of the ones named",
+		Long: `Stream events as they happen, one line each, until Ctrl-C (exit 0).
+
+With IDs (ids or names), only the events of those listeners; with --kind, only
+those kinds (repeatable): ` + strings.Join(kindWords(), ", ") + `.
+--since SEQ first replays the events after SEQ that the daemon still holds.
+
+When the daemon cuts a watcher that falls behind, or the connection is lost,
+watch resumes by itself after the last event it printed, so nothing the daemon
+still holds is missed, and says so on stderr. It gives up after 30s without
+the daemon (exit 4). When the events needed are no longer held it exits 1:
+re-list with ctl ls and watch from now.
+
+-o json prints one Event object a line; -o wide prefixes the time.`,
+		Example: `  ctl watch
+  ctl watch ln-1a2b3c4d web --kind connection_opened --kind connection_closed
+  ctl watch --since 120 -o json`,
+		RunE: func(cmd *cobra.Command, ids []string) error {
+			req, err := watchRequest(ids, kinds)
+			if err != nil {
+				return err
+			}
+			client, err := a.dial()
+			if err != nil {
+				return err
+			}
+			w := a.newWatcher(client, req, func(ev *listenerdv1.Event) (bool, error) {
+				if a.json() {
+					return false, writeJSON(a.stdout, ev)
+				}
+				_, err := fmt.Fprintln(a.stdout, eventLine(ev, a.wide()))
+				return false, err
+			})
+			if cmd.Flags().Changed("since") {
+				w.last = &since
+			}
+			return w.run(cmd.Context())
+		},
+	}
+	cmd.Flags().Uint64Var(&since, "since", 0, "replay the events after this sequence number first")
+	cmd.Flags().StringArrayVar(&kinds, "kind", nil, "only events of this kind (repeatable)")
+	return cmd
+}
