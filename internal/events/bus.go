@@ -69,6 +69,24 @@ type Bus struct {
 
 	wmu      sync.Mutex
 	watchers atomic.Pointer[[]*Watcher] // copy on write under wmu
+	dataCap  atomic.Int64               // largest data cap of the data watchers; 0: none
+}
+
+// MaxDataBytes bounds the bytes one data event carries.
+const MaxDataBytes = 64 << 10
+
+// DataCap returns how many bytes of connection data to record per event: 0
+// while no watcher asks for data, so the data path costs nothing then.
+func (b *Bus) DataCap() int { return int(b.dataCap.Load()) }
+
+// setWatchersLocked installs a new watcher list; b.wmu must be held.
+func (b *Bus) setWatchersLocked(list []*Watcher) {
+	var capb int
+	for _, w := range list {
+		capb = max(capb, w.dataMax)
+	}
+	b.dataCap.Store(int64(capb))
+	b.watchers.Store(&list)
 }
 
 // NewBus returns a bus sized by opts; zero fields take the defaults.
@@ -98,7 +116,7 @@ func NewBus(opts Options) *Bus {
 		maxWatchers: opts.MaxWatchers,
 		chunks:      make([][]Event, n),
 	}
-	b.watchers.Store(&[]*Watcher{})
+	b.setWatchersLocked(nil)
 	return b
 }
 
@@ -147,17 +165,19 @@ func (b *Bus) oldest() uint64 {
 	return b.head - b.size + 1
 }
 
-// Filter selects events. Empty fields match everything.
+// Filter selects events. Empty fields match everything, except that
+// connection data events go only to watchers that ask for them.
 type Filter struct {
 	Listeners []string
 	Kinds     []Kind
+	DataMax   int // > 0: include connection data events, cut to this many bytes
 }
 
 // Watch registers a watcher. With after nil it starts at the head; otherwise
 // it replays the events after *after from the history first. It returns the
 // head at the time of the call.
 func (b *Bus) Watch(f Filter, after *uint64) (*Watcher, uint64, error) {
-	w := &Watcher{bus: b, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &Watcher{bus: b, wake: make(chan struct{}, 1), done: make(chan struct{}), dataMax: min(f.DataMax, MaxDataBytes)}
 	if len(f.Listeners) > 0 {
 		w.listeners = make(map[string]struct{}, len(f.Listeners))
 		for _, l := range f.Listeners {
@@ -197,7 +217,7 @@ func (b *Bus) Watch(f Filter, after *uint64) (*Watcher, uint64, error) {
 	next := make([]*Watcher, len(list), len(list)+1)
 	copy(next, list)
 	next = append(next, w)
-	b.watchers.Store(&next)
+	b.setWatchersLocked(next)
 	return w, head, nil
 }
 
@@ -224,7 +244,7 @@ func (b *Bus) remove(w *Watcher) {
 			next = append(next, o)
 		}
 	}
-	b.watchers.Store(&next)
+	b.setWatchersLocked(next)
 }
 
 // Watcher reads events from the bus history at its own pace. Its only
@@ -235,6 +255,7 @@ type Watcher struct {
 	listeners map[string]struct{}
 	kinds     *[kindCount]bool
 	start     uint64 // head at registration: replay does not count as lag
+	dataMax   int    // > 0: wants connection data events
 
 	next   uint64        // next sequence to scan; owned by the reader
 	cursor atomic.Uint64 // last sequence scanned
@@ -265,6 +286,9 @@ func (w *Watcher) cut(err error) {
 }
 
 func (w *Watcher) match(e *Event) bool {
+	if e.Kind == KindConnectionData && w.dataMax == 0 {
+		return false
+	}
 	if w.kinds != nil && !w.kinds[e.Kind] {
 		return false
 	}

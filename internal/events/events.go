@@ -22,6 +22,7 @@ const (
 	KindLimitsChanged
 	KindListenerClosed
 	KindConnectionHalfClosed
+	KindConnectionData
 	kindCount
 )
 
@@ -89,6 +90,8 @@ type Detail struct {
 	Destroyed uint64        // listener closed
 	Address   string        // listener started
 	Name      string        // listener started
+	Data      []byte        // connection data, cut to the bus's data cap
+	Outbound  bool          // connection data: written to the client
 }
 
 // Event is one thing that happened on a listener. The bus sets Seq and Time.

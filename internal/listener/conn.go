@@ -134,10 +134,12 @@ func (c *conn) pump(echo bool, idle time.Duration) error {
 		if n > 0 {
 			c.in.Add(uint64(n))
 			l.bytesIn.Add(uint64(n))
+			c.publishData((*buf)[:n], false)
 			if echo {
 				w, werr := c.c.Write((*buf)[:n])
 				c.out.Add(uint64(w))
 				l.bytesOut.Add(uint64(w))
+				c.publishData((*buf)[:w], true)
 				if werr != nil {
 					return werr
 				}
@@ -155,6 +157,18 @@ func (c *conn) pump(echo bool, idle time.Duration) error {
 			buf = nil
 		}
 	}
+}
+
+// publishData records bytes moved as a data event, only while a watcher
+// asks for data.
+func (c *conn) publishData(p []byte, out bool) {
+	capb := c.l.bus.DataCap()
+	if capb == 0 || len(p) == 0 {
+		return
+	}
+	data := append([]byte(nil), p[:min(len(p), capb)]...)
+	c.l.bus.Publish(events.Event{Listener: c.l.id, Kind: events.KindConnectionData, Conn: c.n,
+		BytesIn: uint64(len(p)), Detail: &events.Detail{Data: data, Outbound: out}})
 }
 
 // waitReadable blocks in the runtime's poller until the socket has data, an

@@ -286,7 +286,7 @@ func connToProto(c listener.ConnInfo) *listenerdv1.Connection {
 
 // eventToProto converts one event. The connection event kinds carry their
 // five-tuple; the rarer kinds their detail.
-func eventToProto(e *events.Event, boot string) *listenerdv1.Event {
+func eventToProto(e *events.Event, boot string, dataMax int) *listenerdv1.Event {
 	p := &listenerdv1.Event{
 		Sequence:   e.Seq,
 		Time:       timestamppb.New(time.Unix(0, e.Time)),
@@ -318,6 +318,17 @@ func eventToProto(e *events.Event, boot string) *listenerdv1.Event {
 			Error: d.Error, Backoff: durationpb.New(d.Backoff), Count: d.Count}}
 	case events.KindLimitsChanged:
 		p.Kind = &listenerdv1.Event_LimitsChanged{LimitsChanged: &listenerdv1.LimitsChanged{Limits: limitsToProto(d.Limits)}}
+	case events.KindConnectionData:
+		dir := listenerdv1.Direction_DIRECTION_IN
+		if d.Outbound {
+			dir = listenerdv1.Direction_DIRECTION_OUT
+		}
+		data := d.Data
+		if len(data) > dataMax {
+			data = data[:dataMax]
+		}
+		p.Kind = &listenerdv1.Event_ConnectionData{ConnectionData: &listenerdv1.ConnectionData{
+			ConnectionId: e.ConnID(), Direction: dir, Data: data, Length: e.BytesIn}}
 	case events.KindListenerClosed:
 		p.Kind = &listenerdv1.Event_ListenerClosed{ListenerClosed: &listenerdv1.ListenerClosed{Drained: d.Drained, Destroyed: d.Destroyed}}
 	}

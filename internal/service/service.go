@@ -206,6 +206,10 @@ func (s *Service) RebindListener(ctx context.Context, req *listenerdv1.RebindLis
 // watchBatch is the most events sent in one response.
 const watchBatch = 256
 
+// defaultDataBytes is the data kept per data event when the watcher does
+// not say.
+const defaultDataBytes = 256
+
 // WatchEvents implements ListenerService.
 func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.ServerStreamingServer[listenerdv1.WatchEventsResponse]) error {
 	filter, err := s.watchFilter(req)
@@ -252,7 +256,7 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 		}
 		resp := &listenerdv1.WatchEventsResponse{Events: make([]*listenerdv1.Event, len(batch))}
 		for i := range batch {
-			resp.Events[i] = eventToProto(&batch[i], bus.BootID())
+			resp.Events[i] = eventToProto(&batch[i], bus.BootID(), filter.DataMax)
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
@@ -272,6 +276,15 @@ func (s *Service) watchFilter(req *listenerdv1.WatchEventsRequest) (events.Filte
 		}
 	}
 	f.Listeners = s.m.Resolve(req.GetListenerIds())
+	if req.GetDataMaxBytes() > events.MaxDataBytes {
+		return f, listener.Invalid("data_max_bytes", "%d is out of range 1-%d", req.GetDataMaxBytes(), events.MaxDataBytes)
+	}
+	if req.GetIncludeData() {
+		f.DataMax = int(req.GetDataMaxBytes())
+		if f.DataMax == 0 {
+			f.DataMax = defaultDataBytes
+		}
+	}
 	for i, k := range req.GetKinds() {
 		kind := events.Kind(k)
 		if k < 0 || !kind.Valid() {
