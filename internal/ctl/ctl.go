@@ -103,7 +103,8 @@ func (a *app) run(ctx context.Context, args []string) int {
 }
 
 const rootLong = `ctl controls listenerd, a daemon that hosts raw TCP listeners, over its gRPC
-API on a unix socket, and connects to listeners as a plain TCP client.
+API on a unix socket (or its TCP API, with --api and credentials), and
+connects to listeners as a plain TCP client.
 
 An id or a name works wherever a listener id is asked for.
 
