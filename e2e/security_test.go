@@ -1,0 +1,249 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// tlsFiles writes a CA and a server certificate for 127.0.0.1 signed by
+// it, and returns the paths of the CA, the certificate and its key, and a
+// pool trusting the CA.
+func tlsFiles(t *testing.T, dir string) (ca, cert, key string, pool *x509.CertPool) {
+	t.Helper()
+	gen := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	write := func(name, typ string, der []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	caKey, srvKey := gen(), gen()
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "e2e CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "listenerd"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(caCert)
+	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER),
+		write("server-key.pem", "PRIVATE KEY", keyDER), pool
+}
+
+// startTCPDaemon runs the daemon with args (which include --api-listen
+// with port 0) and returns it once it printed its TCP API address, which
+// it does once both APIs serve.
+func startTCPDaemon(t *testing.T, args ...string) (*daemon, string) {
+	t.Helper()
+	dir := tempDir(t)
+	d := &daemon{t: t, socket: filepath.Join(dir, "run", "listenerd.sock"), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	d.cmd = exec.Command(daemonBin, append([]string{"--socket", d.socket, "--state-dir", filepath.Join(dir, "state")}, args...)...)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Stdout, d.cmd.Stderr = w, d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	addrc, readDone := make(chan string, 1), make(chan struct{})
+	go func() {
+		defer close(readDone)
+		defer r.Close()
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			d.stderr.Write([]byte(sc.Text() + "\n"))
+			if a, ok := strings.CutPrefix(sc.Text(), "listenerd serving on tcp://"); ok {
+				addrc <- a
+			}
+		}
+	}()
+	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
+	t.Cleanup(func() { <-readDone }) // runs last: the daemon has exited
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.stderr.String())
+		}
+	})
+	var addr string
+	select {
+	case addr = <-addrc:
+	case <-d.exited:
+		t.Fatalf("daemon exited before serving: %v\n%s", d.err, d.stderr.String())
+	case <-time.After(guard):
+		t.Fatalf("daemon never printed its TCP API address\n%s", d.stderr.String())
+	}
+	return d, addr
+}
+
+func TestDaemonRefusesUnguardedTCPAPI(t *testing.T) {
+	dir := tempDir(t)
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("e2e-token-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, cert, key, _ := tlsFiles(t, dir)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"every interface without TLS", []string{"--api-listen", "0.0.0.0:0", "--token-file", token}, "without TLS"},
+		{"empty host without TLS", []string{"--api-listen", ":0", "--token-file", token}, "without TLS"},
+		{"TLS without authentication", []string{"--api-listen", "0.0.0.0:0", "--tls-cert", cert, "--tls-key", key}, "without authentication"},
+		{"bad port policy", []string{"--allow-ports", "9-1"}, "--allow-ports"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			run := tempDir(t)
+			sock := filepath.Join(run, "run", "listenerd.sock")
+			ctx, cancel := context.WithTimeout(context.Background(), guard)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, daemonBin, append([]string{"--socket", sock, "--state-dir", filepath.Join(run, "state")}, tc.args...)...)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+				t.Fatalf("daemon started (%v):\n%s", err, out)
+			}
+			if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
+				t.Fatalf("want one line saying %q, got:\n%s", tc.want, out)
+			}
+			if strings.Contains(string(out), "e2e-token") {
+				t.Fatalf("the token was printed:\n%s", out)
+			}
+			if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the socket was created: %v", err)
+			}
+		})
+	}
+}
+
+func TestCtlOverTCPAPI(t *testing.T) {
+	dir := tempDir(t)
+	ca, cert, key, pool := tlsFiles(t, dir)
+	const secret = "e2e-token-0123456789abcdef"
+	token, wrong := filepath.Join(dir, "token"), filepath.Join(dir, "wrong")
+	if err := os.WriteFile(token, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(wrong, []byte("e2e-wrong-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, addr := startTCPDaemon(t, "--api-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--token-file", token,
+		"--allow-privileged=false", "--log-level", "debug")
+
+	// The right token over TLS: ctl works as over the socket.
+	var l listenerdv1.Listener
+	unmarshalLine(t, strings.TrimSpace(d.mustCtl("--api", addr, "--ca", ca, "--token-file", token, "listen", "--name", "remote", "-o", "json")), &l)
+	if out := d.mustCtl("--api", addr, "--ca", ca, "--token-file", token, "ls"); !strings.Contains(out, l.GetId()) {
+		t.Fatalf("ls over TCP: %s", out)
+	}
+	// The same listener through the socket, which needs no token.
+	if out := d.mustCtl("get", "remote"); !strings.Contains(out, l.GetId()) {
+		t.Fatalf("get over the socket: %s", out)
+	}
+	// The environment stands in for the flags.
+	r := d.ctlEnv([]string{"LISTENERD_API=" + addr, "LISTENERD_TOKEN_FILE=" + token}, "--ca", ca, "get", "remote")
+	if r.code != 0 || !strings.Contains(r.stdout, l.GetId()) {
+		t.Fatalf("ctl from the environment: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	oneLineFailure := func(what string, r result, want string) {
+		t.Helper()
+		if r.code == 0 || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, "ctl: ") || !strings.Contains(r.stderr, want) {
+			t.Fatalf("%s: exit %d, stderr %q, want one line with %q", what, r.code, r.stderr, want)
+		}
+		if strings.Contains(r.stderr, secret) || strings.Contains(r.stdout, secret) {
+			t.Fatalf("%s: the token was printed", what)
+		}
+	}
+	oneLineFailure("wrong token", d.ctl("--api", addr, "--ca", ca, "--token-file", wrong, "ls"), "not authorized")
+	oneLineFailure("no token", d.ctl("--api", addr, "--ca", ca, "close", "remote"), "not authorized")
+	oneLineFailure("plaintext against TLS", d.ctl("--api", addr, "--token-file", token, "--timeout", "5s", "ls"), "cannot reach")
+	oneLineFailure("privileged port by policy", d.ctl("--api", addr, "--ca", ca, "--token-file", token, "listen", "--port", "80"), "permission denied: spec.port")
+
+	// Health answers without a token on the TCP API.
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(testContext(t), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health over TCP without a token: %v, %v", resp, err)
+	}
+	d.mustCtl("--api", addr, "--ca", ca, "--token-file", token, "close", "remote", "--force")
+	d.stop()
+	if strings.Contains(d.stderr.String(), secret) {
+		t.Fatalf("the token reached the daemon's log")
+	}
+}
+
+// ctlEnv runs ctl with extra environment variables.
+func (d *daemon) ctlEnv(env []string, args ...string) result {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, ctlBin, args...)
+	cmd.Env = append(append(os.Environ(), "LISTENERD_SOCKET="+d.socket), env...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		d.t.Fatalf("ctl %v: %v", args, err)
+	}
+	return r
+}
