@@ -138,11 +138,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	bus.Close() // ends WatchEvents streams, which would hold GracefulStop
 	var wg sync.WaitGroup
+	// Accepting stops everywhere at once; connections drain while the API
+	// servers stop.
+	wg.Go(func() { mgr.Shutdown(cfg.ShutdownTimeout) })
 	for _, srv := range srvs {
 		wg.Go(func() { stopGRPC(srv, cfg.ShutdownTimeout) })
 	}
 	wg.Wait()
-	mgr.Shutdown(cfg.ShutdownTimeout)
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve: %w", serveErr)
 	}
