@@ -1,0 +1,99 @@
+package listener
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
+
+// BenchmarkAccept measures the accept path: connect and close, counted
+// once the daemon side has seen it closed. Compare the sub-benchmarks
+// (benchstat, or the ratio of ns/op) to see what watchers cost the accept
+// path; "stuck" is a watcher that never reads.
+//
+//	go test -run '^$' -bench Accept -count 6 ./internal/listener
+func BenchmarkAccept(b *testing.B) {
+	for _, tc := range []struct {
+		name            string
+		stuck, readingN int
+	}{
+		{"watchers=0", 0, 0},
+		{"stuck=1", 1, 0},
+		{"reading=10", 0, 10},
+	} {
+		b.Run(tc.name, func(b *testing.B) { benchAccept(b, tc.stuck, tc.readingN) })
+	}
+}
+
+func benchAccept(b *testing.B, stuck, reading int) {
+	bus := events.NewBus(events.Options{})
+	m := NewManager(bus, nil, Options{})
+	defer m.Shutdown(0)
+	l, err := m.Create(context.Background(), "", Spec{Limits: Limits{MaxConnections: -1}, Backlog: 4096})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range stuck {
+		w, _, err := bus.Watch(events.Filter{}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer w.Close()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var readers sync.WaitGroup
+	for range reading {
+		w, _, err := bus.Watch(events.Filter{}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			defer w.Close()
+			buf := make([]events.Event, 0, 256)
+			for {
+				if _, _, err := w.Next(ctx, buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	defer func() { cancel(); readers.Wait() }()
+
+	addr := l.Info().Bound
+	const workers = 8
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for i := range workers {
+		n := b.N / workers
+		if i < b.N%workers {
+			n++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range n {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_ = c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	for l.Info().Accepted < uint64(b.N) || l.Info().Active > 0 {
+		if b.Failed() {
+			return
+		}
+		time.Sleep(50 * time.Microsecond) // poll without taking a core from the daemon side
+	}
+	b.StopTimer()
+}
