@@ -29,6 +29,14 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // newClient serves a Service over bufconn and returns a real gRPC client.
 func newClient(t *testing.T, opts events.Options) listenerdv1.ListenerServiceClient {
 	t.Helper()
+	c, _, _ := newClientConn(t, opts)
+	return c
+}
+
+// newClientConn also returns the client connection and the manager behind
+// the service.
+func newClientConn(t *testing.T, opts events.Options) (listenerdv1.ListenerServiceClient, *grpc.ClientConn, *listener.Manager) {
+	t.Helper()
 	mgr := listener.NewManager(events.NewBus(opts), nil, listener.Options{})
 	srv := grpc.NewServer()
 	listenerdv1.RegisterListenerServiceServer(srv, New(mgr, nil))
@@ -46,7 +54,7 @@ func newClient(t *testing.T, opts events.Options) listenerdv1.ListenerServiceCli
 		srv.Stop()
 		mgr.Shutdown(0)
 	})
-	return listenerdv1.NewListenerServiceClient(conn)
+	return listenerdv1.NewListenerServiceClient(conn), conn, mgr
 }
 
 func ctx(t *testing.T) context.Context {

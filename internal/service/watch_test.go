@@ -248,3 +248,40 @@ func TestDataEvents(t *testing.T) {
 		t.Fatalf("data_max_bytes 1 MiB: %v", err)
 	}
 }
+
+// A watcher whose client vanishes mid-stream leaves nothing behind: its
+// handler returns and unregisters (goleak checks the goroutines at exit).
+func TestAbruptWatcherDisconnect(t *testing.T) {
+	c, conn, mgr := newClientConn(t, events.Options{})
+	l := createOK(t, c, "", echoSpec())
+	for range 3 {
+		s, err := c.WatchEvents(ctx(t), &listenerdv1.WatchEventsRequest{IncludeData: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := mgr.Bus().Watchers(); n != 3 {
+		t.Fatalf("%d watchers registered, want 3", n)
+	}
+	// Traffic while the clients vanish.
+	tcp, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	_, _ = tcp.Write([]byte("data while watchers vanish"))
+	conn.Close() // every stream of this client ends abruptly
+	deadline := time.Now().Add(30 * time.Second)
+	for mgr.Bus().Watchers() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d watchers still registered after their client vanished", mgr.Bus().Watchers())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if mgr.Bus().DataCap() != 0 {
+		t.Fatal("data still recorded with no data watcher left")
+	}
+}
