@@ -72,6 +72,9 @@ type limitOptions struct {
 	overflow    string
 	idleTimeout time.Duration
 	maxLifetime time.Duration
+	acceptRate  float64
+	acceptBurst uint32
+	perSource   uint32
 }
 
 func (o *limitOptions) addFlags(fs *pflag.FlagSet) {
@@ -80,6 +83,9 @@ func (o *limitOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.overflow, "overflow", "", "what happens over the limit: reject or backlog")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "close connections idle this long; 0 means never")
 	fs.DurationVar(&o.maxLifetime, "max-lifetime", 0, "close connections this long after they open; 0 means never")
+	fs.Float64Var(&o.acceptRate, "accept-rate", 0, "most connections accepted a second; 0 means no limit")
+	fs.Uint32Var(&o.acceptBurst, "accept-burst", 0, "burst of --accept-rate; 0 means the rate, at least 1")
+	fs.Uint32Var(&o.perSource, "max-per-source", 0, "most open connections from one source address; 0 means no limit")
 }
 
 // request builds the UpdateListenerRequest: its mask names exactly the limits
@@ -115,8 +121,26 @@ func (o *limitOptions) request(id string, fs *pflag.FlagSet) (*listenerdv1.Updat
 		limits.MaxLifetime = durationpb.New(o.maxLifetime)
 		paths = append(paths, "spec.limits.max_lifetime")
 	}
+	if fs.Changed("accept-rate") {
+		if o.acceptRate < 0 {
+			return nil, usageErrorf("--accept-rate must not be negative (0 means no limit)")
+		}
+		limits.AcceptRate = o.acceptRate
+		paths = append(paths, "spec.limits.accept_rate")
+	}
+	if fs.Changed("accept-burst") {
+		limits.AcceptBurst = o.acceptBurst
+		paths = append(paths, "spec.limits.accept_burst")
+	}
+	if fs.Changed("max-per-source") {
+		if o.perSource > 0 { // 0 leaves it unset: no limit
+			n := o.perSource
+			limits.MaxConnectionsPerSource = &n
+		}
+		paths = append(paths, "spec.limits.max_connections_per_source")
+	}
 	if len(paths) == 0 {
-		return nil, usageErrorf("nothing to change: give --max-connections N, --unlimited, --overflow, --idle-timeout or --max-lifetime")
+		return nil, usageErrorf("nothing to change: give --max-connections N, --unlimited, --overflow, --idle-timeout, --max-lifetime, --accept-rate, --accept-burst or --max-per-source")
 	}
 	return &listenerdv1.UpdateListenerRequest{
 		Listener:   &listenerdv1.Listener{Id: id, Spec: &listenerdv1.ListenerSpec{Limits: limits}},
@@ -127,14 +151,17 @@ func (o *limitOptions) request(id string, fs *pflag.FlagSet) (*listenerdv1.Updat
 func (a *app) limitCmd() *cobra.Command {
 	var o limitOptions
 	cmd := &cobra.Command{
-		Use:   "limit ID (--max-connections N | --unlimited) [--overflow reject|backlog] [--idle-timeout D] [--max-lifetime D]",
+		Use:   "limit ID [--max-connections N | --unlimited] [--overflow reject|backlog] [--idle-timeout D] [--max-lifetime D] [--accept-rate R] [--accept-burst N] [--max-per-source N]",
 		Short: "Change a listener's limits at runtime",
 		Long: `Change a listener's limits without a rebind; only the limits given change.
-A lowered --max-connections closes nobody: it applies to the next accept.
+A lowered --max-connections (or --max-per-source) closes nobody: it applies to
+the next accept. --accept-rate 0 and --max-per-source 0 remove those limits.
 Prints the limits now in force.`,
 		Example: `  ctl limit web --max-connections 100
   ctl limit ln-1a2b3c4d --unlimited
-  ctl limit web --max-connections 10 --overflow backlog --idle-timeout 1m`,
+  ctl limit web --max-connections 10 --overflow backlog --idle-timeout 1m
+  ctl limit web --accept-rate 50 --accept-burst 100 --max-per-source 5
+  ctl limit web --accept-rate 0 --max-per-source 0   # remove both`,
 		Args: exactArgs(1, "a listener id or name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req, err := o.request(args[0], cmd.Flags())
@@ -181,17 +208,24 @@ func (a *app) closeCmd() *cobra.Command {
 	var (
 		drain time.Duration
 		force bool
+		wait  bool
 	)
 	cmd := &cobra.Command{
-		Use:   "close ID [--drain D | --force]",
+		Use:   "close ID [--drain D | --force] [--wait]",
 		Short: "Close a listener",
 		Long: `Close a listener: it stops accepting at once, and its port is free when this
 command returns. Open connections drain for up to --drain (the daemon's
 default, 30s, when not given), then are destroyed; --force (or --drain 0)
-destroys them now.`,
+destroys them now.
+
+--wait then waits until the last connection is gone (the listener_closed
+event) and says how many drained and how many were destroyed; with -o json it
+prints that event as a second line. Ctrl-C stops waiting (exit 1); the
+listener goes on draining.`,
 		Example: `  ctl close web
   ctl close ln-1a2b3c4d --drain 5s
-  ctl close web --force`,
+  ctl close web --force
+  ctl close web --drain 10s --wait   # returns when every connection is gone`,
 		Args: exactArgs(1, "a listener id or name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req, err := closeRequest(args[0], cmd.Flags(), drain, force)
@@ -201,6 +235,9 @@ destroys them now.`,
 			client, err := a.dial()
 			if err != nil {
 				return err
+			}
+			if wait {
+				return a.closeAndWait(cmd.Context(), client, req)
 			}
 			ctx, cancel := a.unary(cmd.Context())
 			defer cancel()
@@ -218,6 +255,7 @@ destroys them now.`,
 	}
 	cmd.Flags().DurationVar(&drain, "drain", 0, "let open connections drain for up to this long (default: the daemon's, 30s)")
 	cmd.Flags().BoolVar(&force, "force", false, "destroy open connections now")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the last connection is gone (the listener_closed event)")
 	cmd.MarkFlagsMutuallyExclusive("drain", "force")
 	return cmd
 }

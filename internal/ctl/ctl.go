@@ -1,6 +1,6 @@
 // Package ctl implements ctl, the command-line client of listenerd. Its
 // commands are a pure gRPC client of the daemon (listen, ls, get, limit,
-// close, watch, conns, kick), plus connect, a plain TCP client to try a
+// close, watch, conns, kick, rebind), plus connect, a plain TCP client to try a
 // listener out. Main is the whole program, so tests drive it like a user.
 package ctl
 
@@ -127,7 +127,8 @@ func (a *app) rootCmd() *cobra.Command {
   ctl listen --port 6969 --mode echo     # open a listener
   ctl connect 127.0.0.1:6969 --send hi   # try it
   ctl ls                                 # list listeners
-  ctl watch                              # stream every event`,
+  ctl watch                              # stream every event
+  source <(ctl completion bash)          # complete ids and names with TAB`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -138,7 +139,6 @@ func (a *app) rootCmd() *cobra.Command {
 			return usageErrorf("unknown output format %q (want text, json or wide)", a.output)
 		},
 	}
-	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return asUsage(err) })
 
 	pf := root.PersistentFlags()
@@ -158,8 +158,10 @@ func (a *app) rootCmd() *cobra.Command {
 		a.watchCmd(),
 		a.connsCmd(),
 		a.kickCmd(),
+		a.rebindCmd(),
 		a.connectCmd(),
 	)
+	a.addCompletions(root)
 	markRunning(root, &a.running)
 	return root
 }

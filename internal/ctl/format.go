@@ -334,8 +334,19 @@ func limitsLine(l *listenerdv1.Limits) string {
 	if l != nil && l.MaxConnections != nil {
 		maxConns = strconv.FormatUint(uint64(*l.MaxConnections), 10)
 	}
-	return fmt.Sprintf("max-connections=%s overflow=%s idle-timeout=%s max-lifetime=%s",
+	s := fmt.Sprintf("max-connections=%s overflow=%s idle-timeout=%s max-lifetime=%s",
 		maxConns, overflowWord(l.GetOverflow()), optDuration(l.GetIdleTimeout()), optDuration(l.GetMaxLifetime()))
+	// The newer limits are shown only when set, to keep the line short.
+	if r := l.GetAcceptRate(); r > 0 {
+		s += " accept-rate=" + strconv.FormatFloat(r, 'g', -1, 64) + "/s"
+		if b := l.GetAcceptBurst(); b > 0 {
+			s += fmt.Sprintf(" accept-burst=%d", b)
+		}
+	}
+	if l != nil && l.MaxConnectionsPerSource != nil {
+		s += fmt.Sprintf(" max-per-source=%d", *l.MaxConnectionsPerSource)
+	}
+	return s
 }
 
 // writeConnections prints connections as a table, or one JSON object a line.

@@ -31,7 +31,13 @@ type listenOptions struct {
 	maxLifetime    time.Duration
 	allow          []string
 	deny           []string
+	acceptRate     float64
+	acceptBurst    uint32
+	maxPerSource   uint32
+	noDelay        bool
+	keepalive      time.Duration
 	follow         bool
+	data           bool
 }
 
 func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
@@ -49,7 +55,13 @@ func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.maxLifetime, "max-lifetime", 0, "close connections this long after they open (default never)")
 	fs.StringSliceVar(&o.allow, "allow", nil, "source CIDR allowed to connect; repeat or separate with commas (default: all)")
 	fs.StringSliceVar(&o.deny, "deny", nil, "source CIDR refused; repeat or separate with commas; deny wins over allow")
+	fs.Float64Var(&o.acceptRate, "accept-rate", 0, "most connections accepted a second (token bucket); over it a connection is rejected (default: no limit)")
+	fs.Uint32Var(&o.acceptBurst, "accept-burst", 0, "burst of --accept-rate (default: the rate, at least 1)")
+	fs.Uint32Var(&o.maxPerSource, "max-per-source", 0, "most open connections from one source address; 0 means no limit (default)")
+	fs.BoolVar(&o.noDelay, "no-delay", true, "TCP_NODELAY on accepted connections; --no-delay=false turns Nagle's algorithm on")
+	fs.DurationVar(&o.keepalive, "keepalive", 0, "TCP keepalive interval of accepted connections; 0 turns keepalive off (default: the daemon's, 15s)")
 	fs.BoolVarP(&o.follow, "follow", "f", false, "after creating, print the listener's events until Ctrl-C or until it closes")
+	fs.BoolVar(&o.data, "data", false, "with --follow, also print the bytes each client sends (DATA: lines)")
 }
 
 // request builds the CreateListenerRequest from the parsed flags in fs.
@@ -67,6 +79,16 @@ func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerR
 	if fs.Changed("backlog") {
 		backlog := o.backlog
 		spec.Backlog = &backlog
+	}
+	if fs.Changed("no-delay") {
+		noDelay := o.noDelay
+		spec.NoDelay = &noDelay
+	}
+	if fs.Changed("keepalive") {
+		if o.keepalive < 0 {
+			return nil, usageErrorf("--keepalive must not be negative (0 turns keepalive off)")
+		}
+		spec.Keepalive = durationpb.New(o.keepalive)
 	}
 
 	var limits listenerdv1.Limits
@@ -90,6 +112,22 @@ func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerR
 	}
 	if fs.Changed("max-lifetime") {
 		limits.MaxLifetime = durationpb.New(o.maxLifetime)
+		limitsSet = true
+	}
+	if fs.Changed("accept-rate") {
+		if o.acceptRate < 0 {
+			return nil, usageErrorf("--accept-rate must not be negative (0 means no limit)")
+		}
+		limits.AcceptRate = o.acceptRate
+		limitsSet = true
+	}
+	if fs.Changed("accept-burst") {
+		limits.AcceptBurst = o.acceptBurst
+		limitsSet = true
+	}
+	if fs.Changed("max-per-source") && o.maxPerSource > 0 {
+		n := o.maxPerSource
+		limits.MaxConnectionsPerSource = &n
 		limitsSet = true
 	}
 	if limitsSet {
@@ -157,14 +195,18 @@ ephemeral port.
 accepts without limit; with it a connection over the limit is accepted and
 closed at once (a rejected event), and 0 rejects every connection.
 --overflow backlog instead leaves excess connections in the kernel's queue.
+--accept-rate (with --accept-burst) and --max-per-source reject connections
+beyond a rate or beyond a number open from one address, with a rejected event.
 
 --follow keeps running and prints the listener's events like a Node server's
-log (CONNECTED:, CLOSED:, REJECTED:). Ctrl-C stops following and exits 0; the
-listener stays open in the daemon (close it with ctl close). Following ends by
-itself when the listener closes.`,
+log (CONNECTED:, CLOSED:, REJECTED:; with --data also DATA:). Ctrl-C stops
+following and exits 0; the listener stays open in the daemon (close it with
+ctl close). Following ends by itself when the listener closes.`,
 		Example: `  ctl listen --port 6969
   ctl listen --port 6969 --mode echo --name echo --follow
   ctl listen --port 0 --max-connections 2 --idle-timeout 30s
+  ctl listen --port 8080 --accept-rate 100 --accept-burst 200 --max-per-source 10
+  ctl listen --port 7000 --no-delay=false --keepalive 1m
   ctl listen --host 0.0.0.0 --port 8080 --upstream 127.0.0.1:80 --allow 10.0.0.0/8
   ctl listen --port 6969 -o json`,
 		Args: exactArgs(0, "no arguments"),
@@ -173,7 +215,10 @@ itself when the listener closes.`,
 			if err != nil {
 				return err
 			}
-			return a.listen(cmd.Context(), req, o.follow)
+			if o.data && !o.follow {
+				return usageErrorf("--data needs --follow")
+			}
+			return a.listen(cmd.Context(), req, o.follow, o.data)
 		},
 	}
 	o.addFlags(cmd.Flags())
@@ -181,7 +226,7 @@ itself when the listener closes.`,
 }
 
 // listen creates the listener and, with follow, prints its events.
-func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest, follow bool) error {
+func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest, follow, data bool) error {
 	client, err := a.dial()
 	if err != nil {
 		return err
@@ -217,7 +262,7 @@ func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest
 	}
 
 	p := newFollowPrinter()
-	w := a.newWatcher(client, &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}}, func(ev *listenerdv1.Event) (bool, error) {
+	w := a.newWatcher(client, &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}, IncludeData: data}, func(ev *listenerdv1.Event) (bool, error) {
 		if a.json() {
 			_, closed := ev.GetKind().(*listenerdv1.Event_ListenerClosed)
 			return closed, writeJSON(a.stdout, ev)

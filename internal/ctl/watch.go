@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,12 @@ type watcher struct {
 	last *uint64
 	// bootID is the daemon boot the sequences belong to.
 	bootID string
+
+	// opened, when set, runs once, after the first response of the first
+	// stream: the watcher is registered in the daemon from then on. An
+	// error it returns ends the watch as it is (openErr).
+	opened  func() error
+	openErr error
 }
 
 func (a *app) newWatcher(client listenerdv1.ListenerServiceClient, req *listenerdv1.WatchEventsRequest,
@@ -68,6 +75,9 @@ func (w *watcher) run(ctx context.Context) error {
 	announced := false
 	for {
 		progressed, done, err := w.attempt(ctx)
+		if w.openErr != nil {
+			return w.openErr
+		}
 		if done || ctx.Err() != nil {
 			return nil
 		}
@@ -165,6 +175,12 @@ func (w *watcher) attempt(ctx context.Context) (progressed, done bool, err error
 			if !resuming {
 				head := resp.GetHeadSequence()
 				w.last = &head
+			}
+			if f := w.opened; f != nil {
+				w.opened = nil
+				if w.openErr = f(); w.openErr != nil {
+					return progressed, false, w.openErr
+				}
 			}
 			if w.verbose {
 				if resuming {
@@ -272,8 +288,10 @@ func watchRequest(ids, kinds []string) (*listenerdv1.WatchEventsRequest, error) 
 
 func (a *app) watchCmd() *cobra.Command {
 	var (
-		since uint64
-		kinds []string
+		since   uint64
+		kinds   []string
+		data    bool
+		dataMax uint32
 	)
 	cmd := &cobra.Command{
 		Use:   "watch [ID...]",
@@ -283,6 +301,9 @@ func (a *app) watchCmd() *cobra.Command {
 With IDs (ids or names), only the events of those listeners; with --kind, only
 those kinds (repeatable): ` + strings.Join(kindWords(), ", ") + `.
 --since SEQ first replays the events after SEQ that the daemon still holds.
+--data adds connection_data events: the bytes moved each way, cut to
+--data-max bytes an event (default 256, at most 65536; len= says how many
+moved). The daemon records data only while a watcher asks for it.
 
 When the daemon cuts a watcher that falls behind, or the connection is lost,
 watch resumes by itself after the last event it printed, so nothing the daemon
@@ -293,11 +314,27 @@ re-list with ctl ls and watch from now.
 -o json prints one Event object a line; -o wide prefixes the time.`,
 		Example: `  ctl watch
   ctl watch ln-1a2b3c4d web --kind connection_opened --kind connection_closed
-  ctl watch --since 120 -o json`,
+  ctl watch --since 120 -o json
+  ctl watch web --data --data-max 1024`,
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			req, err := watchRequest(ids, kinds)
 			if err != nil {
 				return err
+			}
+			if fs := cmd.Flags(); data || fs.Changed("data-max") {
+				if fs.Changed("data-max") && (dataMax == 0 || dataMax > 65536) {
+					return usageErrorf("--data-max must be 1-65536")
+				}
+				if fs.Changed("data") && !data {
+					return usageErrorf("--data-max needs --data")
+				}
+				req.IncludeData, req.DataMaxBytes = true, dataMax
+				if len(req.Kinds) > 0 && !slices.Contains(req.Kinds, listenerdv1.EventKind_EVENT_KIND_CONNECTION_DATA) {
+					req.Kinds = append(req.Kinds, listenerdv1.EventKind_EVENT_KIND_CONNECTION_DATA)
+				}
+			}
+			if slices.Contains(req.Kinds, listenerdv1.EventKind_EVENT_KIND_CONNECTION_DATA) {
+				req.IncludeData = true // asking for the kind is asking for data
 			}
 			client, err := a.dial()
 			if err != nil {
@@ -318,5 +355,7 @@ re-list with ctl ls and watch from now.
 	}
 	cmd.Flags().Uint64Var(&since, "since", 0, "replay the events after this sequence number first")
 	cmd.Flags().StringArrayVar(&kinds, "kind", nil, "only events of this kind (repeatable)")
+	cmd.Flags().BoolVar(&data, "data", false, "also stream connection_data events (the bytes moved)")
+	cmd.Flags().Uint32Var(&dataMax, "data-max", 0, "bytes of data kept per data event, 1-65536 (default 256; implies --data)")
 	return cmd
 }

@@ -1,0 +1,99 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+func (a *app) rebindCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rebind ID",
+		Short: "Bind a FAILED listener again",
+		Long: `Bind a FAILED listener again, with the same id, name and spec: for example one
+restored when the daemon started whose port another program held. The port
+must be free now; the listener is LISTENING when this command returns.
+ctl ls shows FAILED listeners, and ctl get their last error.`,
+		Example: `  ctl ls                      # STATE failed
+  ctl get web                 # last error: address already in use
+  ctl rebind web              # once the port is free
+  ctl rebind ln-1a2b3c4d -o json`,
+		Args: exactArgs(1, "a listener id or name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			client, err := a.dial()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.unary(cmd.Context())
+			defer cancel()
+			resp, err := client.RebindListener(ctx, &listenerdv1.RebindListenerRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			l := resp.GetListener()
+			if a.json() {
+				return writeJSON(a.stdout, l)
+			}
+			_, err = fmt.Fprintf(a.stdout, "listening on %s (id %s, rebound)\n", address(l), l.GetId())
+			return err
+		},
+	}
+}
+
+// closeAndWait is ctl close --wait. It opens a watch of the listener's
+// listener_closed event first, and sends CloseListener once the daemon has
+// registered the watch, so the event cannot be missed; the watch resumes
+// from there if the stream is cut.
+func (a *app) closeAndWait(ctx context.Context, client listenerdv1.ListenerServiceClient, req *listenerdv1.CloseListenerRequest) error {
+	var (
+		closed *listenerdv1.Listener
+		seen   bool
+	)
+	watchReq := &listenerdv1.WatchEventsRequest{
+		ListenerIds: []string{req.GetId()}, // the daemon maps a name to its id
+		Kinds:       []listenerdv1.EventKind{listenerdv1.EventKind_EVENT_KIND_LISTENER_CLOSED},
+	}
+	w := a.newWatcher(client, watchReq, func(ev *listenerdv1.Event) (bool, error) {
+		if ev.GetListenerClosed() == nil || ev.GetListenerId() != closed.GetId() {
+			return false, nil
+		}
+		seen = true
+		if a.json() {
+			return true, writeJSON(a.stdout, ev)
+		}
+		c := ev.GetListenerClosed()
+		_, err := fmt.Fprintf(a.stdout, "%s closed: %s drained, %d destroyed\n",
+			closed.GetId(), plural(c.GetDrained(), "connection"), c.GetDestroyed())
+		return true, err
+	})
+	w.opened = func() error {
+		uctx, cancel := a.unary(ctx)
+		defer cancel()
+		resp, err := client.CloseListener(uctx, req)
+		if err != nil {
+			return err
+		}
+		closed = resp.GetListener()
+		// A name is given up at close: resume by id.
+		watchReq.ListenerIds = []string{closed.GetId()}
+		if a.json() {
+			return writeJSON(a.stdout, closed)
+		}
+		_, err = fmt.Fprintln(a.stdout, closedLine(closed))
+		return err
+	}
+	if err := w.run(ctx); err != nil {
+		return err
+	}
+	if !seen {
+		if closed == nil {
+			return &messageError{code: ExitError, msg: "interrupted before the close was sent"}
+		}
+		return &messageError{code: ExitError, msg: fmt.Sprintf(
+			"stopped waiting; %s is still draining (see ctl get %s)", closed.GetId(), closed.GetId())}
+	}
+	return nil
+}
