@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 )
@@ -263,8 +265,13 @@ func TestShutdownWithWatcherAndConnection(t *testing.T) {
 		t.Fatal("connection outlived the daemon")
 	}
 	for {
-		if _, err := stream.Recv(); err != nil {
-			break
+		_, err := stream.Recv()
+		if err == nil {
+			continue
 		}
+		if code := status.Code(err); code != codes.Unavailable {
+			t.Fatalf("watch stream ended with %v (%v), want UNAVAILABLE", code, err)
+		}
+		break
 	}
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -268,3 +270,105 @@ func TestAcceptBackoffOnEMFILE(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
+}
+
+// After connections come and go and listeners open and close, the
+// daemon's open descriptors return to their baseline.
+func TestDescriptorsReturnToBaseline(t *testing.T) {
+	d := startDaemon(t, "--ephemeral")
+	pid := d.cmd.Process.Pid
+	// Warm up one listener and connection so lazily opened descriptors
+	// (such as the resolver's) count in the baseline.
+	warm := listenJSON(t, d, "--port", "0")
+	if c, err := net.Dial("tcp", warm.GetStatus().GetBoundAddress()); err == nil {
+		c.Close()
+	}
+	d.mustCtl("close", warm.GetId(), "--force")
+	waitGone(t, d, warm.GetId())
+	base := openFDs(t, pid)
+
+	var ids []string
+	var conns []net.Conn
+	for _, mode := range []string{"echo", "discard"} {
+		l := listenJSON(t, d, "--port", "0", "--mode", mode)
+		ids = append(ids, l.GetId())
+		for range 20 {
+			c, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+	}
+	if n := openFDs(t, pid); n <= base {
+		t.Fatalf("%d descriptors with 40 connections open, baseline %d", n, base)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	for _, id := range ids {
+		d.mustCtl("close", id, "--drain", "30s")
+		waitGone(t, d, id)
+	}
+	if n := openFDs(t, pid); n != base {
+		t.Fatalf("%d descriptors after everything closed, baseline %d", n, base)
+	}
+}
+
+// waitGone waits until a closed listener has drained and left the list.
+func waitGone(t *testing.T, d *daemon, id string) {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for {
+		_, err := d.client.GetListener(testContext(t), &listenerdv1.GetListenerRequest{Id: id})
+		if err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("listener %s never finished closing", id)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A second SIGTERM exits at once, even while connections drain.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	d := startDaemon(t, "--ephemeral", "--shutdown-timeout", "1h")
+	l := listenJSON(t, d, "--port", "0")
+	c, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	resp, err := d.client.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
+	for err == nil && len(resp.GetConnections()) == 0 {
+		resp, err = d.client.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(guard)
+	for !strings.Contains(d.stderr.String(), "shutting down") {
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon never began shutting down")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(guard):
+		t.Fatal("second signal did not end the daemon")
+	}
+	var ee *exec.ExitError
+	if !errors.As(d.err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit after the second signal: %v, want status 1", d.err)
+	}
+	d.err = nil // expected; stop() must not report it
+}
