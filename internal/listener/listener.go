@@ -3,6 +3,7 @@ package listener
 import (
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -390,10 +391,7 @@ func (l *Listener) closeConn(n uint64, reset bool) error {
 // was first to close.
 func (l *Listener) killAll(reason events.CloseReason) {
 	l.mu.Lock()
-	list := make([]*conn, 0, len(l.conns))
-	for _, c := range l.conns {
-		list = append(list, c)
-	}
+	list := slices.Collect(maps.Values(l.conns))
 	l.mu.Unlock()
 	var n uint64
 	for _, c := range list {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -287,10 +288,7 @@ func (m *Manager) List() ([]Info, uint64) {
 
 // sortedLocked returns the listeners oldest first; m.mu must be held.
 func (m *Manager) sortedLocked() []*Listener {
-	ls := make([]*Listener, 0, len(m.byID))
-	for _, l := range m.byID {
-		ls = append(ls, l)
-	}
+	ls := slices.Collect(maps.Values(m.byID))
 	slices.SortFunc(ls, func(a, b *Listener) int {
 		if c := a.created.Compare(b.created); c != 0 {
 			return c
@@ -398,10 +396,7 @@ func (m *Manager) CloseConnection(id string, reset bool) error {
 // timeout, destroys the rest and waits for every goroutine it owns.
 func (m *Manager) Shutdown(timeout time.Duration) {
 	m.mu.Lock()
-	ls := make([]*Listener, 0, len(m.byID))
-	for _, l := range m.byID {
-		ls = append(ls, l)
-	}
+	ls := slices.Collect(maps.Values(m.byID))
 	m.mu.Unlock()
 	for _, l := range ls {
 		m.closeListener(l, timeout, timeout <= 0, events.CloseDaemonShutdown)
