@@ -100,7 +100,11 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 			delete(m.byName, name)
 		}
 		l.beginClose()
-		go l.drain(0, events.CloseListenerClosed, 0)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			l.drain(0, events.CloseListenerClosed, 0)
+		}()
 		return nil, err
 	}
 	return l, nil
