@@ -70,6 +70,22 @@ type Bus struct {
 	wmu      sync.Mutex
 	watchers atomic.Pointer[[]*Watcher] // copy on write under wmu
 	dataCap  atomic.Int64               // largest data cap of the data watchers; 0: none
+
+	slowCuts atomic.Uint64 // watchers cut loose for falling behind
+	unsent   atomic.Uint64 // events those watchers had not been sent when cut
+}
+
+// Stats are the bus's counters, for metrics.
+type Stats struct {
+	Head     uint64 // last sequence assigned: events published this boot
+	Watchers int    // watchers registered now
+	SlowCuts uint64 // watchers cut loose (ErrSlow) since the bus started
+	Unsent   uint64 // events those watchers had not been sent when cut
+}
+
+// Stats returns the bus's counters.
+func (b *Bus) Stats() Stats {
+	return Stats{Head: b.Head(), Watchers: b.Watchers(), SlowCuts: b.slowCuts.Load(), Unsent: b.unsent.Load()}
 }
 
 // MaxDataBytes bounds the bytes one data event carries.
@@ -269,7 +285,7 @@ type Watcher struct {
 func (w *Watcher) notify(seq, lag uint64) {
 	from := max(w.cursor.Load(), w.start)
 	if seq > from && seq-from > lag {
-		w.cut(ErrSlow)
+		w.cutSlow(seq - from)
 		return
 	}
 	select {
@@ -281,6 +297,17 @@ func (w *Watcher) notify(seq, lag uint64) {
 func (w *Watcher) cut(err error) {
 	w.once.Do(func() {
 		w.err = err
+		close(w.done)
+	})
+}
+
+// cutSlow cuts the watcher loose for falling behind, behind events short
+// of the head, and counts it unless it was already ended.
+func (w *Watcher) cutSlow(behind uint64) {
+	w.once.Do(func() {
+		w.err = ErrSlow
+		w.bus.slowCuts.Add(1)
+		w.bus.unsent.Add(behind)
 		close(w.done)
 	})
 }
@@ -319,8 +346,9 @@ func (w *Watcher) Next(ctx context.Context, dst []Event) ([]Event, uint64, error
 		}
 		b.mu.Lock()
 		if w.next < b.oldest() {
+			behind := b.head + 1 - w.next
 			b.mu.Unlock()
-			w.cut(ErrSlow)
+			w.cutSlow(behind)
 			continue
 		}
 		seq := w.next

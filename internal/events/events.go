@@ -56,6 +56,9 @@ const (
 	RejectRateLimit
 	RejectPerSourceLimit
 	RejectDaemonLimit
+	// NumRejectReasons is the number of reject reasons, for arrays indexed
+	// by reason.
+	NumRejectReasons
 )
 
 // Tuple is the five-tuple of a TCP connection.

@@ -37,7 +37,7 @@ type Listener struct {
 
 	active   atomic.Int64
 	accepted atomic.Uint64
-	rejected atomic.Uint64
+	rejected [events.NumRejectReasons]atomic.Uint64 // by reason
 	bytesIn  atomic.Uint64
 	bytesOut atomic.Uint64
 
@@ -82,6 +82,8 @@ type Info struct {
 	Created   time.Time
 	Closed    time.Time // zero while accepting
 	LastError string
+	// RejectedBy splits Rejected by reason.
+	RejectedBy [events.NumRejectReasons]uint64
 }
 
 // Info returns a snapshot of the listener.
@@ -91,18 +93,26 @@ func (l *Listener) Info() Info {
 	l.mu.Lock()
 	lastErr, closed := l.lastErr, l.closeTime
 	l.mu.Unlock()
+	var rejected uint64
+	var by [events.NumRejectReasons]uint64
+	for i := range l.rejected {
+		by[i] = l.rejected[i].Load()
+		rejected += by[i]
+	}
 	return Info{
 		ID: l.id, Name: l.name, Spec: spec,
 		State:     State(l.state.Load()),
 		Bound:     l.bound,
 		Active:    uint64(max(l.active.Load(), 0)),
 		Accepted:  l.accepted.Load(),
-		Rejected:  l.rejected.Load(),
+		Rejected:  rejected,
 		BytesIn:   l.bytesIn.Load(),
 		BytesOut:  l.bytesOut.Load(),
 		Created:   l.created,
 		Closed:    closed,
 		LastError: lastErr,
+
+		RejectedBy: by,
 	}
 }
 
@@ -264,7 +274,7 @@ func (l *Listener) admit(c *net.TCPConn) {
 			l.manager.release()
 		}
 		_ = c.Close()
-		l.rejected.Add(1)
+		l.rejected[reason].Add(1)
 		l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionRejected, Reject: reason, Tuple: tuple})
 		return
 	}
@@ -319,6 +329,7 @@ func (l *Listener) allowed(addr netip.Addr) bool {
 // finish unregisters a served connection and reports it closed.
 func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 	in, out := c.in.Load(), c.out.Load()
+	dur := time.Since(c.opened)
 	var detail *events.Detail
 	if errText != "" {
 		detail = &events.Detail{Error: errText}
@@ -334,12 +345,15 @@ func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 	l.active.Add(-1)
 	l.manager.release()
 	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionClosed, Conn: c.n, Tuple: c.tuple,
-		BytesIn: in, BytesOut: out, Duration: time.Since(c.opened), Close: reason, Detail: detail})
+		BytesIn: in, BytesOut: out, Duration: dur, Close: reason, Detail: detail})
 	if l.draining && len(l.conns) == 0 {
 		closeOnce(l.allGone)
 	}
 	l.mu.Unlock()
 	l.signalSlot()
+	if f := l.manager.connClosed; f != nil {
+		f(l.id, dur)
+	}
 }
 
 func closeOnce(ch chan struct{}) {

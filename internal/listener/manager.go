@@ -34,6 +34,7 @@ type Manager struct {
 	maxConns     int64        // daemon-wide open connections; 0: unlimited
 	policy       Policy       // what listeners may bind; checked before every bind
 	totalConns   atomic.Int64 // open connections across listeners
+	connClosed   func(listener string, d time.Duration)
 
 	mu     sync.Mutex
 	byID   map[string]*Listener
@@ -48,6 +49,10 @@ type Options struct {
 	MaxListeners   int       // listeners at once; beyond, Create fails with ErrLimit
 	MaxConnections int64     // open connections across all listeners; beyond, rejected
 	Policy         Policy    // ports and hosts listeners may bind; beyond, ErrPermission
+	// ConnClosed, when set, is called as each connection ends, after its
+	// closed event, on the connection's goroutine, with how long it was
+	// open (for metrics). It must not block.
+	ConnClosed func(listener string, d time.Duration)
 }
 
 // NewManager returns a manager that reports to bus.
@@ -56,7 +61,7 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Manager{bus: bus, log: log, persist: opts.Persister, maxListeners: opts.MaxListeners,
-		maxConns: opts.MaxConnections, policy: opts.Policy, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
+		maxConns: opts.MaxConnections, policy: opts.Policy, connClosed: opts.ConnClosed, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
 }
 
 // Bus returns the manager's event bus.
