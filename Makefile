@@ -2,7 +2,7 @@
 # at the version pinned in tools/buf/go.mod.
 BUF := scripts/buf
 
-.PHONY: all build test generate lint breaking check-generated fmt vet ci bench
+.PHONY: fuzz all build test generate lint breaking check-generated fmt vet ci bench
 
 all: build test
 
@@ -33,3 +33,15 @@ vet:
 
 ci:
 	bash .ci/run
+
+# The performance bench of issue 7 (BENCHMARKS.md): listenerd against a bare
+# Go server and Node, side by side, medians and ratios. A full run takes
+# about 6 minutes; BENCH_FLAGS=--quick is the smoke, e.g.
+# make bench BENCH_FLAGS='--cases a,e --profile /tmp/prof'.
+bench:
+	go run ./internal/bench $(BENCH_FLAGS)
+
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzCreateListenerRequest$$' -fuzztime 30s ./internal/service
+	go test -run '^$$' -fuzz '^FuzzRecords$$' -fuzztime 30s ./internal/listener
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 30s ./internal/state
