@@ -275,3 +275,47 @@ func TestShutdownWithWatcherAndConnection(t *testing.T) {
 		break
 	}
 }
+
+// A connection from a denied source is closed at once, with a rejected
+// event naming the ACL, and never counts as accepted.
+func TestDeniedSource(t *testing.T) {
+	d := startDaemon(t, "--ephemeral")
+	l := listenJSON(t, d, "--port", "0", "--mode", "echo", "--allow", "127.0.0.0/8", "--deny", "127.0.0.2/32")
+	after := uint64(0)
+	stream, err := d.client.WatchEvents(testContext(t), &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}, AfterSequence: &after})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: guard}
+	c, err := dialer.Dial("tcp", l.GetStatus().GetBoundAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(guard))
+	if n, err := c.Read(make([]byte, 1)); err == nil || n != 0 {
+		t.Fatalf("denied client read %d, %v; want its connection closed", n, err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range resp.GetEvents() {
+			if e.GetConnectionOpened() != nil {
+				t.Fatal("denied source was accepted")
+			}
+			if r := e.GetConnectionRejected(); r != nil {
+				if r.GetReason() != listenerdv1.RejectReason_REJECT_REASON_DENIED_BY_ACL || r.GetTuple().GetRemoteAddress() != "127.0.0.2" {
+					t.Fatalf("rejected %v", r)
+				}
+				var got listenerdv1.Listener
+				unmarshalLine(t, strings.TrimSpace(d.mustCtl("get", l.GetId(), "-o", "json")), &got)
+				if got.GetStatus().GetAcceptedConnections() != 0 || got.GetStatus().GetRejectedConnections() != 1 {
+					t.Fatalf("status %v", got.GetStatus())
+				}
+				return
+			}
+		}
+	}
+}
