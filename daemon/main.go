@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/metrics"
 	"github.com/listenerd/listenerd/internal/paths"
 	"github.com/listenerd/listenerd/internal/server"
 )
@@ -58,12 +59,19 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 	fs.IntVar(&cfg.MaxListeners, "max-listeners", 0, "listeners at once (0: unlimited)")
 	fs.Int64Var(&cfg.MaxConnections, "max-connections", 0, "open connections across all listeners (0: unlimited)")
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.Metrics.Addr, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks one, printed); loopback only unless --metrics-allow-remote")
+	fs.BoolVar(&cfg.Metrics.AllowRemote, "metrics-allow-remote", false, "allow --metrics off loopback (the endpoint has no authentication: firewall it)")
 	checkSecurity := addSecurityFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return cfg, level, err
 	}
 	if err := checkSecurity(); err != nil {
 		return cfg, level, err
+	}
+	if cfg.Metrics.Addr != "" {
+		if err := metrics.CheckAddr(cfg.Metrics.Addr, cfg.Metrics.AllowRemote); err != nil {
+			return cfg, level, fmt.Errorf("--metrics: %w", err)
+		}
 	}
 	if fs.NArg() > 0 {
 		return cfg, level, fmt.Errorf("unexpected arguments: %v", fs.Args())

@@ -28,6 +28,7 @@ import (
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
+	"github.com/listenerd/listenerd/internal/metrics"
 	"github.com/listenerd/listenerd/internal/service"
 	"github.com/listenerd/listenerd/internal/state"
 )
@@ -47,13 +48,15 @@ type Config struct {
 	API             APIConfig       // the optional TCP API
 	MutationRate    float64         // mutating RPCs a second on each transport; 0: no limit
 	MutationBurst   int             // burst of MutationRate
+	Metrics         MetricsConfig   // the optional Prometheus endpoint
 	Log             *slog.Logger
 	Stdout          io.Writer // where the "serving on" line goes
 }
 
 // Run serves the API until ctx is done, then shuts down in order: health
 // NOT_SERVING, watch streams ended, gRPC stopped (gracefully, within a
-// bound), listeners drained within ShutdownTimeout.
+// bound), listeners drained within ShutdownTimeout, and the metrics
+// endpoint, when served, last, so that the drain can be watched.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Log
 	if log == nil {
@@ -77,8 +80,18 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		defer tcpLn.Close()
 	}
+	met, metricsLn, err := openMetrics(cfg.Metrics)
+	if err != nil {
+		return err
+	}
+	if metricsLn != nil {
+		defer metricsLn.Close()
+	}
 
 	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections, Policy: cfg.Policy}
+	if met != nil {
+		opts.ConnClosed = met.ObserveConnection
+	}
 	var saved []json.RawMessage
 	if !cfg.Ephemeral {
 		store, err := state.Open(cfg.StateDir)
@@ -106,9 +119,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	svc := service.New(mgr, log)
 	srv, hs := newGRPCServer(svc, log, transport{name: "unix",
-		limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)})
+		limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met)
 	srvs, hss := []*grpc.Server{srv}, []*health.Server{hs}
 
+	metricsSrv := startMetrics(met, metricsLn, mgr, bus, log, cfg.Stdout)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID(), "policy", cfg.Policy.String())
@@ -117,7 +131,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if api != nil {
 		tsrv, ths := newGRPCServer(svc, log, transport{name: "tcp", creds: api.creds, auth: apiAuth,
-			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)})
+			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met)
 		srvs, hss = append(srvs, tsrv), append(hss, ths)
 		go func() { errc <- tsrv.Serve(tcpLn) }()
 		log.Info("listenerd serving TCP API", "addr", tcpLn.Addr().String(), "tls", api.creds != nil,
@@ -145,6 +159,9 @@ func Run(ctx context.Context, cfg Config) error {
 		wg.Go(func() { stopGRPC(srv, cfg.ShutdownTimeout) })
 	}
 	wg.Wait()
+	if metricsSrv != nil {
+		metricsSrv.Stop(time.Second)
+	}
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve: %w", serveErr)
 	}
@@ -169,10 +186,11 @@ func stopGRPC(srv *grpc.Server, limit time.Duration) {
 	}
 }
 
-// newGRPCServer returns the server of one transport, with logging and
-// recovery outermost, then the transport's own options (see
-// transport.options), health and reflection.
-func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr transport) (*grpc.Server, *health.Server) {
+// newGRPCServer returns the server of one transport, with the metrics
+// interceptors (when met is not nil), logging and recovery outermost, then
+// the transport's own options (see transport.options), health and
+// reflection.
+func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr transport, met *metrics.Metrics) (*grpc.Server, *health.Server) {
 	log = log.With("api", tr.name)
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -182,7 +200,7 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 		log.ErrorContext(ctx, "panic in handler", "panic", p)
 		return status.Error(codes.Internal, "internal error")
 	})}
-	srv := grpc.NewServer(append([]grpc.ServerOption{
+	srv := grpc.NewServer(append(append(met.ServerOptions(),
 		grpc.ChainUnaryInterceptor(
 			logging.UnaryServerInterceptor(logger, logOpts...),
 			recovery.UnaryServerInterceptor(recoverOpts...),
@@ -191,13 +209,14 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 			logging.StreamServerInterceptor(logger, logOpts...),
 			recovery.StreamServerInterceptor(recoverOpts...),
 		),
-	}, tr.options()...)...)
+	), tr.options()...)...)
 	listenerdv1.RegisterListenerServiceServer(srv, svc)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(listenerdv1.ListenerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
+	met.InitServer(srv)
 	return srv, hs
 }
 

@@ -1,0 +1,342 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
+
+	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/listener"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// guard bounds every wait; a safety net, never a timing assertion.
+const guard = 30 * time.Second
+
+// rig is a real manager whose metrics are collected, with a channel that
+// receives each connection duration observed.
+type rig struct {
+	t        *testing.T
+	m        *Metrics
+	mgr      *listener.Manager
+	bus      *events.Bus
+	observed chan string
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	r := &rig{t: t, m: New(), bus: events.NewBus(events.Options{}), observed: make(chan string, 64)}
+	r.mgr = listener.NewManager(r.bus, nil, listener.Options{ConnClosed: func(id string, d time.Duration) {
+		r.m.ObserveConnection(id, d)
+		r.observed <- id
+	}})
+	r.m.Collect(r.mgr, r.bus)
+	t.Cleanup(func() { r.mgr.Shutdown(0) })
+	return r
+}
+
+func (r *rig) create(name string, spec listener.Spec) *listener.Listener {
+	r.t.Helper()
+	l, err := r.mgr.Create(context.Background(), name, spec)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return l
+}
+
+func (r *rig) addr(l *listener.Listener) string {
+	r.t.Helper()
+	in, err := r.mgr.Get(l.ID())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return in.Info().Bound
+}
+
+// waitEvent waits for an event of kind on listener id, from the bus's
+// history, after *from; it advances *from past it.
+func (r *rig) waitEvent(id string, kind events.Kind, from *uint64) events.Event {
+	r.t.Helper()
+	w, _, err := r.bus.Watch(events.Filter{Listeners: []string{id}, Kinds: []events.Kind{kind}}, from)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	batch, _, err := w.Next(ctx, nil)
+	if err != nil {
+		r.t.Fatalf("waiting for kind %d on %s: %v", kind, id, err)
+	}
+	*from = batch[0].Seq
+	return batch[0]
+}
+
+func (r *rig) waitObserved(id string) {
+	r.t.Helper()
+	select {
+	case got := <-r.observed:
+		if got != id {
+			r.t.Fatalf("duration observed for %s, want %s", got, id)
+		}
+	case <-time.After(guard):
+		r.t.Fatal("no connection duration observed")
+	}
+}
+
+// series finds the metric of family name whose labels include want.
+func (r *rig) series(name string, want map[string]string) *dto.Metric {
+	r.t.Helper()
+	mfs, err := r.m.Registry().Gather()
+	if err != nil {
+		r.t.Fatalf("gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range want {
+				if got[k] != v {
+					continue next
+				}
+			}
+			return m
+		}
+	}
+	return nil
+}
+
+func (r *rig) value(name string, labels map[string]string) float64 {
+	r.t.Helper()
+	m := r.series(name, labels)
+	if m == nil {
+		r.t.Fatalf("no series %s%v", name, labels)
+	}
+	switch {
+	case m.GetGauge() != nil:
+		return m.GetGauge().GetValue()
+	case m.GetCounter() != nil:
+		return m.GetCounter().GetValue()
+	}
+	r.t.Fatalf("%s%v is neither gauge nor counter", name, labels)
+	return 0
+}
+
+func (r *rig) expect(name string, labels map[string]string, want float64) {
+	r.t.Helper()
+	if got := r.value(name, labels); got != want {
+		r.t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+	}
+}
+
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(guard))
+	return c
+}
+
+// The per-listener series follow real connections: opened, echoed,
+// rejected over the limit and by the ACL, closed (with their durations),
+// and the listener's series go when it is gone.
+func TestCollectorFollowsConnections(t *testing.T) {
+	r := newRig(t)
+	l := r.create("web", listener.Spec{Limits: listener.Limits{MaxConnections: 1}, Handler: listener.Handler{Kind: listener.HandlerEcho}})
+	id, addr := l.ID(), r.addr(l)
+	lbl := map[string]string{"listener": id, "name": "web"}
+	var seq uint64
+
+	r.expect("listenerd_listener_info", map[string]string{"listener": id, "name": "web", "address": addr, "mode": "echo", "state": "listening"}, 1)
+	r.expect("listenerd_listener_active_connections", lbl, 0)
+	r.expect("listenerd_listener_max_connections", lbl, 1)
+	if h := r.series("listenerd_connection_duration_seconds", lbl).GetHistogram(); h == nil || h.GetSampleCount() != 0 || len(h.GetBucket()) != len(DurationBuckets) {
+		t.Fatalf("empty histogram: %v", h)
+	}
+
+	c := dial(t, addr)
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	r.expect("listenerd_listener_active_connections", lbl, 1)
+	r.expect("listenerd_listener_accepted_connections_total", lbl, 1)
+	r.expect("listenerd_listener_bytes_total", map[string]string{"listener": id, "direction": "in"}, 5)
+	r.expect("listenerd_listener_bytes_total", map[string]string{"listener": id, "direction": "out"}, 5)
+
+	// Over the limit: rejected for max_connections.
+	dial(t, addr)
+	r.waitEvent(id, events.KindConnectionRejected, &seq)
+	r.expect("listenerd_listener_rejected_connections_total", map[string]string{"listener": id, "reason": "max_connections"}, 1)
+	r.expect("listenerd_listener_rejected_connections_total", map[string]string{"listener": id, "reason": "rate_limit"}, 0)
+
+	c.Close()
+	r.waitObserved(id)
+	r.expect("listenerd_listener_active_connections", lbl, 0)
+	h := r.series("listenerd_connection_duration_seconds", lbl).GetHistogram()
+	if h.GetSampleCount() != 1 || h.GetSampleSum() <= 0 || h.GetBucket()[len(h.GetBucket())-1].GetCumulativeCount() != 1 {
+		t.Fatalf("histogram after one connection: %v", h)
+	}
+
+	// A second listener that denies loopback: rejected by the ACL.
+	deny := r.create("", listener.Spec{Limits: listener.Limits{MaxConnections: -1},
+		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	dial(t, r.addr(deny))
+	r.waitEvent(deny.ID(), events.KindConnectionRejected, new(uint64(0)))
+	r.expect("listenerd_listener_rejected_connections_total", map[string]string{"listener": deny.ID(), "name": "", "reason": "denied_by_acl"}, 1)
+	r.expect("listenerd_listener_rejected_connections_total", map[string]string{"listener": id, "reason": "denied_by_acl"}, 0)
+	if r.series("listenerd_listener_max_connections", map[string]string{"listener": deny.ID()}) != nil {
+		t.Error("max_connections series for an unlimited listener")
+	}
+
+	// Closed and gone: its series and its histogram go.
+	if _, err := r.mgr.Close(id, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	<-l.Done()
+	r.waitGone(id)
+	for _, name := range []string{"listenerd_listener_info", "listenerd_listener_active_connections", "listenerd_connection_duration_seconds"} {
+		if m := r.series(name, map[string]string{"listener": id}); m != nil {
+			t.Errorf("%s of a listener gone: %v", name, m)
+		}
+	}
+	if _, ok := r.m.durations.Load(id); ok {
+		t.Error("the histogram of a listener gone is kept")
+	}
+	r.expect("listenerd_listener_active_connections", map[string]string{"listener": deny.ID()}, 0)
+}
+
+// waitGone waits until the manager no longer holds the listener: it leaves
+// the list just after its closed event, and nothing announces that.
+func (r *rig) waitGone(id string) {
+	r.t.Helper()
+	deadline := time.Now().Add(guard)
+	for {
+		if _, err := r.mgr.Get(id); err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("listener %s never left the manager", id)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// The bus's counters: watchers open, events published, slow watchers cut
+// and the events they had not been sent.
+func TestCollectorBusCounters(t *testing.T) {
+	m := New()
+	bus := events.NewBus(events.Options{History: 8192, WatcherLag: 10})
+	mgr := listener.NewManager(bus, nil, listener.Options{ConnClosed: m.ObserveConnection})
+	defer mgr.Shutdown(0)
+	m.Collect(mgr, bus)
+	r := &rig{t: t, m: m, mgr: mgr, bus: bus}
+
+	w, _, err := bus.Watch(events.Filter{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	r.expect("listenerd_watchers", nil, 1)
+	for range 20 {
+		bus.Publish(events.Event{Listener: "ln-00000000", Kind: events.KindConnectionOpened})
+	}
+	r.expect("listenerd_events_published_total", nil, 20)
+	r.expect("listenerd_watchers_cut_total", nil, 1)
+	r.expect("listenerd_watch_events_dropped_total", nil, 11)
+	w.Close()
+	r.expect("listenerd_watchers", nil, 0)
+}
+
+func TestCheckAddr(t *testing.T) {
+	for _, tt := range []struct {
+		addr   string
+		remote bool
+		ok     bool
+	}{
+		{"127.0.0.1:9464", false, true},
+		{"[::1]:9464", false, true},
+		{"localhost:9464", false, true}, // checked once bound
+		{"127.0.0.2:0", false, true},
+		{":9464", false, false},
+		{"0.0.0.0:9464", false, false},
+		{"[::]:9464", false, false},
+		{"192.0.2.1:9464", false, false},
+		{"192.0.2.1:9464", true, true},
+		{":9464", true, true},
+		{"9464", false, false},
+		{"127.0.0.1:http", false, false},
+		{"127.0.0.1:70000", false, false},
+	} {
+		if err := CheckAddr(tt.addr, tt.remote); (err == nil) != tt.ok {
+			t.Errorf("CheckAddr(%q, remote=%v) = %v, want ok=%v", tt.addr, tt.remote, err, tt.ok)
+		}
+	}
+}
+
+// The endpoint serves the registry over HTTP, and Stop joins its goroutine.
+func TestServe(t *testing.T) {
+	r := newRig(t)
+	l := r.create("", listener.Spec{Limits: listener.Limits{MaxConnections: -1}})
+	ln, err := Listen("localhost:0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.m.Start(ln, nil)
+	defer s.Stop(time.Second)
+
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: guard}
+	resp, err := client.Get("http://" + s.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := `listenerd_listener_active_connections{listener="` + l.ID() + `",name=""} 0`
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) ||
+		!strings.Contains(string(body), "go_goroutines") || !strings.Contains(string(body), "listenerd_watchers 0") {
+		t.Fatalf("GET /metrics: %s\n%s", resp.Status, body)
+	}
+	resp, err = client.Post("http://"+s.Addr().String()+"/metrics", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /metrics: %s", resp.Status)
+	}
+}
+
+// A registry of the collector alone passes client_golang's consistency
+// checks (labels match their descriptions, no duplicate series).
+func TestCollectorIsConsistent(t *testing.T) {
+	r := newRig(t)
+	r.create("a", listener.Spec{Limits: listener.Limits{MaxConnections: 3}})
+	r.create("b", listener.Spec{Limits: listener.Limits{MaxConnections: -1}})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(&collector{m: r.m, src: r.mgr, bus: r.bus})
+	if _, err := reg.Gather(); err != nil {
+		t.Fatal(err)
+	}
+}
