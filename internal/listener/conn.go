@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/listenerd/listenerd/internal/events"
 )
@@ -114,48 +113,83 @@ func (c *conn) pump(echo bool, idle time.Duration) error {
 		return err
 	}
 	l := c.l
-	var buf *[]byte
-	defer func() {
-		if buf != nil {
-			bufPool.Put(buf)
-		}
-	}()
+	var r rawReader
+	read := r.callback() // one closure for the connection's life
+	defer r.release()
 	for {
 		if idle > 0 {
 			_ = c.c.SetReadDeadline(time.Now().Add(idle))
 		}
-		if buf == nil {
-			if err := waitReadable(rc); err != nil {
-				return err
-			}
-			buf = bufPool.Get().(*[]byte)
+		if err := rc.Read(read); err != nil {
+			return err
 		}
-		n, err := c.c.Read(*buf)
-		if n > 0 {
-			c.in.Add(uint64(n))
-			l.bytesIn.Add(uint64(n))
-			c.publishData((*buf)[:n], false)
-			if echo {
-				w, werr := c.c.Write((*buf)[:n])
-				c.out.Add(uint64(w))
-				l.bytesOut.Add(uint64(w))
-				c.publishData((*buf)[:w], true)
-				if werr != nil {
-					return werr
-				}
-			}
-		}
+		n, err := r.result()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
 		}
-		if n < len(*buf) {
-			// Drained for now: give the buffer back while idle.
-			bufPool.Put(buf)
-			buf = nil
+		p := (*r.buf)[:n]
+		c.in.Add(uint64(n))
+		l.bytesIn.Add(uint64(n))
+		c.publishData(p, false)
+		if echo {
+			w, werr := c.c.Write(p)
+			c.out.Add(uint64(w))
+			l.bytesOut.Add(uint64(w))
+			c.publishData(p[:w], true)
+			if werr != nil {
+				return werr
+			}
 		}
+	}
+}
+
+// rawReader reads a socket through the runtime's poller with a buffer taken
+// from the pool only when data is there: while the socket would block, the
+// buffer goes back, so an idle connection pins none. It costs the same
+// read(2) calls as net.Conn.Read.
+type rawReader struct {
+	buf *[]byte
+	n   int
+	err error
+}
+
+func (r *rawReader) callback() func(fd uintptr) bool {
+	return func(fd uintptr) bool {
+		if r.buf == nil {
+			r.buf = bufPool.Get().(*[]byte)
+		}
+		for {
+			r.n, r.err = syscall.Read(int(fd), *r.buf)
+			if r.err != syscall.EINTR {
+				break
+			}
+		}
+		if r.err == syscall.EAGAIN {
+			r.release() // idle: wait without a buffer
+			return false
+		}
+		return true
+	}
+}
+
+// result returns what the last read gave: a count, io.EOF, or an error.
+func (r *rawReader) result() (int, error) {
+	switch {
+	case r.err != nil:
+		return 0, os.NewSyscallError("read", r.err)
+	case r.n <= 0:
+		return 0, io.EOF
+	}
+	return r.n, nil
+}
+
+func (r *rawReader) release() {
+	if r.buf != nil {
+		bufPool.Put(r.buf)
+		r.buf = nil
 	}
 }
 
@@ -169,17 +203,6 @@ func (c *conn) publishData(p []byte, out bool) {
 	data := append([]byte(nil), p[:min(len(p), capb)]...)
 	c.l.bus.Publish(events.Event{Listener: c.l.id, Kind: events.KindConnectionData, Conn: c.n,
 		BytesIn: uint64(len(p)), Detail: &events.Detail{Data: data, Outbound: out}})
-}
-
-// waitReadable blocks in the runtime's poller until the socket has data, an
-// EOF or an error to read, without holding a buffer.
-func waitReadable(rc syscall.RawConn) error {
-	return rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, e := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		return e != syscall.EAGAIN && e != syscall.EINTR
-	})
 }
 
 // errUpstream marks a failure of the forward handler's upstream side.
