@@ -54,3 +54,26 @@ func TestConnClosedHook(t *testing.T) {
 		t.Fatal("hook not called")
 	}
 }
+
+// A connection destroyed by a forced close of a listener already draining
+// counts as destroyed, not drained: the count is taken as each connection
+// ends, so the listener_closed event cannot run ahead of it.
+func TestForceWhileDrainingCountsDestroyed(t *testing.T) {
+	m := newManager(t)
+	for range 20 {
+		l := create(t, m, Spec{Limits: unlimited()})
+		w := newWatch(t, m, l.ID())
+		dial(t, l.Info().Bound)
+		w.until(countAtLeast(events.KindConnectionOpened, 1))
+		if _, err := m.Close(l.ID(), time.Minute, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Close(l.ID(), 0, true); err != nil {
+			t.Fatal(err)
+		}
+		evs := w.until(countAtLeast(events.KindListenerClosed, 1))
+		if d := evs[len(evs)-1].Detail; d.Drained != 0 || d.Destroyed != 1 {
+			t.Fatalf("listener_closed drained=%d destroyed=%d; want 0 and 1", d.Drained, d.Destroyed)
+		}
+	}
+}

@@ -344,6 +344,12 @@ func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 	}
 	l.active.Add(-1)
 	l.manager.release()
+	if reason == events.CloseListenerClosed || reason == events.CloseDaemonShutdown {
+		// Destroyed by killAll. Counted here, as it ends, so the
+		// listener_closed event (sent once every connection has ended)
+		// cannot miss a destruction still under way.
+		l.destroyed++
+	}
 	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionClosed, Conn: c.n, Tuple: c.tuple,
 		BytesIn: in, BytesOut: out, Duration: dur, Close: reason, Detail: detail})
 	if l.draining && len(l.conns) == 0 {
@@ -401,21 +407,15 @@ func (l *Listener) closeConn(n uint64, reset bool) error {
 	return nil
 }
 
-// killAll destroys every open connection with reason and counts those it
-// was first to close.
+// killAll destroys every open connection with reason (listener closed or
+// daemon shutdown); finish counts them as destroyed.
 func (l *Listener) killAll(reason events.CloseReason) {
 	l.mu.Lock()
 	list := slices.Collect(maps.Values(l.conns))
 	l.mu.Unlock()
-	var n uint64
 	for _, c := range list {
-		if c.close(reason, false) {
-			n++
-		}
+		c.close(reason, false)
 	}
-	l.mu.Lock()
-	l.destroyed += n
-	l.mu.Unlock()
 }
 
 // beginClose stops accepting at once and frees the port; it returns once the
