@@ -248,17 +248,21 @@ func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest
 		return err
 	}
 	l := resp.GetListener()
-	if a.json() {
-		err = writeJSON(a.stdout, l)
-	} else {
+	printed := false
+	announce := func() error {
+		printed = true
+		if a.json() {
+			return writeJSON(a.stdout, l)
+		}
 		what := "id " + l.GetId()
 		if l.GetName() != "" {
 			what += ", name " + l.GetName()
 		}
-		_, err = fmt.Fprintf(a.stdout, "listening on %s (%s)\n", address(l), what)
-	}
-	if err != nil || !follow {
+		_, err := fmt.Fprintf(a.stdout, "listening on %s (%s)\n", address(l), what)
 		return err
+	}
+	if !follow {
+		return announce()
 	}
 
 	p := newFollowPrinter()
@@ -276,7 +280,17 @@ func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest
 		return last, nil
 	})
 	w.last, w.bootID = &head, bootID
-	return w.run(ctx)
+	// Say where the listener is once the follow is registered in the
+	// daemon: the data of a client that connects on reading the address is
+	// recorded (the daemon records data only while a watcher asks).
+	w.opened = announce
+	err = w.run(ctx)
+	if !printed {
+		if perr := announce(); err == nil {
+			err = perr
+		}
+	}
+	return err
 }
 
 // head returns the daemon's current event sequence and boot id: the first

@@ -92,6 +92,11 @@ func (w *watcher) run(ctx context.Context) error {
 			failingSince, delay, announced = time.Time{}, w.retry.initial, false
 		}
 		st, _ := grpcStatus(err)
+		if w.opened != nil && st.Code() == codes.Unavailable {
+			// Never reached the daemon for a watch that must open first
+			// (close --wait, listen --follow): fail now.
+			return err
+		}
 		switch st.Code() {
 		case codes.ResourceExhausted, codes.Unavailable:
 		case codes.OutOfRange:
