@@ -262,10 +262,16 @@ func TestCtlWatch(t *testing.T) {
 	l := listenJSON(t, d, "--port", "0", "--mode", "echo", "--name", "web")
 	id, addr := l.GetId(), l.GetStatus().GetBoundAddress()
 	since := head(t, d)
-	text := d.ctlStream("watch", "--since", strconv.FormatUint(since, 10), "web")
-	wide := d.ctlStream("watch", "-o", "wide", "--since", strconv.FormatUint(since, 10), "--kind", "connection_closed")
-	js := d.ctlStream("watch", "-o", "json", "--since", strconv.FormatUint(since, 10), id)
-	data := d.ctlStream("watch", "--since", strconv.FormatUint(since, 10), "--data", "--data-max", "4", "--kind", "connection_opened", id)
+	after := strconv.FormatUint(since, 10)
+	text := d.ctlStream("watch", "-v", "--since", after, "web")
+	wide := d.ctlStream("watch", "-v", "-o", "wide", "--since", after, "--kind", "connection_closed")
+	js := d.ctlStream("watch", "-v", "-o", "json", "--since", after, id)
+	data := d.ctlStream("watch", "-v", "--since", after, "--data", "--data-max", "4", "--kind", "connection_opened", id)
+	// Once registered (-v says so), nothing is missed, and the data of the
+	// connection below is recorded for the --data watcher.
+	for _, s := range []*stream{text, wide, js, data} {
+		waitStderr(t, s, "watching after seq="+after)
+	}
 
 	c := dialEcho(t, addr, "I am Chuck Norris!")
 	p := port(c)
@@ -288,22 +294,13 @@ func TestCtlWatch(t *testing.T) {
 		t.Errorf("watch -o json: %v", &ev)
 	}
 	// --data: the opened event and the bytes each way, cut to 4 bytes.
-	// Data is recorded only while a watcher asks, so the replay from
-	// --since may hold none: send more once the stream is open.
 	if line = data.next(); !opened.MatchString(line) {
 		t.Errorf("watch --data first line %q", line)
 	}
-	c2 := dialEcho(t, addr, "")
-	if line = data.next(); !strings.Contains(line, " connection_opened c="+id+".2 ") {
-		t.Errorf("watch --data: %q", line)
-	}
-	if _, err := c2.Write([]byte("hello, data")); err != nil {
-		t.Fatal(err)
-	}
-	if line = data.next(); !strings.HasSuffix(line, " connection_data c="+id+`.2 in len=11 data="hell"`) {
+	if line = data.next(); !strings.HasSuffix(line, " connection_data c="+id+`.1 in len=18 data="I am"`) {
 		t.Errorf("watch --data in: %q", line)
 	}
-	if line = data.next(); !strings.HasSuffix(line, " connection_data c="+id+`.2 out len=11 data="hell"`) {
+	if line = data.next(); !strings.HasSuffix(line, " connection_data c="+id+`.1 out len=18 data="I am"`) {
 		t.Errorf("watch --data out: %q", line)
 	}
 	for _, s := range []*stream{text, wide, js, data} {
