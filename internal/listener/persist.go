@@ -183,7 +183,7 @@ func (m *Manager) Rebind(ctx context.Context, ref string) (*Listener, error) {
 		return nil, err
 	}
 	if State(old.state.Load()) != StateFailed {
-		return nil, fmt.Errorf("listener %s is %s, not failed: %w", old.id, State(old.state.Load()), ErrNotListening)
+		return nil, fmt.Errorf("listener %s is %s; only a failed listener can be rebound: %w", old.id, State(old.state.Load()), ErrNotFailed)
 	}
 	l, err := m.bindLocked(ctx, old.id, old.name, old.spec, old.boundPort, old.created)
 	if err != nil {

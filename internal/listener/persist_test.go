@@ -127,7 +127,7 @@ func TestRestoreUnbindableComesBackFailed(t *testing.T) {
 	}
 	c := dial(t, back.Info().Bound)
 	c.Close()
-	if _, err := m2.Rebind(context.Background(), l.ID()); !errors.Is(err, ErrNotListening) {
+	if _, err := m2.Rebind(context.Background(), l.ID()); !errors.Is(err, ErrNotFailed) {
 		t.Fatalf("rebind of a listening listener: %v", err)
 	}
 }

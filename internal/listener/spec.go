@@ -21,6 +21,7 @@ var (
 	ErrPermission    = errors.New("permission denied")
 	ErrInvalid       = errors.New("invalid argument")
 	ErrNotListening  = errors.New("listener is not listening")
+	ErrNotFailed     = errors.New("listener has not failed")
 	ErrLimit         = errors.New("limit reached")
 	ErrPersist       = errors.New("state not saved")
 )

@@ -30,6 +30,7 @@ var errorTable = []struct {
 	{listener.ErrAlreadyExists, codes.AlreadyExists, "ALREADY_EXISTS"},
 	{listener.ErrAddressInUse, codes.FailedPrecondition, "ADDRESS_IN_USE"},
 	{listener.ErrNotListening, codes.FailedPrecondition, "NOT_LISTENING"},
+	{listener.ErrNotFailed, codes.FailedPrecondition, "NOT_FAILED"},
 	{listener.ErrPermission, codes.PermissionDenied, "PERMISSION_DENIED"},
 	{listener.ErrLimit, codes.ResourceExhausted, "LIMIT_REACHED"},
 	{events.ErrTooManyWatchers, codes.ResourceExhausted, "TOO_MANY_WATCHERS"},

@@ -1616,7 +1616,10 @@ type UpdateListenerRequest struct {
 	Listener *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
 	// Required. Paths to change. Supported: "spec.limits" (all limits),
 	// "spec.limits.max_connections", "spec.limits.overflow",
-	// "spec.limits.idle_timeout", "spec.limits.max_lifetime".
+	// "spec.limits.idle_timeout", "spec.limits.max_lifetime",
+	// "spec.limits.accept_rate", "spec.limits.accept_burst",
+	// "spec.limits.max_connections_per_source". A path named with its field
+	// unset clears it (for max_connections: unlimited).
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
