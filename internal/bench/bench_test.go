@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestQuick is the CI smoke of the bench (issue 7, item 4): it builds the
+// bench, runs it with --quick end to end (daemon, bare Go servers, Node if
+// present, separate load processes) and checks that it printed a row for
+// every case. It asserts nothing about speed; its deadlines are only there
+// so that a wedged run fails instead of hanging.
+func TestQuick(t *testing.T) {
+	deadline := time.Now().Add(8 * time.Minute)
+	if d, ok := t.Deadline(); ok && d.Add(-30*time.Second).Before(deadline) {
+		deadline = d.Add(-30 * time.Second)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+
+	bin := filepath.Join(t.TempDir(), "bench")
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.CommandContext(ctx, "go", append(args, ".")...)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	var stdout, stderr bytes.Buffer
+	run := exec.CommandContext(ctx, bin, "--quick", "--timeout", time.Until(deadline).Round(time.Second).String())
+	run.Stdout, run.Stderr = &stdout, &stderr
+	// A race-enabled process sleeps a second at exit by default; the bench
+	// starts dozens of them.
+	run.Env = append(os.Environ(), "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	run.WaitDelay = 10 * time.Second
+	if err := run.Run(); err != nil {
+		t.Fatalf("bench --quick: %v\nstdout:\n%s\nstderr:\n%s", err, &stdout, &stderr)
+	}
+	out := stdout.String()
+	for _, key := range metricOrder {
+		row := regexp.MustCompile(`(?m)^` + key + `\s+\S.*\s(yes|NO|-)\s`)
+		if !row.MatchString(out) {
+			t.Errorf("no row for case %s in the table", key)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^server CPU`).MatchString(out) {
+		t.Error("no server CPU table")
+	}
+	if t.Failed() {
+		t.Logf("stdout:\n%s\nstderr:\n%s", out, &stderr)
+	}
+}
+
+// TestScan checks the watchers' protowire scan against messages built with
+// the generated code.
+func TestScan(t *testing.T) {
+	closed := func(l string) *listenerdv1.Event {
+		return &listenerdv1.Event{Sequence: 7, ListenerId: l, BootId: "b",
+			Kind: &listenerdv1.Event_ConnectionClosed{ConnectionClosed: &listenerdv1.ConnectionClosed{ConnectionId: l + ".1"}}}
+	}
+	opened := &listenerdv1.Event{Sequence: 6, ListenerId: "ln-1",
+		Kind: &listenerdv1.Event_ConnectionOpened{ConnectionOpened: &listenerdv1.ConnectionOpened{ConnectionId: "ln-1.1"}}}
+	resp := &listenerdv1.WatchEventsResponse{HeadSequence: 9, BootId: "b",
+		Events: []*listenerdv1.Event{opened, closed("ln-1"), closed("ln-2"), closed("ln-1")}}
+	data, err := proto.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := batch{listener: "ln-1"}
+	if err := (scanCodec{}).Unmarshal(data, &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.events != 4 || b.closed != 2 {
+		t.Errorf("scan: %d events, %d closed; want 4 and 2", b.events, b.closed)
+	}
+	if err := b.scan(data[:10]); err == nil { // inside the first event
+		t.Error("scan of a truncated message: no error")
+	}
+}

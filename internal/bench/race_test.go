@@ -1,0 +1,6 @@
+//go:build race
+
+package main
+
+// raceEnabled: the smoke builds the bench with the race detector too.
+const raceEnabled = true
