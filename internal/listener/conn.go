@@ -24,10 +24,16 @@ type conn struct {
 	in     atomic.Uint64
 	out    atomic.Uint64
 
-	reason   atomic.Uint32 // events.CloseReason set by whoever closes it first
-	kill     chan struct{} // closed by close
-	killOnce sync.Once
-	peer     atomic.Pointer[net.TCPConn] // forward: the upstream connection
+	reason atomic.Uint32 // events.CloseReason set by whoever closes it first
+
+	// mu guards what close touches. The kill channel is made only for a
+	// connection that waits on it (paused, half open, dialling upstream):
+	// most connections are woken by their socket closing and never need
+	// one, and an idle connection is cheaper without it.
+	mu     sync.Mutex
+	closed bool
+	kill   chan struct{}
+	peer   *net.TCPConn // forward: the upstream connection
 	// perSource: counted in the listener's per-source table.
 	perSource bool
 }
@@ -36,17 +42,49 @@ type conn struct {
 // reports whether this call was the first to close it.
 func (c *conn) close(reason events.CloseReason, reset bool) bool {
 	first := c.reason.CompareAndSwap(0, uint32(reason))
-	c.killOnce.Do(func() {
-		if reset {
-			_ = c.c.SetLinger(0)
-		}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return first
+	}
+	c.closed = true
+	if reset {
+		_ = c.c.SetLinger(0)
+	}
+	if c.kill != nil {
 		close(c.kill)
-		_ = c.c.Close()
-		if p := c.peer.Load(); p != nil {
-			_ = p.Close()
-		}
-	})
+	}
+	_ = c.c.Close()
+	if c.peer != nil {
+		_ = c.peer.Close()
+	}
 	return first
+}
+
+// killed returns a channel closed once the daemon closes the connection.
+func (c *conn) killed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.kill == nil {
+		c.kill = make(chan struct{})
+		if c.closed {
+			close(c.kill)
+		}
+	}
+	return c.kill
+}
+
+// setPeer records the upstream connection, so that close closes it too. It
+// reports false, having closed up, when the connection is already closed.
+func (c *conn) setPeer(up *net.TCPConn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		_ = up.Close()
+		return false
+	}
+	c.peer = up
+	return true
 }
 
 // bufPool holds read buffers. A buffer is taken only once data is waiting
@@ -55,30 +93,51 @@ func (c *conn) close(reason events.CloseReason, reset bool) bool {
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func (c *conn) serve() {
-	l := c.l
-	defer l.conWG.Done()
-	lim := l.limits.Load()
+	defer c.l.conWG.Done()
+	lim := c.l.limits.Load()
+	var t *time.Timer
 	if lim.MaxLifetime > 0 {
-		t := time.AfterFunc(lim.MaxLifetime, func() { c.close(events.CloseMaxLifetime, false) })
-		defer t.Stop()
+		t = c.lifetime(lim.MaxLifetime)
 	}
-
 	var err error
-	switch {
-	case l.spec.PauseOnConnect:
-		c.hold(lim.IdleTimeout)
-	case l.spec.Handler.Kind == HandlerForward:
-		err = c.forward()
-	default:
-		err = c.pump(l.spec.Handler.Kind == HandlerEcho, lim.IdleTimeout)
-		if err == nil && l.spec.AllowHalfOpen {
-			// The peer ended its side; ours stays open until someone closes it.
-			l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionHalfClosed, Conn: c.n, Tuple: c.tuple})
-			c.hold(lim.IdleTimeout)
+	if c.l.spec.PauseOnConnect || c.l.spec.Handler.Kind == HandlerForward {
+		err = c.serveOther(lim.IdleTimeout)
+	} else {
+		err = c.pump(c.l.spec.Handler.Kind == HandlerEcho, lim.IdleTimeout)
+		if err == nil && c.l.spec.AllowHalfOpen {
+			c.halfOpen(lim.IdleTimeout)
 		}
 	}
 	_ = c.c.Close()
+	if t != nil {
+		t.Stop()
+	}
+	c.end(err)
+}
 
+//go:noinline
+func (c *conn) lifetime(d time.Duration) *time.Timer {
+	return time.AfterFunc(d, func() { c.close(events.CloseMaxLifetime, false) })
+}
+
+//go:noinline
+func (c *conn) serveOther(idle time.Duration) error {
+	if c.l.spec.PauseOnConnect {
+		c.hold(idle)
+		return nil
+	}
+	return c.forward()
+}
+
+//go:noinline
+func (c *conn) halfOpen(idle time.Duration) {
+	// The peer ended its side; ours stays open until someone closes it.
+	c.l.bus.Publish(events.Event{Listener: c.l.id, Kind: events.KindConnectionHalfClosed, Conn: c.n, Tuple: c.tuple})
+	c.hold(idle)
+}
+
+//go:noinline
+func (c *conn) end(err error) {
 	reason := events.CloseReason(c.reason.Load())
 	var errText string
 	switch {
@@ -92,7 +151,7 @@ func (c *conn) serve() {
 	default:
 		reason, errText = events.CloseReset, err.Error()
 	}
-	l.finish(c, reason, errText)
+	c.l.finish(c, reason, errText)
 }
 
 // hold keeps the connection open, unread, until it is closed by the daemon
@@ -102,7 +161,7 @@ func (c *conn) hold(idle time.Duration) {
 		t := time.AfterFunc(idle, func() { c.close(events.CloseIdleTimeout, false) })
 		defer t.Stop()
 	}
-	<-c.kill
+	<-c.killed()
 }
 
 // pump reads until the peer ends its side, counting, and with echo writes
@@ -112,7 +171,6 @@ func (c *conn) pump(echo bool, idle time.Duration) error {
 	if err != nil {
 		return err
 	}
-	l := c.l
 	var r rawReader
 	read := r.callback() // one closure for the connection's life
 	defer r.release()
@@ -130,20 +188,29 @@ func (c *conn) pump(echo bool, idle time.Duration) error {
 			}
 			return err
 		}
-		p := (*r.buf)[:n]
-		c.in.Add(uint64(n))
-		l.bytesIn.Add(uint64(n))
-		c.publishData(p, false)
-		if echo {
-			w, werr := c.c.Write(p)
-			c.out.Add(uint64(w))
-			l.bytesOut.Add(uint64(w))
-			c.publishData(p[:w], true)
-			if werr != nil {
-				return werr
-			}
+		if werr := c.got((*r.buf)[:n], echo); werr != nil {
+			return werr
 		}
 	}
+}
+
+//go:noinline
+func (c *conn) got(p []byte, echo bool) error {
+	l := c.l
+	n := len(p)
+	c.in.Add(uint64(n))
+	l.bytesIn.Add(uint64(n))
+	c.publishData(p, false)
+	if echo {
+		w, werr := c.c.Write(p)
+		c.out.Add(uint64(w))
+		l.bytesOut.Add(uint64(w))
+		c.publishData(p[:w], true)
+		if werr != nil {
+			return werr
+		}
+	}
+	return nil
 }
 
 // rawReader reads a socket through the runtime's poller with a buffer taken
@@ -225,9 +292,10 @@ func (c *conn) forward() error {
 		timeout = DefaultConnectTimeout
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	kill := c.killed()
 	go func() { // a kill cancels the dial
 		select {
-		case <-c.kill:
+		case <-kill:
 			cancel()
 		case <-ctx.Done():
 		}
@@ -239,12 +307,8 @@ func (c *conn) forward() error {
 		return upstreamError{err}
 	}
 	up := nc.(*net.TCPConn)
-	c.peer.Store(up)
-	select {
-	case <-c.kill: // closed while dialling: close() did not see the peer
-		_ = up.Close()
+	if !c.setPeer(up) { // closed while dialling
 		return nil
-	default:
 	}
 	defer up.Close()
 

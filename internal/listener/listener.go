@@ -282,7 +282,7 @@ func (l *Listener) admit(c *net.TCPConn) {
 		_ = c.SetNoDelay(false)
 	}
 	l.accepted.Add(1)
-	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), kill: make(chan struct{}), perSource: lim.PerSource > 0}
+	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), perSource: lim.PerSource > 0}
 	l.mu.Lock()
 	l.nextConn++
 	cn.n = l.nextConn
