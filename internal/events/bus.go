@@ -276,10 +276,11 @@ type Watcher struct {
 	next   uint64        // next sequence to scan; owned by the reader
 	cursor atomic.Uint64 // last sequence scanned
 
-	wake chan struct{}
-	done chan struct{}
-	once sync.Once
-	err  error
+	wake  chan struct{}
+	done  chan struct{}
+	timer *time.Timer // linger timer, owned by the reader
+	once  sync.Once
+	err   error
 }
 
 func (w *Watcher) notify(seq, lag uint64) {
@@ -333,48 +334,89 @@ func (w *Watcher) match(e *Event) bool {
 // ErrSlow when the watcher was cut loose, ErrClosed when the bus closed, or
 // the context's error.
 func (w *Watcher) Next(ctx context.Context, dst []Event) ([]Event, uint64, error) {
-	b := w.bus
+	return w.NextBatch(ctx, dst, 0)
+}
+
+// NextBatch is Next, except that a batch under half full waits up to linger
+// for more events to join it: a busy stream then sends a few large batches
+// rather than many small ones, at the cost of up to linger of latency.
+func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Duration) ([]Event, uint64, error) {
 	dst = dst[:0]
 	if cap(dst) == 0 {
 		dst = make([]Event, 0, 256)
 	}
+	var timer <-chan time.Time
 	for {
 		select {
 		case <-w.done:
+			if len(dst) > 0 { // deliver what was gathered; the next call fails
+				return dst, w.cursor.Load(), nil
+			}
 			return nil, w.cursor.Load(), w.err
 		default:
 		}
-		b.mu.Lock()
-		if w.next < b.oldest() {
-			behind := b.head + 1 - w.next
-			b.mu.Unlock()
-			w.cutSlow(behind)
-			continue
+		var more bool
+		dst, more = w.scan(dst)
+		through := w.next - 1
+		if more && len(dst) < cap(dst) {
+			continue // scanned maxScan events; more to scan
 		}
-		seq := w.next
-		for scanned := 0; seq <= b.head && len(dst) < cap(dst) && scanned < maxScan; seq++ {
-			scanned++
-			if e := b.slot(seq); w.match(e) {
-				dst = append(dst, *e)
-			}
+		if len(dst) > 0 && (linger <= 0 || len(dst) >= cap(dst)/2) {
+			return dst, through, nil
 		}
-		more := seq <= b.head
-		b.mu.Unlock()
-		w.next = seq
-		w.cursor.Store(seq - 1)
-		if len(dst) > 0 {
-			return dst, seq - 1, nil
-		}
-		if more {
-			continue // scanned maxScan without a match; more to scan
+		if len(dst) > 0 && timer == nil {
+			t := w.lingerTimer(linger)
+			defer t.Stop()
+			timer = t.C
 		}
 		select {
 		case <-w.wake:
+		case <-timer:
+			return dst, through, nil
 		case <-w.done:
 		case <-ctx.Done():
-			return nil, seq - 1, ctx.Err()
+			if len(dst) > 0 {
+				return dst, through, nil
+			}
+			return nil, through, ctx.Err()
 		}
 	}
+}
+
+// lingerTimer returns the watcher's timer, reused across batches, set to d.
+func (w *Watcher) lingerTimer(d time.Duration) *time.Timer {
+	if w.timer == nil {
+		w.timer = time.NewTimer(d)
+	} else {
+		w.timer.Reset(d)
+	}
+	return w.timer
+}
+
+// scan appends the matching events after the watcher's position to dst, up
+// to its capacity and maxScan events scanned, and reports whether more
+// remain.
+func (w *Watcher) scan(dst []Event) ([]Event, bool) {
+	b := w.bus
+	b.mu.Lock()
+	if w.next < b.oldest() {
+		behind := b.head + 1 - w.next
+		b.mu.Unlock()
+		w.cutSlow(behind)
+		return dst, false
+	}
+	seq := w.next
+	for scanned := 0; seq <= b.head && len(dst) < cap(dst) && scanned < maxScan; seq++ {
+		scanned++
+		if e := b.slot(seq); w.match(e) {
+			dst = append(dst, *e)
+		}
+	}
+	more := seq <= b.head
+	b.mu.Unlock()
+	w.next = seq
+	w.cursor.Store(seq - 1)
+	return dst, more
 }
 
 // Close unregisters the watcher. It is safe to call more than once.

@@ -200,3 +200,35 @@ func TestConnID(t *testing.T) {
 		}
 	}
 }
+
+func TestNextBatchLinger(t *testing.T) {
+	b := NewBus(Options{})
+	w, _, err := b.Watch(Filter{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	// Half full or more: no lingering, even with an hour's linger.
+	publishN(b, "a", 200)
+	got, through, err := w.NextBatch(ctx(t), make([]Event, 0, 256), time.Hour)
+	if err != nil || len(got) != 200 || through != 200 {
+		t.Fatalf("full batch: %d events through %d, %v", len(got), through, err)
+	}
+	// A lone event waits out the linger, then goes.
+	publishN(b, "a", 1)
+	got, through, err = w.NextBatch(ctx(t), make([]Event, 0, 256), time.Millisecond)
+	if err != nil || len(got) != 1 || through != 201 {
+		t.Fatalf("lone event: %d events through %d, %v", len(got), through, err)
+	}
+	// Events that arrive while it lingers join the batch.
+	publishN(b, "a", 1)
+	done := make(chan []Event)
+	go func() {
+		got, _, _ := w.NextBatch(ctx(t), make([]Event, 0, 4), time.Hour)
+		done <- got
+	}()
+	publishN(b, "a", 1) // 2 of 4: half full, the batch goes
+	if got := <-done; len(got) != 2 {
+		t.Fatalf("lingering batch: %d events, want 2", len(got))
+	}
+}

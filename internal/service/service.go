@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -206,6 +207,12 @@ func (s *Service) RebindListener(ctx context.Context, req *listenerdv1.RebindLis
 // watchBatch is the most events sent in one response.
 const watchBatch = 256
 
+// watchLinger is how long a small batch waits for more events before it is
+// sent: under load a stream sends fewer, larger responses (less gRPC and
+// syscall work per event, on both ends); an idle stream's lone event is
+// delayed by at most this.
+const watchLinger = time.Millisecond
+
 // defaultDataBytes is the data kept per data event when the watcher does
 // not say.
 const defaultDataBytes = 256
@@ -243,7 +250,7 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 	}
 	buf := make([]events.Event, 0, watchBatch)
 	for {
-		batch, through, err := w.Next(stream.Context(), buf)
+		batch, through, err := w.NextBatch(stream.Context(), buf, watchLinger)
 		if err != nil {
 			if errors.Is(err, events.ErrSlow) {
 				return toStatus(s.log, fmt.Errorf("watcher fell behind; resume with after_sequence %d: %w", sent, err),
