@@ -200,7 +200,7 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 		log.ErrorContext(ctx, "panic in handler", "panic", p)
 		return status.Error(codes.Internal, "internal error")
 	})}
-	srv := grpc.NewServer(append(append(met.ServerOptions(),
+	srv := grpc.NewServer(append(append(met.ServerOptions(), service.ServerOption(),
 		grpc.ChainUnaryInterceptor(
 			logging.UnaryServerInterceptor(logger, logOpts...),
 			recovery.UnaryServerInterceptor(recoverOpts...),

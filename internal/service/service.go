@@ -25,6 +25,7 @@ type Service struct {
 	listenerdv1.UnimplementedListenerServiceServer
 	m   *listener.Manager
 	log *slog.Logger
+	enc *encCache
 }
 
 var _ listenerdv1.ListenerServiceServer = (*Service)(nil)
@@ -34,7 +35,7 @@ func New(m *listener.Manager, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{m: m, log: log}
+	return &Service{m: m, log: log, enc: new(encCache)}
 }
 
 func (s *Service) err(err error) error { return toStatus(s.log, err, nil) }
@@ -261,11 +262,15 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 			}
 			return s.err(err)
 		}
-		resp := &listenerdv1.WatchEventsResponse{Events: make([]*listenerdv1.Event, len(batch))}
+		// A new buffer each time: gRPC may still hold the last one queued
+		// after SendMsg returns.
+		raw := &rawResponse{b: make([]byte, 0, len(batch)*rawEventSize)}
 		for i := range batch {
-			resp.Events[i] = eventToProto(&batch[i], bus.BootID(), filter.DataMax)
+			if raw.b, err = s.appendEvent(raw.b, &batch[i], bus.BootID(), filter.DataMax); err != nil {
+				return s.err(err)
+			}
 		}
-		if err := stream.Send(resp); err != nil {
+		if err := stream.SendMsg(raw); err != nil {
 			return err
 		}
 		sent = through

@@ -38,7 +38,7 @@ func newClient(t *testing.T, opts events.Options) listenerdv1.ListenerServiceCli
 func newClientConn(t *testing.T, opts events.Options) (listenerdv1.ListenerServiceClient, *grpc.ClientConn, *listener.Manager) {
 	t.Helper()
 	mgr := listener.NewManager(events.NewBus(opts), nil, listener.Options{})
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(ServerOption())
 	listenerdv1.RegisterListenerServiceServer(srv, New(mgr, nil))
 	lis := bufconn.Listen(1 << 20)
 	go func() { _ = srv.Serve(lis) }()
