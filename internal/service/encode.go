@@ -20,7 +20,9 @@ import (
 
 // ServerOption installs the codec WatchEvents needs; every grpc.Server that
 // registers this service must be created with it.
-func ServerOption() grpc.ServerOption { return grpc.ForceServerCodecV2(codec{encoding.GetCodecV2("proto")}) }
+func ServerOption() grpc.ServerOption {
+	return grpc.ForceServerCodecV2(codec{encoding.GetCodecV2("proto")})
+}
 
 // rawResponse is a WatchEventsResponse already in wire format.
 type rawResponse struct{ b []byte }
