@@ -149,6 +149,16 @@ func (b *Bus) Head() uint64 {
 // Publish assigns e the next sequence and the current time, records it and
 // wakes the watchers. It returns the sequence.
 func (b *Bus) Publish(e Event) uint64 {
+	seq := b.Record(e)
+	b.Wake(seq)
+	return seq
+}
+
+// Record is the first half of Publish: it assigns the sequence and records
+// the event, without waking anyone. A caller that records under its own
+// lock (to keep a snapshot consistent with the sequence) calls Wake after
+// releasing it, so watchers are not woken into that lock.
+func (b *Bus) Record(e Event) uint64 {
 	b.mu.Lock()
 	b.head++
 	seq := b.head
@@ -156,10 +166,15 @@ func (b *Bus) Publish(e Event) uint64 {
 	e.Time = time.Now().UnixNano()
 	*b.slot(seq) = e
 	b.mu.Unlock()
+	return seq
+}
+
+// Wake tells the watchers that events up to seq are recorded, and cuts
+// those that have fallen too far behind.
+func (b *Bus) Wake(seq uint64) {
 	for _, w := range *b.watchers.Load() {
 		w.notify(seq, b.lag)
 	}
-	return seq
 }
 
 // slot returns the ring slot of seq; b.mu must be held.

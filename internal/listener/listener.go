@@ -287,8 +287,9 @@ func (l *Listener) admit(c *net.TCPConn) {
 	l.nextConn++
 	cn.n = l.nextConn
 	l.conns[cn.n] = cn
-	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionOpened, Conn: cn.n, Tuple: tuple})
+	seq := l.bus.Record(events.Event{Listener: l.id, Kind: events.KindConnectionOpened, Conn: cn.n, Tuple: tuple})
 	l.mu.Unlock()
+	l.bus.Wake(seq)
 	l.conWG.Add(1)
 	go cn.serve()
 }
@@ -350,12 +351,13 @@ func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 		// cannot miss a destruction still under way.
 		l.destroyed++
 	}
-	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionClosed, Conn: c.n, Tuple: c.tuple,
+	seq := l.bus.Record(events.Event{Listener: l.id, Kind: events.KindConnectionClosed, Conn: c.n, Tuple: c.tuple,
 		BytesIn: in, BytesOut: out, Duration: dur, Close: reason, Detail: detail})
 	if l.draining && len(l.conns) == 0 {
 		closeOnce(l.allGone)
 	}
 	l.mu.Unlock()
+	l.bus.Wake(seq)
 	l.signalSlot()
 	if f := l.manager.connClosed; f != nil {
 		f(l.id, dur)
