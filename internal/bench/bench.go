@@ -341,9 +341,12 @@ func (b *bench) runCase(ctx context.Context, c byte, rep int) error {
 func (b *bench) runShortCase(ctx context.Context, key string, rep int, cols []string, watchers int) error {
 	var errs []error
 	for _, col := range rotate(cols, rep) {
-		addr, pid := b.addrOf(col)
-		if key == "g" {
+		var addr string
+		var pid int
+		if key == "g" { // both columns are the daemon: no other server runs
 			addr, pid = b.echoAddr, b.d.pid()
+		} else {
+			addr, pid = b.addrOf(col)
 		}
 		var ws []*watcher
 		if col == colDaemon {
