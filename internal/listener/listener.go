@@ -176,7 +176,7 @@ func (l *Listener) acceptLoop() {
 		}
 		c, err := l.ln.AcceptTCP()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || l.stopping() {
+			if errors.Is(err, net.ErrClosed) || l.closing() {
 				return
 			}
 			backoff = min(max(2*backoff, minBackoff), maxBackoff)
@@ -211,7 +211,7 @@ func (l *Listener) waitForSlot() bool {
 	for {
 		lim := l.limits.Load()
 		if !lim.Backlog || lim.Unlimited() || l.active.Load() < lim.MaxConnections {
-			return !l.stopping()
+			return !l.closing()
 		}
 		select {
 		case <-l.slot:
@@ -222,9 +222,7 @@ func (l *Listener) waitForSlot() bool {
 }
 
 // closing reports whether Close has begun.
-func (l *Listener) closing() bool { return l.stopping() }
-
-func (l *Listener) stopping() bool {
+func (l *Listener) closing() bool {
 	select {
 	case <-l.stop:
 		return true
@@ -255,43 +253,52 @@ func (l *Listener) admit(c *net.TCPConn) {
 	reason := l.refuse(lim, src)
 	var counted bool
 	if reason == events.RejectUnspecified {
-		if reason, counted = l.manager.reserve(); counted {
-			l.active.Add(1)
-		}
+		reason, counted = l.manager.reserve()
 	}
-	if reason == events.RejectUnspecified && lim.PerSource > 0 {
-		l.mu.Lock()
-		if l.perSource[src] >= lim.PerSource {
-			reason = events.RejectPerSourceLimit
-		} else {
-			l.perSource[src]++
+	if reason == events.RejectUnspecified {
+		l.active.Add(1)
+		if l.register(c, tuple, lim.PerSource) {
+			return
 		}
-		l.mu.Unlock()
+		l.active.Add(-1)
+		reason = events.RejectPerSourceLimit
 	}
-	if reason != events.RejectUnspecified {
-		if counted {
-			l.active.Add(-1)
-			l.manager.release()
+	if counted {
+		l.manager.release()
+	}
+	_ = c.Close()
+	l.rejected[reason].Add(1)
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionRejected, Reject: reason, Tuple: tuple})
+}
+
+// register checks the per-source limit and, within the same hold of the
+// listener's lock, records the connection and its opened event, then starts
+// serving it. It reports false, having done nothing, when the source is at
+// its limit.
+func (l *Listener) register(c *net.TCPConn, tuple events.Tuple, perSource int64) bool {
+	src := tuple.Remote.Addr()
+	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), perSource: perSource > 0}
+	l.mu.Lock()
+	if perSource > 0 {
+		if l.perSource[src] >= perSource {
+			l.mu.Unlock()
+			return false
 		}
-		_ = c.Close()
-		l.rejected[reason].Add(1)
-		l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionRejected, Reject: reason, Tuple: tuple})
-		return
-	}
-	if l.spec.Nagle {
-		_ = c.SetNoDelay(false)
+		l.perSource[src]++
 	}
 	l.accepted.Add(1)
-	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), perSource: lim.PerSource > 0}
-	l.mu.Lock()
 	l.nextConn++
 	cn.n = l.nextConn
 	l.conns[cn.n] = cn
 	seq := l.bus.Record(events.Event{Listener: l.id, Kind: events.KindConnectionOpened, Conn: cn.n, Tuple: tuple})
 	l.mu.Unlock()
 	l.bus.Wake(seq)
+	if l.spec.Nagle {
+		_ = c.SetNoDelay(false)
+	}
 	l.conWG.Add(1)
 	go cn.serve()
+	return true
 }
 
 // refuse returns why a new connection from addr must be rejected, or
