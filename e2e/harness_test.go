@@ -206,10 +206,16 @@ type result struct {
 // ctl runs the ctl binary against the daemon and waits for it.
 func (d *daemon) ctl(args ...string) result {
 	d.t.Helper()
+	return d.ctlEnv(nil, args...)
+}
+
+// ctlEnv runs ctl with extra environment variables and waits for it.
+func (d *daemon) ctlEnv(env []string, args ...string) result {
+	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), guard)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ctlBin, args...)
-	cmd.Env = append(os.Environ(), "LISTENERD_SOCKET="+d.socket)
+	cmd.Env = append(append(os.Environ(), "LISTENERD_SOCKET="+d.socket), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -226,24 +226,3 @@ func TestCtlOverTCPAPI(t *testing.T) {
 		t.Fatalf("the token reached the daemon's log")
 	}
 }
-
-// ctlEnv runs ctl with extra environment variables.
-func (d *daemon) ctlEnv(env []string, args ...string) result {
-	d.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), guard)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, ctlBin, args...)
-	cmd.Env = append(append(os.Environ(), "LISTENERD_SOCKET="+d.socket), env...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		d.t.Fatalf("ctl %v: %v", args, err)
-	}
-	return r
-}
