@@ -294,6 +294,7 @@ type Watcher struct {
 	wake  chan struct{}
 	done  chan struct{}
 	timer *time.Timer // linger timer, owned by the reader
+	sent  time.Time   // when the last batch went out, owned by the reader
 	once  sync.Once
 	err   error
 }
@@ -352,20 +353,24 @@ func (w *Watcher) Next(ctx context.Context, dst []Event) ([]Event, uint64, error
 	return w.NextBatch(ctx, dst, 0)
 }
 
-// NextBatch is Next, except that a batch under half full waits up to linger
-// for more events to join it: a busy stream then sends a few large batches
-// rather than many small ones, at the cost of up to linger of latency.
+// NextBatch is Next for a stream under load: when the previous batch went
+// out less than linger ago, a batch under half full waits up to linger for
+// more events to join it. A busy stream then sends a few large batches
+// rather than many small ones (less gRPC and syscall work per event, on both
+// ends), and a quiet stream's first event still goes out at once.
 func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Duration) ([]Event, uint64, error) {
 	dst = dst[:0]
 	if cap(dst) == 0 {
 		dst = make([]Event, 0, 256)
 	}
+	busy := linger > 0 && time.Since(w.sent) < linger
 	var timer <-chan time.Time
+	expired := false
 	for {
 		select {
 		case <-w.done:
 			if len(dst) > 0 { // deliver what was gathered; the next call fails
-				return dst, w.cursor.Load(), nil
+				return w.deliver(dst), w.cursor.Load(), nil
 			}
 			return nil, w.cursor.Load(), w.err
 		default:
@@ -376,8 +381,8 @@ func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Durati
 		if more && len(dst) < cap(dst) {
 			continue // scanned maxScan events; more to scan
 		}
-		if len(dst) > 0 && (linger <= 0 || len(dst) >= cap(dst)/2) {
-			return dst, through, nil
+		if len(dst) > 0 && (!busy || expired || len(dst) >= cap(dst)/2) {
+			return w.deliver(dst), through, nil
 		}
 		if len(dst) > 0 && timer == nil {
 			t := w.lingerTimer(linger)
@@ -387,15 +392,21 @@ func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Durati
 		select {
 		case <-w.wake:
 		case <-timer:
-			return dst, through, nil
+			expired = true // scan once more, then deliver
 		case <-w.done:
 		case <-ctx.Done():
 			if len(dst) > 0 {
-				return dst, through, nil
+				return w.deliver(dst), through, nil
 			}
 			return nil, through, ctx.Err()
 		}
 	}
+}
+
+// deliver notes when a batch went out, for NextBatch's linger.
+func (w *Watcher) deliver(dst []Event) []Event {
+	w.sent = time.Now()
+	return dst
 }
 
 // lingerTimer returns the watcher's timer, reused across batches, set to d.

@@ -214,7 +214,8 @@ func TestNextBatchLinger(t *testing.T) {
 	if err != nil || len(got) != 200 || through != 200 {
 		t.Fatalf("full batch: %d events through %d, %v", len(got), through, err)
 	}
-	// A lone event waits out the linger, then goes.
+	// A batch just went out, so the stream is busy: a lone event waits out
+	// the linger, then goes.
 	publishN(b, "a", 1)
 	got, through, err = w.NextBatch(ctx(t), make([]Event, 0, 256), time.Millisecond)
 	if err != nil || len(got) != 1 || through != 201 {
@@ -230,5 +231,32 @@ func TestNextBatchLinger(t *testing.T) {
 	publishN(b, "a", 1) // 2 of 4: half full, the batch goes
 	if got := <-done; len(got) != 2 {
 		t.Fatalf("lingering batch: %d events, want 2", len(got))
+	}
+}
+
+// A quiet stream does not linger: its first event goes out at once, even
+// with an hour's linger.
+func TestNextBatchQuietStream(t *testing.T) {
+	b := NewBus(Options{})
+	w, _, err := b.Watch(Filter{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	c, cancel := context.WithCancel(context.Background()) // no deadline: it would end the linger
+	defer cancel()
+	done := make(chan []Event, 1)
+	go func() {
+		got, _, _ := w.NextBatch(c, make([]Event, 0, 256), time.Hour)
+		done <- got
+	}()
+	publishN(b, "a", 1)
+	select {
+	case got := <-done:
+		if len(got) != 1 || got[0].Seq != 1 {
+			t.Fatalf("first event of a quiet stream: %+v", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a quiet stream's first event waited for the linger")
 	}
 }

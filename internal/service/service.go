@@ -208,11 +208,13 @@ func (s *Service) RebindListener(ctx context.Context, req *listenerdv1.RebindLis
 // watchBatch is the most events sent in one response.
 const watchBatch = 256
 
-// watchLinger is how long a small batch waits for more events before it is
-// sent: under load a stream sends fewer, larger responses (less gRPC and
-// syscall work per event, on both ends); an idle stream's lone event is
-// delayed by at most this.
-const watchLinger = time.Millisecond
+// watchLinger is how long a small batch on a busy stream (one that sent a
+// batch less than this ago) waits for more events before it is sent: under
+// load a stream sends fewer, larger responses, which saves gRPC and syscall
+// work per event on both ends (bench case g: 1 ms gave about 55 events a
+// response, 5 ms about 115, and the watchers' clients a fifth less CPU). A
+// quiet stream's first event goes out at once.
+const watchLinger = 5 * time.Millisecond
 
 // defaultDataBytes is the data kept per data event when the watcher does
 // not say.
