@@ -97,3 +97,36 @@ func benchAccept(b *testing.B, stuck, reading int) {
 	}
 	b.StopTimer()
 }
+
+// BenchmarkCreateClose measures a listener's life in the engine, Create
+// then Close(force), against net.Listen then Close: what the engine adds
+// to bench case f before gRPC does.
+//
+//	go test -run '^$' -bench CreateClose -count 6 ./internal/listener
+func BenchmarkCreateClose(b *testing.B) {
+	b.Run("engine", func(b *testing.B) {
+		m := NewManager(events.NewBus(events.Options{}), nil, Options{})
+		defer m.Shutdown(0)
+		spec := Spec{Host: "127.0.0.1", Limits: Limits{MaxConnections: -1}}
+		for b.Loop() {
+			l, err := m.Create(context.Background(), "", spec)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := m.Close(l.ID(), 0, true); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("raw", func(b *testing.B) {
+		for b.Loop() {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := ln.Close(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
