@@ -187,13 +187,14 @@ func stopGRPC(srv *grpc.Server, limit time.Duration) {
 }
 
 // newGRPCServer returns the server of one transport, with the metrics
-// interceptors (when met is not nil), logging and recovery outermost, then
+// interceptors (when met is not nil), logging (each finished call, at
+// accessLevel) and recovery outermost, then
 // the transport's own options (see transport.options), health and
 // reflection.
 func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr transport, met *metrics.Metrics) (*grpc.Server, *health.Server) {
 	log = log.With("api", tr.name)
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		log.Log(ctx, slog.Level(lvl), msg, fields...)
+		log.Log(ctx, slog.Level(accessLevel(ctx, lvl, fields)), msg, fields...)
 	})
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
 	recoverOpts := []recovery.Option{recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -218,6 +219,28 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 	reflection.Register(srv)
 	met.InitServer(srv)
 	return srv, hs
+}
+
+// accessLevel is the level of a finished call's log line: reads, watches
+// and health checks that succeed go to debug, so that a probe every second
+// neither fills the log nor costs each call a write. Changes stay at info,
+// and failures at the middleware's level for their code.
+func accessLevel(ctx context.Context, lvl logging.Level, fields []any) logging.Level {
+	if lvl != logging.LevelInfo {
+		return lvl
+	}
+	if m, _ := grpc.Method(ctx); mutating[m] {
+		return lvl
+	}
+	for i := 0; i+1 < len(fields); i += 2 {
+		if fields[i] == "grpc.code" {
+			if fields[i+1] == codes.OK.String() {
+				return logging.LevelDebug
+			}
+			break
+		}
+	}
+	return lvl
 }
 
 // listenUnix opens the API socket: its directory 0700 (created if needed),

@@ -1,0 +1,55 @@
+package server
+
+import (
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// TestAccessLogLevels: a change is logged at info, a read that succeeds
+// at debug (health probes must not fill the log), and a read that fails at
+// info.
+func TestAccessLogLevels(t *testing.T) {
+	d := startRun(t, Config{})
+	ctx := testContext(t)
+	if _, err := d.unix.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Name: "web", Spec: &listenerdv1.ListenerSpec{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.unix.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.unix.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("get of a missing listener: %v", err)
+	}
+	levels := map[string][]string{} // method code -> levels
+	for _, line := range strings.Split(d.log.String(), "\n") {
+		if !strings.Contains(line, `msg="finished call"`) {
+			continue
+		}
+		level, method, code := field(line, "level"), field(line, "grpc.method"), field(line, "grpc.code")
+		levels[method+" "+code] = append(levels[method+" "+code], level)
+	}
+	for call, want := range map[string]string{
+		"CreateListener OK":    "INFO",
+		"GetListener OK":       "DEBUG",
+		"GetListener NotFound": "INFO",
+	} {
+		if got := levels[call]; len(got) != 1 || got[0] != want {
+			t.Errorf("%s logged at %v, want [%s]", call, got, want)
+		}
+	}
+}
+
+// field returns the value of key in a slog text line.
+func field(line, key string) string {
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
