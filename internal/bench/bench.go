@@ -38,6 +38,7 @@ type bench struct {
 	echoID, echoAddr       string      // its echo listener
 	fwdAddr                string      // its forward listener (c)
 	goEcho, upstream, goFw *server     // bare Go servers; upstream is c's echo upstream
+	bareGRPC               *server     // f: a bare grpc-go health server; addr is its socket
 	node                   *server
 
 	metrics  map[string]*metric
@@ -151,6 +152,11 @@ func (b *bench) setup(ctx context.Context) error {
 				return err
 			}
 			b.cleanups = append(b.cleanups, func() { _ = b.node.closeStdin(10 * time.Second) })
+		}
+	}
+	if b.has('f') {
+		if b.bareGRPC, err = b.startGo(ctx, "grpc", "--socket", filepath.Join(b.tmp, "bare-grpc.sock")); err != nil {
+			return err
 		}
 	}
 	if b.has('c') {
@@ -439,7 +445,7 @@ func (b *bench) runRTT(ctx context.Context, rep int) error {
 func (b *bench) runAPI(ctx context.Context, rep int) error {
 	// Bursts of 40 pairs (80 mutations) with a second after each stay
 	// under the daemon's default --api-rate of 100 a second, burst 200.
-	r, err := b.loadgen(ctx, "api", "--socket", b.d.socket, "--n", itoa(b.sz.apiN), "--warmup", "10",
+	r, err := b.loadgen(ctx, "api", "--socket", b.d.socket, "--bare", b.bareGRPC.addr, "--n", itoa(b.sz.apiN), "--warmup", "10",
 		"--burst", "40", "--pause", "1s")
 	if err != nil {
 		return fmt.Errorf("f: %w", err)
@@ -447,14 +453,15 @@ func (b *bench) runAPI(ctx context.Context, rep int) error {
 	b.record("f", colDaemon, rep, r.APIus, math.NaN())
 	b.record("f", colBase, rep, r.RawUS, math.NaN())
 	m := b.metrics["f"]
-	for k, v := range map[string]float64{"create": r.CreateUS, "close": r.CloseUS, "rpc": r.RPCus} {
+	for k, v := range map[string]float64{"create": r.CreateUS, "close": r.CloseUS, "rpc": r.RPCus, "bare": r.BareUS} {
 		if m.aux[k] == nil {
 			m.aux[k] = nanSlice(b.cfg.reps)
 		}
 		m.aux[k][rep] = v
 	}
 	if b.cfg.progress {
-		b.logf("            CreateListener %.0f µs, CloseListener %.0f µs, a no-op RPC (health check) %.0f µs", r.CreateUS, r.CloseUS, r.RPCus)
+		b.logf("            CreateListener %.0f µs, CloseListener %.0f µs, a no-op RPC (health check) %.0f µs, on a bare grpc-go server %.0f µs",
+			r.CreateUS, r.CloseUS, r.RPCus, r.BareUS)
 	}
 	return nil
 }

@@ -62,6 +62,9 @@ func TestQuick(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^server CPU`).MatchString(out) {
 		t.Error("no server CPU table")
 	}
+	if !regexp.MustCompile(`(?m)^\s+[0-9.]+ µs on a bare grpc-go server`).MatchString(out) {
+		t.Error("no bare grpc-go server RPC in case f's notes")
+	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s\nstderr:\n%s", out, &stderr)
 	}

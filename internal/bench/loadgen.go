@@ -38,9 +38,10 @@ type loadResult struct {
 	APIus    float64 `json:"api_us,omitempty"` // api: median CreateListener+CloseListener
 	CreateUS float64 `json:"create_us,omitempty"`
 	CloseUS  float64 `json:"close_us,omitempty"`
-	RPCus    float64 `json:"rpc_us,omitempty"` // api: median health check, the floor of an RPC
-	RawUS    float64 `json:"raw_us,omitempty"` // api: median net.Listen+Close
-	Ready    int     `json:"ready,omitempty"`  // hold: connections held
+	RPCus    float64 `json:"rpc_us,omitempty"`  // api: median health check on the daemon
+	BareUS   float64 `json:"bare_us,omitempty"` // api: median health check on a bare grpc-go server
+	RawUS    float64 `json:"raw_us,omitempty"`  // api: median net.Listen+Close
+	Ready    int     `json:"ready,omitempty"`   // hold: connections held
 }
 
 // loadgenMain is the load generator, run by the bench in a process of its
@@ -61,6 +62,7 @@ func loadgenMain(args []string) int {
 	fs := flag.NewFlagSet("loadgen "+mode, flag.ContinueOnError)
 	addr := fs.String("addr", "", "server host:port (short, bulk, rtt, hold)")
 	socket := fs.String("socket", "", "daemon API socket (api)")
+	bare := fs.String("bare", "", "api: socket of a bare grpc-go health server, timed too")
 	conns := fs.Int("conns", 1, "connections")
 	conc := fs.Int("concurrency", 1, "connections at a time")
 	size := fs.Int("size", 16, "message size in bytes")
@@ -87,7 +89,7 @@ func loadgenMain(args []string) int {
 	case "hold":
 		return runHold(ctx, *addr, *conns, *conc, *size)
 	case "api":
-		res = runAPI(ctx, *socket, *n, *warm, *burst, *pause)
+		res = runAPI(ctx, *socket, *bare, *n, *warm, *burst, *pause)
 	default:
 		fmt.Fprintf(os.Stderr, "loadgen: unknown mode %q\n", mode)
 		return 2
@@ -335,11 +337,12 @@ func runHold(ctx context.Context, addr string, conns, conc, size int) int {
 // runAPI times CreateListener+CloseListener through the daemon's API
 // against net.Listen+Close in this process, alternating the two so that
 // both see the same machine, and times a no-op RPC (grpc.health.v1 Check)
-// as the floor of any call. Pairs run in bursts with a pause after each,
+// on the daemon and on a bare grpc-go server (bare, when set) as the floor
+// of any call. Pairs run in bursts with a pause after each,
 // which keeps them under the daemon's mutation rate limit (--api-rate):
 // what is timed is the latency of each call, not how many the limit lets
 // through.
-func runAPI(ctx context.Context, socket string, n, warm, burst int, pause time.Duration) loadResult {
+func runAPI(ctx context.Context, socket, bare string, n, warm, burst int, pause time.Duration) loadResult {
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return loadResult{Errors: 1, FirstErr: err.Error()}
@@ -373,7 +376,16 @@ func runAPI(ctx context.Context, socket string, n, warm, burst int, pause time.D
 	apiLat := make([]time.Duration, 0, n)
 	rawLat := make([]time.Duration, 0, n)
 	health := healthpb.NewHealthClient(conn)
-	var rpcLat []time.Duration
+	var rpcLat, bareLat []time.Duration
+	var bareHealth healthpb.HealthClient
+	if bare != "" {
+		bconn, err := grpc.NewClient("unix://"+bare, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return loadResult{Errors: 1, FirstErr: err.Error()}
+		}
+		defer bconn.Close()
+		bareHealth = healthpb.NewHealthClient(bconn)
+	}
 	for i := range warm + n {
 		if burst > 0 && i > 0 && i%burst == 0 {
 			select {
@@ -409,12 +421,24 @@ func runAPI(ctx context.Context, socket string, n, warm, burst int, pause time.D
 		} else if i >= warm {
 			rpcLat = append(rpcLat, t1.Sub(t0))
 		}
+		if bareHealth == nil {
+			continue
+		}
+		t0 = time.Now()
+		_, err = bareHealth.Check(ctx, &healthpb.HealthCheckRequest{})
+		t1 = time.Now()
+		if err != nil {
+			errs.add(err)
+		} else if i >= warm {
+			bareLat = append(bareLat, t1.Sub(t0))
+		}
 	}
-	for _, l := range [][]time.Duration{apiLat, rawLat, createLat, closeLat, rpcLat} {
+	for _, l := range [][]time.Duration{apiLat, rawLat, createLat, closeLat, rpcLat, bareLat} {
 		slices.Sort(l)
 	}
 	r := loadResult{Ops: int64(len(apiLat)), APIus: us(quantile(apiLat, 0.5)), RawUS: us(quantile(rawLat, 0.5)),
-		CreateUS: us(quantile(createLat, 0.5)), CloseUS: us(quantile(closeLat, 0.5)), RPCus: us(quantile(rpcLat, 0.5))}
+		CreateUS: us(quantile(createLat, 0.5)), CloseUS: us(quantile(closeLat, 0.5)), RPCus: us(quantile(rpcLat, 0.5)),
+		BareUS: us(quantile(bareLat, 0.5))}
 	errs.fill(&r)
 	return r
 }

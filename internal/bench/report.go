@@ -103,10 +103,11 @@ func (b *bench) report() {
 		fmt.Fprintln(b.out)
 	}
 	if f := b.metrics["f"]; b.has('f') {
-		rpc := median(f.aux["rpc"])
-		fmt.Fprintf(b.out, "f: CreateListener %s µs, CloseListener %s µs; a no-op RPC (health check) on the same connection %s µs,\n"+
-			"   so two RPCs alone are %s the raw net.Listen+Close (medians)\n\n",
-			num(median(f.aux["create"])), num(median(f.aux["close"])), num(rpc), ratio(2*rpc/median(f.vals[colBase])))
+		rpc, bare, raw := median(f.aux["rpc"]), median(f.aux["bare"]), median(f.vals[colBase])
+		fmt.Fprintf(b.out, "f: CreateListener %s µs, CloseListener %s µs; a no-op RPC (health check) %s µs on the daemon,\n"+
+			"   %s µs on a bare grpc-go server in its own process: two RPCs alone are %s the raw net.Listen+Close\n"+
+			"   on the daemon, %s on the bare server (medians)\n\n",
+			num(median(f.aux["create"])), num(median(f.aux["close"])), num(rpc), num(bare), ratio(2*rpc/raw), ratio(2*bare/raw))
 	}
 	if b.cfg.quick {
 		fmt.Fprintln(b.out, "--quick: tiny sizes, one repetition; the numbers above prove the bench runs, not how fast anything is")

@@ -13,6 +13,10 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // serveMain runs a bare Go server, the baseline: a goroutine per
@@ -22,16 +26,20 @@ import (
 //	echo     io.Copy(c, c)                          cases a, b, d (and c's upstream)
 //	echo4k   read into a 4 KiB buffer, write back   case e
 //	forward  io.Copy both ways to --upstream        case c
+//	grpc     grpc.health.v1 on the unix --socket    case f's floor of an RPC
 func serveMain(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	mode := fs.String("mode", "echo", "echo, echo4k or forward")
+	mode := fs.String("mode", "echo", "echo, echo4k, forward or grpc")
 	upstream := fs.String("upstream", "", "forward: upstream host:port")
+	socket := fs.String("socket", "", "grpc: the unix socket to serve on")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address and print it")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	var handle func(*net.TCPConn)
 	switch *mode {
+	case "grpc":
+		return serveGRPC(*socket)
 	case "echo":
 		handle = func(c *net.TCPConn) { _, _ = io.Copy(c, c) }
 	case "echo4k":
@@ -127,4 +135,31 @@ func forward(c *net.TCPConn, upstream string) {
 	_, _ = io.Copy(up, c)
 	_ = up.CloseWrite()
 	wg.Wait()
+}
+
+// serveGRPC is a bare grpc-go server with the health service only and no
+// options, on a unix socket: the floor of any RPC on this machine, next to
+// which case f's calls to the daemon are judged. It prints the socket.
+func serveGRPC(socket string) int {
+	if socket == "" {
+		fmt.Fprintln(os.Stderr, "serve: --mode grpc needs --socket")
+		return 2
+	}
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	fmt.Println(socket)
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		srv.Stop()
+	}()
+	if err := srv.Serve(ln); err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	return 0
 }
