@@ -32,7 +32,8 @@ type bench struct {
 	failed   bool
 
 	tmp, root, self, daemonBin, nodeBin string
-	built                               string // what the daemon was built from
+	peerBins                            map[string]string // c's forwardPeers by column; "" when not installed
+	built                               string            // what the daemon was built from
 
 	d                      *daemonProc // the long-lived daemon (a, b, c, d, f, g)
 	echoID, echoAddr       string      // its echo listener
@@ -40,6 +41,7 @@ type bench struct {
 	goEcho, upstream, goFw *server     // bare Go servers; upstream is c's echo upstream
 	bareGRPC               *server     // f: a bare grpc-go health server; addr is its socket
 	node                   *server
+	forwarders             map[string]*server // c's peers by column: node, socat, haproxy, toxiproxy
 
 	metrics  map[string]*metric
 	cleanups []func()
@@ -127,6 +129,11 @@ func (b *bench) setup(ctx context.Context) error {
 		b.nodeBin = b.cfg.node
 	}
 
+	b.peerBins = map[string]string{}
+	for _, fp := range forwardPeers {
+		b.peerBins[fp.col] = lookPeer(b.cfg.peers[fp.col], fp.bin)
+	}
+
 	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfg")
 	if needDaemon {
 		if b.d, err = startDaemon(ctx, b.daemonBin, b.tmp, "main", nil); err != nil {
@@ -169,8 +176,34 @@ func (b *bench) setup(ctx context.Context) error {
 		if _, b.fwdAddr, err = b.d.createListener(ctx, forwardHandler(b.upstream.addr)); err != nil {
 			return err
 		}
+		b.startForwarders(ctx)
 	}
 	return nil
+}
+
+// startForwarders starts case c's peers that are installed: Node's
+// forwarder and the forwardPeers. One that fails to start is left out
+// with a note; it is not what the bench measures.
+func (b *bench) startForwarders(ctx context.Context) {
+	b.forwarders = map[string]*server{}
+	add := func(col string, s *server, err error) {
+		if err != nil {
+			b.logf("c: leaving out %s: %v", col, err)
+			return
+		}
+		b.cleanups = append(b.cleanups, func() { _ = s.stop(10 * time.Second) })
+		b.forwarders[col] = s
+	}
+	if b.nodeBin != "" {
+		s, err := startNode(ctx, b.nodeBin, b.tmp, b.log, b.upstream.addr)
+		add(colNode, s, err)
+	}
+	for _, fp := range forwardPeers {
+		if bin := b.peerBins[fp.col]; bin != "" {
+			s, err := fp.start(ctx, b, bin, b.upstream.addr)
+			add(fp.col, s, err)
+		}
+	}
 }
 
 func (b *bench) startGo(ctx context.Context, mode string, extra ...string) (*server, error) {
@@ -196,6 +229,18 @@ func (b *bench) header() {
 		fmt.Fprintf(b.out, "node:     %s %s\n", b.nodeBin, nodeVersion(b.nodeBin))
 	} else {
 		fmt.Fprintln(b.out, "node:     none (no Node peer)")
+	}
+	if b.has('c') {
+		var peers []string
+		for _, fp := range forwardPeers {
+			if bin := b.peerBins[fp.col]; bin != "" {
+				peers = append(peers, fmt.Sprintf("%s (%s)", bin, peerVersion(bin, fp.versionArgs...)))
+			}
+		}
+		if len(peers) == 0 {
+			peers = []string{"none installed (socat, haproxy, toxiproxy-server)"}
+		}
+		fmt.Fprintf(b.out, "c peers:  %s\n", strings.Join(peers, ", "))
 	}
 	fmt.Fprintf(b.out, "reps:     %d, cases %s, server order rotated every rep\n\n", b.cfg.reps, b.cfg.cases)
 }
@@ -225,7 +270,7 @@ func (b *bench) defineMetrics() {
 		{key: "b", label: fmt.Sprintf("bulk echo: %d conns x %s", sz.bulkConns, mib(sz.bulkBytes)),
 			unit: "MiB/s", higher: true, target: 0.90, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "ms/GiB"},
 		{key: "c", label: fmt.Sprintf("forward bulk: %d conns x %s to an echo upstream", sz.bulkConns, mib(sz.bulkBytes)),
-			unit: "MiB/s", higher: true, target: 1.0, noNode: true, baseIs: "Go io.Copy forwarder", cpuUnit: "ms/GiB"},
+			unit: "MiB/s", higher: true, target: 1.0, baseIs: "Go io.Copy forwarder", cpuUnit: "ms/GiB"},
 		{key: "d50", label: fmt.Sprintf("round trip p50: %d B on one conn, %d trips", sz.msg, sz.rttN),
 			unit: "µs", target: 1.2, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "µs/trip"},
 		{key: "d99", label: "round trip p99 (no target)", unit: "µs", baseIs: "Go goroutine/conn io.Copy echo"},
@@ -239,7 +284,13 @@ func (b *bench) defineMetrics() {
 	b.metrics = map[string]*metric{}
 	for _, m := range defs {
 		m.vals, m.cpu, m.aux = map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
-		for _, col := range []string{colDaemon, colBase, colNode} {
+		cols := []string{colDaemon, colBase, colNode}
+		if m.key == "c" {
+			for _, fp := range forwardPeers {
+				cols = append(cols, fp.col)
+			}
+		}
+		for _, col := range cols {
 			m.vals[col] = nanSlice(b.cfg.reps)
 			m.cpu[col] = nanSlice(b.cfg.reps)
 		}
@@ -401,21 +452,40 @@ func (b *bench) runBulk(ctx context.Context, rep int) error {
 
 func (b *bench) runForward(ctx context.Context, rep int) error {
 	var errs []error
-	for _, col := range rotate([]string{colDaemon, colBase}, rep) {
-		addr, pid := b.fwdAddr, b.d.pid()
-		if col == colBase {
-			addr, pid = b.goFw.addr, b.goFw.pid()
+	cols := []string{colDaemon, colBase}
+	if b.forwarders[colNode] != nil {
+		cols = append(cols, colNode)
+	}
+	for _, fp := range forwardPeers {
+		if b.forwarders[fp.col] != nil {
+			cols = append(cols, fp.col)
 		}
-		if err := b.bulkOnce(ctx, "c", col, rep, addr, pid); err != nil {
+	}
+	for _, col := range rotate(cols, rep) {
+		addr, pid := b.fwdAddr, b.d.pid()
+		switch col {
+		case colDaemon:
+		case colBase:
+			addr, pid = b.goFw.addr, b.goFw.pid()
+		default:
+			addr, pid = b.forwarders[col].addr, b.forwarders[col].pid()
+		}
+		var extra []string
+		if col == "toxiproxy" {
+			// toxiproxy ends both directions when the client half-closes,
+			// losing what is still in flight; its load does not half-close.
+			extra = []string{"--half-close=false"}
+		}
+		if err := b.bulkOnce(ctx, "c", col, rep, addr, pid, extra...); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (b *bench) bulkOnce(ctx context.Context, key, col string, rep int, addr string, pid int) error {
+func (b *bench) bulkOnce(ctx context.Context, key, col string, rep int, addr string, pid int, extra ...string) error {
 	c0 := cpuTime(pid)
-	r, err := b.loadgen(ctx, "bulk", "--addr", addr, "--conns", itoa(b.sz.bulkConns), "--bytes", strconv.FormatInt(b.sz.bulkBytes, 10))
+	r, err := b.loadgen(ctx, "bulk", append([]string{"--addr", addr, "--conns", itoa(b.sz.bulkConns), "--bytes", strconv.FormatInt(b.sz.bulkBytes, 10)}, extra...)...)
 	c1 := cpuTime(pid)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", key, col, err)

@@ -62,6 +62,12 @@ func TestQuick(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^server CPU`).MatchString(out) {
 		t.Error("no server CPU table")
 	}
+	if _, err := exec.LookPath("node"); err == nil {
+		// Node's forwarder fills case c's node column.
+		if !regexp.MustCompile(`(?m)^c\s.*MiB/s\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s`).MatchString(out) {
+			t.Error("node is installed, but case c has no Node forwarder figure")
+		}
+	}
 	if !regexp.MustCompile(`(?m)^\s+[0-9.]+ µs on a bare grpc-go server`).MatchString(out) {
 		t.Error("no bare grpc-go server RPC in case f's notes")
 	}

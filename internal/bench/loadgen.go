@@ -70,6 +70,7 @@ func loadgenMain(args []string) int {
 	n := fs.Int("n", 1000, "rtt, api: measured operations")
 	warm := fs.Int("warmup", 0, "operations before measuring")
 	deadline := fs.Duration("deadline", 2*time.Minute, "bound on the whole run")
+	halfClose := fs.Bool("half-close", true, "bulk: half-close each connection once all is written")
 	burst := fs.Int("burst", 0, "api: pairs back to back before a pause (0: no pauses)")
 	pause := fs.Duration("pause", time.Second, "api: the pause after each burst")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -83,7 +84,7 @@ func loadgenMain(args []string) int {
 	case "short":
 		res = runShort(ctx, *addr, *conns, *conc, *size, *warm)
 	case "bulk":
-		res = runBulk(ctx, *addr, *conns, *total)
+		res = runBulk(ctx, *addr, *conns, *total, *halfClose)
 	case "rtt":
 		res = runRTT(ctx, *addr, *n, *warm, *size)
 	case "hold":
@@ -179,7 +180,10 @@ func runShort(ctx context.Context, addr string, conns, conc, size, warm int) loa
 	return r
 }
 
-func runBulk(ctx context.Context, addr string, conns int, total int64) loadResult {
+// runBulk echoes total bytes on each of conns connections, writing and
+// reading at once. The writer half-closes when done unless halfClose is
+// false (for servers that end both directions on a half-close).
+func runBulk(ctx context.Context, addr string, conns int, total int64, halfClose bool) loadResult {
 	var errs errCount
 	var got atomic.Int64
 	var wg sync.WaitGroup
@@ -210,6 +214,10 @@ func runBulk(ctx context.Context, addr string, conns int, total int64) loadResul
 						werr <- err
 						return
 					}
+				}
+				if !halfClose {
+					werr <- nil
+					return
 				}
 				werr <- c.CloseWrite()
 			}()

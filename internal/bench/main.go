@@ -61,10 +61,11 @@ type config struct {
 	reps     int
 	quick    bool
 	cases    string
-	daemon   string // prebuilt daemon binary; empty: build one
-	rev      string // build the daemon from this git revision instead of the working tree
-	node     string // node binary; empty: look it up; "off": none
-	profile  string // directory for pprof profiles of cases a and e
+	daemon   string            // prebuilt daemon binary; empty: build one
+	rev      string            // build the daemon from this git revision instead of the working tree
+	node     string            // node binary; empty: look it up; "off": none
+	peers    map[string]string // case c's forwardPeers by column, as node
+	profile  string            // directory for pprof profiles of cases a and e
 	timeout  time.Duration
 	keep     bool
 	progress bool
@@ -128,6 +129,10 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.daemon, "daemon", "", "use this daemon binary instead of building ./daemon")
 	fs.StringVar(&cfg.rev, "rev", "", "build the daemon from this git `revision` (git archive into the temporary directory) instead of the working tree")
 	fs.StringVar(&cfg.node, "node", "", "node binary for the Node peer (default: node on PATH; \"off\": no Node peer)")
+	peerFlags := map[string]*string{}
+	for _, fp := range forwardPeers {
+		peerFlags[fp.col] = fs.String(fp.col, "", fmt.Sprintf("%s binary for case c's %s peer (default: %s on PATH; \"off\": none)", fp.bin, fp.col, fp.bin))
+	}
 	fs.StringVar(&cfg.profile, "profile", "", "after measuring, profile a variant of the daemon (same source, plus a pprof endpoint) under cases a, e and g, next to the Go baseline, and write the profiles to `DIR`")
 	fs.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (daemon log, binaries)")
@@ -141,6 +146,10 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "bench: unexpected arguments %v\n", fs.Args())
 		return 2
+	}
+	cfg.peers = map[string]string{}
+	for col, v := range peerFlags {
+		cfg.peers[col] = *v
 	}
 	sz := fullSizes()
 	if cfg.quick {

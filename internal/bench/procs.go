@@ -280,18 +280,19 @@ func startGoServer(ctx context.Context, self string, env []string, stderr io.Wri
 	return &server{proc: p, addr: addr}, nil
 }
 
-//go:embed node/echo.js
-var nodeEcho []byte
+//go:embed node/peer.js
+var nodePeer []byte
 
-// startNode starts Node's net.createServer echo server. It goes through
-// sh only to raise the soft open-file limit to the hard one first.
-func startNode(ctx context.Context, node, dir string, stderr io.Writer) (*server, error) {
-	script := filepath.Join(dir, "echo.js")
-	if err := os.WriteFile(script, nodeEcho, 0o600); err != nil {
+// startNode starts the Node peer with args: none for the echo server, the
+// upstream for the forwarder. It goes through sh only to raise the soft
+// open-file limit to the hard one first.
+func startNode(ctx context.Context, node, dir string, stderr io.Writer, args ...string) (*server, error) {
+	path := filepath.Join(dir, "peer.js")
+	if err := os.WriteFile(path, nodePeer, 0o600); err != nil {
 		return nil, err
 	}
-	p, err := startProc("node", nil, stderr, "/bin/sh", "-c",
-		`ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, node, script)
+	p, err := startProc("node", nil, stderr, "/bin/sh", append([]string{"-c",
+		`ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, node, path}, args...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -320,7 +321,8 @@ func rssKiB(pid int) (int64, error) {
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
-// cpuTime reads the user+system CPU time of pid from /proc (clock ticks of
+// cpuTime reads the user+system CPU time of pid and of the children it
+// has reaped (socat forks one per connection) from /proc (clock ticks of
 // 10 ms, as on every Linux this runs on).
 func cpuTime(pid int) time.Duration {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -333,10 +335,13 @@ func cpuTime(pid int) time.Duration {
 		return 0
 	}
 	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
+	if len(f) < 15 {
 		return 0
 	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	k, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+k) * 10 * time.Millisecond
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} { // utime, stime, cutime, cstime
+		t, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += t
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }

@@ -102,6 +102,25 @@ func (b *bench) report() {
 		tw.Flush()
 		fmt.Fprintln(b.out)
 	}
+	if c := b.metrics["c"]; b.has('c') {
+		var rows []string
+		for _, fp := range forwardPeers {
+			if v := median(c.vals[fp.col]); !math.IsNaN(v) {
+				rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%s\n", fp.col, num(v),
+					num(median(c.cpu[fp.col])), ratio(median(ratios(c.vals[colDaemon], c.vals[fp.col])))))
+			}
+		}
+		if len(rows) > 0 {
+			fmt.Fprintln(b.out, "c: forwarders users pick instead, in the same runs (no target; ratio is listenerd / peer):")
+			tw := tabwriter.NewWriter(b.out, 2, 8, 2, ' ', 0)
+			fmt.Fprintln(tw, "peer\tMiB/s\tms/GiB\tratio")
+			for _, r := range rows {
+				fmt.Fprint(tw, r)
+			}
+			tw.Flush()
+			fmt.Fprintln(b.out)
+		}
+	}
 	if f := b.metrics["f"]; b.has('f') {
 		rpc, bare, raw := median(f.aux["rpc"]), median(f.aux["bare"]), median(f.vals[colBase])
 		fmt.Fprintf(b.out, "f: CreateListener %s µs, CloseListener %s µs; a no-op RPC (health check) %s µs on the daemon,\n"+
