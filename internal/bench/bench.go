@@ -413,7 +413,7 @@ func (b *bench) runShortCase(ctx context.Context, key string, rep int, cols []st
 				continue
 			}
 		}
-		c0, self0 := cpuTime(pid), cpuTime(os.Getpid())
+		c0, self0 := cpuTime(pid), selfCPU()
 		r, err := b.loadgen(ctx, "short", "--addr", addr, "--conns", itoa(b.sz.shortConns),
 			"--concurrency", itoa(b.sz.shortConc), "--size", itoa(b.sz.msg), "--warmup", itoa(b.sz.shortWarm))
 		if err == nil && len(ws) > 0 {
@@ -421,7 +421,7 @@ func (b *bench) runShortCase(ctx context.Context, key string, rep int, cols []st
 			// not over until the watchers have it.
 			err = waitWatchers(ctx, ws, r.Ops+r.WarmOps, time.Minute)
 		}
-		c1, self1 := cpuTime(pid), cpuTime(os.Getpid())
+		c1, self1 := cpuTime(pid), selfCPU()
 		events, resps := batching(ws)
 		detachWatchers(ws)
 		if err != nil {

@@ -321,6 +321,16 @@ func rssKiB(pid int) (int64, error) {
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
+// selfCPU is this process's user+system CPU time, without its children
+// (the load generators it runs and reaps).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // cpuTime reads the user+system CPU time of pid and of the children it
 // has reaped (socat forks one per connection) from /proc (clock ticks of
 // 10 ms, as on every Linux this runs on).
