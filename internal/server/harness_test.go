@@ -98,7 +98,7 @@ type testDaemon struct {
 // filled in)
 // until the test ends, and waits for its "serving on" lines. Run must end
 // without error.
-func startRun(t *testing.T, cfg Config) *testDaemon {
+func startRun(t testing.TB, cfg Config) *testDaemon {
 	t.Helper()
 	dir := shortTempDir(t)
 	if cfg.Socket == "" {
@@ -170,7 +170,7 @@ func (d *testDaemon) dial(t *testing.T, creds credentials.TransportCredentials) 
 // shortTempDir is a temporary directory with a short path (unix socket
 // paths are limited), readable by everyone so that only the daemon's own
 // modes guard what it creates inside.
-func shortTempDir(t *testing.T) string {
+func shortTempDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "lds")
 	if err != nil {
@@ -183,7 +183,7 @@ func shortTempDir(t *testing.T) string {
 	return dir
 }
 
-func testContext(t *testing.T) context.Context {
+func testContext(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), guard)
 	t.Cleanup(cancel)
 	return ctx
