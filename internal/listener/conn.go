@@ -191,6 +191,14 @@ func (c *conn) pump(echo bool, idle time.Duration) error {
 		if werr := c.got((*r.buf)[:n], echo); werr != nil {
 			return werr
 		}
+		if echo && n == len(*r.buf) {
+			// A full buffer: a bulk burst, echoed in the kernel while it
+			// lasts (splice_linux.go).
+			r.release()
+			if err := c.spliceEcho(rc, idle); err != nil {
+				return err
+			}
+		}
 	}
 }
 

@@ -1,0 +1,154 @@
+package listener
+
+import (
+	"errors"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Bulk echo in the kernel. A connection whose read fills the whole buffer
+// is in a bulk burst, and echoes it socket → pipe → socket with splice(2),
+// without copying the bytes through user space, until the socket has
+// nothing more to read: then the pipe goes back to the pool and the
+// connection back to waiting with neither buffer nor pipe. An idle
+// connection never holds a pipe (two descriptors each: 19,500 idle
+// connections would need 39,000 more). Bytes a watcher wants to see go
+// through the buffer, so the burst also ends when one asks for them.
+//
+// At most maxPipes pipes exist at once, pooled or in use: a client that
+// sends and never reads leaves its connection waiting to write with a pipe
+// full, so pipes must not grow with such clients. Past the cap a burst
+// stays on the buffer, as before splicing.
+
+const (
+	pipeSize    = 1 << 20 // asked with F_SETPIPE_SZ; a smaller pipe works too
+	maxPipes    = 32      // pipes in existence, pooled or in use
+	pipePoolMax = 16      // empty pipes kept for the next burst
+)
+
+var (
+	pipePool = make(chan *pipe, pipePoolMax)
+	pipeSem  = make(chan struct{}, maxPipes) // one token per pipe in existence
+)
+
+// errNoPipe: maxPipes are in use.
+var errNoPipe = errors.New("no pipe free")
+
+// splicedBytes counts the bytes echoed by splice, for tests.
+var splicedBytes atomic.Uint64
+
+type pipe struct{ r, w, size int }
+
+func getPipe() (*pipe, error) {
+	select {
+	case p := <-pipePool:
+		return p, nil
+	default:
+	}
+	select {
+	case pipeSem <- struct{}{}:
+	default:
+		return nil, errNoPipe
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		<-pipeSem
+		return nil, err
+	}
+	size, err := unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize)
+	if err != nil {
+		size, err = unix.FcntlInt(uintptr(fds[0]), unix.F_GETPIPE_SZ, 0)
+	}
+	if err != nil || size <= 0 {
+		size = 64 << 10 // the kernel's default
+	}
+	return &pipe{r: fds[0], w: fds[1], size: size}, nil
+}
+
+// putPipe keeps an empty pipe for reuse; one that still holds bytes, or
+// that the pool has no room for, is closed.
+func putPipe(p *pipe, empty bool) {
+	if empty {
+		select {
+		case pipePool <- p:
+			return
+		default:
+		}
+	}
+	_ = unix.Close(p.r)
+	_ = unix.Close(p.w)
+	<-pipeSem
+}
+
+// spliceEcho echoes a bulk burst in the kernel until the socket is
+// drained or the peer has ended its side (the next read sees the end
+// again). Without a pipe
+// (maxPipes in use, or descriptors short) it returns at once and the
+// buffer carries on.
+//
+//go:noinline
+func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
+	p, err := getPipe()
+	if err != nil {
+		return nil
+	}
+	inPipe := 0
+	defer func() { putPipe(p, inPipe == 0) }()
+	l := c.l
+	for l.bus.DataCap() == 0 {
+		if idle > 0 {
+			_ = c.c.SetReadDeadline(time.Now().Add(idle))
+		}
+		var n int
+		var serr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, serr = splice(int(fd), p.w, p.size)
+			return true // never wait: a drained socket ends the burst
+		}); err != nil {
+			return err
+		}
+		switch {
+		case errors.Is(serr, unix.EAGAIN):
+			return nil
+		case serr != nil:
+			return os.NewSyscallError("splice", serr)
+		case n == 0:
+			return nil // the end: pump's next read finds it
+		}
+		c.in.Add(uint64(n))
+		l.bytesIn.Add(uint64(n))
+		for inPipe = n; inPipe > 0; {
+			var m int
+			if err := rc.Write(func(fd uintptr) bool {
+				m, serr = splice(p.r, int(fd), inPipe)
+				return !errors.Is(serr, unix.EAGAIN) // full: wait until writable
+			}); err != nil {
+				return err
+			}
+			if serr == nil && m <= 0 {
+				serr = unix.EIO // the pipe had less than it said: never spin
+			}
+			if serr != nil {
+				return os.NewSyscallError("splice", serr)
+			}
+			inPipe -= m
+			c.out.Add(uint64(m))
+			l.bytesOut.Add(uint64(m))
+			splicedBytes.Add(uint64(m))
+		}
+	}
+	return nil
+}
+
+func splice(in, out, max int) (int, error) {
+	for {
+		n, err := unix.Splice(in, nil, out, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if err != unix.EINTR {
+			return int(n), err
+		}
+	}
+}

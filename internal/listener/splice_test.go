@@ -1,0 +1,107 @@
+package listener
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"testing"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
+
+// echoBulk writes size pseudo-random bytes to an echo listener while
+// reading the echo, half-closes, reads to EOF, and checks that every byte
+// came back in order.
+func echoBulk(t *testing.T, addr string, size int) {
+	t.Helper()
+	data := make([]byte, size)
+	r := rand.New(rand.NewChaCha8([32]byte{7}))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	c := dial(t, addr)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read the echo: %v", err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if len(got) != size || sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatalf("echo of %d bytes: got %d bytes, equal %v", size, len(got), bytes.Equal(got, data))
+	}
+}
+
+// A bulk transfer is echoed exactly and counted both ways; on Linux it is
+// spliced in the kernel once a read fills the buffer.
+func TestEchoBulk(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	w := newWatch(t, m, l.ID())
+	const size = 16 << 20
+	before := splicedBytes.Load()
+	echoBulk(t, l.Info().Bound, size)
+	evs := w.until(countAtLeast(events.KindConnectionClosed, 1))
+	closed := evs[len(evs)-1]
+	if closed.Kind != events.KindConnectionClosed || closed.BytesIn != size || closed.BytesOut != size {
+		t.Fatalf("closed event %+v: want %d bytes each way", closed, size)
+	}
+	if info := l.Info(); info.BytesIn != size || info.BytesOut != size {
+		t.Fatalf("listener counters in %d out %d, want %d", info.BytesIn, info.BytesOut, size)
+	}
+	if spliced := splicedBytes.Load() - before; runtime.GOOS == "linux" && spliced == 0 {
+		t.Fatal("nothing was spliced")
+	}
+}
+
+// While a watcher asks for connection data, bytes go through the buffer
+// (nothing is spliced), and the data events account for every byte.
+func TestEchoBulkWithDataWatcher(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	after := uint64(0)
+	dw, _, err := m.Bus().Watch(events.Filter{Listeners: []string{l.ID()}, DataMax: 16}, &after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dw.Close()
+	const size = 4 << 20
+	before := splicedBytes.Load()
+	echoBulk(t, l.Info().Bound, size)
+	if spliced := splicedBytes.Load() - before; spliced != 0 {
+		t.Fatalf("%d bytes spliced while a watcher wanted the data", spliced)
+	}
+	var in, out uint64
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	for closed := false; !closed; {
+		batch, _, err := dw.Next(ctx, make([]events.Event, 0, 256))
+		if err != nil {
+			t.Fatalf("data events (in %d, out %d): %v", in, out, err)
+		}
+		for _, e := range batch {
+			switch {
+			case e.Kind == events.KindConnectionData && e.Detail.Outbound:
+				out += e.BytesIn
+			case e.Kind == events.KindConnectionData:
+				in += e.BytesIn
+			case e.Kind == events.KindConnectionClosed:
+				closed = true
+			}
+		}
+	}
+	if in != size || out != size {
+		t.Fatalf("data events carry %d in and %d out, want %d each", in, out, size)
+	}
+}
