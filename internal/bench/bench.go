@@ -238,7 +238,7 @@ func (b *bench) header() {
 			}
 		}
 		if len(peers) == 0 {
-			peers = []string{"none installed (socat, haproxy, toxiproxy-server)"}
+			peers = []string{"none (socat, haproxy, toxiproxy-server: not installed, or off)"}
 		}
 		fmt.Fprintf(b.out, "c peers:  %s\n", strings.Join(peers, ", "))
 	}

@@ -291,8 +291,8 @@ func (e upstreamError) Unwrap() []error {
 }
 
 // forward proxies the connection to the handler's upstream, passing a
-// half-close through in each direction. Both sides are *net.TCPConn, so on
-// Linux io.Copy splices without copying through user space.
+// half-close through in each direction. On Linux pipeCopy splices without
+// copying through user space, holding a pipe only while bytes flow.
 func (c *conn) forward() error {
 	h := c.l.spec.Handler
 	timeout := h.ConnectTimeout
@@ -324,7 +324,7 @@ func (c *conn) forward() error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		n, err := io.Copy(c.c, up) // upstream to client
+		n, err := pipeCopy(c.c, up) // upstream to client
 		c.out.Add(uint64(n))
 		c.l.bytesOut.Add(uint64(n))
 		if err != nil {
@@ -334,7 +334,7 @@ func (c *conn) forward() error {
 		}
 		_ = c.c.CloseWrite()
 	}()
-	n, err := io.Copy(up, c.c) // client to upstream
+	n, err := pipeCopy(up, c.c) // client to upstream
 	c.in.Add(uint64(n))
 	c.l.bytesIn.Add(uint64(n))
 	if err != nil {

@@ -2,6 +2,7 @@ package listener
 
 import (
 	"errors"
+	"net"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -121,27 +122,40 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 		}
 		c.in.Add(uint64(n))
 		l.bytesIn.Add(uint64(n))
-		for inPipe = n; inPipe > 0; {
-			var m int
-			if err := rc.Write(func(fd uintptr) bool {
-				m, serr = splice(p.r, int(fd), inPipe)
-				return !errors.Is(serr, unix.EAGAIN) // full: wait until writable
-			}); err != nil {
-				return err
-			}
-			if serr == nil && m <= 0 {
-				serr = unix.EIO // the pipe had less than it said: never spin
-			}
-			if serr != nil {
-				return os.NewSyscallError("splice", serr)
-			}
-			inPipe -= m
-			c.out.Add(uint64(m))
-			l.bytesOut.Add(uint64(m))
-			splicedBytes.Add(uint64(m))
+		w, err := pipeOut(rc, p, n)
+		inPipe = n - w
+		c.out.Add(uint64(w))
+		l.bytesOut.Add(uint64(w))
+		splicedBytes.Add(uint64(w))
+		if err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// pipeOut splices the n bytes in p out to rc's socket, waiting while the
+// socket is full, and returns how many went.
+func pipeOut(rc syscall.RawConn, p *pipe, n int) (int, error) {
+	done := 0
+	for done < n {
+		var m int
+		var serr error
+		if err := rc.Write(func(fd uintptr) bool {
+			m, serr = splice(p.r, int(fd), n-done)
+			return !errors.Is(serr, unix.EAGAIN) // full: wait until writable
+		}); err != nil {
+			return done, err
+		}
+		if serr == nil && m <= 0 {
+			serr = unix.EIO // the pipe had less than it said: never spin
+		}
+		if serr != nil {
+			return done, os.NewSyscallError("splice", serr)
+		}
+		done += m
+	}
+	return done, nil
 }
 
 func splice(in, out, max int) (int, error) {
@@ -149,6 +163,96 @@ func splice(in, out, max int) (int, error) {
 		n, err := unix.Splice(in, nil, out, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if err != unix.EINTR {
 			return int(n), err
+		}
+	}
+}
+
+// pipeCopy copies src to dst until src ends, as io.Copy does between two
+// *net.TCPConn on Linux (splice through a pipe), except that a pipe is held
+// only while bytes flow: src is waited on with nothing attached, a pipe is
+// taken from the pool when data is there and given back when src drains.
+// io.Copy holds its pipe (two descriptors) for the connection's life, so
+// an idle forwarded connection cost six descriptors; it now costs two.
+// Past maxPipes a burst goes through a pooled buffer instead.
+func pipeCopy(dst, src *net.TCPConn) (int64, error) {
+	srcRC, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	dstRC, err := dst.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		p      *pipe
+		buf    *[]byte
+		inPipe int // bytes in p not yet written
+		n      int
+		rerr   error
+	)
+	release := func() {
+		if p != nil {
+			putPipe(p, inPipe == 0)
+			p, inPipe = nil, 0
+		}
+		if buf != nil {
+			bufPool.Put(buf)
+			buf = nil
+		}
+	}
+	defer release()
+	read := func(fd uintptr) bool {
+		if p == nil && buf == nil {
+			if p, _ = getPipe(); p == nil {
+				buf = bufPool.Get().(*[]byte)
+			}
+		}
+		if p != nil {
+			n, rerr = splice(int(fd), p.w, p.size)
+		} else {
+			n, rerr = readRetry(int(fd), *buf)
+		}
+		if errors.Is(rerr, unix.EAGAIN) {
+			release() // drained: wait with nothing attached
+			return false
+		}
+		return true
+	}
+	var written int64
+	for {
+		if err := srcRC.Read(read); err != nil {
+			return written, err
+		}
+		switch {
+		case rerr != nil && p != nil:
+			return written, os.NewSyscallError("splice", rerr)
+		case rerr != nil:
+			return written, os.NewSyscallError("read", rerr)
+		case n == 0:
+			return written, nil // src ended
+		}
+		if p == nil {
+			w, err := dst.Write((*buf)[:n])
+			written += int64(w)
+			if err != nil {
+				return written, err
+			}
+			continue
+		}
+		w, err := pipeOut(dstRC, p, n)
+		inPipe = n - w
+		written += int64(w)
+		if err != nil {
+			return written, err
+		}
+	}
+}
+
+func readRetry(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, b)
+		if err != unix.EINTR {
+			return n, err
 		}
 	}
 }

@@ -1,6 +1,13 @@
 package listener
 
-import "testing"
+import (
+	"io"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
 
 // Pipes are capped, pooled or in use: past maxPipes none is made, and one
 // given back can be taken again.
@@ -31,5 +38,47 @@ func TestPipeCap(t *testing.T) {
 	held = append(held, p)
 	if p.size <= 0 {
 		t.Fatalf("pipe size %d", p.size)
+	}
+}
+
+// openPipes counts this process's pipe descriptors.
+func openPipes(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(target, "pipe:") {
+			n++
+		}
+	}
+	return n
+}
+
+// Idle forwarded connections hold no pipe: after data has gone both ways
+// on each, the pipes open are at most the pool's (io.Copy would hold two
+// per connection, four descriptors).
+func TestForwardIdleHoldsNoPipe(t *testing.T) {
+	m := newManager(t)
+	up := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: up.Info().Bound}})
+	w := newWatch(t, m, fw.ID())
+	before := openPipes(t)
+	const conns = 40
+	for range conns {
+		c := dial(t, fw.Info().Bound)
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != "ping" {
+			t.Fatalf("echo through the forwarder: %q, %v", got, err)
+		}
+	}
+	w.until(countAtLeast(events.KindConnectionOpened, conns))
+	if held := openPipes(t) - before; held > pipePoolMax {
+		t.Fatalf("%d pipes open with %d idle forwarded connections; at most the pool's %d wanted", held, conns, pipePoolMax)
 	}
 }

@@ -105,3 +105,18 @@ func TestEchoBulkWithDataWatcher(t *testing.T) {
 		t.Fatalf("data events carry %d in and %d out, want %d each", in, out, size)
 	}
 }
+
+// A bulk transfer through a forward listener comes back exact and is
+// counted both ways.
+func TestForwardBulk(t *testing.T) {
+	m := newManager(t)
+	up := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: up.Info().Bound}})
+	w := newWatch(t, m, fw.ID())
+	const size = 16 << 20
+	echoBulk(t, fw.Info().Bound, size)
+	evs := w.until(countAtLeast(events.KindConnectionClosed, 1))
+	if e := evs[len(evs)-1]; e.BytesIn != size || e.BytesOut != size || e.Close != events.ClosePeerClosed {
+		t.Fatalf("closed event %+v: want %d bytes each way, peer closed", e, size)
+	}
+}
