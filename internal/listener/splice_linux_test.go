@@ -82,3 +82,33 @@ func TestForwardIdleHoldsNoPipe(t *testing.T) {
 		t.Fatalf("%d pipes open with %d idle forwarded connections; at most the pool's %d wanted", held, conns, pipePoolMax)
 	}
 }
+
+// With every pipe taken, bulk echo and forwarding go through buffers, and
+// every byte still comes back in order.
+func TestBulkWithoutPipes(t *testing.T) {
+	var held []*pipe
+	defer func() {
+		for _, p := range held {
+			putPipe(p, false)
+		}
+	}()
+	for {
+		p, err := getPipe()
+		if err != nil {
+			break
+		}
+		held = append(held, p)
+	}
+	if len(held) != maxPipes {
+		t.Fatalf("took %d pipes, want all %d", len(held), maxPipes)
+	}
+	m := newManager(t)
+	echo := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: echo.Info().Bound}})
+	before := splicedBytes.Load()
+	echoBulk(t, echo.Info().Bound, 4<<20)
+	echoBulk(t, fw.Info().Bound, 4<<20)
+	if spliced := splicedBytes.Load() - before; spliced != 0 {
+		t.Fatalf("%d bytes spliced with no pipe free", spliced)
+	}
+}
