@@ -39,7 +39,8 @@ var (
 // errNoPipe: maxPipes are in use.
 var errNoPipe = errors.New("no pipe free")
 
-// splicedBytes counts the bytes echoed by splice, for tests.
+// splicedBytes counts the bytes written by splice, echoed or forwarded,
+// for tests.
 var splicedBytes atomic.Uint64
 
 type pipe struct{ r, w, size int }
@@ -87,9 +88,8 @@ func putPipe(p *pipe, empty bool) {
 
 // spliceEcho echoes a bulk burst in the kernel until the socket is
 // drained or the peer has ended its side (the next read sees the end
-// again). Without a pipe
-// (maxPipes in use, or descriptors short) it returns at once and the
-// buffer carries on.
+// again). Without a pipe (maxPipes in use, or descriptors short) it
+// returns at once and the buffer carries on.
 //
 //go:noinline
 func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
@@ -126,7 +126,6 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 		inPipe = n - w
 		c.out.Add(uint64(w))
 		l.bytesOut.Add(uint64(w))
-		splicedBytes.Add(uint64(w))
 		if err != nil {
 			return err
 		}
@@ -136,8 +135,8 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 
 // pipeOut splices the n bytes in p out to rc's socket, waiting while the
 // socket is full, and returns how many went.
-func pipeOut(rc syscall.RawConn, p *pipe, n int) (int, error) {
-	done := 0
+func pipeOut(rc syscall.RawConn, p *pipe, n int) (done int, err error) {
+	defer func() { splicedBytes.Add(uint64(done)) }()
 	for done < n {
 		var m int
 		var serr error

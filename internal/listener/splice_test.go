@@ -106,17 +106,22 @@ func TestEchoBulkWithDataWatcher(t *testing.T) {
 	}
 }
 
-// A bulk transfer through a forward listener comes back exact and is
-// counted both ways.
+// A bulk transfer through a forward listener comes back exact, is counted
+// both ways and, on Linux, is spliced.
 func TestForwardBulk(t *testing.T) {
 	m := newManager(t)
 	up := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
 	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: up.Info().Bound}})
 	w := newWatch(t, m, fw.ID())
 	const size = 16 << 20
+	before := splicedBytes.Load()
 	echoBulk(t, fw.Info().Bound, size)
 	evs := w.until(countAtLeast(events.KindConnectionClosed, 1))
 	if e := evs[len(evs)-1]; e.BytesIn != size || e.BytesOut != size || e.Close != events.ClosePeerClosed {
 		t.Fatalf("closed event %+v: want %d bytes each way, peer closed", e, size)
+	}
+	// Each byte crosses the forwarder twice, and the upstream echo once.
+	if spliced := splicedBytes.Load() - before; runtime.GOOS == "linux" && spliced < 2*size {
+		t.Fatalf("%d bytes spliced, want at least the %d forwarded", spliced, 2*size)
 	}
 }
