@@ -75,9 +75,13 @@ func (s *Service) appendEvent(dst []byte, e *events.Event, boot string, dataMax 
 		if p := slot.Load(); p != nil && p.seq == e.Seq {
 			b = p.b
 		} else {
-			var err error
-			if b, err = proto.Marshal(eventToProto(e, boot, dataMax)); err != nil {
-				return dst, err
+			if isConnEvent(e) {
+				b = encodeConnEvent(make([]byte, 0, rawEventSize), e, boot)
+			} else {
+				var err error
+				if b, err = proto.Marshal(eventToProto(e, boot, dataMax)); err != nil {
+					return dst, err
+				}
 			}
 			slot.Store(&encoded{seq: e.Seq, b: b})
 		}
