@@ -300,6 +300,9 @@ func eventToProto(e *events.Event, boot string, dataMax int) *listenerdv1.Event 
 	switch e.Kind {
 	case events.KindListenerStarted:
 		p.Kind = &listenerdv1.Event_ListenerStarted{ListenerStarted: &listenerdv1.ListenerStarted{BoundAddress: d.Address, Name: d.Name}}
+	// Watch streams write these two kinds with encodeConnEvent
+	// (encode_conn.go): a change here goes there too, and to the random
+	// events of TestEncodeConnEvent.
 	case events.KindConnectionOpened:
 		p.Kind = &listenerdv1.Event_ConnectionOpened{ConnectionOpened: &listenerdv1.ConnectionOpened{
 			ConnectionId: e.ConnID(), Tuple: tupleToProto(e.Tuple)}}
