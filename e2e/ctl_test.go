@@ -1,13 +1,9 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -25,23 +21,7 @@ import (
 // (connect) or a socket with no daemon.
 func ctlIn(t *testing.T, socket, stdin string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), guard)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, ctlBin, args...)
-	cmd.Env = append(os.Environ(), "LISTENERD_SOCKET="+socket)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("ctl %v: %v", args, err)
-	}
-	return r
+	return runBin(t, ctlBin, []string{"LISTENERD_SOCKET=" + socket}, stdin, args...)
 }
 
 // rest reads a stream's remaining lines until ctl exits by itself, and

@@ -212,10 +212,20 @@ func (d *daemon) ctl(args ...string) result {
 // ctlEnv runs ctl with extra environment variables and waits for it.
 func (d *daemon) ctlEnv(env []string, args ...string) result {
 	d.t.Helper()
+	return runBin(d.t, ctlBin, append([]string{"LISTENERD_SOCKET=" + d.socket}, env...), "", args...)
+}
+
+// runBin runs bin with args, extra environment env and stdin (none when
+// empty), bounded by guard, and returns what it printed and its exit code.
+func runBin(t *testing.T, bin string, env []string, stdin string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), guard)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, ctlBin, args...)
-	cmd.Env = append(append(os.Environ(), "LISTENERD_SOCKET="+d.socket), env...)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -225,7 +235,7 @@ func (d *daemon) ctlEnv(env []string, args ...string) result {
 	case errors.As(err, &ee):
 		r.code = ee.ExitCode()
 	case err != nil:
-		d.t.Fatalf("ctl %v: %v", args, err)
+		t.Fatalf("%s %v: %v", filepath.Base(bin), args, err)
 	}
 	return r
 }

@@ -2,14 +2,11 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -265,19 +262,5 @@ func TestMetricsRefusesRemoteAddress(t *testing.T) {
 func runDaemonOnce(t *testing.T, args ...string) result {
 	t.Helper()
 	dir := tempDir(t)
-	ctx, cancel := context.WithTimeout(context.Background(), guard)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, daemonBin, append([]string{"--socket", filepath.Join(dir, "s.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		t.Fatal(err)
-	}
-	return r
+	return runBin(t, daemonBin, nil, "", append([]string{"--socket", filepath.Join(dir, "s.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)...)
 }
