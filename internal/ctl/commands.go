@@ -26,11 +26,10 @@ in and out and the creation time; -o json prints one Listener object a line.`,
   ctl ls -o json | jq -r .id`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			client, err := a.dial()
+			client, ctx, cancel, err := a.call(cmd.Context())
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.unary(cmd.Context())
 			defer cancel()
 			resp, err := client.ListListeners(ctx, &listenerdv1.ListListenersRequest{})
 			if err != nil {
@@ -50,11 +49,10 @@ func (a *app) getCmd() *cobra.Command {
   ctl get web -o json`,
 		Args: exactArgs(1, "a listener id or name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, err := a.dial()
+			client, ctx, cancel, err := a.call(cmd.Context())
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.unary(cmd.Context())
 			defer cancel()
 			resp, err := client.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: args[0]})
 			if err != nil {
@@ -168,11 +166,10 @@ Prints the limits now in force.`,
 			if err != nil {
 				return err
 			}
-			client, err := a.dial()
+			client, ctx, cancel, err := a.call(cmd.Context())
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.unary(cmd.Context())
 			defer cancel()
 			resp, err := client.UpdateListener(ctx, req)
 			if err != nil {
@@ -288,11 +285,10 @@ connection id with ctl kick. -o wide adds the family and the opening time;
   ctl conns ln-1a2b3c4d -o json`,
 		Args: exactArgs(1, "a listener id or name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, err := a.dial()
+			client, ctx, cancel, err := a.call(cmd.Context())
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.unary(cmd.Context())
 			defer cancel()
 			resp, err := client.ListConnections(ctx, &listenerdv1.ListConnectionsRequest{ListenerId: args[0]})
 			if err != nil {
@@ -315,11 +311,10 @@ reason "kicked". -o json prints the request that was carried out.`,
   ctl kick ln-1a2b3c4d.3 --reset`,
 		Args: exactArgs(1, "a connection id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, err := a.dial()
+			client, ctx, cancel, err := a.call(cmd.Context())
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.unary(cmd.Context())
 			defer cancel()
 			req := &listenerdv1.CloseConnectionRequest{Id: args[0], Reset_: reset}
 			if _, err := client.CloseConnection(ctx, req); err != nil {

@@ -240,6 +240,17 @@ func (a *app) unary(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, a.timeout)
 }
 
+// call dials the daemon and returns its client with a context for one
+// unary call (--timeout): the start of every one-call command.
+func (a *app) call(ctx context.Context) (listenerdv1.ListenerServiceClient, context.Context, context.CancelFunc, error) {
+	client, err := a.dial()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := a.unary(ctx)
+	return client, ctx, cancel, nil
+}
+
 // note prints one line on stderr.
 func (a *app) note(format string, args ...any) {
 	fmt.Fprintf(a.stderr, "ctl: "+format+"\n", args...)

@@ -23,11 +23,10 @@ ctl ls shows FAILED listeners, and ctl get their last error.`,
   ctl rebind ln-1a2b3c4d -o json`,
 		Args: exactArgs(1, "a listener id or name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, err := a.dial()
+			client, ctx, cancel, err := a.call(cmd.Context())
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.unary(cmd.Context())
 			defer cancel()
 			resp, err := client.RebindListener(ctx, &listenerdv1.RebindListenerRequest{Id: args[0]})
 			if err != nil {
