@@ -269,6 +269,12 @@ type server struct {
 // forward) in its own process.
 func startGoServer(ctx context.Context, self string, env []string, stderr io.Writer, mode string, extra ...string) (*server, error) {
 	p, err := startProc("go "+mode, env, stderr, self, append([]string{"serve", "--mode", mode}, extra...)...)
+	return serving(ctx, p, err)
+}
+
+// serving returns the server p started (err: the start's error), once it
+// has printed its address as its first line.
+func serving(ctx context.Context, p *proc, err error) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -293,15 +299,7 @@ func startNode(ctx context.Context, node, dir string, stderr io.Writer, args ...
 	}
 	p, err := startProc("node", nil, stderr, "/bin/sh", append([]string{"-c",
 		`ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, node, path}, args...)...)
-	if err != nil {
-		return nil, err
-	}
-	addr, err := p.line(ctx, 30*time.Second)
-	if err != nil {
-		p.stop(time.Second)
-		return nil, err
-	}
-	return &server{proc: p, addr: addr}, nil
+	return serving(ctx, p, err)
 }
 
 // rssKiB reads VmRSS of pid from /proc.
