@@ -453,7 +453,15 @@ func (w *Watcher) Close() {
 
 // ConnID formats the daemon-wide id of connection n of a listener.
 func ConnID(listener string, n uint64) string {
-	return listener + "." + strconv.FormatUint(n, 10)
+	var b [64]byte
+	return string(AppendConnID(b[:0], listener, n))
+}
+
+// AppendConnID appends ConnID(listener, n) to dst.
+func AppendConnID(dst []byte, listener string, n uint64) []byte {
+	dst = append(dst, listener...)
+	dst = append(dst, '.')
+	return strconv.AppendUint(dst, n, 10)
 }
 
 // ParseConnID splits a connection id into its listener id and number.

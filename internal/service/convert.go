@@ -260,17 +260,21 @@ func listenerToProto(in listener.Info) *listenerdv1.Listener {
 }
 
 func tupleToProto(t events.Tuple) *listenerdv1.FiveTuple {
-	fam := listenerdv1.Family_FAMILY_IPV6
-	if t.Remote.Addr().Is4() {
-		fam = listenerdv1.Family_FAMILY_IPV4
-	}
 	return &listenerdv1.FiveTuple{
 		RemoteAddress: t.Remote.Addr().String(),
 		RemotePort:    uint32(t.Remote.Port()),
-		Family:        fam,
+		Family:        familyOf(t.Remote.Addr()),
 		LocalAddress:  t.Local.Addr().String(),
 		LocalPort:     uint32(t.Local.Port()),
 	}
+}
+
+// familyOf is a five-tuple's family, by its remote address.
+func familyOf(a netip.Addr) listenerdv1.Family {
+	if a.Is4() {
+		return listenerdv1.Family_FAMILY_IPV4
+	}
+	return listenerdv1.Family_FAMILY_IPV6
 }
 
 func connToProto(c listener.ConnInfo) *listenerdv1.Connection {

@@ -2,12 +2,10 @@ package service
 
 import (
 	"net/netip"
-	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
-	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/events"
 )
 
@@ -43,12 +41,9 @@ func encodeConnEvent(dst []byte, e *events.Event, boot string) []byte {
 	tuple := appendTuple(tupleBuf[:0], e.Tuple)
 
 	kind := kindBuf[:0]
-	if e.Conn != 0 { // events.ConnID: "<listener>.<n>", none for 0
-		kind = protowire.AppendTag(kind, connIDField, protowire.BytesType)
-		kind = protowire.AppendVarint(kind, uint64(len(e.Listener)+1+decimalLen(e.Conn)))
-		kind = append(kind, e.Listener...)
-		kind = append(kind, '.')
-		kind = strconv.AppendUint(kind, e.Conn, 10)
+	if e.Conn != 0 { // e.ConnID(): none for 0
+		var id [96]byte
+		kind = appendMessage(kind, connIDField, events.AppendConnID(id[:0], e.Listener, e.Conn))
 	}
 	kind = appendMessage(kind, connTupleField, tuple)
 	field := protowire.Number(evConnOpened)
@@ -78,11 +73,7 @@ func encodeConnEvent(dst []byte, e *events.Event, boot string) []byte {
 func appendTuple(b []byte, t events.Tuple) []byte {
 	b = appendAddr(b, tupleRemoteAddr, t.Remote.Addr())
 	b = appendUint(b, tupleRemotePort, uint64(t.Remote.Port()))
-	fam := listenerdv1.Family_FAMILY_IPV6
-	if t.Remote.Addr().Is4() {
-		fam = listenerdv1.Family_FAMILY_IPV4
-	}
-	b = appendUint(b, tupleFamily, uint64(fam))
+	b = appendUint(b, tupleFamily, uint64(familyOf(t.Remote.Addr())))
 	b = appendAddr(b, tupleLocalAddr, t.Local.Addr())
 	return appendUint(b, tupleLocalPort, uint64(t.Local.Port()))
 }
@@ -125,13 +116,4 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 func appendMessage(b []byte, num protowire.Number, body []byte) []byte {
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendBytes(b, body)
-}
-
-func decimalLen(n uint64) int {
-	l := 1
-	for n >= 10 {
-		n /= 10
-		l++
-	}
-	return l
 }
