@@ -2,6 +2,7 @@ package listener
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync/atomic"
@@ -184,34 +185,29 @@ func pipeCopy(dst, src *net.TCPConn) (int64, error) {
 	}
 	var (
 		p      *pipe
-		buf    *[]byte
 		inPipe int // bytes in p not yet written
 		n      int
-		rerr   error
+		serr   error
+		r      rawReader // past the pipe cap: a buffer while bytes flow
 	)
+	bufRead := r.callback()
 	release := func() {
 		if p != nil {
 			putPipe(p, inPipe == 0)
 			p, inPipe = nil, 0
 		}
-		if buf != nil {
-			bufPool.Put(buf)
-			buf = nil
-		}
+		r.release()
 	}
 	defer release()
 	read := func(fd uintptr) bool {
-		if p == nil && buf == nil {
-			if p, _ = getPipe(); p == nil {
-				buf = bufPool.Get().(*[]byte)
-			}
+		if p == nil && r.buf == nil {
+			p, _ = getPipe()
 		}
-		if p != nil {
-			n, rerr = splice(int(fd), p.w, p.size)
-		} else {
-			n, rerr = readRetry(int(fd), *buf)
+		if p == nil {
+			return bufRead(fd)
 		}
-		if errors.Is(rerr, unix.EAGAIN) {
+		n, serr = splice(int(fd), p.w, p.size)
+		if errors.Is(serr, unix.EAGAIN) {
 			release() // drained: wait with nothing attached
 			return false
 		}
@@ -222,36 +218,32 @@ func pipeCopy(dst, src *net.TCPConn) (int64, error) {
 		if err := srcRC.Read(read); err != nil {
 			return written, err
 		}
-		switch {
-		case rerr != nil && p != nil:
-			return written, os.NewSyscallError("splice", rerr)
-		case rerr != nil:
-			return written, os.NewSyscallError("read", rerr)
-		case n == 0:
-			return written, nil // src ended
-		}
 		if p == nil {
-			w, err := dst.Write((*buf)[:n])
+			n, err := r.result()
+			if errors.Is(err, io.EOF) {
+				return written, nil // src ended
+			}
+			if err != nil {
+				return written, err
+			}
+			w, err := dst.Write((*r.buf)[:n])
 			written += int64(w)
 			if err != nil {
 				return written, err
 			}
 			continue
 		}
+		switch {
+		case serr != nil:
+			return written, os.NewSyscallError("splice", serr)
+		case n == 0:
+			return written, nil // src ended
+		}
 		w, err := pipeOut(dstRC, p, n)
 		inPipe = n - w
 		written += int64(w)
 		if err != nil {
 			return written, err
-		}
-	}
-}
-
-func readRetry(fd int, b []byte) (int, error) {
-	for {
-		n, err := unix.Read(fd, b)
-		if err != unix.EINTR {
-			return n, err
 		}
 	}
 }
