@@ -36,7 +36,6 @@ type Listener struct {
 	state   atomic.Int32
 
 	active   atomic.Int64
-	accepted atomic.Uint64
 	rejected [events.NumRejectReasons]atomic.Uint64 // by reason
 	bytesIn  atomic.Uint64
 	bytesOut atomic.Uint64
@@ -44,7 +43,7 @@ type Listener struct {
 	mu        sync.Mutex
 	conns     map[uint64]*conn
 	perSource map[netip.Addr]int64 // open connections by source, when limited
-	nextConn  uint64
+	nextConn  uint64               // the last connection's number: also how many were accepted
 	lastErr   string
 	closeTime time.Time
 	draining  bool          // Close has begun
@@ -91,7 +90,7 @@ func (l *Listener) Info() Info {
 	spec := l.spec
 	spec.Limits = *l.limits.Load()
 	l.mu.Lock()
-	lastErr, closed := l.lastErr, l.closeTime
+	lastErr, closed, accepted := l.lastErr, l.closeTime, l.nextConn
 	l.mu.Unlock()
 	var rejected uint64
 	var by [events.NumRejectReasons]uint64
@@ -104,7 +103,7 @@ func (l *Listener) Info() Info {
 		State:     State(l.state.Load()),
 		Bound:     l.bound,
 		Active:    uint64(max(l.active.Load(), 0)),
-		Accepted:  l.accepted.Load(),
+		Accepted:  accepted,
 		Rejected:  rejected,
 		BytesIn:   l.bytesIn.Load(),
 		BytesOut:  l.bytesOut.Load(),
@@ -251,9 +250,8 @@ func (l *Listener) admit(c *net.TCPConn) {
 	lim := l.limits.Load()
 	src := tuple.Remote.Addr()
 	reason := l.refuse(lim, src)
-	var counted bool
 	if reason == events.RejectUnspecified {
-		reason, counted = l.manager.reserve()
+		reason = l.manager.reserve()
 	}
 	if reason == events.RejectUnspecified {
 		l.active.Add(1)
@@ -261,10 +259,8 @@ func (l *Listener) admit(c *net.TCPConn) {
 			return
 		}
 		l.active.Add(-1)
-		reason = events.RejectPerSourceLimit
-	}
-	if counted {
 		l.manager.release()
+		reason = events.RejectPerSourceLimit
 	}
 	_ = c.Close()
 	l.rejected[reason].Add(1)
@@ -286,7 +282,6 @@ func (l *Listener) register(c *net.TCPConn, tuple events.Tuple, perSource int64)
 		}
 		l.perSource[src]++
 	}
-	l.accepted.Add(1)
 	l.nextConn++
 	cn.n = l.nextConn
 	l.conns[cn.n] = cn

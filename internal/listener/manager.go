@@ -116,13 +116,13 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 }
 
 // reserve counts a connection against the daemon-wide cap. It returns
-// RejectDaemonLimit, or RejectUnspecified and true when counted.
-func (m *Manager) reserve() (events.RejectReason, bool) {
+// RejectDaemonLimit, or RejectUnspecified when counted.
+func (m *Manager) reserve() events.RejectReason {
 	if n := m.totalConns.Add(1); m.maxConns > 0 && n > m.maxConns {
 		m.totalConns.Add(-1)
-		return events.RejectDaemonLimit, false
+		return events.RejectDaemonLimit
 	}
-	return events.RejectUnspecified, true
+	return events.RejectUnspecified
 }
 
 // release uncounts a connection reserved with reserve.
