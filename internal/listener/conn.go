@@ -208,12 +208,12 @@ func (c *conn) got(p []byte, echo bool) error {
 	n := len(p)
 	c.in.Add(uint64(n))
 	l.bytesIn.Add(uint64(n))
-	c.publishData(p, false)
+	data := c.publishData(nil, p, false)
 	if echo {
 		w, werr := c.c.Write(p)
 		c.out.Add(uint64(w))
 		l.bytesOut.Add(uint64(w))
-		c.publishData(p[:w], true)
+		c.publishData(data, p[:w], true)
 		if werr != nil {
 			return werr
 		}
@@ -269,15 +269,24 @@ func (r *rawReader) release() {
 }
 
 // publishData records bytes moved as a data event, only while a watcher
-// asks for data.
-func (c *conn) publishData(p []byte, out bool) {
+// asks for data, and returns the bytes it kept (cut to the largest cap a
+// watcher asked for). kept, when not nil, is a copy of bytes that p begins
+// with (an echo writes back what it read): it is shared, not copied again.
+func (c *conn) publishData(kept, p []byte, out bool) []byte {
 	capb := c.l.bus.DataCap()
 	if capb == 0 || len(p) == 0 {
-		return
+		return nil
 	}
-	data := append([]byte(nil), p[:min(len(p), capb)]...)
+	want := min(len(p), capb)
+	data := kept
+	if len(kept) >= want {
+		data = kept[:want]
+	} else {
+		data = append([]byte(nil), p[:want]...)
+	}
 	c.l.bus.Publish(events.Event{Listener: c.l.id, Kind: events.KindConnectionData, Conn: c.n,
 		BytesIn: uint64(len(p)), Detail: &events.Detail{Data: data, Outbound: out}})
+	return data
 }
 
 // errUpstream marks a failure of the forward handler's upstream side.
