@@ -471,9 +471,7 @@ func (b *bench) runForward(ctx context.Context, rep int) error {
 			addr, pid = b.forwarders[col].addr, b.forwarders[col].pid()
 		}
 		var extra []string
-		if col == "toxiproxy" {
-			// toxiproxy ends both directions when the client half-closes,
-			// losing what is still in flight; its load does not half-close.
+		if peer := forwardPeerOf(col); peer != nil && peer.noHalfClose {
 			extra = []string{"--half-close=false"}
 		}
 		if err := b.bulkOnce(ctx, "c", col, rep, addr, pid, extra...); err != nil {

@@ -27,12 +27,25 @@ type forwardPeer struct {
 	col, bin    string   // column and flag, binary looked up on PATH
 	versionArgs []string // what makes bin print its version
 	start       func(ctx context.Context, b *bench, bin, upstream string) (*server, error)
+	// noHalfClose: the peer ends both directions when its client
+	// half-closes, losing what is in flight, so its load does not.
+	noHalfClose bool
 }
 
 var forwardPeers = []forwardPeer{
 	{col: "socat", bin: "socat", versionArgs: []string{"-V"}, start: startSocat},
 	{col: "haproxy", bin: "haproxy", versionArgs: []string{"-v"}, start: startHAProxy},
-	{col: "toxiproxy", bin: "toxiproxy-server", versionArgs: []string{"-version"}, start: startToxiproxy},
+	{col: "toxiproxy", bin: "toxiproxy-server", versionArgs: []string{"-version"}, start: startToxiproxy, noHalfClose: true},
+}
+
+// forwardPeerOf returns the forwardPeer of a column, nil for the others.
+func forwardPeerOf(col string) *forwardPeer {
+	for i := range forwardPeers {
+		if forwardPeers[i].col == col {
+			return &forwardPeers[i]
+		}
+	}
+	return nil
 }
 
 // lookPeer resolves a peer's flag: "off" is none, "" looks bin up on PATH,
