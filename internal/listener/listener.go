@@ -255,7 +255,7 @@ func (l *Listener) admit(c *net.TCPConn) {
 	}
 	if reason == events.RejectUnspecified {
 		l.active.Add(1)
-		if l.register(c, tuple, lim.PerSource) {
+		if l.register(c, tuple, src, lim.PerSource) {
 			return
 		}
 		l.active.Add(-1)
@@ -271,8 +271,7 @@ func (l *Listener) admit(c *net.TCPConn) {
 // listener's lock, records the connection and its opened event, then starts
 // serving it. It reports false, having done nothing, when the source is at
 // its limit.
-func (l *Listener) register(c *net.TCPConn, tuple events.Tuple, perSource int64) bool {
-	src := tuple.Remote.Addr()
+func (l *Listener) register(c *net.TCPConn, tuple events.Tuple, src netip.Addr, perSource int64) bool {
 	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), perSource: perSource > 0}
 	l.mu.Lock()
 	if perSource > 0 {
