@@ -236,15 +236,14 @@ func (b *Bus) Watch(f Filter, after *uint64) (*Watcher, uint64, error) {
 	if closed {
 		return nil, 0, ErrClosed
 	}
-	w.next = head + 1
+	w.cursor.Store(head)
 	if after != nil {
 		if *after > head || *after+1 < oldest {
 			return nil, 0, &RangeError{Asked: *after, Oldest: oldest, Newest: head}
 		}
-		w.next = *after + 1
+		w.cursor.Store(*after)
 	}
 	w.start = head
-	w.cursor.Store(w.next - 1)
 	next := make([]*Watcher, len(list), len(list)+1)
 	copy(next, list)
 	next = append(next, w)
@@ -288,8 +287,7 @@ type Watcher struct {
 	start     uint64 // head at registration: replay does not count as lag
 	dataMax   int    // > 0: wants connection data events
 
-	next   uint64        // next sequence to scan; owned by the reader
-	cursor atomic.Uint64 // last sequence scanned
+	cursor atomic.Uint64 // last sequence scanned; written by the reader only
 
 	wake  chan struct{}
 	done  chan struct{}
@@ -377,7 +375,7 @@ func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Durati
 		}
 		var more bool
 		dst, more = w.scan(dst)
-		through := w.next - 1
+		through := w.cursor.Load()
 		if more && len(dst) < cap(dst) {
 			continue // scanned maxScan events; more to scan
 		}
@@ -424,14 +422,14 @@ func (w *Watcher) lingerTimer(d time.Duration) *time.Timer {
 // remain.
 func (w *Watcher) scan(dst []Event) ([]Event, bool) {
 	b := w.bus
+	seq := w.cursor.Load() + 1
 	b.mu.Lock()
-	if w.next < b.oldest() {
-		behind := b.head + 1 - w.next
+	if seq < b.oldest() {
+		behind := b.head + 1 - seq
 		b.mu.Unlock()
 		w.cutSlow(behind)
 		return dst, false
 	}
-	seq := w.next
 	for scanned := 0; seq <= b.head && len(dst) < cap(dst) && scanned < maxScan; seq++ {
 		scanned++
 		if e := b.slot(seq); w.match(e) {
@@ -440,7 +438,6 @@ func (w *Watcher) scan(dst []Event) ([]Event, bool) {
 	}
 	more := seq <= b.head
 	b.mu.Unlock()
-	w.next = seq
 	w.cursor.Store(seq - 1)
 	return dst, more
 }
