@@ -3,11 +3,13 @@ package listener
 import (
 	"context"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/state"
 )
 
 // BenchmarkAccept measures the accept path: connect and close, counted
@@ -118,6 +120,11 @@ func BenchmarkCreateClose(b *testing.B) {
 			}
 		}
 	})
+	// With the state saved to disk (the daemon's default): each change
+	// waits for its save. "saved-8" makes the changes from 8 goroutines at
+	// once, which share saves.
+	b.Run("saved", func(b *testing.B) { benchSaved(b, 1) })
+	b.Run("saved-8", func(b *testing.B) { benchSaved(b, 8) })
 	b.Run("raw", func(b *testing.B) {
 		for b.Loop() {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -126,6 +133,41 @@ func BenchmarkCreateClose(b *testing.B) {
 			}
 			if err := ln.Close(); err != nil {
 				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func benchSaved(b *testing.B, clients int) {
+	st, err := state.Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	m := NewManager(events.NewBus(events.Options{}), nil, Options{Persister: st})
+	defer m.Shutdown(0)
+	spec := Spec{Host: "127.0.0.1", Limits: Limits{MaxConnections: -1}}
+	life := func() error {
+		l, err := m.Create(context.Background(), "", spec)
+		if err == nil {
+			_, err = m.Close(l.ID(), 0, true)
+		}
+		return err
+	}
+	if clients == 1 {
+		for b.Loop() {
+			if err := life(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return
+	}
+	b.SetParallelism(max(1, clients/runtime.GOMAXPROCS(0)))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := life(); err != nil {
+				b.Error(err)
+				return
 			}
 		}
 	})

@@ -29,7 +29,7 @@ const DefaultDrainTimeout = 30 * time.Second
 type Manager struct {
 	bus          *events.Bus
 	log          *slog.Logger
-	persist      Persister
+	saver        *saver // nil without a persister
 	maxListeners int
 	maxConns     int64        // daemon-wide open connections; 0: unlimited
 	policy       Policy       // what listeners may bind; checked before every bind
@@ -60,8 +60,12 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{bus: bus, log: log, persist: opts.Persister, maxListeners: opts.MaxListeners,
+	m := &Manager{bus: bus, log: log, maxListeners: opts.MaxListeners,
 		maxConns: opts.MaxConnections, policy: opts.Policy, connClosed: opts.ConnClosed, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
+	if opts.Persister != nil {
+		m.saver = newSaver(opts.Persister)
+	}
+	return m
 }
 
 // Bus returns the manager's event bus.
@@ -75,7 +79,8 @@ func newID() string {
 
 // Create binds a new listener and starts accepting. When it returns
 // without error the port is open and, with a persister, the listener is
-// saved; nothing is left behind when it fails.
+// saved; nothing is left behind when it fails. The listener is listed
+// (and accepts) from the moment it is bound, while its save is in flight.
 func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
@@ -83,36 +88,71 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 	if err := validateSpec(&spec); err != nil {
 		return nil, err
 	}
+	ip, err := resolveHost(ctx, spec.Host) // a slow resolver must not hold m.mu
+	if err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	l, v, err := m.createLocked(ctx, name, spec, ip)
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.commit(v); err != nil {
+		m.unwind(l)
+		return nil, err
+	}
+	return l, nil
+}
+
+func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, ip netip.Addr) (*Listener, uint64, error) {
 	if name != "" && m.byName[name] != nil {
-		return nil, fmt.Errorf("listener name %q: %w", name, ErrAlreadyExists)
+		return nil, 0, fmt.Errorf("listener name %q: %w", name, ErrAlreadyExists)
 	}
 	if m.maxListeners > 0 && m.countLocked() >= m.maxListeners {
-		return nil, fmt.Errorf("%w: at most %d listeners", ErrLimit, m.maxListeners)
+		return nil, 0, fmt.Errorf("%w: at most %d listeners", ErrLimit, m.maxListeners)
 	}
 	id := newID()
 	for m.byID[id] != nil {
 		id = newID()
 	}
-	l, err := m.bindLocked(ctx, id, name, spec, 0, time.Now())
+	l, err := m.bindLocked(ctx, id, name, spec, ip, 0, time.Now())
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if err := m.persistLocked(); err != nil {
-		delete(m.byID, id)
-		if name != "" {
-			delete(m.byName, name)
-		}
-		l.beginClose()
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			l.drain(0, events.CloseListenerClosed, 0)
-		}()
-		return nil, err
+	v, err := m.stageLocked()
+	if err != nil {
+		m.dropLocked(l)
+		return nil, 0, err
 	}
-	return l, nil
+	return l, v, nil
+}
+
+// unwind takes back a listener whose save failed: it is closed at once
+// and a snapshot without it is saved, best effort, so that a later save
+// cannot bring it back from the failed one's snapshot.
+func (m *Manager) unwind(l *Listener) {
+	m.mu.Lock()
+	m.dropLocked(l)
+	m.mu.Unlock()
+	_ = m.save()
+}
+
+// dropLocked removes a listener that was never handed to a caller and
+// closes it; m.mu must be held.
+func (m *Manager) dropLocked(l *Listener) {
+	if m.byID[l.id] == l {
+		delete(m.byID, l.id)
+	}
+	if l.name != "" && m.byName[l.name] == l {
+		delete(m.byName, l.name)
+	}
+	l.beginClose()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		l.drain(0, events.CloseListenerClosed, 0)
+	}()
 }
 
 // reserve counts a connection against the daemon-wide cap. It returns
@@ -184,10 +224,13 @@ func validateSpec(s *Spec) error {
 	return nil
 }
 
-// resolve turns a host into the address to bind, like Node's
-// listen(port, host): an IP literal as is, a name through the resolver,
-// first address wins.
-func resolve(ctx context.Context, host string) (netip.Addr, error) {
+// resolveHost turns a spec's host (DefaultHost when empty) into the
+// address to bind, like Node's listen(port, host): an IP literal as is, a
+// name through the resolver, first address wins.
+func resolveHost(ctx context.Context, host string) (netip.Addr, error) {
+	if host == "" {
+		host = DefaultHost
+	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if ip.Zone() != "" {
 			return netip.Addr{}, Invalid("spec.host", "%q: zoned addresses are not supported", host)
@@ -318,11 +361,16 @@ func (m *Manager) SetLimits(ref string, fn func(Limits) (Limits, error)) (Info, 
 		return Info{}, fmt.Errorf("listener %s is %s: %w", l.id, State(l.state.Load()), ErrNotListening)
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if _, err := l.setLimits(fn); err != nil {
-		return Info{}, err
+	_, err = l.setLimits(fn)
+	var v uint64
+	if err == nil {
+		v, err = m.stageLocked()
 	}
-	if err := m.persistLocked(); err != nil {
+	m.mu.Unlock()
+	if err == nil {
+		err = m.commit(v)
+	}
+	if err != nil {
 		return Info{}, err
 	}
 	return l.Info(), nil
@@ -338,10 +386,7 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 		return Info{}, err
 	}
 	m.closeListener(l, drain, force, events.CloseListenerClosed)
-	m.mu.Lock()
-	err = m.persistLocked()
-	m.mu.Unlock()
-	return l.Info(), err
+	return l.Info(), m.save()
 }
 
 func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) {

@@ -122,11 +122,12 @@ func ValidateRecords(raws []json.RawMessage) error {
 	return nil
 }
 
-// persistLocked saves every listener that is not closing; m.mu must be
-// held. Without a persister it does nothing.
-func (m *Manager) persistLocked() error {
-	if m.persist == nil {
-		return nil
+// stageLocked snapshots every listener that is not closing for the next
+// save and returns its version; m.mu must be held. Without a persister it
+// returns 0, which commit does not wait for.
+func (m *Manager) stageLocked() (uint64, error) {
+	if m.saver == nil {
+		return 0, nil
 	}
 	ls := m.sortedLocked()
 	recs := make([]json.RawMessage, 0, len(ls))
@@ -136,14 +137,31 @@ func (m *Manager) persistLocked() error {
 		}
 		b, err := json.Marshal(toRecord(l))
 		if err != nil {
-			return err
+			return 0, fmt.Errorf("%w: %v", ErrPersist, err)
 		}
 		recs = append(recs, b)
 	}
-	if err := m.persist.Save(recs); err != nil {
-		return fmt.Errorf("%w: %v", ErrPersist, err)
+	return m.saver.stage(recs), nil
+}
+
+// commit waits, without m.mu, until the snapshot of version v is saved.
+func (m *Manager) commit(v uint64) error {
+	if v == 0 {
+		return nil
 	}
-	return nil
+	return m.saver.wait(v)
+}
+
+// save snapshots the state and waits until it is saved; m.mu must not be
+// held.
+func (m *Manager) save() error {
+	m.mu.Lock()
+	v, err := m.stageLocked()
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return m.commit(v)
 }
 
 // Restore brings back saved listeners with their ids, names and ports. One
@@ -154,10 +172,13 @@ func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listenin
 		return 0, 0, err
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	for _, raw := range raws {
 		r, spec, _ := fromRecord(raw)
-		l, err := m.bindLocked(ctx, r.ID, r.Name, spec, r.BoundPort, r.Created)
+		ip, err := resolveHost(ctx, spec.Host)
+		var l *Listener
+		if err == nil {
+			l, err = m.bindLocked(ctx, r.ID, r.Name, spec, ip, r.BoundPort, r.Created)
+		}
 		if err != nil {
 			l = m.newListener(r.ID, r.Name, spec, nil, r.Created)
 			l.boundPort = r.BoundPort
@@ -171,13 +192,30 @@ func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listenin
 		}
 		listening++
 	}
-	return listening, failed, m.persistLocked()
+	m.mu.Unlock()
+	return listening, failed, m.save()
 }
 
 // Rebind binds a FAILED listener again with its id and spec.
 func (m *Manager) Rebind(ctx context.Context, ref string) (*Listener, error) {
+	old, err := m.Get(ref)
+	if err != nil {
+		return nil, err
+	}
+	ip, err := resolveHost(ctx, old.spec.Host) // a FAILED listener's spec never changes
+	if err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	l, err := m.rebindLocked(ctx, ref, ip)
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return l, m.save()
+}
+
+func (m *Manager) rebindLocked(ctx context.Context, ref string, ip netip.Addr) (*Listener, error) {
 	old, err := m.getLocked(ref)
 	if err != nil {
 		return nil, err
@@ -185,32 +223,26 @@ func (m *Manager) Rebind(ctx context.Context, ref string) (*Listener, error) {
 	if State(old.state.Load()) != StateFailed {
 		return nil, fmt.Errorf("listener %s is %s; only a failed listener can be rebound: %w", old.id, State(old.state.Load()), ErrNotFailed)
 	}
-	l, err := m.bindLocked(ctx, old.id, old.name, old.spec, old.boundPort, old.created)
+	l, err := m.bindLocked(ctx, old.id, old.name, old.spec, ip, old.boundPort, old.created)
 	if err != nil {
 		old.mu.Lock()
 		old.lastErr = err.Error()
 		old.mu.Unlock()
 		return nil, err
 	}
-	return l, m.persistLocked()
+	return l, nil
 }
 
-// bindLocked resolves and binds a listener, inserts it (replacing a FAILED
-// one of the same id) and starts its accept loop; m.mu must be held. For a
-// spec with port 0, the previously bound port is tried first.
-func (m *Manager) bindLocked(ctx context.Context, id, name string, spec Spec, lastPort uint16, created time.Time) (*Listener, error) {
-	host := spec.Host
-	if host == "" {
-		host = DefaultHost
-	}
-	ip, err := resolve(ctx, host)
-	if err != nil {
-		return nil, err
-	}
+// bindLocked binds a listener on ip (its spec's host, resolved without
+// m.mu), inserts it (replacing a FAILED one of the same id) and starts its
+// accept loop; m.mu must be held. For a spec with port 0, the previously
+// bound port is tried first.
+func (m *Manager) bindLocked(ctx context.Context, id, name string, spec Spec, ip netip.Addr, lastPort uint16, created time.Time) (*Listener, error) {
 	if err := m.policy.Check(ip, spec.Port); err != nil {
 		return nil, err
 	}
 	var ln *net.TCPListener
+	var err error
 	if spec.Port == 0 && lastPort != 0 {
 		ln, err = bind(ctx, ip, lastPort, spec)
 		if err != nil && !errors.Is(err, ErrAddressInUse) {

@@ -34,7 +34,7 @@ func (s *memStore) saved() []json.RawMessage {
 	return s.recs
 }
 
-func newPersistentManager(t *testing.T, st *memStore) *Manager {
+func newPersistentManager(t *testing.T, st Persister) *Manager {
 	t.Helper()
 	m := NewManager(events.NewBus(events.Options{}), nil, Options{Persister: st})
 	t.Cleanup(func() { m.Shutdown(0) })

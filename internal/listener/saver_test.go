@@ -1,0 +1,170 @@
+package listener
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// gateStore is a Persister whose first Save blocks until open is called,
+// and which counts its saves.
+type gateStore struct {
+	memStore
+	entered chan struct{} // closed when the first Save starts
+	release chan struct{} // closed by open
+	once    sync.Once
+	opened  sync.Once
+	saves   int
+}
+
+// newGatedManager returns a manager saving to a new gateStore. The gate
+// opens before the manager shuts down, also when a test fails early.
+func newGatedManager(t *testing.T) (*Manager, *gateStore) {
+	st := &gateStore{entered: make(chan struct{}), release: make(chan struct{})}
+	m := newPersistentManager(t, st)
+	t.Cleanup(st.open)
+	return m, st
+}
+
+func (s *gateStore) open() { s.opened.Do(func() { close(s.release) }) }
+
+func (s *gateStore) Save(recs []json.RawMessage) error {
+	s.once.Do(func() {
+		close(s.entered)
+		<-s.release
+	})
+	s.mu.Lock()
+	s.saves++
+	s.mu.Unlock()
+	return s.memStore.Save(recs)
+}
+
+func (s *gateStore) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.saves
+}
+
+func waitFor(t *testing.T, what string, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(guard):
+		t.Fatalf("still waiting for %s after %v", what, guard)
+	}
+}
+
+// A save in flight (a slow disk) must not hold the manager: lookups,
+// listings and connection accepts go on while it runs.
+func TestReadsDoNotWaitOnSave(t *testing.T) {
+	m, st := newGatedManager(t)
+	created := make(chan error, 1)
+	go func() {
+		_, err := m.Create(context.Background(), "slow", Spec{Host: "127.0.0.1", Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+		created <- err
+	}()
+	waitFor(t, "the save to start", st.entered)
+
+	read := make(chan struct{})
+	var got *Listener
+	var listed []Info
+	go func() {
+		defer close(read)
+		got, _ = m.Get("slow")
+		listed, _ = m.List()
+	}()
+	waitFor(t, "Get and List while a save is in flight", read)
+	if got == nil || len(listed) != 1 {
+		t.Fatalf("while saving: Get %v, List %d listeners; want the bound listener", got, len(listed))
+	}
+	c := dial(t, got.Info().Bound)
+	msg := []byte("accepts while saving")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	back := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, back); err != nil || string(back) != string(msg) {
+		t.Fatalf("echo while saving: %q, %v", back, err)
+	}
+	c.Close()
+
+	st.open()
+	if err := <-created; err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if n := len(st.saved()); n != 1 {
+		t.Fatalf("saved %d records, want 1", n)
+	}
+}
+
+// Changes made while a save is in flight share the next one.
+func TestChangesDuringASaveShareTheNext(t *testing.T) {
+	m, st := newGatedManager(t)
+	const n = 8
+	errs := make(chan error, n+1)
+	create := func(i int) {
+		_, err := m.Create(context.Background(), fmt.Sprintf("l%d", i), Spec{Host: "127.0.0.1", Limits: unlimited()})
+		errs <- err
+	}
+	go create(0)
+	waitFor(t, "the first save to start", st.entered)
+	for i := 1; i <= n; i++ {
+		go create(i)
+	}
+	// Every other change is staged (and waiting) before the first save ends.
+	deadline := time.Now().Add(guard)
+	for staged(m) < n+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d changes staged after %v", staged(m), n+1, guard)
+		}
+		runtime.Gosched()
+	}
+	st.open()
+	for range n + 1 {
+		if err := <-errs; err != nil {
+			t.Fatalf("create: %v", err)
+		}
+	}
+	if got := st.count(); got != 2 {
+		t.Fatalf("%d saves for %d changes, want 2 (the one in flight and one for the rest)", got, n+1)
+	}
+	if got := len(st.saved()); got != n+1 {
+		t.Fatalf("saved %d records, want %d", got, n+1)
+	}
+}
+
+func staged(m *Manager) uint64 {
+	m.saver.mu.Lock()
+	defer m.saver.mu.Unlock()
+	return m.saver.staged
+}
+
+// A failed save fails the changes it covered; a later save that succeeds
+// covers them again, and the state it writes leaves out what was undone.
+func TestSaverFailureThenRecovery(t *testing.T) {
+	st := &memStore{fail: errors.New("disk full")}
+	m := newPersistentManager(t, st)
+	if _, err := m.Create(context.Background(), "x", Spec{Limits: unlimited()}); !errors.Is(err, ErrPersist) {
+		t.Fatalf("create on a failing disk: %v, want ErrPersist", err)
+	}
+	st.mu.Lock()
+	st.fail = nil
+	st.mu.Unlock()
+	if _, err := m.Create(context.Background(), "y", Spec{Limits: unlimited()}); err != nil {
+		t.Fatalf("create after the disk healed: %v", err)
+	}
+	recs := st.saved()
+	if len(recs) != 1 {
+		t.Fatalf("saved %d records, want only y's", len(recs))
+	}
+	var r record
+	if err := json.Unmarshal(recs[0], &r); err != nil || r.Name != "y" {
+		t.Fatalf("saved %s (%v), want listener y", recs[0], err)
+	}
+}
