@@ -40,6 +40,7 @@ type bench struct {
 	fwdAddr                string      // its forward listener (c)
 	goEcho, upstream, goFw *server     // bare Go servers; upstream is c's echo upstream
 	bareGRPC               *server     // f: a bare grpc-go health server; addr is its socket
+	saving                 *daemonProc // f: a daemon that saves its state, as by default
 	node                   *server
 	forwarders             map[string]*server // c's peers by column: node, socat, haproxy, toxiproxy
 
@@ -136,7 +137,7 @@ func (b *bench) setup(ctx context.Context) error {
 
 	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfg")
 	if needDaemon {
-		if b.d, err = startDaemon(ctx, b.daemonBin, b.tmp, "main", nil); err != nil {
+		if b.d, err = startDaemon(ctx, b.daemonBin, b.tmp, "main", nil, ""); err != nil {
 			return err
 		}
 		b.cleanups = append(b.cleanups, func() {
@@ -165,6 +166,14 @@ func (b *bench) setup(ctx context.Context) error {
 		if b.bareGRPC, err = b.startGo(ctx, "grpc", "--socket", filepath.Join(b.tmp, "bare-grpc.sock")); err != nil {
 			return err
 		}
+		if b.saving, err = startDaemon(ctx, b.daemonBin, b.tmp, "saving", nil, filepath.Join(b.tmp, "state")); err != nil {
+			return err
+		}
+		b.cleanups = append(b.cleanups, func() {
+			if err := b.saving.stop(); err != nil {
+				b.logf("daemon saving: %v", err)
+			}
+		})
 	}
 	if b.has('c') {
 		if b.upstream, err = b.startGo(ctx, "echo"); err != nil {
@@ -520,8 +529,17 @@ func (b *bench) runAPI(ctx context.Context, rep int) error {
 	}
 	b.record("f", colDaemon, rep, r.APIus, math.NaN())
 	b.record("f", colBase, rep, r.RawUS, math.NaN())
+	// The same pairs on a daemon that saves its state to disk (the
+	// default; the table's daemon runs --ephemeral): every change waits
+	// for its save.
+	s, err := b.loadgen(ctx, "api", "--socket", b.saving.socket, "--n", itoa(b.sz.apiN), "--warmup", "10",
+		"--burst", "40", "--pause", "1s")
+	if err != nil {
+		return fmt.Errorf("f (state saved): %w", err)
+	}
 	m := b.metrics["f"]
-	for k, v := range map[string]float64{"create": r.CreateUS, "close": r.CloseUS, "rpc": r.RPCus, "bare": r.BareUS} {
+	for k, v := range map[string]float64{"create": r.CreateUS, "close": r.CloseUS, "rpc": r.RPCus, "bare": r.BareUS,
+		"saved": s.APIus, "savedRaw": s.RawUS} {
 		if m.aux[k] == nil {
 			m.aux[k] = nanSlice(b.cfg.reps)
 		}
@@ -530,6 +548,7 @@ func (b *bench) runAPI(ctx context.Context, rep int) error {
 	if b.cfg.progress {
 		b.logf("            CreateListener %.0f µs, CloseListener %.0f µs, a no-op RPC (health check) %.0f µs, on a bare grpc-go server %.0f µs",
 			r.CreateUS, r.CloseUS, r.RPCus, r.BareUS)
+		b.logf("            state saved: CreateListener+CloseListener %.0f µs, net.Listen+Close %.0f µs", s.APIus, s.RawUS)
 	}
 	return nil
 }
@@ -560,7 +579,7 @@ func (b *bench) runIdle(ctx context.Context, rep int) error {
 func (b *bench) freshServer(ctx context.Context, col, name string, env []string, bin string) (string, int, func(), error) {
 	switch col {
 	case colDaemon:
-		d, err := startDaemon(ctx, bin, b.tmp, name, env)
+		d, err := startDaemon(ctx, bin, b.tmp, name, env, "")
 		if err != nil {
 			return "", 0, nil, err
 		}

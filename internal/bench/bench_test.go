@@ -71,6 +71,9 @@ func TestQuick(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^\s+[0-9.]+ µs on a bare grpc-go server`).MatchString(out) {
 		t.Error("no bare grpc-go server RPC in case f's notes")
 	}
+	if !regexp.MustCompile(`(?m)^\s+[0-9.]+ µs against [0-9.]+ µs for net.Listen\+Close, [0-9.]+x`).MatchString(out) {
+		t.Error("no state-saved figure in case f's notes")
+	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s\nstderr:\n%s", out, &stderr)
 	}

@@ -183,15 +183,20 @@ type daemonProc struct {
 	log    *os.File
 }
 
-// startDaemon starts bin on a socket in dir (--ephemeral) and waits for its
-// health check to answer SERVING.
-func startDaemon(ctx context.Context, bin, dir, name string, env []string) (*daemonProc, error) {
+// startDaemon starts bin on a socket in dir and waits for its health check
+// to answer SERVING. It saves its state in stateDir, as the daemon does by
+// default, or with stateDir "" keeps none (--ephemeral).
+func startDaemon(ctx context.Context, bin, dir, name string, env []string, stateDir string) (*daemonProc, error) {
 	socket := filepath.Join(dir, name+".sock")
 	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProc("listenerd "+name, env, logf, bin, "--ephemeral", "--socket", socket)
+	state := []string{"--ephemeral"}
+	if stateDir != "" {
+		state = []string{"--state-dir", stateDir}
+	}
+	p, err := startProc("listenerd "+name, env, logf, bin, append(state, "--socket", socket)...)
 	if err != nil {
 		logf.Close()
 		return nil, err

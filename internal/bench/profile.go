@@ -103,7 +103,7 @@ type profiled struct {
 func (b *bench) startProfiled(ctx context.Context, col, mode, bin, name string, env ...string) (*profiled, error) {
 	switch col {
 	case colDaemon:
-		d, err := startDaemon(ctx, bin, b.tmp, name, append([]string{pprofEnv}, env...))
+		d, err := startDaemon(ctx, bin, b.tmp, name, append([]string{pprofEnv}, env...), "")
 		if err != nil {
 			return nil, err
 		}
