@@ -36,10 +36,11 @@ type Manager struct {
 	totalConns   atomic.Int64 // open connections across listeners
 	connClosed   func(listener string, d time.Duration)
 
-	mu     sync.Mutex
-	byID   map[string]*Listener
-	byName map[string]*Listener
-	wg     sync.WaitGroup // accept loops and drains
+	mu       sync.Mutex
+	byID     map[string]*Listener
+	byName   map[string]*Listener
+	shutting bool           // Shutdown has begun: nothing new binds, nothing more is saved
+	wg       sync.WaitGroup // accept loops and drains
 }
 
 // Options configure a Manager. Zero values mean no persistence and no
@@ -106,6 +107,9 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 }
 
 func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, ip netip.Addr) (*Listener, uint64, error) {
+	if m.shutting {
+		return nil, 0, ErrShuttingDown
+	}
 	if name != "" && m.byName[name] != nil {
 		return nil, 0, fmt.Errorf("listener name %q: %w", name, ErrAlreadyExists)
 	}
@@ -129,25 +133,33 @@ func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, ip n
 }
 
 // unwind takes back a listener whose save failed: it is closed at once
-// and a snapshot without it is saved, best effort, so that a later save
-// cannot bring it back from the failed one's snapshot.
+// and a snapshot without it is saved, so that a save of a newer snapshot
+// that still held it (another change's) does not outlive the failure.
+// That save is best effort: when the disk still fails, the error is
+// logged and the next save that succeeds writes the state without it.
 func (m *Manager) unwind(l *Listener) {
 	m.mu.Lock()
 	m.dropLocked(l)
 	m.mu.Unlock()
-	_ = m.save()
+	if err := m.save(); err != nil {
+		m.log.Error("state not saved after a failed create was undone; the next save that succeeds will drop it",
+			"listener", l.id, "err", err)
+	}
 }
 
-// dropLocked removes a listener that was never handed to a caller and
-// closes it; m.mu must be held.
+// dropLocked removes a listener whose create failed and closes it, unless
+// someone closed it first (it was listed while its save was in flight),
+// in which case that close owns its drain; m.mu must be held.
 func (m *Manager) dropLocked(l *Listener) {
+	if !l.beginClose() {
+		return
+	}
 	if m.byID[l.id] == l {
 		delete(m.byID, l.id)
 	}
 	if l.name != "" && m.byName[l.name] == l {
 		delete(m.byName, l.name)
 	}
-	l.beginClose()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -299,6 +311,18 @@ func (m *Manager) Get(ref string) (*Listener, error) {
 	return m.getLocked(ref)
 }
 
+// getToChange finds a listener for a change. Once Shutdown has begun no
+// change is taken: the state saved before it is what the next start
+// restores.
+func (m *Manager) getToChange(ref string) (*Listener, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.shutting {
+		return nil, ErrShuttingDown
+	}
+	return m.getLocked(ref)
+}
+
 func (m *Manager) getLocked(ref string) (*Listener, error) {
 	if l := m.byID[ref]; l != nil {
 		return l, nil
@@ -353,7 +377,7 @@ func (m *Manager) sortedLocked() []*Listener {
 // SetLimits changes a listener's limits at runtime: fn gets the current
 // limits and returns the new ones.
 func (m *Manager) SetLimits(ref string, fn func(Limits) (Limits, error)) (Info, error) {
-	l, err := m.Get(ref)
+	l, err := m.getToChange(ref)
 	if err != nil {
 		return Info{}, err
 	}
@@ -381,7 +405,7 @@ func (m *Manager) SetLimits(ref string, fn func(Limits) (Limits, error)) (Info, 
 // destroys them now. Closing a listener already draining with force
 // destroys what is left.
 func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, error) {
-	l, err := m.Get(ref)
+	l, err := m.getToChange(ref)
 	if err != nil {
 		return Info{}, err
 	}
@@ -450,6 +474,7 @@ func (m *Manager) CloseConnection(id string, reset bool) error {
 // timeout, destroys the rest and waits for every goroutine it owns.
 func (m *Manager) Shutdown(timeout time.Duration) {
 	m.mu.Lock()
+	m.shutting = true // listeners close for the shutdown, not for good: the saved state keeps them
 	ls := slices.Collect(maps.Values(m.byID))
 	m.mu.Unlock()
 	for _, l := range ls {

@@ -123,10 +123,12 @@ func ValidateRecords(raws []json.RawMessage) error {
 }
 
 // stageLocked snapshots every listener that is not closing for the next
-// save and returns its version; m.mu must be held. Without a persister it
-// returns 0, which commit does not wait for.
+// save and returns its version; m.mu must be held. Without a persister, or
+// once Shutdown has begun (every listener is closing then, and the saved
+// state must keep them for the next start), it returns 0, which commit
+// does not wait for.
 func (m *Manager) stageLocked() (uint64, error) {
-	if m.saver == nil {
+	if m.saver == nil || m.shutting {
 		return 0, nil
 	}
 	ls := m.sortedLocked()
@@ -171,13 +173,23 @@ func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listenin
 	if err := ValidateRecords(raws); err != nil {
 		return 0, 0, err
 	}
+	type saved struct {
+		r    record
+		spec Spec
+		ip   netip.Addr
+		err  error // resolving its host
+	}
+	all := make([]saved, len(raws))
+	for i, raw := range raws { // names resolve without m.mu
+		all[i].r, all[i].spec, _ = fromRecord(raw)
+		all[i].ip, all[i].err = resolveHost(ctx, all[i].spec.Host)
+	}
 	m.mu.Lock()
-	for _, raw := range raws {
-		r, spec, _ := fromRecord(raw)
-		ip, err := resolveHost(ctx, spec.Host)
+	for _, sv := range all {
+		r, spec, err := sv.r, sv.spec, sv.err
 		var l *Listener
 		if err == nil {
-			l, err = m.bindLocked(ctx, r.ID, r.Name, spec, ip, r.BoundPort, r.Created)
+			l, err = m.bindLocked(ctx, r.ID, r.Name, spec, sv.ip, r.BoundPort, r.Created)
 		}
 		if err != nil {
 			l = m.newListener(r.ID, r.Name, spec, nil, r.Created)
@@ -198,16 +210,19 @@ func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listenin
 
 // Rebind binds a FAILED listener again with its id and spec.
 func (m *Manager) Rebind(ctx context.Context, ref string) (*Listener, error) {
-	old, err := m.Get(ref)
+	old, err := m.getToChange(ref)
 	if err != nil {
 		return nil, err
 	}
 	ip, err := resolveHost(ctx, old.spec.Host) // a FAILED listener's spec never changes
 	if err != nil {
+		old.mu.Lock()
+		old.lastErr = err.Error()
+		old.mu.Unlock()
 		return nil, err
 	}
 	m.mu.Lock()
-	l, err := m.rebindLocked(ctx, ref, ip)
+	l, err := m.rebindLocked(ctx, old, ip)
 	m.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -215,10 +230,13 @@ func (m *Manager) Rebind(ctx context.Context, ref string) (*Listener, error) {
 	return l, m.save()
 }
 
-func (m *Manager) rebindLocked(ctx context.Context, ref string, ip netip.Addr) (*Listener, error) {
-	old, err := m.getLocked(ref)
-	if err != nil {
-		return nil, err
+// rebindLocked binds old again on ip; m.mu must be held.
+func (m *Manager) rebindLocked(ctx context.Context, old *Listener, ip netip.Addr) (*Listener, error) {
+	if m.shutting {
+		return nil, ErrShuttingDown
+	}
+	if m.byID[old.id] != old { // closed (or rebound) since it was found
+		return nil, fmt.Errorf("listener %s: %w", old.id, ErrNotFound)
 	}
 	if State(old.state.Load()) != StateFailed {
 		return nil, fmt.Errorf("listener %s is %s; only a failed listener can be rebound: %w", old.id, State(old.state.Load()), ErrNotFailed)

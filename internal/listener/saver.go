@@ -56,7 +56,7 @@ func (s *saver) wait(v uint64) error {
 		s.writing = true
 		ver, recs := s.staged, s.recs
 		s.mu.Unlock()
-		err := s.p.Save(recs)
+		err := s.write(recs)
 		s.mu.Lock()
 		s.writing = false
 		s.tried = ver
@@ -71,4 +71,15 @@ func (s *saver) wait(v uint64) error {
 		return fmt.Errorf("%w: %v", ErrPersist, s.err)
 	}
 	return nil
+}
+
+// write calls the persister, turning a panic into an error so that the
+// waiters are still woken and the daemon goes on.
+func (s *saver) write(recs []json.RawMessage) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic in save: %v", r)
+		}
+	}()
+	return s.p.Save(recs)
 }

@@ -10,17 +10,20 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/listenerd/listenerd/internal/events"
 )
 
-// gateStore is a Persister whose first Save blocks until open is called,
-// and which counts its saves.
+// gateStore is a Persister whose first Save blocks until open is called
+// (and then fails with firstErr, when set), and which counts its saves.
 type gateStore struct {
 	memStore
-	entered chan struct{} // closed when the first Save starts
-	release chan struct{} // closed by open
-	once    sync.Once
-	opened  sync.Once
-	saves   int
+	entered  chan struct{} // closed when the first Save starts
+	release  chan struct{} // closed by open
+	firstErr error
+	once     sync.Once
+	opened   sync.Once
+	saves    int
 }
 
 // newGatedManager returns a manager saving to a new gateStore. The gate
@@ -35,13 +38,18 @@ func newGatedManager(t *testing.T) (*Manager, *gateStore) {
 func (s *gateStore) open() { s.opened.Do(func() { close(s.release) }) }
 
 func (s *gateStore) Save(recs []json.RawMessage) error {
+	first := false
 	s.once.Do(func() {
+		first = true
 		close(s.entered)
 		<-s.release
 	})
 	s.mu.Lock()
 	s.saves++
 	s.mu.Unlock()
+	if first && s.firstErr != nil {
+		return s.firstErr
+	}
 	return s.memStore.Save(recs)
 }
 
@@ -117,7 +125,7 @@ func TestChangesDuringASaveShareTheNext(t *testing.T) {
 	for i := 1; i <= n; i++ {
 		go create(i)
 	}
-	// Every other change is staged (and waiting) before the first save ends.
+	// Every other change is staged before the first save ends.
 	deadline := time.Now().Add(guard)
 	for staged(m) < n+1 {
 		if time.Now().After(deadline) {
@@ -166,5 +174,77 @@ func TestSaverFailureThenRecovery(t *testing.T) {
 	var r record
 	if err := json.Unmarshal(recs[0], &r); err != nil || r.Name != "y" {
 		t.Fatalf("saved %s (%v), want listener y", recs[0], err)
+	}
+}
+
+// A listener is listed while its save is in flight, so it can be closed
+// before its create fails. The failed create must leave the close's drain
+// alone: one drain, one closed event, and the listener saved as gone.
+func TestCloseWhileCreateSaveFails(t *testing.T) {
+	m, st := newGatedManager(t)
+	st.firstErr = errors.New("disk full")
+	created := make(chan error, 1)
+	go func() {
+		_, err := m.Create(context.Background(), "a", Spec{Host: "127.0.0.1", Limits: unlimited()})
+		created <- err
+	}()
+	waitFor(t, "the save to start", st.entered)
+	l, err := m.Get("a")
+	if err != nil {
+		t.Fatalf("get while saving: %v", err)
+	}
+	w := newWatch(t, m, l.ID())
+	closed := make(chan error, 1)
+	go func() {
+		_, err := m.Close("a", 0, true)
+		closed <- err
+	}()
+	deadline := time.Now().Add(guard)
+	for staged(m) < 2 { // the close has staged its snapshot and waits
+		if time.Now().After(deadline) {
+			t.Fatalf("close not staged after %v", guard)
+		}
+		runtime.Gosched()
+	}
+	st.open()
+	if err := <-created; !errors.Is(err, ErrPersist) {
+		t.Fatalf("create: %v, want ErrPersist", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	m.Shutdown(0) // waits for every drain
+	evs := w.until(countAtLeast(events.KindListenerClosed, 1))
+	if n := count(evs, events.KindListenerClosed); n != 1 {
+		t.Fatalf("%d closed events, want 1", n)
+	}
+	if recs := st.saved(); len(recs) != 0 {
+		t.Fatalf("saved %d records, want none", len(recs))
+	}
+}
+
+// Once Shutdown has begun no change is taken, and nothing is saved: the
+// listeners it closes come back on the next start.
+func TestShutdownKeepsSavedState(t *testing.T) {
+	st := &memStore{}
+	m := newPersistentManager(t, st)
+	l, err := m.Create(context.Background(), "kept", Spec{Host: "127.0.0.1", Limits: unlimited()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Shutdown(0)
+	if _, err := m.Create(context.Background(), "late", Spec{Host: "127.0.0.1", Limits: unlimited()}); !errors.Is(err, ErrShuttingDown) {
+		t.Errorf("create after shutdown: %v, want ErrShuttingDown", err)
+	}
+	if _, err := m.Close(l.ID(), 0, true); !errors.Is(err, ErrShuttingDown) {
+		t.Errorf("close after shutdown: %v, want ErrShuttingDown", err)
+	}
+	if _, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return limit(1), nil }); !errors.Is(err, ErrShuttingDown) {
+		t.Errorf("set limits after shutdown: %v, want ErrShuttingDown", err)
+	}
+	recs := st.saved()
+	var r record
+	if len(recs) != 1 || json.Unmarshal(recs[0], &r) != nil || r.ID != l.ID() {
+		t.Fatalf("saved %s, want listener %s alone", recs, l.ID())
 	}
 }

@@ -24,6 +24,7 @@ var (
 	ErrNotFailed     = errors.New("listener has not failed")
 	ErrLimit         = errors.New("limit reached")
 	ErrPersist       = errors.New("state not saved")
+	ErrShuttingDown  = errors.New("daemon shutting down")
 )
 
 // FieldError is an invalid value of one request field. It unwraps to

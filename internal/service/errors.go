@@ -37,6 +37,7 @@ var errorTable = []struct {
 	{events.ErrSlow, codes.ResourceExhausted, "WATCHER_TOO_SLOW"},
 	{events.ErrCompacted, codes.OutOfRange, "SEQUENCE_NOT_HELD"},
 	{events.ErrClosed, codes.Unavailable, "SHUTTING_DOWN"},
+	{listener.ErrShuttingDown, codes.Unavailable, "SHUTTING_DOWN"},
 	{listener.ErrPersist, codes.Internal, "STATE_NOT_SAVED"},
 }
 
