@@ -3,6 +3,7 @@ package ctl
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -238,6 +239,41 @@ func TestWatchResumes(t *testing.T) {
 		if !proto.Equal(reqs[i], want) {
 			t.Errorf("request %d: %v, want %v", i, reqs[i], want)
 		}
+	}
+}
+
+// A response's events reach stdout in one write, and each response is
+// written as it arrives: a busy stream costs a write per batch, a quiet
+// one still shows each event at once.
+func TestWatchWritesOncePerResponse(t *testing.T) {
+	const batch = 50
+	svc := &fakeService{watch: func(_ *listenerdv1.WatchEventsRequest, s grpc.ServerStreamingServer[listenerdv1.WatchEventsResponse]) error {
+		var evs []*listenerdv1.Event
+		for i := range batch {
+			evs = append(evs, opened(uint64(6+i)))
+		}
+		if err := send(s, 5, "b1", evs...); err != nil {
+			return err
+		}
+		if err := s.Send(&listenerdv1.WatchEventsResponse{Events: []*listenerdv1.Event{opened(6 + batch)}, BootId: "b1"}); err != nil {
+			return err
+		}
+		<-s.Context().Done()
+		return nil
+	}}
+	sock := startFake(t, svc)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	stdout.onOutput(fmt.Sprintf("seq=%d ", 6+batch), cancel)
+	if code := runCtlWith(ctx, sock, &stdout, &stderr, "watch"); code != ExitOK {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	if lines := strings.Count(stdout.String(), "\n"); lines != batch+1 {
+		t.Fatalf("%d lines, want %d:\n%s", lines, batch+1, stdout.String())
+	}
+	if n := stdout.writeCount(); n != 2 {
+		t.Errorf("%d writes to stdout for two responses, want 2", n)
 	}
 }
 

@@ -266,14 +266,14 @@ func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest
 	}
 
 	p := newFollowPrinter()
-	w := a.newWatcher(client, &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}, IncludeData: data}, func(ev *listenerdv1.Event) (bool, error) {
+	w := a.newWatcher(client, &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}, IncludeData: data}, func(out io.Writer, ev *listenerdv1.Event) (bool, error) {
 		if a.json() {
 			_, closed := ev.GetKind().(*listenerdv1.Event_ListenerClosed)
-			return closed, writeJSON(a.stdout, ev)
+			return closed, writeJSON(out, ev)
 		}
 		line, last := p.line(ev)
 		if line != "" {
-			if _, err := fmt.Fprintln(a.stdout, line); err != nil {
+			if _, err := fmt.Fprintln(out, line); err != nil {
 				return true, err
 			}
 		}

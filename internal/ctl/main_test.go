@@ -143,6 +143,7 @@ func startFake(t *testing.T, svc listenerdv1.ListenerServiceServer) string {
 type syncBuffer struct {
 	mu      sync.Mutex
 	buf     bytes.Buffer
+	writes  int // Write calls
 	trigger string
 	fire    func()
 }
@@ -150,6 +151,7 @@ type syncBuffer struct {
 func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.writes++
 	n, err := b.buf.Write(p)
 	if b.fire != nil && strings.Contains(b.buf.String(), b.trigger) {
 		b.fire()
@@ -162,6 +164,12 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func (b *syncBuffer) writeCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.writes
 }
 
 // onOutput makes b call fire once its content contains s.

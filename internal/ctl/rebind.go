@@ -3,6 +3,7 @@ package ctl
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
@@ -55,16 +56,16 @@ func (a *app) closeAndWait(ctx context.Context, client listenerdv1.ListenerServi
 		ListenerIds: []string{req.GetId()}, // the daemon maps a name to its id
 		Kinds:       []listenerdv1.EventKind{listenerdv1.EventKind_EVENT_KIND_LISTENER_CLOSED},
 	}
-	w := a.newWatcher(client, watchReq, func(ev *listenerdv1.Event) (bool, error) {
+	w := a.newWatcher(client, watchReq, func(out io.Writer, ev *listenerdv1.Event) (bool, error) {
 		if ev.GetListenerClosed() == nil || ev.GetListenerId() != closed.GetId() {
 			return false, nil
 		}
 		seen = true
 		if a.json() {
-			return true, writeJSON(a.stdout, ev)
+			return true, writeJSON(out, ev)
 		}
 		c := ev.GetListenerClosed()
-		_, err := fmt.Fprintf(a.stdout, "%s closed: %s drained, %d destroyed\n",
+		_, err := fmt.Fprintf(out, "%s closed: %s drained, %d destroyed\n",
 			closed.GetId(), plural(c.GetDrained(), "connection"), c.GetDestroyed())
 		return true, err
 	})

@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -39,8 +40,12 @@ type watcher struct {
 	// req selects listeners and kinds; after_sequence and boot_id are set
 	// per attempt.
 	req *listenerdv1.WatchEventsRequest
-	// emit delivers one event; done ends the watch with no error.
-	emit    func(*listenerdv1.Event) (done bool, err error)
+	// emit delivers one event to out; done ends the watch with no error.
+	emit func(out io.Writer, ev *listenerdv1.Event) (done bool, err error)
+	// out buffers what emit writes to stdout; it is flushed after each
+	// response's events, so a busy stream costs a write per batch, not
+	// one per event, and a quiet one still prints each event at once.
+	out     *bufio.Writer
 	retry   retryPolicy
 	note    func(format string, args ...any)
 	verbose bool
@@ -60,8 +65,9 @@ type watcher struct {
 }
 
 func (a *app) newWatcher(client listenerdv1.ListenerServiceClient, req *listenerdv1.WatchEventsRequest,
-	emit func(*listenerdv1.Event) (bool, error)) *watcher {
-	return &watcher{client: client, req: req, emit: emit, retry: a.retry, note: a.note, verbose: a.verbose}
+	emit func(io.Writer, *listenerdv1.Event) (bool, error)) *watcher {
+	return &watcher{client: client, req: req, emit: emit, out: bufio.NewWriterSize(a.stdout, 64<<10),
+		retry: a.retry, note: a.note, verbose: a.verbose}
 }
 
 // errStreamEnded is a stream the daemon ended with OK status.
@@ -201,10 +207,13 @@ func (w *watcher) attempt(ctx context.Context) (progressed, done bool, err error
 			}
 			seq := ev.GetSequence()
 			w.last = &seq
-			done, err := w.emit(ev)
+			done, err := w.emit(w.out, ev)
 			if err != nil || done {
-				return progressed, done, err
+				return progressed, done, errors.Join(err, w.out.Flush())
 			}
+		}
+		if err := w.out.Flush(); err != nil {
+			return progressed, false, err
 		}
 	}
 }
@@ -345,11 +354,11 @@ re-list with ctl ls and watch from now.
 			if err != nil {
 				return err
 			}
-			w := a.newWatcher(client, req, func(ev *listenerdv1.Event) (bool, error) {
+			w := a.newWatcher(client, req, func(out io.Writer, ev *listenerdv1.Event) (bool, error) {
 				if a.json() {
-					return false, writeJSON(a.stdout, ev)
+					return false, writeJSON(out, ev)
 				}
-				_, err := fmt.Fprintln(a.stdout, eventLine(ev, a.wide()))
+				_, err := fmt.Fprintln(out, eventLine(ev, a.wide()))
 				return false, err
 			})
 			if cmd.Flags().Changed("since") {
