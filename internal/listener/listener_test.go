@@ -547,6 +547,17 @@ func TestCreateErrors(t *testing.T) {
 		{"", Spec{Host: "192.0.2.1", Limits: unlimited()}, ErrInvalid},
 		{"", Spec{Backlog: -1, Limits: unlimited()}, ErrInvalid},
 		{"", Spec{Handler: Handler{Kind: HandlerForward}, Limits: unlimited()}, ErrInvalid},
+		{"", Spec{Host: "224.0.0.1", Limits: unlimited()}, ErrInvalid},
+		{"", Spec{Host: "255.255.255.255", Limits: unlimited()}, ErrInvalid},
+		{"", Spec{Host: "ff02::1", Limits: unlimited()}, ErrInvalid},
+	}
+	for _, up := range []string{"127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:abc", ":80", ":", "127.0.0.1",
+		"h" + strings.Repeat("x", 300) + ":80"} {
+		tests = append(tests, struct {
+			name string
+			spec Spec
+			want error
+		}{"", Spec{Handler: Handler{Kind: HandlerForward, Upstream: up}, Limits: unlimited()}, ErrInvalid})
 	}
 	for _, tc := range tests {
 		_, err := m.Create(context.Background(), tc.name, tc.spec)
@@ -562,6 +573,29 @@ func TestCreateErrors(t *testing.T) {
 	}
 	if err := m.CloseConnection(l.ID()+".99", false); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("kick unknown: %v", err)
+	}
+}
+
+// Like Node's listen(port, host): 0.0.0.0 is IPv4 only, and the bound
+// address says so.
+func TestWildcardIPv4IsIPv4Only(t *testing.T) {
+	probe, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	probe.Close()
+	m := newManager(t)
+	l := create(t, m, Spec{Host: "0.0.0.0", Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	bound := l.Info().Bound
+	port := localPortOf(l)
+	if want := fmt.Sprintf("0.0.0.0:%d", port); bound != want {
+		t.Fatalf("bound %s, want %s", bound, want)
+	}
+	c := dial(t, fmt.Sprintf("127.0.0.1:%d", port))
+	c.Close()
+	if c6, err := net.Dial("tcp6", fmt.Sprintf("[::1]:%d", port)); err == nil {
+		c6.Close()
+		t.Fatalf("a listener on 0.0.0.0 accepted a connection on [::1]:%d", port)
 	}
 }
 

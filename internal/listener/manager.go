@@ -226,12 +226,33 @@ func validateSpec(s *Spec) error {
 		return Invalid("spec.limits.max_lifetime", "must not be negative")
 	}
 	if s.Handler.Kind == HandlerForward {
-		if _, _, err := net.SplitHostPort(s.Handler.Upstream); err != nil || s.Handler.Upstream == "" {
-			return Invalid("spec.handler.forward.upstream", "%q is not host:port", s.Handler.Upstream)
+		if err := validateUpstream(s.Handler.Upstream); err != nil {
+			return err
 		}
 		if s.Handler.ConnectTimeout < 0 {
 			return Invalid("spec.handler.forward.connect_timeout", "must not be negative")
 		}
+	}
+	return nil
+}
+
+// maxUpstream bounds host:port: a DNS name (253) plus ":" and a port or
+// service name.
+const maxUpstream = 253 + 1 + 15
+
+// validateUpstream checks a forward upstream: a host, and a port (1-65535
+// or a service name) that a dial could use.
+func validateUpstream(up string) error {
+	const field = "spec.handler.forward.upstream"
+	if len(up) > maxUpstream {
+		return Invalid(field, "%d characters, at most %d", len(up), maxUpstream)
+	}
+	host, port, err := net.SplitHostPort(up)
+	if err != nil || host == "" {
+		return Invalid(field, "%q is not host:port", up)
+	}
+	if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {
+		return Invalid(field, "%q: port %q is not 1-65535 or a known service name", up, port)
 	}
 	return nil
 }
@@ -243,22 +264,43 @@ func resolveHost(ctx context.Context, host string) (netip.Addr, error) {
 	if host == "" {
 		host = DefaultHost
 	}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		if ip.Zone() != "" {
-			return netip.Addr{}, Invalid("spec.host", "%q: zoned addresses are not supported", host)
+	ip, err := netip.ParseAddr(host)
+	if err == nil && ip.Zone() != "" {
+		return netip.Addr{}, Invalid("spec.host", "%q: zoned addresses are not supported", host)
+	}
+	if err != nil {
+		if len(host) > 253 {
+			return netip.Addr{}, Invalid("spec.host", "host name longer than 253 characters")
 		}
-		return ip, nil
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		if err != nil || len(ips) == 0 {
+			return netip.Addr{}, Invalid("spec.host", "cannot resolve %q: %v", host, err)
+		}
+		ip = ips[0]
 	}
-	if len(host) > 253 {
-		return netip.Addr{}, Invalid("spec.host", "host name longer than 253 characters")
+	ip = ip.Unmap()
+	if ip.IsMulticast() || ip == broadcast {
+		return netip.Addr{}, Invalid("spec.host", "%q is %s, a multicast or broadcast address: a listener binds an address of this machine, 0.0.0.0 or ::", host, ip)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil || len(ips) == 0 {
-		return netip.Addr{}, Invalid("spec.host", "cannot resolve %q: %v", host, err)
+	return ip, nil
+}
+
+var broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// network picks the socket family like Node's listen(port, host): an IPv4
+// address, 0.0.0.0 included, binds IPv4 only; :: binds both families
+// (dual stack); any other IPv6 address binds IPv6.
+func network(ip netip.Addr) string {
+	switch {
+	case ip.Is4():
+		return "tcp4"
+	case ip.IsUnspecified():
+		return "tcp"
+	default:
+		return "tcp6"
 	}
-	return ips[0].Unmap(), nil
 }
 
 // bind opens the listening socket. A backlog, when asked for, is set with a
@@ -269,7 +311,7 @@ func bind(ctx context.Context, ip netip.Addr, port uint16, spec Spec) (*net.TCPL
 	// KeepAlive applies to every accepted connection: 0 is Go's default
 	// (15s), negative turns it off.
 	lc := net.ListenConfig{KeepAlive: spec.KeepAlive}
-	nl, err := lc.Listen(ctx, "tcp", addr)
+	nl, err := lc.Listen(ctx, network(ip), addr)
 	if err != nil {
 		return nil, bindError(addr, err)
 	}
