@@ -87,6 +87,8 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 		return cfg, level, fmt.Errorf("--max-listeners and --max-connections must not be negative")
 	case cfg.History <= 0 || cfg.WatcherLag <= 0 || cfg.MaxWatchers <= 0:
 		return cfg, level, fmt.Errorf("--history, --watch-queue and --max-watchers must be positive")
+	case cfg.History > events.MaxHistory:
+		return cfg, level, fmt.Errorf("--history %d: at most %d events (about 150 bytes each)", cfg.History, events.MaxHistory)
 	}
 	return cfg, level, nil
 }

@@ -257,6 +257,15 @@ func TestMetricsRefusesRemoteAddress(t *testing.T) {
 	}
 }
 
+// A size the daemon cannot allocate is refused at start, naming the flag,
+// instead of panicking.
+func TestDaemonRefusesHugeHistory(t *testing.T) {
+	r := runDaemonOnce(t, "--history", "9223372036854775807")
+	if r.code != 2 || !strings.Contains(r.stderr, "--history") || strings.Contains(r.stderr, "panic") {
+		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
 // runDaemonOnce runs the daemon in a fresh directory for a start that must
 // fail, and returns what it printed.
 func runDaemonOnce(t *testing.T, args ...string) result {

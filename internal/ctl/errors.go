@@ -134,6 +134,9 @@ func statusWords(st *status.Status, socket string, timeout fmt.Stringer) (string
 	case codes.Unauthenticated:
 		return "not authorized: " + msg, ExitError
 	case codes.ResourceExhausted:
+		if strings.HasPrefix(msg, "limit reached") { // the daemon's own caps say so already
+			return msg, ExitError
+		}
 		return "limit reached: " + msg, ExitError
 	case codes.Unimplemented:
 		return "this listenerd does not support that: " + msg, ExitError

@@ -32,6 +32,7 @@ func TestStatusWords(t *testing.T) {
 		{codes.PermissionDenied, "port 80", ExitError, "permission denied: port 80"},
 		{codes.Unauthenticated, "no token", ExitError, "not authorized: no token"},
 		{codes.ResourceExhausted, "too many listeners", ExitError, "limit reached: too many listeners"},
+		{codes.ResourceExhausted, "limit reached: at most 2 listeners", ExitError, "limit reached: at most 2 listeners"},
 		{codes.OutOfRange, "oldest held is 10", ExitError, "oldest held is 10"},
 		{codes.Canceled, "context canceled", ExitError, "interrupted"},
 		{codes.Unimplemented, "method X not implemented", ExitError, "this listenerd does not support that: method X not implemented"},

@@ -232,8 +232,9 @@ func (w *watcher) gapError(st *status.Status) error {
 		msg = fmt.Sprintf("cannot watch after seq=%d: the newest event listenerd holds is seq=%d", after, newest)
 	case hasOldest:
 		msg = fmt.Sprintf("cannot resume the watch after seq=%d: listenerd no longer holds events before seq=%d", after, oldest)
-	case info == nil && w.bootID != "":
-		// The daemon refused the boot id given with the resume point.
+	case info.GetReason() == "BOOT_MISMATCH" || (info == nil && w.bootID != ""):
+		// The daemon refused the boot id given with the resume point (older
+		// daemons sent no ErrorInfo).
 		msg = fmt.Sprintf("cannot resume the watch after seq=%d: listenerd restarted (it was boot %s), and the events of its previous run are gone", after, w.bootID)
 	default:
 		msg = fmt.Sprintf("cannot resume the watch after seq=%d: %s", after, st.Message())

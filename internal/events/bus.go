@@ -41,6 +41,7 @@ func (e *RangeError) Unwrap() error { return ErrCompacted }
 // Defaults for Options.
 const (
 	DefaultHistory     = 640 * 1024 // a minute at 10,000 events a second
+	MaxHistory         = 1 << 26    // about 10 GiB of events; NewBus caps History here
 	DefaultWatcherLag  = 64 * 1024
 	DefaultMaxWatchers = 1024
 	chunkSize          = 4096
@@ -110,6 +111,7 @@ func NewBus(opts Options) *Bus {
 	if opts.History <= 0 {
 		opts.History = DefaultHistory
 	}
+	opts.History = min(opts.History, MaxHistory)
 	if opts.WatcherLag <= 0 {
 		opts.WatcherLag = DefaultWatcherLag
 	}

@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -258,5 +259,14 @@ func TestNextBatchQuietStream(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("a quiet stream's first event waited for the linger")
+	}
+}
+
+// A history too large to allocate is capped, not a panic.
+func TestHugeHistoryIsCapped(t *testing.T) {
+	b := NewBus(Options{History: math.MaxInt})
+	defer b.Close()
+	if got := len(b.chunks) * chunkSize; got != MaxHistory {
+		t.Fatalf("history of %d events, want it capped at %d", got, MaxHistory)
 	}
 }

@@ -375,19 +375,25 @@ func (m *Manager) getLocked(ref string) (*Listener, error) {
 	return nil, fmt.Errorf("listener %q: %w", ref, ErrNotFound)
 }
 
-// Resolve maps listener names to ids, leaving ids (and unknown refs) as
-// they are, for event filters.
-func (m *Manager) Resolve(refs []string) []string {
+// Resolve maps listener names to ids for event filters. An id, of a
+// listener open or gone (its events may still be in the history), is kept
+// as it is; a ref that is neither an id nor the name of an open listener
+// is ErrNotFound, since no event could ever match it.
+func (m *Manager) Resolve(refs []string) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]string, len(refs))
 	for i, r := range refs {
-		out[i] = r
-		if l := m.byName[r]; l != nil && m.byID[r] == nil {
+		switch l := m.byName[r]; {
+		case m.byID[r] != nil || idLikeRE.MatchString(r):
+			out[i] = r
+		case l != nil:
 			out[i] = l.id
+		default:
+			return nil, fmt.Errorf("listener %q: no listener has this name, and it is not a listener id: %w", r, ErrNotFound)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // List returns every listener, oldest first, and the event sequence the

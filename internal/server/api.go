@@ -21,7 +21,6 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -29,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/service"
 )
 
 // APIConfig is the optional TCP API, served beside the unix socket.
@@ -106,7 +106,7 @@ func (t transport) options() []grpc.ServerOption {
 		isMutation := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 			return mutating[c.FullMethod()]
 		})
-		unary = append(unary, selector.UnaryServerInterceptor(ratelimit.UnaryServerInterceptor(t.limiter), isMutation))
+		unary = append(unary, selector.UnaryServerInterceptor(withReason(ratelimit.UnaryServerInterceptor(t.limiter)), isMutation))
 	}
 	if len(unary) > 0 {
 		opts = append(opts, grpc.ChainUnaryInterceptor(unary...))
@@ -115,6 +115,23 @@ func (t transport) options() []grpc.ServerOption {
 		opts = append(opts, grpc.ChainStreamInterceptor(stream...))
 	}
 	return opts
+}
+
+// withReason gives the rate limiter's refusals (the calls it stops before
+// the handler) an ErrorInfo with the reason RATE_LIMITED, as every other
+// error of the API has.
+func withReason(limit grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		reached := false
+		resp, err := limit(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			reached = true
+			return handler(ctx, req)
+		})
+		if err != nil && !reached {
+			return nil, service.Status(fmt.Errorf("%s: %w", status.Convert(err).Message(), service.ErrRateLimited))
+		}
+		return resp, err
+	}
 }
 
 // mutationLimiter is a token bucket for the ratelimit interceptor.
@@ -208,19 +225,19 @@ func authFunc(requireCert bool, tokenSum *[sha256.Size]byte) auth.AuthFunc {
 				ti, _ = p.AuthInfo.(credentials.TLSInfo)
 			}
 			if len(ti.State.VerifiedChains) == 0 {
-				return nil, status.Error(codes.Unauthenticated, "a client certificate signed by the daemon's client CA is required")
+				return nil, service.Status(fmt.Errorf("a client certificate signed by the daemon's client CA is required: %w", service.ErrUnauthenticated))
 			}
 		}
 		if tokenSum != nil {
 			tok, err := auth.AuthFromMD(ctx, "bearer")
 			if err != nil {
-				return nil, status.Error(codes.Unauthenticated, "missing bearer token (metadata authorization: Bearer <token>)")
+				return nil, service.Status(fmt.Errorf("missing bearer token (metadata authorization: Bearer <token>): %w", service.ErrUnauthenticated))
 			}
 			// Hashing first makes the comparison constant-time whatever the
 			// lengths.
 			sum := sha256.Sum256([]byte(tok))
 			if subtle.ConstantTimeCompare(sum[:], tokenSum[:]) != 1 {
-				return nil, status.Error(codes.Unauthenticated, "invalid bearer token")
+				return nil, service.Status(fmt.Errorf("invalid bearer token: %w", service.ErrUnauthenticated))
 			}
 		}
 		return ctx, nil

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -332,6 +333,14 @@ func TestSecurityMatrix(t *testing.T) {
 			if tc.want == codes.PermissionDenied && !strings.Contains(status.Convert(err).Message(), "spec.") {
 				t.Fatalf("policy refusal does not name the field: %v", err)
 			}
+			// Refusals by the interceptors carry a reason, as the service's do.
+			want := map[codes.Code]string{codes.Unauthenticated: "UNAUTHENTICATED"}[tc.want]
+			if tc.name == "mutation beyond the rate" {
+				want = "RATE_LIMITED"
+			}
+			if got := reasonOf(err); want != "" && got != want {
+				t.Fatalf("reason %q (%v), want %s", got, err, want)
+			}
 			if after := takeSnapshot(t, tc.d); !before.equal(after) {
 				t.Fatalf("state changed:\nbefore %s\nafter  %s\nlisteners %v -> %v", before.state, after.state, before.listeners, after.listeners)
 			}
@@ -521,4 +530,14 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	return out.Close()
+}
+
+// reasonOf is the reason of err's ErrorInfo, or "".
+func reasonOf(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
 }

@@ -18,6 +18,16 @@ import (
 // error the service returns.
 const ErrorDomain = "listenerd.v1"
 
+// Errors raised outside the listener engine, mapped like its own.
+var (
+	// ErrUnauthenticated: a TCP API call without valid credentials.
+	ErrUnauthenticated = errors.New("not authenticated")
+	// ErrRateLimited: a change over the daemon's --api-rate.
+	ErrRateLimited = errors.New("rate limited")
+	// ErrBootMismatch: a watch resume point from another daemon boot.
+	ErrBootMismatch = errors.New("boot id mismatch")
+)
+
 // errorTable maps the domain's sentinel errors to status codes, once, at
 // the boundary. The reason goes into ErrorInfo so clients can branch on it.
 var errorTable = []struct {
@@ -39,7 +49,15 @@ var errorTable = []struct {
 	{events.ErrClosed, codes.Unavailable, "SHUTTING_DOWN"},
 	{listener.ErrShuttingDown, codes.Unavailable, "SHUTTING_DOWN"},
 	{listener.ErrPersist, codes.Internal, "STATE_NOT_SAVED"},
+	{ErrUnauthenticated, codes.Unauthenticated, "UNAUTHENTICATED"},
+	{ErrRateLimited, codes.ResourceExhausted, "RATE_LIMITED"},
+	{ErrBootMismatch, codes.OutOfRange, "BOOT_MISMATCH"},
 }
+
+// Status turns an error wrapping one of the domain's sentinel errors into
+// a gRPC status error with its ErrorInfo, for code outside the service
+// (the server's interceptors).
+func Status(err error) error { return toStatus(slog.Default(), err, nil) }
 
 // toStatus turns a domain error into a gRPC status error. Anything
 // unmapped is logged and becomes Internal, never Unknown.

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/events"
@@ -228,8 +226,8 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 	}
 	bus := s.m.Bus()
 	if b := req.GetBootId(); b != "" && b != bus.BootID() {
-		return status.Errorf(codes.OutOfRange,
-			"boot_id %q: the daemon restarted (now %q); its sequences start again: re-list and watch from now", b, bus.BootID())
+		return toStatus(s.log, fmt.Errorf("boot_id %q: the daemon restarted (now %q); its sequences start again: re-list and watch from now: %w",
+			b, bus.BootID(), ErrBootMismatch), map[string]string{"boot_id": bus.BootID()})
 	}
 	w, head, err := bus.Watch(filter, req.AfterSequence)
 	if err != nil {
@@ -260,7 +258,7 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 					map[string]string{"last_sequence": strconv.FormatUint(sent, 10)})
 			}
 			if errors.Is(err, events.ErrClosed) {
-				return status.Error(codes.Unavailable, "listenerd is shutting down")
+				return toStatus(s.log, fmt.Errorf("listenerd is shutting down: %w", err), nil)
 			}
 			return s.err(err)
 		}
@@ -289,7 +287,6 @@ func (s *Service) watchFilter(req *listenerdv1.WatchEventsRequest) (events.Filte
 			return f, err
 		}
 	}
-	f.Listeners = s.m.Resolve(req.GetListenerIds())
 	if req.GetDataMaxBytes() > events.MaxDataBytes {
 		return f, listener.Invalid("data_max_bytes", "%d is out of range 1-%d", req.GetDataMaxBytes(), events.MaxDataBytes)
 	}
@@ -306,5 +303,7 @@ func (s *Service) watchFilter(req *listenerdv1.WatchEventsRequest) (events.Filte
 		}
 		f.Kinds = append(f.Kinds, kind)
 	}
-	return f, nil
+	var err error
+	f.Listeners, err = s.m.Resolve(req.GetListenerIds()) // after the checks: INVALID_ARGUMENT comes first
+	return f, err
 }

@@ -169,6 +169,7 @@ func TestErrorMatrix(t *testing.T) {
 		{"port in use by anyone", create("", &listenerdv1.ListenerSpec{Port: foreignPort}), codes.FailedPrecondition, "address already in use"},
 		{"watch future", watch(&listenerdv1.WatchEventsRequest{AfterSequence: proto64(1000)}), codes.OutOfRange, "after_sequence"},
 		{"watch other boot", watch(&listenerdv1.WatchEventsRequest{BootId: "feedface"}), codes.OutOfRange, "boot_id"},
+		{"watch unknown name", watch(&listenerdv1.WatchEventsRequest{ListenerIds: []string{"ghost"}}), codes.NotFound, "ghost"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -186,10 +187,11 @@ func TestErrorMatrix(t *testing.T) {
 					info = i
 				}
 			}
-			if tc.code != codes.OutOfRange || tc.field != "boot_id" {
-				if info == nil || info.GetDomain() != ErrorDomain {
-					t.Fatalf("no ErrorInfo in %v", st.Details())
-				}
+			if info == nil || info.GetDomain() != ErrorDomain {
+				t.Fatalf("no ErrorInfo in %v", st.Details())
+			}
+			if tc.field == "boot_id" && info.GetReason() != "BOOT_MISMATCH" {
+				t.Fatalf("reason %q, want BOOT_MISMATCH", info.GetReason())
 			}
 		})
 	}
@@ -312,4 +314,54 @@ func TestCloseListener(t *testing.T) {
 	}
 	ln.Close()
 	createOK(t, c, "gone", echoSpec())
+}
+
+// A watch the daemon ends because it is shutting down says so in its
+// ErrorInfo, like every other error.
+func TestWatchEndsWithShuttingDown(t *testing.T) {
+	c, _, mgr := newClientConn(t, events.Options{})
+	s, err := c.WatchEvents(ctx(t), &listenerdv1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	mgr.Bus().Close()
+	_, err = s.Recv()
+	st := status.Convert(err)
+	var reason string
+	for _, d := range st.Details() {
+		if i, ok := d.(*errdetails.ErrorInfo); ok {
+			reason = i.GetReason()
+		}
+	}
+	if st.Code() != codes.Unavailable || reason != "SHUTTING_DOWN" {
+		t.Fatalf("watch ended with %v, reason %q; want UNAVAILABLE, SHUTTING_DOWN", err, reason)
+	}
+}
+
+// An id that is not open (any more) can still be watched: its events may be
+// in the history.
+func TestWatchIDOfAClosedListener(t *testing.T) {
+	c := newClient(t, events.Options{})
+	l := createOK(t, c, "gone", echoSpec())
+	if _, err := c.CloseListener(ctx(t), &listenerdv1.CloseListenerRequest{Id: l.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	after := uint64(0)
+	s, err := c.WatchEvents(ctx(t), &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}, AfterSequence: &after})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var started bool
+	for !started {
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatalf("watch of a closed listener's id: %v", err)
+		}
+		for _, ev := range resp.GetEvents() {
+			started = started || ev.GetListenerStarted() != nil
+		}
+	}
 }
