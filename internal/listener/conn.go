@@ -330,6 +330,7 @@ func (c *conn) forward() error {
 	defer up.Close()
 
 	var upErr error
+	var clientFailed atomic.Bool // the client side failed first: its error is the reason
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -337,6 +338,9 @@ func (c *conn) forward() error {
 		c.out.Add(uint64(n))
 		c.l.bytesOut.Add(uint64(n))
 		if err != nil {
+			if clientFailed.Load() { // ended by the up.Close below
+				return
+			}
 			upErr = upstreamError{err}
 			c.close(events.CloseUpstreamFailed, false)
 			return
@@ -347,6 +351,7 @@ func (c *conn) forward() error {
 	c.in.Add(uint64(n))
 	c.l.bytesIn.Add(uint64(n))
 	if err != nil {
+		clientFailed.Store(true)
 		_ = up.Close()
 		<-done
 		return err

@@ -46,8 +46,8 @@ type Listener struct {
 	nextConn  uint64               // the last connection's number: also how many were accepted
 	lastErr   string
 	closeTime time.Time
-	draining  bool          // Close has begun
-	allGone   chan struct{} // closed when draining and no connection is left
+	stopped   bool          // Close has begun and the accept loop has returned: no connection can be added
+	allGone   chan struct{} // closed when stopped and no connection is left
 	destroyed uint64        // connections killed by close or shutdown
 
 	slot       chan struct{} // a connection ended or limits changed (overflow BACKLOG)
@@ -160,6 +160,10 @@ const (
 	acceptErrorEvery = time.Second
 )
 
+// testHookAccepted, when set by a test, runs after each accept, before the
+// connection is admitted.
+var testHookAccepted atomic.Pointer[func()]
+
 // acceptLoop accepts until Close. It is the only place a connection is
 // counted in, so the active count never passes the limit.
 func (l *Listener) acceptLoop() {
@@ -199,6 +203,9 @@ func (l *Listener) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		if hook := testHookAccepted.Load(); hook != nil {
+			(*hook)()
+		}
 		l.admit(c)
 	}
 }
@@ -354,7 +361,7 @@ func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 	}
 	seq := l.bus.Record(events.Event{Listener: l.id, Kind: events.KindConnectionClosed, Conn: c.n, Tuple: c.tuple,
 		BytesIn: in, BytesOut: out, Duration: dur, Close: reason, Detail: detail})
-	if l.draining && len(l.conns) == 0 {
+	if l.stopped && len(l.conns) == 0 {
 		closeOnce(l.allGone)
 	}
 	l.mu.Unlock()
@@ -428,10 +435,6 @@ func (l *Listener) beginClose() (first bool) {
 		first = true
 		l.mu.Lock()
 		l.closeTime = time.Now()
-		l.draining = true
-		if len(l.conns) == 0 {
-			closeOnce(l.allGone)
-		}
 		l.mu.Unlock()
 		l.state.Store(int32(StateDraining))
 		close(l.stop)
@@ -439,6 +442,15 @@ func (l *Listener) beginClose() (first bool) {
 			_ = l.ln.Close()
 			<-l.acceptDone
 		}
+		// Only now can no accept in flight add a connection: one accepted
+		// as the close began is drained like the others, not destroyed
+		// because the listener looked empty a moment before.
+		l.mu.Lock()
+		l.stopped = true
+		if len(l.conns) == 0 {
+			closeOnce(l.allGone)
+		}
+		l.mu.Unlock()
 	})
 	return first
 }

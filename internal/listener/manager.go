@@ -461,7 +461,9 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 	return l.Info(), m.save()
 }
 
-func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) {
+// closeListener reports whether it began the close (false: the listener
+// was already closing, and its drain goes on).
+func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) bool {
 	if force {
 		drain = 0
 	}
@@ -485,11 +487,12 @@ func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, re
 			}
 			m.mu.Unlock()
 		}()
-		return
+		return true
 	}
 	if force {
 		l.killAll(reason)
 	}
+	return false
 }
 
 // Connections lists a listener's open connections.
@@ -525,8 +528,30 @@ func (m *Manager) Shutdown(timeout time.Duration) {
 	m.shutting = true // listeners close for the shutdown, not for good: the saved state keeps them
 	ls := slices.Collect(maps.Values(m.byID))
 	m.mu.Unlock()
+	var late []*Listener // closing before the shutdown, on their own drain timeout
 	for _, l := range ls {
-		m.closeListener(l, timeout, timeout <= 0, events.CloseDaemonShutdown)
+		if !m.closeListener(l, timeout, timeout <= 0, events.CloseDaemonShutdown) {
+			late = append(late, l)
+		}
 	}
-	m.wg.Wait()
+	if len(late) == 0 || timeout <= 0 {
+		m.wg.Wait()
+		return
+	}
+	// The shutdown's timeout bounds their drains too.
+	done := make(chan struct{})
+	go func() {
+		m.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		for _, l := range late {
+			l.killAll(events.CloseDaemonShutdown)
+		}
+		<-done
+	}
 }

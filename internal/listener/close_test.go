@@ -1,0 +1,130 @@
+package listener
+
+import (
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
+
+// echoOnce proves c is served: one round trip through an echo listener.
+func echoOnce(t *testing.T, c net.Conn) {
+	t.Helper()
+	msg := []byte("ping")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+		t.Fatalf("echo: %v", err)
+	}
+}
+
+// closedEvent waits for the one connection-closed event w sees.
+func closedEvent(w *watch) events.Event {
+	evs := w.until(countAtLeast(events.KindConnectionClosed, 1))
+	for _, e := range evs {
+		if e.Kind == events.KindConnectionClosed {
+			return e
+		}
+	}
+	panic("unreachable")
+}
+
+// A listener already draining when the daemon shuts down (ctl close with
+// its 30 s default, then SIGTERM) is bounded by the shutdown's timeout, not
+// its own.
+func TestShutdownBoundsAnEarlierDrain(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	w := newWatch(t, m, l.ID())
+	c := dial(t, l.Info().Bound)
+	defer c.Close()
+	echoOnce(t, c)
+	if _, err := m.Close(l.ID(), time.Hour, false); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		m.Shutdown(time.Millisecond)
+	}()
+	waitFor(t, "a shutdown with a 1 ms timeout while a 1 h drain runs", stopped)
+	if e := closedEvent(w); e.Close != events.CloseDaemonShutdown {
+		t.Fatalf("connection closed with %v, want daemon shutdown", e.Close)
+	}
+}
+
+// A connection accepted just as Close begins is drained like the others:
+// it is not destroyed because the listener looked empty a moment before.
+func TestConnAcceptedAsCloseBeginsIsDrained(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	accepted, release := make(chan struct{}), make(chan struct{})
+	hook := func() {
+		close(accepted)
+		<-release
+	}
+	testHookAccepted.Store(&hook)
+	t.Cleanup(func() { testHookAccepted.Store(nil) })
+	c := dial(t, l.Info().Bound)
+	defer c.Close()
+	waitFor(t, "the accept", accepted)
+
+	closed := make(chan error, 1)
+	go func() {
+		_, err := m.Close(l.ID(), time.Hour, false)
+		closed <- err
+	}()
+	deadline := time.Now().Add(guard)
+	for l.Info().State != StateDraining { // the close has begun, and waits for the accept loop
+		if time.Now().After(deadline) {
+			t.Fatalf("close did not begin within %v", guard)
+		}
+		runtime.Gosched() // a state with no signal to wait on
+	}
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	testHookAccepted.Store(nil)
+	echoOnce(t, c) // still served: draining, not destroyed
+	if in := l.Info(); in.Active != 1 || in.State != StateDraining {
+		t.Fatalf("after close: %d active, %v; want 1 draining", in.Active, in.State)
+	}
+}
+
+// A client that resets a forwarded connection is the reason it closed,
+// not its upstream, which the daemon closed in turn.
+func TestForwardClientResetIsReset(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		if c, err := up.Accept(); err == nil {
+			held <- c
+		}
+		close(held)
+	}()
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: up.Addr().String()}})
+	w := newWatch(t, m, l.ID())
+	c := dial(t, l.Info().Bound)
+	var uc net.Conn
+	select {
+	case uc = <-held:
+	case <-time.After(guard):
+		t.Fatalf("no upstream connection within %v", guard)
+	}
+	defer uc.Close()
+	_ = c.SetLinger(0)
+	c.Close() // RST
+	if e := closedEvent(w); e.Close != events.CloseReset {
+		t.Fatalf("client reset reported as %v, want reset", e.Close)
+	}
+}
