@@ -94,6 +94,27 @@ func TestPerSourceLimit(t *testing.T) {
 	w.until(countAtLeast(events.KindConnectionOpened, 3))
 }
 
+// A per-source limit set at runtime counts the connections already open
+// from that source, as max_connections counts those already open.
+func TestPerSourceLimitSetAtRuntime(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited()})
+	w := newWatch(t, m, l.ID())
+	addr := l.Info().Bound
+	for range 3 {
+		dialFrom(t, "127.0.0.1", addr)
+	}
+	w.until(countAtLeast(events.KindConnectionOpened, 3))
+	if _, err := m.SetLimits(l.ID(), func(lim Limits) (Limits, error) { lim.PerSource = 1; return lim, nil }); err != nil {
+		t.Fatal(err)
+	}
+	dialFrom(t, "127.0.0.1", addr)
+	evs := w.until(countAtLeast(events.KindConnectionRejected, 1))
+	if count(evs, events.KindConnectionOpened) != 3 || lastReject(evs) != events.RejectPerSourceLimit {
+		t.Fatalf("opened %d, reject reason %v; want 3 and the per-source limit", count(evs, events.KindConnectionOpened), lastReject(evs))
+	}
+}
+
 func TestAcceptRateLimit(t *testing.T) {
 	m := newManager(t)
 	// One token, refilled every ~17 minutes: the second connection is over.

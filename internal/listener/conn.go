@@ -34,8 +34,6 @@ type conn struct {
 	closed bool
 	kill   chan struct{}
 	peer   *net.TCPConn // forward: the upstream connection
-	// perSource: counted in the listener's per-source table.
-	perSource bool
 }
 
 // close closes the connection from the daemon's side with reason. It

@@ -42,7 +42,7 @@ type Listener struct {
 
 	mu        sync.Mutex
 	conns     map[uint64]*conn
-	perSource map[netip.Addr]int64 // open connections by source, when limited
+	perSource map[netip.Addr]int64 // open connections by source
 	nextConn  uint64               // the last connection's number: also how many were accepted
 	lastErr   string
 	closeTime time.Time
@@ -279,15 +279,15 @@ func (l *Listener) admit(c *net.TCPConn) {
 // serving it. It reports false, having done nothing, when the source is at
 // its limit.
 func (l *Listener) register(c *net.TCPConn, tuple events.Tuple, src netip.Addr, perSource int64) bool {
-	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now(), perSource: perSource > 0}
+	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now()}
 	l.mu.Lock()
-	if perSource > 0 {
-		if l.perSource[src] >= perSource {
-			l.mu.Unlock()
-			return false
-		}
-		l.perSource[src]++
+	// Every source is counted, limited or not, so that a limit set at
+	// runtime counts the connections already open.
+	if perSource > 0 && l.perSource[src] >= perSource {
+		l.mu.Unlock()
+		return false
 	}
+	l.perSource[src]++
 	l.nextConn++
 	cn.n = l.nextConn
 	l.conns[cn.n] = cn
@@ -345,11 +345,9 @@ func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 	}
 	l.mu.Lock()
 	delete(l.conns, c.n)
-	if c.perSource {
-		src := c.tuple.Remote.Addr()
-		if l.perSource[src]--; l.perSource[src] <= 0 {
-			delete(l.perSource, src)
-		}
+	src := c.tuple.Remote.Addr()
+	if l.perSource[src]--; l.perSource[src] <= 0 {
+		delete(l.perSource, src)
 	}
 	l.active.Add(-1)
 	l.manager.release()
