@@ -128,3 +128,43 @@ func TestForwardClientResetIsReset(t *testing.T) {
 		t.Fatalf("client reset reported as %v, want reset", e.Close)
 	}
 }
+
+// A peer that sends and never reads stalls the echo on its write: that is
+// idle too, and idle_timeout ends it, whether the bytes went through the
+// buffer or were spliced.
+func TestEchoIdleWhileStuckWriting(t *testing.T) {
+	for _, tc := range []struct {
+		size     int   // bytes a write
+		readMore int64 // bytes read back before the client stops reading
+	}{
+		{512, 0},            // small writes: the echo's buffer
+		{64 << 10, 8 << 20}, // bulk: by the time reading stops, the echo splices
+	} {
+		size := tc.size
+		m := newManager(t)
+		l := create(t, m, Spec{Handler: Handler{Kind: HandlerEcho}, Limits: Limits{MaxConnections: -1, IdleTimeout: 50 * time.Millisecond}})
+		w := newWatch(t, m, l.ID())
+		c := dial(t, l.Info().Bound)
+		if tc.readMore == 0 {
+			_ = c.SetReadBuffer(4096)
+		} else {
+			go func() { _, _ = io.CopyN(io.Discard, c, tc.readMore) }()
+		}
+		wrote := make(chan struct{})
+		go func() { // writes until the daemon closes the connection
+			defer close(wrote)
+			buf := make([]byte, size)
+			_ = c.SetWriteDeadline(time.Now().Add(guard))
+			for {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		if e := closedEvent(w); e.Close != events.CloseIdleTimeout {
+			t.Fatalf("writes of %d B: closed with %v, want idle timeout", size, e.Close)
+		}
+		c.Close()
+		<-wrote
+	}
+}

@@ -186,7 +186,7 @@ func (c *conn) pump(echo bool, idle time.Duration) error {
 			}
 			return err
 		}
-		if werr := c.got((*r.buf)[:n], echo); werr != nil {
+		if werr := c.got((*r.buf)[:n], echo, idle); werr != nil {
 			return werr
 		}
 		if echo && n == len(*r.buf) {
@@ -201,13 +201,16 @@ func (c *conn) pump(echo bool, idle time.Duration) error {
 }
 
 //go:noinline
-func (c *conn) got(p []byte, echo bool) error {
+func (c *conn) got(p []byte, echo bool, idle time.Duration) error {
 	l := c.l
 	n := len(p)
 	c.in.Add(uint64(n))
 	l.bytesIn.Add(uint64(n))
 	data := c.publishData(nil, p, false)
 	if echo {
+		if idle > 0 { // a peer that sends and never reads is idle too
+			_ = c.c.SetWriteDeadline(time.Now().Add(idle))
+		}
 		w, werr := c.c.Write(p)
 		c.out.Add(uint64(w))
 		l.bytesOut.Add(uint64(w))

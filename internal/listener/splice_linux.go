@@ -102,8 +102,8 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 	defer func() { putPipe(p, inPipe == 0) }()
 	l := c.l
 	for l.bus.DataCap() == 0 {
-		if idle > 0 {
-			_ = c.c.SetReadDeadline(time.Now().Add(idle))
+		if idle > 0 { // both ways: a peer that sends and never reads is idle too
+			_ = c.c.SetDeadline(time.Now().Add(idle))
 		}
 		var n int
 		var serr error
