@@ -52,6 +52,7 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 	fs.StringVar(&cfg.Socket, "socket", paths.DefaultSocket(), "API unix socket path (env "+paths.SocketEnv+")")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long connections may drain on SIGTERM/SIGINT")
 	fs.IntVar(&cfg.History, "history", events.DefaultHistory, "events held in memory for watch resume")
+	fs.Int64Var(&cfg.HistoryData, "history-data", events.DefaultHistoryData, "bytes of connection data the event history holds (beyond, the oldest data events keep their length but lose their bytes)")
 	fs.IntVar(&cfg.WatcherLag, "watch-queue", events.DefaultWatcherLag, "events a watcher may fall behind before its stream ends with RESOURCE_EXHAUSTED")
 	fs.IntVar(&cfg.MaxWatchers, "max-watchers", events.DefaultMaxWatchers, "concurrent WatchEvents streams")
 	fs.StringVar(&cfg.StateDir, "state-dir", paths.StateDir(), "directory where listener specs persist")
@@ -85,8 +86,8 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 		return cfg, level, fmt.Errorf("--state-dir must not be empty (or use --ephemeral)")
 	case cfg.MaxListeners < 0 || cfg.MaxConnections < 0:
 		return cfg, level, fmt.Errorf("--max-listeners and --max-connections must not be negative")
-	case cfg.History <= 0 || cfg.WatcherLag <= 0 || cfg.MaxWatchers <= 0:
-		return cfg, level, fmt.Errorf("--history, --watch-queue and --max-watchers must be positive")
+	case cfg.History <= 0 || cfg.WatcherLag <= 0 || cfg.MaxWatchers <= 0 || cfg.HistoryData <= 0:
+		return cfg, level, fmt.Errorf("--history, --history-data, --watch-queue and --max-watchers must be positive")
 	case cfg.History > events.MaxHistory:
 		return cfg, level, fmt.Errorf("--history %d: at most %d events (about 150 bytes each)", cfg.History, events.MaxHistory)
 	}

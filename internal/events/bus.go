@@ -42,6 +42,7 @@ func (e *RangeError) Unwrap() error { return ErrCompacted }
 const (
 	DefaultHistory     = 640 * 1024 // a minute at 10,000 events a second
 	MaxHistory         = 1 << 26    // about 10 GiB of events; NewBus caps History here
+	DefaultHistoryData = 64 << 20   // bytes of connection data the history holds
 	DefaultWatcherLag  = 64 * 1024
 	DefaultMaxWatchers = 1024
 	chunkSize          = 4096
@@ -50,7 +51,11 @@ const (
 
 // Options size the bus.
 type Options struct {
-	History     int // events held for resume
+	History int // events held for resume
+	// HistoryData bounds the bytes of connection data the history holds.
+	// Past it, the oldest data events held lose their bytes (they keep
+	// their length), so a watcher that resumes may find some empty.
+	HistoryData int64
 	WatcherLag  int // how far a watcher may fall behind the head before it is cut
 	MaxWatchers int // concurrent watchers
 }
@@ -63,10 +68,12 @@ type Bus struct {
 	lag         uint64
 	maxWatchers int
 
-	mu     sync.Mutex
-	chunks [][]Event // allocated on first use
-	head   uint64    // last sequence assigned; 0 before the first event
-	closed bool
+	mu      sync.Mutex
+	chunks  [][]Event // allocated on first use
+	head    uint64    // last sequence assigned; 0 before the first event
+	closed  bool
+	data    dataQueue // the held events that carry data, oldest first
+	dataMax int64     // HistoryData
 
 	wmu      sync.Mutex
 	watchers atomic.Pointer[[]*Watcher] // copy on write under wmu
@@ -118,6 +125,9 @@ func NewBus(opts Options) *Bus {
 	if opts.MaxWatchers <= 0 {
 		opts.MaxWatchers = DefaultMaxWatchers
 	}
+	if opts.HistoryData <= 0 {
+		opts.HistoryData = DefaultHistoryData
+	}
 	n := (opts.History + chunkSize - 1) / chunkSize
 	size := uint64(n * chunkSize)
 	lag := uint64(opts.WatcherLag)
@@ -133,6 +143,7 @@ func NewBus(opts Options) *Bus {
 		lag:         lag,
 		maxWatchers: opts.MaxWatchers,
 		chunks:      make([][]Event, n),
+		dataMax:     opts.HistoryData,
 	}
 	b.setWatchersLocked(nil)
 	return b
@@ -167,8 +178,63 @@ func (b *Bus) Record(e Event) uint64 {
 	e.Seq = seq
 	e.Time = time.Now().UnixNano()
 	*b.slot(seq) = e
+	if e.Detail != nil && len(e.Detail.Data) > 0 {
+		b.holdDataLocked(seq, len(e.Detail.Data))
+	}
 	b.mu.Unlock()
 	return seq
+}
+
+// holdDataLocked accounts for n bytes of data in the event seq, then
+// drops the bytes of the oldest data events until the history's data fits
+// HistoryData; b.mu must be held. A dropped event keeps its slot and its
+// length: its Detail is replaced by a copy without the bytes, so watchers
+// that copied the event before hold what they copied.
+func (b *Bus) holdDataLocked(seq uint64, n int) {
+	b.data.push(seq, n)
+	oldest := b.oldest()
+	for b.data.bytes > b.dataMax || (b.data.len() > 0 && b.data.front().seq < oldest) {
+		d := b.data.pop()
+		if d.seq < oldest {
+			continue // overwritten already
+		}
+		if s := b.slot(d.seq); s.Seq == d.seq && s.Detail != nil {
+			kept := *s.Detail
+			kept.Data = nil
+			s.Detail = &kept
+		}
+	}
+}
+
+// dataQueue is a FIFO of the held events that carry data.
+type dataQueue struct {
+	q     []heldData
+	first int
+	bytes int64
+}
+
+type heldData struct {
+	seq uint64
+	n   int
+}
+
+func (q *dataQueue) push(seq uint64, n int) {
+	if q.first > 0 && q.first >= len(q.q)/2 { // reclaim the popped half
+		q.q = append(q.q[:0], q.q[q.first:]...)
+		q.first = 0
+	}
+	q.q = append(q.q, heldData{seq, n})
+	q.bytes += int64(n)
+}
+
+func (q *dataQueue) len() int        { return len(q.q) - q.first }
+func (q *dataQueue) front() heldData { return q.q[q.first] }
+
+func (q *dataQueue) pop() heldData {
+	d := q.q[q.first]
+	q.first++
+	q.bytes -= int64(d.n)
+	return d
 }
 
 // Wake tells the watchers that events up to seq are recorded, and cuts

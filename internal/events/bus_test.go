@@ -270,3 +270,75 @@ func TestHugeHistoryIsCapped(t *testing.T) {
 		t.Fatalf("history of %d events, want it capped at %d", got, MaxHistory)
 	}
 }
+
+// The history holds at most HistoryData bytes of connection data: past it,
+// the oldest data events lose their bytes and keep everything else, and
+// events copied out before keep what they had.
+func TestHistoryDataIsBounded(t *testing.T) {
+	b := NewBus(Options{History: chunkSize, HistoryData: 1000})
+	defer b.Close()
+	payload := make([]byte, 300)
+	w, _, err := b.Watch(Filter{DataMax: 300}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	b.Publish(Event{Listener: "a", Kind: KindConnectionData, BytesIn: 300, Detail: &Detail{Data: payload}})
+	first, _, err := w.Next(ctx(t), nil) // copied out while it has its bytes
+	if err != nil || len(first) != 1 {
+		t.Fatalf("first data event: %v, %v", first, err)
+	}
+	for range 9 {
+		b.Publish(Event{Listener: "a", Kind: KindConnectionData, BytesIn: 300, Detail: &Detail{Data: payload}})
+	}
+	if len(first[0].Detail.Data) != 300 {
+		t.Fatalf("an event already read lost its bytes: %d", len(first[0].Detail.Data))
+	}
+	after := uint64(0)
+	r, _, err := b.Watch(Filter{DataMax: 300}, &after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var held []int
+	buf := make([]Event, 0, 16)
+	for len(held) < 10 {
+		batch, _, err := r.Next(ctx(t), buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range batch {
+			if e.BytesIn != 300 {
+				t.Fatalf("event %d lost its length: %+v", e.Seq, e)
+			}
+			held = append(held, len(e.Detail.Data))
+		}
+	}
+	want := []int{0, 0, 0, 0, 0, 0, 0, 300, 300, 300} // 1000 bytes hold the newest three
+	for i := range want {
+		if held[i] != want[i] {
+			t.Fatalf("bytes held per event %v, want %v", held, want)
+		}
+	}
+	if b.data.bytes > 1000 {
+		t.Fatalf("%d bytes of data accounted, budget 1000", b.data.bytes)
+	}
+}
+
+// Data that has left the ring with its events no longer counts.
+func TestHistoryDataLeavesWithItsEvents(t *testing.T) {
+	b := NewBus(Options{History: chunkSize, HistoryData: 1000})
+	defer b.Close()
+	payload := make([]byte, 300)
+	for range 3 {
+		b.Publish(Event{Listener: "a", Kind: KindConnectionData, Detail: &Detail{Data: payload}})
+	}
+	publishN(b, "a", chunkSize) // the three data events leave the ring
+	b.Publish(Event{Listener: "a", Kind: KindConnectionData, Detail: &Detail{Data: payload}})
+	b.mu.Lock()
+	bytes, n := b.data.bytes, b.data.len()
+	b.mu.Unlock()
+	if bytes != 300 || n != 1 {
+		t.Fatalf("%d bytes in %d events accounted, want the newest event's 300", bytes, n)
+	}
+}
