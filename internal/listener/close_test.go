@@ -168,3 +168,40 @@ func TestEchoIdleWhileStuckWriting(t *testing.T) {
 		<-wrote
 	}
 }
+
+// idle_timeout ends a forwarded connection on which nothing moves either
+// way, as it ends the other handlers' connections.
+func TestForwardIdleTimeout(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		if c, err := up.Accept(); err == nil {
+			held <- c
+		}
+		close(held)
+	}()
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 50 * time.Millisecond},
+		Handler: Handler{Kind: HandlerForward, Upstream: up.Addr().String()}})
+	w := newWatch(t, m, l.ID())
+	c := dial(t, l.Info().Bound)
+	defer c.Close()
+	if _, err := c.Write([]byte("hello")); err != nil { // one move, then silence
+		t.Fatal(err)
+	}
+	uc := <-held
+	if uc == nil {
+		t.Fatal("no upstream connection")
+	}
+	defer uc.Close()
+	if _, err := io.ReadFull(uc, make([]byte, 5)); err != nil {
+		t.Fatalf("upstream read: %v", err)
+	}
+	if e := closedEvent(w); e.Close != events.CloseIdleTimeout {
+		t.Fatalf("silent forwarded connection closed with %v, want idle timeout", e.Close)
+	}
+}

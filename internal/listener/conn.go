@@ -124,7 +124,7 @@ func (c *conn) serveOther(idle time.Duration) error {
 		c.hold(idle)
 		return nil
 	}
-	return c.forward()
+	return c.forward(idle)
 }
 
 //go:noinline
@@ -300,10 +300,40 @@ func (e upstreamError) Unwrap() []error {
 	return []error{errUpstream, e.err}
 }
 
+// idleWatch closes the connection with the reason idle_timeout once no
+// bytes have moved either way for idle (activity holds the time of the
+// last move). It returns a stop that waits for the watch to end.
+func (c *conn) idleWatch(idle time.Duration, activity *atomic.Int64) (stop func()) {
+	activity.Store(time.Now().UnixNano())
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTimer(idle)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+			}
+			quiet := time.Since(time.Unix(0, activity.Load()))
+			if quiet >= idle {
+				c.close(events.CloseIdleTimeout, false)
+				return
+			}
+			t.Reset(idle - quiet)
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}
+
 // forward proxies the connection to the handler's upstream, passing a
 // half-close through in each direction. On Linux pipeCopy splices without
 // copying through user space, holding a pipe only while bytes flow.
-func (c *conn) forward() error {
+func (c *conn) forward(idle time.Duration) error {
 	h := c.l.spec.Handler
 	timeout := h.ConnectTimeout
 	if timeout <= 0 {
@@ -329,13 +359,19 @@ func (c *conn) forward() error {
 		return nil
 	}
 	defer up.Close()
+	var activity *atomic.Int64
+	if idle > 0 {
+		activity = new(atomic.Int64)
+		stop := c.idleWatch(idle, activity)
+		defer stop()
+	}
 
 	var upErr error
 	var clientFailed atomic.Bool // the client side failed first: its error is the reason
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		n, err := pipeCopy(c.c, up) // upstream to client
+		n, err := pipeCopy(c.c, up, activity) // upstream to client
 		c.out.Add(uint64(n))
 		c.l.bytesOut.Add(uint64(n))
 		if err != nil {
@@ -348,7 +384,7 @@ func (c *conn) forward() error {
 		}
 		_ = c.c.CloseWrite()
 	}()
-	n, err := pipeCopy(up, c.c) // client to upstream
+	n, err := pipeCopy(up, c.c, activity) // client to upstream
 	c.in.Add(uint64(n))
 	c.l.bytesIn.Add(uint64(n))
 	if err != nil {

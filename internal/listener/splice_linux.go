@@ -174,7 +174,8 @@ func splice(in, out, max int) (int, error) {
 // io.Copy holds its pipe (two descriptors) for the connection's life, so
 // an idle forwarded connection cost six descriptors; it now costs two.
 // Past maxPipes a burst goes through a pooled buffer instead.
-func pipeCopy(dst, src *net.TCPConn) (int64, error) {
+// With activity set, each read that moves bytes stores the time in it.
+func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -217,6 +218,9 @@ func pipeCopy(dst, src *net.TCPConn) (int64, error) {
 	for {
 		if err := srcRC.Read(read); err != nil {
 			return written, err
+		}
+		if activity != nil {
+			activity.Store(time.Now().UnixNano())
 		}
 		if p == nil {
 			n, err := r.result()
