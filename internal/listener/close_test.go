@@ -99,20 +99,9 @@ func TestConnAcceptedAsCloseBeginsIsDrained(t *testing.T) {
 // A client that resets a forwarded connection is the reason it closed,
 // not its upstream, which the daemon closed in turn.
 func TestForwardClientResetIsReset(t *testing.T) {
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	held := make(chan net.Conn, 1)
-	go func() {
-		if c, err := up.Accept(); err == nil {
-			held <- c
-		}
-		close(held)
-	}()
+	upAddr, held := upstream(t)
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: up.Addr().String()}})
+	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	var uc net.Conn
@@ -172,21 +161,10 @@ func TestEchoIdleWhileStuckWriting(t *testing.T) {
 // idle_timeout ends a forwarded connection on which nothing moves either
 // way, as it ends the other handlers' connections.
 func TestForwardIdleTimeout(t *testing.T) {
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	held := make(chan net.Conn, 1)
-	go func() {
-		if c, err := up.Accept(); err == nil {
-			held <- c
-		}
-		close(held)
-	}()
+	upAddr, held := upstream(t)
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 50 * time.Millisecond},
-		Handler: Handler{Kind: HandlerForward, Upstream: up.Addr().String()}})
+		Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	defer c.Close()
@@ -204,4 +182,23 @@ func TestForwardIdleTimeout(t *testing.T) {
 	if e := closedEvent(w); e.Close != events.CloseIdleTimeout {
 		t.Fatalf("silent forwarded connection closed with %v, want idle timeout", e.Close)
 	}
+}
+
+// upstream listens for one connection, which it hands over on the channel
+// (closed without one if the accept fails), and closes at the test's end.
+func upstream(t *testing.T) (string, <-chan net.Conn) {
+	t.Helper()
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	held := make(chan net.Conn, 1)
+	go func() {
+		if c, err := up.Accept(); err == nil {
+			held <- c
+		}
+		close(held)
+	}()
+	return up.Addr().String(), held
 }
