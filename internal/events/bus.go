@@ -385,14 +385,22 @@ func (w *Watcher) cut(err error) {
 }
 
 // cutSlow cuts the watcher loose for falling behind, behind events short
-// of the head, and counts it unless it was already ended.
+// of the head, and counts it unless it was already ended. It also leaves
+// the bus at once: a client that never reads may keep its stream's sender
+// blocked for long, and it must not hold a watcher slot, or keep
+// connection data recorded, all that time.
 func (w *Watcher) cutSlow(behind uint64) {
+	cut := false
 	w.once.Do(func() {
+		cut = true
 		w.err = ErrSlow
 		w.bus.slowCuts.Add(1)
 		w.bus.unsent.Add(behind)
 		close(w.done)
 	})
+	if cut {
+		w.bus.remove(w)
+	}
 }
 
 func (w *Watcher) match(e *Event) bool {

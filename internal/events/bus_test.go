@@ -342,3 +342,30 @@ func TestHistoryDataLeavesWithItsEvents(t *testing.T) {
 		t.Fatalf("%d bytes in %d events accounted, want the newest event's 300", bytes, n)
 	}
 }
+
+// A watcher cut for falling behind leaves the bus at once, before its
+// reader notices: it holds no watcher slot and keeps no data recorded.
+func TestSlowWatcherLeavesAtOnce(t *testing.T) {
+	b := NewBus(Options{History: 4 * chunkSize, WatcherLag: 100, MaxWatchers: 1})
+	defer b.Close()
+	w, _, err := b.Watch(Filter{DataMax: 64}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if b.DataCap() == 0 {
+		t.Fatal("a data watcher does not turn data recording on")
+	}
+	publishN(b, "a", 101) // never read: cut
+	if n := b.Watchers(); n != 0 {
+		t.Fatalf("%d watchers registered after the cut, want 0", n)
+	}
+	if c := b.DataCap(); c != 0 {
+		t.Fatalf("data cap %d after the only data watcher was cut, want 0", c)
+	}
+	w2, _, err := b.Watch(Filter{}, nil) // the slot is free
+	if err != nil {
+		t.Fatalf("watch after the cut: %v", err)
+	}
+	w2.Close()
+}
