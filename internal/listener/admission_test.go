@@ -131,6 +131,23 @@ func TestAcceptRateLimit(t *testing.T) {
 	}
 }
 
+// Changing another limit keeps the accept-rate bucket as it is.
+func TestAcceptRateSurvivesOtherChanges(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, AcceptRate: 0.001, AcceptBurst: 1}})
+	w := newWatch(t, m, l.ID())
+	dial(t, l.Info().Bound) // takes the only token
+	w.until(countAtLeast(events.KindConnectionOpened, 1))
+	if _, err := m.SetLimits(l.ID(), func(lim Limits) (Limits, error) { lim.IdleTimeout = time.Hour; return lim, nil }); err != nil {
+		t.Fatal(err)
+	}
+	dial(t, l.Info().Bound)
+	evs := w.until(countAtLeast(events.KindConnectionRejected, 1))
+	if count(evs, events.KindConnectionOpened) != 1 || lastReject(evs) != events.RejectRateLimit {
+		t.Fatalf("opened %d, reason %v: the idle-timeout change refilled the bucket", count(evs, events.KindConnectionOpened), lastReject(evs))
+	}
+}
+
 func TestDaemonWideCaps(t *testing.T) {
 	m := NewManager(events.NewBus(events.Options{}), nil, Options{MaxListeners: 2, MaxConnections: 1})
 	t.Cleanup(func() { m.Shutdown(0) })

@@ -130,8 +130,14 @@ func (l *Listener) setLimits(fn func(Limits) (Limits, error)) (Limits, error) {
 	return next, nil
 }
 
-// storeLimits makes lim the limits in force, with its rate limiter.
+// storeLimits makes lim the limits in force, with its rate limiter. A
+// change that leaves the rate and burst as they were keeps the bucket as
+// it is: changing the idle timeout must not refill it.
 func (l *Listener) storeLimits(lim Limits) {
+	if old := l.limits.Load(); old != nil && old.AcceptRate == lim.AcceptRate && old.AcceptBurst == lim.AcceptBurst {
+		l.limits.Store(&lim)
+		return
+	}
 	var lr *rate.Limiter
 	if lim.AcceptRate > 0 {
 		burst := lim.AcceptBurst
