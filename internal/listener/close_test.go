@@ -202,3 +202,78 @@ func upstream(t *testing.T) (string, <-chan net.Conn) {
 	}()
 	return up.Addr().String(), held
 }
+
+// readSlowly reads n bytes from c, chunk bytes every 100 ms: a reader that
+// takes something in every idle timeout (2 s in these tests), but far too
+// slowly for the kernel's send buffer, once full, to wake a writer within
+// one.
+func readSlowly(c net.Conn, n int64, chunk int) error {
+	buf := make([]byte, chunk)
+	for n > 0 {
+		m, err := c.Read(buf[:min(int64(len(buf)), n)])
+		n -= int64(m)
+		if err != nil {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond) // pacing the reader, not waiting for readiness
+	}
+	return nil
+}
+
+// writeUntilClosed writes to c until a write fails (c is closed).
+func writeUntilClosed(c net.Conn) {
+	buf := make([]byte, 64<<10)
+	_ = c.SetWriteDeadline(time.Now().Add(guard))
+	for {
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+// idle_timeout counts from the last byte moved: a slow reader that keeps
+// taking bytes keeps its echo connection, however long a burst takes.
+func TestEchoIdleSparesASlowReader(t *testing.T) {
+	t.Parallel()
+	m := newManager(t)
+	l := create(t, m, Spec{Handler: Handler{Kind: HandlerEcho}, Limits: Limits{MaxConnections: -1, IdleTimeout: 2 * time.Second}})
+	c := dial(t, l.Info().Bound)
+	defer c.Close()
+	_ = c.SetReadBuffer(64 << 10)
+	const total = 800 << 10 // at most 80 KiB/s: five idle timeouts long
+	go writeUntilClosed(c)  // the echo always has more to send back
+	if err := readSlowly(c, total, 8<<10); err != nil {
+		t.Fatalf("slow reader cut off: %v", err)
+	}
+	if n := l.Info().Active; n != 1 {
+		t.Fatalf("%d connections open after the slow read, want 1: closed while bytes flowed", n)
+	}
+}
+
+// The same for a forwarded connection whose upstream streams to a slow
+// client.
+func TestForwardIdleSparesASlowReader(t *testing.T) {
+	t.Parallel()
+	upAddr, held := upstream(t)
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 2 * time.Second},
+		Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
+	c := dial(t, l.Info().Bound)
+	defer c.Close()
+	_ = c.SetReadBuffer(64 << 10)
+	uc := <-held
+	if uc == nil {
+		t.Fatal("no upstream connection")
+	}
+	defer uc.Close()
+	const total = 800 << 10 // at most 80 KiB/s
+	go writeUntilClosed(uc) // the upstream always has more to send
+	if err := readSlowly(c, total, 8<<10); err != nil {
+		t.Fatalf("slow reader cut off: %v", err)
+	}
+	// What the kernel had queued still reaches a client after a close, so
+	// the connection itself must still be open.
+	if n := l.Info().Active; n != 1 {
+		t.Fatalf("%d connections open after the slow read, want 1: closed while bytes flowed", n)
+	}
+}

@@ -208,10 +208,7 @@ func (c *conn) got(p []byte, echo bool, idle time.Duration) error {
 	l.bytesIn.Add(uint64(n))
 	data := c.publishData(nil, p, false)
 	if echo {
-		if idle > 0 { // a peer that sends and never reads is idle too
-			_ = c.c.SetWriteDeadline(time.Now().Add(idle))
-		}
-		w, werr := c.c.Write(p)
+		w, werr := c.write(p, idle)
 		c.out.Add(uint64(w))
 		l.bytesOut.Add(uint64(w))
 		c.publishData(data, p[:w], true)
@@ -300,12 +297,56 @@ func (e upstreamError) Unwrap() []error {
 	return []error{errUpstream, e.err}
 }
 
+// write writes p back. With idle set, a peer that sends and never reads
+// is idle too: the write fails once no byte has gone for idle, while a
+// slow reader that takes something in every idle keeps it going.
+func (c *conn) write(p []byte, idle time.Duration) (int, error) {
+	if idle <= 0 {
+		return c.c.Write(p)
+	}
+	retry := c.stillReading(idle)
+	done := 0
+	for {
+		_ = c.c.SetWriteDeadline(time.Now().Add(idle))
+		w, err := c.c.Write(p[done:])
+		done += w
+		if err != nil && (w > 0 && errors.Is(err, os.ErrDeadlineExceeded) || retry(err)) {
+			continue // it moved: a new idle starts
+		}
+		return done, err
+	}
+}
+
+// stillReading returns the judge of a write that waited idle without a
+// byte going out: it is retried, with a new deadline, when the peer has
+// acknowledged more since the last look (it reads, slowly: the kernel's
+// send buffer is too full to wake a writer for each few bytes), or when
+// that cannot be known (not Linux). Only a peer that takes nothing for
+// idle is idle.
+func (c *conn) stillReading(idle time.Duration) func(error) bool {
+	last, _ := ackedBytes(c.c)
+	return func(err error) bool {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return false
+		}
+		acked, ok := ackedBytes(c.c)
+		if ok && acked == last {
+			return false
+		}
+		last = acked
+		_ = c.c.SetWriteDeadline(time.Now().Add(idle))
+		return true
+	}
+}
+
 // idleWatch closes the connection with the reason idle_timeout once no
 // bytes have moved either way for idle (activity holds the time of the
 // last move). It returns a stop that waits for the watch to end.
 func (c *conn) idleWatch(idle time.Duration, activity *atomic.Int64) (stop func()) {
 	activity.Store(time.Now().UnixNano())
 	quit, done := make(chan struct{}), make(chan struct{})
+	var acked [2]uint64
+	c.peersAcked(&acked)
 	go func() {
 		defer close(done)
 		t := time.NewTimer(idle)
@@ -317,6 +358,12 @@ func (c *conn) idleWatch(idle time.Duration, activity *atomic.Int64) (stop func(
 			case <-t.C:
 			}
 			quiet := time.Since(time.Unix(0, activity.Load()))
+			if quiet >= idle && c.peersAcked(&acked) {
+				// A peer read what the kernel held: a blocked write
+				// shows no progress of its own until much is freed.
+				activity.Store(time.Now().UnixNano())
+				quiet = 0
+			}
 			if quiet >= idle {
 				c.close(events.CloseIdleTimeout, false)
 				return
@@ -328,6 +375,27 @@ func (c *conn) idleWatch(idle time.Duration, activity *atomic.Int64) (stop func(
 		close(quit)
 		<-done
 	}
+}
+
+// peersAcked reports whether the client or the upstream acknowledged
+// bytes since the counts in last (updated), or whether that cannot be
+// known.
+func (c *conn) peersAcked(last *[2]uint64) bool {
+	c.mu.Lock()
+	up := c.peer
+	c.mu.Unlock()
+	moved := false
+	for i, s := range []*net.TCPConn{c.c, up} {
+		if s == nil {
+			continue
+		}
+		a, ok := ackedBytes(s)
+		if !ok || a != last[i] {
+			moved = true
+		}
+		last[i] = a
+	}
+	return moved
 }
 
 // forward proxies the connection to the handler's upstream, passing a

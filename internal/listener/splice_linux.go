@@ -101,6 +101,12 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 	inPipe := 0
 	defer func() { putPipe(p, inPipe == 0) }()
 	l := c.l
+	var extend func() // each write that moves bytes pushes the write deadline on
+	var retry func(error) bool
+	if idle > 0 {
+		extend = func() { _ = c.c.SetWriteDeadline(time.Now().Add(idle)) }
+		retry = c.stillReading(idle)
+	}
 	for l.bus.DataCap() == 0 {
 		if idle > 0 { // both ways: a peer that sends and never reads is idle too
 			_ = c.c.SetDeadline(time.Now().Add(idle))
@@ -123,7 +129,7 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 		}
 		c.in.Add(uint64(n))
 		l.bytesIn.Add(uint64(n))
-		w, err := pipeOut(rc, p, n)
+		w, err := pipeOut(rc, p, n, extend, retry)
 		inPipe = n - w
 		c.out.Add(uint64(w))
 		l.bytesOut.Add(uint64(w))
@@ -135,8 +141,10 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 }
 
 // pipeOut splices the n bytes in p out to rc's socket, waiting while the
-// socket is full, and returns how many went.
-func pipeOut(rc syscall.RawConn, p *pipe, n int) (done int, err error) {
+// socket is full, and returns how many went. progress, when set, runs
+// after each splice that moved bytes; retry, when set, decides whether a
+// failed wait (a deadline) is tried again.
+func pipeOut(rc syscall.RawConn, p *pipe, n int, progress func(), retry func(error) bool) (done int, err error) {
 	defer func() { splicedBytes.Add(uint64(done)) }()
 	for done < n {
 		var m int
@@ -145,6 +153,9 @@ func pipeOut(rc syscall.RawConn, p *pipe, n int) (done int, err error) {
 			m, serr = splice(p.r, int(fd), n-done)
 			return !errors.Is(serr, unix.EAGAIN) // full: wait until writable
 		}); err != nil {
+			if retry != nil && retry(err) {
+				continue
+			}
 			return done, err
 		}
 		if serr == nil && m <= 0 {
@@ -154,8 +165,56 @@ func pipeOut(rc syscall.RawConn, p *pipe, n int) (done int, err error) {
 			return done, os.NewSyscallError("splice", serr)
 		}
 		done += m
+		if progress != nil {
+			progress()
+		}
 	}
 	return done, nil
+}
+
+// rawWrite writes b to rc's socket, waiting while it is full, running
+// progress (when set) after each write that moved bytes.
+func rawWrite(rc syscall.RawConn, b []byte, progress func()) (done int, err error) {
+	for done < len(b) {
+		var m int
+		var werr error
+		if err := rc.Write(func(fd uintptr) bool {
+			for {
+				m, werr = unix.Write(int(fd), b[done:])
+				if werr != unix.EINTR {
+					return werr != unix.EAGAIN // full: wait until writable
+				}
+			}
+		}); err != nil {
+			return done, err
+		}
+		if werr != nil {
+			return done, os.NewSyscallError("write", werr)
+		}
+		done += m
+		if progress != nil && m > 0 {
+			progress()
+		}
+	}
+	return done, nil
+}
+
+// ackedBytes reports how many bytes the peer of c has acknowledged
+// (TCP_INFO's bytes_acked): it grows while the peer reads, even when the
+// kernel's send buffer is too full to wake a writer.
+func ackedBytes(c *net.TCPConn) (uint64, bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var info *unix.TCPInfo
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil || gerr != nil {
+		return 0, false
+	}
+	return info.Bytes_acked, true
 }
 
 func splice(in, out, max int) (int, error) {
@@ -174,7 +233,8 @@ func splice(in, out, max int) (int, error) {
 // io.Copy holds its pipe (two descriptors) for the connection's life, so
 // an idle forwarded connection cost six descriptors; it now costs two.
 // Past maxPipes a burst goes through a pooled buffer instead.
-// With activity set, each read that moves bytes stores the time in it.
+// With activity set, each read or write that moves bytes stores the time
+// in it.
 func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
@@ -214,13 +274,17 @@ func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 		}
 		return true
 	}
+	var moved func() // with activity: each read or write that moves bytes
+	if activity != nil {
+		moved = func() { activity.Store(time.Now().UnixNano()) }
+	}
 	var written int64
 	for {
 		if err := srcRC.Read(read); err != nil {
 			return written, err
 		}
-		if activity != nil {
-			activity.Store(time.Now().UnixNano())
+		if moved != nil {
+			moved()
 		}
 		if p == nil {
 			n, err := r.result()
@@ -230,7 +294,7 @@ func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 			if err != nil {
 				return written, err
 			}
-			w, err := dst.Write((*r.buf)[:n])
+			w, err := rawWrite(dstRC, (*r.buf)[:n], moved)
 			written += int64(w)
 			if err != nil {
 				return written, err
@@ -243,7 +307,7 @@ func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 		case n == 0:
 			return written, nil // src ended
 		}
-		w, err := pipeOut(dstRC, p, n)
+		w, err := pipeOut(dstRC, p, n, moved, nil)
 		inPipe = n - w
 		written += int64(w)
 		if err != nil {

@@ -17,13 +17,26 @@ var splicedBytes atomic.Uint64
 // carries on.
 func (c *conn) spliceEcho(syscall.RawConn, time.Duration) error { return nil }
 
-// pipeCopy is io.Copy elsewhere. With activity set, each read that moves
-// bytes stores the time in it.
+// pipeCopy is io.Copy elsewhere. With activity set, each read or write
+// that moves bytes stores the time in it.
 func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	if activity == nil {
 		return io.Copy(dst, src)
 	}
-	return io.Copy(dst, touchReader{src, activity})
+	return io.Copy(touchWriter{dst, activity}, touchReader{src, activity})
+}
+
+type touchWriter struct {
+	w        io.Writer
+	activity *atomic.Int64
+}
+
+func (t touchWriter) Write(p []byte) (int, error) {
+	n, err := t.w.Write(p)
+	if n > 0 {
+		t.activity.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 type touchReader struct {
@@ -38,3 +51,6 @@ func (t touchReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// ackedBytes is Linux's TCP_INFO reading; elsewhere it is unknown.
+func ackedBytes(*net.TCPConn) (uint64, bool) { return 0, false }
