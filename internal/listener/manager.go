@@ -151,7 +151,9 @@ func (m *Manager) unwind(l *Listener) {
 // someone closed it first (it was listed while its save was in flight),
 // in which case that close owns its drain; m.mu must be held.
 func (m *Manager) dropLocked(l *Listener) {
+	m.wg.Add(1) // before the close begins, as in closeListener
 	if !l.beginClose() {
+		m.wg.Done()
 		return
 	}
 	if m.byID[l.id] == l {
@@ -160,7 +162,6 @@ func (m *Manager) dropLocked(l *Listener) {
 	if l.name != "" && m.byName[l.name] == l {
 		delete(m.byName, l.name)
 	}
-	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		l.drain(0, events.CloseListenerClosed, 0)
@@ -467,6 +468,10 @@ func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, re
 	if force {
 		drain = 0
 	}
+	// Counted before the close begins, so that a Shutdown that finds the
+	// listener closing already waits for its drain (WaitGroup: no Add
+	// racing a Wait at zero).
+	m.wg.Add(1)
 	if l.beginClose() {
 		m.mu.Lock()
 		if l.name != "" && m.byName[l.name] == l {
@@ -477,7 +482,6 @@ func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, re
 		open := uint64(len(l.conns))
 		l.mu.Unlock()
 		l.log.Info("listener closing", "open", open, "drain", drain)
-		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
 			l.drain(drain, reason, open)
@@ -489,6 +493,7 @@ func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, re
 		}()
 		return true
 	}
+	m.wg.Done()
 	if force {
 		l.killAll(reason)
 	}
