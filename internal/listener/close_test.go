@@ -277,3 +277,30 @@ func TestForwardIdleSparesASlowReader(t *testing.T) {
 		t.Fatalf("%d connections open after the slow read, want 1: closed while bytes flowed", n)
 	}
 }
+
+// A client that half-closes and then resets while its upstream is still
+// sending is the reason too: the copy failed writing to the client.
+func TestForwardResetAfterHalfCloseIsReset(t *testing.T) {
+	upAddr, held := upstream(t)
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
+	w := newWatch(t, m, l.ID())
+	c := dial(t, l.Info().Bound)
+	uc := <-held
+	if uc == nil {
+		t.Fatal("no upstream connection")
+	}
+	defer uc.Close()
+	go writeUntilClosed(uc)
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 64<<10)); err != nil { // the upstream's bytes flow
+		t.Fatal(err)
+	}
+	_ = c.SetLinger(0)
+	c.Close() // RST
+	if e := closedEvent(w); e.Close != events.CloseReset {
+		t.Fatalf("client reset after a half-close reported as %v, want reset", e.Close)
+	}
+}

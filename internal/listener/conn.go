@@ -434,8 +434,11 @@ func (c *conn) forward(idle time.Duration) error {
 		defer stop()
 	}
 
-	var upErr error
-	var clientFailed atomic.Bool // the client side failed first: its error is the reason
+	// The side that fails first is the reason; the other direction then
+	// fails only because of the close that follows, and is ignored. A copy
+	// reads one side and writes the other: pipeCopy marks write errors.
+	var failed atomic.Bool
+	var upErr error // the upstream-to-client direction's failure
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -443,11 +446,11 @@ func (c *conn) forward(idle time.Duration) error {
 		c.out.Add(uint64(n))
 		c.l.bytesOut.Add(uint64(n))
 		if err != nil {
-			if clientFailed.Load() { // ended by the up.Close below
+			if failed.Swap(true) {
 				return
 			}
-			upErr = upstreamError{err}
-			c.close(events.CloseUpstreamFailed, false)
+			upErr = sideError(err, true)
+			_ = c.c.Close() // ends the other direction's read of the client
 			return
 		}
 		_ = c.c.CloseWrite()
@@ -456,12 +459,33 @@ func (c *conn) forward(idle time.Duration) error {
 	c.in.Add(uint64(n))
 	c.l.bytesIn.Add(uint64(n))
 	if err != nil {
-		clientFailed.Store(true)
+		if failed.Swap(true) {
+			<-done
+			return upErr
+		}
 		_ = up.Close()
 		<-done
-		return err
+		return sideError(err, false)
 	}
 	_ = up.CloseWrite()
 	<-done
 	return upErr
 }
+
+// sideError names the side of a forward copy's failure: the upstream's
+// (upstreamError) or the client's (as it is, a reset). fromUpstream says
+// whether the copy read the upstream and wrote the client.
+func sideError(err error, fromUpstream bool) error {
+	var we writeError
+	wrote := errors.As(err, &we)
+	if wrote != fromUpstream { // read the upstream, or wrote to it
+		return upstreamError{err}
+	}
+	return err
+}
+
+// writeError marks a copy's failure to write its destination.
+type writeError struct{ err error }
+
+func (e writeError) Error() string { return e.err.Error() }
+func (e writeError) Unwrap() error { return e.err }

@@ -234,7 +234,7 @@ func splice(in, out, max int) (int, error) {
 // an idle forwarded connection cost six descriptors; it now costs two.
 // Past maxPipes a burst goes through a pooled buffer instead.
 // With activity set, each read or write that moves bytes stores the time
-// in it.
+// in it. An error of dst's side is a writeError.
 func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
@@ -297,7 +297,7 @@ func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 			w, err := rawWrite(dstRC, (*r.buf)[:n], moved)
 			written += int64(w)
 			if err != nil {
-				return written, err
+				return written, writeError{err}
 			}
 			continue
 		}
@@ -311,7 +311,7 @@ func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 		inPipe = n - w
 		written += int64(w)
 		if err != nil {
-			return written, err
+			return written, writeError{err}
 		}
 	}
 }

@@ -19,10 +19,8 @@ func (c *conn) spliceEcho(syscall.RawConn, time.Duration) error { return nil }
 
 // pipeCopy is io.Copy elsewhere. With activity set, each read or write
 // that moves bytes stores the time in it.
+// An error of dst's side is a writeError.
 func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
-	if activity == nil {
-		return io.Copy(dst, src)
-	}
 	return io.Copy(touchWriter{dst, activity}, touchReader{src, activity})
 }
 
@@ -33,8 +31,11 @@ type touchWriter struct {
 
 func (t touchWriter) Write(p []byte) (int, error) {
 	n, err := t.w.Write(p)
-	if n > 0 {
+	if n > 0 && t.activity != nil {
 		t.activity.Store(time.Now().UnixNano())
+	}
+	if err != nil {
+		err = writeError{err}
 	}
 	return n, err
 }
@@ -46,7 +47,7 @@ type touchReader struct {
 
 func (t touchReader) Read(p []byte) (int, error) {
 	n, err := t.r.Read(p)
-	if n > 0 {
+	if n > 0 && t.activity != nil {
 		t.activity.Store(time.Now().UnixNano())
 	}
 	return n, err
