@@ -459,6 +459,14 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 		return Info{}, err
 	}
 	m.closeListener(l, drain, force, events.CloseListenerClosed)
+	// A Rebind that raced this Close may have put a new listener under the
+	// same id: the id is what was asked to close.
+	m.mu.Lock()
+	cur := m.byID[l.id]
+	m.mu.Unlock()
+	if cur != nil && cur != l {
+		m.closeListener(cur, drain, force, events.CloseListenerClosed)
+	}
 	return l.Info(), m.save()
 }
 

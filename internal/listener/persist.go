@@ -235,7 +235,7 @@ func (m *Manager) rebindLocked(ctx context.Context, old *Listener, ip netip.Addr
 	if m.shutting {
 		return nil, ErrShuttingDown
 	}
-	if m.byID[old.id] != old { // closed (or rebound) since it was found
+	if m.byID[old.id] != old || old.closing() { // closed (or rebound) since it was found
 		return nil, fmt.Errorf("listener %s: %w", old.id, ErrNotFound)
 	}
 	if State(old.state.Load()) != StateFailed {
