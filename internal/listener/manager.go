@@ -147,25 +147,17 @@ func (m *Manager) unwind(l *Listener) {
 	}
 }
 
-// dropLocked removes a listener whose create failed and closes it, unless
-// someone closed it first (it was listed while its save was in flight),
-// in which case that close owns its drain; m.mu must be held.
+// dropLocked removes a listener whose create failed and closes it at
+// once, unless someone closed it first (it was listed while its save was
+// in flight), in which case that close owns its drain; m.mu must be held.
 func (m *Manager) dropLocked(l *Listener) {
-	m.wg.Add(1) // before the close begins, as in closeListener
-	if !l.beginClose() {
-		m.wg.Done()
+	if !m.startDrain(l, 0, events.CloseListenerClosed) {
 		return
 	}
 	if m.byID[l.id] == l {
 		delete(m.byID, l.id)
 	}
-	if l.name != "" && m.byName[l.name] == l {
-		delete(m.byName, l.name)
-	}
-	go func() {
-		defer m.wg.Done()
-		l.drain(0, events.CloseListenerClosed, 0)
-	}()
+	m.freeNameLocked(l)
 }
 
 // reserve counts a connection against the daemon-wide cap. It returns
@@ -476,36 +468,52 @@ func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, re
 	if force {
 		drain = 0
 	}
-	// Counted before the close begins, so that a Shutdown that finds the
-	// listener closing already waits for its drain (WaitGroup: no Add
-	// racing a Wait at zero).
-	m.wg.Add(1)
-	if l.beginClose() {
+	if m.startDrain(l, drain, reason) {
 		m.mu.Lock()
-		if l.name != "" && m.byName[l.name] == l {
-			delete(m.byName, l.name) // the name is free for a new listener at once
-		}
+		m.freeNameLocked(l) // the name is free for a new listener at once
 		m.mu.Unlock()
-		l.mu.Lock()
-		open := uint64(len(l.conns))
-		l.mu.Unlock()
-		l.log.Info("listener closing", "open", open, "drain", drain)
-		go func() {
-			defer m.wg.Done()
-			l.drain(drain, reason, open)
-			m.mu.Lock()
-			if m.byID[l.id] == l {
-				delete(m.byID, l.id)
-			}
-			m.mu.Unlock()
-		}()
 		return true
 	}
-	m.wg.Done()
 	if force {
 		l.killAll(reason)
 	}
 	return false
+}
+
+// startDrain begins closing l, if no one has, and drains it in a
+// goroutine the manager waits for, which drops l from the table once it
+// is done. It reports whether this call began the close. It takes no lock
+// of the manager's, so callers may hold m.mu.
+func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.CloseReason) bool {
+	// Counted before the close begins, so that a Shutdown that finds the
+	// listener closing already waits for its drain (WaitGroup: no Add
+	// racing a Wait at zero).
+	m.wg.Add(1)
+	if !l.beginClose() {
+		m.wg.Done()
+		return false
+	}
+	l.mu.Lock()
+	open := uint64(len(l.conns))
+	l.mu.Unlock()
+	l.log.Info("listener closing", "open", open, "drain", drain)
+	go func() {
+		defer m.wg.Done()
+		l.drain(drain, reason, open)
+		m.mu.Lock()
+		if m.byID[l.id] == l {
+			delete(m.byID, l.id)
+		}
+		m.mu.Unlock()
+	}()
+	return true
+}
+
+// freeNameLocked gives l's name up; m.mu must be held.
+func (m *Manager) freeNameLocked(l *Listener) {
+	if l.name != "" && m.byName[l.name] == l {
+		delete(m.byName, l.name)
+	}
 }
 
 // Connections lists a listener's open connections.
