@@ -304,38 +304,68 @@ func (c *conn) write(p []byte, idle time.Duration) (int, error) {
 	if idle <= 0 {
 		return c.c.Write(p)
 	}
-	retry := c.stillReading(idle)
+	stall := newWriteStall(c.c, idle)
 	done := 0
 	for {
-		_ = c.c.SetWriteDeadline(time.Now().Add(idle))
 		w, err := c.c.Write(p[done:])
 		done += w
-		if err != nil && (w > 0 && errors.Is(err, os.ErrDeadlineExceeded) || retry(err)) {
-			continue // it moved: a new idle starts
+		switch {
+		case err == nil:
+			return done, nil
+		case w > 0 && errors.Is(err, os.ErrDeadlineExceeded):
+			stall.extend() // it moved: a new idle starts
+		case !stall.retry(err):
+			return done, err
 		}
-		return done, err
 	}
 }
 
-// stillReading returns the judge of a write that waited idle without a
-// byte going out: it is retried, with a new deadline, when the peer has
-// acknowledged more since the last look (it reads, slowly: the kernel's
-// send buffer is too full to wake a writer for each few bytes), or when
-// that cannot be known (not Linux). Only a peer that takes nothing for
-// idle is idle.
-func (c *conn) stillReading(idle time.Duration) func(error) bool {
-	last, _ := ackedBytes(c.c)
-	return func(err error) bool {
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			return false
-		}
-		acked, ok := ackedBytes(c.c)
-		if ok && acked == last {
-			return false
-		}
-		last = acked
-		_ = c.c.SetWriteDeadline(time.Now().Add(idle))
-		return true
+// writeStall judges the writes to s under an idle timeout. Each write that
+// moves bytes pushes the deadline on (extend). A wait that reached the
+// deadline is retried when the peer has acknowledged more since the last
+// look (it reads, slowly: a full kernel send buffer wakes a writer only
+// once a third of it is free). Only a peer that takes nothing for idle is
+// idle.
+type writeStall struct {
+	s    *net.TCPConn
+	idle time.Duration
+	mark ackMark
+}
+
+func newWriteStall(s *net.TCPConn, idle time.Duration) *writeStall {
+	w := &writeStall{s: s, idle: idle}
+	w.mark.advanced(s)
+	w.extend()
+	return w
+}
+
+func (w *writeStall) extend() { _ = w.s.SetWriteDeadline(time.Now().Add(w.idle)) }
+
+func (w *writeStall) retry(err error) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !w.mark.advanced(w.s) {
+		return false
+	}
+	w.extend()
+	return true
+}
+
+// ackMark is how many bytes a socket's peer had acknowledged at the last
+// look (TCP_INFO's bytes_acked).
+type ackMark uint64
+
+// advanced reports whether s's peer has acknowledged bytes since the mark,
+// or whether that cannot be known (not Linux), and moves the mark.
+func (m *ackMark) advanced(s *net.TCPConn) bool {
+	a, ok := ackedBytes(s)
+	moved := !ok || ackMark(a) != *m
+	*m = ackMark(a)
+	return moved
+}
+
+// touch stores the time in activity, when set: bytes moved.
+func touch(activity *atomic.Int64) {
+	if activity != nil {
+		activity.Store(time.Now().UnixNano())
 	}
 }
 
@@ -343,10 +373,10 @@ func (c *conn) stillReading(idle time.Duration) func(error) bool {
 // bytes have moved either way for idle (activity holds the time of the
 // last move). It returns a stop that waits for the watch to end.
 func (c *conn) idleWatch(idle time.Duration, activity *atomic.Int64) (stop func()) {
-	activity.Store(time.Now().UnixNano())
+	touch(activity)
 	quit, done := make(chan struct{}), make(chan struct{})
-	var acked [2]uint64
-	c.peersAcked(&acked)
+	var marks [2]ackMark // the client's, the upstream's
+	c.peersAcked(&marks)
 	go func() {
 		defer close(done)
 		t := time.NewTimer(idle)
@@ -358,10 +388,10 @@ func (c *conn) idleWatch(idle time.Duration, activity *atomic.Int64) (stop func(
 			case <-t.C:
 			}
 			quiet := time.Since(time.Unix(0, activity.Load()))
-			if quiet >= idle && c.peersAcked(&acked) {
+			if quiet >= idle && c.peersAcked(&marks) {
 				// A peer read what the kernel held: a blocked write
 				// shows no progress of its own until much is freed.
-				activity.Store(time.Now().UnixNano())
+				touch(activity)
 				quiet = 0
 			}
 			if quiet >= idle {
@@ -378,22 +408,17 @@ func (c *conn) idleWatch(idle time.Duration, activity *atomic.Int64) (stop func(
 }
 
 // peersAcked reports whether the client or the upstream acknowledged
-// bytes since the counts in last (updated), or whether that cannot be
-// known.
-func (c *conn) peersAcked(last *[2]uint64) bool {
+// bytes since their marks (or whether that cannot be known), and moves
+// the marks.
+func (c *conn) peersAcked(marks *[2]ackMark) bool {
 	c.mu.Lock()
 	up := c.peer
 	c.mu.Unlock()
 	moved := false
 	for i, s := range []*net.TCPConn{c.c, up} {
-		if s == nil {
-			continue
-		}
-		a, ok := ackedBytes(s)
-		if !ok || a != last[i] {
+		if s != nil && marks[i].advanced(s) {
 			moved = true
 		}
-		last[i] = a
 	}
 	return moved
 }

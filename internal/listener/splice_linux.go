@@ -101,11 +101,11 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 	inPipe := 0
 	defer func() { putPipe(p, inPipe == 0) }()
 	l := c.l
-	var extend func() // each write that moves bytes pushes the write deadline on
+	var extend func() // under an idle timeout: see writeStall
 	var retry func(error) bool
 	if idle > 0 {
-		extend = func() { _ = c.c.SetWriteDeadline(time.Now().Add(idle)) }
-		retry = c.stillReading(idle)
+		stall := newWriteStall(c.c, idle)
+		extend, retry = stall.extend, stall.retry
 	}
 	for l.bus.DataCap() == 0 {
 		if idle > 0 { // both ways: a peer that sends and never reads is idle too
@@ -276,7 +276,7 @@ func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	}
 	var moved func() // with activity: each read or write that moves bytes
 	if activity != nil {
-		moved = func() { activity.Store(time.Now().UnixNano()) }
+		moved = func() { touch(activity) }
 	}
 	var written int64
 	for {

@@ -18,26 +18,10 @@ var splicedBytes atomic.Uint64
 func (c *conn) spliceEcho(syscall.RawConn, time.Duration) error { return nil }
 
 // pipeCopy is io.Copy elsewhere. With activity set, each read or write
-// that moves bytes stores the time in it.
-// An error of dst's side is a writeError.
+// that moves bytes stores the time in it. An error of dst's side is a
+// writeError.
 func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	return io.Copy(touchWriter{dst, activity}, touchReader{src, activity})
-}
-
-type touchWriter struct {
-	w        io.Writer
-	activity *atomic.Int64
-}
-
-func (t touchWriter) Write(p []byte) (int, error) {
-	n, err := t.w.Write(p)
-	if n > 0 && t.activity != nil {
-		t.activity.Store(time.Now().UnixNano())
-	}
-	if err != nil {
-		err = writeError{err}
-	}
-	return n, err
 }
 
 type touchReader struct {
@@ -47,8 +31,24 @@ type touchReader struct {
 
 func (t touchReader) Read(p []byte) (int, error) {
 	n, err := t.r.Read(p)
-	if n > 0 && t.activity != nil {
-		t.activity.Store(time.Now().UnixNano())
+	if n > 0 {
+		touch(t.activity)
+	}
+	return n, err
+}
+
+type touchWriter struct {
+	w        io.Writer
+	activity *atomic.Int64
+}
+
+func (t touchWriter) Write(p []byte) (int, error) {
+	n, err := t.w.Write(p)
+	if n > 0 {
+		touch(t.activity)
+	}
+	if err != nil {
+		err = writeError{err}
 	}
 	return n, err
 }
