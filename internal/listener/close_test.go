@@ -99,18 +99,12 @@ func TestConnAcceptedAsCloseBeginsIsDrained(t *testing.T) {
 // A client that resets a forwarded connection is the reason it closed,
 // not its upstream, which the daemon closed in turn.
 func TestForwardClientResetIsReset(t *testing.T) {
-	upAddr, held := upstream(t)
+	upAddr, accept := upstream(t)
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
-	var uc net.Conn
-	select {
-	case uc = <-held:
-	case <-time.After(guard):
-		t.Fatalf("no upstream connection within %v", guard)
-	}
-	defer uc.Close()
+	accept()
 	_ = c.SetLinger(0)
 	c.Close() // RST
 	if e := closedEvent(w); e.Close != events.CloseReset {
@@ -161,7 +155,7 @@ func TestEchoIdleWhileStuckWriting(t *testing.T) {
 // idle_timeout ends a forwarded connection on which nothing moves either
 // way, as it ends the other handlers' connections.
 func TestForwardIdleTimeout(t *testing.T) {
-	upAddr, held := upstream(t)
+	upAddr, accept := upstream(t)
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 50 * time.Millisecond},
 		Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
@@ -171,11 +165,7 @@ func TestForwardIdleTimeout(t *testing.T) {
 	if _, err := c.Write([]byte("hello")); err != nil { // one move, then silence
 		t.Fatal(err)
 	}
-	uc := <-held
-	if uc == nil {
-		t.Fatal("no upstream connection")
-	}
-	defer uc.Close()
+	uc := accept()
 	if _, err := io.ReadFull(uc, make([]byte, 5)); err != nil {
 		t.Fatalf("upstream read: %v", err)
 	}
@@ -184,9 +174,9 @@ func TestForwardIdleTimeout(t *testing.T) {
 	}
 }
 
-// upstream listens for one connection, which it hands over on the channel
-// (closed without one if the accept fails), and closes at the test's end.
-func upstream(t *testing.T) (string, <-chan net.Conn) {
+// upstream listens for one connection. accept waits for it (failing the
+// test if none comes); it is closed at the test's end.
+func upstream(t *testing.T) (addr string, accept func() net.Conn) {
 	t.Helper()
 	up, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -200,7 +190,20 @@ func upstream(t *testing.T) (string, <-chan net.Conn) {
 		}
 		close(held)
 	}()
-	return up.Addr().String(), held
+	return up.Addr().String(), func() net.Conn {
+		t.Helper()
+		select {
+		case c, ok := <-held:
+			if !ok {
+				t.Fatal("the upstream's accept failed")
+			}
+			t.Cleanup(func() { c.Close() })
+			return c
+		case <-time.After(guard):
+			t.Fatalf("no upstream connection within %v", guard)
+			return nil
+		}
+	}
 }
 
 // readSlowly reads n bytes from c, chunk bytes every 100 ms: a reader that
@@ -254,18 +257,14 @@ func TestEchoIdleSparesASlowReader(t *testing.T) {
 // client.
 func TestForwardIdleSparesASlowReader(t *testing.T) {
 	t.Parallel()
-	upAddr, held := upstream(t)
+	upAddr, accept := upstream(t)
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 2 * time.Second},
 		Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
 	c := dial(t, l.Info().Bound)
 	defer c.Close()
 	_ = c.SetReadBuffer(64 << 10)
-	uc := <-held
-	if uc == nil {
-		t.Fatal("no upstream connection")
-	}
-	defer uc.Close()
+	uc := accept()
 	const total = 800 << 10 // at most 80 KiB/s
 	go writeUntilClosed(uc) // the upstream always has more to send
 	if err := readSlowly(c, total, 8<<10); err != nil {
@@ -281,16 +280,12 @@ func TestForwardIdleSparesASlowReader(t *testing.T) {
 // A client that half-closes and then resets while its upstream is still
 // sending is the reason too: the copy failed writing to the client.
 func TestForwardResetAfterHalfCloseIsReset(t *testing.T) {
-	upAddr, held := upstream(t)
+	upAddr, accept := upstream(t)
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
-	uc := <-held
-	if uc == nil {
-		t.Fatal("no upstream connection")
-	}
-	defer uc.Close()
+	uc := accept()
 	go writeUntilClosed(uc)
 	if err := c.CloseWrite(); err != nil {
 		t.Fatal(err)
