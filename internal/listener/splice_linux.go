@@ -140,59 +140,50 @@ func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 	return nil
 }
 
-// pipeOut splices the n bytes in p out to rc's socket, waiting while the
-// socket is full, and returns how many went. progress, when set, runs
-// after each splice that moved bytes; retry, when set, decides whether a
-// failed wait (a deadline) is tried again.
+// pipeOut splices the n bytes in p out to rc's socket (see writeOut).
 func pipeOut(rc syscall.RawConn, p *pipe, n int, progress func(), retry func(error) bool) (done int, err error) {
 	defer func() { splicedBytes.Add(uint64(done)) }()
+	return writeOut(rc, n, "splice", func(fd, done int) (int, error) { return splice(p.r, fd, n-done) }, progress, retry)
+}
+
+// rawWrite writes b to rc's socket (see writeOut).
+func rawWrite(rc syscall.RawConn, b []byte, progress func()) (int, error) {
+	return writeOut(rc, len(b), "write", func(fd, done int) (int, error) {
+		for {
+			m, err := unix.Write(fd, b[done:])
+			if err != unix.EINTR {
+				return m, err
+			}
+		}
+	}, progress, nil)
+}
+
+// writeOut moves n bytes to rc's socket with op, a non-blocking write of
+// what is left after done bytes, waiting while the socket is full, and
+// returns how many went. progress, when set, runs after each op that
+// moved bytes; retry, when set, decides whether a failed wait (a
+// deadline) is tried again.
+func writeOut(rc syscall.RawConn, n int, name string, op func(fd, done int) (int, error), progress func(), retry func(error) bool) (done int, err error) {
 	for done < n {
 		var m int
-		var serr error
+		var oerr error
 		if err := rc.Write(func(fd uintptr) bool {
-			m, serr = splice(p.r, int(fd), n-done)
-			return !errors.Is(serr, unix.EAGAIN) // full: wait until writable
+			m, oerr = op(int(fd), done)
+			return !errors.Is(oerr, unix.EAGAIN) // full: wait until writable
 		}); err != nil {
 			if retry != nil && retry(err) {
 				continue
 			}
 			return done, err
 		}
-		if serr == nil && m <= 0 {
-			serr = unix.EIO // the pipe had less than it said: never spin
+		if oerr == nil && m <= 0 {
+			oerr = unix.EIO // nothing moved and no error: never spin
 		}
-		if serr != nil {
-			return done, os.NewSyscallError("splice", serr)
+		if oerr != nil {
+			return done, os.NewSyscallError(name, oerr)
 		}
 		done += m
 		if progress != nil {
-			progress()
-		}
-	}
-	return done, nil
-}
-
-// rawWrite writes b to rc's socket, waiting while it is full, running
-// progress (when set) after each write that moved bytes.
-func rawWrite(rc syscall.RawConn, b []byte, progress func()) (done int, err error) {
-	for done < len(b) {
-		var m int
-		var werr error
-		if err := rc.Write(func(fd uintptr) bool {
-			for {
-				m, werr = unix.Write(int(fd), b[done:])
-				if werr != unix.EINTR {
-					return werr != unix.EAGAIN // full: wait until writable
-				}
-			}
-		}); err != nil {
-			return done, err
-		}
-		if werr != nil {
-			return done, os.NewSyscallError("write", werr)
-		}
-		done += m
-		if progress != nil && m > 0 {
 			progress()
 		}
 	}
