@@ -67,6 +67,9 @@ func toRecord(l *Listener) record {
 	return r
 }
 
+// fromRecord decodes a saved record. Its error means the record cannot be
+// read at all (a corrupt state file); a spec that decodes but that the
+// current checks refuse is not its concern: see Restore.
 func fromRecord(raw json.RawMessage) (record, Spec, error) {
 	var r record
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -99,14 +102,13 @@ func fromRecord(raw json.RawMessage) (record, Spec, error) {
 	if err := ValidateName(r.Name); err != nil {
 		return r, s, fmt.Errorf("listener %s: %w", r.ID, err)
 	}
-	if err := validateSpec(&s); err != nil {
-		return r, s, fmt.Errorf("listener %s: %w", r.ID, err)
-	}
 	return r, s, nil
 }
 
 // ValidateRecords checks saved records without binding anything, so that a
-// corrupt state file stops the daemon before it touches a port.
+// corrupt state file stops the daemon before it touches a port. A spec that
+// a stricter check of a later version refuses is not corruption: Restore
+// brings that listener back FAILED.
 func ValidateRecords(raws []json.RawMessage) error {
 	seen := map[string]bool{}
 	for i, raw := range raws {
@@ -177,12 +179,17 @@ func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listenin
 		r    record
 		spec Spec
 		ip   netip.Addr
-		err  error // resolving its host
+		err  error // checking its spec or resolving its host
 	}
 	all := make([]saved, len(raws))
 	for i, raw := range raws { // names resolve without m.mu
-		all[i].r, all[i].spec, _ = fromRecord(raw)
-		all[i].ip, all[i].err = resolveHost(ctx, all[i].spec.Host)
+		sv := &all[i]
+		sv.r, sv.spec, _ = fromRecord(raw)
+		if sv.err = validateSpec(&sv.spec); sv.err != nil {
+			sv.err = staleSpec(sv.err)
+			continue
+		}
+		sv.ip, sv.err = resolveHost(ctx, sv.spec.Host)
 	}
 	m.mu.Lock()
 	for _, sv := range all {
@@ -206,6 +213,11 @@ func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listenin
 	}
 	m.mu.Unlock()
 	return listening, failed, m.save()
+}
+
+// staleSpec explains a saved spec that the current checks refuse.
+func staleSpec(err error) error {
+	return fmt.Errorf("saved spec no longer valid, close the listener and create it again: %w", err)
 }
 
 // Rebind binds a FAILED listener again with its id and spec.
@@ -240,6 +252,10 @@ func (m *Manager) rebindLocked(ctx context.Context, old *Listener, ip netip.Addr
 	}
 	if State(old.state.Load()) != StateFailed {
 		return nil, fmt.Errorf("listener %s is %s; only a failed listener can be rebound: %w", old.id, State(old.state.Load()), ErrNotFailed)
+	}
+	spec := old.spec
+	if err := validateSpec(&spec); err != nil { // restored FAILED for it
+		return nil, fmt.Errorf("listener %s: %w", old.id, staleSpec(err))
 	}
 	l, err := m.bindLocked(ctx, old.id, old.name, old.spec, ip, old.boundPort, old.created)
 	if err != nil {

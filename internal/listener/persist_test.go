@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 
@@ -162,5 +163,43 @@ func TestValidateRecordsRejectsGarbage(t *testing.T) {
 	dup := json.RawMessage(`{"id":"ln-00000001","spec":{"handler":"echo","max_connections":-1}}`)
 	if err := ValidateRecords([]json.RawMessage{dup, dup}); err == nil {
 		t.Error("accepted a duplicate id")
+	}
+}
+
+// A record saved by an older version, whose spec a stricter check now
+// refuses, comes back FAILED with the reason rather than stopping the
+// daemon; rebinding it is refused for the same reason.
+func TestRestoreRefusedSpecComesBackFailed(t *testing.T) {
+	raws := []json.RawMessage{
+		json.RawMessage(`{"id":"ln-00000001","name":"old","spec":{"host":"127.0.0.1","handler":"forward","upstream":"127.0.0.1:99999","max_connections":-1}}`),
+		json.RawMessage(`{"id":"ln-00000002","spec":{"host":"127.0.0.1","handler":"echo","max_connections":-1}}`),
+	}
+	if err := ValidateRecords(raws); err != nil {
+		t.Fatalf("a refused spec is not a corrupt file: %v", err)
+	}
+	st := &memStore{}
+	m := newPersistentManager(t, st)
+	up, failed, err := m.Restore(context.Background(), raws)
+	if err != nil || up != 1 || failed != 1 {
+		t.Fatalf("restore: %d up, %d failed, %v", up, failed, err)
+	}
+	l, err := m.Get("old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := l.Info()
+	if in.State != StateFailed || !strings.Contains(in.LastError, "spec.handler.forward.upstream") {
+		t.Fatalf("restored %v with %q, want FAILED naming the upstream", in.State, in.LastError)
+	}
+	if len(st.saved()) != 2 {
+		t.Fatalf("saved %d records, want both kept", len(st.saved()))
+	}
+	_, err = m.Rebind(context.Background(), "old")
+	var fe *FieldError
+	if !errors.Is(err, ErrInvalid) || !errors.As(err, &fe) || fe.Field != "spec.handler.forward.upstream" {
+		t.Fatalf("rebind: %v, want ErrInvalid naming the upstream", err)
+	}
+	if _, err := m.Close("old", 0, true); err != nil {
+		t.Fatalf("close: %v", err)
 	}
 }
