@@ -179,18 +179,27 @@ func (b *Bus) Record(e Event) uint64 {
 	e.Time = time.Now().UnixNano()
 	*b.slot(seq) = e
 	if e.Detail != nil && len(e.Detail.Data) > 0 {
-		b.holdDataLocked(seq, len(e.Detail.Data))
+		b.holdDataLocked(seq, e.Detail.Data)
 	}
 	b.mu.Unlock()
 	return seq
 }
 
-// holdDataLocked accounts for n bytes of data in the event seq, then
+// holdDataLocked accounts for the bytes of data in the event seq, then
 // drops the bytes of the oldest data events until the history's data fits
-// HistoryData; b.mu must be held. A dropped event keeps its slot and its
-// length: its Detail is replaced by a copy without the bytes, so watchers
-// that copied the event before hold what they copied.
-func (b *Bus) holdDataLocked(seq uint64, n int) {
+// HistoryData; b.mu must be held. Bytes shared with the data event held
+// just before (an echo's out event carries its in event's) count once. A
+// dropped event keeps its slot and its length: its Detail is replaced by a
+// copy without the bytes, so watchers that copied the event before hold
+// what they copied.
+func (b *Bus) holdDataLocked(seq uint64, data []byte) {
+	n := len(data)
+	if b.data.len() > 0 {
+		last := b.data.back().seq
+		if prev := b.slot(last); prev.Seq == last && prev.Detail != nil && len(prev.Detail.Data) > 0 && &prev.Detail.Data[0] == &data[0] {
+			n = 0
+		}
+	}
 	b.data.push(seq, n)
 	oldest := b.oldest()
 	for b.data.bytes > b.dataMax || (b.data.len() > 0 && b.data.front().seq < oldest) {
@@ -229,6 +238,7 @@ func (q *dataQueue) push(seq uint64, n int) {
 
 func (q *dataQueue) len() int        { return len(q.q) - q.first }
 func (q *dataQueue) front() heldData { return q.q[q.first] }
+func (q *dataQueue) back() heldData  { return q.q[len(q.q)-1] }
 
 func (q *dataQueue) pop() heldData {
 	d := q.q[q.first]

@@ -277,19 +277,18 @@ func TestHugeHistoryIsCapped(t *testing.T) {
 func TestHistoryDataIsBounded(t *testing.T) {
 	b := NewBus(Options{History: chunkSize, HistoryData: 1000})
 	defer b.Close()
-	payload := make([]byte, 300)
 	w, _, err := b.Watch(Filter{DataMax: 300}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	b.Publish(Event{Listener: "a", Kind: KindConnectionData, BytesIn: 300, Detail: &Detail{Data: payload}})
+	b.Publish(Event{Listener: "a", Kind: KindConnectionData, BytesIn: 300, Detail: &Detail{Data: make([]byte, 300)}})
 	first, _, err := w.Next(ctx(t), nil) // copied out while it has its bytes
 	if err != nil || len(first) != 1 {
 		t.Fatalf("first data event: %v, %v", first, err)
 	}
-	for range 9 {
-		b.Publish(Event{Listener: "a", Kind: KindConnectionData, BytesIn: 300, Detail: &Detail{Data: payload}})
+	for range 9 { // each read is a copy of its own
+		b.Publish(Event{Listener: "a", Kind: KindConnectionData, BytesIn: 300, Detail: &Detail{Data: make([]byte, 300)}})
 	}
 	if len(first[0].Detail.Data) != 300 {
 		t.Fatalf("an event already read lost its bytes: %d", len(first[0].Detail.Data))
@@ -322,6 +321,28 @@ func TestHistoryDataIsBounded(t *testing.T) {
 	}
 	if b.data.bytes > 1000 {
 		t.Fatalf("%d bytes of data accounted, budget 1000", b.data.bytes)
+	}
+}
+
+// An echo's out event shares its in event's bytes: the pair counts once
+// against HistoryData, so echo data gets the whole budget.
+func TestHistoryDataCountsSharedBytesOnce(t *testing.T) {
+	b := NewBus(Options{History: chunkSize, HistoryData: 1000})
+	defer b.Close()
+	for range 3 {
+		read := make([]byte, 300)
+		b.Publish(Event{Listener: "a", Kind: KindConnectionData, Detail: &Detail{Data: read}})
+		b.Publish(Event{Listener: "a", Kind: KindConnectionData, Detail: &Detail{Data: read[:200], Outbound: true}})
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.data.bytes != 900 {
+		t.Fatalf("%d bytes accounted for three shared pairs of 300, want 900", b.data.bytes)
+	}
+	for seq := uint64(1); seq <= 6; seq++ {
+		if e := b.slot(seq); len(e.Detail.Data) == 0 {
+			t.Fatalf("event %d lost its bytes inside the budget", seq)
+		}
 	}
 }
 
