@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -337,7 +336,7 @@ func (b *bench) loadgen(ctx context.Context, mode string, args ...string) (loadR
 	args = append([]string{"loadgen", mode, "--deadline", b.sz.deadline.String()}, args...)
 	cmd := exec.CommandContext(cctx, b.self, args...)
 	cmd.Stderr = b.log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childAttr()
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.Output()
 	if err != nil {
