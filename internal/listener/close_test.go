@@ -239,11 +239,11 @@ func writeUntilClosed(c net.Conn) {
 func TestEchoIdleSparesASlowReader(t *testing.T) {
 	t.Parallel()
 	m := newManager(t)
-	l := create(t, m, Spec{Handler: Handler{Kind: HandlerEcho}, Limits: Limits{MaxConnections: -1, IdleTimeout: 2 * time.Second}})
+	l := create(t, m, Spec{Handler: Handler{Kind: HandlerEcho}, Limits: Limits{MaxConnections: -1, IdleTimeout: 4 * time.Second}})
 	c := dial(t, l.Info().Bound)
 	defer c.Close()
 	_ = c.SetReadBuffer(64 << 10)
-	const total = 800 << 10 // at most 80 KiB/s: five idle timeouts long
+	const total = 800 << 10 // at most 80 KiB/s: 2.5 idle timeouts long
 	go writeUntilClosed(c)  // the echo always has more to send back
 	if err := readSlowly(c, total, 8<<10); err != nil {
 		t.Fatalf("slow reader cut off: %v", err)
@@ -259,7 +259,7 @@ func TestForwardIdleSparesASlowReader(t *testing.T) {
 	t.Parallel()
 	upAddr, accept := upstream(t)
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 2 * time.Second},
+	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 4 * time.Second},
 		Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
 	c := dial(t, l.Info().Bound)
 	defer c.Close()
