@@ -152,13 +152,15 @@ func TestAPIWithTLSAndToken(t *testing.T) {
 	}
 	// Without --ca, a loopback --api is plaintext: the TLS server refuses it.
 	r = runCtl(t, "/nonexistent.sock", "--api", f.addr, "--token-file", good, "--timeout", "2s", "ls")
-	if r.code != ExitUnavailable || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, f.addr) {
+	if r.code != ExitUnavailable || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, f.addr) ||
+		!strings.Contains(r.stderr, "it may serve TLS there: give --ca") {
 		t.Fatalf("plaintext against TLS: exit %d, stderr %q", r.code, r.stderr)
 	}
 	// --tls without --ca verifies with the system roots, which do not hold
 	// this certificate.
 	r = runCtl(t, "/nonexistent.sock", "--api", f.addr, "--tls", "--token-file", good, "--timeout", "2s", "ls")
-	if r.code != ExitUnavailable || !strings.Contains(r.stderr, "certificate") {
+	if r.code != ExitUnavailable || !strings.Contains(r.stderr, "its certificate is not trusted: give --ca") ||
+		strings.Contains(r.stderr, "is the daemon running") {
 		t.Fatalf("untrusted certificate: exit %d, stderr %q", r.code, r.stderr)
 	}
 	if h := f.headers(); len(h) != 2 || h[0] != "Bearer "+tok {
@@ -179,6 +181,11 @@ func TestAPIPlaintextLoopbackAndEnv(t *testing.T) {
 	}
 	if h := f.headers(); len(h) != 1 || h[0] != "Bearer "+tok {
 		t.Fatalf("authorization headers seen: %q", h)
+	}
+	// TLS against the plaintext API says so, not "is the daemon running?".
+	r = runCtl(t, "/nonexistent.sock", "--api", f.addr, "--tls", "--timeout", "2s", "ls")
+	if r.code != ExitUnavailable || !strings.Contains(r.stderr, "it serves plaintext there: drop --tls") {
+		t.Fatalf("TLS against plaintext: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 

@@ -102,11 +102,32 @@ func (a *app) describe(err error) (string, int) {
 		return oneLine(err.Error()), ExitError
 	}
 	msg, code := statusWords(st, a.where(), a.timeout)
+	if a.api.addr != "" && st.Code() == codes.Unavailable {
+		if hint := tlsHint(st.Message()); hint != "" {
+			return oneLine(fmt.Sprintf("TLS with listenerd at %s failed: %s (%s)", a.api.addr, hint, st.Message())), code
+		}
+	}
 	// Over --api, an unreachable daemon is often a TLS mismatch: say why.
 	if (a.verbose || a.api.addr != "") && (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded) && st.Message() != "" {
 		msg += " (" + st.Message() + ")"
 	}
 	return oneLine(msg), code
+}
+
+// tlsHint says what to change when a connection to the TCP API failed
+// because the two sides disagree about TLS, and "" for other failures.
+func tlsHint(msg string) string {
+	switch {
+	case strings.Contains(msg, "x509:"):
+		return "its certificate is not trusted: give --ca with the CA that signed it"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return "it serves plaintext there: drop --tls, --ca, --cert and --key"
+	case strings.Contains(msg, "error reading server preface"):
+		return "it may serve TLS there: give --ca (or --tls for a certificate the system trusts)"
+	case strings.Contains(msg, "tls:"):
+		return "the handshake was refused: check --ca, --cert and --key"
+	}
+	return ""
 }
 
 // statusWords maps a gRPC status to words and an exit code. socket and

@@ -225,7 +225,7 @@ func authFunc(requireCert bool, tokenSum *[sha256.Size]byte) auth.AuthFunc {
 				ti, _ = p.AuthInfo.(credentials.TLSInfo)
 			}
 			if len(ti.State.VerifiedChains) == 0 {
-				return nil, service.Status(fmt.Errorf("a client certificate signed by the daemon's client CA is required: %w", service.ErrUnauthenticated))
+				return nil, service.Status(fmt.Errorf("no client certificate signed by the daemon's client CA was presented (a TLS client does not send one of another CA): %w", service.ErrUnauthenticated))
 			}
 		}
 		if tokenSum != nil {
