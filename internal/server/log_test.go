@@ -1,8 +1,10 @@
 package server
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -11,8 +13,8 @@ import (
 )
 
 // TestAccessLogLevels: a change is logged at info, a read that succeeds
-// at debug (health probes must not fill the log), and a read that fails at
-// info.
+// at debug (health probes must not fill the log) and so is a watch its
+// client ends, and a read that fails at info.
 func TestAccessLogLevels(t *testing.T) {
 	d := startRun(t, Config{})
 	ctx := testContext(t)
@@ -24,6 +26,22 @@ func TestAccessLogLevels(t *testing.T) {
 	}
 	if _, err := d.unix.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: "nope"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("get of a missing listener: %v", err)
+	}
+	// A watch the client ends is a watch that went well: debug too.
+	wctx, cancel := context.WithCancel(ctx)
+	st, err := d.unix.WatchEvents(wctx, &listenerdv1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil { // the head: the watch is open
+		t.Fatal(err)
+	}
+	cancel()
+	for deadline := time.Now().Add(guard); !strings.Contains(d.log.String(), "grpc.method=WatchEvents"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the cancelled watch was never logged")
+		}
+		time.Sleep(time.Millisecond) // polling for the handler's end, bounded by guard
 	}
 	levels := map[string][]string{} // method code -> levels
 	for _, line := range strings.Split(d.log.String(), "\n") {
@@ -37,6 +55,7 @@ func TestAccessLogLevels(t *testing.T) {
 		"CreateListener OK":    "INFO",
 		"GetListener OK":       "DEBUG",
 		"GetListener NotFound": "INFO",
+		"WatchEvents Canceled": "DEBUG",
 	} {
 		if got := levels[call]; len(got) != 1 || got[0] != want {
 			t.Errorf("%s logged at %v, want [%s]", call, got, want)

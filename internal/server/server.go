@@ -223,9 +223,10 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 }
 
 // accessLevel is the level of a finished call's log line: reads, watches
-// and health checks that succeed go to debug, so that a probe every second
-// neither fills the log nor costs each call a write. Changes stay at info,
-// and failures at the middleware's level for their code.
+// and health checks that succeed (or that their client cancels) go to
+// debug, so that a probe every second neither fills the log nor costs each
+// call a write. Changes stay at info, and failures at the middleware's
+// level for their code.
 func accessLevel(ctx context.Context, lvl logging.Level, fields []any) logging.Level {
 	if lvl != logging.LevelInfo {
 		return lvl
@@ -235,7 +236,9 @@ func accessLevel(ctx context.Context, lvl logging.Level, fields []any) logging.L
 	}
 	for i := 0; i+1 < len(fields); i += 2 {
 		if fields[i] == "grpc.code" {
-			if fields[i+1] == codes.OK.String() {
+			// A watch ends when its client cancels it: that is how it
+			// ends well.
+			if c := fields[i+1]; c == codes.OK.String() || c == codes.Canceled.String() {
 				return logging.LevelDebug
 			}
 			break
