@@ -4,8 +4,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -20,8 +22,11 @@ import (
 
 func main() {
 	cfg, level, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "listenerd:", err)
+		fmt.Fprintf(os.Stderr, "listenerd: %v (see --help)\n", err)
 		os.Exit(2)
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
@@ -41,12 +46,20 @@ func main() {
 
 	if err := server.Run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "listenerd:", err)
+		if errors.Is(err, server.ErrConfig) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
 
+// parseFlags reads the command line. --help prints the usage to stdout
+// and returns flag.ErrHelp; any other mistake is one line, without the
+// usage.
 func parseFlags(args []string) (server.Config, slog.Level, error) {
 	fs := flag.NewFlagSet("listenerd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are printed by main, on one line
+	fs.Usage = func() {}     // and the usage only for --help
 	var cfg server.Config
 	var level slog.Level
 	fs.StringVar(&cfg.Socket, "socket", paths.DefaultSocket(), "API unix socket path (env "+paths.SocketEnv+")")
@@ -64,6 +77,11 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 	fs.BoolVar(&cfg.Metrics.AllowRemote, "metrics-allow-remote", false, "allow --metrics off loopback (the endpoint has no authentication: firewall it)")
 	checkSecurity := addSecurityFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fmt.Fprintln(os.Stdout, "Usage: listenerd [flags]\n\nHosts raw TCP listeners controlled over gRPC (see ctl). Flags:")
+			fs.PrintDefaults()
+		}
 		return cfg, level, err
 	}
 	if err := checkSecurity(); err != nil {
@@ -84,10 +102,18 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 		return cfg, level, fmt.Errorf("--shutdown-timeout must not be negative")
 	case !cfg.Ephemeral && cfg.StateDir == "":
 		return cfg, level, fmt.Errorf("--state-dir must not be empty (or use --ephemeral)")
-	case cfg.MaxListeners < 0 || cfg.MaxConnections < 0:
-		return cfg, level, fmt.Errorf("--max-listeners and --max-connections must not be negative")
-	case cfg.History <= 0 || cfg.WatcherLag <= 0 || cfg.MaxWatchers <= 0 || cfg.HistoryData <= 0:
-		return cfg, level, fmt.Errorf("--history, --history-data, --watch-queue and --max-watchers must be positive")
+	case cfg.MaxListeners < 0:
+		return cfg, level, fmt.Errorf("--max-listeners %d: must not be negative (0: unlimited)", cfg.MaxListeners)
+	case cfg.MaxConnections < 0:
+		return cfg, level, fmt.Errorf("--max-connections %d: must not be negative (0: unlimited)", cfg.MaxConnections)
+	case cfg.History <= 0:
+		return cfg, level, fmt.Errorf("--history %d: must be positive", cfg.History)
+	case cfg.HistoryData <= 0:
+		return cfg, level, fmt.Errorf("--history-data %d: must be positive", cfg.HistoryData)
+	case cfg.WatcherLag <= 0:
+		return cfg, level, fmt.Errorf("--watch-queue %d: must be positive", cfg.WatcherLag)
+	case cfg.MaxWatchers <= 0:
+		return cfg, level, fmt.Errorf("--max-watchers %d: must be positive", cfg.MaxWatchers)
 	case cfg.History > events.MaxHistory:
 		return cfg, level, fmt.Errorf("--history %d: at most %d events (about 150 bytes each)", cfg.History, events.MaxHistory)
 	}

@@ -36,8 +36,11 @@ func addSecurityFlags(fs *flag.FlagSet, cfg *server.Config) (check func() error)
 			return fmt.Errorf("--allow-hosts: %w", err)
 		}
 		cfg.Policy = listener.Policy{Ports: ports, Hosts: hosts, NoPrivileged: !securityFlags.allowPrivileged}
-		if cfg.MutationRate < 0 || cfg.MutationBurst < 0 {
-			return fmt.Errorf("--api-rate and --api-burst must not be negative")
+		if cfg.MutationRate < 0 {
+			return fmt.Errorf("--api-rate %g: must not be negative (0: no limit)", cfg.MutationRate)
+		}
+		if cfg.MutationBurst < 0 {
+			return fmt.Errorf("--api-burst %d: must not be negative", cfg.MutationBurst)
 		}
 		return nil
 	}

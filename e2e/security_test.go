@@ -150,8 +150,8 @@ func TestDaemonRefusesUnguardedTCPAPI(t *testing.T) {
 			cmd := exec.CommandContext(ctx, daemonBin, append([]string{"--socket", sock, "--state-dir", filepath.Join(run, "state")}, tc.args...)...)
 			out, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() == 0 {
-				t.Fatalf("daemon started (%v):\n%s", err, out)
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("daemon started, or exit not 2 for a configuration error (%v):\n%s", err, out)
 			}
 			if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
 				t.Fatalf("want one line saying %q, got:\n%s", tc.want, out)

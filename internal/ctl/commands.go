@@ -246,7 +246,7 @@ listener goes on draining.`,
 			if a.json() {
 				return writeJSON(a.stdout, l)
 			}
-			_, err = fmt.Fprintln(a.stdout, closedLine(l))
+			_, err = fmt.Fprintln(a.stdout, closedLine(l, req))
 			return err
 		},
 	}
@@ -257,11 +257,17 @@ listener goes on draining.`,
 	return cmd
 }
 
-// closedLine is what close prints: "closed ln-1a2b3c4d (draining 3 connections)".
-func closedLine(l *listenerdv1.Listener) string {
+// closedLine is what close prints: "closed ln-1a2b3c4d (draining 3
+// connections)", or "destroying" for a close that drains nothing (--force,
+// --drain 0).
+func closedLine(l *listenerdv1.Listener, req *listenerdv1.CloseListenerRequest) string {
 	s := "closed " + l.GetId()
 	if n := l.GetStatus().GetActiveConnections(); n > 0 && l.GetStatus().GetState() == listenerdv1.State_STATE_DRAINING {
-		s += fmt.Sprintf(" (draining %s)", plural(n, "connection"))
+		verb := "draining"
+		if req.GetForce() || (req.DrainTimeout != nil && req.DrainTimeout.AsDuration() == 0) {
+			verb = "destroying"
+		}
+		s += fmt.Sprintf(" (%s %s)", verb, plural(n, "connection"))
 	}
 	return s
 }

@@ -155,7 +155,7 @@ func TestLimitAndCloseCommands(t *testing.T) {
 	})
 
 	r = runCtl(t, sock, "close", "web", "--drain", "0")
-	if r.code != ExitOK || r.stdout != "closed ln-1 (draining 3 connections)\n" {
+	if r.code != ExitOK || r.stdout != "closed ln-1 (destroying 3 connections)\n" {
 		t.Errorf("close: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 	assertProto(t, rec.get(), &listenerdv1.CloseListenerRequest{Id: "web", DrainTimeout: durationpb.New(0)})

@@ -280,14 +280,20 @@ func TestLineHelpers(t *testing.T) {
 		t.Errorf("limitsLine(nil) = %q", got)
 	}
 	draining := &listenerdv1.Listener{Id: "ln-1", Status: &listenerdv1.ListenerStatus{State: listenerdv1.State_STATE_DRAINING, ActiveConnections: 3}}
-	if got := closedLine(draining); got != "closed ln-1 (draining 3 connections)" {
+	plain := &listenerdv1.CloseListenerRequest{Id: "ln-1"}
+	if got := closedLine(draining, plain); got != "closed ln-1 (draining 3 connections)" {
 		t.Errorf("closedLine = %q", got)
 	}
 	draining.Status.ActiveConnections = 1
-	if got := closedLine(draining); got != "closed ln-1 (draining 1 connection)" {
+	if got := closedLine(draining, plain); got != "closed ln-1 (draining 1 connection)" {
 		t.Errorf("closedLine = %q", got)
 	}
-	if got := closedLine(&listenerdv1.Listener{Id: "ln-2", Status: &listenerdv1.ListenerStatus{State: listenerdv1.State_STATE_CLOSED}}); got != "closed ln-2" {
+	for _, req := range []*listenerdv1.CloseListenerRequest{{Id: "ln-1", Force: true}, {Id: "ln-1", DrainTimeout: durationpb.New(0)}} {
+		if got := closedLine(draining, req); got != "closed ln-1 (destroying 1 connection)" {
+			t.Errorf("closedLine for %v = %q", req, got)
+		}
+	}
+	if got := closedLine(&listenerdv1.Listener{Id: "ln-2", Status: &listenerdv1.ListenerStatus{State: listenerdv1.State_STATE_CLOSED}}, plain); got != "closed ln-2" {
 		t.Errorf("closedLine = %q", got)
 	}
 }

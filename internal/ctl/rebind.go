@@ -82,7 +82,7 @@ func (a *app) closeAndWait(ctx context.Context, client listenerdv1.ListenerServi
 		if a.json() {
 			return writeJSON(a.stdout, closed)
 		}
-		_, err = fmt.Fprintln(a.stdout, closedLine(closed))
+		_, err = fmt.Fprintln(a.stdout, closedLine(closed, req))
 		return err
 	}
 	if err := w.run(ctx); err != nil {

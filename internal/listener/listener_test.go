@@ -501,6 +501,47 @@ func TestCloseFreesPortAtOnceAndDrains(t *testing.T) {
 	}
 }
 
+// A listener with nothing to drain is CLOSED when Close returns, its
+// listener_closed event already published.
+func TestCloseWithNoConnectionsIsClosedOnReturn(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited()})
+	info, err := m.Close(l.ID(), time.Hour, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != StateClosed {
+		t.Fatalf("state %v on return, want closed", info.State)
+	}
+	select {
+	case <-l.Done():
+	default:
+		t.Fatal("Done not closed on return")
+	}
+	head, zero := m.Bus().Head(), uint64(0) // what was published before Close returned
+	r, _, err := m.Bus().Watch(events.Filter{}, &zero)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	found := false
+	for seen := uint64(0); seen < head; {
+		batch, _, err := r.Next(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range batch {
+			seen = e.Seq
+			found = found || (e.Seq <= head && e.Listener == l.ID() && e.Kind == events.KindListenerClosed)
+		}
+	}
+	if !found {
+		t.Fatal("listener_closed not published on return")
+	}
+}
+
 func TestCloseForceDestroys(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: unlimited()})

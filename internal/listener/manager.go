@@ -482,7 +482,7 @@ func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, re
 
 // startDrain begins closing l, if no one has, and drains it in a
 // goroutine the manager waits for, which drops l from the table once it
-// is done. It reports whether this call began the close. It takes no lock
+// is done. A listener with no connection open is closed before it returns. It reports whether this call began the close. It takes no lock
 // of the manager's, so callers may hold m.mu.
 func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.CloseReason) bool {
 	// Counted before the close begins, so that a Shutdown that finds the
@@ -497,9 +497,16 @@ func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.Clo
 	open := uint64(len(l.conns))
 	l.mu.Unlock()
 	l.log.Info("listener closing", "open", open, "drain", drain)
+	if open == 0 {
+		// Nothing to wait for: the listener is CLOSED, its
+		// listener_closed event published, when the caller replies.
+		l.drain(0, reason, 0)
+	}
 	go func() {
 		defer m.wg.Done()
-		l.drain(drain, reason, open)
+		if open > 0 {
+			l.drain(drain, reason, open)
+		}
 		m.mu.Lock()
 		if m.byID[l.id] == l {
 			delete(m.byID, l.id)

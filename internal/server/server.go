@@ -54,6 +54,16 @@ type Config struct {
 	Stdout          io.Writer // where the "serving on" line goes
 }
 
+// ErrConfig marks a Run error in the configuration itself (the TCP API's
+// flags and the files they name), found before anything is served: a
+// usage error, not a failure of the machine.
+var ErrConfig = errors.New("configuration error")
+
+type configError struct{ err error }
+
+func (e configError) Error() string   { return e.err.Error() }
+func (e configError) Unwrap() []error { return []error{e.err, ErrConfig} }
+
 // Run serves the API until ctx is done, then shuts down in order: health
 // NOT_SERVING, watch streams ended, gRPC stopped (gracefully, within a
 // bound), listeners drained within ShutdownTimeout, and the metrics
@@ -65,7 +75,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	api, apiAuth, err := prepareAPI(ctx, cfg.API, log)
 	if err != nil {
-		return err
+		return configError{err}
 	}
 	ln, unlock, err := listenUnix(cfg.Socket)
 	if err != nil {
