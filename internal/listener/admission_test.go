@@ -2,8 +2,10 @@ package listener
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,6 +147,16 @@ func TestAcceptRateSurvivesOtherChanges(t *testing.T) {
 	evs := w.until(countAtLeast(events.KindConnectionRejected, 1))
 	if count(evs, events.KindConnectionOpened) != 1 || lastReject(evs) != events.RejectRateLimit {
 		t.Fatalf("opened %d, reason %v: the idle-timeout change refilled the bucket", count(evs, events.KindConnectionOpened), lastReject(evs))
+	}
+}
+
+func TestMaxListenersMessage(t *testing.T) {
+	m := NewManager(events.NewBus(events.Options{}), nil, Options{MaxListeners: 1})
+	t.Cleanup(func() { m.Shutdown(0) })
+	create(t, m, Spec{Limits: unlimited()})
+	_, err := m.Create(context.Background(), "", Spec{Limits: unlimited()})
+	if !errors.Is(err, ErrLimit) || !strings.HasSuffix(err.Error(), "at most 1 listener") {
+		t.Fatalf("second listener over --max-listeners 1: %v", err)
 	}
 }
 

@@ -114,7 +114,7 @@ func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, ip n
 		return nil, 0, fmt.Errorf("listener name %q: %w", name, ErrAlreadyExists)
 	}
 	if m.maxListeners > 0 && m.countLocked() >= m.maxListeners {
-		return nil, 0, fmt.Errorf("%w: at most %d listeners", ErrLimit, m.maxListeners)
+		return nil, 0, fmt.Errorf("%w: at most %d %s", ErrLimit, m.maxListeners, plural(m.maxListeners, "listener"))
 	}
 	id := newID()
 	for m.byID[id] != nil {
@@ -582,4 +582,12 @@ func (m *Manager) Shutdown(timeout time.Duration) {
 		}
 		<-done
 	}
+}
+
+// plural is word, with an s unless n is 1.
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
 }

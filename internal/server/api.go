@@ -25,7 +25,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/service"
@@ -118,21 +117,24 @@ func (t transport) options() []grpc.ServerOption {
 }
 
 // withReason gives the rate limiter's refusals (the calls it stops before
-// the handler) an ErrorInfo with the reason RATE_LIMITED, as every other
-// error of the API has.
+// the handler) the limiter's own words and an ErrorInfo with the reason
+// RATE_LIMITED, as every other error of the API has. The middleware's
+// message names the method and itself; the limiter leaves its refusal in
+// the call's context instead.
 func withReason(limit grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		reached := false
-		resp, err := limit(ctx, req, info, func(ctx context.Context, req any) (any, error) {
-			reached = true
-			return handler(ctx, req)
-		})
-		if err != nil && !reached {
-			return nil, service.Status(fmt.Errorf("%s: %w", status.Convert(err).Message(), service.ErrRateLimited))
+		refusal := new(error)
+		resp, err := limit(context.WithValue(ctx, refusalKey{}, refusal), req, info, handler)
+		if err != nil && *refusal != nil {
+			return nil, service.Status(fmt.Errorf("%v; retry later: %w", *refusal, service.ErrRateLimited))
 		}
 		return resp, err
 	}
 }
+
+// refusalKey holds, in a call's context, where mutationLimiter leaves its
+// refusal for withReason.
+type refusalKey struct{}
 
 // mutationLimiter is a token bucket for the ratelimit interceptor.
 type mutationLimiter struct{ l *rate.Limiter }
@@ -145,11 +147,15 @@ func newMutationLimiter(perSecond float64, burst int) ratelimit.Limiter {
 }
 
 // Limit implements ratelimit.Limiter.
-func (m mutationLimiter) Limit(context.Context) error {
-	if !m.l.Allow() {
-		return fmt.Errorf("more than %g changes a second (burst %d)", float64(m.l.Limit()), m.l.Burst())
+func (m mutationLimiter) Limit(ctx context.Context) error {
+	if m.l.Allow() {
+		return nil
 	}
-	return nil
+	err := fmt.Errorf("more than %g changes a second (burst %d)", float64(m.l.Limit()), m.l.Burst())
+	if refusal, ok := ctx.Value(refusalKey{}).(*error); ok {
+		*refusal = err
+	}
+	return err
 }
 
 // tcpAPI is the prepared TCP API: credentials and authentication, loaded

@@ -337,6 +337,9 @@ func TestSecurityMatrix(t *testing.T) {
 			want := map[codes.Code]string{codes.Unauthenticated: "UNAUTHENTICATED"}[tc.want]
 			if tc.name == "mutation beyond the rate" {
 				want = "RATE_LIMITED"
+				if msg := status.Convert(err).Message(); !strings.HasPrefix(msg, "more than ") || strings.Contains(msg, "grpc_ratelimit") {
+					t.Fatalf("rate limit message %q: want the limiter's own words", msg)
+				}
 			}
 			if got := reasonOf(err); want != "" && got != want {
 				t.Fatalf("reason %q (%v), want %s", got, err, want)
