@@ -20,10 +20,13 @@ func (a *app) lsCmd() *cobra.Command {
 		Short:   "List listeners",
 		Long: `List every listener the daemon holds, oldest first, including closed ones
 still draining. MAX is max-connections ("-" for unlimited). -o wide adds bytes
-in and out and the creation time; -o json prints one Listener object a line.`,
+in and out and the creation time; -o json prints one Listener object a line.
+-v also says on stderr which event sequence the list reflects, for
+ctl watch --since SEQ to go on from it without missing or repeating an event.`,
 		Example: `  ctl ls
   ctl ls -o wide
-  ctl ls -o json | jq -r .id`,
+  ctl ls -o json | jq -r .id
+  ctl ls -v    # ctl: as of seq=120: ctl watch --since 120 goes on from here`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			client, ctx, cancel, err := a.call(cmd.Context())
@@ -35,6 +38,7 @@ in and out and the creation time; -o json prints one Listener object a line.`,
 			if err != nil {
 				return err
 			}
+			a.asOf(resp.GetSequence())
 			return a.writeListeners(a.stdout, resp.GetListeners())
 		},
 	}
@@ -300,6 +304,7 @@ connection id with ctl kick. -o wide adds the family and the opening time;
 			if err != nil {
 				return err
 			}
+			a.asOf(resp.GetSequence())
 			return a.writeConnections(a.stdout, resp.GetConnections())
 		},
 	}

@@ -84,7 +84,7 @@ func TestLsGetConnsKick(t *testing.T) {
 	var rec recorder
 	svc := &fakeService{
 		list: func(context.Context, *listenerdv1.ListListenersRequest) (*listenerdv1.ListListenersResponse, error) {
-			return &listenerdv1.ListListenersResponse{Listeners: sampleListeners()}, nil
+			return &listenerdv1.ListListenersResponse{Listeners: sampleListeners(), Sequence: 120}, nil
 		},
 		get: func(_ context.Context, r *listenerdv1.GetListenerRequest) (*listenerdv1.GetListenerResponse, error) {
 			rec.set(r)
@@ -92,7 +92,7 @@ func TestLsGetConnsKick(t *testing.T) {
 		},
 		conns: func(_ context.Context, r *listenerdv1.ListConnectionsRequest) (*listenerdv1.ListConnectionsResponse, error) {
 			rec.set(r)
-			return &listenerdv1.ListConnectionsResponse{Connections: []*listenerdv1.Connection{{Id: "ln-1.1", Tuple: tuple(5000)}}}, nil
+			return &listenerdv1.ListConnectionsResponse{Connections: []*listenerdv1.Connection{{Id: "ln-1.1", Tuple: tuple(5000)}}, Sequence: 121}, nil
 		},
 		kick: func(_ context.Context, r *listenerdv1.CloseConnectionRequest) (*listenerdv1.CloseConnectionResponse, error) {
 			rec.set(r)
@@ -102,8 +102,15 @@ func TestLsGetConnsKick(t *testing.T) {
 	sock := startFake(t, svc)
 
 	r := runCtl(t, sock, "ls", "--no-headers")
-	if r.code != ExitOK || !strings.HasPrefix(r.stdout, "ln-1a2b3c4d  web") || strings.Count(r.stdout, "\n") != 2 {
+	if r.code != ExitOK || !strings.HasPrefix(r.stdout, "ln-1a2b3c4d  web") || strings.Count(r.stdout, "\n") != 2 || r.stderr != "" {
 		t.Errorf("ls: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	// -v says which sequence the list reflects, on stderr only.
+	for args, want := range map[string]string{"ls": "120", "conns web": "121"} {
+		quiet, loud := runCtl(t, sock, strings.Fields(args)...), runCtl(t, sock, append(strings.Fields(args), "-v")...)
+		if loud.code != ExitOK || loud.stdout != quiet.stdout || loud.stderr != "ctl: as of seq="+want+": ctl watch --since "+want+" goes on from here\n" {
+			t.Errorf("%s -v: exit %d, stdout %q, stderr %q", args, loud.code, loud.stdout, loud.stderr)
+		}
 	}
 
 	r = runCtl(t, sock, "get", "web")

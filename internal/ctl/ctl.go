@@ -256,5 +256,12 @@ func (a *app) note(format string, args ...any) {
 	fmt.Fprintf(a.stderr, "ctl: "+format+"\n", args...)
 }
 
+// asOf says, with -v, which event sequence a list reflects.
+func (a *app) asOf(seq uint64) {
+	if a.verbose {
+		a.note("as of seq=%d: ctl watch --since %d goes on from here", seq, seq)
+	}
+}
+
 func (a *app) json() bool { return a.output == outputJSON }
 func (a *app) wide() bool { return a.output == outputWide }
