@@ -266,10 +266,11 @@ func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest
 	}
 
 	p := newFollowPrinter()
+	var buf []byte
 	w := a.newWatcher(client, &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}, IncludeData: data}, func(out io.Writer, ev *listenerdv1.Event) (bool, error) {
 		if a.json() {
 			_, closed := ev.GetKind().(*listenerdv1.Event_ListenerClosed)
-			return closed, writeJSON(out, ev)
+			return closed, writeEventJSON(out, ev, &buf)
 		}
 		line, last := p.line(ev)
 		if line != "" {

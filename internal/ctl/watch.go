@@ -355,9 +355,10 @@ re-list with ctl ls and watch from now.
 			if err != nil {
 				return err
 			}
+			var buf []byte
 			w := a.newWatcher(client, req, func(out io.Writer, ev *listenerdv1.Event) (bool, error) {
 				if a.json() {
-					return false, writeJSON(out, ev)
+					return false, writeEventJSON(out, ev, &buf)
 				}
 				_, err := fmt.Fprintln(out, eventLine(ev, a.wide()))
 				return false, err
