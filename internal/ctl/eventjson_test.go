@@ -203,4 +203,3 @@ func BenchmarkEventJSON(b *testing.B) {
 		}
 	})
 }
-
