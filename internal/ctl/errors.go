@@ -104,7 +104,7 @@ func (a *app) describe(err error) (string, int) {
 	msg, code := statusWords(st, a.where(), a.timeout)
 	if a.api.addr != "" && st.Code() == codes.Unavailable {
 		if hint := tlsHint(st.Message()); hint != "" {
-			return oneLine(fmt.Sprintf("TLS with listenerd at %s failed: %s (%s)", a.api.addr, hint, st.Message())), code
+			return oneLine(fmt.Sprintf("connecting to listenerd at %s failed: %s (%s)", a.api.addr, hint, st.Message())), code
 		}
 	}
 	// Over --api, an unreachable daemon is often a TLS mismatch: say why.
@@ -118,8 +118,14 @@ func (a *app) describe(err error) (string, int) {
 // because the two sides disagree about TLS, and "" for other failures.
 func tlsHint(msg string) string {
 	switch {
-	case strings.Contains(msg, "x509:"):
+	case strings.Contains(msg, "signed by unknown authority"):
 		return "its certificate is not trusted: give --ca with the CA that signed it"
+	case strings.Contains(msg, "x509: certificate is valid for"):
+		return "its certificate is for another name: give --api the name or address it was issued for"
+	case strings.Contains(msg, "x509: certificate has expired"):
+		return "its certificate has expired (or is not valid yet): renew it"
+	case strings.Contains(msg, "x509:"):
+		return "its certificate was refused"
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
 		return "it serves plaintext there: drop --tls, --ca, --cert and --key"
 	case strings.Contains(msg, "error reading server preface"):

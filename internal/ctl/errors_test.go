@@ -169,3 +169,21 @@ func TestStatusErrorsFromDaemon(t *testing.T) {
 		}
 	}
 }
+
+func TestTLSHint(t *testing.T) {
+	for msg, want := range map[string]string{
+		`connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority"`: "give --ca",
+		`tls: failed to verify certificate: x509: certificate is valid for localhost, not 10.0.0.5`:                                                               "issued for",
+		`tls: failed to verify certificate: x509: certificate has expired or is not yet valid: current time 2030-01-01`:                                           "has expired",
+		`x509: cannot validate certificate for 10.0.0.5 because it doesn't contain any IP SANs`:                                                                   "was refused",
+		`connection error: desc = "error reading server preface: EOF"`:                                                                                            "it may serve TLS there",
+		`tls: first record does not look like a TLS handshake`:                                                                                                    "it serves plaintext there",
+		`remote error: tls: bad certificate`:                                                                                                                      "check --ca, --cert and --key",
+		`connection refused`:                                                                                                                                      "",
+	} {
+		got := tlsHint(msg)
+		if (want == "") != (got == "") || !strings.Contains(got, want) {
+			t.Errorf("tlsHint(%q) = %q, want it to say %q", msg, got, want)
+		}
+	}
+}

@@ -42,49 +42,60 @@ func appendEventJSON(dst []byte, ev *listenerdv1.Event) (_ []byte, ok bool) {
 	o.timestamp("time", ev.GetTime())
 	o.str("listenerId", ev.GetListenerId())
 	o.str("bootId", ev.GetBootId())
+	// A oneof case holding no message (never so off the wire) is left to
+	// protojson.
 	switch k := ev.GetKind().(type) {
 	case nil:
 	case *listenerdv1.Event_ConnectionOpened:
+		if k == nil || k.ConnectionOpened == nil {
+			return dst, false
+		}
 		c := k.ConnectionOpened
-		if o.sub("connectionOpened", c != nil) {
-			o.str("connectionId", c.GetConnectionId())
-			o.tuple("tuple", c.GetTuple())
-			o.close()
-		}
+		o.sub("connectionOpened")
+		o.str("connectionId", c.GetConnectionId())
+		o.tuple("tuple", c.GetTuple())
+		o.close()
 	case *listenerdv1.Event_ConnectionClosed:
+		if k == nil || k.ConnectionClosed == nil {
+			return dst, false
+		}
 		c := k.ConnectionClosed
-		if o.sub("connectionClosed", c != nil) {
-			o.str("connectionId", c.GetConnectionId())
-			o.tuple("tuple", c.GetTuple())
-			o.u64("bytesIn", c.GetBytesIn())
-			o.u64("bytesOut", c.GetBytesOut())
-			o.duration("duration", c.GetDuration())
-			o.enum("reason", int32(c.GetReason()), listenerdv1.CloseReason_name)
-			o.str("error", c.GetError())
-			o.close()
-		}
+		o.sub("connectionClosed")
+		o.str("connectionId", c.GetConnectionId())
+		o.tuple("tuple", c.GetTuple())
+		o.u64("bytesIn", c.GetBytesIn())
+		o.u64("bytesOut", c.GetBytesOut())
+		o.duration("duration", c.GetDuration())
+		o.enum("reason", int32(c.GetReason()), listenerdv1.CloseReason_name)
+		o.str("error", c.GetError())
+		o.close()
 	case *listenerdv1.Event_ConnectionRejected:
+		if k == nil || k.ConnectionRejected == nil {
+			return dst, false
+		}
 		c := k.ConnectionRejected
-		if o.sub("connectionRejected", c != nil) {
-			o.tuple("tuple", c.GetTuple())
-			o.enum("reason", int32(c.GetReason()), listenerdv1.RejectReason_name)
-			o.close()
-		}
+		o.sub("connectionRejected")
+		o.tuple("tuple", c.GetTuple())
+		o.enum("reason", int32(c.GetReason()), listenerdv1.RejectReason_name)
+		o.close()
 	case *listenerdv1.Event_ConnectionHalfClosed:
-		c := k.ConnectionHalfClosed
-		if o.sub("connectionHalfClosed", c != nil) {
-			o.str("connectionId", c.GetConnectionId())
-			o.close()
+		if k == nil || k.ConnectionHalfClosed == nil {
+			return dst, false
 		}
+		o.sub("connectionHalfClosed")
+		o.str("connectionId", k.ConnectionHalfClosed.GetConnectionId())
+		o.close()
 	case *listenerdv1.Event_ConnectionData:
-		c := k.ConnectionData
-		if o.sub("connectionData", c != nil) {
-			o.str("connectionId", c.GetConnectionId())
-			o.enum("direction", int32(c.GetDirection()), listenerdv1.Direction_name)
-			o.bytes("data", c.GetData())
-			o.u64("length", c.GetLength())
-			o.close()
+		if k == nil || k.ConnectionData == nil {
+			return dst, false
 		}
+		c := k.ConnectionData
+		o.sub("connectionData")
+		o.str("connectionId", c.GetConnectionId())
+		o.enum("direction", int32(c.GetDirection()), listenerdv1.Direction_name)
+		o.bytes("data", c.GetData())
+		o.u64("length", c.GetLength())
+		o.close()
 	default:
 		return dst, false
 	}
@@ -114,13 +125,10 @@ func (o *jsonOut) key(k string) {
 	o.b = append(o.b, '"', ':')
 }
 
-// sub opens the object of a message field, if set.
-func (o *jsonOut) sub(k string, set bool) bool {
-	if set {
-		o.key(k)
-		o.open()
-	}
-	return set
+// sub opens the object of a message field.
+func (o *jsonOut) sub(k string) {
+	o.key(k)
+	o.open()
 }
 
 func (o *jsonOut) str(k, v string) {
@@ -176,14 +184,16 @@ func (o *jsonOut) bytes(k string, v []byte) {
 }
 
 func (o *jsonOut) tuple(k string, t *listenerdv1.FiveTuple) {
-	if o.sub(k, t != nil) {
-		o.str("remoteAddress", t.GetRemoteAddress())
-		o.u32("remotePort", t.GetRemotePort())
-		o.enum("family", int32(t.GetFamily()), listenerdv1.Family_name)
-		o.str("localAddress", t.GetLocalAddress())
-		o.u32("localPort", t.GetLocalPort())
-		o.close()
+	if t == nil {
+		return
 	}
+	o.sub(k)
+	o.str("remoteAddress", t.GetRemoteAddress())
+	o.u32("remotePort", t.GetRemotePort())
+	o.enum("family", int32(t.GetFamily()), listenerdv1.Family_name)
+	o.str("localAddress", t.GetLocalAddress())
+	o.u32("localPort", t.GetLocalPort())
+	o.close()
 }
 
 // protojson's bounds of google.protobuf.Timestamp and Duration.

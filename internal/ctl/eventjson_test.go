@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
 
@@ -39,6 +40,18 @@ func checkSameJSON(t *testing.T, ev *listenerdv1.Event) {
 func TestEventJSONMatchesProtojson(t *testing.T) {
 	for _, s := range sampleEvents {
 		checkSameJSON(t, s.ev)
+	}
+	// Oneof cases holding no message, which never come off the wire.
+	for _, k := range []any{
+		&listenerdv1.Event_ConnectionOpened{}, (*listenerdv1.Event_ConnectionOpened)(nil),
+		&listenerdv1.Event_ConnectionClosed{}, (*listenerdv1.Event_ConnectionClosed)(nil),
+		&listenerdv1.Event_ConnectionRejected{}, (*listenerdv1.Event_ConnectionRejected)(nil),
+		&listenerdv1.Event_ConnectionHalfClosed{}, (*listenerdv1.Event_ConnectionHalfClosed)(nil),
+		&listenerdv1.Event_ConnectionData{}, (*listenerdv1.Event_ConnectionData)(nil),
+	} {
+		ev := &listenerdv1.Event{Sequence: 1}
+		reflectSetKind(ev, k)
+		checkSameJSON(t, ev)
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	const n = 20000
@@ -202,4 +215,9 @@ func BenchmarkEventJSON(b *testing.B) {
 			}
 		}
 	})
+}
+
+// reflectSetKind stores k, one of Event's oneof wrappers, in ev.Kind.
+func reflectSetKind(ev *listenerdv1.Event, k any) {
+	reflect.ValueOf(ev).Elem().FieldByName("Kind").Set(reflect.ValueOf(k))
 }

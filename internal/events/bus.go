@@ -188,7 +188,8 @@ func (b *Bus) Record(e Event) uint64 {
 // holdDataLocked accounts for the bytes of data in the event seq, then
 // drops the bytes of the oldest data events until the history's data fits
 // HistoryData; b.mu must be held. Bytes shared with the data event held
-// just before (an echo's out event carries its in event's) count once. A
+// just before (an echo's out event carries its in event's) count once,
+// and leave with it. A
 // dropped event keeps its slot and its length: its Detail is replaced by a
 // copy without the bytes, so watchers that copied the event before hold
 // what they copied.
@@ -197,21 +198,30 @@ func (b *Bus) holdDataLocked(seq uint64, data []byte) {
 	if b.data.len() > 0 {
 		last := b.data.back().seq
 		if prev := b.slot(last); prev.Seq == last && prev.Detail != nil && len(prev.Detail.Data) > 0 && &prev.Detail.Data[0] == &data[0] {
-			n = 0
+			n = max(0, n-len(prev.Detail.Data))
 		}
 	}
 	b.data.push(seq, n)
 	oldest := b.oldest()
 	for b.data.bytes > b.dataMax || (b.data.len() > 0 && b.data.front().seq < oldest) {
-		d := b.data.pop()
-		if d.seq < oldest {
-			continue // overwritten already
+		b.dropData(b.data.pop().seq, oldest)
+		// The events that only shared those bytes go with them.
+		for b.data.len() > 0 && b.data.front().n == 0 {
+			b.dropData(b.data.pop().seq, oldest)
 		}
-		if s := b.slot(d.seq); s.Seq == d.seq && s.Detail != nil {
-			kept := *s.Detail
-			kept.Data = nil
-			s.Detail = &kept
-		}
+	}
+}
+
+// dropData takes the bytes out of the held event seq, unless it has left
+// the ring; b.mu must be held.
+func (b *Bus) dropData(seq, oldest uint64) {
+	if seq < oldest {
+		return // overwritten already
+	}
+	if s := b.slot(seq); s.Seq == seq && s.Detail != nil {
+		kept := *s.Detail
+		kept.Data = nil
+		s.Detail = &kept
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -343,6 +344,30 @@ func TestHistoryDataCountsSharedBytesOnce(t *testing.T) {
 		if e := b.slot(seq); len(e.Detail.Data) == 0 {
 			t.Fatalf("event %d lost its bytes inside the budget", seq)
 		}
+	}
+}
+
+// When the oldest pair goes over the budget, both its events lose the
+// bytes: the out event kept none of its own to count.
+func TestHistoryDataDropsSharedBytesTogether(t *testing.T) {
+	b := NewBus(Options{History: chunkSize, HistoryData: 1000})
+	defer b.Close()
+	for range 4 { // 1200 bytes in four pairs
+		read := make([]byte, 300)
+		b.Publish(Event{Listener: "a", Kind: KindConnectionData, Detail: &Detail{Data: read}})
+		b.Publish(Event{Listener: "a", Kind: KindConnectionData, Detail: &Detail{Data: read, Outbound: true}})
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var held []int
+	for seq := uint64(1); seq <= 8; seq++ {
+		held = append(held, len(b.slot(seq).Detail.Data))
+	}
+	if want := []int{0, 0, 300, 300, 300, 300, 300, 300}; !slices.Equal(held, want) {
+		t.Fatalf("bytes held per event %v, want %v (the first pair dropped together)", held, want)
+	}
+	if b.data.bytes != 900 {
+		t.Fatalf("%d bytes accounted, want 900", b.data.bytes)
 	}
 }
 

@@ -505,13 +505,21 @@ func TestCloseFreesPortAtOnceAndDrains(t *testing.T) {
 // listener_closed event already published.
 func TestCloseWithNoConnectionsIsClosedOnReturn(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited()})
+	l, err := m.Create(context.Background(), "web", Spec{Limits: unlimited()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	info, err := m.Close(l.ID(), time.Hour, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.State != StateClosed {
 		t.Fatalf("state %v on return, want closed", info.State)
+	}
+	for _, ref := range []string{l.ID(), "web"} {
+		if _, err := m.Get(ref); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("get %s after the close: %v, want not found (out of the table)", ref, err)
+		}
 	}
 	select {
 	case <-l.Done():
@@ -539,6 +547,29 @@ func TestCloseWithNoConnectionsIsClosedOnReturn(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("listener_closed not published on return")
+	}
+}
+
+// A second close with a drain of 0 destroys what the first close left
+// draining, as --force does.
+func TestCloseDrainZeroEndsADrain(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited()})
+	w := newWatch(t, m, l.ID())
+	c := dial(t, l.Info().Bound)
+	w.until(countAtLeast(events.KindConnectionOpened, 1))
+	if info, err := m.Close(l.ID(), time.Hour, false); err != nil || info.State != StateDraining {
+		t.Fatalf("first close: %v, %v", info.State, err)
+	}
+	if _, err := m.Close(l.ID(), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("connection survived a close with drain 0")
+	}
+	evs := w.until(countAtLeast(events.KindListenerClosed, 1))
+	if d := evs[len(evs)-1].Detail; d.Destroyed != 1 {
+		t.Fatalf("listener closed: drained %d destroyed %d", d.Drained, d.Destroyed)
 	}
 }
 

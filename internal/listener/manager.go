@@ -464,14 +464,28 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 
 // closeListener reports whether it began the close (false: the listener
 // was already closing, and its drain goes on).
+// A drain of 0 is force: also for a listener already draining, whose
+// connections it destroys now.
 func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) bool {
-	if force {
-		drain = 0
+	if force || drain <= 0 {
+		force, drain = true, 0
 	}
+	// The name is free for a new listener at once, before a close with
+	// nothing to drain publishes listener_closed. (A listener closing
+	// already gave its name up.)
+	m.mu.Lock()
+	m.freeNameLocked(l)
+	m.mu.Unlock()
 	if m.startDrain(l, drain, reason) {
-		m.mu.Lock()
-		m.freeNameLocked(l) // the name is free for a new listener at once
-		m.mu.Unlock()
+		select {
+		case <-l.Done(): // nothing was open: closed already
+			m.mu.Lock()
+			if m.byID[l.id] == l {
+				delete(m.byID, l.id)
+			}
+			m.mu.Unlock()
+		default:
+		}
 		return true
 	}
 	if force {
@@ -480,10 +494,12 @@ func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, re
 	return false
 }
 
-// startDrain begins closing l, if no one has, and drains it in a
-// goroutine the manager waits for, which drops l from the table once it
-// is done. A listener with no connection open is closed before it returns. It reports whether this call began the close. It takes no lock
-// of the manager's, so callers may hold m.mu.
+// startDrain begins closing l, if no one has. A listener with no
+// connection open is closed (CLOSED, its listener_closed event published)
+// before it returns, and the caller drops it from the table. Otherwise it
+// drains in a goroutine the manager waits for, which drops l from the
+// table once it is done. It reports whether this call began the close.
+// It takes no lock of the manager's, so callers may hold m.mu.
 func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.CloseReason) bool {
 	// Counted before the close begins, so that a Shutdown that finds the
 	// listener closing already waits for its drain (WaitGroup: no Add
@@ -498,15 +514,13 @@ func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.Clo
 	l.mu.Unlock()
 	l.log.Info("listener closing", "open", open, "drain", drain)
 	if open == 0 {
-		// Nothing to wait for: the listener is CLOSED, its
-		// listener_closed event published, when the caller replies.
 		l.drain(0, reason, 0)
+		m.wg.Done()
+		return true
 	}
 	go func() {
 		defer m.wg.Done()
-		if open > 0 {
-			l.drain(drain, reason, open)
-		}
+		l.drain(drain, reason, open)
 		m.mu.Lock()
 		if m.byID[l.id] == l {
 			delete(m.byID, l.id)

@@ -220,10 +220,23 @@ func staleSpec(err error) error {
 	return fmt.Errorf("saved spec no longer valid, close the listener and create it again: %w", err)
 }
 
+// checkSaved refuses a listener whose spec the current checks refuse (it
+// was restored FAILED for that): binding it again cannot help.
+func checkSaved(l *Listener) error {
+	spec := l.spec
+	if err := validateSpec(&spec); err != nil {
+		return fmt.Errorf("listener %s: %w", l.id, staleSpec(err))
+	}
+	return nil
+}
+
 // Rebind binds a FAILED listener again with its id and spec.
 func (m *Manager) Rebind(ctx context.Context, ref string) (*Listener, error) {
 	old, err := m.getToChange(ref)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkSaved(old); err != nil { // before its host, which may not resolve either
 		return nil, err
 	}
 	ip, err := resolveHost(ctx, old.spec.Host) // a FAILED listener's spec never changes
@@ -252,10 +265,6 @@ func (m *Manager) rebindLocked(ctx context.Context, old *Listener, ip netip.Addr
 	}
 	if State(old.state.Load()) != StateFailed {
 		return nil, fmt.Errorf("listener %s is %s; only a failed listener can be rebound: %w", old.id, State(old.state.Load()), ErrNotFailed)
-	}
-	spec := old.spec
-	if err := validateSpec(&spec); err != nil { // restored FAILED for it
-		return nil, fmt.Errorf("listener %s: %w", old.id, staleSpec(err))
 	}
 	l, err := m.bindLocked(ctx, old.id, old.name, old.spec, ip, old.boundPort, old.created)
 	if err != nil {

@@ -173,6 +173,8 @@ func TestRestoreRefusedSpecComesBackFailed(t *testing.T) {
 	raws := []json.RawMessage{
 		json.RawMessage(`{"id":"ln-00000001","name":"old","spec":{"host":"127.0.0.1","handler":"forward","upstream":"127.0.0.1:99999","max_connections":-1}}`),
 		json.RawMessage(`{"id":"ln-00000002","spec":{"host":"127.0.0.1","handler":"echo","max_connections":-1}}`),
+		// A host that does not resolve either: the spec is the reason given.
+		json.RawMessage(`{"id":"ln-00000003","name":"older","spec":{"host":"no such host!","handler":"forward","upstream":":80","max_connections":-1}}`),
 	}
 	if err := ValidateRecords(raws); err != nil {
 		t.Fatalf("a refused spec is not a corrupt file: %v", err)
@@ -180,7 +182,7 @@ func TestRestoreRefusedSpecComesBackFailed(t *testing.T) {
 	st := &memStore{}
 	m := newPersistentManager(t, st)
 	up, failed, err := m.Restore(context.Background(), raws)
-	if err != nil || up != 1 || failed != 1 {
+	if err != nil || up != 1 || failed != 2 {
 		t.Fatalf("restore: %d up, %d failed, %v", up, failed, err)
 	}
 	l, err := m.Get("old")
@@ -191,13 +193,15 @@ func TestRestoreRefusedSpecComesBackFailed(t *testing.T) {
 	if in.State != StateFailed || !strings.Contains(in.LastError, "spec.handler.forward.upstream") {
 		t.Fatalf("restored %v with %q, want FAILED naming the upstream", in.State, in.LastError)
 	}
-	if len(st.saved()) != 2 {
-		t.Fatalf("saved %d records, want both kept", len(st.saved()))
+	if len(st.saved()) != 3 {
+		t.Fatalf("saved %d records, want all kept", len(st.saved()))
 	}
-	_, err = m.Rebind(context.Background(), "old")
-	var fe *FieldError
-	if !errors.Is(err, ErrInvalid) || !errors.As(err, &fe) || fe.Field != "spec.handler.forward.upstream" {
-		t.Fatalf("rebind: %v, want ErrInvalid naming the upstream", err)
+	for _, ref := range []string{"old", "older"} {
+		_, err = m.Rebind(context.Background(), ref)
+		var fe *FieldError
+		if !errors.Is(err, ErrInvalid) || !errors.As(err, &fe) || fe.Field != "spec.handler.forward.upstream" {
+			t.Fatalf("rebind %s: %v, want ErrInvalid naming the upstream", ref, err)
+		}
 	}
 	if _, err := m.Close("old", 0, true); err != nil {
 		t.Fatalf("close: %v", err)
