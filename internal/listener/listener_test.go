@@ -550,6 +550,32 @@ func TestCloseWithNoConnectionsIsClosedOnReturn(t *testing.T) {
 	}
 }
 
+// A name given up by a closing listener is not found, and the error says
+// which id still reaches the listener.
+func TestClosingNameSaysWhichID(t *testing.T) {
+	m := newManager(t)
+	l, err := m.Create(context.Background(), "web", Spec{Limits: unlimited()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWatch(t, m, l.ID())
+	dial(t, l.Info().Bound)
+	w.until(countAtLeast(events.KindConnectionOpened, 1))
+	if _, err := m.Close("web", time.Hour, false); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Get("web")
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), l.ID()+" is closing and gave its name up") {
+		t.Fatalf("get by the given-up name: %v", err)
+	}
+	if _, err := m.Resolve([]string{"web"}); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), l.ID()) {
+		t.Fatalf("resolve the given-up name: %v", err)
+	}
+	if _, err := m.Get("nope"); !errors.Is(err, ErrNotFound) || strings.Contains(err.Error(), "closing") {
+		t.Fatalf("get an unknown name: %v", err)
+	}
+}
+
 // A second close with a drain of 0 destroys what the first close left
 // draining, as --force does.
 func TestCloseDrainZeroEndsADrain(t *testing.T) {

@@ -365,7 +365,19 @@ func (m *Manager) getLocked(ref string) (*Listener, error) {
 	if l := m.byName[ref]; l != nil {
 		return l, nil
 	}
-	return nil, fmt.Errorf("listener %q: %w", ref, ErrNotFound)
+	return nil, m.notFoundLocked(ref, "")
+}
+
+// notFoundLocked is the error for a ref that names no listener; m.mu must
+// be held. A name given up by a listener still closing says so, with the
+// id that still reaches it.
+func (m *Manager) notFoundLocked(ref, why string) error {
+	for _, l := range m.byID {
+		if l.name == ref && ref != "" && m.byName[ref] != l {
+			return fmt.Errorf("listener %q: %s is closing and gave its name up; use its id: %w", ref, l.id, ErrNotFound)
+		}
+	}
+	return fmt.Errorf("listener %q: %s%w", ref, why, ErrNotFound)
 }
 
 // Resolve maps listener names to ids for event filters. An id, of a
@@ -383,7 +395,7 @@ func (m *Manager) Resolve(refs []string) ([]string, error) {
 		case l != nil:
 			out[i] = l.id
 		default:
-			return nil, fmt.Errorf("listener %q: no listener has this name, and it is not a listener id: %w", r, ErrNotFound)
+			return nil, m.notFoundLocked(r, "no listener has this name, and it is not a listener id: ")
 		}
 	}
 	return out, nil
