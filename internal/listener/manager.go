@@ -94,70 +94,55 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 		return nil, err
 	}
 	m.mu.Lock()
-	l, v, err := m.createLocked(ctx, name, spec, ip)
+	l, err := m.createLocked(ctx, name, spec, ip)
+	var v uint64
+	if err == nil {
+		v, err = m.stageLocked()
+	}
 	m.mu.Unlock()
-	if err != nil {
+	if l == nil {
 		return nil, err
 	}
-	if err := m.commit(v); err != nil {
+	if err == nil {
+		err = m.commit(v)
+	}
+	if err != nil {
 		m.unwind(l)
 		return nil, err
 	}
 	return l, nil
 }
 
-func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, ip netip.Addr) (*Listener, uint64, error) {
+func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, ip netip.Addr) (*Listener, error) {
 	if m.shutting {
-		return nil, 0, ErrShuttingDown
+		return nil, ErrShuttingDown
 	}
 	if name != "" && m.byName[name] != nil {
-		return nil, 0, fmt.Errorf("listener name %q: %w", name, ErrAlreadyExists)
+		return nil, fmt.Errorf("listener name %q: %w", name, ErrAlreadyExists)
 	}
 	if m.maxListeners > 0 && m.countLocked() >= m.maxListeners {
-		return nil, 0, fmt.Errorf("%w: at most %d %s", ErrLimit, m.maxListeners, plural(m.maxListeners, "listener"))
+		return nil, fmt.Errorf("%w: at most %d %s", ErrLimit, m.maxListeners, plural(m.maxListeners, "listener"))
 	}
 	id := newID()
 	for m.byID[id] != nil {
 		id = newID()
 	}
-	l, err := m.bindLocked(ctx, id, name, spec, ip, 0, time.Now())
-	if err != nil {
-		return nil, 0, err
-	}
-	v, err := m.stageLocked()
-	if err != nil {
-		m.dropLocked(l)
-		return nil, 0, err
-	}
-	return l, v, nil
+	return m.bindLocked(ctx, id, name, spec, ip, 0, time.Now())
 }
 
 // unwind takes back a listener whose save failed: it is closed at once
-// and a snapshot without it is saved, so that a save of a newer snapshot
-// that still held it (another change's) does not outlive the failure.
-// That save is best effort: when the disk still fails, the error is
-// logged and the next save that succeeds writes the state without it.
+// (unless someone closed it first, as it was listed while its save was in
+// flight: that close owns its drain), and a snapshot without it is saved,
+// so that a save of a newer snapshot that still held it (another
+// change's) does not outlive the failure. That save is best effort: when
+// the disk still fails, the error is logged and the next save that
+// succeeds writes the state without it.
 func (m *Manager) unwind(l *Listener) {
-	m.mu.Lock()
-	m.dropLocked(l)
-	m.mu.Unlock()
+	m.startDrain(l, 0, events.CloseListenerClosed)
 	if err := m.save(); err != nil {
 		m.log.Error("state not saved after a failed create was undone; the next save that succeeds will drop it",
 			"listener", l.id, "err", err)
 	}
-}
-
-// dropLocked removes a listener whose create failed and closes it at
-// once, unless someone closed it first (it was listed while its save was
-// in flight), in which case that close owns its drain; m.mu must be held.
-func (m *Manager) dropLocked(l *Listener) {
-	if !m.startDrain(l, 0, events.CloseListenerClosed) {
-		return
-	}
-	if m.byID[l.id] == l {
-		delete(m.byID, l.id)
-	}
-	m.freeNameLocked(l)
 }
 
 // reserve counts a connection against the daemon-wide cap. It returns
@@ -474,30 +459,15 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 	return l.Info(), m.save()
 }
 
-// closeListener reports whether it began the close (false: the listener
-// was already closing, and its drain goes on).
-// A drain of 0 is force: also for a listener already draining, whose
-// connections it destroys now.
+// closeListener closes l and reports whether it began the close (false:
+// the listener was already closing, and its drain goes on). A drain of 0
+// is force: also for a listener already draining, whose connections it
+// destroys now.
 func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) bool {
 	if force || drain <= 0 {
 		force, drain = true, 0
 	}
-	// The name is free for a new listener at once, before a close with
-	// nothing to drain publishes listener_closed. (A listener closing
-	// already gave its name up.)
-	m.mu.Lock()
-	m.freeNameLocked(l)
-	m.mu.Unlock()
 	if m.startDrain(l, drain, reason) {
-		select {
-		case <-l.Done(): // nothing was open: closed already
-			m.mu.Lock()
-			if m.byID[l.id] == l {
-				delete(m.byID, l.id)
-			}
-			m.mu.Unlock()
-		default:
-		}
 		return true
 	}
 	if force {
@@ -506,12 +476,12 @@ func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, re
 	return false
 }
 
-// startDrain begins closing l, if no one has. A listener with no
-// connection open is closed (CLOSED, its listener_closed event published)
-// before it returns, and the caller drops it from the table. Otherwise it
-// drains in a goroutine the manager waits for, which drops l from the
-// table once it is done. It reports whether this call began the close.
-// It takes no lock of the manager's, so callers may hold m.mu.
+// startDrain begins closing l, if no one has, and reports whether this
+// call began it. The name is free for a new listener at once. The
+// listener leaves the table once its last connection is gone: before
+// startDrain returns when none is open (CLOSED, its listener_closed event
+// published), else in a goroutine the manager waits for. m.mu must not be
+// held.
 func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.CloseReason) bool {
 	// Counted before the close begins, so that a Shutdown that finds the
 	// listener closing already waits for its drain (WaitGroup: no Add
@@ -521,25 +491,30 @@ func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.Clo
 		m.wg.Done()
 		return false
 	}
+	m.mu.Lock()
+	m.freeNameLocked(l) // before listener_closed: a client may take the name on it
+	m.mu.Unlock()
 	l.mu.Lock()
 	open := uint64(len(l.conns))
 	l.mu.Unlock()
 	l.log.Info("listener closing", "open", open, "drain", drain)
 	if open == 0 {
-		l.drain(0, reason, 0)
-		m.wg.Done()
+		m.finishDrain(l, 0, reason, 0)
 		return true
 	}
-	go func() {
-		defer m.wg.Done()
-		l.drain(drain, reason, open)
-		m.mu.Lock()
-		if m.byID[l.id] == l {
-			delete(m.byID, l.id)
-		}
-		m.mu.Unlock()
-	}()
+	go m.finishDrain(l, drain, reason, open)
 	return true
+}
+
+// finishDrain drains l and drops it from the table.
+func (m *Manager) finishDrain(l *Listener, drain time.Duration, reason events.CloseReason, open uint64) {
+	defer m.wg.Done()
+	l.drain(drain, reason, open)
+	m.mu.Lock()
+	if m.byID[l.id] == l {
+		delete(m.byID, l.id)
+	}
+	m.mu.Unlock()
 }
 
 // freeNameLocked gives l's name up; m.mu must be held.
