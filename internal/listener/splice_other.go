@@ -21,36 +21,35 @@ func (c *conn) spliceEcho(syscall.RawConn, time.Duration) error { return nil }
 // that moves bytes stores the time in it. An error of dst's side is a
 // writeError.
 func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
-	return io.Copy(touchWriter{dst, activity}, touchReader{src, activity})
+	return io.Copy(touching{dst, activity}, touching{src, activity})
 }
 
-type touchReader struct {
-	r        io.Reader
+// touching is a connection that stores the time in activity, when set,
+// whenever bytes move, and marks its write errors.
+type touching struct {
+	c        *net.TCPConn
 	activity *atomic.Int64
 }
 
-func (t touchReader) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	if n > 0 {
-		touch(t.activity)
-	}
+func (t touching) Read(p []byte) (int, error) {
+	n, err := t.c.Read(p)
+	t.moved(n)
 	return n, err
 }
 
-type touchWriter struct {
-	w        io.Writer
-	activity *atomic.Int64
-}
-
-func (t touchWriter) Write(p []byte) (int, error) {
-	n, err := t.w.Write(p)
-	if n > 0 {
-		touch(t.activity)
-	}
+func (t touching) Write(p []byte) (int, error) {
+	n, err := t.c.Write(p)
+	t.moved(n)
 	if err != nil {
 		err = writeError{err}
 	}
 	return n, err
+}
+
+func (t touching) moved(n int) {
+	if n > 0 {
+		touch(t.activity)
+	}
 }
 
 // ackedBytes is Linux's TCP_INFO reading; elsewhere it is unknown.
