@@ -354,10 +354,11 @@ func (w *writeStall) retry(err error) bool {
 type ackMark uint64
 
 // advanced reports whether s's peer has acknowledged bytes since the mark,
-// or whether that cannot be known (not Linux), and moves the mark.
+// and moves the mark. Where that cannot be known (not Linux) it is false:
+// only bytes written or read count as progress there.
 func (m *ackMark) advanced(s *net.TCPConn) bool {
 	a, ok := ackedBytes(s)
-	moved := !ok || ackMark(a) != *m
+	moved := ok && ackMark(a) != *m
 	*m = ackMark(a)
 	return moved
 }
@@ -408,8 +409,7 @@ func (c *conn) idleWatch(idle time.Duration, activity *atomic.Int64) (stop func(
 }
 
 // peersAcked reports whether the client or the upstream acknowledged
-// bytes since their marks (or whether that cannot be known), and moves
-// the marks.
+// bytes since their marks, and moves the marks.
 func (c *conn) peersAcked(marks *[2]ackMark) bool {
 	c.mu.Lock()
 	up := c.peer
