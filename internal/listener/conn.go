@@ -332,8 +332,8 @@ type writeStall struct {
 	mark ackMark
 }
 
-func newWriteStall(s *net.TCPConn, idle time.Duration) *writeStall {
-	w := &writeStall{s: s, idle: idle}
+func newWriteStall(s *net.TCPConn, idle time.Duration) writeStall {
+	w := writeStall{s: s, idle: idle}
 	w.mark.advanced(s)
 	w.extend()
 	return w
