@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -27,8 +28,11 @@ func checkSameJSON(t *testing.T, ev *listenerdv1.Event) {
 	t.Helper()
 	want, wantErr := protojsonLine(ev)
 	var b bytes.Buffer
-	var buf []byte
-	gotErr := writeEventJSON(&b, ev, &buf)
+	bw := bufio.NewWriter(&b)
+	gotErr := writeEventJSON(bw, ev)
+	if err := bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	if (wantErr == nil) != (gotErr == nil) || b.String() != want {
 		t.Fatalf("event %v\nprotojson: %q (%v)\nfast:      %q (%v)", ev, want, wantErr, b.String(), gotErr)
 	}
@@ -206,10 +210,10 @@ func BenchmarkEventJSON(b *testing.B) {
 		}
 	})
 	b.Run("fast", func(b *testing.B) {
-		var buf []byte
+		out := bufio.NewWriter(io.Discard)
 		for b.Loop() {
 			for _, ev := range evs {
-				if err := writeEventJSON(io.Discard, ev, &buf); err != nil {
+				if err := writeEventJSON(out, ev); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -266,11 +267,10 @@ func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest
 	}
 
 	p := newFollowPrinter()
-	var buf []byte
-	w := a.newWatcher(client, &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}, IncludeData: data}, func(out io.Writer, ev *listenerdv1.Event) (bool, error) {
+	w := a.newWatcher(client, &listenerdv1.WatchEventsRequest{ListenerIds: []string{l.GetId()}, IncludeData: data}, func(out *bufio.Writer, ev *listenerdv1.Event) (bool, error) {
 		if a.json() {
 			_, closed := ev.GetKind().(*listenerdv1.Event_ListenerClosed)
-			return closed, writeEventJSON(out, ev, &buf)
+			return closed, writeEventJSON(out, ev)
 		}
 		line, last := p.line(ev)
 		if line != "" {

@@ -1,9 +1,9 @@
 package ctl
 
 import (
+	"bufio"
 	"context"
 	"fmt"
-	"io"
 
 	"github.com/spf13/cobra"
 
@@ -56,7 +56,7 @@ func (a *app) closeAndWait(ctx context.Context, client listenerdv1.ListenerServi
 		ListenerIds: []string{req.GetId()}, // the daemon maps a name to its id
 		Kinds:       []listenerdv1.EventKind{listenerdv1.EventKind_EVENT_KIND_LISTENER_CLOSED},
 	}
-	w := a.newWatcher(client, watchReq, func(out io.Writer, ev *listenerdv1.Event) (bool, error) {
+	w := a.newWatcher(client, watchReq, func(out *bufio.Writer, ev *listenerdv1.Event) (bool, error) {
 		if ev.GetListenerClosed() == nil || ev.GetListenerId() != closed.GetId() {
 			return false, nil
 		}

@@ -41,7 +41,7 @@ type watcher struct {
 	// per attempt.
 	req *listenerdv1.WatchEventsRequest
 	// emit delivers one event to out; done ends the watch with no error.
-	emit func(out io.Writer, ev *listenerdv1.Event) (done bool, err error)
+	emit func(out *bufio.Writer, ev *listenerdv1.Event) (done bool, err error)
 	// out buffers what emit writes to stdout; it is flushed after each
 	// response's events, so a busy stream costs a write per batch, not
 	// one per event, and a quiet one still prints each event at once.
@@ -65,7 +65,7 @@ type watcher struct {
 }
 
 func (a *app) newWatcher(client listenerdv1.ListenerServiceClient, req *listenerdv1.WatchEventsRequest,
-	emit func(io.Writer, *listenerdv1.Event) (bool, error)) *watcher {
+	emit func(*bufio.Writer, *listenerdv1.Event) (bool, error)) *watcher {
 	return &watcher{client: client, req: req, emit: emit, out: bufio.NewWriterSize(a.stdout, 64<<10),
 		retry: a.retry, note: a.note, verbose: a.verbose}
 }
@@ -355,10 +355,9 @@ re-list with ctl ls and watch from now.
 			if err != nil {
 				return err
 			}
-			var buf []byte
-			w := a.newWatcher(client, req, func(out io.Writer, ev *listenerdv1.Event) (bool, error) {
+			w := a.newWatcher(client, req, func(out *bufio.Writer, ev *listenerdv1.Event) (bool, error) {
 				if a.json() {
-					return false, writeEventJSON(out, ev, &buf)
+					return false, writeEventJSON(out, ev)
 				}
 				_, err := fmt.Fprintln(out, eventLine(ev, a.wide()))
 				return false, err
