@@ -166,6 +166,13 @@ const (
 	acceptErrorEvery = time.Second
 )
 
+// setLastError records err as the listener's last error.
+func (l *Listener) setLastError(err error) {
+	l.mu.Lock()
+	l.lastErr = err.Error()
+	l.mu.Unlock()
+}
+
 // testHookAccepted, when set by a test, runs after each accept, before the
 // connection is admitted.
 var testHookAccepted atomic.Pointer[func()]
@@ -190,9 +197,7 @@ func (l *Listener) acceptLoop() {
 			}
 			backoff = min(max(2*backoff, minBackoff), maxBackoff)
 			folded++
-			l.mu.Lock()
-			l.lastErr = err.Error()
-			l.mu.Unlock()
+			l.setLastError(err)
 			if now := time.Now(); now.Sub(lastEvent) >= acceptErrorEvery {
 				l.log.Warn("accept failed; backing off", "err", err, "backoff", backoff, "count", folded)
 				l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindAcceptError,

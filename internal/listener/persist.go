@@ -241,9 +241,7 @@ func (m *Manager) Rebind(ctx context.Context, ref string) (*Listener, error) {
 	}
 	ip, err := resolveHost(ctx, old.spec.Host) // a FAILED listener's spec never changes
 	if err != nil {
-		old.mu.Lock()
-		old.lastErr = err.Error()
-		old.mu.Unlock()
+		old.setLastError(err)
 		return nil, err
 	}
 	m.mu.Lock()
@@ -268,9 +266,7 @@ func (m *Manager) rebindLocked(ctx context.Context, old *Listener, ip netip.Addr
 	}
 	l, err := m.bindLocked(ctx, old.id, old.name, old.spec, ip, old.boundPort, old.created)
 	if err != nil {
-		old.mu.Lock()
-		old.lastErr = err.Error()
-		old.mu.Unlock()
+		old.setLastError(err)
 		return nil, err
 	}
 	return l, nil
