@@ -210,11 +210,7 @@ func TestWatchResumes(t *testing.T) {
 		}
 	}
 	sock := startFake(t, svc)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stdout, stderr syncBuffer
-	stdout.onOutput("seq=9 ", cancel)
-	code := runCtlWith(ctx, sock, &stdout, &stderr, "watch", "ln-1", "--kind", "connection_opened")
+	stdout, stderr, code := runCtlUntil(sock, "seq=9 ", "watch", "ln-1", "--kind", "connection_opened")
 	if code != ExitOK {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
@@ -269,11 +265,8 @@ func TestWatchWritesOncePerResponse(t *testing.T) {
 		return nil
 	}}
 	sock := startFake(t, svc)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stdout, stderr syncBuffer
-	stdout.onOutput(fmt.Sprintf("seq=%d ", 6+batch), cancel)
-	if code := runCtlWith(ctx, sock, &stdout, &stderr, "watch"); code != ExitOK {
+	stdout, stderr, code := runCtlUntil(sock, fmt.Sprintf("seq=%d ", 6+batch), "watch")
+	if code != ExitOK {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
 	if lines := strings.Count(stdout.String(), "\n"); lines != batch+1 {
@@ -295,11 +288,8 @@ func TestWatchJSON(t *testing.T) {
 		return nil
 	}}
 	sock := startFake(t, svc)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stdout, stderr syncBuffer
-	stdout.onOutput("connectionClosed", cancel)
-	if code := runCtlWith(ctx, sock, &stdout, &stderr, "watch", "--since", "3", "-o", "json"); code != ExitOK {
+	stdout, stderr, code := runCtlUntil(sock, "connectionClosed", "watch", "--since", "3", "-o", "json")
+	if code != ExitOK {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
 	lines := strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n")
@@ -499,11 +489,8 @@ func TestFollowCtrlC(t *testing.T) {
 		},
 	}
 	sock := startFake(t, svc)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stdout, stderr syncBuffer
-	stdout.onOutput("CONNECTED: ", cancel)
-	if code := runCtlWith(ctx, sock, &stdout, &stderr, "listen", "-f"); code != ExitOK {
+	_, stderr, code := runCtlUntil(sock, "CONNECTED: ", "listen", "-f")
+	if code != ExitOK {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
 }

@@ -195,6 +195,16 @@ func runCtlWith(ctx context.Context, sock string, stdout, stderr *syncBuffer, ar
 	return a.run(ctx, append([]string{"--socket", sock}, args...))
 }
 
+// runCtlUntil runs a streaming ctl command until its stdout holds stop,
+// then interrupts it, as Ctrl-C does.
+func runCtlUntil(sock, stop string, args ...string) (stdout, stderr *syncBuffer, code int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	stdout.onOutput(stop, cancel)
+	return stdout, stderr, runCtlWith(ctx, sock, stdout, stderr, args...)
+}
+
 // runCtl runs ctl against the socket with args and returns what it printed.
 func runCtl(t *testing.T, sock string, args ...string) result {
 	t.Helper()
