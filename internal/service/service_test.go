@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -181,12 +180,7 @@ func TestErrorMatrix(t *testing.T) {
 			if !strings.Contains(st.Message(), tc.field) {
 				t.Fatalf("message %q does not name %q", st.Message(), tc.field)
 			}
-			var info *errdetails.ErrorInfo
-			for _, d := range st.Details() {
-				if i, ok := d.(*errdetails.ErrorInfo); ok {
-					info = i
-				}
-			}
+			info := errorInfoOf(err)
 			if info == nil || info.GetDomain() != ErrorDomain {
 				t.Fatalf("no ErrorInfo in %v", st.Details())
 			}
@@ -329,14 +323,8 @@ func TestWatchEndsWithShuttingDown(t *testing.T) {
 	}
 	mgr.Bus().Close()
 	_, err = s.Recv()
-	st := status.Convert(err)
-	var reason string
-	for _, d := range st.Details() {
-		if i, ok := d.(*errdetails.ErrorInfo); ok {
-			reason = i.GetReason()
-		}
-	}
-	if st.Code() != codes.Unavailable || reason != "SHUTTING_DOWN" {
+	reason := errorInfoOf(err).GetReason()
+	if status.Code(err) != codes.Unavailable || reason != "SHUTTING_DOWN" {
 		t.Fatalf("watch ended with %v, reason %q; want UNAVAILABLE, SHUTTING_DOWN", err, reason)
 	}
 }

@@ -18,23 +18,28 @@ import (
 	"github.com/listenerd/listenerd/internal/events"
 )
 
+// errorInfoOf is the ErrorInfo of a status error, nil without one.
+func errorInfoOf(err error) *errdetails.ErrorInfo {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
+	}
+	return nil
+}
+
 // resumeAfter reads the last_sequence an overflowed stream was sent.
 func resumeAfter(t *testing.T, err error) uint64 {
 	t.Helper()
-	st := status.Convert(err)
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			if v, ok := info.GetMetadata()["last_sequence"]; ok {
-				n, perr := strconv.ParseUint(v, 10, 64)
-				if perr != nil {
-					t.Fatalf("last_sequence %q", v)
-				}
-				return n
-			}
-		}
+	v, ok := errorInfoOf(err).GetMetadata()["last_sequence"]
+	if !ok {
+		t.Fatalf("no last_sequence in %v", err)
 	}
-	t.Fatalf("no last_sequence in %v", err)
-	return 0
+	n, perr := strconv.ParseUint(v, 10, 64)
+	if perr != nil {
+		t.Fatalf("last_sequence %q", v)
+	}
+	return n
 }
 
 // watchAll follows the daemon's events from after, resuming by itself on
