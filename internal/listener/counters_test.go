@@ -60,16 +60,20 @@ func TestConnClosedHook(t *testing.T) {
 // ends, so the listener_closed event cannot run ahead of it.
 func TestForceWhileDrainingCountsDestroyed(t *testing.T) {
 	m := newManager(t)
-	for range 20 {
+	for i := range 20 {
 		l := create(t, m, Spec{Limits: unlimited()})
 		w := newWatch(t, m, l.ID())
-		dial(t, l.Info().Bound)
+		c := dial(t, l.Info().Bound)
 		w.until(countAtLeast(events.KindConnectionOpened, 1))
-		if _, err := m.Close(l.ID(), time.Minute, false); err != nil {
+		if info, err := m.Close(l.ID(), time.Hour, false); err != nil || info.State != StateDraining {
+			t.Fatalf("first close: %v, %v", info.State, err)
+		}
+		// The second close is --force, or --drain 0, which is force too.
+		if _, err := m.Close(l.ID(), 0, i%2 == 0); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := m.Close(l.ID(), 0, true); err != nil {
-			t.Fatal(err)
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("connection survived the second close")
 		}
 		evs := w.until(countAtLeast(events.KindListenerClosed, 1))
 		if d := evs[len(evs)-1].Detail; d.Drained != 0 || d.Destroyed != 1 {

@@ -576,29 +576,6 @@ func TestClosingNameSaysWhichID(t *testing.T) {
 	}
 }
 
-// A second close with a drain of 0 destroys what the first close left
-// draining, as --force does.
-func TestCloseDrainZeroEndsADrain(t *testing.T) {
-	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited()})
-	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
-	w.until(countAtLeast(events.KindConnectionOpened, 1))
-	if info, err := m.Close(l.ID(), time.Hour, false); err != nil || info.State != StateDraining {
-		t.Fatalf("first close: %v, %v", info.State, err)
-	}
-	if _, err := m.Close(l.ID(), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("connection survived a close with drain 0")
-	}
-	evs := w.until(countAtLeast(events.KindListenerClosed, 1))
-	if d := evs[len(evs)-1].Detail; d.Destroyed != 1 {
-		t.Fatalf("listener closed: drained %d destroyed %d", d.Drained, d.Destroyed)
-	}
-}
-
 func TestCloseForceDestroys(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: unlimited()})
