@@ -136,14 +136,9 @@ func (b *bench) setup(ctx context.Context) error {
 
 	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfg")
 	if needDaemon {
-		if b.d, err = startDaemon(ctx, b.daemonBin, b.tmp, "main", nil, ""); err != nil {
+		if b.d, err = b.startKept(ctx, "main", ""); err != nil {
 			return err
 		}
-		b.cleanups = append(b.cleanups, func() {
-			if err := b.d.stop(); err != nil {
-				b.logf("daemon: %v", err)
-			}
-		})
 	}
 	if strings.ContainsAny(b.cfg.cases, "abdg") {
 		if b.echoID, b.echoAddr, err = b.d.createListener(ctx, echoHandler()); err != nil {
@@ -165,14 +160,9 @@ func (b *bench) setup(ctx context.Context) error {
 		if b.bareGRPC, err = b.startGo(ctx, "grpc", "--socket", filepath.Join(b.tmp, "bare-grpc.sock")); err != nil {
 			return err
 		}
-		if b.saving, err = startDaemon(ctx, b.daemonBin, b.tmp, "saving", nil, filepath.Join(b.tmp, "state")); err != nil {
+		if b.saving, err = b.startKept(ctx, "saving", filepath.Join(b.tmp, "state")); err != nil {
 			return err
 		}
-		b.cleanups = append(b.cleanups, func() {
-			if err := b.saving.stop(); err != nil {
-				b.logf("daemon saving: %v", err)
-			}
-		})
 	}
 	if b.has('c') {
 		if b.upstream, err = b.startGo(ctx, "echo"); err != nil {
@@ -326,6 +316,21 @@ func (b *bench) record(key, col string, rep int, v, cpu float64) {
 		}
 		b.logf("%s", line)
 	}
+}
+
+// startKept starts a daemon of the bench's build that lives for the whole
+// run (see startDaemon for stateDir), stopped by the run's cleanups.
+func (b *bench) startKept(ctx context.Context, name, stateDir string) (*daemonProc, error) {
+	d, err := startDaemon(ctx, b.daemonBin, b.tmp, name, nil, stateDir)
+	if err != nil {
+		return nil, err
+	}
+	b.cleanups = append(b.cleanups, func() {
+		if err := d.stop(); err != nil {
+			b.logf("daemon %s: %v", name, err)
+		}
+	})
+	return d, nil
 }
 
 // loadgen runs this binary's load generator in a process of its own and
