@@ -233,31 +233,53 @@ func (c *collector) durationOf(id string, lv []string) prometheus.Metric {
 	return prometheus.MustNewConstHistogram(descDuration, count, sum, buckets, lv...)
 }
 
+// AddrError is an address the endpoint refuses to serve on: one CheckAddr
+// refuses, or a host name that bound off loopback. The flag is wrong, not
+// the machine.
+type AddrError struct{ Err error }
+
+func (e *AddrError) Error() string { return e.Err.Error() }
+func (e *AddrError) Unwrap() error { return e.Err }
+
 // CheckAddr checks a --metrics address: host:port with an explicit host,
 // on loopback unless allowRemote. A host name is checked once bound, by
-// Listen.
+// Listen. Its errors are *AddrError.
 func CheckAddr(addr string, allowRemote bool) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("%q is not host:port: %v", addr, err)
+		return &AddrError{fmt.Errorf("%q is not host:port: %v", addr, err)}
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("%q: bad port %q", addr, port)
+		return &AddrError{fmt.Errorf("%q: bad port %q", addr, port)}
 	}
 	if allowRemote {
 		return nil
 	}
 	if host == "" {
-		return fmt.Errorf("%q listens on every interface; give a loopback host (e.g. 127.0.0.1%s) or allow it with --metrics-allow-remote", addr, addr)
+		return &AddrError{fmt.Errorf("%q listens on every interface; give a loopback host (e.g. 127.0.0.1%s) or allow it with --metrics-allow-remote", addr, addr)}
 	}
 	if ip, err := netip.ParseAddr(host); err == nil && !ip.Unmap().IsLoopback() {
-		return fmt.Errorf("%s is not a loopback address; the metrics endpoint has no authentication, so allow it with --metrics-allow-remote", host)
+		return &AddrError{fmt.Errorf("%s is not a loopback address; the metrics endpoint has no authentication, so allow it with --metrics-allow-remote", host)}
 	}
 	return nil
 }
 
+// checkBound refuses, unless allowRemote, an endpoint that addr's host
+// name bound off loopback.
+func checkBound(addr string, bound net.Addr, allowRemote bool) error {
+	if allowRemote {
+		return nil
+	}
+	if ap, err := netip.ParseAddrPort(bound.String()); err == nil && ap.Addr().Unmap().IsLoopback() {
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	return &AddrError{fmt.Errorf("%s is bound to %s, not loopback; allow it with --metrics-allow-remote", host, bound)}
+}
+
 // Listen binds the metrics endpoint, refusing an address off loopback
-// unless allowRemote (see CheckAddr).
+// unless allowRemote (see CheckAddr). A refused address is an *AddrError;
+// any other error is the machine's (the port is taken, say).
 func Listen(addr string, allowRemote bool) (net.Listener, error) {
 	if err := CheckAddr(addr, allowRemote); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
@@ -266,12 +288,9 @@ func Listen(addr string, allowRemote bool) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	if !allowRemote {
-		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err != nil || !ap.Addr().Unmap().IsLoopback() {
-			ln.Close()
-			host, _, _ := net.SplitHostPort(addr)
-			return nil, fmt.Errorf("metrics: %s is bound to %s, not loopback; allow it with --metrics-allow-remote", host, ln.Addr())
-		}
+	if err := checkBound(addr, ln.Addr(), allowRemote); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	return ln, nil
 }

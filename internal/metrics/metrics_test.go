@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -289,9 +290,48 @@ func TestCheckAddr(t *testing.T) {
 		{"127.0.0.1:http", false, false},
 		{"127.0.0.1:70000", false, false},
 	} {
-		if err := CheckAddr(tt.addr, tt.remote); (err == nil) != tt.ok {
-			t.Errorf("CheckAddr(%q, remote=%v) = %v, want ok=%v", tt.addr, tt.remote, err, tt.ok)
+		err := CheckAddr(tt.addr, tt.remote)
+		var refused *AddrError
+		if (err == nil) != tt.ok || (err != nil && !errors.As(err, &refused)) {
+			t.Errorf("CheckAddr(%q, remote=%v) = %v (%T), want ok=%v or an *AddrError", tt.addr, tt.remote, err, err, tt.ok)
 		}
+	}
+}
+
+// A host name is checked once bound: off loopback it is refused, as an
+// *AddrError, unless allowed. (No host name resolves off loopback on a
+// test machine, so the bound address is given.)
+func TestCheckBound(t *testing.T) {
+	off := &net.TCPAddr{IP: net.ParseIP("192.0.2.2"), Port: 9464}
+	for _, tt := range []struct {
+		bound  net.Addr
+		remote bool
+		ok     bool
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 9464}, false, true},
+		{&net.TCPAddr{IP: net.ParseIP("::1"), Port: 9464}, false, true},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:127.0.0.1"), Port: 9464}, false, true},
+		{off, false, false},
+		{off, true, true},
+	} {
+		err := checkBound("metrics.example:9464", tt.bound, tt.remote)
+		var refused *AddrError
+		if (err == nil) != tt.ok || (err != nil && (!errors.As(err, &refused) || !strings.Contains(err.Error(), "metrics.example is bound to 192.0.2.2:9464"))) {
+			t.Errorf("checkBound(%v, remote=%v) = %v, want ok=%v or an *AddrError naming the host and the address", tt.bound, tt.remote, err, tt.ok)
+		}
+	}
+	// Listen refuses what CheckAddr refuses with the same type, and a
+	// taken port (the machine, not the flag) with another.
+	if _, err := Listen(":0", false); !errors.As(err, new(*AddrError)) {
+		t.Errorf("Listen(\":0\") = %v, want an *AddrError", err)
+	}
+	ln, err := Listen("127.0.0.1:0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := Listen(ln.Addr().String(), false); err == nil || errors.As(err, new(*AddrError)) {
+		t.Errorf("Listen on a taken port = %v, want an error that is not an *AddrError", err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,6 +25,10 @@ func openMetrics(cfg MetricsConfig) (*metrics.Metrics, net.Listener, error) {
 		return nil, nil, nil
 	}
 	ln, err := metrics.Listen(cfg.Addr, cfg.AllowRemote)
+	var refused *metrics.AddrError
+	if errors.As(err, &refused) {
+		return nil, nil, configError{err}
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -55,8 +55,9 @@ type Config struct {
 }
 
 // ErrConfig marks a Run error in the configuration itself (the TCP API's
-// flags and the files they name), found before anything is served: a
-// usage error, not a failure of the machine.
+// flags and the files they name, or a metrics address off loopback),
+// found before anything is served: a usage error, not a failure of the
+// machine.
 var ErrConfig = errors.New("configuration error")
 
 type configError struct{ err error }
