@@ -47,6 +47,11 @@ const (
 	DefaultMaxWatchers = 1024
 	chunkSize          = 4096
 	maxScan            = 4096 // events scanned under the lock per Next
+	// maxBatchData bounds the connection data in one batch: a batch stops
+	// before the data event that would pass it, unless it is the first.
+	// With the batch's other events, this bounds what a stream whose client
+	// stopped reading holds in its last reply.
+	maxBatchData = 64 << 10
 )
 
 // Options size the bus.
@@ -57,7 +62,7 @@ type Options struct {
 	// their length), so a watcher that resumes may find some empty.
 	HistoryData int64
 	WatcherLag  int // how far a watcher may fall behind the head before it is cut
-	MaxWatchers int // concurrent watchers
+	MaxWatchers int // concurrent watchers: slots, held until each watcher's Close
 }
 
 // Bus assigns every event a daemon-wide sequence, keeps the most recent ones
@@ -76,7 +81,8 @@ type Bus struct {
 	dataMax int64     // HistoryData
 
 	wmu      sync.Mutex
-	watchers atomic.Pointer[[]*Watcher] // copy on write under wmu
+	watchers atomic.Pointer[[]*Watcher] // woken by Publish; copy on write under wmu
+	slots    atomic.Int64               // watchers not yet Closed, cut ones included; written under wmu
 	dataCap  atomic.Int64               // largest data cap of the data watchers; 0: none
 
 	slowCuts atomic.Uint64 // watchers cut loose for falling behind
@@ -86,7 +92,7 @@ type Bus struct {
 // Stats are the bus's counters, for metrics.
 type Stats struct {
 	Head     uint64 // last sequence assigned: events published this boot
-	Watchers int    // watchers registered now
+	Watchers int    // watchers not yet closed by their readers, cut ones included
 	SlowCuts uint64 // watchers cut loose (ErrSlow) since the bus started
 	Unsent   uint64 // events those watchers had not been sent when cut
 }
@@ -315,8 +321,11 @@ func (b *Bus) Watch(f Filter, after *uint64) (*Watcher, uint64, error) {
 	b.wmu.Lock()
 	defer b.wmu.Unlock()
 	list := *b.watchers.Load()
-	if len(list) >= b.maxWatchers {
-		return nil, 0, fmt.Errorf("%w: %d watching", ErrTooManyWatchers, len(list))
+	if open := int(b.slots.Load()); open >= b.maxWatchers {
+		if cut := open - len(list); cut > 0 {
+			return nil, 0, fmt.Errorf("%w: %d watching, %d of them cut and waiting on their clients to read or go away", ErrTooManyWatchers, open, cut)
+		}
+		return nil, 0, fmt.Errorf("%w: %d watching", ErrTooManyWatchers, open)
 	}
 	b.mu.Lock()
 	head, oldest, closed := b.head, b.oldest(), b.closed
@@ -336,11 +345,13 @@ func (b *Bus) Watch(f Filter, after *uint64) (*Watcher, uint64, error) {
 	copy(next, list)
 	next = append(next, w)
 	b.setWatchersLocked(next)
+	b.slots.Add(1)
 	return w, head, nil
 }
 
-// Watchers returns how many watchers are registered.
-func (b *Bus) Watchers() int { return len(*b.watchers.Load()) }
+// Watchers returns how many watchers hold a slot: those not yet closed by
+// their readers, cut ones included.
+func (b *Bus) Watchers() int { return int(b.slots.Load()) }
 
 // Close ends every watcher with ErrClosed and refuses new ones.
 func (b *Bus) Close() {
@@ -352,9 +363,14 @@ func (b *Bus) Close() {
 	}
 }
 
-func (b *Bus) remove(w *Watcher) {
+// remove takes w off the list Publish wakes, and gives back its slot when
+// release.
+func (b *Bus) remove(w *Watcher, release bool) {
 	b.wmu.Lock()
 	defer b.wmu.Unlock()
+	if release {
+		b.slots.Add(-1)
+	}
 	list := *b.watchers.Load()
 	next := make([]*Watcher, 0, len(list))
 	for _, o := range list {
@@ -381,8 +397,11 @@ type Watcher struct {
 	done  chan struct{}
 	timer *time.Timer // linger timer, owned by the reader
 	sent  time.Time   // when the last batch went out, owned by the reader
+	data  int         // connection data bytes in the batch being gathered, owned by the reader
+	full  bool        // the batch being gathered reached maxBatchData, owned by the reader
 	once  sync.Once
 	err   error
+	close sync.Once // Close gives the slot back once
 }
 
 func (w *Watcher) notify(seq, lag uint64) {
@@ -406,9 +425,10 @@ func (w *Watcher) cut(err error) {
 
 // cutSlow cuts the watcher loose for falling behind, behind events short
 // of the head, and counts it unless it was already ended. It also leaves
-// the bus at once: a client that never reads may keep its stream's sender
-// blocked for long, and it must not hold a watcher slot, or keep
-// connection data recorded, all that time.
+// the list Publish wakes at once: a client that never reads may keep its
+// stream's sender blocked for long, and it must not keep connection data
+// recorded all that time. It keeps its slot until its reader closes it,
+// so that such streams stay bounded by MaxWatchers.
 func (w *Watcher) cutSlow(behind uint64) {
 	cut := false
 	w.once.Do(func() {
@@ -419,7 +439,7 @@ func (w *Watcher) cutSlow(behind uint64) {
 		close(w.done)
 	})
 	if cut {
-		w.bus.remove(w)
+		w.bus.remove(w, false)
 	}
 }
 
@@ -457,6 +477,7 @@ func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Durati
 	if cap(dst) == 0 {
 		dst = make([]Event, 0, 256)
 	}
+	w.data, w.full = 0, false
 	busy := linger > 0 && time.Since(w.sent) < linger
 	var timer <-chan time.Time
 	expired := false
@@ -472,10 +493,11 @@ func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Durati
 		var more bool
 		dst, more = w.scan(dst)
 		through := w.cursor.Load()
-		if more && len(dst) < cap(dst) {
+		full := w.full || len(dst) >= cap(dst)
+		if more && !full {
 			continue // scanned maxScan events; more to scan
 		}
-		if len(dst) > 0 && (!busy || expired || len(dst) >= cap(dst)/2) {
+		if len(dst) > 0 && (!busy || expired || full || len(dst) >= cap(dst)/2) {
 			return w.deliver(dst), through, nil
 		}
 		if len(dst) > 0 && timer == nil {
@@ -514,8 +536,8 @@ func (w *Watcher) lingerTimer(d time.Duration) *time.Timer {
 }
 
 // scan appends the matching events after the watcher's position to dst, up
-// to its capacity and maxScan events scanned, and reports whether more
-// remain.
+// to its capacity, maxBatchData bytes of connection data (w.full) and
+// maxScan events scanned, and reports whether more remain.
 func (w *Watcher) scan(dst []Event) ([]Event, bool) {
 	b := w.bus
 	seq := w.cursor.Load() + 1
@@ -528,9 +550,19 @@ func (w *Watcher) scan(dst []Event) ([]Event, bool) {
 	}
 	for scanned := 0; seq <= b.head && len(dst) < cap(dst) && scanned < maxScan; seq++ {
 		scanned++
-		if e := b.slot(seq); w.match(e) {
-			dst = append(dst, *e)
+		e := b.slot(seq)
+		if !w.match(e) {
+			continue
 		}
+		if e.Kind == KindConnectionData && e.Detail != nil {
+			n := min(len(e.Detail.Data), w.dataMax)
+			if w.data+n > maxBatchData && len(dst) > 0 {
+				w.full = true
+				break // seq is left for the next batch
+			}
+			w.data += n
+		}
+		dst = append(dst, *e)
 	}
 	more := seq <= b.head
 	b.mu.Unlock()
@@ -538,10 +570,11 @@ func (w *Watcher) scan(dst []Event) ([]Event, bool) {
 	return dst, more
 }
 
-// Close unregisters the watcher. It is safe to call more than once.
+// Close unregisters the watcher and gives back its slot. It is safe to
+// call more than once.
 func (w *Watcher) Close() {
 	w.cut(ErrClosed)
-	w.bus.remove(w)
+	w.close.Do(func() { w.bus.remove(w, true) })
 }
 
 // ConnID formats the daemon-wide id of connection n of a listener.

@@ -3,8 +3,10 @@ package events
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -389,8 +391,10 @@ func TestHistoryDataLeavesWithItsEvents(t *testing.T) {
 	}
 }
 
-// A watcher cut for falling behind leaves the bus at once, before its
-// reader notices: it holds no watcher slot and keeps no data recorded.
+// A watcher cut for falling behind leaves the list Publish wakes at once,
+// before its reader notices, and keeps no data recorded; it holds its slot
+// until its reader closes it, so streams whose clients stopped reading stay
+// bounded by MaxWatchers.
 func TestSlowWatcherLeavesAtOnce(t *testing.T) {
 	b := NewBus(Options{History: 4 * chunkSize, WatcherLag: 100, MaxWatchers: 1})
 	defer b.Close()
@@ -403,15 +407,66 @@ func TestSlowWatcherLeavesAtOnce(t *testing.T) {
 		t.Fatal("a data watcher does not turn data recording on")
 	}
 	publishN(b, "a", 101) // never read: cut
-	if n := b.Watchers(); n != 0 {
-		t.Fatalf("%d watchers registered after the cut, want 0", n)
+	if n := len(*b.watchers.Load()); n != 0 {
+		t.Fatalf("%d watchers woken after the cut, want 0", n)
 	}
 	if c := b.DataCap(); c != 0 {
 		t.Fatalf("data cap %d after the only data watcher was cut, want 0", c)
 	}
+	if n := b.Watchers(); n != 1 {
+		t.Fatalf("%d watchers hold a slot after the cut, want 1 until it is closed", n)
+	}
+	_, _, err = b.Watch(Filter{}, nil)
+	if !errors.Is(err, ErrTooManyWatchers) || !strings.Contains(err.Error(), "1 of them cut") {
+		t.Fatalf("watch while the cut watcher is open: %v, want ErrTooManyWatchers saying one is cut", err)
+	}
+	w.Close()
+	w.Close() // gives the slot back once
+	if n := b.Watchers(); n != 0 {
+		t.Fatalf("%d watchers hold a slot after Close, want 0", n)
+	}
 	w2, _, err := b.Watch(Filter{}, nil) // the slot is free
 	if err != nil {
-		t.Fatalf("watch after the cut: %v", err)
+		t.Fatalf("watch after the cut watcher closed: %v", err)
 	}
 	w2.Close()
+}
+
+// A batch carries at most maxBatchData bytes of connection data, unless a
+// single event is larger; the events past it come in the next batches, in
+// order, and none is lost.
+func TestBatchDataBudget(t *testing.T) {
+	b := NewBus(Options{History: 4 * chunkSize})
+	defer b.Close()
+	w, _, err := b.Watch(Filter{DataMax: MaxDataBytes}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	sizes := []int{MaxDataBytes, 10, 40 << 10, 30 << 10, 1, MaxDataBytes, MaxDataBytes}
+	for _, n := range sizes {
+		b.Publish(Event{Kind: KindConnectionData, Listener: "l", Detail: &Detail{Data: make([]byte, n)}})
+	}
+	b.Publish(Event{Kind: KindConnectionClosed, Listener: "l"})
+	var got [][]int // data sizes per batch
+	for seen := 0; seen < len(sizes)+1; {
+		batch, _, err := w.Next(ctx(t), make([]Event, 0, 256))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ns []int
+		for _, e := range batch {
+			if e.Detail != nil {
+				ns = append(ns, len(e.Detail.Data))
+			} else {
+				ns = append(ns, -1)
+			}
+		}
+		got = append(got, ns)
+		seen += len(batch)
+	}
+	want := [][]int{{MaxDataBytes}, {10, 40 << 10}, {30 << 10, 1}, {MaxDataBytes}, {MaxDataBytes, -1}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("batches of data sizes %v, want %v", got, want)
+	}
 }

@@ -270,6 +270,7 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 				return s.err(err)
 			}
 		}
+		clear(batch) // hold no connection data while the stream is quiet
 		if err := stream.SendMsg(raw); err != nil {
 			return err
 		}
