@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -441,7 +442,12 @@ func (c *conn) forward(idle time.Duration) error {
 		case <-ctx.Done():
 		}
 	}()
-	var d net.Dialer
+	d := net.Dialer{ControlContext: func(ctx context.Context, _, address string, _ syscall.RawConn) error {
+		if ap, err := netip.ParseAddrPort(address); err == nil {
+			return c.l.manager.checkLoop(ctx, c.l, ap)
+		}
+		return nil
+	}}
 	nc, err := d.DialContext(ctx, "tcp", h.Upstream)
 	cancel()
 	if err != nil {
