@@ -544,3 +544,52 @@ func reasonOf(err error) string {
 	}
 	return ""
 }
+
+// An existing socket directory that another user could write to, or that
+// another user owns, is refused before anything listens: its owner could
+// put another socket in the daemon's place. One others may write to with
+// the sticky bit (as /tmp) is fine.
+func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		mode  os.FileMode
+		owner int // -1: this user
+		want  string
+	}{
+		{"writable by others", 0o777, -1, "mode 0777"},
+		{"writable by the group", 0o770, -1, "mode 0770"},
+		{"owned by another user", 0o700, 65534, "owned by uid 65534"},
+		{"sticky and writable by others", 0o777 | os.ModeSticky, -1, ""},
+		{"this user's, readable by others", 0o755, -1, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.owner >= 0 && os.Geteuid() != 0 {
+				t.Skip("needs root to give the directory to another user")
+			}
+			dir := filepath.Join(shortTempDir(t), "run")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			if tc.owner >= 0 {
+				if err := os.Chown(dir, tc.owner, tc.owner); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := Config{Socket: filepath.Join(dir, "listenerd.sock"), Ephemeral: true}
+			if tc.want == "" {
+				startRun(t, cfg) // serves, and stops at cleanup
+				return
+			}
+			err := Run(testContext(t), cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), dir) {
+				t.Fatalf("Run: %v, want an error naming %s and saying %q", err, dir, tc.want)
+			}
+			if _, err := os.Stat(cfg.Socket); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the socket was created (%v)", err)
+			}
+		})
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -258,15 +259,42 @@ func accessLevel(ctx context.Context, lvl logging.Level, fields []any) logging.L
 	return lvl
 }
 
+// checkSocketDir refuses a socket directory that another user could use
+// to put their own socket in the daemon's place: one owned by another uid
+// (root aside), or one that others may write to without the sticky bit
+// (as /tmp has) that keeps them from removing our socket.
+func checkSocketDir(dir string, fi os.FileInfo) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	uid := uint32(os.Geteuid())
+	if st.Uid != uid && st.Uid != 0 {
+		return fmt.Errorf("socket directory %s is owned by uid %d, not by this user (uid %d): its owner could put another socket in the daemon's place; remove it, or choose another --socket", dir, st.Uid, uid)
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
+		return fmt.Errorf("socket directory %s is mode %04o: other users could replace the daemon's socket; chmod go-w it (or +t), or choose another --socket", dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
 // listenUnix opens the API socket: its directory 0700 (created if needed),
 // the socket 0600. A lock file beside the socket says whether a daemon owns
 // it: held, another daemon is serving and nothing is touched; free, a socket
 // file left behind is stale (its daemon died) and is removed.
 func listenUnix(path string) (net.Listener, func(), error) {
 	dir := filepath.Dir(path)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, nil, fmt.Errorf("socket directory: %w", err)
+		}
+	case err != nil:
+		return nil, nil, fmt.Errorf("socket directory: %w", err)
+	default:
+		if err := checkSocketDir(dir, fi); err != nil {
+			return nil, nil, err
 		}
 	}
 	lock, err := state.Lock(path + ".lock")
