@@ -217,6 +217,13 @@ func (l *Listener) acceptLoop() {
 		if hook := testHookAccepted.Load(); hook != nil {
 			(*hook)()
 		}
+		// A limit lowered, or BACKLOG chosen, while this loop waited in
+		// Accept: the connection waits here, as the ones behind it wait in
+		// the kernel's queue, instead of being rejected.
+		if !l.waitForSlot() {
+			_ = c.Close()
+			return
+		}
 		l.admit(c)
 	}
 }

@@ -345,6 +345,42 @@ func TestOverflowBacklogLeavesConnectionsQueued(t *testing.T) {
 	}
 }
 
+// BACKLOG set at runtime, at the limit, while the accept loop already
+// waits in Accept: the next connection waits for a slot, as the ones
+// behind it wait in the kernel's queue; it is not rejected.
+func TestOverflowBacklogSetAtRuntimeRejectsNobody(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Limits: unlimited()})
+	w := newWatch(t, m, l.ID())
+	addr := l.Info().Bound
+	a, _ := dial(t, addr), dial(t, addr)
+	w.until(countAtLeast(events.KindConnectionOpened, 2))
+	if _, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return Limits{MaxConnections: 2, Backlog: true}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{}, 1)
+	hook := func() {
+		select {
+		case accepted <- struct{}{}:
+		default:
+		}
+	}
+	testHookAccepted.Store(&hook)
+	t.Cleanup(func() { testHookAccepted.Store(nil) })
+	c := dial(t, addr)
+	waitFor(t, "the accept of the third connection", accepted)
+	a.Close() // frees a slot for it
+	evs := w.until(func(evs []events.Event) bool {
+		return count(evs, events.KindConnectionRejected) > 0 || count(evs, events.KindConnectionOpened) >= 3
+	})
+	if n := count(evs, events.KindConnectionRejected); n != 0 {
+		t.Fatalf("%d connections rejected under BACKLOG overflow", n)
+	}
+	if last := evs[len(evs)-1]; last.Kind != events.KindConnectionOpened || last.Tuple.Remote.Port() != localPort(c) {
+		t.Fatalf("last event %+v, want the third connection opened", last)
+	}
+}
+
 func TestHalfOpenOffEndsOurSideAfterFlush(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
