@@ -219,8 +219,9 @@ func (l *Listener) acceptLoop() {
 		}
 		// A limit lowered, or BACKLOG chosen, while this loop waited in
 		// Accept: the connection waits here, as the ones behind it wait in
-		// the kernel's queue, instead of being rejected.
-		if !l.waitForSlot() {
+		// the kernel's queue, instead of being rejected; like them, it is
+		// closed if the listener closes first.
+		if l.full() && !l.waitForSlot() {
 			_ = c.Close()
 			return
 		}
@@ -233,8 +234,7 @@ func (l *Listener) acceptLoop() {
 // returns false when the listener is closing.
 func (l *Listener) waitForSlot() bool {
 	for {
-		lim := l.limits.Load()
-		if !lim.Backlog || lim.Unlimited() || l.active.Load() < lim.MaxConnections {
+		if !l.full() {
 			return !l.closing()
 		}
 		select {
@@ -243,6 +243,13 @@ func (l *Listener) waitForSlot() bool {
 			return false
 		}
 	}
+}
+
+// full reports whether the listener is at its limit under the BACKLOG
+// overflow policy.
+func (l *Listener) full() bool {
+	lim := l.limits.Load()
+	return lim.Backlog && !lim.Unlimited() && l.active.Load() >= lim.MaxConnections
 }
 
 // closing reports whether Close has begun.
