@@ -149,6 +149,9 @@ func statusWords(st *status.Status, socket string, timeout fmt.Stringer) (string
 	case codes.NotFound:
 		return msg, ExitNotFound
 	case codes.Unavailable:
+		if strings.Contains(msg, "permission denied") {
+			return fmt.Sprintf("cannot connect to listenerd at %s: permission denied; the socket is for the daemon's user only: run ctl as that user, or use the TCP API (--api)", socket), ExitUnavailable
+		}
 		return fmt.Sprintf("cannot reach listenerd at %s — is the daemon running? start it with: go run ./daemon", socket), ExitUnavailable
 	case codes.DeadlineExceeded:
 		return fmt.Sprintf("listenerd at %s did not answer within %s (see --timeout)", socket, timeout), ExitUnavailable
@@ -157,6 +160,9 @@ func statusWords(st *status.Status, socket string, timeout fmt.Stringer) (string
 	case codes.AlreadyExists, codes.FailedPrecondition, codes.Aborted, codes.OutOfRange:
 		return msg, ExitError
 	case codes.PermissionDenied:
+		if strings.HasPrefix(msg, "permission denied") { // the daemon's message says so already
+			return msg, ExitError
+		}
 		return "permission denied: " + msg, ExitError
 	case codes.Unauthenticated:
 		return "not authorized: " + msg, ExitError

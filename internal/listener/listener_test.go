@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -661,9 +662,11 @@ func TestCreateErrors(t *testing.T) {
 		{"", Spec{Host: "224.0.0.1", Limits: unlimited()}, ErrInvalid},
 		{"", Spec{Host: "255.255.255.255", Limits: unlimited()}, ErrInvalid},
 		{"", Spec{Host: "ff02::1", Limits: unlimited()}, ErrInvalid},
+		{"", Spec{Host: "fe80::1", Limits: unlimited()}, ErrInvalid}, // link-local: needs a zone
 	}
 	for _, up := range []string{"127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:abc", ":80", ":", "127.0.0.1",
-		"h" + strings.Repeat("x", 300) + ":80"} {
+		"h" + strings.Repeat("x", 300) + ":80", "a\x00b:80", "a b:80", "-a.example:80", "a..b:80",
+		"127.0.0.1:+1", "127.0.0.1:-1", "127.0.0.1:0x50", "127.0.0.1:http/x"} {
 		tests = append(tests, struct {
 			name string
 			spec Spec
@@ -747,5 +750,26 @@ func TestForwardUpstreamDown(t *testing.T) {
 	evs := w.until(countAtLeast(events.KindConnectionClosed, 1))
 	if e := evs[len(evs)-1]; e.Close != events.CloseUpstreamFailed || e.Detail == nil || e.Detail.Error == "" {
 		t.Fatalf("closed event %+v", e)
+	}
+}
+
+// The OS's refusals to bind map to the API's errors: out of descriptors
+// is a limit reached, an address that cannot be bound an invalid host.
+func TestBindErrors(t *testing.T) {
+	for _, tc := range []struct {
+		errno syscall.Errno
+		want  error
+	}{
+		{syscall.EADDRINUSE, ErrAddressInUse},
+		{syscall.EACCES, ErrPermission},
+		{syscall.EADDRNOTAVAIL, ErrInvalid},
+		{syscall.EINVAL, ErrInvalid},
+		{syscall.EMFILE, ErrLimit},
+		{syscall.ENFILE, ErrLimit},
+	} {
+		err := bindError("[::1]:80", &net.OpError{Op: "listen", Net: "tcp", Err: os.NewSyscallError("bind", tc.errno)})
+		if !errors.Is(err, tc.want) {
+			t.Errorf("bind failing with %v: %v, want %v", tc.errno, err, tc.want)
+		}
 	}
 }

@@ -229,10 +229,53 @@ func validateUpstream(up string) error {
 	if err != nil || host == "" {
 		return Invalid(field, "%q is not host:port", up)
 	}
+	if _, err := netip.ParseAddr(host); err != nil && !isHostName(host) {
+		return Invalid(field, "%q: host %q is neither an IP address nor a host name", up, host)
+	}
+	if !isPortOrService(port) {
+		return Invalid(field, "%q: port %q is not 1-65535 or a service name", up, port)
+	}
 	if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {
 		return Invalid(field, "%q: port %q is not 1-65535 or a known service name", up, port)
 	}
 	return nil
+}
+
+// isHostName reports whether s is a DNS host name: dot-separated labels of
+// 1-63 letters, digits, hyphens and underscores, at most 253 characters,
+// with an optional final dot.
+func isHostName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// isPortOrService reports whether s is written as a port number (digits)
+// or a service name (letters, digits and hyphens, starting with a letter).
+func isPortOrService(s string) bool {
+	if s == "" {
+		return false
+	}
+	digits := s[0] >= '0' && s[0] <= '9'
+	for _, r := range s {
+		isDigit := r >= '0' && r <= '9'
+		if digits && !isDigit || !digits && !(isDigit || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // resolveHost turns a spec's host (DefaultHost when empty) into the
@@ -261,6 +304,9 @@ func resolveHost(ctx context.Context, host string) (netip.Addr, error) {
 	ip = ip.Unmap()
 	if ip.IsMulticast() || ip == broadcast {
 		return netip.Addr{}, Invalid("spec.host", "%q is %s, a multicast or broadcast address: a listener binds an address of this machine, 0.0.0.0 or ::", host, ip)
+	}
+	if ip.Is6() && ip.IsLinkLocalUnicast() {
+		return netip.Addr{}, Invalid("spec.host", "%q is %s, an IPv6 link-local address: binding one needs a zone, and zoned addresses are not supported; use ::, or a global or unique-local address", host, ip)
 	}
 	return ip, nil
 }
@@ -319,6 +365,10 @@ func bindError(addr string, err error) error {
 		return fmt.Errorf("%w: %v", ErrPermission, err)
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
 		return Invalid("spec.host", "%s is not an address of this machine: %v", addr, err)
+	case errors.Is(err, syscall.EINVAL):
+		return Invalid("spec.host", "%s cannot be bound: %v", addr, err)
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE), errors.Is(err, syscall.ENOBUFS), errors.Is(err, syscall.ENOMEM):
+		return fmt.Errorf("%w: the daemon is out of file descriptors or socket memory: %v", ErrLimit, err)
 	default:
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
