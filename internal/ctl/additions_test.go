@@ -114,6 +114,10 @@ func TestLimitRequestAdmissionFlags(t *testing.T) {
 		"max-connections=unlimited overflow=reject idle-timeout=none max-lifetime=none accept-rate=10/s accept-burst=20 max-per-source=2" {
 		t.Errorf("limitsLine = %q", got)
 	}
+	if got := limitsLine(&listenerdv1.Limits{AcceptBurst: 5}); got !=
+		"max-connections=unlimited overflow=reject idle-timeout=none max-lifetime=none accept-burst=5 (kept; no accept-rate to apply it to)" {
+		t.Errorf("limitsLine of a burst with no rate = %q", got)
+	}
 }
 
 func TestRebindCommand(t *testing.T) {

@@ -274,6 +274,8 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 		if b := lim.GetAcceptBurst(); b > 0 {
 			acceptRate += fmt.Sprintf(" (burst %d)", b)
 		}
+	} else if b := lim.GetAcceptBurst(); b > 0 {
+		acceptRate += fmt.Sprintf(" (burst %d kept for when a rate is set)", b)
 	}
 	backlog := "system default"
 	if spec.Backlog != nil {
@@ -342,6 +344,8 @@ func limitsLine(l *listenerdv1.Limits) string {
 		if b := l.GetAcceptBurst(); b > 0 {
 			s += fmt.Sprintf(" accept-burst=%d", b)
 		}
+	} else if b := l.GetAcceptBurst(); b > 0 {
+		s += fmt.Sprintf(" accept-burst=%d (kept; no accept-rate to apply it to)", b)
 	}
 	if l != nil && l.MaxConnectionsPerSource != nil {
 		s += fmt.Sprintf(" max-per-source=%d", *l.MaxConnectionsPerSource)

@@ -3,6 +3,7 @@ package service
 import (
 	"fmt"
 	"net/netip"
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -35,6 +36,11 @@ func duration(field string, d *durationpb.Duration) (time.Duration, error) {
 	v := d.AsDuration()
 	if v < 0 {
 		return 0, listener.Invalid(field, "must not be negative, got %v", v)
+	}
+	const maxSeconds = math.MaxInt64 / int64(time.Second)
+	if s := d.GetSeconds(); s > maxSeconds || s == maxSeconds && int64(d.GetNanos()) > math.MaxInt64%int64(time.Second) {
+		// AsDuration would saturate; the spec must stay what was asked.
+		return 0, listener.Invalid(field, "%ds is out of range: at most %v", s, time.Duration(math.MaxInt64))
 	}
 	return v, nil
 }
