@@ -2,8 +2,8 @@ package service
 
 import (
 	"fmt"
-	"net/netip"
 	"math"
+	"net/netip"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
