@@ -322,7 +322,7 @@ func TestWatchEnds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var restartCalls atomic.Int32
+	var restartCalls, downCalls atomic.Int32
 	tests := []struct {
 		name   string
 		args   []string
@@ -373,12 +373,25 @@ func TestWatchEnds(t *testing.T) {
 			stderr: "ctl: cannot resume the watch after seq=3: listenerd no longer holds events before seq=50; re-list with 'ctl ls' and watch from now with 'ctl watch'\n",
 		},
 		{
-			name: "gives up on an unreachable daemon",
+			name: "fails at once on a daemon it never reached",
 			watch: func(*listenerdv1.WatchEventsRequest, grpc.ServerStreamingServer[listenerdv1.WatchEventsResponse]) error {
 				return status.Error(codes.Unavailable, "down")
 			},
 			exit:   ExitUnavailable,
-			stderr: "ctl: lost the connection to listenerd; reconnecting to resume after seq=0\nctl: cannot reach listenerd at SOCK — is the daemon running? start it with: go run ./daemon\n",
+			stderr: "ctl: cannot reach listenerd at SOCK — is the daemon running? start it with: go run ./daemon\n",
+		},
+		{
+			name: "gives up on a daemon that stays unreachable",
+			watch: func(_ *listenerdv1.WatchEventsRequest, s grpc.ServerStreamingServer[listenerdv1.WatchEventsResponse]) error {
+				if downCalls.Add(1) == 1 {
+					if err := send(s, 3, "b1"); err != nil {
+						return err
+					}
+				}
+				return status.Error(codes.Unavailable, "down")
+			},
+			exit:   ExitUnavailable,
+			stderr: "ctl: lost the connection to listenerd; reconnecting to resume after seq=3\nctl: cannot reach listenerd at SOCK — is the daemon running? start it with: go run ./daemon\n",
 		},
 		{
 			name: "daemon restarted",

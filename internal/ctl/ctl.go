@@ -132,6 +132,9 @@ func (a *app) rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if a.timeout < 0 {
+				return usageErrorf("--timeout must not be negative (0 means no limit)")
+			}
 			switch a.output {
 			case outputText, outputJSON, outputWide:
 				return nil

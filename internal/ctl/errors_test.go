@@ -80,6 +80,18 @@ func TestDescribe(t *testing.T) {
 	}
 }
 
+// A watch that never reached the daemon fails at once, like every other
+// command: there is nothing to resume.
+func TestWatchWithNoDaemonFailsAtOnce(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	for _, args := range [][]string{{"watch"}, {"watch", "--since", "5"}} {
+		r := runCtl(t, sock, args...)
+		if r.code != ExitUnavailable || !strings.Contains(r.stderr, "cannot reach listenerd") || strings.Contains(r.stderr, "reconnecting") {
+			t.Errorf("%v with no daemon: exit %d, stderr %q; want exit %d saying it cannot reach listenerd, and no reconnecting", args, r.code, r.stderr, ExitUnavailable)
+		}
+	}
+}
+
 func TestUsageErrorsExit2(t *testing.T) {
 	for _, args := range [][]string{
 		{"bogus"},
@@ -95,6 +107,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"watch", "--kind", "nope"},
 		{"connect", "no-port"},
 		{"listen", "--idle-timeout", "5"},
+		{"--timeout", "-1s", "ls"},
+		{"listen", "--name", ""},
 	} {
 		r := runCtl(t, filepath.Join(t.TempDir(), "none.sock"), args...)
 		if r.code != ExitUsage {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,6 +77,17 @@ func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerR
 		PauseOnConnect: o.pauseOnConnect,
 		AllowCidrs:     o.allow,
 		DenyCidrs:      o.deny,
+	}
+	if fs.Changed("name") && o.name == "" {
+		return nil, usageErrorf("--name must not be empty (leave it out for a listener with no name)")
+	}
+	for _, f := range []struct {
+		name  string
+		cidrs []string
+	}{{"allow", o.allow}, {"deny", o.deny}} {
+		if fs.Changed(f.name) && (len(f.cidrs) == 0 || slices.Contains(f.cidrs, "")) {
+			return nil, usageErrorf("--%s: an empty CIDR (give an address or a prefix, e.g. 10.0.0.0/8)", f.name)
+		}
 	}
 	if fs.Changed("backlog") {
 		backlog := o.backlog

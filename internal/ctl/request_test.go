@@ -120,6 +120,10 @@ func TestListenRequestErrors(t *testing.T) {
 		{"--mode", "echo", "--upstream", "127.0.0.1:80"},
 		{"--mode", "bounce"},
 		{"--overflow", "queue"},
+		{"--name", ""},
+		{"--deny", ""},
+		{"--allow", "10.0.0.0/8,"},
+		{"--keepalive", "-1s"},
 	} {
 		var o listenOptions
 		fs := pflag.NewFlagSet("listen", pflag.ContinueOnError)

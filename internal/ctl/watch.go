@@ -62,6 +62,9 @@ type watcher struct {
 	// error it returns ends the watch as it is (openErr).
 	opened  func() error
 	openErr error
+	// reached: a stream has opened at least once; a lost connection is
+	// resumed only then.
+	reached bool
 }
 
 func (a *app) newWatcher(client listenerdv1.ListenerServiceClient, req *listenerdv1.WatchEventsRequest,
@@ -98,9 +101,10 @@ func (w *watcher) run(ctx context.Context) error {
 			failingSince, delay, announced = time.Time{}, w.retry.initial, false
 		}
 		st, _ := grpcStatus(err)
-		if w.opened != nil && st.Code() == codes.Unavailable {
-			// Never reached the daemon for a watch that must open first
-			// (close --wait, listen --follow): fail now.
+		if !w.reached && st.Code() == codes.Unavailable {
+			// Never reached the daemon: there is nothing to resume, and it
+			// is down (or the socket is wrong). Fail now, as other
+			// commands do.
 			return err
 		}
 		switch st.Code() {
@@ -173,7 +177,7 @@ func (w *watcher) attempt(ctx context.Context) (progressed, done bool, err error
 			return progressed, false, err
 		}
 		if first {
-			first, progressed = false, true
+			first, progressed, w.reached = false, true, true
 			if w.bootID != "" && resp.GetBootId() != "" && resp.GetBootId() != w.bootID {
 				return progressed, false, &messageError{code: ExitError, msg: fmt.Sprintf(
 					"listenerd restarted (boot %s, now %s): the events after seq=%d are gone; "+
@@ -323,7 +327,8 @@ moved). The daemon records data only while a watcher asks for it.
 When the daemon cuts a watcher that falls behind, or the connection is lost,
 watch resumes by itself after the last event it printed, so nothing the daemon
 still holds is missed, and says so on stderr. It gives up after 30s without
-the daemon (exit 4). When the events needed are no longer held it exits 1:
+the daemon (exit 4), and at once when it never reached it. When the events
+needed are no longer held it exits 1:
 re-list with ctl ls and watch from now.
 
 -o json prints one Event object a line; -o wide prefixes the time.`,

@@ -497,7 +497,7 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 	if err != nil {
 		return Info{}, err
 	}
-	m.closeListener(l, drain, force, events.CloseListenerClosed)
+	_, info := m.closeListener(l, drain, force, events.CloseListenerClosed)
 	// A Rebind that raced this Close may have put a new listener under the
 	// same id: the id is what was asked to close.
 	m.mu.Lock()
@@ -506,40 +506,43 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 	if cur != nil && cur != l {
 		m.closeListener(cur, drain, force, events.CloseListenerClosed)
 	}
-	return l.Info(), m.save()
+	return info, m.save()
 }
 
 // closeListener closes l and reports whether it began the close (false:
 // the listener was already closing, and its drain goes on). A drain of 0
 // is force: also for a listener already draining, whose connections it
-// destroys now.
-func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) bool {
+// destroys now. It also returns l as this close found it, before any
+// connection was destroyed: its active count is what the close drains or
+// destroys.
+func (m *Manager) closeListener(l *Listener, drain time.Duration, force bool, reason events.CloseReason) (bool, Info) {
 	if force || drain <= 0 {
 		force, drain = true, 0
 	}
-	if m.startDrain(l, drain, reason) {
-		return true
+	if began, info := m.startDrain(l, drain, reason); began {
+		return true, info
 	}
+	info := l.Info()
 	if force {
 		l.killAll(reason)
 	}
-	return false
+	return false, info
 }
 
 // startDrain begins closing l, if no one has, and reports whether this
-// call began it. The name is free for a new listener at once. The
-// listener leaves the table once its last connection is gone: before
-// startDrain returns when none is open (CLOSED, its listener_closed event
-// published), else in a goroutine the manager waits for. m.mu must not be
-// held.
-func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.CloseReason) bool {
+// call began it, with l as it was once closed to new connections. The
+// name is free for a new listener at once. The listener leaves the table
+// once its last connection is gone: before startDrain returns when none
+// is open (CLOSED, its listener_closed event published), else in a
+// goroutine the manager waits for. m.mu must not be held.
+func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.CloseReason) (bool, Info) {
 	// Counted before the close begins, so that a Shutdown that finds the
 	// listener closing already waits for its drain (WaitGroup: no Add
 	// racing a Wait at zero).
 	m.wg.Add(1)
 	if !l.beginClose() {
 		m.wg.Done()
-		return false
+		return false, Info{}
 	}
 	m.mu.Lock()
 	m.freeNameLocked(l) // before listener_closed: a client may take the name on it
@@ -550,10 +553,11 @@ func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.Clo
 	l.log.Info("listener closing", "open", open, "drain", drain)
 	if open == 0 {
 		m.finishDrain(l, 0, reason, 0)
-		return true
+		return true, l.Info()
 	}
+	info := l.Info()
 	go m.finishDrain(l, drain, reason, open)
-	return true
+	return true, info
 }
 
 // finishDrain drains l and drops it from the table.
@@ -609,7 +613,7 @@ func (m *Manager) Shutdown(timeout time.Duration) {
 	m.mu.Unlock()
 	var late []*Listener // closing before the shutdown, on their own drain timeout
 	for _, l := range ls {
-		if !m.closeListener(l, timeout, timeout <= 0, events.CloseDaemonShutdown) {
+		if began, _ := m.closeListener(l, timeout, timeout <= 0, events.CloseDaemonShutdown); !began {
 			late = append(late, l)
 		}
 	}
