@@ -70,6 +70,7 @@ type Options struct {
 type Bus struct {
 	bootID      string
 	size        uint64 // ring capacity in events, a multiple of chunkSize
+	held        uint64 // events held for resume: History, at most size
 	lag         uint64
 	maxWatchers int
 
@@ -141,11 +142,13 @@ func NewBus(opts Options) *Bus {
 	if lag > size-chunkSize/2 {
 		lag = size - chunkSize/2
 	}
+	lag = min(lag, uint64(opts.History))
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	b := &Bus{
 		bootID:      hex.EncodeToString(id[:]),
 		size:        size,
+		held:        uint64(opts.History),
 		lag:         lag,
 		maxWatchers: opts.MaxWatchers,
 		chunks:      make([][]Event, n),
@@ -210,20 +213,17 @@ func (b *Bus) holdDataLocked(seq uint64, data []byte) {
 	b.data.push(seq, n)
 	oldest := b.oldest()
 	for b.data.bytes > b.dataMax || (b.data.len() > 0 && b.data.front().seq < oldest) {
-		b.dropData(b.data.pop().seq, oldest)
+		b.dropData(b.data.pop().seq)
 		// The events that only shared those bytes go with them.
 		for b.data.len() > 0 && b.data.front().n == 0 {
-			b.dropData(b.data.pop().seq, oldest)
+			b.dropData(b.data.pop().seq)
 		}
 	}
 }
 
-// dropData takes the bytes out of the held event seq, unless it has left
-// the ring; b.mu must be held.
-func (b *Bus) dropData(seq, oldest uint64) {
-	if seq < oldest {
-		return // overwritten already
-	}
+// dropData takes the bytes out of the held event seq, unless its slot was
+// overwritten already; b.mu must be held.
+func (b *Bus) dropData(seq uint64) {
 	if s := b.slot(seq); s.Seq == seq && s.Detail != nil {
 		kept := *s.Detail
 		kept.Data = nil
@@ -284,10 +284,10 @@ func (b *Bus) slot(seq uint64) *Event {
 
 // oldest returns the oldest sequence held; b.mu must be held.
 func (b *Bus) oldest() uint64 {
-	if b.head < b.size {
+	if b.head < b.held {
 		return 1
 	}
-	return b.head - b.size + 1
+	return b.head - b.held + 1
 }
 
 // Filter selects events. Empty fields match everything, except that

@@ -470,3 +470,26 @@ func TestBatchDataBudget(t *testing.T) {
 		t.Fatalf("batches of data sizes %v, want %v", got, want)
 	}
 }
+
+// The history holds exactly History events, not the ring's capacity (a
+// multiple of the chunk size): a resume before them is out of range.
+func TestHistoryIsExact(t *testing.T) {
+	b := NewBus(Options{History: 10})
+	defer b.Close()
+	publishN(b, "a", 25) // holds 16-25
+	after := uint64(15)
+	w, _, err := b.Watch(Filter{}, &after)
+	if err != nil {
+		t.Fatalf("resume after 15 with 16-25 held: %v", err)
+	}
+	batch, _, err := w.Next(ctx(t), nil)
+	if err != nil || len(batch) != 10 || batch[0].Seq != 16 {
+		t.Fatalf("replay: %d events from %v, %v; want 10 from 16", len(batch), batch, err)
+	}
+	w.Close()
+	after = 14
+	var re *RangeError
+	if _, _, err := b.Watch(Filter{}, &after); !errors.As(err, &re) || re.Oldest != 16 || re.Newest != 25 {
+		t.Fatalf("resume after 14: %v, want a RangeError holding 16 to 25", err)
+	}
+}
