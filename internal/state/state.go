@@ -39,8 +39,9 @@ type Store struct {
 	lock *os.File
 }
 
-// Open creates dir (0700) if needed and takes its lock. It fails with
-// ErrLocked when another process holds it.
+// Open creates dir (0700) if needed, takes its lock and removes the
+// temporary files of a save a crash interrupted. It fails with ErrLocked
+// when another process holds the lock.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory %s: %w", dir, err)
@@ -48,6 +49,13 @@ func Open(dir string) (*Store, error) {
 	f, err := Lock(filepath.Join(dir, "lock"))
 	if err != nil {
 		return nil, fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	// Holding the lock, no save is in flight: a temporary file left is
+	// from a daemon killed while saving, and the state file is whole.
+	if left, err := filepath.Glob(filepath.Join(dir, FileName+".tmp-*")); err == nil {
+		for _, p := range left {
+			_ = os.Remove(p)
+		}
 	}
 	return &Store{dir: dir, lock: f}, nil
 }

@@ -43,6 +43,34 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	}
 }
 
+// A save that a crash interrupted leaves a temporary file: the next Open
+// removes it, and keeps the state file and anything else in the directory.
+func TestOpenRemovesAnInterruptedSave(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]bool{ // name: kept
+		FileName:                 true,
+		FileName + ".tmp-123456": false,
+		FileName + ".tmp-9":      false,
+		"notes.txt":              true,
+		"other.json.tmp-1":       true,
+	}
+	for name := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(`{"version":1,"listeners":[]}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for name, kept := range files {
+		if _, err := os.Stat(filepath.Join(dir, name)); (err == nil) != kept {
+			t.Errorf("%s: stat %v after Open, want kept=%v", name, err, kept)
+		}
+	}
+}
+
 func TestSecondOpenIsLocked(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir)
