@@ -1,6 +1,7 @@
 package service
 
 import (
+	"strings"
 	"sync/atomic"
 
 	"google.golang.org/grpc"
@@ -8,6 +9,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/listenerd/listenerd/internal/events"
 )
@@ -36,7 +38,62 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.proto.Marshal(v)
 }
 
-func (c codec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+// Unmarshal decodes a request. A string field that is not valid UTF-8
+// fails the proto codec, and gRPC answers any codec failure INTERNAL,
+// naming no field. Such a request is decoded again with each bad string
+// made valid (U+FFFD for each bad byte sequence), so that the field's own
+// check refuses it as INVALID_ARGUMENT, by name.
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	err := c.proto.Unmarshal(data, v)
+	m, ok := v.(proto.Message)
+	if err == nil || !ok || !strings.Contains(err.Error(), "invalid UTF-8") {
+		return err
+	}
+	b := data.Materialize()
+	fixed, ok := validStrings(b, m.ProtoReflect().Descriptor())
+	if !ok {
+		return err
+	}
+	return proto.Unmarshal(fixed, m)
+}
+
+// validStrings re-encodes the message b of type md with every string field,
+// nested ones included, made valid UTF-8. It reports false for bytes that
+// are not a message.
+func validStrings(b []byte, md protoreflect.MessageDescriptor) ([]byte, bool) {
+	out := make([]byte, 0, len(b))
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, false
+		}
+		fd := md.Fields().ByNumber(num)
+		if typ != protowire.BytesType || fd == nil || fd.Kind() != protoreflect.StringKind && fd.Kind() != protoreflect.MessageKind {
+			m := protowire.ConsumeFieldValue(num, typ, b[n:])
+			if m < 0 {
+				return nil, false
+			}
+			out, b = append(out, b[:n+m]...), b[n+m:]
+			continue
+		}
+		v, m := protowire.ConsumeBytes(b[n:])
+		if m < 0 {
+			return nil, false
+		}
+		b = b[n+m:]
+		if fd.Kind() == protoreflect.StringKind {
+			v = []byte(strings.ToValidUTF8(string(v), "\uFFFD"))
+		} else {
+			var ok bool
+			if v, ok = validStrings(v, fd.Message()); !ok {
+				return nil, false
+			}
+		}
+		out = protowire.AppendTag(out, num, typ)
+		out = protowire.AppendBytes(out, v)
+	}
+	return out, true
+}
 
 func (c codec) Name() string { return c.proto.Name() }
 
