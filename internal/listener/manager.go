@@ -287,7 +287,7 @@ func resolveHost(ctx context.Context, host string) (netip.Addr, error) {
 	}
 	ip, err := netip.ParseAddr(host)
 	if err == nil && ip.Zone() != "" {
-		return netip.Addr{}, Invalid("spec.host", "%q: zoned addresses are not supported", host)
+		return netip.Addr{}, Invalid("spec.host", "%q: zoned addresses are not supported", Clip(host))
 	}
 	if err != nil {
 		if len(host) > 253 {

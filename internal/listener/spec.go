@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"regexp"
 	"time"
+	"unicode/utf8"
 
 	"github.com/listenerd/listenerd/internal/events"
 )
@@ -105,6 +106,20 @@ var (
 	idLikeRE = regexp.MustCompile(`^ln-[0-9a-f]{8}$`)
 )
 
+// Clip shortens a value a message quotes back: a request may carry 64 KiB,
+// and its error (and the error's log line) need not repeat all of it.
+func Clip(s string) string {
+	const keep = 64
+	if len(s) <= keep+16 {
+		return s
+	}
+	cut := keep
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s…(%d bytes)", s[:cut], len(s))
+}
+
 // ValidateName checks a listener name: empty, or 1-63 characters of
 // [a-z0-9._-] starting with a letter or digit, and not shaped like an id.
 func ValidateName(name string) error {
@@ -112,7 +127,7 @@ func ValidateName(name string) error {
 		return nil
 	}
 	if !nameRE.MatchString(name) {
-		return Invalid("name", "%q must be 1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", name)
+		return Invalid("name", "%q must be 1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", Clip(name))
 	}
 	if idLikeRE.MatchString(name) {
 		return Invalid("name", "%q has the shape of a listener id", name)

@@ -63,3 +63,36 @@ func concat(parts ...[]byte) []byte {
 	}
 	return b
 }
+
+// A long value is quoted back clipped: the request may carry 64 KiB, its
+// error (and that error's log line) names the field and the size.
+func TestLongValuesAreClipped(t *testing.T) {
+	c := newClient(t, events.Options{})
+	long := strings.Repeat("x", 60000)
+	for _, tc := range []struct {
+		field string
+		call  func() error
+	}{
+		{"name", func() error {
+			_, err := c.CreateListener(ctx(t), &listenerdv1.CreateListenerRequest{Name: long, Spec: echoSpec()})
+			return err
+		}},
+		{"spec.allow_cidrs[0]", func() error {
+			_, err := c.CreateListener(ctx(t), &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{AllowCidrs: []string{long}}})
+			return err
+		}},
+		{"boot_id", func() error {
+			s, err := c.WatchEvents(ctx(t), &listenerdv1.WatchEventsRequest{BootId: long})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			return err
+		}},
+	} {
+		err := tc.call()
+		msg := status.Convert(err).Message()
+		if !strings.Contains(msg, tc.field) || !strings.Contains(msg, "(60000 bytes)") || len(msg) > 1000 {
+			t.Errorf("%s of 60000 bytes: %d-byte message %.200q; want the field, clipped", tc.field, len(msg), msg)
+		}
+	}
+}

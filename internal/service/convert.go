@@ -95,7 +95,7 @@ func cidrs(field string, in []string) ([]netip.Prefix, error) {
 			// A bare address means that one host.
 			a, aerr := netip.ParseAddr(s)
 			if aerr != nil || a.Zone() != "" {
-				return nil, listener.Invalid(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR (%v)", s, err)
+				return nil, listener.Invalid(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR (%s)", listener.Clip(s), listener.Clip(err.Error()))
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}

@@ -109,7 +109,7 @@ func (s *Service) UpdateListener(_ context.Context, req *listenerdv1.UpdateListe
 	}
 	for _, p := range paths {
 		if !limitPaths[p] {
-			return nil, s.err(listener.Invalid("update_mask", "path %q cannot change at runtime (supported: spec.limits and its fields)", p))
+			return nil, s.err(listener.Invalid("update_mask", "path %q cannot change at runtime (supported: spec.limits and its fields)", listener.Clip(p)))
 		}
 	}
 	asked, err := limitsFromProto(req.GetListener().GetSpec().GetLimits())
@@ -227,7 +227,7 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 	bus := s.m.Bus()
 	if b := req.GetBootId(); b != "" && b != bus.BootID() {
 		return toStatus(s.log, fmt.Errorf("boot_id %q: the daemon restarted (now %q); its sequences start again: re-list and watch from now: %w",
-			b, bus.BootID(), ErrBootMismatch), map[string]string{"boot_id": bus.BootID()})
+			listener.Clip(b), bus.BootID(), ErrBootMismatch), map[string]string{"boot_id": bus.BootID()})
 	}
 	w, head, err := bus.Watch(filter, req.AfterSequence)
 	if err != nil {
