@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"time"
 )
 
 // errLoop marks a forward dial refused because its upstream leads back
@@ -50,42 +52,69 @@ func (m *Manager) checkLoop(ctx context.Context, from *Listener, target netip.Ad
 }
 
 // serving returns the listening listener that a connection to t reaches,
-// or nil.
+// or nil. A connection to 0.0.0.0 or :: reaches the loopback address of its
+// family, as on Linux.
 func (m *Manager) serving(t netip.AddrPort) *Listener {
 	dst := t.Addr().Unmap()
+	switch {
+	case dst.IsUnspecified() && dst.Is4():
+		dst = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	case dst.IsUnspecified():
+		dst = netip.IPv6Loopback()
+	}
+	type candidate struct {
+		l     *Listener
+		bound netip.Addr
+	}
+	var found []candidate // on t's port: few, and checked outside the lock
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	for _, l := range m.byID {
 		if l.boundPort != t.Port() || State(l.state.Load()) != StateListening || l.ln == nil {
 			continue
 		}
-		ap, err := netip.ParseAddrPort(l.bound)
-		if err != nil {
-			continue
+		if ap, err := netip.ParseAddrPort(l.bound); err == nil {
+			found = append(found, candidate{l, ap.Addr().Unmap()})
 		}
-		bound := ap.Addr().Unmap()
-		if bound == dst || bound.IsUnspecified() && (bound.Is6() || dst.Is4()) && isLocal(dst) {
-			return l
+	}
+	m.mu.Unlock()
+	for _, c := range found {
+		if c.bound == dst || c.bound.IsUnspecified() && (c.bound.Is6() || dst.Is4()) && isLocal(dst) {
+			return c.l
 		}
 	}
 	return nil
 }
 
-// isLocal reports whether a connection to ip stays on this machine.
+// isLocal reports whether a connection to ip stays on this machine. The
+// machine's addresses are read at most once a second.
 func isLocal(ip netip.Addr) bool {
 	if ip.IsLoopback() || ip.IsUnspecified() {
 		return true
 	}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
+	return slices.Contains(localAddrs(), ip)
+}
+
+type addrCache struct {
+	read  time.Time
+	addrs []netip.Addr
+}
+
+var localCache atomic.Pointer[addrCache]
+
+func localAddrs() []netip.Addr {
+	if c := localCache.Load(); c != nil && time.Since(c.read) < time.Second {
+		return c.addrs
 	}
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == ip {
-			return true
+	c := &addrCache{read: time.Now()}
+	if ifAddrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range ifAddrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				c.addrs = append(c.addrs, p.Addr().Unmap())
+			}
 		}
 	}
-	return false
+	localCache.Store(c)
+	return c.addrs
 }
 
 // resolveUpstream resolves a forward upstream to the first address its

@@ -33,13 +33,27 @@ func TestForwardLoopRefused(t *testing.T) {
 	q := freePort()
 	a := forward("", 0, fmt.Sprintf("127.0.0.1:%d", q))
 	b := forward("", q, a.Info().Bound)
-	for _, tc := range []struct {
+	r := freePort()
+	unspec := forward("", r, fmt.Sprintf("0.0.0.0:%d", r)) // a dial to 0.0.0.0 reaches 127.0.0.1
+	type loop struct {
 		l    *Listener
 		path string
-	}{
+	}
+	loops := []loop{
 		{self, self.ID() + " -> " + self.ID()},
 		{a, a.ID() + " -> " + b.ID() + " -> " + a.ID()},
-	} {
+		{unspec, unspec.ID() + " -> " + unspec.ID()},
+	}
+	accepted := map[*Listener]uint64{self: 1, a: 1, b: 0, unspec: 1}
+	r6 := freePort()
+	if v6, err := m.Create(context.Background(), "", Spec{Host: "::1", Port: r6, Limits: unlimited(),
+		Handler: Handler{Kind: HandlerForward, Upstream: fmt.Sprintf("[::]:%d", r6)}}); err == nil {
+		loops = append(loops, loop{v6, v6.ID() + " -> " + v6.ID()}) // a dial to :: reaches ::1
+		accepted[v6] = 1
+	} else {
+		t.Logf("no IPv6 loopback here: %v", err)
+	}
+	for _, tc := range loops {
 		w := newWatch(t, m, tc.l.ID())
 		c := dial(t, tc.l.Info().Bound)
 		if _, err := io.ReadAll(c); err != nil {
@@ -52,7 +66,7 @@ func TestForwardLoopRefused(t *testing.T) {
 		}
 	}
 	// Nothing went round: only the test's own connections were accepted.
-	for l, want := range map[*Listener]uint64{self: 1, a: 1, b: 0} {
+	for l, want := range accepted {
 		if got := l.Info().Accepted; got != want {
 			t.Errorf("listener %s accepted %d connections, want %d", l.ID(), got, want)
 		}
@@ -87,7 +101,37 @@ func TestResolveUpstream(t *testing.T) {
 	if _, err := resolveUpstream(context.Background(), "no-such-host.invalid:80"); err == nil {
 		t.Error("resolveUpstream of a name that does not resolve: no error")
 	}
-	if got := netip.MustParseAddrPort("[::ffff:127.0.0.1]:1").Addr().Unmap(); !isLocal(got) {
-		t.Errorf("isLocal(%v) = false", got)
+}
+
+// A dial reaches a listener bound to its address, to its family's wildcard,
+// or, dialling 0.0.0.0 or ::, to its family's loopback address.
+func TestServing(t *testing.T) {
+	m := newManager(t)
+	v4 := create(t, m, Spec{Limits: unlimited()})
+	port := localPortOf(v4)
+	for target, want := range map[string]*Listener{
+		fmt.Sprintf("127.0.0.1:%d", port):          v4,
+		fmt.Sprintf("[::ffff:127.0.0.1]:%d", port): v4,
+		fmt.Sprintf("0.0.0.0:%d", port):            v4,
+		fmt.Sprintf("[::]:%d", port):               nil, // ::1: not an IPv4 listener's
+		fmt.Sprintf("127.0.0.2:%d", port):          nil,
+		fmt.Sprintf("127.0.0.1:%d", port+1):        nil,
+	} {
+		if got := m.serving(netip.MustParseAddrPort(target)); got != want {
+			t.Errorf("serving(%s) = %v, want %v", target, got, want)
+		}
+	}
+	wild := create(t, m, Spec{Host: "0.0.0.0", Limits: unlimited()})
+	wport := localPortOf(wild)
+	for _, target := range []string{fmt.Sprintf("127.0.0.2:%d", wport), fmt.Sprintf("0.0.0.0:%d", wport)} {
+		if got := m.serving(netip.MustParseAddrPort(target)); got != wild {
+			t.Errorf("serving(%s) = %v, want the wildcard listener", target, got)
+		}
+	}
+	if _, err := m.Close(v4.ID(), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.serving(netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", port))); got != nil {
+		t.Errorf("a closed listener still serves: %v", got)
 	}
 }
