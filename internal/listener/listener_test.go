@@ -356,20 +356,26 @@ func TestOverflowBacklogSetAtRuntimeRejectsNobody(t *testing.T) {
 	addr := l.Info().Bound
 	a, _ := dial(t, addr), dial(t, addr)
 	w.until(countAtLeast(events.KindConnectionOpened, 2))
-	if _, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return Limits{MaxConnections: 2, Backlog: true}, nil }); err != nil {
-		t.Fatal(err)
-	}
-	accepted := make(chan struct{}, 1)
+	// The limits change right after the third accept, before its
+	// admission: exactly as if they had changed while the loop waited in
+	// Accept.
+	changed := make(chan error, 1)
 	hook := func() {
-		select {
-		case accepted <- struct{}{}:
-		default:
-		}
+		_, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return Limits{MaxConnections: 2, Backlog: true}, nil })
+		changed <- err
 	}
 	testHookAccepted.Store(&hook)
 	t.Cleanup(func() { testHookAccepted.Store(nil) })
 	c := dial(t, addr)
-	waitFor(t, "the accept of the third connection", accepted)
+	select {
+	case err := <-changed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(guard):
+		t.Fatalf("the third connection was not accepted within %v", guard)
+	}
+	testHookAccepted.Store(nil)
 	a.Close() // frees a slot for it
 	evs := w.until(func(evs []events.Event) bool {
 		return count(evs, events.KindConnectionRejected) > 0 || count(evs, events.KindConnectionOpened) >= 3
