@@ -142,7 +142,9 @@ func NewBus(opts Options) *Bus {
 	if lag > size-chunkSize/2 {
 		lag = size - chunkSize/2
 	}
-	lag = min(lag, uint64(opts.History))
+	// A watcher cut for lag resumes after the last event it was sent: half
+	// the history stays as the slack it has to come back in.
+	lag = min(lag, max(1, uint64(opts.History)/2))
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	b := &Bus{
@@ -320,18 +322,18 @@ func (b *Bus) Watch(f Filter, after *uint64) (*Watcher, uint64, error) {
 
 	b.wmu.Lock()
 	defer b.wmu.Unlock()
+	b.mu.Lock()
+	head, oldest, closed := b.head, b.oldest(), b.closed
+	b.mu.Unlock()
+	if closed {
+		return nil, 0, ErrClosed
+	}
 	list := *b.watchers.Load()
 	if open := int(b.slots.Load()); open >= b.maxWatchers {
 		if cut := open - len(list); cut > 0 {
 			return nil, 0, fmt.Errorf("%w: %d watching, %d of them cut and waiting on their clients to read or go away", ErrTooManyWatchers, open, cut)
 		}
 		return nil, 0, fmt.Errorf("%w: %d watching", ErrTooManyWatchers, open)
-	}
-	b.mu.Lock()
-	head, oldest, closed := b.head, b.oldest(), b.closed
-	b.mu.Unlock()
-	if closed {
-		return nil, 0, ErrClosed
 	}
 	w.cursor.Store(head)
 	if after != nil {

@@ -493,3 +493,48 @@ func TestHistoryIsExact(t *testing.T) {
 		t.Fatalf("resume after 14: %v, want a RangeError holding 16 to 25", err)
 	}
 }
+
+// With a history smaller than the watcher lag, a watcher is cut while the
+// events after its last one are still held, so it can resume.
+func TestSmallHistoryCutCanResume(t *testing.T) {
+	b := NewBus(Options{History: 1000}) // the default lag is 65,536
+	defer b.Close()
+	w, _, err := b.Watch(Filter{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for i := 0; ; i++ {
+		if i == 2000 {
+			t.Fatal("not cut after 2,000 events unread")
+		}
+		b.Publish(Event{Listener: "a"})
+		select {
+		case <-w.done:
+		default:
+			continue
+		}
+		break
+	}
+	after := uint64(0) // nothing was read
+	r, _, err := b.Watch(Filter{}, &after)
+	if err != nil {
+		t.Fatalf("resume after the cut at head %d: %v", b.Head(), err)
+	}
+	r.Close()
+}
+
+// After Close, a new watch is told the bus closed, even with every slot
+// held.
+func TestWatchAfterCloseIsClosed(t *testing.T) {
+	b := NewBus(Options{MaxWatchers: 1})
+	w, _, err := b.Watch(Filter{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	b.Close()
+	if _, _, err := b.Watch(Filter{}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("watch after Close: %v, want ErrClosed", err)
+	}
+}
