@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -52,9 +53,11 @@ func Open(dir string) (*Store, error) {
 	}
 	// Holding the lock, no save is in flight: a temporary file left is
 	// from a daemon killed while saving, and the state file is whole.
-	if left, err := filepath.Glob(filepath.Join(dir, FileName+".tmp-*")); err == nil {
-		for _, p := range left {
-			_ = os.Remove(p)
+	if entries, err := os.ReadDir(dir); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), FileName+".tmp-") {
+				_ = os.Remove(filepath.Join(dir, e.Name()))
+			}
 		}
 	}
 	return &Store{dir: dir, lock: f}, nil

@@ -46,13 +46,16 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 // A save that a crash interrupted leaves a temporary file: the next Open
 // removes it, and keeps the state file and anything else in the directory.
 func TestOpenRemovesAnInterruptedSave(t *testing.T) {
-	dir := t.TempDir()
-	files := map[string]bool{ // name: kept
+	dir := filepath.Join(t.TempDir(), "st*[") // a name, not a pattern
+	files := map[string]bool{                 // name: kept
 		FileName:                 true,
 		FileName + ".tmp-123456": false,
 		FileName + ".tmp-9":      false,
 		"notes.txt":              true,
 		"other.json.tmp-1":       true,
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
 	}
 	for name := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(`{"version":1,"listeners":[]}`), 0o600); err != nil {
