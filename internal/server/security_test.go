@@ -551,30 +551,44 @@ func reasonOf(err error) string {
 // the sticky bit (as /tmp) is fine.
 func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		mode  os.FileMode
-		owner int // -1: this user
-		want  string
+		name    string
+		mode    os.FileMode
+		owner   int  // -1: this user
+		symlink bool // dir is a link, owned by owner, to a directory of this user's with mode
+		want    string
 	}{
-		{"writable by others", 0o777, -1, "mode 0777"},
-		{"writable by the group", 0o770, -1, "mode 0770"},
-		{"owned by another user", 0o700, 65534, "owned by uid 65534"},
-		{"sticky and writable by others", 0o777 | os.ModeSticky, -1, ""},
-		{"this user's, readable by others", 0o755, -1, ""},
+		{"writable by others", 0o777, -1, false, "mode 0777"},
+		{"writable by the group", 0o770, -1, false, "mode 0770"},
+		{"owned by another user", 0o700, 65534, false, "owned by uid 65534"},
+		{"a link of another user's", 0o700, 65534, true, "symbolic link owned by uid 65534"},
+		{"a link of this user's to a safe directory", 0o700, -1, true, ""},
+		{"a link of this user's to an open directory", 0o777, -1, true, "mode 0777"},
+		{"sticky and writable by others", 0o777 | os.ModeSticky, -1, false, ""},
+		{"this user's, readable by others", 0o755, -1, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.owner >= 0 && os.Geteuid() != 0 {
 				t.Skip("needs root to give the directory to another user")
 			}
-			dir := filepath.Join(shortTempDir(t), "run")
-			if err := os.Mkdir(dir, 0o700); err != nil {
+			base := shortTempDir(t)
+			dir := filepath.Join(base, "run")
+			real := dir
+			if tc.symlink {
+				real = filepath.Join(base, "real")
+			}
+			if err := os.Mkdir(real, 0o700); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Chmod(dir, tc.mode); err != nil {
+			if err := os.Chmod(real, tc.mode); err != nil {
 				t.Fatal(err)
+			}
+			if tc.symlink {
+				if err := os.Symlink(real, dir); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if tc.owner >= 0 {
-				if err := os.Chown(dir, tc.owner, tc.owner); err != nil {
+				if err := os.Lchown(dir, tc.owner, tc.owner); err != nil {
 					t.Fatal(err)
 				}
 			}

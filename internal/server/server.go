@@ -261,16 +261,36 @@ func accessLevel(ctx context.Context, lvl logging.Level, fields []any) logging.L
 
 // checkSocketDir refuses a socket directory that another user could use
 // to put their own socket in the daemon's place: one owned by another uid
-// (root aside), or one that others may write to without the sticky bit
-// (as /tmp has) that keeps them from removing our socket.
-func checkSocketDir(dir string, fi os.FileInfo) error {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
+// (root aside), one that others may write to without the sticky bit (as
+// /tmp has) that keeps them from removing our socket, or a symbolic link
+// that another user could point elsewhere.
+func checkSocketDir(dir string) error {
 	uid := uint32(os.Geteuid())
-	if st.Uid != uid && st.Uid != 0 {
-		return fmt.Errorf("socket directory %s is owned by uid %d, not by this user (uid %d): its owner could put another socket in the daemon's place; remove it, or choose another --socket", dir, st.Uid, uid)
+	owner := func(fi os.FileInfo) (uint32, bool) {
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || st.Uid == uid || st.Uid == 0 {
+			return 0, true
+		}
+		return st.Uid, false
+	}
+	link, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if link.Mode()&os.ModeSymlink != 0 {
+		if other, ok := owner(link); !ok {
+			return fmt.Errorf("socket directory %s is a symbolic link owned by uid %d, not by this user (uid %d): its owner could point it at another socket; remove it, or choose another --socket", dir, other, uid)
+		}
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("socket directory %s is not a directory", dir)
+	}
+	if other, ok := owner(fi); !ok {
+		return fmt.Errorf("socket directory %s is owned by uid %d, not by this user (uid %d): its owner could put another socket in the daemon's place; remove it, or choose another --socket", dir, other, uid)
 	}
 	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
 		return fmt.Errorf("socket directory %s is mode %04o: other users could replace the daemon's socket; chmod go-w it (or +t), or choose another --socket", dir, fi.Mode().Perm())
@@ -284,18 +304,16 @@ func checkSocketDir(dir string, fi os.FileInfo) error {
 // file left behind is stale (its daemon died) and is removed.
 func listenUnix(path string) (net.Listener, func(), error) {
 	dir := filepath.Dir(path)
-	fi, err := os.Stat(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, nil, fmt.Errorf("socket directory: %w", err)
-		}
-	case err != nil:
+	// Made here, or found: checked either way, so that one made by someone
+	// else between a look and a mkdir is checked too.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("socket directory: %w", err)
-	default:
-		if err := checkSocketDir(dir, fi); err != nil {
-			return nil, nil, err
-		}
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, nil, err
 	}
 	lock, err := state.Lock(path + ".lock")
 	if errors.Is(err, state.ErrLocked) {
