@@ -606,4 +606,17 @@ func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
 			}
 		})
 	}
+	// A safe directory in an open one: whoever may rename it may put
+	// their own in its place.
+	parent := filepath.Join(shortTempDir(t), "open")
+	if err := os.Mkdir(parent, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(parent, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	err := Run(testContext(t), Config{Socket: filepath.Join(parent, "run", "listenerd.sock"), Ephemeral: true})
+	if err == nil || !strings.Contains(err.Error(), "socket directory "+parent+" is mode 0777") {
+		t.Fatalf("Run in a 0700 directory inside a 0777 one: %v, want the 0777 one named", err)
+	}
 }

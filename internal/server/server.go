@@ -259,6 +259,24 @@ func accessLevel(ctx context.Context, lvl logging.Level, fields []any) logging.L
 	return lvl
 }
 
+// checkSocketPath checks the socket directory and every directory above
+// it (checkSocketDir): another user who may rename an ancestor can put a
+// directory of their own in the socket directory's place.
+func checkSocketPath(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	for p := abs; ; p = filepath.Dir(p) {
+		if err := checkSocketDir(p); err != nil {
+			return err
+		}
+		if filepath.Dir(p) == p {
+			return nil
+		}
+	}
+}
+
 // checkSocketDir refuses a socket directory that another user could use
 // to put their own socket in the daemon's place: one owned by another uid
 // (root aside), one that others may write to without the sticky bit (as
@@ -279,7 +297,7 @@ func checkSocketDir(dir string) error {
 	}
 	if link.Mode()&os.ModeSymlink != 0 {
 		if other, ok := owner(link); !ok {
-			return fmt.Errorf("socket directory %s is a symbolic link owned by uid %d, not by this user (uid %d): its owner could point it at another socket; remove it, or choose another --socket", dir, other, uid)
+			return fmt.Errorf("socket directory %s is a symbolic link owned by uid %d, not by this user (uid %d) or root: its owner could point it at another socket; remove it, or choose another --socket", dir, other, uid)
 		}
 	}
 	fi, err := os.Stat(dir)
@@ -290,10 +308,10 @@ func checkSocketDir(dir string) error {
 		return fmt.Errorf("socket directory %s is not a directory", dir)
 	}
 	if other, ok := owner(fi); !ok {
-		return fmt.Errorf("socket directory %s is owned by uid %d, not by this user (uid %d): its owner could put another socket in the daemon's place; remove it, or choose another --socket", dir, other, uid)
+		return fmt.Errorf("socket directory %s is owned by uid %d, not by this user (uid %d) or root: its owner could put another socket in the daemon's place; remove it, or choose another --socket", dir, other, uid)
 	}
 	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
-		return fmt.Errorf("socket directory %s is mode %04o: other users could replace the daemon's socket; chmod go-w it (or +t), or choose another --socket", dir, fi.Mode().Perm())
+		return fmt.Errorf("socket directory %s is mode %04o: other users could replace the daemon's socket, or the directory holding it; chmod go-w it (or +t), or choose another --socket", dir, fi.Mode().Perm())
 	}
 	return nil
 }
@@ -312,7 +330,7 @@ func listenUnix(path string) (net.Listener, func(), error) {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, nil, fmt.Errorf("socket directory: %w", err)
 	}
-	if err := checkSocketDir(dir); err != nil {
+	if err := checkSocketPath(dir); err != nil {
 		return nil, nil, err
 	}
 	lock, err := state.Lock(path + ".lock")
