@@ -233,7 +233,7 @@ func validateUpstream(up string) error {
 		return Invalid(field, "%q: host %q is neither an IP address nor a host name", up, host)
 	}
 	if !isPortOrService(port) {
-		return Invalid(field, "%q: port %q is not 1-65535 or a service name", up, port)
+		return Invalid(field, "%q: port %q is not 1-65535 or a known service name", up, port)
 	}
 	if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {
 		return Invalid(field, "%q: port %q is not 1-65535 or a known service name", up, port)

@@ -34,15 +34,23 @@ func duration(field string, d *durationpb.Duration) (time.Duration, error) {
 		return 0, listener.Invalid(field, "%v", err)
 	}
 	v := d.AsDuration()
-	if v < 0 {
-		return 0, listener.Invalid(field, "must not be negative, got %v", v)
+	if d.GetSeconds() < 0 || d.GetNanos() < 0 {
+		return 0, listener.Invalid(field, "must not be negative, got %v", durationText(d))
 	}
 	const maxSeconds = math.MaxInt64 / int64(time.Second)
 	if s := d.GetSeconds(); s > maxSeconds || s == maxSeconds && int64(d.GetNanos()) > math.MaxInt64%int64(time.Second) {
 		// AsDuration would saturate; the spec must stay what was asked.
-		return 0, listener.Invalid(field, "%ds is out of range: at most %v", s, time.Duration(math.MaxInt64))
+		return 0, listener.Invalid(field, "%s is out of range: at most %v", durationText(d), time.Duration(math.MaxInt64))
 	}
 	return v, nil
+}
+
+// durationText writes d as asked, where time.Duration would saturate.
+func durationText(d *durationpb.Duration) string {
+	if s := d.GetSeconds(); s > math.MaxInt64/int64(time.Second) || s < math.MinInt64/int64(time.Second) {
+		return fmt.Sprintf("%ds", s)
+	}
+	return d.AsDuration().String()
 }
 
 func limitsFromProto(p *listenerdv1.Limits) (listener.Limits, error) {

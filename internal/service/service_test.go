@@ -129,7 +129,8 @@ func TestErrorMatrix(t *testing.T) {
 		{"bad cidr", create("", &listenerdv1.ListenerSpec{AllowCidrs: []string{"10.0.0.0/8", "10.0.0.0/33"}}), codes.InvalidArgument, "spec.allow_cidrs[1]"},
 		{"bad deny cidr", create("", &listenerdv1.ListenerSpec{DenyCidrs: []string{"nope"}}), codes.InvalidArgument, "spec.deny_cidrs[0]"},
 		{"negative idle", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{IdleTimeout: neg}}), codes.InvalidArgument, "spec.limits.idle_timeout"},
-		{"idle past time.Duration", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{IdleTimeout: &durationpb.Duration{Seconds: 1e10}}}), codes.InvalidArgument, "spec.limits.idle_timeout"},
+		{"idle past time.Duration", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{IdleTimeout: &durationpb.Duration{Seconds: 1e10}}}), codes.InvalidArgument, "spec.limits.idle_timeout: 10000000000s is out of range"},
+		{"negative past time.Duration", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{IdleTimeout: &durationpb.Duration{Seconds: -1e10}}}), codes.InvalidArgument, "got -10000000000s"},
 		{"upstream timeout past time.Duration", create("", &listenerdv1.ListenerSpec{Handler: &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{
 			Upstream: "127.0.0.1:9", ConnectTimeout: &durationpb.Duration{Seconds: 9223372036, Nanos: 854775808}}}}}), codes.InvalidArgument, "spec.handler.forward.connect_timeout"},
 		{"backlog zero", create("", &listenerdv1.ListenerSpec{Backlog: u32(0)}), codes.InvalidArgument, "spec.backlog"},
