@@ -137,7 +137,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	metricsSrv := startMetrics(met, metricsLn, mgr, bus, log, cfg.Stdout)
 	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(clientListener{ln}) }()
+	go func() { errc <- srv.Serve(ln) }()
 	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID(), "policy", cfg.Policy.String())
 	if cfg.Stdout != nil {
 		fmt.Fprintf(cfg.Stdout, "listenerd serving on unix://%s\n", cfg.Socket)
@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 		tsrv, ths := newGRPCServer(svc, log, transport{name: "tcp", creds: api.creds, auth: apiAuth,
 			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met)
 		srvs, hss = append(srvs, tsrv), append(hss, ths)
-		go func() { errc <- tsrv.Serve(clientListener{tcpLn}) }()
+		go func() { errc <- tsrv.Serve(tcpLn) }()
 		log.Info("listenerd serving TCP API", "addr", tcpLn.Addr().String(), "tls", api.creds != nil,
 			"mtls", api.mTLS, "token", api.token)
 		if cfg.Stdout != nil {

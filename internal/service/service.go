@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/peer"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/events"
@@ -255,7 +254,6 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 		batch, through, err := w.NextBatch(stream.Context(), buf, watchLinger)
 		if err != nil {
 			if errors.Is(err, events.ErrSlow) {
-				s.slowCut(stream.Context())
 				return toStatus(s.log, fmt.Errorf("watcher fell behind; resume with after_sequence %d: %w", sent, err),
 					map[string]string{"last_sequence": strconv.FormatUint(sent, 10)})
 			}
@@ -277,33 +275,6 @@ func (s *Service) WatchEvents(req *listenerdv1.WatchEventsRequest, stream grpc.S
 			return err
 		}
 		sent = through
-	}
-}
-
-// SlowCutter is the peer address of a client connection that counts the
-// watch streams cut on it for falling behind, and ends the connection once
-// they are too many (SlowCut reports true then). A stream whose client
-// stopped reading leaves what gRPC had queued for it in the connection
-// until the client reads or goes away: a client that keeps opening such
-// streams would grow the daemon's memory without bound. An API server
-// gives its handlers such addresses; ctl, cut off, resumes on a new
-// connection.
-type SlowCutter interface {
-	SlowCut() (closed bool, cuts int)
-}
-
-// slowCut tells the client connection under ctx, when the server tracks
-// it, that one of its watch streams was cut.
-func (s *Service) slowCut(ctx context.Context) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return
-	}
-	if c, ok := p.Addr.(SlowCutter); ok {
-		if closed, cuts := c.SlowCut(); closed {
-			s.log.Warn("closed a client connection whose watch streams fell behind too often; the client may reconnect and resume",
-				"peer", p.Addr.String(), "cuts", cuts)
-		}
 	}
 }
 

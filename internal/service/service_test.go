@@ -36,21 +36,14 @@ func newClient(t *testing.T, opts events.Options) listenerdv1.ListenerServiceCli
 // the service.
 func newClientConn(t *testing.T, opts events.Options) (listenerdv1.ListenerServiceClient, *grpc.ClientConn, *listener.Manager) {
 	t.Helper()
-	return newClientConnWith(t, opts, func(l net.Listener) net.Listener { return l })
-}
-
-// newClientConnWith is newClientConn with the server's listener wrapped
-// and the client's options added.
-func newClientConnWith(t *testing.T, opts events.Options, wrap func(net.Listener) net.Listener, dial ...grpc.DialOption) (listenerdv1.ListenerServiceClient, *grpc.ClientConn, *listener.Manager) {
-	t.Helper()
 	mgr := listener.NewManager(events.NewBus(opts), nil, listener.Options{})
 	srv := grpc.NewServer(ServerOption())
 	listenerdv1.RegisterListenerServiceServer(srv, New(mgr, nil))
 	lis := bufconn.Listen(1 << 20)
-	go func() { _ = srv.Serve(wrap(lis)) }()
-	conn, err := grpc.NewClient("passthrough:///bufconn", append([]grpc.DialOption{
+	go func() { _ = srv.Serve(lis) }()
+	conn, err := grpc.NewClient("passthrough:///bufconn",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials())}, dial...)...)
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

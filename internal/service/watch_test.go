@@ -7,12 +7,10 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -290,71 +288,5 @@ func TestAbruptWatcherDisconnect(t *testing.T) {
 	}
 	if mgr.Bus().DataCap() != 0 {
 		t.Fatal("data still recorded with no data watcher left")
-	}
-}
-
-// cutCounter is a peer address that counts the SlowCut calls of its
-// connection, as the daemon's API servers' addresses do (and close it).
-type cutCounter struct {
-	net.Addr
-	n *atomic.Int32
-}
-
-func (a cutCounter) SlowCut() (bool, int) { return false, int(a.n.Add(1)) }
-
-type cutCountingConn struct {
-	net.Conn
-	addr net.Addr
-}
-
-func (c cutCountingConn) RemoteAddr() net.Addr { return c.addr }
-
-type cutCountingListener struct {
-	net.Listener
-	n *atomic.Int32
-}
-
-func (l cutCountingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return cutCountingConn{c, cutCounter{c.RemoteAddr(), l.n}}, nil
-}
-
-// A watch stream cut for falling behind tells its connection, through the
-// peer address, so that the server can end a connection whose streams are
-// cut over and over (service.SlowCutter).
-func TestSlowCutReachesTheConnection(t *testing.T) {
-	var cuts atomic.Int32
-	// Fixed 64 KiB windows: the stream blocks once its client stops reading.
-	c, _, mgr := newClientConnWith(t, events.Options{WatcherLag: 100},
-		func(l net.Listener) net.Listener { return cutCountingListener{l, &cuts} },
-		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
-	stream, err := c.WatchEvents(ctx(t), &listenerdv1.WatchEventsRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stream.Recv(); err != nil { // the head
-		t.Fatal(err)
-	}
-	// Not read: far more than the windows and gRPC's send queue hold, so
-	// the handler blocks in its send and the bus cuts the watcher.
-	bus := mgr.Bus()
-	for i := range 20_000 {
-		bus.Publish(events.Event{Listener: "ln-00000001", Kind: events.KindConnectionOpened, Conn: uint64(i + 1)})
-	}
-	for {
-		_, err := stream.Recv()
-		if err == nil {
-			continue
-		}
-		if status.Code(err) != codes.ResourceExhausted {
-			t.Fatalf("stream ended with %v, want RESOURCE_EXHAUSTED", err)
-		}
-		break
-	}
-	if n := cuts.Load(); n != 1 {
-		t.Fatalf("SlowCut called %d times, want 1", n)
 	}
 }
