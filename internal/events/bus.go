@@ -357,10 +357,15 @@ func (b *Bus) Watchers() int { return int(b.slots.Load()) }
 
 // Close ends every watcher with ErrClosed and refuses new ones.
 func (b *Bus) Close() {
+	// Under wmu, as Watch registers: a Watch either sees closed, or is on
+	// the list cut here.
+	b.wmu.Lock()
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
-	for _, w := range *b.watchers.Load() {
+	list := *b.watchers.Load()
+	b.wmu.Unlock()
+	for _, w := range list {
 		w.cut(ErrClosed)
 	}
 }
