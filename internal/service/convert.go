@@ -33,24 +33,46 @@ func duration(field string, d *durationpb.Duration) (time.Duration, error) {
 	if err := d.CheckValid(); err != nil {
 		return 0, listener.Invalid(field, "%v", err)
 	}
-	v := d.AsDuration()
 	if d.GetSeconds() < 0 || d.GetNanos() < 0 {
-		return 0, listener.Invalid(field, "must not be negative, got %v", durationText(d))
+		return 0, listener.Invalid(field, "must not be negative, got %s", durationText(d))
 	}
-	const maxSeconds = math.MaxInt64 / int64(time.Second)
-	if s := d.GetSeconds(); s > maxSeconds || s == maxSeconds && int64(d.GetNanos()) > math.MaxInt64%int64(time.Second) {
+	if !fitsDuration(d) {
 		// AsDuration would saturate; the spec must stay what was asked.
 		return 0, listener.Invalid(field, "%s is out of range: at most %v", durationText(d), time.Duration(math.MaxInt64))
 	}
-	return v, nil
+	return d.AsDuration(), nil
 }
 
-// durationText writes d as asked, where time.Duration would saturate.
-func durationText(d *durationpb.Duration) string {
-	if s := d.GetSeconds(); s > math.MaxInt64/int64(time.Second) || s < math.MinInt64/int64(time.Second) {
-		return fmt.Sprintf("%ds", s)
+// fitsDuration reports whether a valid d fits a time.Duration.
+func fitsDuration(d *durationpb.Duration) bool {
+	const maxSeconds = math.MaxInt64 / int64(time.Second)
+	s, n := d.GetSeconds(), int64(d.GetNanos())
+	switch {
+	case s > maxSeconds || s < -maxSeconds:
+		return false
+	case s == maxSeconds:
+		return n <= math.MaxInt64%int64(time.Second)
+	case s == -maxSeconds:
+		return n >= math.MinInt64%int64(time.Second)
 	}
-	return d.AsDuration().String()
+	return true
+}
+
+// durationText writes a valid d as asked, also where time.Duration would
+// saturate.
+func durationText(d *durationpb.Duration) string {
+	if fitsDuration(d) {
+		return d.AsDuration().String()
+	}
+	s, n := d.GetSeconds(), int64(d.GetNanos())
+	sign := ""
+	if s < 0 || n < 0 {
+		sign, s, n = "-", -s, -n
+	}
+	if n == 0 {
+		return fmt.Sprintf("%s%ds", sign, s)
+	}
+	return fmt.Sprintf("%s%d.%09ds", sign, s, n)
 }
 
 func limitsFromProto(p *listenerdv1.Limits) (listener.Limits, error) {

@@ -132,7 +132,10 @@ func TestErrorMatrix(t *testing.T) {
 		{"idle past time.Duration", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{IdleTimeout: &durationpb.Duration{Seconds: 1e10}}}), codes.InvalidArgument, "spec.limits.idle_timeout: 10000000000s is out of range"},
 		{"negative past time.Duration", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{IdleTimeout: &durationpb.Duration{Seconds: -1e10}}}), codes.InvalidArgument, "got -10000000000s"},
 		{"upstream timeout past time.Duration", create("", &listenerdv1.ListenerSpec{Handler: &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{
-			Upstream: "127.0.0.1:9", ConnectTimeout: &durationpb.Duration{Seconds: 9223372036, Nanos: 854775808}}}}}), codes.InvalidArgument, "spec.handler.forward.connect_timeout"},
+			Upstream: "127.0.0.1:9", ConnectTimeout: &durationpb.Duration{Seconds: 9223372036, Nanos: 854775808}}}}}), codes.InvalidArgument,
+			"spec.handler.forward.connect_timeout: 9223372036.854775808s is out of range"},
+		{"negative past time.Duration by a nanosecond", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{MaxLifetime: &durationpb.Duration{Seconds: -9223372036, Nanos: -854775809}}}),
+			codes.InvalidArgument, "got -9223372036.854775809s"},
 		{"backlog zero", create("", &listenerdv1.ListenerSpec{Backlog: u32(0)}), codes.InvalidArgument, "spec.backlog"},
 		{"overflow unknown", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{Overflow: 9}}), codes.InvalidArgument, "spec.limits.overflow"},
 		{"forward no upstream", create("", &listenerdv1.ListenerSpec{Handler: &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{}}}}), codes.InvalidArgument, "spec.handler.forward.upstream"},
