@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -550,25 +551,31 @@ func reasonOf(err error) string {
 // put another socket in the daemon's place. One others may write to with
 // the sticky bit (as /tmp) is fine.
 func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownGID, _ := strconv.Atoi(me.Gid)
 	for _, tc := range []struct {
 		name    string
 		mode    os.FileMode
 		owner   int  // -1: this user
+		group   int  // -1: this user's
 		symlink bool // dir is a link, owned by owner, to a directory of this user's with mode
 		want    string
 	}{
-		{"writable by others", 0o777, -1, false, "mode 0777"},
-		{"writable by the group", 0o770, -1, false, "mode 0770"},
-		{"owned by another user", 0o700, 65534, false, "owned by uid 65534"},
-		{"a link of another user's", 0o700, 65534, true, "symbolic link owned by uid 65534"},
-		{"a link of this user's to a safe directory", 0o700, -1, true, ""},
-		{"a link of this user's to an open directory", 0o777, -1, true, "mode 0777"},
-		{"sticky and writable by others", 0o777 | os.ModeSticky, -1, false, ""},
-		{"this user's, readable by others", 0o755, -1, false, ""},
+		{"writable by others", 0o777, -1, -1, false, "mode 0777"},
+		{"writable by another group", 0o770, -1, 65534, false, "mode 0770"},
+		{"owned by another user", 0o700, 65534, -1, false, "owned by uid 65534"},
+		{"a link of another user's", 0o700, 65534, -1, true, "symbolic link owned by uid 65534"},
+		{"a link of this user's to a safe directory", 0o700, -1, -1, true, ""},
+		{"a link of this user's to an open directory", 0o777, -1, -1, true, "mode 0777"},
+		{"sticky and writable by others", 0o777 | os.ModeSticky, -1, -1, false, ""},
+		{"this user's, readable by others", 0o755, -1, -1, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.owner >= 0 && os.Geteuid() != 0 {
-				t.Skip("needs root to give the directory to another user")
+			if (tc.owner >= 0 || tc.group >= 0) && os.Geteuid() != 0 {
+				t.Skip("needs root to give the directory to another user or group")
 			}
 			base := shortTempDir(t)
 			dir := filepath.Join(base, "run")
@@ -587,8 +594,15 @@ func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if tc.owner >= 0 {
-				if err := os.Lchown(dir, tc.owner, tc.owner); err != nil {
+			if tc.owner >= 0 || tc.group >= 0 {
+				uid, gid := tc.owner, tc.group
+				if uid < 0 {
+					uid = os.Geteuid()
+				}
+				if gid < 0 {
+					gid = ownGID
+				}
+				if err := os.Lchown(dir, uid, gid); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -606,17 +620,57 @@ func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
 			}
 		})
 	}
-	// A safe directory in an open one: whoever may rename it may put
-	// their own in its place.
-	parent := filepath.Join(shortTempDir(t), "open")
-	if err := os.Mkdir(parent, 0o700); err != nil {
+
+	// Writable by its group, when the group is this user's own (user
+	// private groups: umask 002 makes directories 0775), is fine.
+	if g, err := user.LookupGroupId(me.Gid); err == nil && g.Name == me.Username {
+		own := filepath.Join(shortTempDir(t), "run")
+		if err := os.Mkdir(own, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(own, 0o775); err != nil {
+			t.Fatal(err)
+		}
+		startRun(t, Config{Socket: filepath.Join(own, "listenerd.sock"), Ephemeral: true})
+	} else {
+		t.Logf("group %s is not a private group of %s: the own-group case is not run", me.Gid, me.Username)
+	}
+
+	// A safe directory in one anyone may write to, as given or where a
+	// link leads: whoever may rename it may put their own in its place.
+	base := shortTempDir(t)
+	open := filepath.Join(base, "open")
+	if err := os.Mkdir(open, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(parent, 0o777); err != nil {
+	if err := os.Chmod(open, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	err := Run(testContext(t), Config{Socket: filepath.Join(parent, "run", "listenerd.sock"), Ephemeral: true})
-	if err == nil || !strings.Contains(err.Error(), "socket directory "+parent+" is mode 0777") {
-		t.Fatalf("Run in a 0700 directory inside a 0777 one: %v, want the 0777 one named", err)
+	if err := os.Mkdir(filepath.Join(open, "me"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(open, "me"), filepath.Join(base, "link")); err != nil {
+		t.Fatal(err)
+	}
+	for _, sock := range []string{filepath.Join(open, "run", "listenerd.sock"), filepath.Join(base, "link", "listenerd.sock")} {
+		err := Run(testContext(t), Config{Socket: sock, Ephemeral: true})
+		if err == nil || !strings.Contains(err.Error(), "inside "+open+", which is mode 0777") {
+			t.Errorf("Run with the socket %s: %v, want %s named", sock, err, open)
+		}
+	}
+
+	// A directory above that another group may write to is only warned of.
+	if os.Geteuid() == 0 {
+		shared := filepath.Join(shortTempDir(t), "shared")
+		if err := os.Mkdir(shared, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(shared, 0o775); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(shared, 0, 65534); err != nil {
+			t.Fatal(err)
+		}
+		startRun(t, Config{Socket: filepath.Join(shared, "run", "listenerd.sock"), Ephemeral: true})
 	}
 }

@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -79,7 +81,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return configError{err}
 	}
-	ln, unlock, err := listenUnix(cfg.Socket)
+	ln, unlock, err := listenUnix(cfg.Socket, log)
 	if err != nil {
 		return err
 	}
@@ -259,29 +261,46 @@ func accessLevel(ctx context.Context, lvl logging.Level, fields []any) logging.L
 	return lvl
 }
 
-// checkSocketPath checks the socket directory and every directory above
-// it (checkSocketDir): another user who may rename an ancestor can put a
-// directory of their own in the socket directory's place.
-func checkSocketPath(dir string) error {
+// checkSocketPath checks the socket directory (checkSocketDir), and warns
+// of a directory above it, on the path as given or on the path a link
+// leads to, that another user may change: whoever may rename an ancestor
+// can put a directory of their own in the socket directory's place. An
+// ancestor that anyone may write to, without the sticky bit, is refused.
+func checkSocketPath(dir string, log *slog.Logger) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("socket directory: %w", err)
 	}
-	for p := abs; ; p = filepath.Dir(p) {
-		if err := checkSocketDir(p); err != nil {
-			return err
-		}
-		if filepath.Dir(p) == p {
-			return nil
+	if err := checkSocketDir(abs); err != nil {
+		return err
+	}
+	paths := []string{abs}
+	if real, err := filepath.EvalSymlinks(abs); err == nil && real != abs {
+		paths = append(paths, real)
+	}
+	for _, start := range paths {
+		for p := filepath.Dir(start); ; p = filepath.Dir(p) {
+			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o002 != 0 && fi.Mode()&os.ModeSticky == 0 {
+				return fmt.Errorf("socket directory %s is inside %s, which is mode %04o: anyone could put another directory in its place; choose another --socket", abs, p, fi.Mode().Perm())
+			}
+			if err := checkSocketDir(p); err != nil {
+				log.Warn("a directory above the socket's could be changed by another user", "socket_dir", abs, "err", err)
+			}
+			if filepath.Dir(p) == p {
+				break
+			}
 		}
 	}
+	return nil
 }
 
 // checkSocketDir refuses a socket directory that another user could use
 // to put their own socket in the daemon's place: one owned by another uid
 // (root aside), one that others may write to without the sticky bit (as
 // /tmp has) that keeps them from removing our socket, or a symbolic link
-// that another user could point elsewhere.
+// that another user could point elsewhere. A directory writable by its
+// group is fine when the group is this user's own (user private groups,
+// where umask 002 makes directories 0775).
 func checkSocketDir(dir string) error {
 	uid := uint32(os.Geteuid())
 	owner := func(fi os.FileInfo) (uint32, bool) {
@@ -310,17 +329,36 @@ func checkSocketDir(dir string) error {
 	if other, ok := owner(fi); !ok {
 		return fmt.Errorf("socket directory %s is owned by uid %d, not by this user (uid %d) or root: its owner could put another socket in the daemon's place; remove it, or choose another --socket", dir, other, uid)
 	}
-	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
-		return fmt.Errorf("socket directory %s is mode %04o: other users could replace the daemon's socket, or the directory holding it; chmod go-w it (or +t), or choose another --socket", dir, fi.Mode().Perm())
+	if fi.Mode()&os.ModeSticky != 0 {
+		return nil
+	}
+	perm := fi.Mode().Perm()
+	if perm&0o002 != 0 || perm&0o020 != 0 && !ownGroup(fi) {
+		return fmt.Errorf("socket directory %s is mode %04o: other users could replace the daemon's socket, or the directory holding it; chmod go-w it (or +t), or choose another --socket", dir, perm)
 	}
 	return nil
+}
+
+// ownGroup reports whether fi's group is this user's private group: named
+// as the user is.
+func ownGroup(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return false
+	}
+	u, err := user.Current()
+	if err != nil {
+		return false
+	}
+	g, err := user.LookupGroupId(strconv.FormatUint(uint64(st.Gid), 10))
+	return err == nil && g.Name == u.Username
 }
 
 // listenUnix opens the API socket: its directory 0700 (created if needed),
 // the socket 0600. A lock file beside the socket says whether a daemon owns
 // it: held, another daemon is serving and nothing is touched; free, a socket
 // file left behind is stale (its daemon died) and is removed.
-func listenUnix(path string) (net.Listener, func(), error) {
+func listenUnix(path string, log *slog.Logger) (net.Listener, func(), error) {
 	dir := filepath.Dir(path)
 	// Made here, or found: checked either way, so that one made by someone
 	// else between a look and a mkdir is checked too.
@@ -330,7 +368,7 @@ func listenUnix(path string) (net.Listener, func(), error) {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, nil, fmt.Errorf("socket directory: %w", err)
 	}
-	if err := checkSocketPath(dir); err != nil {
+	if err := checkSocketPath(dir, log); err != nil {
 		return nil, nil, err
 	}
 	lock, err := state.Lock(path + ".lock")
