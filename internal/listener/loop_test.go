@@ -135,3 +135,22 @@ func TestServing(t *testing.T) {
 		t.Errorf("a closed listener still serves: %v", got)
 	}
 }
+
+// The API and metrics endpoints listen as listeners do: an IPv4 address,
+// 0.0.0.0 included, takes IPv4 only.
+func TestListenNetwork(t *testing.T) {
+	for addr, want := range map[string]string{
+		"0.0.0.0:1":            "tcp4",
+		"127.0.0.1:1":          "tcp4",
+		"[::ffff:127.0.0.1]:1": "tcp4",
+		"[::]:1":               "tcp",
+		"[::1]:1":              "tcp6",
+		"localhost:1":          "tcp",
+		":1":                   "tcp",
+		"nonsense":             "tcp",
+	} {
+		if got := ListenNetwork(addr); got != want {
+			t.Errorf("ListenNetwork(%q) = %s, want %s", addr, got, want)
+		}
+	}
+}

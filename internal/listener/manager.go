@@ -313,6 +313,22 @@ func resolveHost(ctx context.Context, host string) (netip.Addr, error) {
 
 var broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
+// ListenNetwork is the network to listen on addr (host:port) with, as a
+// listener would: an IPv4 address, 0.0.0.0 included, takes IPv4 only;
+// anything else is "tcp" (a host name, ::, which takes both families) or
+// "tcp6".
+func ListenNetwork(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "tcp"
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return "tcp"
+	}
+	return network(ip.Unmap())
+}
+
 // network picks the socket family like Node's listen(port, host): an IPv4
 // address, 0.0.0.0 included, binds IPv4 only; :: binds both families
 // (dual stack); any other IPv6 address binds IPv6.

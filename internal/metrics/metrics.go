@@ -284,7 +284,11 @@ func Listen(addr string, allowRemote bool) (net.Listener, error) {
 	if err := CheckAddr(addr, allowRemote); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen(listener.ListenNetwork(addr), addr)
+	var dns *net.DNSError
+	if errors.As(err, &dns) { // a name that does not resolve: the flag is wrong
+		return nil, fmt.Errorf("metrics: %w", &AddrError{err})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}

@@ -322,8 +322,10 @@ func TestCheckBound(t *testing.T) {
 	}
 	// Listen refuses what CheckAddr refuses with the same type, and a
 	// taken port (the machine, not the flag) with another.
-	if _, err := Listen(":0", false); !errors.As(err, new(*AddrError)) {
-		t.Errorf("Listen(\":0\") = %v, want an *AddrError", err)
+	for _, addr := range []string{":0", "no-such-host.invalid:0"} {
+		if _, err := Listen(addr, false); !errors.As(err, new(*AddrError)) {
+			t.Errorf("Listen(%q) = %v, want an *AddrError", addr, err)
+		}
 	}
 	ln, err := Listen("127.0.0.1:0", false)
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/service"
 )
 
@@ -322,7 +323,7 @@ func isLoopback(ctx context.Context, addr string) (bool, error) {
 // listenTCP binds the TCP API and checks that a plaintext API really is on
 // loopback.
 func listenTCP(api *tcpAPI) (net.Listener, error) {
-	ln, err := net.Listen("tcp", api.addr)
+	ln, err := net.Listen(listener.ListenNetwork(api.addr), api.addr)
 	if err != nil {
 		return nil, fmt.Errorf("API listen on %s: %w", api.addr, err)
 	}

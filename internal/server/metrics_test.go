@@ -23,6 +23,7 @@ func TestRunMetricsAddressErrors(t *testing.T) {
 	}{
 		{":0", true, "every interface"},
 		{"192.0.2.1:0", true, "not a loopback address"},
+		{"no-such-host.invalid:0", true, "no-such-host.invalid"},
 		{taken.Addr().String(), false, "address already in use"},
 	} {
 		dir := shortTempDir(t)
