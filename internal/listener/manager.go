@@ -491,7 +491,9 @@ func (m *Manager) SetLimits(ref string, fn func(Limits) (Limits, error)) (Info, 
 	m.mu.Lock()
 	_, err = l.setLimits(fn)
 	var v uint64
+	var info Info
 	if err == nil {
+		info = l.Info() // this change's limits, whatever lands during the save
 		v, err = m.stageLocked()
 	}
 	m.mu.Unlock()
@@ -501,7 +503,7 @@ func (m *Manager) SetLimits(ref string, fn func(Limits) (Limits, error)) (Info, 
 	if err != nil {
 		return Info{}, err
 	}
-	return l.Info(), nil
+	return info, nil
 }
 
 // Close stops a listener accepting at once (the port is free on return) and

@@ -125,13 +125,19 @@ func ValidateRecords(raws []json.RawMessage) error {
 }
 
 // stageLocked snapshots every listener that is not closing for the next
-// save and returns its version; m.mu must be held. Without a persister, or
-// once Shutdown has begun (every listener is closing then, and the saved
-// state must keep them for the next start), it returns 0, which commit
-// does not wait for.
+// save and returns its version; m.mu must be held. Without a persister it
+// returns 0, which commit does not wait for. Once Shutdown has begun it
+// fails with ErrShuttingDown: every listener is closing then, and the
+// saved state must keep them for the next start.
 func (m *Manager) stageLocked() (uint64, error) {
-	if m.saver == nil || m.shutting {
+	if m.saver == nil {
 		return 0, nil
+	}
+	if m.shutting {
+		// A change that was taken just before Shutdown began: the state
+		// saved before the shutdown is what the next start restores, so
+		// this change is not saved, and its caller must not be told it was.
+		return 0, fmt.Errorf("%w: the change was not saved, and the next start will not have it", ErrShuttingDown)
 	}
 	ls := m.sortedLocked()
 	recs := make([]json.RawMessage, 0, len(ls))

@@ -8,6 +8,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -246,5 +247,64 @@ func TestShutdownKeepsSavedState(t *testing.T) {
 	var r record
 	if len(recs) != 1 || json.Unmarshal(recs[0], &r) != nil || r.ID != l.ID() {
 		t.Fatalf("saved %s, want listener %s alone", recs, l.ID())
+	}
+}
+
+// holdStore is a Persister whose next Save, once armed, blocks until hold
+// is closed.
+type holdStore struct {
+	memStore
+	armed   atomic.Bool
+	entered chan struct{} // closed when the armed Save starts
+	hold    chan struct{}
+}
+
+func (s *holdStore) Save(recs []json.RawMessage) error {
+	if s.armed.CompareAndSwap(true, false) {
+		close(s.entered)
+		<-s.hold
+	}
+	return s.memStore.Save(recs)
+}
+
+// An update's reply shows the limits it set, even when another update
+// lands while its save is in flight.
+func TestUpdateReplyShowsItsOwnChange(t *testing.T) {
+	st := &holdStore{entered: make(chan struct{}), hold: make(chan struct{})}
+	m := newPersistentManager(t, st)
+	t.Cleanup(func() {
+		select {
+		case <-st.hold:
+		default:
+			close(st.hold)
+		}
+	})
+	l := create(t, m, Spec{Limits: limit(5)})
+	st.armed.Store(true)
+	type reply struct {
+		info Info
+		err  error
+	}
+	set := func(n int64, out chan<- reply) {
+		info, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return limit(n), nil })
+		out <- reply{info, err}
+	}
+	a, b := make(chan reply, 1), make(chan reply, 1)
+	go set(1, a)
+	waitFor(t, "the first update's save", st.entered)
+	go set(2, b)
+	deadline := time.Now().Add(guard)
+	for l.Info().Spec.Limits.MaxConnections != 2 { // the second update applied
+		if time.Now().After(deadline) {
+			t.Fatalf("the second update did not apply within %v", guard)
+		}
+		runtime.Gosched() // a state with no signal to wait on
+	}
+	close(st.hold)
+	for want, ch := range map[int64]chan reply{1: a, 2: b} {
+		r := <-ch
+		if r.err != nil || r.info.Spec.Limits.MaxConnections != want {
+			t.Errorf("update to %d replied max_connections %d, %v", want, r.info.Spec.Limits.MaxConnections, r.err)
+		}
 	}
 }
