@@ -13,12 +13,14 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/ratelimit"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"golang.org/x/net/netutil"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -38,13 +40,23 @@ type APIConfig struct {
 	TLSKey    string // PEM private key of TLSCert
 	ClientCA  string // PEM CA bundle; enables mTLS: a client must present a certificate it signed
 	TokenFile string // file holding the bearer token clients must send
+	// MaxConns caps the client connections served at once; more wait in
+	// the kernel's queue. 0: a quarter of the open-file limit, at most
+	// 1,024 (maxConns).
+	MaxConns int
 }
 
 // Limits of the gRPC servers, on both transports. Requests are tiny (the
-// largest is a spec with its CIDR lists), so 64 KiB is ample.
+// largest is a spec with its CIDR lists), so 64 KiB is ample, for the
+// message and for its headers (a bearer token and a few more): grpc-go's
+// own header limit is 16 MiB a call, checked before any authentication.
 const (
 	MaxRecvBytes         = 64 << 10
+	MaxHeaderBytes       = 64 << 10
 	MaxConcurrentStreams = 128
+	// MaxIdle closes a client connection with no call open for this long;
+	// clients reconnect when they next call.
+	MaxIdle = 5 * time.Minute
 	// KeepaliveMinTime is the shortest ping interval a client may use; ctl
 	// pings every 30s, and only while a stream is open.
 	KeepaliveMinTime  = 20 * time.Second
@@ -82,9 +94,10 @@ type transport struct {
 func (t transport) options() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRecvBytes),
+		grpc.MaxHeaderListSize(MaxHeaderBytes),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second, MaxConnectionIdle: MaxIdle}),
 		grpc.ConnectionTimeout(ConnectionTimeout),
 	}
 	if t.creds != nil {
@@ -163,6 +176,7 @@ func (m mutationLimiter) Limit(ctx context.Context) error {
 // and checked before anything is bound.
 type tcpAPI struct {
 	addr     string
+	maxConns int
 	creds    credentials.TransportCredentials // nil: plaintext (loopback only)
 	mTLS     bool
 	token    bool
@@ -180,7 +194,10 @@ func prepareAPI(ctx context.Context, cfg APIConfig, log *slog.Logger) (*tcpAPI, 
 		}
 		return nil, nil, nil
 	}
-	api := &tcpAPI{addr: cfg.Listen}
+	api := &tcpAPI{addr: cfg.Listen, maxConns: cfg.MaxConns}
+	if api.maxConns <= 0 {
+		api.maxConns = maxConns()
+	}
 	loopback, err := isLoopback(ctx, cfg.Listen)
 	if err != nil {
 		return nil, nil, err
@@ -322,6 +339,21 @@ func isLoopback(ctx context.Context, addr string) (bool, error) {
 
 // listenTCP binds the TCP API and checks that a plaintext API really is on
 // loopback.
+// maxConns is the default cap of the TCP API's client connections. Anyone
+// who can reach the port may connect before being refused: the cap keeps
+// them from taking the descriptors the daemon needs for its socket and its
+// listeners.
+func maxConns() int {
+	n := 1024
+	var r syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err == nil {
+		n = min(n, max(16, int(r.Cur/4)))
+	}
+	return n
+}
+
+// listenTCP opens the TCP API's listener, capped at api.maxConns client
+// connections.
 func listenTCP(api *tcpAPI) (net.Listener, error) {
 	ln, err := net.Listen(listener.ListenNetwork(api.addr), api.addr)
 	if err != nil {
@@ -331,5 +363,5 @@ func listenTCP(api *tcpAPI) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("refusing to serve the API on %s without TLS: it is not a loopback address", ln.Addr())
 	}
-	return ln, nil
+	return netutil.LimitListener(ln, api.maxConns), nil
 }
