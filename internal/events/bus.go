@@ -404,8 +404,6 @@ type Watcher struct {
 	done  chan struct{}
 	timer *time.Timer // linger timer, owned by the reader
 	sent  time.Time   // when the last batch went out, owned by the reader
-	data  int         // connection data bytes in the batch being gathered, owned by the reader
-	full  bool        // the batch being gathered reached maxBatchData, owned by the reader
 	once  sync.Once
 	err   error
 	close sync.Once // Close gives the slot back once
@@ -484,7 +482,7 @@ func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Durati
 	if cap(dst) == 0 {
 		dst = make([]Event, 0, 256)
 	}
-	w.data, w.full = 0, false
+	data := 0 // connection data bytes in the batch
 	busy := linger > 0 && time.Since(w.sent) < linger
 	var timer <-chan time.Time
 	expired := false
@@ -497,10 +495,9 @@ func (w *Watcher) NextBatch(ctx context.Context, dst []Event, linger time.Durati
 			return nil, w.cursor.Load(), w.err
 		default:
 		}
-		var more bool
-		dst, more = w.scan(dst)
+		var more, full bool
+		dst, more, full = w.scan(dst, &data)
 		through := w.cursor.Load()
-		full := w.full || len(dst) >= cap(dst)
 		if more && !full {
 			continue // scanned maxScan events; more to scan
 		}
@@ -543,9 +540,10 @@ func (w *Watcher) lingerTimer(d time.Duration) *time.Timer {
 }
 
 // scan appends the matching events after the watcher's position to dst, up
-// to its capacity, maxBatchData bytes of connection data (w.full) and
-// maxScan events scanned, and reports whether more remain.
-func (w *Watcher) scan(dst []Event) ([]Event, bool) {
+// to maxScan events scanned, and reports whether more remain and whether
+// the batch is full: at its capacity, or at maxBatchData bytes of
+// connection data, counted in *data.
+func (w *Watcher) scan(dst []Event, data *int) (_ []Event, more, full bool) {
 	b := w.bus
 	seq := w.cursor.Load() + 1
 	b.mu.Lock()
@@ -553,7 +551,7 @@ func (w *Watcher) scan(dst []Event) ([]Event, bool) {
 		behind := b.head + 1 - seq
 		b.mu.Unlock()
 		w.cutSlow(behind)
-		return dst, false
+		return dst, false, false
 	}
 	for scanned := 0; seq <= b.head && len(dst) < cap(dst) && scanned < maxScan; seq++ {
 		scanned++
@@ -563,18 +561,18 @@ func (w *Watcher) scan(dst []Event) ([]Event, bool) {
 		}
 		if e.Kind == KindConnectionData && e.Detail != nil {
 			n := min(len(e.Detail.Data), w.dataMax)
-			if w.data+n > maxBatchData && len(dst) > 0 {
-				w.full = true
+			if *data+n > maxBatchData && len(dst) > 0 {
+				full = true
 				break // seq is left for the next batch
 			}
-			w.data += n
+			*data += n
 		}
 		dst = append(dst, *e)
 	}
-	more := seq <= b.head
+	more = seq <= b.head
 	b.mu.Unlock()
 	w.cursor.Store(seq - 1)
-	return dst, more
+	return dst, more, full || len(dst) >= cap(dst)
 }
 
 // Close unregisters the watcher and gives back its slot. It is safe to
