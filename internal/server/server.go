@@ -261,11 +261,11 @@ func accessLevel(ctx context.Context, lvl logging.Level, fields []any) logging.L
 	return lvl
 }
 
-// checkSocketPath checks the socket directory (checkSocketDir), and warns
-// of a directory above it, on the path as given or on the path a link
-// leads to, that another user may change: whoever may rename an ancestor
-// can put a directory of their own in the socket directory's place. An
-// ancestor that anyone may write to, without the sticky bit, is refused.
+// checkSocketPath checks the socket directory (checkSocketDir), and each
+// directory above it, on the path as given and on the path a link leads
+// to: whoever may rename an ancestor can put a directory of their own in
+// the socket directory's place. An ancestor anyone may write to is refused;
+// one only another user or group may change is warned of.
 func checkSocketPath(dir string, log *slog.Logger) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -278,16 +278,17 @@ func checkSocketPath(dir string, log *slog.Logger) error {
 	if real, err := filepath.EvalSymlinks(abs); err == nil && real != abs {
 		paths = append(paths, real)
 	}
+	seen := map[string]bool{}
 	for _, start := range paths {
-		for p := filepath.Dir(start); ; p = filepath.Dir(p) {
-			if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o002 != 0 && fi.Mode()&os.ModeSticky == 0 {
-				return fmt.Errorf("socket directory %s is inside %s, which is mode %04o: anyone could put another directory in its place; choose another --socket", abs, p, fi.Mode().Perm())
+		for p := filepath.Dir(start); !seen[p]; p = filepath.Dir(p) {
+			seen[p] = true
+			err := checkSocketDir(p)
+			var open *openDirError
+			if errors.As(err, &open) && open.anyone() {
+				return fmt.Errorf("socket directory %s is inside %s, which is mode %04o: anyone could put another directory in its place; choose another --socket", abs, p, open.perm)
 			}
-			if err := checkSocketDir(p); err != nil {
+			if err != nil {
 				log.Warn("a directory above the socket's could be changed by another user", "socket_dir", abs, "err", err)
-			}
-			if filepath.Dir(p) == p {
-				break
 			}
 		}
 	}
@@ -300,7 +301,8 @@ func checkSocketPath(dir string, log *slog.Logger) error {
 // /tmp has) that keeps them from removing our socket, or a symbolic link
 // that another user could point elsewhere. A directory writable by its
 // group is fine when the group is this user's own (user private groups,
-// where umask 002 makes directories 0775).
+// where umask 002 makes directories 0775): that refusal is an
+// *openDirError.
 func checkSocketDir(dir string) error {
 	uid := uint32(os.Geteuid())
 	owner := func(fi os.FileInfo) (uint32, bool) {
@@ -332,12 +334,24 @@ func checkSocketDir(dir string) error {
 	if fi.Mode()&os.ModeSticky != 0 {
 		return nil
 	}
-	perm := fi.Mode().Perm()
-	if perm&0o002 != 0 || perm&0o020 != 0 && !ownGroup(fi) {
-		return fmt.Errorf("socket directory %s is mode %04o: other users could replace the daemon's socket, or the directory holding it; chmod go-w it (or +t), or choose another --socket", dir, perm)
+	if perm := fi.Mode().Perm(); perm&0o002 != 0 || perm&0o020 != 0 && !ownGroup(fi) {
+		return &openDirError{dir, perm}
 	}
 	return nil
 }
+
+// openDirError is a directory others may write to, without the sticky bit.
+type openDirError struct {
+	dir  string
+	perm os.FileMode
+}
+
+func (e *openDirError) Error() string {
+	return fmt.Sprintf("socket directory %s is mode %04o: other users could replace the daemon's socket, or the directory holding it; chmod go-w it (or +t), or choose another --socket", e.dir, e.perm)
+}
+
+// anyone reports that every user, not only a group, may write to it.
+func (e *openDirError) anyone() bool { return e.perm&0o002 != 0 }
 
 // ownGroup reports whether fi's group is this user's private group: named
 // as the user is.
