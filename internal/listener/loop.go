@@ -130,11 +130,9 @@ func resolveUpstream(ctx context.Context, upstream string) (netip.AddrPort, erro
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		if err != nil || len(ips) == 0 {
+		if ip, err = lookupFirst(ctx, host); err != nil {
 			return netip.AddrPort{}, fmt.Errorf("resolve %s: %v", host, err)
 		}
-		ip = ips[0]
 	}
 	return netip.AddrPortFrom(ip.Unmap().WithZone(""), uint16(p)), nil
 }

@@ -295,11 +295,9 @@ func resolveHost(ctx context.Context, host string) (netip.Addr, error) {
 		}
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		if err != nil || len(ips) == 0 {
+		if ip, err = lookupFirst(ctx, host); err != nil {
 			return netip.Addr{}, Invalid("spec.host", "cannot resolve %q: %v", host, err)
 		}
-		ip = ips[0]
 	}
 	ip = ip.Unmap()
 	if ip.IsMulticast() || ip == broadcast {
@@ -309,6 +307,19 @@ func resolveHost(ctx context.Context, host string) (netip.Addr, error) {
 		return netip.Addr{}, Invalid("spec.host", "%q is %s, an IPv6 link-local address: binding one needs a zone, and zoned addresses are not supported; use ::, or a global or unique-local address", host, ip)
 	}
 	return ip, nil
+}
+
+// lookupFirst resolves a host name to its first address, the one a
+// listen or a dial takes.
+func lookupFirst(ctx context.Context, host string) (netip.Addr, error) {
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err == nil && len(ips) == 0 {
+		err = fmt.Errorf("no address")
+	}
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return ips[0], nil
 }
 
 var broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
