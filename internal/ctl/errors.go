@@ -114,24 +114,25 @@ func (a *app) describe(err error) (string, int) {
 	return oneLine(msg), code
 }
 
+// tlsHints map a failed connection's message to what to change, first
+// match wins: the two sides disagree about TLS.
+var tlsHints = []struct{ in, hint string }{
+	{"signed by unknown authority", "its certificate is not trusted: give --ca with the CA that signed it"},
+	{"x509: certificate is valid for", "its certificate is for another name: give --api the name or address it was issued for"},
+	{"x509: certificate has expired", "its certificate has expired (or is not valid yet): renew it"},
+	{"x509:", "its certificate was refused"},
+	{"first record does not look like a TLS handshake", "it serves plaintext there: drop --tls, --ca, --cert and --key"},
+	{"error reading server preface", "it may serve TLS there: give --ca (or --tls for a certificate the system trusts)"},
+	{"tls:", "the handshake was refused: check --ca, --cert and --key"},
+}
+
 // tlsHint says what to change when a connection to the TCP API failed
 // because the two sides disagree about TLS, and "" for other failures.
 func tlsHint(msg string) string {
-	switch {
-	case strings.Contains(msg, "signed by unknown authority"):
-		return "its certificate is not trusted: give --ca with the CA that signed it"
-	case strings.Contains(msg, "x509: certificate is valid for"):
-		return "its certificate is for another name: give --api the name or address it was issued for"
-	case strings.Contains(msg, "x509: certificate has expired"):
-		return "its certificate has expired (or is not valid yet): renew it"
-	case strings.Contains(msg, "x509:"):
-		return "its certificate was refused"
-	case strings.Contains(msg, "first record does not look like a TLS handshake"):
-		return "it serves plaintext there: drop --tls, --ca, --cert and --key"
-	case strings.Contains(msg, "error reading server preface"):
-		return "it may serve TLS there: give --ca (or --tls for a certificate the system trusts)"
-	case strings.Contains(msg, "tls:"):
-		return "the handshake was refused: check --ca, --cert and --key"
+	for _, h := range tlsHints {
+		if strings.Contains(msg, h.in) {
+			return h.hint
+		}
 	}
 	return ""
 }
@@ -160,22 +161,25 @@ func statusWords(st *status.Status, socket string, timeout fmt.Stringer) (string
 	case codes.AlreadyExists, codes.FailedPrecondition, codes.Aborted, codes.OutOfRange:
 		return msg, ExitError
 	case codes.PermissionDenied:
-		if strings.HasPrefix(msg, "permission denied") { // the daemon's message says so already
-			return msg, ExitError
-		}
-		return "permission denied: " + msg, ExitError
+		return prefixed("permission denied", msg), ExitError
 	case codes.Unauthenticated:
 		return "not authorized: " + msg, ExitError
 	case codes.ResourceExhausted:
-		if strings.HasPrefix(msg, "limit reached") { // the daemon's own caps say so already
-			return msg, ExitError
-		}
-		return "limit reached: " + msg, ExitError
+		return prefixed("limit reached", msg), ExitError
 	case codes.Unimplemented:
 		return "this listenerd does not support that: " + msg, ExitError
 	default: // Internal, Unknown, DataLoss
 		return "daemon error: " + msg, ExitError
 	}
+}
+
+// prefixed puts what went wrong before msg, unless the daemon's message
+// says so already.
+func prefixed(what, msg string) string {
+	if strings.HasPrefix(msg, what) {
+		return msg
+	}
+	return what + ": " + msg
 }
 
 // messageError is an error already phrased for the user, with its exit code.
