@@ -33,8 +33,14 @@ const (
 	// Accept and close at once, with a rejected event (Node's default).
 	OverflowPolicy_OVERFLOW_POLICY_REJECT OverflowPolicy = 1
 	// Stop accepting while at the limit, leaving excess connections waiting in
-	// the kernel backlog (HAProxy's maxconn).
+	// the kernel's listen backlog, unseen and uncounted (HAProxy's maxconn).
 	OverflowPolicy_OVERFLOW_POLICY_BACKLOG OverflowPolicy = 2
+	// Accept and hold excess connections unread in a queue of queue_length,
+	// visible in ListConnections and counted, each for at most queue_timeout;
+	// serve them first in, first out as connections close. A connection past
+	// the queue is rejected with QUEUE_FULL, one that waited too long with
+	// QUEUE_TIMEOUT.
+	OverflowPolicy_OVERFLOW_POLICY_QUEUE OverflowPolicy = 3
 )
 
 // Enum value maps for OverflowPolicy.
@@ -43,11 +49,13 @@ var (
 		0: "OVERFLOW_POLICY_UNSPECIFIED",
 		1: "OVERFLOW_POLICY_REJECT",
 		2: "OVERFLOW_POLICY_BACKLOG",
+		3: "OVERFLOW_POLICY_QUEUE",
 	}
 	OverflowPolicy_value = map[string]int32{
 		"OVERFLOW_POLICY_UNSPECIFIED": 0,
 		"OVERFLOW_POLICY_REJECT":      1,
 		"OVERFLOW_POLICY_BACKLOG":     2,
+		"OVERFLOW_POLICY_QUEUE":       3,
 	}
 )
 
@@ -192,6 +200,59 @@ func (Family) EnumDescriptor() ([]byte, []int) {
 	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{2}
 }
 
+// ConnectionState says whether a connection is served.
+type ConnectionState int32
+
+const (
+	// Never set by the daemon.
+	ConnectionState_CONNECTION_STATE_UNSPECIFIED ConnectionState = 0
+	// Served by the listener's handler.
+	ConnectionState_CONNECTION_STATE_OPEN ConnectionState = 1
+	// Accepted over max_connections and waiting, unread, in the queue.
+	ConnectionState_CONNECTION_STATE_QUEUED ConnectionState = 2
+)
+
+// Enum value maps for ConnectionState.
+var (
+	ConnectionState_name = map[int32]string{
+		0: "CONNECTION_STATE_UNSPECIFIED",
+		1: "CONNECTION_STATE_OPEN",
+		2: "CONNECTION_STATE_QUEUED",
+	}
+	ConnectionState_value = map[string]int32{
+		"CONNECTION_STATE_UNSPECIFIED": 0,
+		"CONNECTION_STATE_OPEN":        1,
+		"CONNECTION_STATE_QUEUED":      2,
+	}
+)
+
+func (x ConnectionState) Enum() *ConnectionState {
+	p := new(ConnectionState)
+	*p = x
+	return p
+}
+
+func (x ConnectionState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConnectionState) Descriptor() protoreflect.EnumDescriptor {
+	return file_listenerd_v1_listenerd_proto_enumTypes[3].Descriptor()
+}
+
+func (ConnectionState) Type() protoreflect.EnumType {
+	return &file_listenerd_v1_listenerd_proto_enumTypes[3]
+}
+
+func (x ConnectionState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConnectionState.Descriptor instead.
+func (ConnectionState) EnumDescriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{3}
+}
+
 // EventKind names a kind of event, for filtering.
 type EventKind int32
 
@@ -217,21 +278,24 @@ const (
 	// Bytes moved on a connection (only for watchers that ask, see
 	// WatchEventsRequest.include_data).
 	EventKind_EVENT_KIND_CONNECTION_DATA EventKind = 9
+	// A connection over max_connections was accepted into the queue.
+	EventKind_EVENT_KIND_CONNECTION_QUEUED EventKind = 10
 )
 
 // Enum value maps for EventKind.
 var (
 	EventKind_name = map[int32]string{
-		0: "EVENT_KIND_UNSPECIFIED",
-		1: "EVENT_KIND_LISTENER_STARTED",
-		2: "EVENT_KIND_CONNECTION_OPENED",
-		3: "EVENT_KIND_CONNECTION_CLOSED",
-		4: "EVENT_KIND_CONNECTION_REJECTED",
-		5: "EVENT_KIND_ACCEPT_ERROR",
-		6: "EVENT_KIND_LIMITS_CHANGED",
-		7: "EVENT_KIND_LISTENER_CLOSED",
-		8: "EVENT_KIND_CONNECTION_HALF_CLOSED",
-		9: "EVENT_KIND_CONNECTION_DATA",
+		0:  "EVENT_KIND_UNSPECIFIED",
+		1:  "EVENT_KIND_LISTENER_STARTED",
+		2:  "EVENT_KIND_CONNECTION_OPENED",
+		3:  "EVENT_KIND_CONNECTION_CLOSED",
+		4:  "EVENT_KIND_CONNECTION_REJECTED",
+		5:  "EVENT_KIND_ACCEPT_ERROR",
+		6:  "EVENT_KIND_LIMITS_CHANGED",
+		7:  "EVENT_KIND_LISTENER_CLOSED",
+		8:  "EVENT_KIND_CONNECTION_HALF_CLOSED",
+		9:  "EVENT_KIND_CONNECTION_DATA",
+		10: "EVENT_KIND_CONNECTION_QUEUED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":            0,
@@ -244,6 +308,7 @@ var (
 		"EVENT_KIND_LISTENER_CLOSED":        7,
 		"EVENT_KIND_CONNECTION_HALF_CLOSED": 8,
 		"EVENT_KIND_CONNECTION_DATA":        9,
+		"EVENT_KIND_CONNECTION_QUEUED":      10,
 	}
 )
 
@@ -258,11 +323,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_listenerd_v1_listenerd_proto_enumTypes[3].Descriptor()
+	return file_listenerd_v1_listenerd_proto_enumTypes[4].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_listenerd_v1_listenerd_proto_enumTypes[3]
+	return &file_listenerd_v1_listenerd_proto_enumTypes[4]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -271,7 +336,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{3}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{4}
 }
 
 // CloseReason says why a connection closed.
@@ -335,11 +400,11 @@ func (x CloseReason) String() string {
 }
 
 func (CloseReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_listenerd_v1_listenerd_proto_enumTypes[4].Descriptor()
+	return file_listenerd_v1_listenerd_proto_enumTypes[5].Descriptor()
 }
 
 func (CloseReason) Type() protoreflect.EnumType {
-	return &file_listenerd_v1_listenerd_proto_enumTypes[4]
+	return &file_listenerd_v1_listenerd_proto_enumTypes[5]
 }
 
 func (x CloseReason) Number() protoreflect.EnumNumber {
@@ -348,7 +413,7 @@ func (x CloseReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CloseReason.Descriptor instead.
 func (CloseReason) EnumDescriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{4}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{5}
 }
 
 // RejectReason says why a connection was rejected.
@@ -367,6 +432,16 @@ const (
 	RejectReason_REJECT_REASON_PER_SOURCE_LIMIT RejectReason = 4
 	// A daemon-wide cap was reached.
 	RejectReason_REJECT_REASON_DAEMON_LIMIT RejectReason = 5
+	// The listener was at max_connections and its queue was full.
+	RejectReason_REJECT_REASON_QUEUE_FULL RejectReason = 6
+	// The connection waited in the queue for queue_timeout.
+	RejectReason_REJECT_REASON_QUEUE_TIMEOUT RejectReason = 7
+	// The listener closed (or the daemon shut down) while the connection
+	// waited in the queue.
+	RejectReason_REJECT_REASON_LISTENER_CLOSED RejectReason = 8
+	// The connection was closed through CloseConnection while it waited in the
+	// queue.
+	RejectReason_REJECT_REASON_KICKED RejectReason = 9
 )
 
 // Enum value maps for RejectReason.
@@ -378,6 +453,10 @@ var (
 		3: "REJECT_REASON_RATE_LIMIT",
 		4: "REJECT_REASON_PER_SOURCE_LIMIT",
 		5: "REJECT_REASON_DAEMON_LIMIT",
+		6: "REJECT_REASON_QUEUE_FULL",
+		7: "REJECT_REASON_QUEUE_TIMEOUT",
+		8: "REJECT_REASON_LISTENER_CLOSED",
+		9: "REJECT_REASON_KICKED",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":      0,
@@ -386,6 +465,10 @@ var (
 		"REJECT_REASON_RATE_LIMIT":       3,
 		"REJECT_REASON_PER_SOURCE_LIMIT": 4,
 		"REJECT_REASON_DAEMON_LIMIT":     5,
+		"REJECT_REASON_QUEUE_FULL":       6,
+		"REJECT_REASON_QUEUE_TIMEOUT":    7,
+		"REJECT_REASON_LISTENER_CLOSED":  8,
+		"REJECT_REASON_KICKED":           9,
 	}
 )
 
@@ -400,11 +483,11 @@ func (x RejectReason) String() string {
 }
 
 func (RejectReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_listenerd_v1_listenerd_proto_enumTypes[5].Descriptor()
+	return file_listenerd_v1_listenerd_proto_enumTypes[6].Descriptor()
 }
 
 func (RejectReason) Type() protoreflect.EnumType {
-	return &file_listenerd_v1_listenerd_proto_enumTypes[5]
+	return &file_listenerd_v1_listenerd_proto_enumTypes[6]
 }
 
 func (x RejectReason) Number() protoreflect.EnumNumber {
@@ -413,7 +496,7 @@ func (x RejectReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RejectReason.Descriptor instead.
 func (RejectReason) EnumDescriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{5}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{6}
 }
 
 // Direction says which way bytes moved.
@@ -453,11 +536,11 @@ func (x Direction) String() string {
 }
 
 func (Direction) Descriptor() protoreflect.EnumDescriptor {
-	return file_listenerd_v1_listenerd_proto_enumTypes[6].Descriptor()
+	return file_listenerd_v1_listenerd_proto_enumTypes[7].Descriptor()
 }
 
 func (Direction) Type() protoreflect.EnumType {
-	return &file_listenerd_v1_listenerd_proto_enumTypes[6]
+	return &file_listenerd_v1_listenerd_proto_enumTypes[7]
 }
 
 func (x Direction) Number() protoreflect.EnumNumber {
@@ -466,7 +549,7 @@ func (x Direction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Direction.Descriptor instead.
 func (Direction) EnumDescriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{6}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{7}
 }
 
 // Listener is a TCP listener hosted by the daemon.
@@ -688,9 +771,10 @@ func (x *ListenerSpec) GetKeepalive() *durationpb.Duration {
 // Limits bound what a listener accepts.
 type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum number of open connections. Unset means unlimited; 0 rejects every
-	// connection. A connection over the limit is accepted and closed at once
-	// with a rejected event (Node's maxConnections), unless overflow is BACKLOG.
+	// Maximum number of open (served) connections. Unset means unlimited; 0
+	// rejects every connection. What happens to a connection over the limit is
+	// the overflow policy: by default it is accepted and closed at once with a
+	// rejected event (Node's maxConnections).
 	MaxConnections *uint32 `protobuf:"varint,1,opt,name=max_connections,json=maxConnections,proto3,oneof" json:"max_connections,omitempty"`
 	// What happens to a connection over max_connections.
 	Overflow OverflowPolicy `protobuf:"varint,2,opt,name=overflow,proto3,enum=listenerd.v1.OverflowPolicy" json:"overflow,omitempty"`
@@ -704,10 +788,17 @@ type Limits struct {
 	// Burst of the accept rate limit. Zero means max(1, accept_rate).
 	AcceptBurst uint32 `protobuf:"varint,6,opt,name=accept_burst,json=acceptBurst,proto3" json:"accept_burst,omitempty"`
 	// Maximum open connections from one source address. Unset means
-	// unlimited.
+	// unlimited. Queued connections count toward it.
 	MaxConnectionsPerSource *uint32 `protobuf:"varint,7,opt,name=max_connections_per_source,json=maxConnectionsPerSource,proto3,oneof" json:"max_connections_per_source,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// Under OVERFLOW_POLICY_QUEUE: how many connections may wait in the queue,
+	// 1-65535. Unset or zero means 128. Ignored under other policies.
+	QueueLength uint32 `protobuf:"varint,8,opt,name=queue_length,json=queueLength,proto3" json:"queue_length,omitempty"`
+	// Under OVERFLOW_POLICY_QUEUE: how long a connection may wait in the queue
+	// before it is rejected with QUEUE_TIMEOUT. Unset or zero means as long as
+	// it takes. Ignored under other policies.
+	QueueTimeout  *durationpb.Duration `protobuf:"bytes,9,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -787,6 +878,20 @@ func (x *Limits) GetMaxConnectionsPerSource() uint32 {
 		return *x.MaxConnectionsPerSource
 	}
 	return 0
+}
+
+func (x *Limits) GetQueueLength() uint32 {
+	if x != nil {
+		return x.QueueLength
+	}
+	return 0
+}
+
+func (x *Limits) GetQueueTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.QueueTimeout
+	}
+	return nil
 }
 
 // Handler says what the daemon does with an accepted connection.
@@ -1044,9 +1149,11 @@ type ListenerStatus struct {
 	// The last error (bind failure, accept error), empty if none.
 	LastError string `protobuf:"bytes,9,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// When the listener stopped accepting, unset while it accepts.
-	CloseTime     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=close_time,json=closeTime,proto3" json:"close_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CloseTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=close_time,json=closeTime,proto3" json:"close_time,omitempty"`
+	// Connections waiting in the queue now (OVERFLOW_POLICY_QUEUE).
+	QueuedConnections uint64 `protobuf:"varint,11,opt,name=queued_connections,json=queuedConnections,proto3" json:"queued_connections,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ListenerStatus) Reset() {
@@ -1149,6 +1256,13 @@ func (x *ListenerStatus) GetCloseTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ListenerStatus) GetQueuedConnections() uint64 {
+	if x != nil {
+		return x.QueuedConnections
+	}
+	return 0
+}
+
 // FiveTuple identifies a TCP connection (the protocol is always TCP).
 type FiveTuple struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1245,7 +1359,12 @@ type Connection struct {
 	// Bytes read from the client so far.
 	BytesIn uint64 `protobuf:"varint,5,opt,name=bytes_in,json=bytesIn,proto3" json:"bytes_in,omitempty"`
 	// Bytes written to the client so far.
-	BytesOut      uint64 `protobuf:"varint,6,opt,name=bytes_out,json=bytesOut,proto3" json:"bytes_out,omitempty"`
+	BytesOut uint64 `protobuf:"varint,6,opt,name=bytes_out,json=bytesOut,proto3" json:"bytes_out,omitempty"`
+	// Whether it is served or waiting in the listener's queue.
+	State ConnectionState `protobuf:"varint,7,opt,name=state,proto3,enum=listenerd.v1.ConnectionState" json:"state,omitempty"`
+	// How long it waited in the queue: so far while QUEUED, in all once OPEN
+	// (zero for a connection that never queued).
+	QueueWait     *durationpb.Duration `protobuf:"bytes,8,opt,name=queue_wait,json=queueWait,proto3" json:"queue_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1320,6 +1439,20 @@ func (x *Connection) GetBytesOut() uint64 {
 		return x.BytesOut
 	}
 	return 0
+}
+
+func (x *Connection) GetState() ConnectionState {
+	if x != nil {
+		return x.State
+	}
+	return ConnectionState_CONNECTION_STATE_UNSPECIFIED
+}
+
+func (x *Connection) GetQueueWait() *durationpb.Duration {
+	if x != nil {
+		return x.QueueWait
+	}
+	return nil
 }
 
 // CreateListenerRequest asks for a new listener.
@@ -1618,7 +1751,8 @@ type UpdateListenerRequest struct {
 	// "spec.limits.max_connections", "spec.limits.overflow",
 	// "spec.limits.idle_timeout", "spec.limits.max_lifetime",
 	// "spec.limits.accept_rate", "spec.limits.accept_burst",
-	// "spec.limits.max_connections_per_source". A path named with its field
+	// "spec.limits.max_connections_per_source", "spec.limits.queue_length",
+	// "spec.limits.queue_timeout". A path named with its field
 	// unset clears it (for max_connections: unlimited).
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2136,6 +2270,7 @@ type Event struct {
 	//	*Event_ListenerClosed
 	//	*Event_ConnectionHalfClosed
 	//	*Event_ConnectionData
+	//	*Event_ConnectionQueued
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2287,6 +2422,15 @@ func (x *Event) GetConnectionData() *ConnectionData {
 	return nil
 }
 
+func (x *Event) GetConnectionQueued() *ConnectionQueued {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_ConnectionQueued); ok {
+			return x.ConnectionQueued
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -2336,6 +2480,11 @@ type Event_ConnectionData struct {
 	ConnectionData *ConnectionData `protobuf:"bytes,18,opt,name=connection_data,json=connectionData,proto3,oneof"`
 }
 
+type Event_ConnectionQueued struct {
+	// A connection over max_connections was accepted into the queue.
+	ConnectionQueued *ConnectionQueued `protobuf:"bytes,19,opt,name=connection_queued,json=connectionQueued,proto3,oneof"`
+}
+
 func (*Event_ListenerStarted) isEvent_Kind() {}
 
 func (*Event_ConnectionOpened) isEvent_Kind() {}
@@ -2353,6 +2502,8 @@ func (*Event_ListenerClosed) isEvent_Kind() {}
 func (*Event_ConnectionHalfClosed) isEvent_Kind() {}
 
 func (*Event_ConnectionData) isEvent_Kind() {}
+
+func (*Event_ConnectionQueued) isEvent_Kind() {}
 
 // ConnectionData carries bytes read from or written to a connection.
 type ConnectionData struct {
@@ -2683,13 +2834,18 @@ func (x *ConnectionHalfClosed) GetConnectionId() string {
 	return ""
 }
 
-// ConnectionRejected reports a connection accepted and closed at once.
+// ConnectionRejected reports a connection accepted and closed without being
+// served: at once, or after it waited in the queue.
 type ConnectionRejected struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Its addresses.
 	Tuple *FiveTuple `protobuf:"bytes,1,opt,name=tuple,proto3" json:"tuple,omitempty"`
 	// Why it was rejected.
-	Reason        RejectReason `protobuf:"varint,2,opt,name=reason,proto3,enum=listenerd.v1.RejectReason" json:"reason,omitempty"`
+	Reason RejectReason `protobuf:"varint,2,opt,name=reason,proto3,enum=listenerd.v1.RejectReason" json:"reason,omitempty"`
+	// The connection id it had in the queue; empty if it never queued.
+	ConnectionId string `protobuf:"bytes,3,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// How long it waited in the queue; unset if it never queued.
+	QueueWait     *durationpb.Duration `protobuf:"bytes,4,opt,name=queue_wait,json=queueWait,proto3" json:"queue_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2738,6 +2894,86 @@ func (x *ConnectionRejected) GetReason() RejectReason {
 	return RejectReason_REJECT_REASON_UNSPECIFIED
 }
 
+func (x *ConnectionRejected) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ConnectionRejected) GetQueueWait() *durationpb.Duration {
+	if x != nil {
+		return x.QueueWait
+	}
+	return nil
+}
+
+// ConnectionQueued reports a connection over max_connections held in the
+// listener's queue. It leaves the queue with connection_opened (served, same
+// connection id) or connection_rejected.
+type ConnectionQueued struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connection id, kept when it is served.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Its addresses.
+	Tuple *FiveTuple `protobuf:"bytes,2,opt,name=tuple,proto3" json:"tuple,omitempty"`
+	// Connections ahead of it in the queue when it joined.
+	Position      uint32 `protobuf:"varint,3,opt,name=position,proto3" json:"position,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionQueued) Reset() {
+	*x = ConnectionQueued{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionQueued) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionQueued) ProtoMessage() {}
+
+func (x *ConnectionQueued) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionQueued.ProtoReflect.Descriptor instead.
+func (*ConnectionQueued) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ConnectionQueued) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ConnectionQueued) GetTuple() *FiveTuple {
+	if x != nil {
+		return x.Tuple
+	}
+	return nil
+}
+
+func (x *ConnectionQueued) GetPosition() uint32 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
 // AcceptError reports a failed accept.
 type AcceptError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2753,7 +2989,7 @@ type AcceptError struct {
 
 func (x *AcceptError) Reset() {
 	*x = AcceptError{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2765,7 +3001,7 @@ func (x *AcceptError) String() string {
 func (*AcceptError) ProtoMessage() {}
 
 func (x *AcceptError) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2778,7 +3014,7 @@ func (x *AcceptError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptError.ProtoReflect.Descriptor instead.
 func (*AcceptError) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{33}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AcceptError) GetError() string {
@@ -2813,7 +3049,7 @@ type LimitsChanged struct {
 
 func (x *LimitsChanged) Reset() {
 	*x = LimitsChanged{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2825,7 +3061,7 @@ func (x *LimitsChanged) String() string {
 func (*LimitsChanged) ProtoMessage() {}
 
 func (x *LimitsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2838,7 +3074,7 @@ func (x *LimitsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitsChanged.ProtoReflect.Descriptor instead.
 func (*LimitsChanged) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{34}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LimitsChanged) GetLimits() *Limits {
@@ -2861,7 +3097,7 @@ type ListenerClosed struct {
 
 func (x *ListenerClosed) Reset() {
 	*x = ListenerClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2873,7 +3109,7 @@ func (x *ListenerClosed) String() string {
 func (*ListenerClosed) ProtoMessage() {}
 
 func (x *ListenerClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2886,7 +3122,7 @@ func (x *ListenerClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerClosed.ProtoReflect.Descriptor instead.
 func (*ListenerClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{35}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListenerClosed) GetDrained() uint64 {
@@ -2927,7 +3163,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3175,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3188,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{36}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WatchEventsRequest) GetListenerIds() []string {
@@ -3012,7 +3248,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3260,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3273,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{37}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WatchEventsResponse) GetEvents() []*Event {
@@ -3088,7 +3324,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\tkeepalive\x18\v \x01(\v2\x19.google.protobuf.DurationR\tkeepaliveB\n" +
 	"\n" +
 	"\b_backlogB\v\n" +
-	"\t_no_delay\"\xa5\x03\n" +
+	"\t_no_delay\"\x88\x04\n" +
 	"\x06Limits\x12,\n" +
 	"\x0fmax_connections\x18\x01 \x01(\rH\x00R\x0emaxConnections\x88\x01\x01\x128\n" +
 	"\boverflow\x18\x02 \x01(\x0e2\x1c.listenerd.v1.OverflowPolicyR\boverflow\x12<\n" +
@@ -3097,7 +3333,9 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\vaccept_rate\x18\x05 \x01(\x01R\n" +
 	"acceptRate\x12!\n" +
 	"\faccept_burst\x18\x06 \x01(\rR\vacceptBurst\x12@\n" +
-	"\x1amax_connections_per_source\x18\a \x01(\rH\x01R\x17maxConnectionsPerSource\x88\x01\x01B\x12\n" +
+	"\x1amax_connections_per_source\x18\a \x01(\rH\x01R\x17maxConnectionsPerSource\x88\x01\x01\x12!\n" +
+	"\fqueue_length\x18\b \x01(\rR\vqueueLength\x12>\n" +
+	"\rqueue_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeoutB\x12\n" +
 	"\x10_max_connectionsB\x1d\n" +
 	"\x1b_max_connections_per_source\"\xb6\x01\n" +
 	"\aHandler\x128\n" +
@@ -3109,7 +3347,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\vEchoHandler\"p\n" +
 	"\x0eForwardHandler\x12\x1a\n" +
 	"\bupstream\x18\x01 \x01(\tR\bupstream\x12B\n" +
-	"\x0fconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\"\xc4\x03\n" +
+	"\x0fconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\"\xf3\x03\n" +
 	"\x0eListenerStatus\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.listenerd.v1.StateR\x05state\x12#\n" +
 	"\rbound_address\x18\x02 \x01(\tR\fboundAddress\x12-\n" +
@@ -3124,7 +3362,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"last_error\x18\t \x01(\tR\tlastError\x129\n" +
 	"\n" +
 	"close_time\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tcloseTime\"\xc5\x01\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcloseTime\x12-\n" +
+	"\x12queued_connections\x18\v \x01(\x04R\x11queuedConnections\"\xc5\x01\n" +
 	"\tFiveTuple\x12%\n" +
 	"\x0eremote_address\x18\x01 \x01(\tR\rremoteAddress\x12\x1f\n" +
 	"\vremote_port\x18\x02 \x01(\rR\n" +
@@ -3132,7 +3371,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x06family\x18\x03 \x01(\x0e2\x14.listenerd.v1.FamilyR\x06family\x12#\n" +
 	"\rlocal_address\x18\x04 \x01(\tR\flocalAddress\x12\x1d\n" +
 	"\n" +
-	"local_port\x18\x05 \x01(\rR\tlocalPort\"\xdd\x01\n" +
+	"local_port\x18\x05 \x01(\rR\tlocalPort\"\xcc\x02\n" +
 	"\n" +
 	"Connection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
@@ -3141,7 +3380,10 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x05tuple\x18\x03 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\x127\n" +
 	"\topen_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bopenTime\x12\x19\n" +
 	"\bbytes_in\x18\x05 \x01(\x04R\abytesIn\x12\x1b\n" +
-	"\tbytes_out\x18\x06 \x01(\x04R\bbytesOut\"[\n" +
+	"\tbytes_out\x18\x06 \x01(\x04R\bbytesOut\x123\n" +
+	"\x05state\x18\a \x01(\x0e2\x1d.listenerd.v1.ConnectionStateR\x05state\x128\n" +
+	"\n" +
+	"queue_wait\x18\b \x01(\v2\x19.google.protobuf.DurationR\tqueueWait\"[\n" +
 	"\x15CreateListenerRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.listenerd.v1.ListenerSpecR\x04spec\"L\n" +
@@ -3180,7 +3422,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x15RebindListenerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
 	"\x16RebindListenerResponse\x122\n" +
-	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\xc8\x06\n" +
+	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\x97\a\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
@@ -3196,7 +3438,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0elimits_changed\x18\x0f \x01(\v2\x1b.listenerd.v1.LimitsChangedH\x00R\rlimitsChanged\x12G\n" +
 	"\x0flistener_closed\x18\x10 \x01(\v2\x1c.listenerd.v1.ListenerClosedH\x00R\x0elistenerClosed\x12Z\n" +
 	"\x16connection_half_closed\x18\x11 \x01(\v2\".listenerd.v1.ConnectionHalfClosedH\x00R\x14connectionHalfClosed\x12G\n" +
-	"\x0fconnection_data\x18\x12 \x01(\v2\x1c.listenerd.v1.ConnectionDataH\x00R\x0econnectionDataB\x06\n" +
+	"\x0fconnection_data\x18\x12 \x01(\v2\x1c.listenerd.v1.ConnectionDataH\x00R\x0econnectionData\x12M\n" +
+	"\x11connection_queued\x18\x13 \x01(\v2\x1e.listenerd.v1.ConnectionQueuedH\x00R\x10connectionQueuedB\x06\n" +
 	"\x04kind\"\x98\x01\n" +
 	"\x0eConnectionData\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x125\n" +
@@ -3218,10 +3461,17 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\x0e2\x19.listenerd.v1.CloseReasonR\x06reason\x12\x14\n" +
 	"\x05error\x18\a \x01(\tR\x05error\";\n" +
 	"\x14ConnectionHalfClosed\x12#\n" +
-	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"w\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"\xd6\x01\n" +
 	"\x12ConnectionRejected\x12-\n" +
 	"\x05tuple\x18\x01 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\x122\n" +
-	"\x06reason\x18\x02 \x01(\x0e2\x1a.listenerd.v1.RejectReasonR\x06reason\"n\n" +
+	"\x06reason\x18\x02 \x01(\x0e2\x1a.listenerd.v1.RejectReasonR\x06reason\x12#\n" +
+	"\rconnection_id\x18\x03 \x01(\tR\fconnectionId\x128\n" +
+	"\n" +
+	"queue_wait\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tqueueWait\"\x82\x01\n" +
+	"\x10ConnectionQueued\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12-\n" +
+	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\x12\x1a\n" +
+	"\bposition\x18\x03 \x01(\rR\bposition\"n\n" +
 	"\vAcceptError\x12\x14\n" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x123\n" +
 	"\abackoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\abackoff\x12\x14\n" +
@@ -3242,11 +3492,12 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12+\n" +
 	"\x06events\x18\x01 \x03(\v2\x13.listenerd.v1.EventR\x06events\x12#\n" +
 	"\rhead_sequence\x18\x02 \x01(\x04R\fheadSequence\x12\x17\n" +
-	"\aboot_id\x18\x03 \x01(\tR\x06bootId*j\n" +
+	"\aboot_id\x18\x03 \x01(\tR\x06bootId*\x85\x01\n" +
 	"\x0eOverflowPolicy\x12\x1f\n" +
 	"\x1bOVERFLOW_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16OVERFLOW_POLICY_REJECT\x10\x01\x12\x1b\n" +
-	"\x17OVERFLOW_POLICY_BACKLOG\x10\x02*k\n" +
+	"\x17OVERFLOW_POLICY_BACKLOG\x10\x02\x12\x19\n" +
+	"\x15OVERFLOW_POLICY_QUEUE\x10\x03*k\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSTATE_LISTENING\x10\x01\x12\x12\n" +
@@ -3256,7 +3507,11 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x06Family\x12\x16\n" +
 	"\x12FAMILY_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vFAMILY_IPV4\x10\x01\x12\x0f\n" +
-	"\vFAMILY_IPV6\x10\x02*\xd3\x02\n" +
+	"\vFAMILY_IPV6\x10\x02*k\n" +
+	"\x0fConnectionState\x12 \n" +
+	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15CONNECTION_STATE_OPEN\x10\x01\x12\x1b\n" +
+	"\x17CONNECTION_STATE_QUEUED\x10\x02*\xf5\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12 \n" +
@@ -3267,7 +3522,9 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x19EVENT_KIND_LIMITS_CHANGED\x10\x06\x12\x1e\n" +
 	"\x1aEVENT_KIND_LISTENER_CLOSED\x10\a\x12%\n" +
 	"!EVENT_KIND_CONNECTION_HALF_CLOSED\x10\b\x12\x1e\n" +
-	"\x1aEVENT_KIND_CONNECTION_DATA\x10\t*\x9e\x02\n" +
+	"\x1aEVENT_KIND_CONNECTION_DATA\x10\t\x12 \n" +
+	"\x1cEVENT_KIND_CONNECTION_QUEUED\x10\n" +
+	"*\x9e\x02\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x16\n" +
@@ -3277,14 +3534,18 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x1cCLOSE_REASON_LISTENER_CLOSED\x10\x05\x12 \n" +
 	"\x1cCLOSE_REASON_DAEMON_SHUTDOWN\x10\x06\x12\x1d\n" +
 	"\x19CLOSE_REASON_MAX_LIFETIME\x10\a\x12 \n" +
-	"\x1cCLOSE_REASON_UPSTREAM_FAILED\x10\b*\xd3\x01\n" +
+	"\x1cCLOSE_REASON_UPSTREAM_FAILED\x10\b*\xcf\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dREJECT_REASON_MAX_CONNECTIONS\x10\x01\x12\x1f\n" +
 	"\x1bREJECT_REASON_DENIED_BY_ACL\x10\x02\x12\x1c\n" +
 	"\x18REJECT_REASON_RATE_LIMIT\x10\x03\x12\"\n" +
 	"\x1eREJECT_REASON_PER_SOURCE_LIMIT\x10\x04\x12\x1e\n" +
-	"\x1aREJECT_REASON_DAEMON_LIMIT\x10\x05*K\n" +
+	"\x1aREJECT_REASON_DAEMON_LIMIT\x10\x05\x12\x1c\n" +
+	"\x18REJECT_REASON_QUEUE_FULL\x10\x06\x12\x1f\n" +
+	"\x1bREJECT_REASON_QUEUE_TIMEOUT\x10\a\x12!\n" +
+	"\x1dREJECT_REASON_LISTENER_CLOSED\x10\b\x12\x18\n" +
+	"\x14REJECT_REASON_KICKED\x10\t*K\n" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDIRECTION_IN\x10\x01\x12\x11\n" +
@@ -3312,132 +3573,140 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 	return file_listenerd_v1_listenerd_proto_rawDescData
 }
 
-var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
 	(Family)(0),                     // 2: listenerd.v1.Family
-	(EventKind)(0),                  // 3: listenerd.v1.EventKind
-	(CloseReason)(0),                // 4: listenerd.v1.CloseReason
-	(RejectReason)(0),               // 5: listenerd.v1.RejectReason
-	(Direction)(0),                  // 6: listenerd.v1.Direction
-	(*Listener)(nil),                // 7: listenerd.v1.Listener
-	(*ListenerSpec)(nil),            // 8: listenerd.v1.ListenerSpec
-	(*Limits)(nil),                  // 9: listenerd.v1.Limits
-	(*Handler)(nil),                 // 10: listenerd.v1.Handler
-	(*DiscardHandler)(nil),          // 11: listenerd.v1.DiscardHandler
-	(*EchoHandler)(nil),             // 12: listenerd.v1.EchoHandler
-	(*ForwardHandler)(nil),          // 13: listenerd.v1.ForwardHandler
-	(*ListenerStatus)(nil),          // 14: listenerd.v1.ListenerStatus
-	(*FiveTuple)(nil),               // 15: listenerd.v1.FiveTuple
-	(*Connection)(nil),              // 16: listenerd.v1.Connection
-	(*CreateListenerRequest)(nil),   // 17: listenerd.v1.CreateListenerRequest
-	(*CreateListenerResponse)(nil),  // 18: listenerd.v1.CreateListenerResponse
-	(*GetListenerRequest)(nil),      // 19: listenerd.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 20: listenerd.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 21: listenerd.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 22: listenerd.v1.ListListenersResponse
-	(*UpdateListenerRequest)(nil),   // 23: listenerd.v1.UpdateListenerRequest
-	(*UpdateListenerResponse)(nil),  // 24: listenerd.v1.UpdateListenerResponse
-	(*CloseListenerRequest)(nil),    // 25: listenerd.v1.CloseListenerRequest
-	(*CloseListenerResponse)(nil),   // 26: listenerd.v1.CloseListenerResponse
-	(*ListConnectionsRequest)(nil),  // 27: listenerd.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 28: listenerd.v1.ListConnectionsResponse
-	(*CloseConnectionRequest)(nil),  // 29: listenerd.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 30: listenerd.v1.CloseConnectionResponse
-	(*RebindListenerRequest)(nil),   // 31: listenerd.v1.RebindListenerRequest
-	(*RebindListenerResponse)(nil),  // 32: listenerd.v1.RebindListenerResponse
-	(*Event)(nil),                   // 33: listenerd.v1.Event
-	(*ConnectionData)(nil),          // 34: listenerd.v1.ConnectionData
-	(*ListenerStarted)(nil),         // 35: listenerd.v1.ListenerStarted
-	(*ConnectionOpened)(nil),        // 36: listenerd.v1.ConnectionOpened
-	(*ConnectionClosed)(nil),        // 37: listenerd.v1.ConnectionClosed
-	(*ConnectionHalfClosed)(nil),    // 38: listenerd.v1.ConnectionHalfClosed
-	(*ConnectionRejected)(nil),      // 39: listenerd.v1.ConnectionRejected
-	(*AcceptError)(nil),             // 40: listenerd.v1.AcceptError
-	(*LimitsChanged)(nil),           // 41: listenerd.v1.LimitsChanged
-	(*ListenerClosed)(nil),          // 42: listenerd.v1.ListenerClosed
-	(*WatchEventsRequest)(nil),      // 43: listenerd.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 44: listenerd.v1.WatchEventsResponse
-	(*durationpb.Duration)(nil),     // 45: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 47: google.protobuf.FieldMask
+	(ConnectionState)(0),            // 3: listenerd.v1.ConnectionState
+	(EventKind)(0),                  // 4: listenerd.v1.EventKind
+	(CloseReason)(0),                // 5: listenerd.v1.CloseReason
+	(RejectReason)(0),               // 6: listenerd.v1.RejectReason
+	(Direction)(0),                  // 7: listenerd.v1.Direction
+	(*Listener)(nil),                // 8: listenerd.v1.Listener
+	(*ListenerSpec)(nil),            // 9: listenerd.v1.ListenerSpec
+	(*Limits)(nil),                  // 10: listenerd.v1.Limits
+	(*Handler)(nil),                 // 11: listenerd.v1.Handler
+	(*DiscardHandler)(nil),          // 12: listenerd.v1.DiscardHandler
+	(*EchoHandler)(nil),             // 13: listenerd.v1.EchoHandler
+	(*ForwardHandler)(nil),          // 14: listenerd.v1.ForwardHandler
+	(*ListenerStatus)(nil),          // 15: listenerd.v1.ListenerStatus
+	(*FiveTuple)(nil),               // 16: listenerd.v1.FiveTuple
+	(*Connection)(nil),              // 17: listenerd.v1.Connection
+	(*CreateListenerRequest)(nil),   // 18: listenerd.v1.CreateListenerRequest
+	(*CreateListenerResponse)(nil),  // 19: listenerd.v1.CreateListenerResponse
+	(*GetListenerRequest)(nil),      // 20: listenerd.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 21: listenerd.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 22: listenerd.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 23: listenerd.v1.ListListenersResponse
+	(*UpdateListenerRequest)(nil),   // 24: listenerd.v1.UpdateListenerRequest
+	(*UpdateListenerResponse)(nil),  // 25: listenerd.v1.UpdateListenerResponse
+	(*CloseListenerRequest)(nil),    // 26: listenerd.v1.CloseListenerRequest
+	(*CloseListenerResponse)(nil),   // 27: listenerd.v1.CloseListenerResponse
+	(*ListConnectionsRequest)(nil),  // 28: listenerd.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 29: listenerd.v1.ListConnectionsResponse
+	(*CloseConnectionRequest)(nil),  // 30: listenerd.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 31: listenerd.v1.CloseConnectionResponse
+	(*RebindListenerRequest)(nil),   // 32: listenerd.v1.RebindListenerRequest
+	(*RebindListenerResponse)(nil),  // 33: listenerd.v1.RebindListenerResponse
+	(*Event)(nil),                   // 34: listenerd.v1.Event
+	(*ConnectionData)(nil),          // 35: listenerd.v1.ConnectionData
+	(*ListenerStarted)(nil),         // 36: listenerd.v1.ListenerStarted
+	(*ConnectionOpened)(nil),        // 37: listenerd.v1.ConnectionOpened
+	(*ConnectionClosed)(nil),        // 38: listenerd.v1.ConnectionClosed
+	(*ConnectionHalfClosed)(nil),    // 39: listenerd.v1.ConnectionHalfClosed
+	(*ConnectionRejected)(nil),      // 40: listenerd.v1.ConnectionRejected
+	(*ConnectionQueued)(nil),        // 41: listenerd.v1.ConnectionQueued
+	(*AcceptError)(nil),             // 42: listenerd.v1.AcceptError
+	(*LimitsChanged)(nil),           // 43: listenerd.v1.LimitsChanged
+	(*ListenerClosed)(nil),          // 44: listenerd.v1.ListenerClosed
+	(*WatchEventsRequest)(nil),      // 45: listenerd.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 46: listenerd.v1.WatchEventsResponse
+	(*durationpb.Duration)(nil),     // 47: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 49: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
-	8,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
-	14, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
-	9,  // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
-	10, // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	45, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	9,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
+	15, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
+	10, // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
+	11, // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
+	47, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
 	0,  // 5: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	45, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	45, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	11, // 8: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
-	12, // 9: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
-	13, // 10: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
-	45, // 11: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	1,  // 12: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	46, // 13: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	46, // 14: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
-	2,  // 15: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
-	15, // 16: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	46, // 17: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
-	8,  // 18: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
-	7,  // 19: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	7,  // 20: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
-	7,  // 21: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
-	7,  // 22: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	47, // 23: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
-	7,  // 24: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	45, // 25: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	7,  // 26: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
-	16, // 27: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
-	7,  // 28: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	46, // 29: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
-	35, // 30: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
-	36, // 31: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
-	37, // 32: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
-	39, // 33: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
-	40, // 34: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
-	41, // 35: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
-	42, // 36: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
-	38, // 37: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
-	34, // 38: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
-	6,  // 39: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
-	15, // 40: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
-	15, // 41: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	45, // 42: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
-	4,  // 43: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
-	15, // 44: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
-	5,  // 45: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	45, // 46: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
-	9,  // 47: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
-	3,  // 48: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
-	33, // 49: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
-	17, // 50: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	19, // 51: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	21, // 52: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	23, // 53: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	25, // 54: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	27, // 55: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	29, // 56: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	31, // 57: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	43, // 58: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	18, // 59: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	20, // 60: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	22, // 61: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	24, // 62: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	26, // 63: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	28, // 64: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	30, // 65: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	32, // 66: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	44, // 67: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	59, // [59:68] is the sub-list for method output_type
-	50, // [50:59] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	47, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	47, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	47, // 8: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	12, // 9: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
+	13, // 10: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
+	14, // 11: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
+	47, // 12: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	1,  // 13: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
+	48, // 14: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	48, // 15: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	2,  // 16: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
+	16, // 17: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
+	48, // 18: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	3,  // 19: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
+	47, // 20: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	9,  // 21: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
+	8,  // 22: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
+	8,  // 23: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
+	8,  // 24: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
+	8,  // 25: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
+	49, // 26: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	8,  // 27: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
+	47, // 28: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	8,  // 29: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
+	17, // 30: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
+	8,  // 31: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
+	48, // 32: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	36, // 33: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
+	37, // 34: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
+	38, // 35: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
+	40, // 36: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
+	42, // 37: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
+	43, // 38: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
+	44, // 39: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
+	39, // 40: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
+	35, // 41: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
+	41, // 42: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
+	7,  // 43: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
+	16, // 44: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
+	16, // 45: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
+	47, // 46: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	5,  // 47: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
+	16, // 48: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
+	6,  // 49: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
+	47, // 50: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	16, // 51: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
+	47, // 52: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	10, // 53: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
+	4,  // 54: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
+	34, // 55: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
+	18, // 56: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	20, // 57: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	22, // 58: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	24, // 59: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	26, // 60: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	28, // 61: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	30, // 62: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	32, // 63: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	45, // 64: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	19, // 65: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	21, // 66: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	23, // 67: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	25, // 68: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	27, // 69: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	29, // 70: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	31, // 71: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	33, // 72: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	46, // 73: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	65, // [65:74] is the sub-list for method output_type
+	56, // [56:65] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -3462,15 +3731,16 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Event_ListenerClosed)(nil),
 		(*Event_ConnectionHalfClosed)(nil),
 		(*Event_ConnectionData)(nil),
+		(*Event_ConnectionQueued)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[36].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[37].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
-			NumEnums:      7,
-			NumMessages:   38,
+			NumEnums:      8,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
