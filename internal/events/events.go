@@ -2,6 +2,7 @@ package events
 
 import (
 	"net/netip"
+	"strconv"
 	"time"
 )
 
@@ -20,6 +21,7 @@ const (
 	KindListenerClosed
 	KindConnectionHalfClosed
 	KindConnectionData
+	KindConnectionQueued
 	kindCount
 )
 
@@ -53,6 +55,10 @@ const (
 	RejectRateLimit
 	RejectPerSourceLimit
 	RejectDaemonLimit
+	RejectQueueFull
+	RejectQueueTimeout
+	RejectListenerClosed // waited in the queue while the listener closed
+	RejectKicked         // waited in the queue and was closed by CloseConnection
 	// NumRejectReasons is the number of reject reasons, for arrays indexed
 	// by reason.
 	NumRejectReasons
@@ -64,20 +70,90 @@ type Tuple struct {
 	Local  netip.AddrPort
 }
 
-// Limits is a snapshot of a listener's limits. MaxConnections < 0 means
-// unlimited.
+// Limits is a snapshot of a listener's limits. The zero Limits limits
+// nothing: every zero field means "no limit".
 type Limits struct {
-	MaxConnections int64
-	Backlog        bool // overflow policy: wait in the kernel backlog
+	MaxConnections Cap // served connections; the zero Cap: unlimited
+	Overflow       Overflow
+	QueueLength    int           // under OverflowQueue; 0: DefaultQueueLength
+	QueueTimeout   time.Duration // under OverflowQueue; 0: wait as long as it takes
 	IdleTimeout    time.Duration
 	MaxLifetime    time.Duration
 	AcceptRate     float64 // connections a second; 0: no limit
 	AcceptBurst    int     // 0: max(1, AcceptRate)
-	PerSource      int64   // open connections from one address; 0: unlimited
+	PerSource      int64   // open or queued connections from one address; 0: unlimited
 }
 
-// Unlimited reports whether no connection limit is set.
-func (l Limits) Unlimited() bool { return l.MaxConnections < 0 }
+// DefaultQueueLength is the queue of a QUEUE listener that sets none.
+const DefaultQueueLength = 128
+
+// MaxQueueLength bounds a listener's queue.
+const MaxQueueLength = 65535
+
+// Queue returns the length of the queue in force: 0 unless the overflow
+// policy is OverflowQueue.
+func (l Limits) Queue() int {
+	switch {
+	case l.Overflow != OverflowQueue:
+		return 0
+	case l.QueueLength > 0:
+		return l.QueueLength
+	}
+	return DefaultQueueLength
+}
+
+// Cap is an optional upper bound on a count. The zero Cap bounds nothing;
+// AtMost(0) admits nothing.
+type Cap struct {
+	n   int64
+	set bool
+}
+
+// AtMost is the bound of n.
+func AtMost(n int64) Cap { return Cap{n: max(n, 0), set: true} }
+
+// Bounded reports whether c bounds anything.
+func (c Cap) Bounded() bool { return c.set }
+
+// Max returns the bound, when there is one.
+func (c Cap) Max() (int64, bool) { return c.n, c.set }
+
+func (c Cap) String() string {
+	if !c.set {
+		return "unlimited"
+	}
+	return strconv.FormatInt(c.n, 10)
+}
+
+// Reached reports whether count is at (or over) the bound.
+func (c Cap) Reached(count int64) bool { return c.set && count >= c.n }
+
+// Overflow says what happens to a connection over MaxConnections.
+type Overflow uint8
+
+// Overflow policies, in the order of the API's OverflowPolicy enum (less
+// its UNSPECIFIED).
+const (
+	// OverflowReject accepts and closes at once (Node's way).
+	OverflowReject Overflow = iota
+	// OverflowBacklog stops accepting: the kernel's listen backlog holds
+	// the connection, unseen.
+	OverflowBacklog
+	// OverflowQueue accepts and holds the connection, unread and counted,
+	// in the listener's queue until a slot frees.
+	OverflowQueue
+)
+
+func (o Overflow) String() string {
+	switch o {
+	case OverflowBacklog:
+		return "backlog"
+	case OverflowQueue:
+		return "queue"
+	default:
+		return "reject"
+	}
+}
 
 // Detail holds the fields of the rarer kinds, so that the common connection
 // events stay small in the history.
@@ -92,6 +168,7 @@ type Detail struct {
 	Name      string        // listener started
 	Data      []byte        // connection data, cut to the bus's data cap
 	Outbound  bool          // connection data: written to the client
+	Position  int           // connection queued: connections ahead of it
 }
 
 // Event is one thing that happened on a listener. The bus sets Seq and Time.

@@ -53,7 +53,7 @@ func TestACL(t *testing.T) {
 	m := newManager(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			spec := Spec{Limits: unlimited()}
+			spec := Spec{}
 			for _, a := range tc.allow {
 				spec.Allow = append(spec.Allow, netip.MustParsePrefix(a))
 			}
@@ -78,7 +78,7 @@ func TestACL(t *testing.T) {
 
 func TestPerSourceLimit(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, PerSource: 1}})
+	l := create(t, m, Spec{Limits: Limits{PerSource: 1}})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
 	a := dialFrom(t, "127.0.0.1", addr)
@@ -100,7 +100,7 @@ func TestPerSourceLimit(t *testing.T) {
 // from that source, as max_connections counts those already open.
 func TestPerSourceLimitSetAtRuntime(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited()})
+	l := create(t, m, Spec{})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
 	for range 3 {
@@ -120,7 +120,7 @@ func TestPerSourceLimitSetAtRuntime(t *testing.T) {
 func TestAcceptRateLimit(t *testing.T) {
 	m := newManager(t)
 	// One token, refilled every ~17 minutes: the second connection is over.
-	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, AcceptRate: 0.001, AcceptBurst: 1}})
+	l := create(t, m, Spec{Limits: Limits{AcceptRate: 0.001, AcceptBurst: 1}})
 	w := newWatch(t, m, l.ID())
 	dial(t, l.Info().Bound)
 	dial(t, l.Info().Bound)
@@ -136,7 +136,7 @@ func TestAcceptRateLimit(t *testing.T) {
 // Changing another limit keeps the accept-rate bucket as it is.
 func TestAcceptRateSurvivesOtherChanges(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, AcceptRate: 0.001, AcceptBurst: 1}})
+	l := create(t, m, Spec{Limits: Limits{AcceptRate: 0.001, AcceptBurst: 1}})
 	w := newWatch(t, m, l.ID())
 	dial(t, l.Info().Bound) // takes the only token
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
@@ -153,8 +153,8 @@ func TestAcceptRateSurvivesOtherChanges(t *testing.T) {
 func TestMaxListenersMessage(t *testing.T) {
 	m := NewManager(events.NewBus(events.Options{}), nil, Options{MaxListeners: 1})
 	t.Cleanup(func() { m.Shutdown(0) })
-	create(t, m, Spec{Limits: unlimited()})
-	_, err := m.Create(context.Background(), "", Spec{Limits: unlimited()})
+	create(t, m, Spec{})
+	_, err := m.Create(context.Background(), "", Spec{})
 	if !errors.Is(err, ErrLimit) || !strings.HasSuffix(err.Error(), "at most 1 listener") {
 		t.Fatalf("second listener over --max-listeners 1: %v", err)
 	}
@@ -163,8 +163,8 @@ func TestMaxListenersMessage(t *testing.T) {
 func TestDaemonWideCaps(t *testing.T) {
 	m := NewManager(events.NewBus(events.Options{}), nil, Options{MaxListeners: 2, MaxConnections: 1})
 	t.Cleanup(func() { m.Shutdown(0) })
-	a, b := create(t, m, Spec{Limits: unlimited()}), create(t, m, Spec{Limits: unlimited()})
-	if _, err := m.Create(context.Background(), "", Spec{Limits: unlimited()}); err == nil {
+	a, b := create(t, m, Spec{}), create(t, m, Spec{})
+	if _, err := m.Create(context.Background(), "", Spec{}); err == nil {
 		t.Fatal("third listener created over --max-listeners 2")
 	}
 	wa, wb := newWatch(t, m, a.ID()), newWatch(t, m, b.ID())
@@ -183,8 +183,8 @@ func TestIdleTimeoutAndMaxLifetime(t *testing.T) {
 		lim  Limits
 		want events.CloseReason
 	}{
-		{Limits{MaxConnections: -1, IdleTimeout: 20 * time.Millisecond}, events.CloseIdleTimeout},
-		{Limits{MaxConnections: -1, MaxLifetime: 20 * time.Millisecond}, events.CloseMaxLifetime},
+		{Limits{IdleTimeout: 20 * time.Millisecond}, events.CloseIdleTimeout},
+		{Limits{MaxLifetime: 20 * time.Millisecond}, events.CloseMaxLifetime},
 	} {
 		for _, pause := range []bool{false, true} {
 			l := create(t, m, Spec{Limits: tc.lim, PauseOnConnect: pause})

@@ -35,7 +35,7 @@ func benchAccept(b *testing.B, stuck, reading int) {
 	bus := events.NewBus(events.Options{})
 	m := NewManager(bus, nil, Options{})
 	defer m.Shutdown(0)
-	l, err := m.Create(context.Background(), "", Spec{Limits: Limits{MaxConnections: -1}, Backlog: 4096})
+	l, err := m.Create(context.Background(), "", Spec{Backlog: 4096})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func BenchmarkCreateClose(b *testing.B) {
 	b.Run("engine", func(b *testing.B) {
 		m := NewManager(events.NewBus(events.Options{}), nil, Options{})
 		defer m.Shutdown(0)
-		spec := Spec{Host: "127.0.0.1", Limits: Limits{MaxConnections: -1}}
+		spec := Spec{Host: "127.0.0.1"}
 		for b.Loop() {
 			l, err := m.Create(context.Background(), "", spec)
 			if err != nil {
@@ -146,7 +146,7 @@ func benchSaved(b *testing.B, clients int) {
 	defer st.Close()
 	m := NewManager(events.NewBus(events.Options{}), nil, Options{Persister: st})
 	defer m.Shutdown(0)
-	spec := Spec{Host: "127.0.0.1", Limits: Limits{MaxConnections: -1}}
+	spec := Spec{Host: "127.0.0.1"}
 	life := func() error {
 		l, err := m.Create(context.Background(), "", spec)
 		if err == nil {

@@ -38,7 +38,7 @@ func closedEvent(w *watch) events.Event {
 // its own.
 func TestShutdownBoundsAnEarlierDrain(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	defer c.Close()
@@ -61,7 +61,7 @@ func TestShutdownBoundsAnEarlierDrain(t *testing.T) {
 // it is not destroyed because the listener looked empty a moment before.
 func TestConnAcceptedAsCloseBeginsIsDrained(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	accepted, release := make(chan struct{}), make(chan struct{})
 	hook := func() {
 		close(accepted)
@@ -101,7 +101,7 @@ func TestConnAcceptedAsCloseBeginsIsDrained(t *testing.T) {
 func TestForwardClientResetIsReset(t *testing.T) {
 	upAddr, accept := upstream(t)
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
+	l := create(t, m, Spec{Handler: ForwardTo(upAddr, 0)})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	accept()
@@ -125,7 +125,7 @@ func TestEchoIdleWhileStuckWriting(t *testing.T) {
 	} {
 		size := tc.size
 		m := newManager(t)
-		l := create(t, m, Spec{Handler: Handler{Kind: HandlerEcho}, Limits: Limits{MaxConnections: -1, IdleTimeout: 50 * time.Millisecond}})
+		l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, Limits: Limits{IdleTimeout: 50 * time.Millisecond}})
 		w := newWatch(t, m, l.ID())
 		c := dial(t, l.Info().Bound)
 		if tc.readMore == 0 {
@@ -157,8 +157,8 @@ func TestEchoIdleWhileStuckWriting(t *testing.T) {
 func TestForwardIdleTimeout(t *testing.T) {
 	upAddr, accept := upstream(t)
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 50 * time.Millisecond},
-		Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
+	l := create(t, m, Spec{Limits: Limits{IdleTimeout: 50 * time.Millisecond},
+		Handler: ForwardTo(upAddr, 0)})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	defer c.Close()
@@ -239,7 +239,7 @@ func writeUntilClosed(c net.Conn) {
 func TestEchoIdleSparesASlowReader(t *testing.T) {
 	t.Parallel()
 	m := newManager(t)
-	l := create(t, m, Spec{Handler: Handler{Kind: HandlerEcho}, Limits: Limits{MaxConnections: -1, IdleTimeout: 4 * time.Second}})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, Limits: Limits{IdleTimeout: 4 * time.Second}})
 	c := dial(t, l.Info().Bound)
 	defer c.Close()
 	_ = c.SetReadBuffer(64 << 10)
@@ -259,8 +259,8 @@ func TestForwardIdleSparesASlowReader(t *testing.T) {
 	t.Parallel()
 	upAddr, accept := upstream(t)
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: Limits{MaxConnections: -1, IdleTimeout: 4 * time.Second},
-		Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
+	l := create(t, m, Spec{Limits: Limits{IdleTimeout: 4 * time.Second},
+		Handler: ForwardTo(upAddr, 0)})
 	c := dial(t, l.Info().Bound)
 	defer c.Close()
 	_ = c.SetReadBuffer(64 << 10)
@@ -282,7 +282,7 @@ func TestForwardIdleSparesASlowReader(t *testing.T) {
 func TestForwardResetAfterHalfCloseIsReset(t *testing.T) {
 	upAddr, accept := upstream(t)
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: upAddr}})
+	l := create(t, m, Spec{Handler: ForwardTo(upAddr, 0)})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	uc := accept()

@@ -12,7 +12,7 @@ import (
 func TestRejectedByReason(t *testing.T) {
 	m := newManager(t)
 	full := create(t, m, Spec{Limits: limit(0)})
-	denied := create(t, m, Spec{Limits: unlimited(), Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	denied := create(t, m, Spec{Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 	wf, wd := newWatch(t, m, full.ID()), newWatch(t, m, denied.ID())
 	dial(t, full.Info().Bound)
 	dial(t, full.Info().Bound)
@@ -38,7 +38,7 @@ func TestConnClosedHook(t *testing.T) {
 		got <- closed{id, d}
 	}})
 	t.Cleanup(func() { m.Shutdown(0) })
-	l := create(t, m, Spec{Limits: unlimited()})
+	l := create(t, m, Spec{})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
@@ -61,7 +61,7 @@ func TestConnClosedHook(t *testing.T) {
 func TestForceWhileDrainingCountsDestroyed(t *testing.T) {
 	m := newManager(t)
 	for i := range 20 {
-		l := create(t, m, Spec{Limits: unlimited()})
+		l := create(t, m, Spec{})
 		w := newWatch(t, m, l.ID())
 		c := dial(t, l.Info().Bound)
 		w.until(countAtLeast(events.KindConnectionOpened, 1))

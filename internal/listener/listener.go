@@ -1,7 +1,6 @@
 package listener
 
 import (
-	"errors"
 	"log/slog"
 	"maps"
 	"net"
@@ -11,10 +10,29 @@ import (
 	"sync/atomic"
 	"time"
 
+	"context"
+
 	"golang.org/x/time/rate"
 
 	"github.com/listenerd/listenerd/internal/events"
 )
+
+// owner is what a listener needs of the manager that owns it.
+type owner interface {
+	// reserve counts a connection (served or queued) against the
+	// daemon-wide cap: RejectDaemonLimit, or RejectUnspecified when
+	// counted; release uncounts it.
+	reserve() events.RejectReason
+	release()
+	// connClosed is told how long each served connection was open, and
+	// queueLeft how long each queued one waited, for metrics; neither
+	// blocks.
+	connClosed(listener string, d time.Duration)
+	queueLeft(listener string, wait time.Duration)
+	// checkLoop refuses a forward dial of from to target that leads back
+	// into this daemon's forward listeners.
+	checkLoop(ctx context.Context, from *Listener, target netip.AddrPort) error
+}
 
 // Listener is one bound TCP listener with its connections. Its accept loop
 // and every connection goroutine are owned by it and joined by Close.
@@ -22,17 +40,19 @@ type Listener struct {
 	id      string
 	name    string
 	spec    Spec
+	handler Handler
 	created time.Time
 	bus     *events.Bus
 	log     *slog.Logger
 	ln      *net.TCPListener
 	bound   string
-	manager *Manager
+	host    owner
 	// boundPort is the port bound (or last bound, when FAILED).
 	boundPort uint16
 
 	limits  atomic.Pointer[Limits]
 	limiter atomic.Pointer[rate.Limiter] // nil: no accept rate limit
+	filters atomic.Pointer[Filters]      // nil: none
 	state   atomic.Int32
 
 	active   atomic.Int64
@@ -41,9 +61,11 @@ type Listener struct {
 	bytesOut atomic.Uint64
 
 	mu        sync.Mutex
-	conns     map[uint64]*conn
-	perSource map[netip.Addr]int64 // open connections by source
-	nextConn  uint64               // the last connection's number: also how many were accepted
+	conns     map[uint64]*Conn     // served
+	queue     connQueue            // waiting (overflow QUEUE)
+	perSource map[netip.Addr]int64 // served and queued connections by source
+	nextConn  uint64               // the last connection's number
+	accepted  uint64               // connections served
 	lastErr   string
 	closeTime time.Time
 	stopped   bool          // Close has begun and the accept loop has returned: no connection can be added
@@ -74,6 +96,7 @@ type Info struct {
 	State     State
 	Bound     string
 	Active    uint64
+	Queued    uint64
 	Accepted  uint64
 	Rejected  uint64
 	BytesIn   uint64
@@ -90,7 +113,7 @@ func (l *Listener) Info() Info {
 	spec := l.spec
 	spec.Limits = *l.limits.Load()
 	l.mu.Lock()
-	lastErr, closed, accepted := l.lastErr, l.closeTime, l.nextConn
+	lastErr, closed, accepted, queued := l.lastErr, l.closeTime, l.accepted, l.queue.len()
 	l.mu.Unlock()
 	var rejected uint64
 	var by [events.NumRejectReasons]uint64
@@ -103,6 +126,7 @@ func (l *Listener) Info() Info {
 		State:     State(l.state.Load()),
 		Bound:     l.bound,
 		Active:    uint64(max(l.active.Load(), 0)),
+		Queued:    uint64(queued),
 		Accepted:  accepted,
 		Rejected:  rejected,
 		BytesIn:   l.bytesIn.Load(),
@@ -127,6 +151,9 @@ func (l *Listener) setLimits(fn func(Limits) (Limits, error)) (Limits, error) {
 	l.storeLimits(next)
 	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindLimitsChanged, Detail: &events.Detail{Limits: next}})
 	l.signalSlot()
+	if promoted, seq := l.promoteLocked(); promoted != nil { // a limit raised
+		defer l.startPromoted(promoted, seq) // after the lock is let go
+	}
 	return next, nil
 }
 
@@ -157,15 +184,6 @@ func (l *Listener) signalSlot() {
 	}
 }
 
-// Accept-error back-off, as Go's net/http server does it.
-const (
-	minBackoff = 5 * time.Millisecond
-	maxBackoff = time.Second
-	// acceptErrorEvery bounds accept-error events: errors in between are
-	// folded into the next event's count.
-	acceptErrorEvery = time.Second
-)
-
 // setLastError records err as the listener's last error.
 func (l *Listener) setLastError(err error) {
 	l.mu.Lock()
@@ -173,195 +191,8 @@ func (l *Listener) setLastError(err error) {
 	l.mu.Unlock()
 }
 
-// testHookAccepted, when set by a test, runs after each accept, before the
-// connection is admitted.
-var testHookAccepted atomic.Pointer[func()]
-
-// acceptLoop accepts until Close. It is the only place a connection is
-// counted in, so the active count never passes the limit.
-func (l *Listener) acceptLoop() {
-	defer close(l.acceptDone)
-	var (
-		backoff   time.Duration
-		lastEvent time.Time
-		folded    uint64
-	)
-	for {
-		if !l.waitForSlot() {
-			return
-		}
-		c, err := l.ln.AcceptTCP()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || l.closing() {
-				return
-			}
-			backoff = min(max(2*backoff, minBackoff), maxBackoff)
-			folded++
-			l.setLastError(err)
-			if now := time.Now(); now.Sub(lastEvent) >= acceptErrorEvery {
-				l.log.Warn("accept failed; backing off", "err", err, "backoff", backoff, "count", folded)
-				l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindAcceptError,
-					Detail: &events.Detail{Error: err.Error(), Backoff: backoff, Count: folded}})
-				lastEvent, folded = now, 0
-			}
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-l.stop:
-				t.Stop()
-				return
-			}
-			continue
-		}
-		backoff = 0
-		if hook := testHookAccepted.Load(); hook != nil {
-			(*hook)()
-		}
-		// A limit lowered, or BACKLOG chosen, while this loop waited in
-		// Accept: the connection waits here, as the ones behind it wait in
-		// the kernel's queue, instead of being rejected; like them, it is
-		// closed if the listener closes first.
-		if l.full() && !l.waitForSlot() {
-			_ = c.Close()
-			return
-		}
-		l.admit(c)
-	}
-}
-
-// waitForSlot blocks while the listener is at its limit under the BACKLOG
-// overflow policy, leaving new connections in the kernel's queue. It
-// returns false when the listener is closing.
-func (l *Listener) waitForSlot() bool {
-	for {
-		if !l.full() {
-			return !l.closing()
-		}
-		select {
-		case <-l.slot:
-		case <-l.stop:
-			return false
-		}
-	}
-}
-
-// full reports whether the listener is at its limit under the BACKLOG
-// overflow policy.
-func (l *Listener) full() bool {
-	lim := l.limits.Load()
-	return lim.Backlog && !lim.Unlimited() && l.active.Load() >= lim.MaxConnections
-}
-
-// closing reports whether Close has begun.
-func (l *Listener) closing() bool {
-	select {
-	case <-l.stop:
-		return true
-	default:
-		return false
-	}
-}
-
-func tupleOf(c *net.TCPConn) events.Tuple {
-	var t events.Tuple
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		ap := a.AddrPort()
-		t.Remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-		ap := a.AddrPort()
-		t.Local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	return t
-}
-
-// admit decides the fate of an accepted connection: rejected at once, or
-// counted, registered and served by its own goroutine.
-func (l *Listener) admit(c *net.TCPConn) {
-	tuple := tupleOf(c)
-	lim := l.limits.Load()
-	src := tuple.Remote.Addr()
-	reason := l.refuse(lim, src)
-	if reason == events.RejectUnspecified {
-		reason = l.manager.reserve()
-	}
-	if reason == events.RejectUnspecified {
-		l.active.Add(1)
-		if l.register(c, tuple, src, lim.PerSource) {
-			return
-		}
-		l.active.Add(-1)
-		l.manager.release()
-		reason = events.RejectPerSourceLimit
-	}
-	_ = c.Close()
-	l.rejected[reason].Add(1)
-	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionRejected, Reject: reason, Tuple: tuple})
-}
-
-// register checks the per-source limit and, within the same hold of the
-// listener's lock, records the connection and its opened event, then starts
-// serving it. It reports false, having done nothing, when the source is at
-// its limit.
-func (l *Listener) register(c *net.TCPConn, tuple events.Tuple, src netip.Addr, perSource int64) bool {
-	cn := &conn{l: l, c: c, tuple: tuple, opened: time.Now()}
-	l.mu.Lock()
-	// Every source is counted, limited or not, so that a limit set at
-	// runtime counts the connections already open.
-	if perSource > 0 && l.perSource[src] >= perSource {
-		l.mu.Unlock()
-		return false
-	}
-	l.perSource[src]++
-	l.nextConn++
-	cn.n = l.nextConn
-	l.conns[cn.n] = cn
-	seq := l.bus.Record(events.Event{Listener: l.id, Kind: events.KindConnectionOpened, Conn: cn.n, Tuple: tuple})
-	l.mu.Unlock()
-	l.bus.Wake(seq)
-	if l.spec.Nagle {
-		_ = c.SetNoDelay(false)
-	}
-	l.conWG.Add(1)
-	go cn.serve()
-	return true
-}
-
-// refuse returns why a new connection from addr must be rejected, or
-// RejectUnspecified to admit it. The ACL and the rate limit are checked
-// before the limit, so a refused source never takes a slot.
-func (l *Listener) refuse(lim *Limits, addr netip.Addr) events.RejectReason {
-	if !l.allowed(addr) {
-		return events.RejectDeniedByACL
-	}
-	if lr := l.limiter.Load(); lr != nil && !lr.Allow() {
-		return events.RejectRateLimit
-	}
-	if !lim.Unlimited() && l.active.Load() >= lim.MaxConnections {
-		return events.RejectMaxConnections
-	}
-	return events.RejectUnspecified
-}
-
-func (l *Listener) allowed(addr netip.Addr) bool {
-	for _, p := range l.spec.Deny {
-		if p.Contains(addr) {
-			return false
-		}
-	}
-	if len(l.spec.Allow) == 0 {
-		return true
-	}
-	for _, p := range l.spec.Allow {
-		if p.Contains(addr) {
-			return true
-		}
-	}
-	return false
-}
-
 // finish unregisters a served connection and reports it closed.
-func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
+func (l *Listener) finish(c *Conn, reason events.CloseReason, errText string) {
 	in, out := c.in.Load(), c.out.Load()
 	dur := time.Since(c.opened)
 	var detail *events.Detail
@@ -375,7 +206,7 @@ func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 		delete(l.perSource, src)
 	}
 	l.active.Add(-1)
-	l.manager.release()
+	l.host.release()
 	if reason == events.CloseListenerClosed || reason == events.CloseDaemonShutdown {
 		// Destroyed by killAll. Counted here, as it ends, so the
 		// listener_closed event (sent once every connection has ended)
@@ -384,15 +215,15 @@ func (l *Listener) finish(c *conn, reason events.CloseReason, errText string) {
 	}
 	seq := l.bus.Record(events.Event{Listener: l.id, Kind: events.KindConnectionClosed, Conn: c.n, Tuple: c.tuple,
 		BytesIn: in, BytesOut: out, Duration: dur, Close: reason, Detail: detail})
+	promoted, pseq := l.promoteLocked()
 	if l.stopped && len(l.conns) == 0 {
 		closeOnce(l.allGone)
 	}
 	l.mu.Unlock()
 	l.bus.Wake(seq)
+	l.startPromoted(promoted, pseq)
 	l.signalSlot()
-	if f := l.manager.connClosed; f != nil {
-		f(l.id, dur)
-	}
+	l.host.connClosed(l.id, dur)
 }
 
 func closeOnce(ch chan struct{}) {
@@ -403,40 +234,68 @@ func closeOnce(ch chan struct{}) {
 	}
 }
 
-// ConnInfo is a snapshot of one open connection.
+// ConnInfo is a snapshot of one open or queued connection.
 type ConnInfo struct {
-	ID       string
-	Listener string
-	Tuple    events.Tuple
-	Opened   time.Time
-	BytesIn  uint64
-	BytesOut uint64
+	ID        string
+	Listener  string
+	Tuple     events.Tuple
+	Opened    time.Time // accepted
+	BytesIn   uint64
+	BytesOut  uint64
+	Queued    bool          // waiting in the queue, not served yet
+	QueueWait time.Duration // waited so far (queued), or in all (served)
 }
 
-// Connections returns the open connections, oldest first, and the event
-// sequence the snapshot reflects.
+// Connections returns the open and queued connections, oldest first, and
+// the event sequence the snapshot reflects.
 func (l *Listener) Connections() ([]ConnInfo, uint64) {
+	now := time.Now()
 	l.mu.Lock()
 	seq := l.bus.Head()
-	out := make([]ConnInfo, 0, len(l.conns))
+	out := make([]ConnInfo, 0, len(l.conns)+l.queue.len())
 	for _, c := range l.conns {
 		out = append(out, ConnInfo{ID: events.ConnID(l.id, c.n), Listener: l.id, Tuple: c.tuple,
-			Opened: c.opened, BytesIn: c.in.Load(), BytesOut: c.out.Load()})
+			Opened: c.opened, BytesIn: c.in.Load(), BytesOut: c.out.Load(), QueueWait: c.served.Sub(c.opened)})
+	}
+	for _, c := range l.queue.waiting {
+		out = append(out, ConnInfo{ID: events.ConnID(l.id, c.n), Listener: l.id, Tuple: c.tuple,
+			Opened: c.opened, Queued: true, QueueWait: now.Sub(c.opened)})
 	}
 	l.mu.Unlock()
 	slices.SortFunc(out, func(a, b ConnInfo) int { return a.Opened.Compare(b.Opened) })
 	return out, seq
 }
 
-// closeConn kicks connection n.
+// closeConn kicks connection n: a served one closes with the reason
+// KICKED, a queued one is rejected with it.
 func (l *Listener) closeConn(n uint64, reset bool) error {
+	l.mu.Lock()
+	c, q := l.conns[n], l.queue.waiting[n]
+	l.mu.Unlock()
+	switch {
+	case c != nil:
+		c.close(events.CloseKicked, reset)
+	case q != nil:
+		if reset {
+			_ = q.c.SetLinger(0)
+		}
+		if !l.dequeue(q, events.RejectKicked) {
+			return ErrNotFound // served or gone meanwhile: ask again
+		}
+	default:
+		return ErrNotFound
+	}
+	return nil
+}
+
+// resume lets paused connection n go on to the listener's handler.
+func (l *Listener) resume(n uint64) error {
 	l.mu.Lock()
 	c := l.conns[n]
 	l.mu.Unlock()
-	if c == nil {
+	if c == nil || !c.resume() {
 		return ErrNotFound
 	}
-	c.close(events.CloseKicked, reset)
 	return nil
 }
 
@@ -474,6 +333,8 @@ func (l *Listener) beginClose() (first bool) {
 			closeOnce(l.allGone)
 		}
 		l.mu.Unlock()
+		// Nothing more is served: the queue is turned away.
+		l.rejectQueued(events.RejectListenerClosed)
 	})
 	return first
 }

@@ -33,9 +33,7 @@ func newManager(t *testing.T) *Manager {
 	return m
 }
 
-func unlimited() Limits { return Limits{MaxConnections: -1} }
-
-func limit(n int64) Limits { return Limits{MaxConnections: n} }
+func limit(n int64) Limits { return Limits{MaxConnections: AtMost(n)} }
 
 func create(t *testing.T, m *Manager, spec Spec) *Listener {
 	t.Helper()
@@ -108,7 +106,7 @@ func localPort(c net.Conn) uint16 { return uint16(c.LocalAddr().(*net.TCPAddr).P
 
 func TestCreateBindsBeforeReplyAndReportsEphemeralPort(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited()})
+	l := create(t, m, Spec{})
 	info := l.Info()
 	host, port, err := net.SplitHostPort(info.Bound)
 	if err != nil || host != "127.0.0.1" || port == "0" {
@@ -124,7 +122,7 @@ func TestCreateBindsBeforeReplyAndReportsEphemeralPort(t *testing.T) {
 
 func TestEcho(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	msg := "I am Chuck Norris!"
@@ -235,7 +233,7 @@ func TestMaxConnectionsStorm(t *testing.T) {
 func TestMaxConnectionsChurn(t *testing.T) {
 	const dials, maxConns = 300, 10
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: limit(maxConns), Handler: Handler{Kind: HandlerEcho}, Backlog: 1024})
+	l := create(t, m, Spec{Limits: limit(maxConns), Handler: HandlerSpec{Kind: "echo"}, Backlog: 1024})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
 	var wg sync.WaitGroup
@@ -311,7 +309,7 @@ func TestLimitsChangeAtRuntime(t *testing.T) {
 		t.Fatalf("over-limit client read %d, %v", n, err)
 	}
 	// Raising it (here: unlimited) admits the next one, on the same socket.
-	if _, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return unlimited(), nil }); err != nil {
+	if _, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return Limits{}, nil }); err != nil {
 		t.Fatal(err)
 	}
 	_ = dial(t, addr)
@@ -324,7 +322,7 @@ func TestLimitsChangeAtRuntime(t *testing.T) {
 
 func TestOverflowBacklogLeavesConnectionsQueued(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: Limits{MaxConnections: 1, Backlog: true}})
+	l := create(t, m, Spec{Limits: Limits{MaxConnections: AtMost(1), Overflow: OverflowBacklog}})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
 	a := dial(t, addr)
@@ -351,7 +349,7 @@ func TestOverflowBacklogLeavesConnectionsQueued(t *testing.T) {
 // behind it wait in the kernel's queue; it is not rejected.
 func TestOverflowBacklogSetAtRuntimeRejectsNobody(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited()})
+	l := create(t, m, Spec{})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
 	a, _ := dial(t, addr), dial(t, addr)
@@ -361,7 +359,7 @@ func TestOverflowBacklogSetAtRuntimeRejectsNobody(t *testing.T) {
 	// Accept.
 	changed := make(chan error, 1)
 	hook := func() {
-		_, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return Limits{MaxConnections: 2, Backlog: true}, nil })
+		_, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return Limits{MaxConnections: AtMost(2), Overflow: OverflowBacklog}, nil })
 		changed <- err
 	}
 	testHookAccepted.Store(&hook)
@@ -390,7 +388,7 @@ func TestOverflowBacklogSetAtRuntimeRejectsNobody(t *testing.T) {
 
 func TestHalfOpenOffEndsOurSideAfterFlush(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	if _, err := c.Write([]byte("abc")); err != nil {
@@ -412,7 +410,7 @@ func TestHalfOpenOffEndsOurSideAfterFlush(t *testing.T) {
 
 func TestHalfOpenOnKeepsOurSideOpen(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}, AllowHalfOpen: true})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, AllowHalfOpen: true})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	if _, err := c.Write([]byte("abc")); err != nil {
@@ -468,7 +466,7 @@ func rxQueue(t *testing.T, local, remote uint16) (int, bool) {
 
 func TestPauseOnConnectHoldsUnread(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}, PauseOnConnect: true})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, PauseOnConnect: true})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
@@ -508,7 +506,7 @@ func localPortOf(l *Listener) uint16 {
 
 func TestCloseFreesPortAtOnceAndDrains(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
 	c := dial(t, addr)
@@ -548,7 +546,7 @@ func TestCloseFreesPortAtOnceAndDrains(t *testing.T) {
 // listener_closed event already published.
 func TestCloseWithNoConnectionsIsClosedOnReturn(t *testing.T) {
 	m := newManager(t)
-	l, err := m.Create(context.Background(), "web", Spec{Limits: unlimited()})
+	l, err := m.Create(context.Background(), "web", Spec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -597,7 +595,7 @@ func TestCloseWithNoConnectionsIsClosedOnReturn(t *testing.T) {
 // which id still reaches the listener.
 func TestClosingNameSaysWhichID(t *testing.T) {
 	m := newManager(t)
-	l, err := m.Create(context.Background(), "web", Spec{Limits: unlimited()})
+	l, err := m.Create(context.Background(), "web", Spec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -621,7 +619,7 @@ func TestClosingNameSaysWhichID(t *testing.T) {
 
 func TestCloseForceDestroys(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited()})
+	l := create(t, m, Spec{})
 	w := newWatch(t, m, l.ID())
 	c := dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
@@ -644,7 +642,7 @@ func TestCloseForceDestroys(t *testing.T) {
 
 func TestCreateErrors(t *testing.T) {
 	m := newManager(t)
-	l, err := m.Create(context.Background(), "web", Spec{Limits: unlimited()})
+	l, err := m.Create(context.Background(), "web", Spec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -657,18 +655,18 @@ func TestCreateErrors(t *testing.T) {
 		spec Spec
 		want error
 	}{
-		{"web", Spec{Limits: unlimited()}, ErrAlreadyExists},
-		{"", Spec{Port: port, Limits: unlimited()}, ErrAddressInUse},
-		{"Bad Name", Spec{Limits: unlimited()}, ErrInvalid},
-		{"ln-0123abcd", Spec{Limits: unlimited()}, ErrInvalid},
-		{"", Spec{Host: "no such host.invalid", Limits: unlimited()}, ErrInvalid},
-		{"", Spec{Host: "192.0.2.1", Limits: unlimited()}, ErrInvalid},
-		{"", Spec{Backlog: -1, Limits: unlimited()}, ErrInvalid},
-		{"", Spec{Handler: Handler{Kind: HandlerForward}, Limits: unlimited()}, ErrInvalid},
-		{"", Spec{Host: "224.0.0.1", Limits: unlimited()}, ErrInvalid},
-		{"", Spec{Host: "255.255.255.255", Limits: unlimited()}, ErrInvalid},
-		{"", Spec{Host: "ff02::1", Limits: unlimited()}, ErrInvalid},
-		{"", Spec{Host: "fe80::1", Limits: unlimited()}, ErrInvalid}, // link-local: needs a zone
+		{"web", Spec{}, ErrAlreadyExists},
+		{"", Spec{Port: port}, ErrAddressInUse},
+		{"Bad Name", Spec{}, ErrInvalid},
+		{"ln-0123abcd", Spec{}, ErrInvalid},
+		{"", Spec{Host: "no such host.invalid"}, ErrInvalid},
+		{"", Spec{Host: "192.0.2.1"}, ErrInvalid},
+		{"", Spec{Backlog: -1}, ErrInvalid},
+		{"", Spec{Handler: HandlerSpec{Kind: "forward"}}, ErrInvalid},
+		{"", Spec{Host: "224.0.0.1"}, ErrInvalid},
+		{"", Spec{Host: "255.255.255.255"}, ErrInvalid},
+		{"", Spec{Host: "ff02::1"}, ErrInvalid},
+		{"", Spec{Host: "fe80::1"}, ErrInvalid}, // link-local: needs a zone
 	}
 	for _, up := range []string{"127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:abc", ":80", ":", "127.0.0.1",
 		"h" + strings.Repeat("x", 300) + ":80", "a\x00b:80", "a b:80", "-a.example:80", "a..b:80",
@@ -677,7 +675,7 @@ func TestCreateErrors(t *testing.T) {
 			name string
 			spec Spec
 			want error
-		}{"", Spec{Handler: Handler{Kind: HandlerForward, Upstream: up}, Limits: unlimited()}, ErrInvalid})
+		}{"", Spec{Handler: ForwardTo(up, 0)}, ErrInvalid})
 	}
 	for _, tc := range tests {
 		_, err := m.Create(context.Background(), tc.name, tc.spec)
@@ -705,7 +703,7 @@ func TestWildcardIPv4IsIPv4Only(t *testing.T) {
 	}
 	probe.Close()
 	m := newManager(t)
-	l := create(t, m, Spec{Host: "0.0.0.0", Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	l := create(t, m, Spec{Host: "0.0.0.0", Handler: HandlerSpec{Kind: "echo"}})
 	bound := l.Info().Bound
 	port := localPortOf(l)
 	if want := fmt.Sprintf("0.0.0.0:%d", port); bound != want {
@@ -721,8 +719,8 @@ func TestWildcardIPv4IsIPv4Only(t *testing.T) {
 
 func TestForward(t *testing.T) {
 	m := newManager(t)
-	up := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
-	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: up.Info().Bound}})
+	up := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
+	fw := create(t, m, Spec{Handler: ForwardTo(up.Info().Bound, 0)})
 	w := newWatch(t, m, fw.ID())
 	c := dial(t, fw.Info().Bound)
 	msg := strings.Repeat("forward me ", 10000)
@@ -742,12 +740,12 @@ func TestForward(t *testing.T) {
 
 func TestForwardUpstreamDown(t *testing.T) {
 	m := newManager(t)
-	dead := create(t, m, Spec{Limits: unlimited()})
+	dead := create(t, m, Spec{})
 	addr := dead.Info().Bound
 	if _, err := m.Close(dead.ID(), 0, true); err != nil {
 		t.Fatal(err)
 	}
-	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: addr}})
+	fw := create(t, m, Spec{Handler: ForwardTo(addr, 0)})
 	w := newWatch(t, m, fw.ID())
 	c := dial(t, fw.Info().Bound)
 	if _, err := io.ReadAll(c); err != nil {

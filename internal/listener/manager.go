@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -14,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
@@ -34,7 +32,9 @@ type Manager struct {
 	maxConns     int64        // daemon-wide open connections; 0: unlimited
 	policy       Policy       // what listeners may bind; checked before every bind
 	totalConns   atomic.Int64 // open connections across listeners
-	connClosed   func(listener string, d time.Duration)
+	handlers     handlerTable
+	onConnClosed func(listener string, d time.Duration)
+	onQueueLeft  func(listener string, wait time.Duration)
 
 	mu       sync.Mutex
 	byID     map[string]*Listener
@@ -50,10 +50,16 @@ type Options struct {
 	MaxListeners   int       // listeners at once; beyond, Create fails with ErrLimit
 	MaxConnections int64     // open connections across all listeners; beyond, rejected
 	Policy         Policy    // ports and hosts listeners may bind; beyond, ErrPermission
+	// Handlers are the handlers listeners may name; nil means Builtin().
+	Handlers []HandlerKind
 	// ConnClosed, when set, is called as each connection ends, after its
 	// closed event, on the connection's goroutine, with how long it was
 	// open (for metrics). It must not block.
 	ConnClosed func(listener string, d time.Duration)
+	// QueueLeft, when set, is called as each queued connection leaves the
+	// queue (served or rejected) with how long it waited. It must not
+	// block.
+	QueueLeft func(listener string, wait time.Duration)
 }
 
 // NewManager returns a manager that reports to bus.
@@ -62,7 +68,9 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Manager{bus: bus, log: log, maxListeners: opts.MaxListeners,
-		maxConns: opts.MaxConnections, policy: opts.Policy, connClosed: opts.ConnClosed, byID: map[string]*Listener{}, byName: map[string]*Listener{}}
+		maxConns: opts.MaxConnections, policy: opts.Policy, handlers: newHandlerTable(opts.Handlers),
+		onConnClosed: opts.ConnClosed, onQueueLeft: opts.QueueLeft,
+		byID: map[string]*Listener{}, byName: map[string]*Listener{}}
 	if opts.Persister != nil {
 		m.saver = newSaver(opts.Persister)
 	}
@@ -86,7 +94,8 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	if err := validateSpec(&spec); err != nil {
+	h, err := m.handlers.validateSpec(spec)
+	if err != nil {
 		return nil, err
 	}
 	ip, err := resolveHost(ctx, spec.Host) // a slow resolver must not hold m.mu
@@ -94,7 +103,7 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 		return nil, err
 	}
 	m.mu.Lock()
-	l, err := m.createLocked(ctx, name, spec, ip)
+	l, err := m.createLocked(ctx, name, spec, h, ip)
 	var v uint64
 	if err == nil {
 		v, err = m.stageLocked()
@@ -113,7 +122,7 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 	return l, nil
 }
 
-func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, ip netip.Addr) (*Listener, error) {
+func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, h Handler, ip netip.Addr) (*Listener, error) {
 	if m.shutting {
 		return nil, ErrShuttingDown
 	}
@@ -127,7 +136,7 @@ func (m *Manager) createLocked(ctx context.Context, name string, spec Spec, ip n
 	for m.byID[id] != nil {
 		id = newID()
 	}
-	return m.bindLocked(ctx, id, name, spec, ip, 0, time.Now())
+	return m.bindLocked(ctx, id, name, spec, h, ip, 0, time.Now())
 }
 
 // unwind takes back a listener whose save failed: it is closed at once
@@ -158,6 +167,18 @@ func (m *Manager) reserve() events.RejectReason {
 // release uncounts a connection reserved with reserve.
 func (m *Manager) release() { m.totalConns.Add(-1) }
 
+func (m *Manager) connClosed(listener string, d time.Duration) {
+	if m.onConnClosed != nil {
+		m.onConnClosed(listener, d)
+	}
+}
+
+func (m *Manager) queueLeft(listener string, wait time.Duration) {
+	if m.onQueueLeft != nil {
+		m.onQueueLeft(listener, wait)
+	}
+}
+
 // countLocked counts the listeners that are not closing; m.mu must be held.
 func (m *Manager) countLocked() int {
 	n := 0
@@ -169,10 +190,10 @@ func (m *Manager) countLocked() int {
 	return n
 }
 
-func (m *Manager) newListener(id, name string, spec Spec, ln *net.TCPListener, created time.Time) *Listener {
+func (m *Manager) newListener(id, name string, spec Spec, h Handler, ln *net.TCPListener, created time.Time) *Listener {
 	l := &Listener{
-		id: id, name: name, spec: spec, created: created, bus: m.bus, ln: ln, manager: m,
-		conns:      map[uint64]*conn{},
+		id: id, name: name, spec: spec, handler: h, created: created, bus: m.bus, ln: ln, host: m,
+		conns:      map[uint64]*Conn{},
 		allGone:    make(chan struct{}),
 		slot:       make(chan struct{}, 1),
 		stop:       make(chan struct{}),
@@ -188,217 +209,6 @@ func (m *Manager) newListener(id, name string, spec Spec, ln *net.TCPListener, c
 	}
 	l.log = m.log.With("listener", id, "addr", l.bound)
 	return l
-}
-
-func validateSpec(s *Spec) error {
-	if s.Backlog < 0 || s.Backlog > MaxBacklog {
-		return Invalid("spec.backlog", "%d is out of range 1-%d", s.Backlog, MaxBacklog)
-	}
-	if s.Limits.MaxConnections < -1 {
-		s.Limits.MaxConnections = -1
-	}
-	if s.Limits.IdleTimeout < 0 {
-		return Invalid("spec.limits.idle_timeout", "must not be negative")
-	}
-	if s.Limits.MaxLifetime < 0 {
-		return Invalid("spec.limits.max_lifetime", "must not be negative")
-	}
-	if s.Handler.Kind == HandlerForward {
-		if err := validateUpstream(s.Handler.Upstream); err != nil {
-			return err
-		}
-		if s.Handler.ConnectTimeout < 0 {
-			return Invalid("spec.handler.forward.connect_timeout", "must not be negative")
-		}
-	}
-	return nil
-}
-
-// maxUpstream bounds host:port: a DNS name (253) plus ":" and a port or
-// service name.
-const maxUpstream = 253 + 1 + 15
-
-// validateUpstream checks a forward upstream: a host, and a port (1-65535
-// or a service name) that a dial could use.
-func validateUpstream(up string) error {
-	const field = "spec.handler.forward.upstream"
-	if len(up) > maxUpstream {
-		return Invalid(field, "%d characters, at most %d", len(up), maxUpstream)
-	}
-	host, port, err := net.SplitHostPort(up)
-	if err != nil || host == "" {
-		return Invalid(field, "%q is not host:port", up)
-	}
-	if _, err := netip.ParseAddr(host); err != nil && !isHostName(host) {
-		return Invalid(field, "%q: host %q is neither an IP address nor a host name", up, host)
-	}
-	if !isPortOrService(port) {
-		return Invalid(field, "%q: port %q is not 1-65535 or a known service name", up, port)
-	}
-	if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {
-		return Invalid(field, "%q: port %q is not 1-65535 or a known service name", up, port)
-	}
-	return nil
-}
-
-// isHostName reports whether s is a DNS host name: dot-separated labels of
-// 1-63 letters, digits, hyphens and underscores, at most 253 characters,
-// with an optional final dot.
-func isHostName(s string) bool {
-	s = strings.TrimSuffix(s, ".")
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for label := range strings.SplitSeq(s, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// isPortOrService reports whether s is written as a port number (digits)
-// or a service name (letters, digits and hyphens, starting with a letter).
-func isPortOrService(s string) bool {
-	if s == "" {
-		return false
-	}
-	digits := s[0] >= '0' && s[0] <= '9'
-	for _, r := range s {
-		isDigit := r >= '0' && r <= '9'
-		if digits && !isDigit || !digits && !(isDigit || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
-			return false
-		}
-	}
-	return true
-}
-
-// resolveHost turns a spec's host (DefaultHost when empty) into the
-// address to bind, like Node's listen(port, host): an IP literal as is, a
-// name through the resolver, first address wins.
-func resolveHost(ctx context.Context, host string) (netip.Addr, error) {
-	if host == "" {
-		host = DefaultHost
-	}
-	ip, err := netip.ParseAddr(host)
-	if err == nil && ip.Zone() != "" {
-		return netip.Addr{}, Invalid("spec.host", "%q: zoned addresses are not supported", Clip(host))
-	}
-	if err != nil {
-		if len(host) > 253 {
-			return netip.Addr{}, Invalid("spec.host", "host name longer than 253 characters")
-		}
-		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if ip, err = lookupFirst(ctx, host); err != nil {
-			return netip.Addr{}, Invalid("spec.host", "cannot resolve %q: %v", host, err)
-		}
-	}
-	ip = ip.Unmap()
-	if ip.IsMulticast() || ip == broadcast {
-		return netip.Addr{}, Invalid("spec.host", "%q is %s, a multicast or broadcast address: a listener binds an address of this machine, 0.0.0.0 or ::", host, ip)
-	}
-	if ip.Is6() && ip.IsLinkLocalUnicast() {
-		return netip.Addr{}, Invalid("spec.host", "%q is %s, an IPv6 link-local address: binding one needs a zone, and zoned addresses are not supported; use ::, or a global or unique-local address", host, ip)
-	}
-	return ip, nil
-}
-
-// lookupFirst resolves a host name to its first address, the one a
-// listen or a dial takes.
-func lookupFirst(ctx context.Context, host string) (netip.Addr, error) {
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err == nil && len(ips) == 0 {
-		err = fmt.Errorf("no address")
-	}
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	return ips[0], nil
-}
-
-var broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
-
-// ListenNetwork is the network to listen on addr (host:port) with, as a
-// listener would: an IPv4 address, 0.0.0.0 included, takes IPv4 only;
-// anything else is "tcp" (a host name, ::, which takes both families) or
-// "tcp6".
-func ListenNetwork(addr string) string {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "tcp"
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return "tcp"
-	}
-	return network(ip.Unmap())
-}
-
-// network picks the socket family like Node's listen(port, host): an IPv4
-// address, 0.0.0.0 included, binds IPv4 only; :: binds both families
-// (dual stack); any other IPv6 address binds IPv6.
-func network(ip netip.Addr) string {
-	switch {
-	case ip.Is4():
-		return "tcp4"
-	case ip.IsUnspecified():
-		return "tcp"
-	default:
-		return "tcp6"
-	}
-}
-
-// bind opens the listening socket. A backlog, when asked for, is set with a
-// second listen(2), which Linux allows on a listening socket.
-func bind(ctx context.Context, ip netip.Addr, port uint16, spec Spec) (*net.TCPListener, error) {
-	addr := netip.AddrPortFrom(ip, port).String()
-	backlog := spec.Backlog
-	// KeepAlive applies to every accepted connection: 0 is Go's default
-	// (15s), negative turns it off.
-	lc := net.ListenConfig{KeepAlive: spec.KeepAlive}
-	nl, err := lc.Listen(ctx, network(ip), addr)
-	if err != nil {
-		return nil, bindError(addr, err)
-	}
-	ln := nl.(*net.TCPListener)
-	if backlog > 0 {
-		rc, err := ln.SyscallConn()
-		if err == nil {
-			var lerr error
-			err = rc.Control(func(fd uintptr) { lerr = syscall.Listen(int(fd), backlog) })
-			if err == nil {
-				err = lerr
-			}
-		}
-		if err != nil {
-			_ = ln.Close()
-			return nil, fmt.Errorf("listen %s with backlog %d: %w", addr, backlog, err)
-		}
-	}
-	return ln, nil
-}
-
-func bindError(addr string, err error) error {
-	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("%w: %v", ErrAddressInUse, err)
-	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-		return fmt.Errorf("%w: %v", ErrPermission, err)
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return Invalid("spec.host", "%s is not an address of this machine: %v", addr, err)
-	case errors.Is(err, syscall.EINVAL):
-		return Invalid("spec.host", "%s cannot be bound: %v", addr, err)
-	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE), errors.Is(err, syscall.ENOBUFS), errors.Is(err, syscall.ENOMEM):
-		return fmt.Errorf("%w: the daemon is out of file descriptors or socket memory: %v", ErrLimit, err)
-	default:
-		return fmt.Errorf("listen %s: %w", addr, err)
-	}
 }
 
 // Get finds a listener by id or name.

@@ -2,15 +2,10 @@ package listener
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"time"
-
-	"github.com/listenerd/listenerd/internal/events"
 )
 
 // Persister saves the desired state: one JSON record a listener. Save must
@@ -18,6 +13,11 @@ import (
 type Persister interface {
 	Save(records []json.RawMessage) error
 }
+
+// RecordVersion is the format of the records toRecord writes: 2 since the
+// overflow policy became a word and a handler's options its own object.
+// UpgradeRecords reads version 1 (listenerd before QUEUE).
+const RecordVersion = 2
 
 // record is a listener's desired state as persisted.
 type record struct {
@@ -31,40 +31,47 @@ type record struct {
 }
 
 type recordSpec struct {
-	Host           string         `json:"host,omitempty"`
-	Port           uint16         `json:"port,omitempty"`
-	Backlog        int            `json:"backlog,omitempty"`
-	MaxConnections int64          `json:"max_connections"` // -1: unlimited
-	OverflowWait   bool           `json:"overflow_backlog,omitempty"`
-	IdleTimeout    time.Duration  `json:"idle_timeout_ns,omitempty"`
-	MaxLifetime    time.Duration  `json:"max_lifetime_ns,omitempty"`
-	AcceptRate     float64        `json:"accept_rate,omitempty"`
-	AcceptBurst    int            `json:"accept_burst,omitempty"`
-	PerSource      int64          `json:"max_connections_per_source,omitempty"` // 0: unlimited
-	AllowHalfOpen  bool           `json:"allow_half_open,omitempty"`
-	PauseOnConnect bool           `json:"pause_on_connect,omitempty"`
-	Handler        string         `json:"handler"`
-	Upstream       string         `json:"upstream,omitempty"`
-	ConnectTimeout time.Duration  `json:"connect_timeout_ns,omitempty"`
-	Allow          []netip.Prefix `json:"allow_cidrs,omitempty"`
-	Deny           []netip.Prefix `json:"deny_cidrs,omitempty"`
-	Nagle          bool           `json:"nagle,omitempty"`
-	KeepAlive      time.Duration  `json:"keepalive_ns,omitempty"` // -1: off
+	Host           string          `json:"host,omitempty"`
+	Port           uint16          `json:"port,omitempty"`
+	Backlog        int             `json:"backlog,omitempty"`
+	MaxConnections *int64          `json:"max_connections,omitempty"` // absent: unlimited
+	Overflow       string          `json:"overflow,omitempty"`        // absent: reject
+	QueueLength    int             `json:"queue_length,omitempty"`
+	QueueTimeout   time.Duration   `json:"queue_timeout_ns,omitempty"`
+	IdleTimeout    time.Duration   `json:"idle_timeout_ns,omitempty"`
+	MaxLifetime    time.Duration   `json:"max_lifetime_ns,omitempty"`
+	AcceptRate     float64         `json:"accept_rate,omitempty"`
+	AcceptBurst    int             `json:"accept_burst,omitempty"`
+	PerSource      int64           `json:"max_connections_per_source,omitempty"` // 0: unlimited
+	AllowHalfOpen  bool            `json:"allow_half_open,omitempty"`
+	PauseOnConnect bool            `json:"pause_on_connect,omitempty"`
+	Handler        string          `json:"handler"`
+	HandlerOptions json.RawMessage `json:"handler_options,omitempty"`
+	Allow          []netip.Prefix  `json:"allow_cidrs,omitempty"`
+	Deny           []netip.Prefix  `json:"deny_cidrs,omitempty"`
+	Nagle          bool            `json:"nagle,omitempty"`
+	KeepAlive      time.Duration   `json:"keepalive_ns,omitempty"` // -1: off
 }
 
 func toRecord(l *Listener) record {
 	s := l.spec
 	lim := *l.limits.Load()
-	r := record{ID: l.id, Name: l.name, Created: l.created, BoundPort: l.boundPort, Spec: recordSpec{
+	rs := recordSpec{
 		Host: s.Host, Port: s.Port, Backlog: s.Backlog,
-		MaxConnections: lim.MaxConnections, OverflowWait: lim.Backlog,
+		QueueLength: lim.QueueLength, QueueTimeout: lim.QueueTimeout,
 		IdleTimeout: lim.IdleTimeout, MaxLifetime: lim.MaxLifetime,
 		AcceptRate: lim.AcceptRate, AcceptBurst: lim.AcceptBurst, PerSource: lim.PerSource,
 		AllowHalfOpen: s.AllowHalfOpen, PauseOnConnect: s.PauseOnConnect,
-		Handler: s.Handler.Kind.String(), Upstream: s.Handler.Upstream, ConnectTimeout: s.Handler.ConnectTimeout,
+		Handler: s.Handler.Name(), HandlerOptions: s.Handler.Options,
 		Allow: s.Allow, Deny: s.Deny, Nagle: s.Nagle, KeepAlive: s.KeepAlive,
-	}}
-	return r
+	}
+	if n, ok := lim.MaxConnections.Max(); ok {
+		rs.MaxConnections = &n
+	}
+	if lim.Overflow != OverflowReject {
+		rs.Overflow = lim.Overflow.String()
+	}
+	return record{ID: l.id, Name: l.name, Created: l.created, BoundPort: l.boundPort, Spec: rs}
 }
 
 // fromRecord decodes a saved record. Its error means the record cannot be
@@ -72,9 +79,7 @@ func toRecord(l *Listener) record {
 // current checks refuse is not its concern: see Restore.
 func fromRecord(raw json.RawMessage) (record, Spec, error) {
 	var r record
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	if err := decodeStrict(raw, &r); err != nil {
 		return r, Spec{}, err
 	}
 	if !idLikeRE.MatchString(r.ID) {
@@ -83,26 +88,123 @@ func fromRecord(raw json.RawMessage) (record, Spec, error) {
 	rs := r.Spec
 	s := Spec{
 		Host: rs.Host, Port: rs.Port, Backlog: rs.Backlog,
-		Limits: Limits{MaxConnections: rs.MaxConnections, Backlog: rs.OverflowWait,
+		Limits: Limits{QueueLength: rs.QueueLength, QueueTimeout: rs.QueueTimeout,
 			IdleTimeout: rs.IdleTimeout, MaxLifetime: rs.MaxLifetime,
 			AcceptRate: rs.AcceptRate, AcceptBurst: rs.AcceptBurst, PerSource: rs.PerSource},
 		AllowHalfOpen: rs.AllowHalfOpen, PauseOnConnect: rs.PauseOnConnect,
-		Handler: Handler{Upstream: rs.Upstream, ConnectTimeout: rs.ConnectTimeout},
+		Handler: HandlerSpec{Kind: rs.Handler, Options: rs.HandlerOptions},
 		Allow:   rs.Allow, Deny: rs.Deny, Nagle: rs.Nagle, KeepAlive: rs.KeepAlive,
 	}
-	switch rs.Handler {
-	case "discard", "":
-	case "echo":
-		s.Handler.Kind = HandlerEcho
-	case "forward":
-		s.Handler.Kind = HandlerForward
+	if rs.MaxConnections != nil {
+		if *rs.MaxConnections < 0 {
+			return r, s, fmt.Errorf("listener %s: max_connections %d", r.ID, *rs.MaxConnections)
+		}
+		s.Limits.MaxConnections = AtMost(*rs.MaxConnections)
+	}
+	switch rs.Overflow {
+	case "", "reject":
+	case "backlog":
+		s.Limits.Overflow = OverflowBacklog
+	case "queue":
+		s.Limits.Overflow = OverflowQueue
 	default:
-		return r, s, fmt.Errorf("listener %s: unknown handler %q", r.ID, rs.Handler)
+		return r, s, fmt.Errorf("listener %s: unknown overflow policy %q", r.ID, rs.Overflow)
+	}
+	if rs.Handler == "" {
+		return r, s, fmt.Errorf("listener %s: no handler", r.ID)
 	}
 	if err := ValidateName(r.Name); err != nil {
 		return r, s, fmt.Errorf("listener %s: %w", r.ID, err)
 	}
 	return r, s, nil
+}
+
+func decodeStrict(raw json.RawMessage, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// UpgradeRecords brings records saved in an older format (version) to
+// RecordVersion. A record that cannot be read as its version's format is
+// an error: the state file is corrupt.
+func UpgradeRecords(version int, raws []json.RawMessage) ([]json.RawMessage, error) {
+	switch version {
+	case RecordVersion:
+		return raws, nil
+	case 1:
+		out := make([]json.RawMessage, len(raws))
+		for i, raw := range raws {
+			up, err := upgradeV1(raw)
+			if err != nil {
+				return nil, fmt.Errorf("listener record %d (version 1): %w", i, err)
+			}
+			out[i] = up
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("records of version %d: this listenerd reads versions 1-%d", version, RecordVersion)
+}
+
+// recordSpecV1 is recordSpec as version 1 wrote it: max_connections -1
+// for unlimited, the BACKLOG policy as a boolean, forward's options inline.
+type recordSpecV1 struct {
+	Host           string         `json:"host,omitempty"`
+	Port           uint16         `json:"port,omitempty"`
+	Backlog        int            `json:"backlog,omitempty"`
+	MaxConnections int64          `json:"max_connections"`
+	OverflowWait   bool           `json:"overflow_backlog,omitempty"`
+	IdleTimeout    time.Duration  `json:"idle_timeout_ns,omitempty"`
+	MaxLifetime    time.Duration  `json:"max_lifetime_ns,omitempty"`
+	AcceptRate     float64        `json:"accept_rate,omitempty"`
+	AcceptBurst    int            `json:"accept_burst,omitempty"`
+	PerSource      int64          `json:"max_connections_per_source,omitempty"`
+	AllowHalfOpen  bool           `json:"allow_half_open,omitempty"`
+	PauseOnConnect bool           `json:"pause_on_connect,omitempty"`
+	Handler        string         `json:"handler"`
+	Upstream       string         `json:"upstream,omitempty"`
+	ConnectTimeout time.Duration  `json:"connect_timeout_ns,omitempty"`
+	Allow          []netip.Prefix `json:"allow_cidrs,omitempty"`
+	Deny           []netip.Prefix `json:"deny_cidrs,omitempty"`
+	Nagle          bool           `json:"nagle,omitempty"`
+	KeepAlive      time.Duration  `json:"keepalive_ns,omitempty"`
+}
+
+func upgradeV1(raw json.RawMessage) (json.RawMessage, error) {
+	var r struct {
+		ID        string       `json:"id"`
+		Name      string       `json:"name,omitempty"`
+		Created   time.Time    `json:"create_time"`
+		BoundPort uint16       `json:"bound_port,omitempty"`
+		Spec      recordSpecV1 `json:"spec"`
+	}
+	if err := decodeStrict(raw, &r); err != nil {
+		return nil, err
+	}
+	o := r.Spec
+	n := record{ID: r.ID, Name: r.Name, Created: r.Created, BoundPort: r.BoundPort, Spec: recordSpec{
+		Host: o.Host, Port: o.Port, Backlog: o.Backlog,
+		IdleTimeout: o.IdleTimeout, MaxLifetime: o.MaxLifetime,
+		AcceptRate: o.AcceptRate, AcceptBurst: o.AcceptBurst, PerSource: o.PerSource,
+		AllowHalfOpen: o.AllowHalfOpen, PauseOnConnect: o.PauseOnConnect,
+		Handler: o.Handler, Allow: o.Allow, Deny: o.Deny, Nagle: o.Nagle, KeepAlive: o.KeepAlive,
+	}}
+	if o.MaxConnections >= 0 {
+		n.Spec.MaxConnections = &o.MaxConnections
+	}
+	if o.OverflowWait {
+		n.Spec.Overflow = "backlog"
+	}
+	switch o.Handler {
+	case "", DiscardName:
+		n.Spec.Handler = DiscardName
+	case "echo":
+	case "forward":
+		n.Spec.HandlerOptions = ForwardTo(o.Upstream, o.ConnectTimeout).Options
+	default: // version 1 knew no other
+		return nil, fmt.Errorf("listener %s: unknown handler %q", r.ID, o.Handler)
+	}
+	return json.Marshal(n)
 }
 
 // ValidateRecords checks saved records without binding anything, so that a
@@ -172,149 +274,4 @@ func (m *Manager) save() error {
 		return err
 	}
 	return m.commit(v)
-}
-
-// Restore brings back saved listeners with their ids, names and ports. One
-// that cannot bind comes back FAILED with its error, never dropped. It
-// returns how many are listening and how many failed.
-func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listening, failed int, err error) {
-	if err := ValidateRecords(raws); err != nil {
-		return 0, 0, err
-	}
-	type saved struct {
-		r    record
-		spec Spec
-		ip   netip.Addr
-		err  error // checking its spec or resolving its host
-	}
-	all := make([]saved, len(raws))
-	for i, raw := range raws { // names resolve without m.mu
-		sv := &all[i]
-		sv.r, sv.spec, _ = fromRecord(raw)
-		if sv.err = validateSpec(&sv.spec); sv.err != nil {
-			sv.err = staleSpec(sv.err)
-			continue
-		}
-		sv.ip, sv.err = resolveHost(ctx, sv.spec.Host)
-	}
-	m.mu.Lock()
-	for _, sv := range all {
-		r, spec, err := sv.r, sv.spec, sv.err
-		var l *Listener
-		if err == nil {
-			l, err = m.bindLocked(ctx, r.ID, r.Name, spec, sv.ip, r.BoundPort, r.Created)
-		}
-		if err != nil {
-			l = m.newListener(r.ID, r.Name, spec, nil, r.Created)
-			l.boundPort = r.BoundPort
-			l.state.Store(int32(StateFailed))
-			l.lastErr = err.Error()
-			closeOnce(l.acceptDone)
-			m.insertLocked(l)
-			l.log.Warn("listener restored as FAILED", "err", err)
-			failed++
-			continue
-		}
-		listening++
-	}
-	m.mu.Unlock()
-	return listening, failed, m.save()
-}
-
-// staleSpec explains a saved spec that the current checks refuse.
-func staleSpec(err error) error {
-	return fmt.Errorf("saved spec no longer valid, close the listener and create it again: %w", err)
-}
-
-// checkSaved refuses a listener whose spec the current checks refuse (it
-// was restored FAILED for that): binding it again cannot help.
-func checkSaved(l *Listener) error {
-	spec := l.spec
-	if err := validateSpec(&spec); err != nil {
-		return fmt.Errorf("listener %s: %w", l.id, staleSpec(err))
-	}
-	return nil
-}
-
-// Rebind binds a FAILED listener again with its id and spec.
-func (m *Manager) Rebind(ctx context.Context, ref string) (*Listener, error) {
-	old, err := m.getToChange(ref)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkSaved(old); err != nil { // before its host, which may not resolve either
-		return nil, err
-	}
-	ip, err := resolveHost(ctx, old.spec.Host) // a FAILED listener's spec never changes
-	if err != nil {
-		old.setLastError(err)
-		return nil, err
-	}
-	m.mu.Lock()
-	l, err := m.rebindLocked(ctx, old, ip)
-	m.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	return l, m.save()
-}
-
-// rebindLocked binds old again on ip; m.mu must be held.
-func (m *Manager) rebindLocked(ctx context.Context, old *Listener, ip netip.Addr) (*Listener, error) {
-	if m.shutting {
-		return nil, ErrShuttingDown
-	}
-	if m.byID[old.id] != old || old.closing() { // closed (or rebound) since it was found
-		return nil, fmt.Errorf("listener %s: %w", old.id, ErrNotFound)
-	}
-	if State(old.state.Load()) != StateFailed {
-		return nil, fmt.Errorf("listener %s is %s; only a failed listener can be rebound: %w", old.id, State(old.state.Load()), ErrNotFailed)
-	}
-	l, err := m.bindLocked(ctx, old.id, old.name, old.spec, ip, old.boundPort, old.created)
-	if err != nil {
-		old.setLastError(err)
-		return nil, err
-	}
-	return l, nil
-}
-
-// bindLocked binds a listener on ip (its spec's host, resolved without
-// m.mu), inserts it (replacing a FAILED one of the same id) and starts its
-// accept loop; m.mu must be held. For a spec with port 0, the previously
-// bound port is tried first.
-func (m *Manager) bindLocked(ctx context.Context, id, name string, spec Spec, ip netip.Addr, lastPort uint16, created time.Time) (*Listener, error) {
-	if err := m.policy.Check(ip, spec.Port); err != nil {
-		return nil, err
-	}
-	var ln *net.TCPListener
-	var err error
-	if spec.Port == 0 && lastPort != 0 {
-		ln, err = bind(ctx, ip, lastPort, spec)
-		if err != nil && !errors.Is(err, ErrAddressInUse) {
-			return nil, err
-		}
-	}
-	if ln == nil {
-		if ln, err = bind(ctx, ip, spec.Port, spec); err != nil {
-			return nil, err
-		}
-	}
-	l := m.newListener(id, name, spec, ln, created)
-	m.insertLocked(l)
-	m.bus.Publish(events.Event{Listener: id, Kind: events.KindListenerStarted,
-		Detail: &events.Detail{Address: l.bound, Name: name}})
-	l.log.Info("listener started")
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		l.acceptLoop()
-	}()
-	return l, nil
-}
-
-func (m *Manager) insertLocked(l *Listener) {
-	m.byID[l.id] = l
-	if l.name != "" {
-		m.byName[l.name] = l
-	}
 }

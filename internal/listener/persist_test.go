@@ -45,16 +45,16 @@ func newPersistentManager(t *testing.T, st Persister) *Manager {
 func TestRestoreSameIDsAndPorts(t *testing.T) {
 	st := &memStore{}
 	m1 := newPersistentManager(t, st)
-	fixed, err := m1.Create(context.Background(), "fixed", Spec{Limits: limit(3), Handler: Handler{Kind: HandlerEcho}})
+	fixed, err := m1.Create(context.Background(), "fixed", Spec{Limits: limit(3), Handler: HandlerSpec{Kind: "echo"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eph := create(t, m1, Spec{Limits: unlimited()}) // port 0
-	gone := create(t, m1, Spec{Limits: unlimited()})
+	eph := create(t, m1, Spec{}) // port 0
+	gone := create(t, m1, Spec{})
 	if _, err := m1.Close(gone.ID(), 0, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m1.SetLimits("fixed", func(l Limits) (Limits, error) { l.MaxConnections = 7; return l, nil }); err != nil {
+	if _, err := m1.SetLimits("fixed", func(l Limits) (Limits, error) { l.MaxConnections = AtMost(7); return l, nil }); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(st.saved()); n != 2 {
@@ -75,7 +75,7 @@ func TestRestoreSameIDsAndPorts(t *testing.T) {
 		}
 	}
 	l, err := m2.Get("fixed")
-	if err != nil || l.Info().Spec.Limits.MaxConnections != 7 || l.Info().Spec.Handler.Kind != HandlerEcho {
+	if err != nil || l.Info().Spec.Limits.MaxConnections != AtMost(7) || l.Info().Spec.Handler.Kind != "echo" {
 		t.Fatalf("restored spec: %+v, %v", l.Info().Spec, err)
 	}
 }
@@ -83,7 +83,7 @@ func TestRestoreSameIDsAndPorts(t *testing.T) {
 func TestRestoreUnbindableComesBackFailed(t *testing.T) {
 	st := &memStore{}
 	m1 := newPersistentManager(t, st)
-	l := create(t, m1, Spec{Limits: unlimited()})
+	l := create(t, m1, Spec{})
 	port := localPortOf(l)
 	m1.Shutdown(0)
 
@@ -136,7 +136,7 @@ func TestRestoreUnbindableComesBackFailed(t *testing.T) {
 func TestCreateFailsWholeWhenStateCannotBeSaved(t *testing.T) {
 	st := &memStore{fail: errors.New("disk full")}
 	m := newPersistentManager(t, st)
-	_, err := m.Create(context.Background(), "x", Spec{Limits: unlimited()})
+	_, err := m.Create(context.Background(), "x", Spec{})
 	if !errors.Is(err, ErrPersist) {
 		t.Fatalf("create: %v, want ErrPersist", err)
 	}
@@ -156,14 +156,39 @@ func TestValidateRecordsRejectsGarbage(t *testing.T) {
 		`{"id":"ln-00000001","name":"Bad Name","spec":{"handler":"echo","max_connections":-1}}`,
 		`[]`,
 	} {
+		if err := validateV1(raw); err == nil {
+			t.Errorf("accepted %s", raw)
+		}
+	}
+	dup := `{"id":"ln-00000001","spec":{"handler":"echo","max_connections":-1}}`
+	if err := validateV1(dup, dup); err == nil {
+		t.Error("accepted a duplicate id")
+	}
+	// The current format's own garbage.
+	for _, raw := range []string{
+		`{"id":"ln-00000001","spec":{"handler":"echo","max_connections":-1}}`,
+		`{"id":"ln-00000001","spec":{"handler":"echo","overflow":"spill"}}`,
+		`{"id":"ln-00000001","spec":{"handler":"echo","overflow_backlog":true}}`,
+		`{"id":"ln-00000001","spec":{}}`,
+	} {
 		if err := ValidateRecords([]json.RawMessage{json.RawMessage(raw)}); err == nil {
 			t.Errorf("accepted %s", raw)
 		}
 	}
-	dup := json.RawMessage(`{"id":"ln-00000001","spec":{"handler":"echo","max_connections":-1}}`)
-	if err := ValidateRecords([]json.RawMessage{dup, dup}); err == nil {
-		t.Error("accepted a duplicate id")
+}
+
+// validateV1 checks records of the first format as a daemon reading such
+// a state file does: upgraded, then validated.
+func validateV1(raws ...string) error {
+	rs := make([]json.RawMessage, len(raws))
+	for i, r := range raws {
+		rs[i] = json.RawMessage(r)
 	}
+	up, err := UpgradeRecords(1, rs)
+	if err != nil {
+		return err
+	}
+	return ValidateRecords(up)
 }
 
 // A record saved by an older version, whose spec a stricter check now
@@ -175,6 +200,10 @@ func TestRestoreRefusedSpecComesBackFailed(t *testing.T) {
 		json.RawMessage(`{"id":"ln-00000002","spec":{"host":"127.0.0.1","handler":"echo","max_connections":-1}}`),
 		// A host that does not resolve either: the spec is the reason given.
 		json.RawMessage(`{"id":"ln-00000003","name":"older","spec":{"host":"no such host!","handler":"forward","upstream":":80","max_connections":-1}}`),
+	}
+	raws, err := UpgradeRecords(1, raws)
+	if err != nil {
+		t.Fatalf("upgrade: %v", err)
 	}
 	if err := ValidateRecords(raws); err != nil {
 		t.Fatalf("a refused spec is not a corrupt file: %v", err)

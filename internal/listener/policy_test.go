@@ -122,10 +122,10 @@ func TestCreateRefusedByPolicyLeavesNothing(t *testing.T) {
 		spec  Spec
 		field string
 	}{
-		{Spec{Port: port, Limits: unlimited()}, "spec.port"},
-		{Spec{Port: 80, Limits: unlimited()}, "spec.port"},
-		{Spec{Host: "0.0.0.0", Port: 2000, Limits: unlimited()}, "spec.host"},
-		{Spec{Host: "localhost", Port: 1, Limits: unlimited()}, "spec.port"},
+		{Spec{Port: port}, "spec.port"},
+		{Spec{Port: 80}, "spec.port"},
+		{Spec{Host: "0.0.0.0", Port: 2000}, "spec.host"},
+		{Spec{Host: "localhost", Port: 1}, "spec.port"},
 	} {
 		_, err := m.Create(context.Background(), "web", tc.spec)
 		var pe *PolicyError
@@ -157,7 +157,7 @@ func TestCreateRefusedByPolicyLeavesNothing(t *testing.T) {
 func TestRestoreRefusedByPolicyComesBackFailed(t *testing.T) {
 	st := &memStore{}
 	m1 := newPersistentManager(t, st)
-	l := create(t, m1, Spec{Host: "127.0.0.1", Limits: unlimited()})
+	l := create(t, m1, Spec{Host: "127.0.0.1"})
 	m1.Shutdown(0)
 
 	m2 := NewManager(events.NewBus(events.Options{}), nil, Options{Persister: st, Policy: Policy{Hosts: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}})

@@ -1,94 +1,56 @@
-// Package listener is the listener engine: it binds TCP listeners, accepts
-// and serves their connections, enforces their limits and reports what
-// happens on them to the event bus. It knows nothing of gRPC.
 package listener
 
 import (
-	"errors"
-	"fmt"
+	"encoding/json"
 	"net/netip"
-	"regexp"
 	"time"
-	"unicode/utf8"
 
 	"github.com/listenerd/listenerd/internal/events"
 )
 
-// Errors of the listener engine; callers branch on them with errors.Is.
-var (
-	ErrNotFound      = errors.New("not found")
-	ErrAlreadyExists = errors.New("already exists")
-	ErrAddressInUse  = errors.New("address in use")
-	ErrPermission    = errors.New("permission denied")
-	ErrInvalid       = errors.New("invalid argument")
-	ErrNotListening  = errors.New("listener is not listening")
-	ErrNotFailed     = errors.New("listener has not failed")
-	ErrLimit         = errors.New("limit reached")
-	ErrPersist       = errors.New("state not saved")
-	ErrShuttingDown  = errors.New("daemon shutting down")
-)
-
-// FieldError is an invalid value of one request field. It unwraps to
-// ErrInvalid.
-type FieldError struct {
-	Field string // dotted path, as in the API: "spec.host"
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
-
-// Unwrap makes errors.Is(err, ErrInvalid) true.
-func (e *FieldError) Unwrap() error { return ErrInvalid }
-
-// Invalid returns a *FieldError for field.
-func Invalid(field, format string, args ...any) error {
-	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
-}
-
-// Limits bound what a listener accepts; see events.Limits.
+// Limits bound what a listener accepts; see events.Limits. The zero Limits
+// limits nothing.
 type Limits = events.Limits
 
-// HandlerKind says what the daemon does with an accepted connection.
-type HandlerKind uint8
+// Cap is an optional bound on a count; see events.Cap.
+type Cap = events.Cap
 
-// Handler kinds.
+// AtMost is the bound of n: AtMost(0) admits nothing.
+func AtMost(n int64) Cap { return events.AtMost(n) }
+
+// Overflow policies; see events.Overflow.
 const (
-	HandlerDiscard HandlerKind = iota
-	HandlerEcho
-	HandlerForward
+	OverflowReject  = events.OverflowReject
+	OverflowBacklog = events.OverflowBacklog
+	OverflowQueue   = events.OverflowQueue
 )
 
-func (k HandlerKind) String() string {
-	switch k {
-	case HandlerEcho:
-		return "echo"
-	case HandlerForward:
-		return "forward"
-	default:
-		return "discard"
-	}
+// HandlerSpec names the handler of a listener's connections, by its name in
+// the manager's handler table, with that handler's options as JSON (the
+// API's handler message in protobuf's JSON form, field names as in the
+// .proto).
+type HandlerSpec struct {
+	Kind    string          // empty: discard
+	Options json.RawMessage // nil: the kind's defaults
 }
 
-// DefaultConnectTimeout bounds the forward handler's upstream dial when the
-// spec leaves it unset.
-const DefaultConnectTimeout = 10 * time.Second
-
-// Handler is a handler kind with its options.
-type Handler struct {
-	Kind           HandlerKind
-	Upstream       string        // forward: "host:port"
-	ConnectTimeout time.Duration // forward: 0 means DefaultConnectTimeout
+// Name is the handler kind's name, with the default filled in.
+func (h HandlerSpec) Name() string {
+	if h.Kind == "" {
+		return DiscardName
+	}
+	return h.Kind
 }
 
 // Spec is what a listener was asked to be.
 type Spec struct {
 	Host           string // empty means 127.0.0.1
 	Port           uint16
-	Backlog        int // 0 means the system default
+	Backlog        int // listen(2)'s backlog; 0 means the system default
 	Limits         Limits
 	AllowHalfOpen  bool
 	PauseOnConnect bool
-	Handler        Handler
+	Handler        HandlerSpec
 	Allow          []netip.Prefix
 	Deny           []netip.Prefix
 	Nagle          bool          // leave Nagle's algorithm on (TCP_NODELAY off); Go's default is off
@@ -98,42 +60,8 @@ type Spec struct {
 // DefaultHost is bound when a spec names no host.
 const DefaultHost = "127.0.0.1"
 
-// MaxBacklog is the largest accept queue a spec may ask for.
+// MaxBacklog is the largest listen backlog a spec may ask for.
 const MaxBacklog = 65535
-
-var (
-	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-	idLikeRE = regexp.MustCompile(`^ln-[0-9a-f]{8}$`)
-)
-
-// Clip shortens a value a message quotes back: a request may carry 64 KiB,
-// and its error (and the error's log line) need not repeat all of it.
-func Clip(s string) string {
-	const keep = 64
-	if len(s) <= keep+16 {
-		return s
-	}
-	cut := keep
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s…(%d bytes)", s[:cut], len(s))
-}
-
-// ValidateName checks a listener name: empty, or 1-63 characters of
-// [a-z0-9._-] starting with a letter or digit, and not shaped like an id.
-func ValidateName(name string) error {
-	if name == "" {
-		return nil
-	}
-	if !nameRE.MatchString(name) {
-		return Invalid("name", "%q must be 1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", Clip(name))
-	}
-	if idLikeRE.MatchString(name) {
-		return Invalid("name", "%q has the shape of a listener id", name)
-	}
-	return nil
-}
 
 // State is the lifecycle state of a listener.
 type State int32

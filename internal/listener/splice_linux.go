@@ -92,8 +92,10 @@ func putPipe(p *pipe, empty bool) {
 // again). Without a pipe (maxPipes in use, or descriptors short) it
 // returns at once and the buffer carries on.
 //
+// Not inlined: keeps pump's frame small, as its goroutine idles in pump.
+//
 //go:noinline
-func (c *conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
+func (c *Conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
 	p, err := getPipe()
 	if err != nil {
 		return nil

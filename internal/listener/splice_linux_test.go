@@ -62,8 +62,8 @@ func openPipes(t *testing.T) int {
 // per connection, four descriptors).
 func TestForwardIdleHoldsNoPipe(t *testing.T) {
 	m := newManager(t)
-	up := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
-	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: up.Info().Bound}})
+	up := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
+	fw := create(t, m, Spec{Handler: ForwardTo(up.Info().Bound, 0)})
 	w := newWatch(t, m, fw.ID())
 	before := openPipes(t)
 	const conns = 40
@@ -103,8 +103,8 @@ func TestBulkWithoutPipes(t *testing.T) {
 		t.Fatalf("took %d pipes, want all %d", len(held), maxPipes)
 	}
 	m := newManager(t)
-	echo := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
-	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: echo.Info().Bound}})
+	echo := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
+	fw := create(t, m, Spec{Handler: ForwardTo(echo.Info().Bound, 0)})
 	before := splicedBytes.Load()
 	echoBulk(t, echo.Info().Bound, 4<<20)
 	echoBulk(t, fw.Info().Bound, 4<<20)

@@ -47,7 +47,7 @@ func echoBulk(t *testing.T, addr string, size int) {
 // spliced in the kernel once a read fills the buffer.
 func TestEchoBulk(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
 	const size = 16 << 20
 	before := splicedBytes.Load()
@@ -69,7 +69,7 @@ func TestEchoBulk(t *testing.T) {
 // (nothing is spliced), and the data events account for every byte.
 func TestEchoBulkWithDataWatcher(t *testing.T) {
 	m := newManager(t)
-	l := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	after := uint64(0)
 	dw, _, err := m.Bus().Watch(events.Filter{Listeners: []string{l.ID()}, DataMax: 16}, &after)
 	if err != nil {
@@ -110,8 +110,8 @@ func TestEchoBulkWithDataWatcher(t *testing.T) {
 // both ways and, on Linux, is spliced.
 func TestForwardBulk(t *testing.T) {
 	m := newManager(t)
-	up := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
-	fw := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: up.Info().Bound}})
+	up := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
+	fw := create(t, m, Spec{Handler: ForwardTo(up.Info().Bound, 0)})
 	w := newWatch(t, m, fw.ID())
 	const size = 16 << 20
 	before := splicedBytes.Load()

@@ -18,7 +18,7 @@ func BenchmarkGather(b *testing.B) {
 	defer mgr.Shutdown(0)
 	m.Collect(mgr, bus)
 	for range 200 {
-		l, err := mgr.Create(context.Background(), "", listener.Spec{Limits: listener.Limits{MaxConnections: -1}})
+		l, err := mgr.Create(context.Background(), "", listener.Spec{Limits: listener.Limits{}})
 		if err != nil {
 			b.Fatal(err)
 		}

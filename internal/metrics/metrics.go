@@ -53,6 +53,10 @@ type Metrics struct {
 	// listener's first closed connection; the collector drops those of
 	// listeners that are gone.
 	durations sync.Map // string → prometheus.Histogram
+
+	// queueWait is how long connections waited in listeners' queues
+	// (overflow QUEUE), served or rejected, across the daemon.
+	queueWait prometheus.Histogram
 }
 
 // New returns a registry with the Go runtime, process and gRPC server
@@ -62,11 +66,15 @@ func New() *Metrics {
 		reg: prometheus.NewRegistry(),
 		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			grpcprom.WithHistogramBuckets([]float64{.0005, .001, .005, .01, .05, .1, .5, 1, 5}))),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "queue_wait_seconds",
+			Help:    "How long connections waited in a listener's queue (overflow QUEUE) before they were served or rejected.",
+			Buckets: DurationBuckets}),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.grpc,
+		m.queueWait,
 	)
 	return m
 }
@@ -85,6 +93,10 @@ func (m *Metrics) ObserveConnection(listenerID string, d time.Duration) {
 	}
 	h.(prometheus.Histogram).Observe(d.Seconds())
 }
+
+// ObserveQueueWait records how long a connection waited in a listener's
+// queue. It is the manager's QueueLeft hook.
+func (m *Metrics) ObserveQueueWait(_ string, d time.Duration) { m.queueWait.Observe(d.Seconds()) }
 
 // Collect registers the collector of src's listeners and bus's counters.
 // Call it once.
@@ -131,6 +143,8 @@ var (
 		"Connections open now.", listenerLabels, nil)
 	descMax = prometheus.NewDesc(namespace+"_listener_max_connections",
 		"The listener's max_connections; absent while unlimited.", listenerLabels, nil)
+	descQueued = prometheus.NewDesc(namespace+"_listener_queued_connections",
+		"Connections waiting in the listener's queue now (overflow QUEUE).", listenerLabels, nil)
 	descAccepted = prometheus.NewDesc(namespace+"_listener_accepted_connections_total",
 		"Connections accepted and handled.", listenerLabels, nil)
 	descRejected = prometheus.NewDesc(namespace+"_listener_rejected_connections_total",
@@ -158,10 +172,14 @@ var rejectReasons = [events.NumRejectReasons]string{
 	events.RejectRateLimit:      "rate_limit",
 	events.RejectPerSourceLimit: "per_source_limit",
 	events.RejectDaemonLimit:    "daemon_limit",
+	events.RejectQueueFull:      "queue_full",
+	events.RejectQueueTimeout:   "queue_timeout",
+	events.RejectListenerClosed: "listener_closed",
+	events.RejectKicked:         "kicked",
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInfo, descActive, descMax, descAccepted, descRejected, descBytes,
+	for _, d := range []*prometheus.Desc{descInfo, descActive, descQueued, descMax, descAccepted, descRejected, descBytes,
 		descDuration, descWatchers, descPublished, descCuts, descDropped} {
 		ch <- d
 	}
@@ -175,10 +193,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		present[in.ID] = true
 		lv := []string{in.ID, in.Name}
 		ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1,
-			in.ID, in.Name, in.Bound, in.Spec.Handler.Kind.String(), in.State.String())
+			in.ID, in.Name, in.Bound, in.Spec.Handler.Name(), in.State.String())
 		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(in.Active), lv...)
-		if !in.Spec.Limits.Unlimited() {
-			ch <- prometheus.MustNewConstMetric(descMax, prometheus.GaugeValue, float64(in.Spec.Limits.MaxConnections), lv...)
+		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(in.Queued), lv...)
+		if n, ok := in.Spec.Limits.MaxConnections.Max(); ok {
+			ch <- prometheus.MustNewConstMetric(descMax, prometheus.GaugeValue, float64(n), lv...)
 		}
 		ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(in.Accepted), lv...)
 		for r := events.RejectMaxConnections; r < events.NumRejectReasons; r++ {

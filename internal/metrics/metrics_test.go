@@ -162,7 +162,7 @@ func dial(t *testing.T, addr string) net.Conn {
 // and the listener's series go when it is gone.
 func TestCollectorFollowsConnections(t *testing.T) {
 	r := newRig(t)
-	l := r.create("web", listener.Spec{Limits: listener.Limits{MaxConnections: 1}, Handler: listener.Handler{Kind: listener.HandlerEcho}})
+	l := r.create("web", listener.Spec{Limits: listener.Limits{MaxConnections: listener.AtMost(1)}, Handler: listener.HandlerSpec{Kind: "echo"}})
 	id, addr := l.ID(), r.addr(l)
 	lbl := map[string]string{"listener": id, "name": "web"}
 	var seq uint64
@@ -201,7 +201,7 @@ func TestCollectorFollowsConnections(t *testing.T) {
 	}
 
 	// A second listener that denies loopback: rejected by the ACL.
-	deny := r.create("", listener.Spec{Limits: listener.Limits{MaxConnections: -1},
+	deny := r.create("", listener.Spec{Limits: listener.Limits{},
 		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 	dial(t, r.addr(deny))
 	r.waitEvent(deny.ID(), events.KindConnectionRejected, new(uint64(0)))
@@ -340,7 +340,7 @@ func TestCheckBound(t *testing.T) {
 // The endpoint serves the registry over HTTP, and Stop joins its goroutine.
 func TestServe(t *testing.T) {
 	r := newRig(t)
-	l := r.create("", listener.Spec{Limits: listener.Limits{MaxConnections: -1}})
+	l := r.create("", listener.Spec{Limits: listener.Limits{}})
 	ln, err := Listen("localhost:0", false)
 	if err != nil {
 		t.Fatal(err)
@@ -374,8 +374,8 @@ func TestServe(t *testing.T) {
 // checks (labels match their descriptions, no duplicate series).
 func TestCollectorIsConsistent(t *testing.T) {
 	r := newRig(t)
-	r.create("a", listener.Spec{Limits: listener.Limits{MaxConnections: 3}})
-	r.create("b", listener.Spec{Limits: listener.Limits{MaxConnections: -1}})
+	r.create("a", listener.Spec{Limits: listener.Limits{MaxConnections: listener.AtMost(3)}})
+	r.create("b", listener.Spec{Limits: listener.Limits{}})
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(&collector{m: r.m, src: r.mgr, bus: r.bus})
 	if _, err := reg.Gather(); err != nil {

@@ -103,9 +103,13 @@ func Run(ctx context.Context, cfg Config) error {
 		defer metricsLn.Close()
 	}
 
-	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections, Policy: cfg.Policy}
+	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections, Policy: cfg.Policy,
+		// The handlers listeners may name: a new handler is one more entry.
+		Handlers: []listener.HandlerKind{listener.Discard, listener.Echo, listener.Forward},
+	}
 	if met != nil {
 		opts.ConnClosed = met.ObserveConnection
+		opts.QueueLeft = met.ObserveQueueWait
 	}
 	var saved []json.RawMessage
 	if !cfg.Ephemeral {
@@ -114,10 +118,14 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		defer store.Close()
-		if saved, err = store.Load(); err != nil {
+		var version int
+		if saved, version, err = store.Load(); err != nil {
 			return fmt.Errorf("%w (fix or move the file aside, or start with --ephemeral)", err)
 		}
-		if err := listener.ValidateRecords(saved); err != nil {
+		if saved, err = listener.UpgradeRecords(version, saved); err == nil {
+			err = listener.ValidateRecords(saved)
+		}
+		if err != nil {
 			return fmt.Errorf("%w: %s: %v (fix or move the file aside, or start with --ephemeral)", state.ErrCorrupt, store.Path(), err)
 		}
 		opts.Persister = store

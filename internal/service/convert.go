@@ -76,21 +76,30 @@ func durationText(d *durationpb.Duration) string {
 }
 
 func limitsFromProto(p *listenerdv1.Limits) (listener.Limits, error) {
-	lim := listener.Limits{MaxConnections: -1}
+	var lim listener.Limits
 	if p == nil {
 		return lim, nil
 	}
 	if p.MaxConnections != nil {
-		lim.MaxConnections = int64(p.GetMaxConnections())
+		lim.MaxConnections = listener.AtMost(int64(p.GetMaxConnections()))
 	}
 	switch p.GetOverflow() {
 	case listenerdv1.OverflowPolicy_OVERFLOW_POLICY_UNSPECIFIED, listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT:
 	case listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG:
-		lim.Backlog = true
+		lim.Overflow = listener.OverflowBacklog
+	case listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE:
+		lim.Overflow = listener.OverflowQueue
 	default:
 		return lim, listener.Invalid("spec.limits.overflow", "unknown policy %d", p.GetOverflow())
 	}
+	if n := p.GetQueueLength(); n > events.MaxQueueLength {
+		return lim, listener.Invalid("spec.limits.queue_length", "%d is out of range 1-%d (0: %d)", n, events.MaxQueueLength, events.DefaultQueueLength)
+	}
+	lim.QueueLength = int(p.GetQueueLength())
 	var err error
+	if lim.QueueTimeout, err = duration("spec.limits.queue_timeout", p.GetQueueTimeout()); err != nil {
+		return lim, err
+	}
 	if lim.IdleTimeout, err = duration("spec.limits.idle_timeout", p.GetIdleTimeout()); err != nil {
 		return lim, err
 	}
@@ -163,20 +172,8 @@ func specFromProto(p *listenerdv1.ListenerSpec) (listener.Spec, error) {
 	}
 	s.AllowHalfOpen = p.GetAllowHalfOpen()
 	s.PauseOnConnect = p.GetPauseOnConnect()
-	switch h := p.GetHandler().GetKind().(type) {
-	case nil, *listenerdv1.Handler_Discard:
-		s.Handler.Kind = listener.HandlerDiscard
-	case *listenerdv1.Handler_Echo:
-		s.Handler.Kind = listener.HandlerEcho
-	case *listenerdv1.Handler_Forward:
-		s.Handler.Kind = listener.HandlerForward
-		s.Handler.Upstream = h.Forward.GetUpstream()
-		if s.Handler.Upstream == "" {
-			return s, listener.Invalid("spec.handler.forward.upstream", "required")
-		}
-		if s.Handler.ConnectTimeout, err = duration("spec.handler.forward.connect_timeout", h.Forward.GetConnectTimeout()); err != nil {
-			return s, err
-		}
+	if s.Handler, err = handlerFromProto(p.GetHandler()); err != nil {
+		return s, err
 	}
 	if s.Allow, err = cidrs("spec.allow_cidrs", p.GetAllowCidrs()); err != nil {
 		return s, err
@@ -198,12 +195,19 @@ func specFromProto(p *listenerdv1.ListenerSpec) (listener.Spec, error) {
 
 func limitsToProto(l listener.Limits) *listenerdv1.Limits {
 	p := &listenerdv1.Limits{Overflow: listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT}
-	if !l.Unlimited() {
-		n := uint32(min(l.MaxConnections, 1<<32-1))
+	if n, ok := l.MaxConnections.Max(); ok {
+		n := uint32(min(n, 1<<32-1))
 		p.MaxConnections = &n
 	}
-	if l.Backlog {
+	switch l.Overflow {
+	case listener.OverflowBacklog:
 		p.Overflow = listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG
+	case listener.OverflowQueue:
+		p.Overflow = listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE
+		p.QueueLength = uint32(l.Queue()) // the length in force, the default filled in
+	}
+	if l.QueueTimeout > 0 {
+		p.QueueTimeout = durationpb.New(l.QueueTimeout)
 	}
 	if l.IdleTimeout > 0 {
 		p.IdleTimeout = durationpb.New(l.IdleTimeout)
@@ -231,23 +235,11 @@ func specToProto(s listener.Spec) *listenerdv1.ListenerSpec {
 		Limits:         limitsToProto(s.Limits),
 		AllowHalfOpen:  s.AllowHalfOpen,
 		PauseOnConnect: s.PauseOnConnect,
-		Handler:        &listenerdv1.Handler{},
+		Handler:        handlerToProto(s.Handler),
 	}
 	if s.Backlog > 0 {
 		b := uint32(s.Backlog)
 		p.Backlog = &b
-	}
-	switch s.Handler.Kind {
-	case listener.HandlerEcho:
-		p.Handler.Kind = &listenerdv1.Handler_Echo{Echo: &listenerdv1.EchoHandler{}}
-	case listener.HandlerForward:
-		f := &listenerdv1.ForwardHandler{Upstream: s.Handler.Upstream}
-		if s.Handler.ConnectTimeout > 0 {
-			f.ConnectTimeout = durationpb.New(s.Handler.ConnectTimeout)
-		}
-		p.Handler.Kind = &listenerdv1.Handler_Forward{Forward: f}
-	default:
-		p.Handler.Kind = &listenerdv1.Handler_Discard{Discard: &listenerdv1.DiscardHandler{}}
 	}
 	if s.Nagle {
 		f := false
@@ -284,6 +276,7 @@ func listenerToProto(in listener.Info) *listenerdv1.Listener {
 			State:               listenerdv1.State(in.State),
 			BoundAddress:        in.Bound,
 			ActiveConnections:   in.Active,
+			QueuedConnections:   in.Queued,
 			AcceptedConnections: in.Accepted,
 			RejectedConnections: in.Rejected,
 			BytesIn:             in.BytesIn,
@@ -314,6 +307,14 @@ func familyOf(a netip.Addr) listenerdv1.Family {
 }
 
 func connToProto(c listener.ConnInfo) *listenerdv1.Connection {
+	state := listenerdv1.ConnectionState_CONNECTION_STATE_OPEN
+	if c.Queued {
+		state = listenerdv1.ConnectionState_CONNECTION_STATE_QUEUED
+	}
+	var wait *durationpb.Duration
+	if c.QueueWait > 0 {
+		wait = durationpb.New(c.QueueWait)
+	}
 	return &listenerdv1.Connection{
 		Id:         c.ID,
 		ListenerId: c.Listener,
@@ -321,6 +322,8 @@ func connToProto(c listener.ConnInfo) *listenerdv1.Connection {
 		OpenTime:   timestamp(c.Opened),
 		BytesIn:    c.BytesIn,
 		BytesOut:   c.BytesOut,
+		State:      state,
+		QueueWait:  wait,
 	}
 }
 
@@ -354,8 +357,15 @@ func eventToProto(e *events.Event, boot string, dataMax int) *listenerdv1.Event 
 	case events.KindConnectionHalfClosed:
 		p.Kind = &listenerdv1.Event_ConnectionHalfClosed{ConnectionHalfClosed: &listenerdv1.ConnectionHalfClosed{ConnectionId: e.ConnID()}}
 	case events.KindConnectionRejected:
-		p.Kind = &listenerdv1.Event_ConnectionRejected{ConnectionRejected: &listenerdv1.ConnectionRejected{
-			Tuple: tupleToProto(e.Tuple), Reason: listenerdv1.RejectReason(e.Reject)}}
+		r := &listenerdv1.ConnectionRejected{Tuple: tupleToProto(e.Tuple), Reason: listenerdv1.RejectReason(e.Reject),
+			ConnectionId: e.ConnID()}
+		if e.Conn != 0 { // it waited in the queue
+			r.QueueWait = durationpb.New(e.Duration)
+		}
+		p.Kind = &listenerdv1.Event_ConnectionRejected{ConnectionRejected: r}
+	case events.KindConnectionQueued:
+		p.Kind = &listenerdv1.Event_ConnectionQueued{ConnectionQueued: &listenerdv1.ConnectionQueued{
+			ConnectionId: e.ConnID(), Tuple: tupleToProto(e.Tuple), Position: uint32(d.Position)}}
 	case events.KindAcceptError:
 		p.Kind = &listenerdv1.Event_AcceptError{AcceptError: &listenerdv1.AcceptError{
 			Error: d.Error, Backoff: durationpb.New(d.Backoff), Count: d.Count}}

@@ -96,6 +96,8 @@ var limitPaths = map[string]bool{
 	"spec.limits.accept_rate":                true,
 	"spec.limits.accept_burst":               true,
 	"spec.limits.max_connections_per_source": true,
+	"spec.limits.queue_length":               true,
+	"spec.limits.queue_timeout":              true,
 }
 
 // UpdateListener implements ListenerService.
@@ -124,7 +126,11 @@ func (s *Service) UpdateListener(_ context.Context, req *listenerdv1.UpdateListe
 			case "spec.limits.max_connections":
 				cur.MaxConnections = asked.MaxConnections
 			case "spec.limits.overflow":
-				cur.Backlog = asked.Backlog
+				cur.Overflow = asked.Overflow
+			case "spec.limits.queue_length":
+				cur.QueueLength = asked.QueueLength
+			case "spec.limits.queue_timeout":
+				cur.QueueTimeout = asked.QueueTimeout
 			case "spec.limits.idle_timeout":
 				cur.IdleTimeout = asked.IdleTimeout
 			case "spec.limits.max_lifetime":

@@ -15,8 +15,13 @@ import (
 	"syscall"
 )
 
-// Version is the state file format this daemon writes and reads.
-const Version = 1
+// Version is the state file format this daemon writes. Load also reads
+// the older formats from MinVersion on, and says which it read: what the
+// records of a version hold is their owner's to upgrade.
+const Version = 2
+
+// MinVersion is the oldest format Load reads.
+const MinVersion = 1
 
 // FileName is the state file inside the state directory.
 const FileName = "listeners.json"
@@ -88,34 +93,37 @@ func (s *Store) Path() string { return filepath.Join(s.dir, FileName) }
 func (s *Store) Close() error { return s.lock.Close() }
 
 // Load returns the saved listener records, each a JSON object for the
-// caller to decode. A missing file is an empty state. A file that does not
-// parse, or has another version, fails with ErrCorrupt naming the file.
-func (s *Store) Load() ([]json.RawMessage, error) {
+// caller to decode, and the format version they were saved in. A missing
+// file is an empty state of the current version. A file that does not
+// parse, or has a version this daemon does not read, fails with ErrCorrupt
+// naming the file.
+func (s *Store) Load() ([]json.RawMessage, int, error) {
 	data, err := os.ReadFile(s.Path())
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, Version, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	return Decode(s.Path(), data)
 }
 
-// Decode parses a state file's contents; name is used in errors.
-func Decode(name string, data []byte) ([]json.RawMessage, error) {
+// Decode parses a state file's contents, returning its records and their
+// version; name is used in errors.
+func Decode(name string, data []byte) ([]json.RawMessage, int, error) {
 	var f File
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
+		return nil, 0, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
 	}
 	if dec.More() {
-		return nil, fmt.Errorf("%w: %s: trailing data", ErrCorrupt, name)
+		return nil, 0, fmt.Errorf("%w: %s: trailing data", ErrCorrupt, name)
 	}
-	if f.Version != Version {
-		return nil, fmt.Errorf("%w: %s: version %d, this listenerd reads version %d", ErrCorrupt, name, f.Version, Version)
+	if f.Version < MinVersion || f.Version > Version {
+		return nil, 0, fmt.Errorf("%w: %s: version %d, this listenerd reads versions %d-%d", ErrCorrupt, name, f.Version, MinVersion, Version)
 	}
-	return f.Listeners, nil
+	return f.Listeners, f.Version, nil
 }
 
 // Save replaces the state file atomically: a reader (or a crash) sees the

@@ -16,15 +16,15 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if recs, err := s.Load(); err != nil || len(recs) != 0 {
+	if recs, v, err := s.Load(); err != nil || len(recs) != 0 || v != Version {
 		t.Fatalf("empty dir: %v, %v", recs, err)
 	}
 	want := []json.RawMessage{json.RawMessage(`{"id":"a"}`), json.RawMessage(`{"id":"b"}`)}
 	if err := s.Save(want); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Load()
-	if err != nil || len(got) != 2 {
+	got, v, err := s.Load()
+	if err != nil || len(got) != 2 || v != Version {
 		t.Fatalf("load: %s, %v", got, err)
 	}
 	var rec struct{ ID string }
@@ -113,7 +113,7 @@ func TestCorruptFilesNameTheFile(t *testing.T) {
 		if err := os.WriteFile(s.Path(), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, err := s.Load()
+		_, _, err := s.Load()
 		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), filepath.Join(dir, FileName)) {
 			t.Errorf("%s: %v, want ErrCorrupt naming the file", name, err)
 		}
@@ -125,12 +125,15 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"version":2}`))
 	f.Add([]byte(``))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		recs, err := Decode("fuzz", data)
+		recs, v, err := Decode("fuzz", data)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "fuzz") {
 				t.Fatalf("error not ErrCorrupt naming the file: %v", err)
 			}
 			return
+		}
+		if v < MinVersion || v > Version {
+			t.Fatalf("decoded version %d, outside %d-%d", v, MinVersion, Version)
 		}
 		// What decodes is valid JSON records.
 		for _, r := range recs {

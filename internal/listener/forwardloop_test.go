@@ -19,14 +19,14 @@ import (
 func TestForwardLoopRefused(t *testing.T) {
 	m := newManager(t)
 	freePort := func() uint16 { // a port that was free a moment ago
-		l := create(t, m, Spec{Limits: unlimited()})
+		l := create(t, m, Spec{})
 		if _, err := m.Close(l.ID(), 0, true); err != nil {
 			t.Fatal(err)
 		}
 		return localPortOf(l)
 	}
 	forward := func(host string, port uint16, upstream string) *Listener {
-		return create(t, m, Spec{Host: host, Port: port, Limits: unlimited(), Handler: Handler{Kind: HandlerForward, Upstream: upstream}})
+		return create(t, m, Spec{Host: host, Port: port, Handler: ForwardTo(upstream, 0)})
 	}
 	p := freePort()
 	self := forward("0.0.0.0", p, fmt.Sprintf("127.0.0.1:%d", p)) // the wildcard serves loopback
@@ -46,8 +46,8 @@ func TestForwardLoopRefused(t *testing.T) {
 	}
 	accepted := map[*Listener]uint64{self: 1, a: 1, b: 0, unspec: 1}
 	r6 := freePort()
-	if v6, err := m.Create(context.Background(), "", Spec{Host: "::1", Port: r6, Limits: unlimited(),
-		Handler: Handler{Kind: HandlerForward, Upstream: fmt.Sprintf("[::]:%d", r6)}}); err == nil {
+	if v6, err := m.Create(context.Background(), "", Spec{Host: "::1", Port: r6, Limits: Limits{},
+		Handler: ForwardTo(fmt.Sprintf("[::]:%d", r6), 0)}); err == nil {
 		loops = append(loops, loop{v6, v6.ID() + " -> " + v6.ID()}) // a dial to :: reaches ::1
 		accepted[v6] = 1
 	} else {
@@ -72,7 +72,7 @@ func TestForwardLoopRefused(t *testing.T) {
 		}
 	}
 
-	echo := create(t, m, Spec{Limits: unlimited(), Handler: Handler{Kind: HandlerEcho}})
+	echo := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	mid := forward("", 0, echo.Info().Bound)
 	front := forward("", 0, mid.Info().Bound)
 	c := dial(t, front.Info().Bound)
@@ -107,7 +107,7 @@ func TestResolveUpstream(t *testing.T) {
 // or, dialling 0.0.0.0 or ::, to its family's loopback address.
 func TestServing(t *testing.T) {
 	m := newManager(t)
-	v4 := create(t, m, Spec{Limits: unlimited()})
+	v4 := create(t, m, Spec{})
 	port := localPortOf(v4)
 	for target, want := range map[string]*Listener{
 		fmt.Sprintf("127.0.0.1:%d", port):          v4,
@@ -121,7 +121,7 @@ func TestServing(t *testing.T) {
 			t.Errorf("serving(%s) = %v, want %v", target, got, want)
 		}
 	}
-	wild := create(t, m, Spec{Host: "0.0.0.0", Limits: unlimited()})
+	wild := create(t, m, Spec{Host: "0.0.0.0"})
 	wport := localPortOf(wild)
 	for _, target := range []string{fmt.Sprintf("127.0.0.2:%d", wport), fmt.Sprintf("0.0.0.0:%d", wport)} {
 		if got := m.serving(netip.MustParseAddrPort(target)); got != wild {

@@ -30,7 +30,11 @@ func (m *Manager) checkLoop(ctx context.Context, from *Listener, target netip.Ad
 	path := []*Listener{from}
 	for range maxLoopHops {
 		l := m.serving(target)
-		if l == nil || l.spec.Handler.Kind != HandlerForward {
+		if l == nil {
+			return nil
+		}
+		fwd, ok := l.handler.(forwardTarget)
+		if !ok {
 			return nil
 		}
 		if slices.Contains(path, l) {
@@ -42,7 +46,7 @@ func (m *Manager) checkLoop(ctx context.Context, from *Listener, target netip.Ad
 			return fmt.Errorf("%w: %s is listener %s, and the upstreams go round: %s", errLoop, target, l.id, strings.Join(ids, " -> "))
 		}
 		path = append(path, l)
-		next, err := resolveUpstream(ctx, l.spec.Handler.Upstream)
+		next, err := resolveUpstream(ctx, fwd.target())
 		if err != nil {
 			return nil // that listener's own dial reports it
 		}
@@ -115,24 +119,4 @@ func localAddrs() []netip.Addr {
 	}
 	localCache.Store(c)
 	return c.addrs
-}
-
-// resolveUpstream resolves a forward upstream to the first address its
-// dial would try.
-func resolveUpstream(ctx context.Context, upstream string) (netip.AddrPort, error) {
-	host, port, err := net.SplitHostPort(upstream)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	p, err := net.LookupPort("tcp", port)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		if ip, err = lookupFirst(ctx, host); err != nil {
-			return netip.AddrPort{}, fmt.Errorf("resolve %s: %v", host, err)
-		}
-	}
-	return netip.AddrPortFrom(ip.Unmap().WithZone(""), uint16(p)), nil
 }

@@ -1,0 +1,40 @@
+package listener
+
+import "encoding/json"
+
+// Echo writes back every byte it reads.
+var Echo = HandlerKind{Name: "echo", New: func(opts json.RawMessage) (Handler, error) {
+	return echo{}, decodeOptions(opts, &struct{}{})
+}}
+
+type echo struct{}
+
+func (echo) Serve(c *Conn) error {
+	var err error
+	if c.Filtered() {
+		// The peer's FIN goes through the in filters; the daemon's side
+		// ends once it is out of them, unless half-open.
+		err = c.In(echoStage{c.Out(), c.AllowHalfOpen()})
+	} else {
+		err = c.pump(true, c.idle)
+	}
+	if err == nil && c.AllowHalfOpen() {
+		c.halfOpen()
+	}
+	return err
+}
+
+// echoStage turns the client's bytes around.
+type echoStage struct {
+	out      Stage
+	halfOpen bool // keep the daemon's side open at the client's FIN
+}
+
+func (s echoStage) Write(p []byte) (int, error) { return s.out.Write(p) }
+
+func (s echoStage) CloseWrite() error {
+	if s.halfOpen {
+		return nil
+	}
+	return s.out.CloseWrite()
+}
