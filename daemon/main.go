@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/metrics"
 	"github.com/listenerd/listenerd/internal/paths"
 	"github.com/listenerd/listenerd/internal/server"
@@ -64,10 +63,10 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 	var level slog.Level
 	fs.StringVar(&cfg.Socket, "socket", paths.DefaultSocket(), "API unix socket path (env "+paths.SocketEnv+")")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long connections may drain on SIGTERM/SIGINT")
-	fs.IntVar(&cfg.History, "history", events.DefaultHistory, "events held in memory for watch resume")
-	fs.Int64Var(&cfg.HistoryData, "history-data", events.DefaultHistoryData, "bytes of connection data the event history holds (beyond, the oldest data events keep their length but lose their bytes)")
-	fs.IntVar(&cfg.WatcherLag, "watch-queue", events.DefaultWatcherLag, "events a watcher may fall behind before its stream ends with RESOURCE_EXHAUSTED")
-	fs.IntVar(&cfg.MaxWatchers, "max-watchers", events.DefaultMaxWatchers, "concurrent WatchEvents streams")
+	fs.IntVar(&cfg.History, "history", server.DefaultHistory, "events held in memory for watch resume")
+	fs.Int64Var(&cfg.HistoryData, "history-data", server.DefaultHistoryData, "bytes of connection data the event history holds (beyond, the oldest data events keep their length but lose their bytes)")
+	fs.IntVar(&cfg.WatcherLag, "watch-queue", server.DefaultWatcherLag, "events a watcher may fall behind before its stream ends with RESOURCE_EXHAUSTED")
+	fs.IntVar(&cfg.MaxWatchers, "max-watchers", server.DefaultMaxWatchers, "concurrent WatchEvents streams")
 	fs.StringVar(&cfg.StateDir, "state-dir", paths.StateDir(), "directory where listener specs persist")
 	fs.BoolVar(&cfg.Ephemeral, "ephemeral", false, "keep no state: listeners are neither saved nor restored")
 	fs.IntVar(&cfg.MaxListeners, "max-listeners", 0, "listeners at once (0: unlimited)")
@@ -95,27 +94,8 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 	if fs.NArg() > 0 {
 		return cfg, level, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	switch {
-	case cfg.Socket == "":
-		return cfg, level, fmt.Errorf("--socket must not be empty")
-	case cfg.ShutdownTimeout < 0:
-		return cfg, level, fmt.Errorf("--shutdown-timeout must not be negative")
-	case !cfg.Ephemeral && cfg.StateDir == "":
-		return cfg, level, fmt.Errorf("--state-dir must not be empty (or use --ephemeral)")
-	case cfg.MaxListeners < 0:
-		return cfg, level, fmt.Errorf("--max-listeners %d: must not be negative (0: unlimited)", cfg.MaxListeners)
-	case cfg.MaxConnections < 0:
-		return cfg, level, fmt.Errorf("--max-connections %d: must not be negative (0: unlimited)", cfg.MaxConnections)
-	case cfg.History <= 0:
-		return cfg, level, fmt.Errorf("--history %d: must be positive", cfg.History)
-	case cfg.HistoryData <= 0:
-		return cfg, level, fmt.Errorf("--history-data %d: must be positive", cfg.HistoryData)
-	case cfg.WatcherLag <= 0:
-		return cfg, level, fmt.Errorf("--watch-queue %d: must be positive", cfg.WatcherLag)
-	case cfg.MaxWatchers <= 0:
-		return cfg, level, fmt.Errorf("--max-watchers %d: must be positive", cfg.MaxWatchers)
-	case cfg.History > events.MaxHistory:
-		return cfg, level, fmt.Errorf("--history %d: at most %d events (about 150 bytes each)", cfg.History, events.MaxHistory)
+	if err := cfg.Check(); err != nil {
+		return cfg, level, err
 	}
 	return cfg, level, nil
 }

@@ -2,9 +2,7 @@ package main
 
 import (
 	"flag"
-	"fmt"
 
-	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/server"
 )
 
@@ -27,21 +25,8 @@ func addSecurityFlags(fs *flag.FlagSet, cfg *server.Config) (check func() error)
 	fs.StringVar(&securityFlags.hosts, "allow-hosts", "", "addresses listeners may bind, as a list of IPs and CIDRs (e.g. 127.0.0.1,::1,10.0.0.0/8); 0.0.0.0 and :: only when listed; empty: any")
 	fs.BoolVar(&securityFlags.allowPrivileged, "allow-privileged", true, "allow ports below 1024 when the process may bind them (false refuses them whatever the rights)")
 	return func() error {
-		ports, err := listener.ParsePorts(securityFlags.ports)
-		if err != nil {
-			return fmt.Errorf("--allow-ports: %w", err)
-		}
-		hosts, err := listener.ParseHosts(securityFlags.hosts)
-		if err != nil {
-			return fmt.Errorf("--allow-hosts: %w", err)
-		}
-		cfg.Policy = listener.Policy{Ports: ports, Hosts: hosts, NoPrivileged: !securityFlags.allowPrivileged}
-		if cfg.MutationRate < 0 {
-			return fmt.Errorf("--api-rate %g: must not be negative (0: no limit)", cfg.MutationRate)
-		}
-		if cfg.MutationBurst < 0 {
-			return fmt.Errorf("--api-burst %d: must not be negative", cfg.MutationBurst)
-		}
-		return nil
+		var err error
+		cfg.Policy, err = server.ParsePolicy(securityFlags.ports, securityFlags.hosts, securityFlags.allowPrivileged)
+		return err
 	}
 }

@@ -1,0 +1,65 @@
+package server
+
+import (
+	"fmt"
+
+	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/listener"
+)
+
+// Defaults of the configuration, for the daemon's flags.
+const (
+	DefaultHistory     = events.DefaultHistory
+	DefaultHistoryData = events.DefaultHistoryData
+	DefaultWatcherLag  = events.DefaultWatcherLag
+	DefaultMaxWatchers = events.DefaultMaxWatchers
+)
+
+// ParsePolicy reads the listener policy as the daemon's flags write it:
+// ports and ranges ("0,8000-8999"), addresses and prefixes
+// ("127.0.0.1,::1,10.0.0.0/8"), and whether privileged ports are allowed.
+// Errors name the flag.
+func ParsePolicy(ports, hosts string, allowPrivileged bool) (listener.Policy, error) {
+	pr, err := listener.ParsePorts(ports)
+	if err != nil {
+		return listener.Policy{}, fmt.Errorf("--allow-ports: %w", err)
+	}
+	hp, err := listener.ParseHosts(hosts)
+	if err != nil {
+		return listener.Policy{}, fmt.Errorf("--allow-hosts: %w", err)
+	}
+	return listener.Policy{Ports: pr, Hosts: hp, NoPrivileged: !allowPrivileged}, nil
+}
+
+// Check validates the configuration before Run, naming the daemon's flag
+// of each value it refuses. Run checks what only running can tell (the
+// TCP API's files and addresses).
+func (c Config) Check() error {
+	switch {
+	case c.Socket == "":
+		return fmt.Errorf("--socket must not be empty")
+	case c.ShutdownTimeout < 0:
+		return fmt.Errorf("--shutdown-timeout must not be negative")
+	case !c.Ephemeral && c.StateDir == "":
+		return fmt.Errorf("--state-dir must not be empty (or use --ephemeral)")
+	case c.MaxListeners < 0:
+		return fmt.Errorf("--max-listeners %d: must not be negative (0: unlimited)", c.MaxListeners)
+	case c.MaxConnections < 0:
+		return fmt.Errorf("--max-connections %d: must not be negative (0: unlimited)", c.MaxConnections)
+	case c.History <= 0:
+		return fmt.Errorf("--history %d: must be positive", c.History)
+	case c.HistoryData <= 0:
+		return fmt.Errorf("--history-data %d: must be positive", c.HistoryData)
+	case c.WatcherLag <= 0:
+		return fmt.Errorf("--watch-queue %d: must be positive", c.WatcherLag)
+	case c.MaxWatchers <= 0:
+		return fmt.Errorf("--max-watchers %d: must be positive", c.MaxWatchers)
+	case c.History > events.MaxHistory:
+		return fmt.Errorf("--history %d: at most %d events (about 150 bytes each)", c.History, events.MaxHistory)
+	case c.MutationRate < 0:
+		return fmt.Errorf("--api-rate %g: must not be negative (0: no limit)", c.MutationRate)
+	case c.MutationBurst < 0:
+		return fmt.Errorf("--api-burst %d: must not be negative", c.MutationBurst)
+	}
+	return nil
+}
