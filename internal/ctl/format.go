@@ -414,9 +414,19 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 		if e := c.GetError(); e != "" {
 			fmt.Fprintf(&b, " error=%q", e)
 		}
+	case *listenerdv1.Event_ConnectionQueued:
+		q := k.ConnectionQueued
+		fmt.Fprintf(&b, "connection_queued c=%s %s -> %s position=%d", q.GetConnectionId(), remote(q.GetTuple()), local(q.GetTuple()), q.GetPosition())
 	case *listenerdv1.Event_ConnectionRejected:
 		r := k.ConnectionRejected
-		fmt.Fprintf(&b, "connection_rejected %s -> %s reason=%s", remote(r.GetTuple()), local(r.GetTuple()), rejectReasonWord(r.GetReason()))
+		b.WriteString("connection_rejected ")
+		if id := r.GetConnectionId(); id != "" {
+			fmt.Fprintf(&b, "c=%s ", id) // it had waited in the queue
+		}
+		fmt.Fprintf(&b, "%s -> %s reason=%s", remote(r.GetTuple()), local(r.GetTuple()), rejectReasonWord(r.GetReason()))
+		if w := r.GetQueueWait(); w != nil {
+			fmt.Fprintf(&b, " waited=%s", humanDuration(w.AsDuration()))
+		}
 	case *listenerdv1.Event_AcceptError:
 		e := k.AcceptError
 		fmt.Fprintf(&b, "accept_error error=%q backoff=%s count=%d", e.GetError(), humanDuration(e.GetBackoff().AsDuration()), e.GetCount())
@@ -466,9 +476,19 @@ func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
 		}
 		return fmt.Sprintf("CLOSED: %s (%s, in %s, out %s, %s)", remote(c.GetTuple()), why,
 			humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut()), humanDuration(c.GetDuration().AsDuration())), false
+	case *listenerdv1.Event_ConnectionQueued:
+		q := k.ConnectionQueued
+		r := remote(q.GetTuple())
+		p.remotes[q.GetConnectionId()] = r
+		return fmt.Sprintf("QUEUED: %s (%s ahead)", r, plural(uint64(q.GetPosition()), "connection")), false
 	case *listenerdv1.Event_ConnectionRejected:
 		r := k.ConnectionRejected
-		return fmt.Sprintf("REJECTED: %s (%s)", remote(r.GetTuple()), strings.ReplaceAll(rejectReasonWord(r.GetReason()), "_", " ")), false
+		delete(p.remotes, r.GetConnectionId())
+		why := strings.ReplaceAll(rejectReasonWord(r.GetReason()), "_", " ")
+		if w := r.GetQueueWait(); w != nil {
+			why += ", waited " + humanDuration(w.AsDuration())
+		}
+		return fmt.Sprintf("REJECTED: %s (%s)", remote(r.GetTuple()), why), false
 	case *listenerdv1.Event_AcceptError:
 		e := k.AcceptError
 		s := fmt.Sprintf("ERROR: accept: %s (retrying in %s", e.GetError(), humanDuration(e.GetBackoff().AsDuration()))

@@ -212,9 +212,9 @@ closed at once (a rejected event), and 0 rejects every connection.
 beyond a rate or beyond a number open from one address, with a rejected event.
 
 --follow keeps running and prints the listener's events like a Node server's
-log (CONNECTED:, CLOSED:, REJECTED:; with --data also DATA:). Ctrl-C stops
-following and exits 0; the listener stays open in the daemon (close it with
-ctl close). Following ends by itself when the listener closes.`,
+log (CONNECTED:, QUEUED:, CLOSED:, REJECTED:; with --data also DATA:). Ctrl-C
+stops following and exits 0; the listener stays open in the daemon (close it
+with ctl close). Following ends by itself when the listener closes.`,
 		Example: `  ctl listen --port 6969
   ctl listen --port 6969 --mode echo --name echo --follow
   ctl listen --port 0 --max-connections 2 --idle-timeout 30s
