@@ -67,82 +67,35 @@ func (a *app) getCmd() *cobra.Command {
 	}
 }
 
-// limitOptions holds the flags of ctl limit.
+// limitOptions holds the flags of ctl limit: the limits of ctl listen,
+// and --unlimited.
 type limitOptions struct {
-	maxConns    uint32
-	unlimited   bool
-	overflow    string
-	idleTimeout time.Duration
-	maxLifetime time.Duration
-	acceptRate  float64
-	acceptBurst uint32
-	perSource   uint32
+	limits    limitFlags
+	unlimited bool
 }
 
 func (o *limitOptions) addFlags(fs *pflag.FlagSet) {
-	fs.Uint32Var(&o.maxConns, "max-connections", 0, "most open connections; 0 rejects every new connection")
+	o.limits.addFlags(fs)
 	fs.BoolVar(&o.unlimited, "unlimited", false, "remove the connection limit")
-	fs.StringVar(&o.overflow, "overflow", "", "what happens over the limit: reject or backlog")
-	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "close connections idle this long; 0 means never")
-	fs.DurationVar(&o.maxLifetime, "max-lifetime", 0, "close connections this long after they open; 0 means never")
-	fs.Float64Var(&o.acceptRate, "accept-rate", 0, "most connections accepted a second; 0 means no limit")
-	fs.Uint32Var(&o.acceptBurst, "accept-burst", 0, "burst of --accept-rate; 0 means the rate, at least 1")
-	fs.Uint32Var(&o.perSource, "max-per-source", 0, "most open connections from one source address; 0 means no limit")
 }
 
 // request builds the UpdateListenerRequest: its mask names exactly the limits
 // whose flags were given. --unlimited names max_connections and leaves it
 // unset.
 func (o *limitOptions) request(id string, fs *pflag.FlagSet) (*listenerdv1.UpdateListenerRequest, error) {
-	limits := &listenerdv1.Limits{}
-	var paths []string
-	maxSet, unlimited := fs.Changed("max-connections"), fs.Changed("unlimited") && o.unlimited
-	switch {
-	case maxSet && unlimited:
+	unlimited := fs.Changed("unlimited") && o.unlimited
+	if unlimited && fs.Changed("max-connections") {
 		return nil, usageErrorf("give --max-connections or --unlimited, not both")
-	case maxSet:
-		n := o.maxConns
-		limits.MaxConnections = &n
-		paths = append(paths, "spec.limits.max_connections")
-	case unlimited:
-		paths = append(paths, "spec.limits.max_connections")
 	}
-	if fs.Changed("overflow") {
-		p, err := parseOverflow(o.overflow)
-		if err != nil {
-			return nil, err
-		}
-		limits.Overflow = p
-		paths = append(paths, "spec.limits.overflow")
+	limits, paths, err := o.limits.limits(fs)
+	if err != nil {
+		return nil, err
 	}
-	if fs.Changed("idle-timeout") {
-		limits.IdleTimeout = durationpb.New(o.idleTimeout)
-		paths = append(paths, "spec.limits.idle_timeout")
-	}
-	if fs.Changed("max-lifetime") {
-		limits.MaxLifetime = durationpb.New(o.maxLifetime)
-		paths = append(paths, "spec.limits.max_lifetime")
-	}
-	if fs.Changed("accept-rate") {
-		if o.acceptRate < 0 {
-			return nil, usageErrorf("--accept-rate must not be negative (0 means no limit)")
-		}
-		limits.AcceptRate = o.acceptRate
-		paths = append(paths, "spec.limits.accept_rate")
-	}
-	if fs.Changed("accept-burst") {
-		limits.AcceptBurst = o.acceptBurst
-		paths = append(paths, "spec.limits.accept_burst")
-	}
-	if fs.Changed("max-per-source") {
-		if o.perSource > 0 { // 0 leaves it unset: no limit
-			n := o.perSource
-			limits.MaxConnectionsPerSource = &n
-		}
-		paths = append(paths, "spec.limits.max_connections_per_source")
+	if unlimited { // max_connections comes first, as in limitSetters
+		paths = append([]string{"spec.limits.max_connections"}, paths...)
 	}
 	if len(paths) == 0 {
-		return nil, usageErrorf("nothing to change: give --max-connections N, --unlimited, --overflow, --idle-timeout, --max-lifetime, --accept-rate, --accept-burst or --max-per-source")
+		return nil, usageErrorf("nothing to change: give --unlimited, %s", limitFlagNames())
 	}
 	return &listenerdv1.UpdateListenerRequest{
 		Listener:   &listenerdv1.Listener{Id: id, Spec: &listenerdv1.ListenerSpec{Limits: limits}},
@@ -153,7 +106,7 @@ func (o *limitOptions) request(id string, fs *pflag.FlagSet) (*listenerdv1.Updat
 func (a *app) limitCmd() *cobra.Command {
 	var o limitOptions
 	cmd := &cobra.Command{
-		Use:   "limit ID [--max-connections N | --unlimited] [--overflow reject|backlog] [--idle-timeout D] [--max-lifetime D] [--accept-rate R] [--accept-burst N] [--max-per-source N]",
+		Use:   "limit ID [--max-connections N | --unlimited] [--overflow " + strings.Join(overflowWordList(), "|") + "] [--idle-timeout D] [--max-lifetime D] [--accept-rate R] [--accept-burst N] [--max-per-source N]",
 		Short: "Change a listener's limits at runtime",
 		Long: `Change a listener's limits without a rebind; only the limits given change.
 A lowered --max-connections (or --max-per-source) closes nobody: it applies to

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
@@ -22,20 +23,14 @@ type listenOptions struct {
 	port           uint32
 	host           string
 	name           string
-	maxConns       uint32
-	overflow       string
+	limits         limitFlags
 	mode           string
 	upstream       string
 	allowHalfOpen  bool
 	pauseOnConnect bool
 	backlog        uint32
-	idleTimeout    time.Duration
-	maxLifetime    time.Duration
 	allow          []string
 	deny           []string
-	acceptRate     float64
-	acceptBurst    uint32
-	maxPerSource   uint32
 	noDelay        bool
 	keepalive      time.Duration
 	follow         bool
@@ -46,20 +41,14 @@ func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
 	fs.Uint32Var(&o.port, "port", 0, "TCP port to bind; 0 takes an ephemeral port")
 	fs.StringVar(&o.host, "host", "", "IP address or host name to bind (the daemon's default: 127.0.0.1)")
 	fs.StringVar(&o.name, "name", "", "unique name, usable wherever an id is")
-	fs.Uint32Var(&o.maxConns, "max-connections", 0, "most open connections; 0 rejects every connection (default unlimited)")
-	fs.StringVar(&o.overflow, "overflow", "", "what happens over --max-connections: reject (accept and close, Node's way) or backlog (leave in the kernel queue) (default reject)")
+	o.limits.addFlags(fs)
 	fs.StringVar(&o.mode, "mode", "", "what to do with connections: discard, echo or forward (default discard, or forward with --upstream)")
 	fs.StringVar(&o.upstream, "upstream", "", "HOST:PORT to forward connections to (implies --mode forward)")
 	fs.BoolVar(&o.allowHalfOpen, "allow-half-open", false, "keep the daemon's side open after the peer ends its side")
 	fs.BoolVar(&o.pauseOnConnect, "pause-on-connect", false, "hold accepted connections without reading them")
 	fs.Uint32Var(&o.backlog, "backlog", 0, "accept queue length for listen(2) (default: the system's)")
-	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "close connections that move no bytes for this long (default never)")
-	fs.DurationVar(&o.maxLifetime, "max-lifetime", 0, "close connections this long after they open (default never)")
 	fs.StringSliceVar(&o.allow, "allow", nil, "source CIDR allowed to connect; repeat or separate with commas (default: all)")
 	fs.StringSliceVar(&o.deny, "deny", nil, "source CIDR refused; repeat or separate with commas; deny wins over allow")
-	fs.Float64Var(&o.acceptRate, "accept-rate", 0, "most connections accepted a second (token bucket); over it a connection is rejected (default: no limit)")
-	fs.Uint32Var(&o.acceptBurst, "accept-burst", 0, "burst of --accept-rate (default: the rate, at least 1)")
-	fs.Uint32Var(&o.maxPerSource, "max-per-source", 0, "most open connections from one source address; 0 means no limit (default)")
 	fs.BoolVar(&o.noDelay, "no-delay", true, "TCP_NODELAY on accepted connections; --no-delay=false turns Nagle's algorithm on")
 	fs.DurationVar(&o.keepalive, "keepalive", 0, "TCP keepalive interval of accepted connections; 0 turns keepalive off (default: the daemon's, 15s)")
 	fs.BoolVarP(&o.follow, "follow", "f", false, "after creating, print the listener's events until Ctrl-C or until it closes")
@@ -104,47 +93,12 @@ func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerR
 		spec.Keepalive = durationpb.New(o.keepalive)
 	}
 
-	var limits listenerdv1.Limits
-	limitsSet := false
-	if fs.Changed("max-connections") {
-		n := o.maxConns
-		limits.MaxConnections = &n
-		limitsSet = true
+	limits, _, err := o.limits.limits(fs)
+	if err != nil {
+		return nil, err
 	}
-	if fs.Changed("overflow") {
-		p, err := parseOverflow(o.overflow)
-		if err != nil {
-			return nil, err
-		}
-		limits.Overflow = p
-		limitsSet = true
-	}
-	if fs.Changed("idle-timeout") {
-		limits.IdleTimeout = durationpb.New(o.idleTimeout)
-		limitsSet = true
-	}
-	if fs.Changed("max-lifetime") {
-		limits.MaxLifetime = durationpb.New(o.maxLifetime)
-		limitsSet = true
-	}
-	if fs.Changed("accept-rate") {
-		if o.acceptRate < 0 {
-			return nil, usageErrorf("--accept-rate must not be negative (0 means no limit)")
-		}
-		limits.AcceptRate = o.acceptRate
-		limitsSet = true
-	}
-	if fs.Changed("accept-burst") {
-		limits.AcceptBurst = o.acceptBurst
-		limitsSet = true
-	}
-	if fs.Changed("max-per-source") && o.maxPerSource > 0 {
-		n := o.maxPerSource
-		limits.MaxConnectionsPerSource = &n
-		limitsSet = true
-	}
-	if limitsSet {
-		spec.Limits = &limits
+	if proto.Size(limits) > 0 { // else the daemon's defaults: no limits
+		spec.Limits = limits
 	}
 
 	handler, err := o.handler(fs)
@@ -180,19 +134,6 @@ func (o *listenOptions) handler(fs *pflag.FlagSet) (*listenerdv1.Handler, error)
 		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{Upstream: o.upstream}}}, nil
 	}
 	return nil, usageErrorf("unknown --mode %q (want discard, echo or forward)", o.mode)
-}
-
-// parseOverflow reads an overflow policy: reject or backlog.
-func parseOverflow(s string) (listenerdv1.OverflowPolicy, error) {
-	n := strings.ToUpper(strings.TrimSpace(s))
-	n = strings.TrimPrefix(n, "OVERFLOW_POLICY_")
-	switch n {
-	case "REJECT":
-		return listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT, nil
-	case "BACKLOG":
-		return listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG, nil
-	}
-	return 0, usageErrorf("unknown --overflow %q (want reject or backlog)", s)
 }
 
 func (a *app) listenCmd() *cobra.Command {

@@ -1,0 +1,145 @@
+package ctl
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// limitValues are a value to give each limit flag in the tests below.
+var limitValues = map[string]string{
+	"max-connections": "7",
+	"overflow":        "backlog",
+	"idle-timeout":    "30s",
+	"max-lifetime":    "1h",
+	"accept-rate":     "2.5",
+	"accept-burst":    "4",
+	"max-per-source":  "3",
+}
+
+// parseListen and parseLimit build the requests of ctl listen and ctl limit
+// from args.
+func parseListen(t *testing.T, args ...string) (*listenerdv1.CreateListenerRequest, error) {
+	t.Helper()
+	var o listenOptions
+	fs := pflag.NewFlagSet("listen", pflag.ContinueOnError)
+	o.addFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("%v: %v", args, err)
+	}
+	return o.request(fs)
+}
+
+func parseLimit(t *testing.T, args ...string) (*listenerdv1.UpdateListenerRequest, error) {
+	t.Helper()
+	var o limitOptions
+	fs := pflag.NewFlagSet("limit", pflag.ContinueOnError)
+	o.addFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("%v: %v", args, err)
+	}
+	return o.request("web", fs)
+}
+
+// ctl listen and ctl limit take the same limit flags, with the same help,
+// and each builds the same Limits from them; limit names each in its mask.
+func TestLimitFlagsShared(t *testing.T) {
+	listenFS, limitFS := pflag.NewFlagSet("listen", pflag.ContinueOnError), pflag.NewFlagSet("limit", pflag.ContinueOnError)
+	(&listenOptions{}).addFlags(listenFS)
+	(&limitOptions{}).addFlags(limitFS)
+	for _, s := range limitSetters {
+		a, b := listenFS.Lookup(s.flag), limitFS.Lookup(s.flag)
+		if a == nil || b == nil {
+			t.Fatalf("--%s: listen has it: %v, limit has it: %v", s.flag, a != nil, b != nil)
+		}
+		if a.Usage != b.Usage || a.Value.Type() != b.Value.Type() {
+			t.Errorf("--%s differs: %q (%s) and %q (%s)", s.flag, a.Usage, a.Value.Type(), b.Usage, b.Value.Type())
+		}
+		v, ok := limitValues[s.flag]
+		if !ok {
+			t.Fatalf("--%s: give it a value in limitValues", s.flag)
+		}
+		args := []string{"--" + s.flag, v}
+		create, err := parseListen(t, args...)
+		if err != nil {
+			t.Fatalf("listen %v: %v", args, err)
+		}
+		update, err := parseLimit(t, args...)
+		if err != nil {
+			t.Fatalf("limit %v: %v", args, err)
+		}
+		assertProto(t, create.GetSpec().GetLimits(), update.GetListener().GetSpec().GetLimits())
+		if create.GetSpec().GetLimits() == nil {
+			t.Errorf("listen %v sent no limits", args)
+		}
+		if got := update.GetUpdateMask().GetPaths(); !slices.Equal(got, []string{s.path}) {
+			t.Errorf("limit %v: mask %v, want [%s]", args, got, s.path)
+		}
+	}
+	// Both refuse a bad value the same way.
+	for _, args := range [][]string{{"--overflow", "drop"}, {"--accept-rate", "-1"}} {
+		_, err := parseListen(t, args...)
+		assertUsage(t, err)
+		_, err = parseLimit(t, args...)
+		assertUsage(t, err)
+	}
+}
+
+// Every limit flag at once, in one request of each command; the mask
+// follows the order of the fields whatever the order of the flags.
+func TestLimitFlagsAll(t *testing.T) {
+	var args []string
+	for i := len(limitSetters) - 1; i >= 0; i-- {
+		args = append(args, "--"+limitSetters[i].flag, limitValues[limitSetters[i].flag])
+	}
+	create, err := parseListen(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	update, err := parseLimit(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertProto(t, update.GetListener().GetSpec().GetLimits(), create.GetSpec().GetLimits())
+	want := []string{
+		"spec.limits.max_connections", "spec.limits.overflow", "spec.limits.idle_timeout", "spec.limits.max_lifetime",
+		"spec.limits.accept_rate", "spec.limits.accept_burst", "spec.limits.max_connections_per_source",
+	}
+	if got := update.GetUpdateMask().GetPaths(); !slices.Equal(got, want) {
+		t.Errorf("mask %v, want %v", got, want)
+	}
+	if l := create.GetSpec().GetLimits(); l.GetMaxConnections() != 7 || l.GetOverflow() != listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG ||
+		l.GetAcceptBurst() != 4 || l.GetMaxConnectionsPerSource() != 3 || l.GetIdleTimeout().AsDuration().Seconds() != 30 {
+		t.Errorf("limits %v", l)
+	}
+
+	// --unlimited names max_connections, first, with the field unset.
+	update, err = parseLimit(t, "--max-lifetime", "0", "--unlimited")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := update.GetUpdateMask().GetPaths(); !slices.Equal(got, []string{"spec.limits.max_connections", "spec.limits.max_lifetime"}) ||
+		update.GetListener().GetSpec().GetLimits().MaxConnections != nil {
+		t.Errorf("--unlimited: %v", update)
+	}
+}
+
+func TestOrList(t *testing.T) {
+	for want, words := range map[string][]string{
+		"":             nil,
+		"a":            {"a"},
+		"a or b":       {"a", "b"},
+		"a, b or c":    {"a", "b", "c"},
+		"a, b, c or d": {"a", "b", "c", "d"},
+	} {
+		if got := orList(words); got != want {
+			t.Errorf("orList(%q) = %q, want %q", words, got, want)
+		}
+	}
+	if got := overflowWords(); got != "reject or backlog" {
+		t.Errorf("overflowWords() = %q", got)
+	}
+}
