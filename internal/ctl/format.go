@@ -171,12 +171,20 @@ func familyWord(f listenerdv1.Family) string {
 	return "unknown"
 }
 
+// optCount shows an optional count, or unset when it is not set.
+func optCount(n *uint32, unset string) string {
+	if n == nil {
+		return unset
+	}
+	return strconv.FormatUint(uint64(*n), 10)
+}
+
 // maxConnsWord shows max_connections: "-" when unset (unlimited).
 func maxConnsWord(l *listenerdv1.Limits) string {
-	if l == nil || l.MaxConnections == nil {
+	if l == nil {
 		return "-"
 	}
-	return strconv.FormatUint(uint64(*l.MaxConnections), 10)
+	return optCount(l.MaxConnections, "-")
 }
 
 func modeWord(h *listenerdv1.Handler) string {
@@ -259,24 +267,6 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 		return writeJSON(w, l)
 	}
 	spec, st := l.GetSpec(), l.GetStatus()
-	lim := spec.GetLimits()
-	maxConns := "unlimited"
-	if lim != nil && lim.MaxConnections != nil {
-		maxConns = strconv.FormatUint(uint64(lim.GetMaxConnections()), 10)
-	}
-	maxPerSource := "unlimited"
-	if lim != nil && lim.MaxConnectionsPerSource != nil {
-		maxPerSource = strconv.FormatUint(uint64(*lim.MaxConnectionsPerSource), 10)
-	}
-	acceptRate := "unlimited"
-	if r := lim.GetAcceptRate(); r > 0 {
-		acceptRate = strconv.FormatFloat(r, 'g', -1, 64) + "/s"
-		if b := lim.GetAcceptBurst(); b > 0 {
-			acceptRate += fmt.Sprintf(" (burst %d)", b)
-		}
-	} else if b := lim.GetAcceptBurst(); b > 0 {
-		acceptRate += fmt.Sprintf(" (burst %d kept for when a rate is set)", b)
-	}
 	backlog := "system default"
 	if spec.Backlog != nil {
 		backlog = strconv.FormatUint(uint64(spec.GetBacklog()), 10)
@@ -291,12 +281,11 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 		{"state", stateWord(st.GetState())},
 		{"address", address(l)},
 		{"mode", mode},
-		{"max connections", maxConns},
-		{"overflow", overflowWord(lim.GetOverflow())},
-		{"idle timeout", optDuration(lim.GetIdleTimeout())},
-		{"max lifetime", optDuration(lim.GetMaxLifetime())},
-		{"max per source", maxPerSource},
-		{"accept rate", acceptRate},
+	}
+	for _, f := range limitFields(spec.GetLimits()) {
+		rows = append(rows, [2]string{strings.ReplaceAll(f.flag, "-", " "), f.value})
+	}
+	rows = append(rows, [][2]string{
 		{"backlog", backlog},
 		{"allow half-open", strconv.FormatBool(spec.GetAllowHalfOpen())},
 		{"pause on connect", strconv.FormatBool(spec.GetPauseOnConnect())},
@@ -310,7 +299,7 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 		{"created", a.when(st.GetCreateTime())},
 		{"closed", a.when(st.GetCloseTime())},
 		{"last error", st.GetLastError()},
-	}
+	}...)
 	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 	for _, r := range rows {
 		v := r[1]
@@ -330,27 +319,54 @@ func (a *app) when(ts *timestamppb.Timestamp) string {
 	return fmt.Sprintf("%s (%s ago)", localTime(ts), humanDuration(a.now().Sub(ts.AsTime())))
 }
 
-// limitsLine is the one-line summary of limits printed by limit.
-func limitsLine(l *listenerdv1.Limits) string {
-	maxConns := "unlimited"
-	if l != nil && l.MaxConnections != nil {
-		maxConns = strconv.FormatUint(uint64(*l.MaxConnections), 10)
+// limitField is one limit as ctl shows it.
+type limitField struct {
+	flag  string // the ctl flag that sets it
+	value string // "" for none
+	// brief leaves it out of limitsLine: it is at its default, and shown
+	// only when set, to keep the line short.
+	brief bool
+}
+
+// limitFields is how ctl shows limits, in the order of their flags: the
+// line of ctl limit and of limits_changed events (limitsLine), and the rows
+// of ctl get.
+func limitFields(l *listenerdv1.Limits) []limitField {
+	if l == nil {
+		l = &listenerdv1.Limits{}
 	}
-	s := fmt.Sprintf("max-connections=%s overflow=%s idle-timeout=%s max-lifetime=%s",
-		maxConns, overflowWord(l.GetOverflow()), optDuration(l.GetIdleTimeout()), optDuration(l.GetMaxLifetime()))
-	// The newer limits are shown only when set, to keep the line short.
-	if r := l.GetAcceptRate(); r > 0 {
-		s += " accept-rate=" + strconv.FormatFloat(r, 'g', -1, 64) + "/s"
-		if b := l.GetAcceptBurst(); b > 0 {
-			s += fmt.Sprintf(" accept-burst=%d", b)
+	fields := []limitField{
+		{flag: "max-connections", value: optCount(l.MaxConnections, "unlimited")},
+		{flag: "overflow", value: overflowWord(l.GetOverflow())},
+		{flag: "idle-timeout", value: optDuration(l.GetIdleTimeout())},
+		{flag: "max-lifetime", value: optDuration(l.GetMaxLifetime())},
+	}
+	rate, burst := l.GetAcceptRate(), l.GetAcceptBurst()
+	rateField := limitField{flag: "accept-rate", value: "unlimited", brief: rate <= 0}
+	if rate > 0 {
+		rateField.value = strconv.FormatFloat(rate, 'g', -1, 64) + "/s"
+	}
+	burstField := limitField{flag: "accept-burst", brief: burst == 0}
+	if burst > 0 {
+		burstField.value = strconv.FormatUint(uint64(burst), 10)
+		if rate <= 0 {
+			burstField.value += " (kept; no accept-rate to apply it to)"
 		}
-	} else if b := l.GetAcceptBurst(); b > 0 {
-		s += fmt.Sprintf(" accept-burst=%d (kept; no accept-rate to apply it to)", b)
 	}
-	if l != nil && l.MaxConnectionsPerSource != nil {
-		s += fmt.Sprintf(" max-per-source=%d", *l.MaxConnectionsPerSource)
+	return append(fields, rateField, burstField,
+		limitField{flag: "max-per-source", value: optCount(l.MaxConnectionsPerSource, "unlimited"), brief: l.MaxConnectionsPerSource == nil})
+}
+
+// limitsLine is limits on one line, "flag=value" each: what ctl limit
+// prints, and the limits_changed events.
+func limitsLine(l *listenerdv1.Limits) string {
+	var parts []string
+	for _, f := range limitFields(l) {
+		if !f.brief {
+			parts = append(parts, f.flag+"="+f.value)
+		}
 	}
-	return s
+	return strings.Join(parts, " ")
 }
 
 // writeConnections prints connections as a table, or one JSON object a line.

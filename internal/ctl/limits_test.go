@@ -1,10 +1,14 @@
 package ctl
 
 import (
+	"bytes"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 )
@@ -141,5 +145,54 @@ func TestOrList(t *testing.T) {
 	}
 	if got := overflowWords(); got != "reject or backlog" {
 		t.Errorf("overflowWords() = %q", got)
+	}
+}
+
+// ctl get, ctl limit and the limits_changed events show limits through
+// one formatter: the same values, the line leaving out what is at its
+// default.
+func TestLimitsFormatterShared(t *testing.T) {
+	lim := &listenerdv1.Limits{MaxConnections: u32(0), Overflow: listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG,
+		IdleTimeout: durationpb.New(time.Minute), AcceptRate: 0.5, AcceptBurst: 3, MaxConnectionsPerSource: u32(2)}
+	line := "max-connections=0 overflow=backlog idle-timeout=1m max-lifetime=none accept-rate=0.5/s accept-burst=3 max-per-source=2"
+	if got := limitsLine(lim); got != line {
+		t.Errorf("limitsLine:\n got %q\nwant %q", got, line)
+	}
+	ev := &listenerdv1.Event{Sequence: 3, ListenerId: "ln-1", Kind: &listenerdv1.Event_LimitsChanged{LimitsChanged: &listenerdv1.LimitsChanged{Limits: lim}}}
+	if got := eventLine(ev, false); got != "seq=3 ln-1 limits_changed "+line {
+		t.Errorf("eventLine: %q", got)
+	}
+	if got, _ := newFollowPrinter().line(ev); got != "LIMITS: "+line {
+		t.Errorf("follow: %q", got)
+	}
+
+	get := func(lim *listenerdv1.Limits) string {
+		t.Helper()
+		var b bytes.Buffer
+		if err := newApp(nil, nil).writeListener(&b, &listenerdv1.Listener{Id: "ln-1", Spec: &listenerdv1.ListenerSpec{Limits: lim}}); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	want := "max connections:  0\n" +
+		"overflow:         backlog\n" +
+		"idle timeout:     1m\n" +
+		"max lifetime:     none\n" +
+		"accept rate:      0.5/s\n" +
+		"accept burst:     3\n" +
+		"max per source:   2\n" +
+		"backlog:"
+	if got := get(lim); !strings.Contains(got, want) {
+		t.Errorf("get:\n%s\nwant the rows\n%s", got, want)
+	}
+	// Unset, get still shows each limit; the line leaves the last three out.
+	want = "accept rate:      unlimited\n" +
+		"accept burst:     -\n" +
+		"max per source:   unlimited\n"
+	if got := get(nil); !strings.Contains(got, want) {
+		t.Errorf("get of no limits:\n%s\nwant the rows\n%s", got, want)
+	}
+	if got := get(&listenerdv1.Limits{AcceptBurst: 5}); !strings.Contains(got, "accept burst:     5 (kept; no accept-rate to apply it to)\n") {
+		t.Errorf("get of a burst with no rate:\n%s", got)
 	}
 }
