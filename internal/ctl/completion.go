@@ -65,7 +65,7 @@ func (a *app) addCompletions(root *cobra.Command) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "listen":
-			_ = c.RegisterFlagCompletionFunc("mode", words("discard", "echo", "forward"))
+			_ = c.RegisterFlagCompletionFunc("mode", cobra.FixedCompletions(modeCompletions(), cobra.ShellCompDirectiveNoFileComp))
 			_ = c.RegisterFlagCompletionFunc("overflow", words("reject", "backlog"))
 		case "limit":
 			_ = c.RegisterFlagCompletionFunc("overflow", words("reject", "backlog"))

@@ -187,16 +187,6 @@ func maxConnsWord(l *listenerdv1.Limits) string {
 	return optCount(l.MaxConnections, "-")
 }
 
-func modeWord(h *listenerdv1.Handler) string {
-	switch h.GetKind().(type) {
-	case *listenerdv1.Handler_Echo:
-		return "echo"
-	case *listenerdv1.Handler_Forward:
-		return "forward"
-	}
-	return "discard"
-}
-
 // address is where a listener is: its bound address, or what it asked for
 // when it never bound.
 func address(l *listenerdv1.Listener) string {
@@ -271,16 +261,12 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 	if spec.Backlog != nil {
 		backlog = strconv.FormatUint(uint64(spec.GetBacklog()), 10)
 	}
-	mode := modeWord(spec.GetHandler())
-	if f := spec.GetHandler().GetForward(); f != nil {
-		mode += " to " + f.GetUpstream()
-	}
 	rows := [][2]string{
 		{"id", l.GetId()},
 		{"name", l.GetName()},
 		{"state", stateWord(st.GetState())},
 		{"address", address(l)},
-		{"mode", mode},
+		{"mode", modeLine(spec.GetHandler())},
 	}
 	for _, f := range limitFields(spec.GetLimits()) {
 		rows = append(rows, [2]string{strings.ReplaceAll(f.flag, "-", " "), f.value})

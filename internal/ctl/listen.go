@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,8 +23,7 @@ type listenOptions struct {
 	host           string
 	name           string
 	limits         limitFlags
-	mode           string
-	upstream       string
+	handler        handlerFlags
 	allowHalfOpen  bool
 	pauseOnConnect bool
 	backlog        uint32
@@ -42,8 +40,7 @@ func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.host, "host", "", "IP address or host name to bind (the daemon's default: 127.0.0.1)")
 	fs.StringVar(&o.name, "name", "", "unique name, usable wherever an id is")
 	o.limits.addFlags(fs)
-	fs.StringVar(&o.mode, "mode", "", "what to do with connections: discard, echo or forward (default discard, or forward with --upstream)")
-	fs.StringVar(&o.upstream, "upstream", "", "HOST:PORT to forward connections to (implies --mode forward)")
+	o.handler.addFlags(fs)
 	fs.BoolVar(&o.allowHalfOpen, "allow-half-open", false, "keep the daemon's side open after the peer ends its side")
 	fs.BoolVar(&o.pauseOnConnect, "pause-on-connect", false, "hold accepted connections without reading them")
 	fs.Uint32Var(&o.backlog, "backlog", 0, "accept queue length for listen(2) (default: the system's)")
@@ -101,39 +98,12 @@ func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerR
 		spec.Limits = limits
 	}
 
-	handler, err := o.handler(fs)
+	handler, err := o.handler.handler(fs)
 	if err != nil {
 		return nil, err
 	}
 	spec.Handler = handler
 	return &listenerdv1.CreateListenerRequest{Name: o.name, Spec: spec}, nil
-}
-
-// handler turns --mode and --upstream into a Handler; nil leaves the daemon's
-// default (discard).
-func (o *listenOptions) handler(fs *pflag.FlagSet) (*listenerdv1.Handler, error) {
-	mode := strings.ToLower(strings.TrimSpace(o.mode))
-	hasUpstream := fs.Changed("upstream")
-	if mode == "" && hasUpstream {
-		mode = "forward"
-	}
-	if hasUpstream && mode != "forward" {
-		return nil, usageErrorf("--upstream needs --mode forward, not %q", o.mode)
-	}
-	switch mode {
-	case "":
-		return nil, nil
-	case "discard":
-		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Discard{Discard: &listenerdv1.DiscardHandler{}}}, nil
-	case "echo":
-		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Echo{Echo: &listenerdv1.EchoHandler{}}}, nil
-	case "forward":
-		if o.upstream == "" {
-			return nil, usageErrorf("--mode forward needs --upstream HOST:PORT")
-		}
-		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{Upstream: o.upstream}}}, nil
-	}
-	return nil, usageErrorf("unknown --mode %q (want discard, echo or forward)", o.mode)
 }
 
 func (a *app) listenCmd() *cobra.Command {
@@ -144,6 +114,8 @@ func (a *app) listenCmd() *cobra.Command {
 		Long: `Open a new TCP listener in the daemon and print its bound address and id.
 The port is open when this command returns. --port 0 (the default) takes an
 ephemeral port.
+
+--mode says what the daemon does with each connection:` + modeHelp() + `
 
 --max-connections follows Node's server.maxConnections: without it a listener
 accepts without limit; with it a connection over the limit is accepted and
