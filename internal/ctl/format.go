@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -161,6 +163,20 @@ func kindWord(k listenerdv1.EventKind) string {
 	return enumWord(k.String(), "EVENT_KIND_")
 }
 
+// connStateWord is open or queued; "" when the daemon did not say.
+func connStateWord(s listenerdv1.ConnectionState) string {
+	if s == listenerdv1.ConnectionState_CONNECTION_STATE_UNSPECIFIED {
+		return ""
+	}
+	return enumWord(s.String(), "CONNECTION_STATE_")
+}
+
+// queuedOnce reports a connection that waits in its listener's queue, or
+// waited there before it was served.
+func queuedOnce(c *listenerdv1.Connection) bool {
+	return c.GetState() == listenerdv1.ConnectionState_CONNECTION_STATE_QUEUED || c.GetQueueWait().AsDuration() > 0
+}
+
 func familyWord(f listenerdv1.Family) string {
 	switch f {
 	case listenerdv1.Family_FAMILY_IPV4:
@@ -169,6 +185,49 @@ func familyWord(f listenerdv1.Family) string {
 		return "IPv6"
 	}
 	return "unknown"
+}
+
+// choice is a word a flag takes, with one line of help.
+type choice struct {
+	word, help string
+}
+
+// choices are the words of a flag, the default first.
+type choices []choice
+
+func (cs choices) words() []string {
+	words := make([]string, len(cs))
+	for i, c := range cs {
+		words[i] = c.word
+	}
+	return words
+}
+
+// help lists the choices a line each, aligned, the default marked, for a
+// command's --help.
+func (cs choices) help() string {
+	width := 0
+	for _, c := range cs {
+		width = max(width, len(c.word))
+	}
+	var b strings.Builder
+	for i, c := range cs {
+		help := c.help
+		if i == 0 {
+			help += " (the default)"
+		}
+		fmt.Fprintf(&b, "\n  %-*s  %s", width, c.word, help)
+	}
+	return b.String()
+}
+
+// completions are the words with their help as descriptions.
+func (cs choices) completions() []cobra.Completion {
+	out := make([]cobra.Completion, len(cs))
+	for i, c := range cs {
+		out[i] = cobra.CompletionWithDesc(c.word, c.help)
+	}
+	return out
 }
 
 // optCount shows an optional count, or unset when it is not set.
@@ -225,7 +284,13 @@ func (a *app) writeListeners(w io.Writer, ls []*listenerdv1.Listener) error {
 		}
 		return nil
 	}
+	// A QUEUED column after ACTIVE when a listener queues.
+	const queuedAt = 5
+	queued := slices.ContainsFunc(ls, queues)
 	header := []string{"ID", "NAME", "ADDRESS", "STATE", "ACTIVE", "ACCEPTED", "REJECTED", "MAX", "MODE"}
+	if queued {
+		header = slices.Insert(header, queuedAt, "QUEUED")
+	}
 	if a.wide() {
 		header = append(header, "IN", "OUT", "CREATED")
 	}
@@ -243,12 +308,23 @@ func (a *app) writeListeners(w io.Writer, ls []*listenerdv1.Listener) error {
 			maxConnsWord(l.GetSpec().GetLimits()),
 			modeWord(l.GetSpec().GetHandler()),
 		}
+		if queued {
+			row = slices.Insert(row, queuedAt, strconv.FormatUint(st.GetQueuedConnections(), 10))
+		}
 		if a.wide() {
 			row = append(row, humanBytes(st.GetBytesIn()), humanBytes(st.GetBytesOut()), localTime(st.GetCreateTime()))
 		}
 		t.row(row...)
 	}
 	return t.flush()
+}
+
+// queues reports a listener whose queue is in play: its overflow policy is
+// QUEUE, or connections wait in its queue (from before a change of policy).
+// Only then do ls and get show the queued count.
+func queues(l *listenerdv1.Listener) bool {
+	return l.GetSpec().GetLimits().GetOverflow() == listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE ||
+		l.GetStatus().GetQueuedConnections() > 0
 }
 
 // writeListener prints one listener as "key: value" lines, or as JSON.
@@ -278,6 +354,11 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 		{"allow", strings.Join(spec.GetAllowCidrs(), ", ")},
 		{"deny", strings.Join(spec.GetDenyCidrs(), ", ")},
 		{"active", strconv.FormatUint(st.GetActiveConnections(), 10)},
+	}...)
+	if queues(l) {
+		rows = append(rows, [2]string{"queued", strconv.FormatUint(st.GetQueuedConnections(), 10)})
+	}
+	rows = append(rows, [][2]string{
 		{"accepted", strconv.FormatUint(st.GetAcceptedConnections(), 10)},
 		{"rejected", strconv.FormatUint(st.GetRejectedConnections(), 10)},
 		{"bytes in", humanBytes(st.GetBytesIn())},
@@ -324,9 +405,19 @@ func limitFields(l *listenerdv1.Limits) []limitField {
 	fields := []limitField{
 		{flag: "max-connections", value: optCount(l.MaxConnections, "unlimited")},
 		{flag: "overflow", value: overflowWord(l.GetOverflow())},
-		{flag: "idle-timeout", value: optDuration(l.GetIdleTimeout())},
-		{flag: "max-lifetime", value: optDuration(l.GetMaxLifetime())},
 	}
+	if l.GetOverflow() == listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE { // the queue's own, ignored otherwise
+		n := l.GetQueueLength()
+		if n == 0 {
+			n = defaultQueueLength
+		}
+		fields = append(fields,
+			limitField{flag: "queue-length", value: strconv.FormatUint(uint64(n), 10)},
+			limitField{flag: "queue-timeout", value: optDuration(l.GetQueueTimeout())})
+	}
+	fields = append(fields,
+		limitField{flag: "idle-timeout", value: optDuration(l.GetIdleTimeout())},
+		limitField{flag: "max-lifetime", value: optDuration(l.GetMaxLifetime())})
 	rate, burst := l.GetAcceptRate(), l.GetAcceptBurst()
 	rateField := limitField{flag: "accept-rate", value: "unlimited", brief: rate <= 0}
 	if rate > 0 {
@@ -365,7 +456,13 @@ func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error 
 		}
 		return nil
 	}
+	// STATE and WAIT columns after AGE when a connection is or was queued.
+	const queueAt = 4
+	queued := slices.ContainsFunc(cs, queuedOnce)
 	header := []string{"ID", "REMOTE", "LOCAL", "AGE", "IN", "OUT"}
+	if queued {
+		header = slices.Insert(header, queueAt, "STATE", "WAIT")
+	}
 	if a.wide() {
 		header = append(header, "FAMILY", "OPENED")
 	}
@@ -378,6 +475,13 @@ func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error 
 		}
 		row := []string{c.GetId(), remote(c.GetTuple()), local(c.GetTuple()), age,
 			humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut())}
+		if queued {
+			wait := ""
+			if queuedOnce(c) {
+				wait = humanDuration(c.GetQueueWait().AsDuration())
+			}
+			row = slices.Insert(row, queueAt, connStateWord(c.GetState()), wait)
+		}
 		if a.wide() {
 			row = append(row, familyWord(c.GetTuple().GetFamily()), localTime(c.GetOpenTime()))
 		}

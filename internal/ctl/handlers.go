@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
@@ -100,38 +99,13 @@ func modeLine(h *listenerdv1.Handler) string {
 	return m.word + " " + m.detail(h)
 }
 
-func modeWordList() []string {
-	words := make([]string, len(handlerModes))
+// modeChoices are the --mode words with their help, the default first.
+func modeChoices() choices {
+	cs := make(choices, len(handlerModes))
 	for i, m := range handlerModes {
-		words[i] = m.word
+		cs[i] = choice{m.word, m.help}
 	}
-	return words
-}
-
-// modeHelp lists the modes with their help, for ctl listen --help.
-func modeHelp() string {
-	width := 0
-	for _, m := range handlerModes {
-		width = max(width, len(m.word))
-	}
-	var b strings.Builder
-	for i, m := range handlerModes {
-		help := m.help
-		if i == 0 {
-			help += " (the default)"
-		}
-		fmt.Fprintf(&b, "\n  %-*s  %s", width, m.word, help)
-	}
-	return b.String()
-}
-
-// modeCompletions are the --mode words with their help.
-func modeCompletions() []cobra.Completion {
-	out := make([]cobra.Completion, len(handlerModes))
-	for i, m := range handlerModes {
-		out[i] = cobra.CompletionWithDesc(m.word, m.help)
-	}
-	return out
+	return cs
 }
 
 // handlerFlags are --mode and the modes' own flags, for ctl listen.
@@ -149,7 +123,7 @@ func (f *handlerFlags) addFlags(fs *pflag.FlagSet) {
 			def += fmt.Sprintf(", or %s with --%s", m.word, mf.name)
 		}
 	}
-	fs.StringVar(&f.mode, "mode", "", "what to do with connections: "+orList(modeWordList())+" ("+def+")")
+	fs.StringVar(&f.mode, "mode", "", "what to do with connections: "+orList(modeChoices().words())+" ("+def+")")
 }
 
 // handler turns --mode and the modes' flags given in fs into a Handler;
@@ -185,5 +159,5 @@ func (f *handlerFlags) handler(fs *pflag.FlagSet) (*listenerdv1.Handler, error) 
 		}
 		return m.build(vals)
 	}
-	return nil, usageErrorf("unknown --mode %q (want %s)", f.mode, orList(modeWordList()))
+	return nil, usageErrorf("unknown --mode %q (want %s)", f.mode, orList(modeChoices().words()))
 }

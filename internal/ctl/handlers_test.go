@@ -47,7 +47,7 @@ func TestHandlerModesRoundTrip(t *testing.T) {
 		t.Errorf("listen --help:\n%s", help)
 	}
 	var words []string
-	for _, c := range modeCompletions() {
+	for _, c := range modeChoices().completions() {
 		words = append(words, strings.SplitN(c, "\t", 2)[0])
 		if !strings.Contains(c, "\t") {
 			t.Errorf("completion %q has no description", c)

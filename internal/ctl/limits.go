@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 type limitFlags struct {
 	maxConns     uint32
 	overflow     string
+	queueLength  uint32
+	queueTimeout time.Duration
 	idleTimeout  time.Duration
 	maxLifetime  time.Duration
 	acceptRate   float64
@@ -25,6 +28,8 @@ type limitFlags struct {
 func (f *limitFlags) addFlags(fs *pflag.FlagSet) {
 	fs.Uint32Var(&f.maxConns, "max-connections", 0, "most open connections; 0 rejects every new connection (default: unlimited)")
 	fs.StringVar(&f.overflow, "overflow", "", "what happens to a connection over --max-connections: "+overflowWords()+" (default "+overflowWord(0)+")")
+	fs.Uint32Var(&f.queueLength, "queue-length", 0, fmt.Sprintf("with --overflow queue: most connections waiting, 1-%d; 0 means %d (default)", maxQueueLength, defaultQueueLength))
+	fs.DurationVar(&f.queueTimeout, "queue-timeout", 0, "with --overflow queue: longest a connection waits before it is rejected; 0 means no limit (default)")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", 0, "close connections that move no bytes for this long; 0 means never (default)")
 	fs.DurationVar(&f.maxLifetime, "max-lifetime", 0, "close connections this long after they open; 0 means never (default)")
 	fs.Float64Var(&f.acceptRate, "accept-rate", 0, "most connections accepted a second (token bucket); over it a connection is rejected; 0 means no limit (default)")
@@ -40,7 +45,7 @@ type limitSetter struct {
 	set  func(f *limitFlags, l *listenerdv1.Limits) error
 }
 
-// limitSetters are the limit flags in the order of their fields.
+// limitSetters are the limit flags in the order ctl shows the limits.
 var limitSetters = []limitSetter{
 	{"max-connections", "spec.limits.max_connections", func(f *limitFlags, l *listenerdv1.Limits) error {
 		l.MaxConnections = new(f.maxConns)
@@ -51,13 +56,24 @@ var limitSetters = []limitSetter{
 		l.Overflow = p
 		return err
 	}},
+	{"queue-length", "spec.limits.queue_length", func(f *limitFlags, l *listenerdv1.Limits) error {
+		if f.queueLength > maxQueueLength {
+			return usageErrorf("--queue-length must be 1-%d (0 means the default, %d)", maxQueueLength, defaultQueueLength)
+		}
+		l.QueueLength = f.queueLength
+		return nil
+	}},
+	{"queue-timeout", "spec.limits.queue_timeout", func(f *limitFlags, l *listenerdv1.Limits) error {
+		l.QueueTimeout = durationpb.New(f.queueTimeout)
+		return nonNegative("queue-timeout", f.queueTimeout, "no limit")
+	}},
 	{"idle-timeout", "spec.limits.idle_timeout", func(f *limitFlags, l *listenerdv1.Limits) error {
 		l.IdleTimeout = durationpb.New(f.idleTimeout)
-		return nil
+		return nonNegative("idle-timeout", f.idleTimeout, "never")
 	}},
 	{"max-lifetime", "spec.limits.max_lifetime", func(f *limitFlags, l *listenerdv1.Limits) error {
 		l.MaxLifetime = durationpb.New(f.maxLifetime)
-		return nil
+		return nonNegative("max-lifetime", f.maxLifetime, "never")
 	}},
 	{"accept-rate", "spec.limits.accept_rate", func(f *limitFlags, l *listenerdv1.Limits) error {
 		if f.acceptRate < 0 {
@@ -80,8 +96,10 @@ var limitSetters = []limitSetter{
 
 // limits builds the Limits from the flags given in fs, and the update mask
 // paths of those flags, in the order of limitSetters. A flag not given
-// leaves its field unset.
-func (f *limitFlags) limits(fs *pflag.FlagSet) (*listenerdv1.Limits, []string, error) {
+// leaves its field unset. The queue's flags need --overflow queue, given
+// with them when creating is set (ctl listen); ctl limit may set them alone
+// for a listener that queues already.
+func (f *limitFlags) limits(fs *pflag.FlagSet, creating bool) (*listenerdv1.Limits, []string, error) {
 	l := &listenerdv1.Limits{}
 	var paths []string
 	for _, s := range limitSetters {
@@ -93,7 +111,26 @@ func (f *limitFlags) limits(fs *pflag.FlagSet) (*listenerdv1.Limits, []string, e
 		}
 		paths = append(paths, s.path)
 	}
+	queuing := l.GetOverflow() == listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE
+	for _, name := range []string{"queue-length", "queue-timeout"} {
+		switch {
+		case !fs.Changed(name) || queuing:
+		case fs.Changed("overflow"):
+			return nil, nil, usageErrorf("--%s needs --overflow queue, not %s", name, overflowWord(l.GetOverflow()))
+		case creating:
+			return nil, nil, usageErrorf("--%s needs --overflow queue", name)
+		}
+	}
 	return l, paths, nil
+}
+
+// nonNegative refuses a negative duration given to flag; zero means what
+// zero says.
+func nonNegative(flag string, d time.Duration, zero string) error {
+	if d < 0 {
+		return usageErrorf("--%s must not be negative (0 means %s)", flag, zero)
+	}
+	return nil
 }
 
 // limitFlagNames lists the limit flags for a message: "--a, --b or --c".
@@ -122,21 +159,30 @@ type overflowPolicy struct {
 // overflowPolicies are the words of --overflow, the default first; each
 // word is the policy's enum name in lower case (overflowWord).
 var overflowPolicies = []overflowPolicy{
-	{listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT, "accept and close at once, with a rejected event (Node's way)"},
-	{listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG, "stop accepting while at the limit: excess connections wait unseen in the kernel's queue"},
+	{listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT, "accept and close at once, with a rejected event, as Node does"},
+	{listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG, "stop accepting while at the limit; the excess waits unseen in the kernel"},
+	{listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE, "accept the excess and hold it, unread and listed, in a queue served in order"},
 }
 
-// overflowWordList is the --overflow words, the default first.
-func overflowWordList() []string {
-	words := make([]string, len(overflowPolicies))
+// The queue's length: the daemon's default and the most it takes.
+const (
+	defaultQueueLength = 128
+	maxQueueLength     = 65535
+)
+
+// overflowChoices are the --overflow words with their help, the default
+// first.
+func overflowChoices() choices {
+	cs := make(choices, len(overflowPolicies))
 	for i, p := range overflowPolicies {
-		words[i] = overflowWord(p.policy)
+		cs[i] = choice{overflowWord(p.policy), p.help}
 	}
-	return words
+	return cs
 }
 
-// overflowWords lists the --overflow words for people: "reject or backlog".
-func overflowWords() string { return orList(overflowWordList()) }
+// overflowWords lists the --overflow words for people: "reject, backlog
+// or queue".
+func overflowWords() string { return orList(overflowChoices().words()) }
 
 // parseOverflow reads an --overflow word (or the enum's name).
 func parseOverflow(s string) (listenerdv1.OverflowPolicy, error) {

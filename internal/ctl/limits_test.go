@@ -16,7 +16,9 @@ import (
 // limitValues are a value to give each limit flag in the tests below.
 var limitValues = map[string]string{
 	"max-connections": "7",
-	"overflow":        "backlog",
+	"overflow":        "queue",
+	"queue-length":    "64",
+	"queue-timeout":   "2s",
 	"idle-timeout":    "30s",
 	"max-lifetime":    "1h",
 	"accept-rate":     "2.5",
@@ -66,7 +68,10 @@ func TestLimitFlagsShared(t *testing.T) {
 		if !ok {
 			t.Fatalf("--%s: give it a value in limitValues", s.flag)
 		}
-		args := []string{"--" + s.flag, v}
+		args, mask := []string{"--" + s.flag, v}, []string{s.path}
+		if strings.HasPrefix(s.flag, "queue-") { // needs --overflow queue on listen
+			args, mask = append(args, "--overflow", "queue"), []string{"spec.limits.overflow", s.path}
+		}
 		create, err := parseListen(t, args...)
 		if err != nil {
 			t.Fatalf("listen %v: %v", args, err)
@@ -79,8 +84,8 @@ func TestLimitFlagsShared(t *testing.T) {
 		if create.GetSpec().GetLimits() == nil {
 			t.Errorf("listen %v sent no limits", args)
 		}
-		if got := update.GetUpdateMask().GetPaths(); !slices.Equal(got, []string{s.path}) {
-			t.Errorf("limit %v: mask %v, want [%s]", args, got, s.path)
+		if got := update.GetUpdateMask().GetPaths(); !slices.Equal(got, mask) {
+			t.Errorf("limit %v: mask %v, want %v", args, got, mask)
 		}
 	}
 	// Both refuse a bad value the same way.
@@ -109,13 +114,15 @@ func TestLimitFlagsAll(t *testing.T) {
 	}
 	assertProto(t, update.GetListener().GetSpec().GetLimits(), create.GetSpec().GetLimits())
 	want := []string{
-		"spec.limits.max_connections", "spec.limits.overflow", "spec.limits.idle_timeout", "spec.limits.max_lifetime",
+		"spec.limits.max_connections", "spec.limits.overflow", "spec.limits.queue_length", "spec.limits.queue_timeout",
+		"spec.limits.idle_timeout", "spec.limits.max_lifetime",
 		"spec.limits.accept_rate", "spec.limits.accept_burst", "spec.limits.max_connections_per_source",
 	}
 	if got := update.GetUpdateMask().GetPaths(); !slices.Equal(got, want) {
 		t.Errorf("mask %v, want %v", got, want)
 	}
-	if l := create.GetSpec().GetLimits(); l.GetMaxConnections() != 7 || l.GetOverflow() != listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG ||
+	if l := create.GetSpec().GetLimits(); l.GetMaxConnections() != 7 || l.GetOverflow() != listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE ||
+		l.GetQueueLength() != 64 || l.GetQueueTimeout().AsDuration() != 2*time.Second ||
 		l.GetAcceptBurst() != 4 || l.GetMaxConnectionsPerSource() != 3 || l.GetIdleTimeout().AsDuration().Seconds() != 30 {
 		t.Errorf("limits %v", l)
 	}
@@ -143,7 +150,7 @@ func TestOrList(t *testing.T) {
 			t.Errorf("orList(%q) = %q, want %q", words, got, want)
 		}
 	}
-	if got := overflowWords(); got != "reject or backlog" {
+	if got := overflowWords(); got != "reject, backlog or queue" {
 		t.Errorf("overflowWords() = %q", got)
 	}
 }

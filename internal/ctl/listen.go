@@ -90,7 +90,7 @@ func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerR
 		spec.Keepalive = durationpb.New(o.keepalive)
 	}
 
-	limits, _, err := o.limits.limits(fs)
+	limits, _, err := o.limits.limits(fs, true)
 	if err != nil {
 		return nil, err
 	}
@@ -115,12 +115,15 @@ func (a *app) listenCmd() *cobra.Command {
 The port is open when this command returns. --port 0 (the default) takes an
 ephemeral port.
 
---mode says what the daemon does with each connection:` + modeHelp() + `
+--mode says what the daemon does with each connection:` + modeChoices().help() + `
 
 --max-connections follows Node's server.maxConnections: without it a listener
 accepts without limit; with it a connection over the limit is accepted and
 closed at once (a rejected event), and 0 rejects every connection.
---overflow backlog instead leaves excess connections in the kernel's queue.
+--overflow says what happens to a connection over the limit:` + overflowChoices().help() + `
+A queue holds up to --queue-length connections (default 128), each for up to
+--queue-timeout (default: no limit); a connection past either is rejected
+(queue_full, queue_timeout).
 --accept-rate (with --accept-burst) and --max-per-source reject connections
 beyond a rate or beyond a number open from one address, with a rejected event.
 
@@ -131,6 +134,7 @@ with ctl close). Following ends by itself when the listener closes.`,
 		Example: `  ctl listen --port 6969
   ctl listen --port 6969 --mode echo --name echo --follow
   ctl listen --port 0 --max-connections 2 --idle-timeout 30s
+  ctl listen --port 8080 --max-connections 100 --overflow queue --queue-length 500 --queue-timeout 10s
   ctl listen --port 8080 --accept-rate 100 --accept-burst 200 --max-per-source 10
   ctl listen --port 7000 --no-delay=false --keepalive 1m
   ctl listen --host 0.0.0.0 --port 8080 --upstream 127.0.0.1:80 --allow 10.0.0.0/8
