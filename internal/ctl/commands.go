@@ -19,7 +19,8 @@ func (a *app) lsCmd() *cobra.Command {
 		Aliases: []string{"list"},
 		Short:   "List listeners",
 		Long: `List every listener the daemon holds, oldest first, including closed ones
-still draining. MAX is max-connections ("-" for unlimited). -o wide adds bytes
+still draining. MAX is max-connections ("-" for unlimited); a QUEUED column
+follows ACTIVE when a listener queues (--overflow queue). -o wide adds bytes
 in and out and the creation time; -o json prints one Listener object a line.
 -v also says on stderr which event sequence the list reflects, for
 ctl watch --since SEQ to go on from it without missing or repeating an event.`,
@@ -48,7 +49,9 @@ func (a *app) getCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "get ID",
 		Short: "Show one listener",
-		Long:  `Show one listener, by id or name: its spec and its status, one "key: value" line each.`,
+		Long: `Show one listener, by id or name: its spec and its status, one "key: value"
+line each. A listener that queues (--overflow queue) also shows its queue's
+length and timeout, and how many connections wait in it.`,
 		Example: `  ctl get ln-1a2b3c4d
   ctl get web -o json`,
 		Args: exactArgs(1, "a listener id or name"),
@@ -67,82 +70,35 @@ func (a *app) getCmd() *cobra.Command {
 	}
 }
 
-// limitOptions holds the flags of ctl limit.
+// limitOptions holds the flags of ctl limit: the limits of ctl listen,
+// and --unlimited.
 type limitOptions struct {
-	maxConns    uint32
-	unlimited   bool
-	overflow    string
-	idleTimeout time.Duration
-	maxLifetime time.Duration
-	acceptRate  float64
-	acceptBurst uint32
-	perSource   uint32
+	limits    limitFlags
+	unlimited bool
 }
 
 func (o *limitOptions) addFlags(fs *pflag.FlagSet) {
-	fs.Uint32Var(&o.maxConns, "max-connections", 0, "most open connections; 0 rejects every new connection")
+	o.limits.addFlags(fs)
 	fs.BoolVar(&o.unlimited, "unlimited", false, "remove the connection limit")
-	fs.StringVar(&o.overflow, "overflow", "", "what happens over the limit: reject or backlog")
-	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "close connections idle this long; 0 means never")
-	fs.DurationVar(&o.maxLifetime, "max-lifetime", 0, "close connections this long after they open; 0 means never")
-	fs.Float64Var(&o.acceptRate, "accept-rate", 0, "most connections accepted a second; 0 means no limit")
-	fs.Uint32Var(&o.acceptBurst, "accept-burst", 0, "burst of --accept-rate; 0 means the rate, at least 1")
-	fs.Uint32Var(&o.perSource, "max-per-source", 0, "most open connections from one source address; 0 means no limit")
 }
 
 // request builds the UpdateListenerRequest: its mask names exactly the limits
 // whose flags were given. --unlimited names max_connections and leaves it
 // unset.
 func (o *limitOptions) request(id string, fs *pflag.FlagSet) (*listenerdv1.UpdateListenerRequest, error) {
-	limits := &listenerdv1.Limits{}
-	var paths []string
-	maxSet, unlimited := fs.Changed("max-connections"), fs.Changed("unlimited") && o.unlimited
-	switch {
-	case maxSet && unlimited:
+	unlimited := fs.Changed("unlimited") && o.unlimited
+	if unlimited && fs.Changed("max-connections") {
 		return nil, usageErrorf("give --max-connections or --unlimited, not both")
-	case maxSet:
-		n := o.maxConns
-		limits.MaxConnections = &n
-		paths = append(paths, "spec.limits.max_connections")
-	case unlimited:
-		paths = append(paths, "spec.limits.max_connections")
 	}
-	if fs.Changed("overflow") {
-		p, err := parseOverflow(o.overflow)
-		if err != nil {
-			return nil, err
-		}
-		limits.Overflow = p
-		paths = append(paths, "spec.limits.overflow")
+	limits, paths, err := o.limits.limits(fs, false)
+	if err != nil {
+		return nil, err
 	}
-	if fs.Changed("idle-timeout") {
-		limits.IdleTimeout = durationpb.New(o.idleTimeout)
-		paths = append(paths, "spec.limits.idle_timeout")
-	}
-	if fs.Changed("max-lifetime") {
-		limits.MaxLifetime = durationpb.New(o.maxLifetime)
-		paths = append(paths, "spec.limits.max_lifetime")
-	}
-	if fs.Changed("accept-rate") {
-		if o.acceptRate < 0 {
-			return nil, usageErrorf("--accept-rate must not be negative (0 means no limit)")
-		}
-		limits.AcceptRate = o.acceptRate
-		paths = append(paths, "spec.limits.accept_rate")
-	}
-	if fs.Changed("accept-burst") {
-		limits.AcceptBurst = o.acceptBurst
-		paths = append(paths, "spec.limits.accept_burst")
-	}
-	if fs.Changed("max-per-source") {
-		if o.perSource > 0 { // 0 leaves it unset: no limit
-			n := o.perSource
-			limits.MaxConnectionsPerSource = &n
-		}
-		paths = append(paths, "spec.limits.max_connections_per_source")
+	if unlimited { // max_connections comes first, as in limitSetters
+		paths = append([]string{"spec.limits.max_connections"}, paths...)
 	}
 	if len(paths) == 0 {
-		return nil, usageErrorf("nothing to change: give --max-connections N, --unlimited, --overflow, --idle-timeout, --max-lifetime, --accept-rate, --accept-burst or --max-per-source")
+		return nil, usageErrorf("nothing to change: give --unlimited, %s", limitFlagNames())
 	}
 	return &listenerdv1.UpdateListenerRequest{
 		Listener:   &listenerdv1.Listener{Id: id, Spec: &listenerdv1.ListenerSpec{Limits: limits}},
@@ -153,15 +109,18 @@ func (o *limitOptions) request(id string, fs *pflag.FlagSet) (*listenerdv1.Updat
 func (a *app) limitCmd() *cobra.Command {
 	var o limitOptions
 	cmd := &cobra.Command{
-		Use:   "limit ID [--max-connections N | --unlimited] [--overflow reject|backlog] [--idle-timeout D] [--max-lifetime D] [--accept-rate R] [--accept-burst N] [--max-per-source N]",
+		Use:   "limit ID [--max-connections N | --unlimited] [--overflow " + strings.Join(overflowChoices().words(), "|") + "] [--queue-length N] [--queue-timeout D] [--idle-timeout D] [--max-lifetime D] [--accept-rate R] [--accept-burst N] [--max-per-source N]",
 		Short: "Change a listener's limits at runtime",
 		Long: `Change a listener's limits without a rebind; only the limits given change.
 A lowered --max-connections (or --max-per-source) closes nobody: it applies to
 the next accept. --accept-rate 0 and --max-per-source 0 remove those limits.
+--queue-length and --queue-timeout may be given alone for a listener that
+queues already (--overflow queue).
 Prints the limits now in force.`,
 		Example: `  ctl limit web --max-connections 100
   ctl limit ln-1a2b3c4d --unlimited
   ctl limit web --max-connections 10 --overflow backlog --idle-timeout 1m
+  ctl limit web --overflow queue --queue-length 64 --queue-timeout 5s
   ctl limit web --accept-rate 50 --accept-burst 100 --max-per-source 5
   ctl limit web --accept-rate 0 --max-per-source 0   # remove both`,
 		Args: exactArgs(1, "a listener id or name"),
@@ -289,8 +248,10 @@ func (a *app) connsCmd() *cobra.Command {
 		Aliases: []string{"connections"},
 		Short:   "List a listener's open connections",
 		Long: `List the open connections of a listener (id or name), oldest first. Use a
-connection id with ctl kick. -o wide adds the family and the opening time;
--o json prints one Connection object a line.`,
+connection id with ctl kick. When a connection waits in the listener's queue
+(--overflow queue), or waited there, STATE (open or queued) and WAIT (how long
+it waited) follow AGE. -o wide adds the family and the opening time; -o json
+prints one Connection object a line.`,
 		Example: `  ctl conns web
   ctl conns ln-1a2b3c4d -o json`,
 		Args: exactArgs(1, "a listener id or name"),
@@ -317,7 +278,8 @@ func (a *app) kickCmd() *cobra.Command {
 		Short: "Close one connection",
 		Long: `Close one open connection by its id (as shown by ctl conns, e.g. ln-1a2b3c4d.3)
 with a graceful FIN, or with --reset an RST. Its closed event gives the
-reason "kicked". -o json prints the request that was carried out.`,
+reason "kicked"; a connection waiting in the queue is rejected instead, with
+the reason kicked. -o json prints the request that was carried out.`,
 		Example: `  ctl kick ln-1a2b3c4d.3
   ctl kick ln-1a2b3c4d.3 --reset`,
 		Args: exactArgs(1, "a connection id"),

@@ -58,17 +58,17 @@ func (a *app) addCompletions(root *cobra.Command) {
 			c.ValidArgsFunction = cobra.NoFileCompletions
 		}
 	}
-	words := func(ws ...string) cobra.CompletionFunc {
+	words := func(ws ...cobra.Completion) cobra.CompletionFunc {
 		return cobra.FixedCompletions(ws, cobra.ShellCompDirectiveNoFileComp)
 	}
 	_ = root.RegisterFlagCompletionFunc("output", words(outputText, outputWide, outputJSON))
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "listen":
-			_ = c.RegisterFlagCompletionFunc("mode", words("discard", "echo", "forward"))
-			_ = c.RegisterFlagCompletionFunc("overflow", words("reject", "backlog"))
+			_ = c.RegisterFlagCompletionFunc("mode", words(modeChoices().completions()...))
+			_ = c.RegisterFlagCompletionFunc("overflow", words(overflowChoices().completions()...))
 		case "limit":
-			_ = c.RegisterFlagCompletionFunc("overflow", words("reject", "backlog"))
+			_ = c.RegisterFlagCompletionFunc("overflow", words(overflowChoices().completions()...))
 		case "watch":
 			_ = c.RegisterFlagCompletionFunc("kind", words(kindWords()...))
 		}

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -161,6 +163,20 @@ func kindWord(k listenerdv1.EventKind) string {
 	return enumWord(k.String(), "EVENT_KIND_")
 }
 
+// connStateWord is open or queued; "" when the daemon did not say.
+func connStateWord(s listenerdv1.ConnectionState) string {
+	if s == listenerdv1.ConnectionState_CONNECTION_STATE_UNSPECIFIED {
+		return ""
+	}
+	return enumWord(s.String(), "CONNECTION_STATE_")
+}
+
+// queuedOnce reports a connection that waits in its listener's queue, or
+// waited there before it was served.
+func queuedOnce(c *listenerdv1.Connection) bool {
+	return c.GetState() == listenerdv1.ConnectionState_CONNECTION_STATE_QUEUED || c.GetQueueWait().AsDuration() > 0
+}
+
 func familyWord(f listenerdv1.Family) string {
 	switch f {
 	case listenerdv1.Family_FAMILY_IPV4:
@@ -171,22 +187,63 @@ func familyWord(f listenerdv1.Family) string {
 	return "unknown"
 }
 
-// maxConnsWord shows max_connections: "-" when unset (unlimited).
-func maxConnsWord(l *listenerdv1.Limits) string {
-	if l == nil || l.MaxConnections == nil {
-		return "-"
-	}
-	return strconv.FormatUint(uint64(*l.MaxConnections), 10)
+// choice is a word a flag takes, with one line of help.
+type choice struct {
+	word, help string
 }
 
-func modeWord(h *listenerdv1.Handler) string {
-	switch h.GetKind().(type) {
-	case *listenerdv1.Handler_Echo:
-		return "echo"
-	case *listenerdv1.Handler_Forward:
-		return "forward"
+// choices are the words of a flag, the default first.
+type choices []choice
+
+func (cs choices) words() []string {
+	words := make([]string, len(cs))
+	for i, c := range cs {
+		words[i] = c.word
 	}
-	return "discard"
+	return words
+}
+
+// help lists the choices a line each, aligned, the default marked, for a
+// command's --help.
+func (cs choices) help() string {
+	width := 0
+	for _, c := range cs {
+		width = max(width, len(c.word))
+	}
+	var b strings.Builder
+	for i, c := range cs {
+		help := c.help
+		if i == 0 {
+			help += " (the default)"
+		}
+		fmt.Fprintf(&b, "\n  %-*s  %s", width, c.word, help)
+	}
+	return b.String()
+}
+
+// completions are the words with their help as descriptions.
+func (cs choices) completions() []cobra.Completion {
+	out := make([]cobra.Completion, len(cs))
+	for i, c := range cs {
+		out[i] = cobra.CompletionWithDesc(c.word, c.help)
+	}
+	return out
+}
+
+// optCount shows an optional count, or unset when it is not set.
+func optCount(n *uint32, unset string) string {
+	if n == nil {
+		return unset
+	}
+	return strconv.FormatUint(uint64(*n), 10)
+}
+
+// maxConnsWord shows max_connections: "-" when unset (unlimited).
+func maxConnsWord(l *listenerdv1.Limits) string {
+	if l == nil {
+		return "-"
+	}
+	return optCount(l.MaxConnections, "-")
 }
 
 // address is where a listener is: its bound address, or what it asked for
@@ -227,7 +284,13 @@ func (a *app) writeListeners(w io.Writer, ls []*listenerdv1.Listener) error {
 		}
 		return nil
 	}
+	// A QUEUED column after ACTIVE when a listener queues.
+	const queuedAt = 5
+	queued := slices.ContainsFunc(ls, queues)
 	header := []string{"ID", "NAME", "ADDRESS", "STATE", "ACTIVE", "ACCEPTED", "REJECTED", "MAX", "MODE"}
+	if queued {
+		header = slices.Insert(header, queuedAt, "QUEUED")
+	}
 	if a.wide() {
 		header = append(header, "IN", "OUT", "CREATED")
 	}
@@ -245,6 +308,9 @@ func (a *app) writeListeners(w io.Writer, ls []*listenerdv1.Listener) error {
 			maxConnsWord(l.GetSpec().GetLimits()),
 			modeWord(l.GetSpec().GetHandler()),
 		}
+		if queued {
+			row = slices.Insert(row, queuedAt, strconv.FormatUint(st.GetQueuedConnections(), 10))
+		}
 		if a.wide() {
 			row = append(row, humanBytes(st.GetBytesIn()), humanBytes(st.GetBytesOut()), localTime(st.GetCreateTime()))
 		}
@@ -253,56 +319,46 @@ func (a *app) writeListeners(w io.Writer, ls []*listenerdv1.Listener) error {
 	return t.flush()
 }
 
+// queues reports a listener whose queue is in play: its overflow policy is
+// QUEUE, or connections wait in its queue (from before a change of policy).
+// Only then do ls and get show the queued count.
+func queues(l *listenerdv1.Listener) bool {
+	return l.GetSpec().GetLimits().GetOverflow() == listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE ||
+		l.GetStatus().GetQueuedConnections() > 0
+}
+
 // writeListener prints one listener as "key: value" lines, or as JSON.
 func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 	if a.json() {
 		return writeJSON(w, l)
 	}
 	spec, st := l.GetSpec(), l.GetStatus()
-	lim := spec.GetLimits()
-	maxConns := "unlimited"
-	if lim != nil && lim.MaxConnections != nil {
-		maxConns = strconv.FormatUint(uint64(lim.GetMaxConnections()), 10)
-	}
-	maxPerSource := "unlimited"
-	if lim != nil && lim.MaxConnectionsPerSource != nil {
-		maxPerSource = strconv.FormatUint(uint64(*lim.MaxConnectionsPerSource), 10)
-	}
-	acceptRate := "unlimited"
-	if r := lim.GetAcceptRate(); r > 0 {
-		acceptRate = strconv.FormatFloat(r, 'g', -1, 64) + "/s"
-		if b := lim.GetAcceptBurst(); b > 0 {
-			acceptRate += fmt.Sprintf(" (burst %d)", b)
-		}
-	} else if b := lim.GetAcceptBurst(); b > 0 {
-		acceptRate += fmt.Sprintf(" (burst %d kept for when a rate is set)", b)
-	}
 	backlog := "system default"
 	if spec.Backlog != nil {
 		backlog = strconv.FormatUint(uint64(spec.GetBacklog()), 10)
-	}
-	mode := modeWord(spec.GetHandler())
-	if f := spec.GetHandler().GetForward(); f != nil {
-		mode += " to " + f.GetUpstream()
 	}
 	rows := [][2]string{
 		{"id", l.GetId()},
 		{"name", l.GetName()},
 		{"state", stateWord(st.GetState())},
 		{"address", address(l)},
-		{"mode", mode},
-		{"max connections", maxConns},
-		{"overflow", overflowWord(lim.GetOverflow())},
-		{"idle timeout", optDuration(lim.GetIdleTimeout())},
-		{"max lifetime", optDuration(lim.GetMaxLifetime())},
-		{"max per source", maxPerSource},
-		{"accept rate", acceptRate},
+		{"mode", modeLine(spec.GetHandler())},
+	}
+	for _, f := range limitFields(spec.GetLimits()) {
+		rows = append(rows, [2]string{strings.ReplaceAll(f.flag, "-", " "), f.value})
+	}
+	rows = append(rows, [][2]string{
 		{"backlog", backlog},
 		{"allow half-open", strconv.FormatBool(spec.GetAllowHalfOpen())},
 		{"pause on connect", strconv.FormatBool(spec.GetPauseOnConnect())},
 		{"allow", strings.Join(spec.GetAllowCidrs(), ", ")},
 		{"deny", strings.Join(spec.GetDenyCidrs(), ", ")},
 		{"active", strconv.FormatUint(st.GetActiveConnections(), 10)},
+	}...)
+	if queues(l) {
+		rows = append(rows, [2]string{"queued", strconv.FormatUint(st.GetQueuedConnections(), 10)})
+	}
+	rows = append(rows, [][2]string{
 		{"accepted", strconv.FormatUint(st.GetAcceptedConnections(), 10)},
 		{"rejected", strconv.FormatUint(st.GetRejectedConnections(), 10)},
 		{"bytes in", humanBytes(st.GetBytesIn())},
@@ -310,7 +366,7 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 		{"created", a.when(st.GetCreateTime())},
 		{"closed", a.when(st.GetCloseTime())},
 		{"last error", st.GetLastError()},
-	}
+	}...)
 	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 	for _, r := range rows {
 		v := r[1]
@@ -330,27 +386,64 @@ func (a *app) when(ts *timestamppb.Timestamp) string {
 	return fmt.Sprintf("%s (%s ago)", localTime(ts), humanDuration(a.now().Sub(ts.AsTime())))
 }
 
-// limitsLine is the one-line summary of limits printed by limit.
-func limitsLine(l *listenerdv1.Limits) string {
-	maxConns := "unlimited"
-	if l != nil && l.MaxConnections != nil {
-		maxConns = strconv.FormatUint(uint64(*l.MaxConnections), 10)
+// limitField is one limit as ctl shows it.
+type limitField struct {
+	flag  string // the ctl flag that sets it
+	value string // "" for none
+	// brief leaves it out of limitsLine: it is at its default, and shown
+	// only when set, to keep the line short.
+	brief bool
+}
+
+// limitFields is how ctl shows limits, in the order of their flags: the
+// line of ctl limit and of limits_changed events (limitsLine), and the rows
+// of ctl get.
+func limitFields(l *listenerdv1.Limits) []limitField {
+	if l == nil {
+		l = &listenerdv1.Limits{}
 	}
-	s := fmt.Sprintf("max-connections=%s overflow=%s idle-timeout=%s max-lifetime=%s",
-		maxConns, overflowWord(l.GetOverflow()), optDuration(l.GetIdleTimeout()), optDuration(l.GetMaxLifetime()))
-	// The newer limits are shown only when set, to keep the line short.
-	if r := l.GetAcceptRate(); r > 0 {
-		s += " accept-rate=" + strconv.FormatFloat(r, 'g', -1, 64) + "/s"
-		if b := l.GetAcceptBurst(); b > 0 {
-			s += fmt.Sprintf(" accept-burst=%d", b)
+	fields := []limitField{
+		{flag: "max-connections", value: optCount(l.MaxConnections, "unlimited")},
+		{flag: "overflow", value: overflowWord(l.GetOverflow())},
+	}
+	if l.GetOverflow() == listenerdv1.OverflowPolicy_OVERFLOW_POLICY_QUEUE { // the queue's own, ignored otherwise
+		n := l.GetQueueLength()
+		if n == 0 {
+			n = defaultQueueLength
 		}
-	} else if b := l.GetAcceptBurst(); b > 0 {
-		s += fmt.Sprintf(" accept-burst=%d (kept; no accept-rate to apply it to)", b)
+		fields = append(fields,
+			limitField{flag: "queue-length", value: strconv.FormatUint(uint64(n), 10)},
+			limitField{flag: "queue-timeout", value: optDuration(l.GetQueueTimeout())})
 	}
-	if l != nil && l.MaxConnectionsPerSource != nil {
-		s += fmt.Sprintf(" max-per-source=%d", *l.MaxConnectionsPerSource)
+	fields = append(fields,
+		limitField{flag: "idle-timeout", value: optDuration(l.GetIdleTimeout())},
+		limitField{flag: "max-lifetime", value: optDuration(l.GetMaxLifetime())})
+	rate, burst := l.GetAcceptRate(), l.GetAcceptBurst()
+	rateField := limitField{flag: "accept-rate", value: "unlimited", brief: rate <= 0}
+	if rate > 0 {
+		rateField.value = strconv.FormatFloat(rate, 'g', -1, 64) + "/s"
 	}
-	return s
+	burstField := limitField{flag: "accept-burst", brief: burst == 0}
+	if burst > 0 {
+		burstField.value = strconv.FormatUint(uint64(burst), 10)
+		if rate <= 0 {
+			burstField.value += " (kept; no accept-rate to apply it to)"
+		}
+	}
+	return append(fields, rateField, burstField,
+		limitField{flag: "max-per-source", value: optCount(l.MaxConnectionsPerSource, "unlimited"), brief: l.MaxConnectionsPerSource == nil})
+}
+
+// limitsLine is limits on one line, "flag=value" each: what ctl limit
+// prints, and the limits_changed events.
+func limitsLine(l *listenerdv1.Limits) string {
+	var parts []string
+	for _, f := range limitFields(l) {
+		if !f.brief {
+			parts = append(parts, f.flag+"="+f.value)
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // writeConnections prints connections as a table, or one JSON object a line.
@@ -363,7 +456,13 @@ func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error 
 		}
 		return nil
 	}
+	// STATE and WAIT columns after AGE when a connection is or was queued.
+	const queueAt = 4
+	queued := slices.ContainsFunc(cs, queuedOnce)
 	header := []string{"ID", "REMOTE", "LOCAL", "AGE", "IN", "OUT"}
+	if queued {
+		header = slices.Insert(header, queueAt, "STATE", "WAIT")
+	}
 	if a.wide() {
 		header = append(header, "FAMILY", "OPENED")
 	}
@@ -376,6 +475,13 @@ func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error 
 		}
 		row := []string{c.GetId(), remote(c.GetTuple()), local(c.GetTuple()), age,
 			humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut())}
+		if queued {
+			wait := ""
+			if queuedOnce(c) {
+				wait = humanDuration(c.GetQueueWait().AsDuration())
+			}
+			row = slices.Insert(row, queueAt, connStateWord(c.GetState()), wait)
+		}
 		if a.wide() {
 			row = append(row, familyWord(c.GetTuple().GetFamily()), localTime(c.GetOpenTime()))
 		}
@@ -414,9 +520,19 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 		if e := c.GetError(); e != "" {
 			fmt.Fprintf(&b, " error=%q", e)
 		}
+	case *listenerdv1.Event_ConnectionQueued:
+		q := k.ConnectionQueued
+		fmt.Fprintf(&b, "connection_queued c=%s %s -> %s position=%d", q.GetConnectionId(), remote(q.GetTuple()), local(q.GetTuple()), q.GetPosition())
 	case *listenerdv1.Event_ConnectionRejected:
 		r := k.ConnectionRejected
-		fmt.Fprintf(&b, "connection_rejected %s -> %s reason=%s", remote(r.GetTuple()), local(r.GetTuple()), rejectReasonWord(r.GetReason()))
+		b.WriteString("connection_rejected ")
+		if id := r.GetConnectionId(); id != "" {
+			fmt.Fprintf(&b, "c=%s ", id) // it had waited in the queue
+		}
+		fmt.Fprintf(&b, "%s -> %s reason=%s", remote(r.GetTuple()), local(r.GetTuple()), rejectReasonWord(r.GetReason()))
+		if w := r.GetQueueWait(); w != nil {
+			fmt.Fprintf(&b, " waited=%s", humanDuration(w.AsDuration()))
+		}
 	case *listenerdv1.Event_AcceptError:
 		e := k.AcceptError
 		fmt.Fprintf(&b, "accept_error error=%q backoff=%s count=%d", e.GetError(), humanDuration(e.GetBackoff().AsDuration()), e.GetCount())
@@ -466,9 +582,19 @@ func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
 		}
 		return fmt.Sprintf("CLOSED: %s (%s, in %s, out %s, %s)", remote(c.GetTuple()), why,
 			humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut()), humanDuration(c.GetDuration().AsDuration())), false
+	case *listenerdv1.Event_ConnectionQueued:
+		q := k.ConnectionQueued
+		r := remote(q.GetTuple())
+		p.remotes[q.GetConnectionId()] = r
+		return fmt.Sprintf("QUEUED: %s (%s ahead)", r, plural(uint64(q.GetPosition()), "connection")), false
 	case *listenerdv1.Event_ConnectionRejected:
 		r := k.ConnectionRejected
-		return fmt.Sprintf("REJECTED: %s (%s)", remote(r.GetTuple()), strings.ReplaceAll(rejectReasonWord(r.GetReason()), "_", " ")), false
+		delete(p.remotes, r.GetConnectionId())
+		why := strings.ReplaceAll(rejectReasonWord(r.GetReason()), "_", " ")
+		if w := r.GetQueueWait(); w != nil {
+			why += ", waited " + humanDuration(w.AsDuration())
+		}
+		return fmt.Sprintf("REJECTED: %s (%s)", remote(r.GetTuple()), why), false
 	case *listenerdv1.Event_AcceptError:
 		e := k.AcceptError
 		s := fmt.Sprintf("ERROR: accept: %s (retrying in %s", e.GetError(), humanDuration(e.GetBackoff().AsDuration()))

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
@@ -22,20 +22,13 @@ type listenOptions struct {
 	port           uint32
 	host           string
 	name           string
-	maxConns       uint32
-	overflow       string
-	mode           string
-	upstream       string
+	limits         limitFlags
+	handler        handlerFlags
 	allowHalfOpen  bool
 	pauseOnConnect bool
 	backlog        uint32
-	idleTimeout    time.Duration
-	maxLifetime    time.Duration
 	allow          []string
 	deny           []string
-	acceptRate     float64
-	acceptBurst    uint32
-	maxPerSource   uint32
 	noDelay        bool
 	keepalive      time.Duration
 	follow         bool
@@ -46,20 +39,13 @@ func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
 	fs.Uint32Var(&o.port, "port", 0, "TCP port to bind; 0 takes an ephemeral port")
 	fs.StringVar(&o.host, "host", "", "IP address or host name to bind (the daemon's default: 127.0.0.1)")
 	fs.StringVar(&o.name, "name", "", "unique name, usable wherever an id is")
-	fs.Uint32Var(&o.maxConns, "max-connections", 0, "most open connections; 0 rejects every connection (default unlimited)")
-	fs.StringVar(&o.overflow, "overflow", "", "what happens over --max-connections: reject (accept and close, Node's way) or backlog (leave in the kernel queue) (default reject)")
-	fs.StringVar(&o.mode, "mode", "", "what to do with connections: discard, echo or forward (default discard, or forward with --upstream)")
-	fs.StringVar(&o.upstream, "upstream", "", "HOST:PORT to forward connections to (implies --mode forward)")
+	o.limits.addFlags(fs)
+	o.handler.addFlags(fs)
 	fs.BoolVar(&o.allowHalfOpen, "allow-half-open", false, "keep the daemon's side open after the peer ends its side")
 	fs.BoolVar(&o.pauseOnConnect, "pause-on-connect", false, "hold accepted connections without reading them")
 	fs.Uint32Var(&o.backlog, "backlog", 0, "accept queue length for listen(2) (default: the system's)")
-	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "close connections that move no bytes for this long (default never)")
-	fs.DurationVar(&o.maxLifetime, "max-lifetime", 0, "close connections this long after they open (default never)")
 	fs.StringSliceVar(&o.allow, "allow", nil, "source CIDR allowed to connect; repeat or separate with commas (default: all)")
 	fs.StringSliceVar(&o.deny, "deny", nil, "source CIDR refused; repeat or separate with commas; deny wins over allow")
-	fs.Float64Var(&o.acceptRate, "accept-rate", 0, "most connections accepted a second (token bucket); over it a connection is rejected (default: no limit)")
-	fs.Uint32Var(&o.acceptBurst, "accept-burst", 0, "burst of --accept-rate (default: the rate, at least 1)")
-	fs.Uint32Var(&o.maxPerSource, "max-per-source", 0, "most open connections from one source address; 0 means no limit (default)")
 	fs.BoolVar(&o.noDelay, "no-delay", true, "TCP_NODELAY on accepted connections; --no-delay=false turns Nagle's algorithm on")
 	fs.DurationVar(&o.keepalive, "keepalive", 0, "TCP keepalive interval of accepted connections; 0 turns keepalive off (default: the daemon's, 15s)")
 	fs.BoolVarP(&o.follow, "follow", "f", false, "after creating, print the listener's events until Ctrl-C or until it closes")
@@ -104,95 +90,20 @@ func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerR
 		spec.Keepalive = durationpb.New(o.keepalive)
 	}
 
-	var limits listenerdv1.Limits
-	limitsSet := false
-	if fs.Changed("max-connections") {
-		n := o.maxConns
-		limits.MaxConnections = &n
-		limitsSet = true
+	limits, _, err := o.limits.limits(fs, true)
+	if err != nil {
+		return nil, err
 	}
-	if fs.Changed("overflow") {
-		p, err := parseOverflow(o.overflow)
-		if err != nil {
-			return nil, err
-		}
-		limits.Overflow = p
-		limitsSet = true
-	}
-	if fs.Changed("idle-timeout") {
-		limits.IdleTimeout = durationpb.New(o.idleTimeout)
-		limitsSet = true
-	}
-	if fs.Changed("max-lifetime") {
-		limits.MaxLifetime = durationpb.New(o.maxLifetime)
-		limitsSet = true
-	}
-	if fs.Changed("accept-rate") {
-		if o.acceptRate < 0 {
-			return nil, usageErrorf("--accept-rate must not be negative (0 means no limit)")
-		}
-		limits.AcceptRate = o.acceptRate
-		limitsSet = true
-	}
-	if fs.Changed("accept-burst") {
-		limits.AcceptBurst = o.acceptBurst
-		limitsSet = true
-	}
-	if fs.Changed("max-per-source") && o.maxPerSource > 0 {
-		n := o.maxPerSource
-		limits.MaxConnectionsPerSource = &n
-		limitsSet = true
-	}
-	if limitsSet {
-		spec.Limits = &limits
+	if proto.Size(limits) > 0 { // else the daemon's defaults: no limits
+		spec.Limits = limits
 	}
 
-	handler, err := o.handler(fs)
+	handler, err := o.handler.handler(fs)
 	if err != nil {
 		return nil, err
 	}
 	spec.Handler = handler
 	return &listenerdv1.CreateListenerRequest{Name: o.name, Spec: spec}, nil
-}
-
-// handler turns --mode and --upstream into a Handler; nil leaves the daemon's
-// default (discard).
-func (o *listenOptions) handler(fs *pflag.FlagSet) (*listenerdv1.Handler, error) {
-	mode := strings.ToLower(strings.TrimSpace(o.mode))
-	hasUpstream := fs.Changed("upstream")
-	if mode == "" && hasUpstream {
-		mode = "forward"
-	}
-	if hasUpstream && mode != "forward" {
-		return nil, usageErrorf("--upstream needs --mode forward, not %q", o.mode)
-	}
-	switch mode {
-	case "":
-		return nil, nil
-	case "discard":
-		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Discard{Discard: &listenerdv1.DiscardHandler{}}}, nil
-	case "echo":
-		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Echo{Echo: &listenerdv1.EchoHandler{}}}, nil
-	case "forward":
-		if o.upstream == "" {
-			return nil, usageErrorf("--mode forward needs --upstream HOST:PORT")
-		}
-		return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{Upstream: o.upstream}}}, nil
-	}
-	return nil, usageErrorf("unknown --mode %q (want discard, echo or forward)", o.mode)
-}
-
-// parseOverflow reads an overflow policy: reject or backlog.
-func parseOverflow(s string) (listenerdv1.OverflowPolicy, error) {
-	n := strings.ToUpper(strings.TrimSpace(s))
-	n = strings.TrimPrefix(n, "OVERFLOW_POLICY_")
-	switch n {
-	case "REJECT":
-		return listenerdv1.OverflowPolicy_OVERFLOW_POLICY_REJECT, nil
-	case "BACKLOG":
-		return listenerdv1.OverflowPolicy_OVERFLOW_POLICY_BACKLOG, nil
-	}
-	return 0, usageErrorf("unknown --overflow %q (want reject or backlog)", s)
 }
 
 func (a *app) listenCmd() *cobra.Command {
@@ -204,20 +115,26 @@ func (a *app) listenCmd() *cobra.Command {
 The port is open when this command returns. --port 0 (the default) takes an
 ephemeral port.
 
+--mode says what the daemon does with each connection:` + modeChoices().help() + `
+
 --max-connections follows Node's server.maxConnections: without it a listener
 accepts without limit; with it a connection over the limit is accepted and
 closed at once (a rejected event), and 0 rejects every connection.
---overflow backlog instead leaves excess connections in the kernel's queue.
+--overflow says what happens to a connection over the limit:` + overflowChoices().help() + `
+A queue holds up to --queue-length connections (default 128), each for up to
+--queue-timeout (default: no limit); a connection past either is rejected
+(queue_full, queue_timeout).
 --accept-rate (with --accept-burst) and --max-per-source reject connections
 beyond a rate or beyond a number open from one address, with a rejected event.
 
 --follow keeps running and prints the listener's events like a Node server's
-log (CONNECTED:, CLOSED:, REJECTED:; with --data also DATA:). Ctrl-C stops
-following and exits 0; the listener stays open in the daemon (close it with
-ctl close). Following ends by itself when the listener closes.`,
+log (CONNECTED:, QUEUED:, CLOSED:, REJECTED:; with --data also DATA:). Ctrl-C
+stops following and exits 0; the listener stays open in the daemon (close it
+with ctl close). Following ends by itself when the listener closes.`,
 		Example: `  ctl listen --port 6969
   ctl listen --port 6969 --mode echo --name echo --follow
   ctl listen --port 0 --max-connections 2 --idle-timeout 30s
+  ctl listen --port 8080 --max-connections 100 --overflow queue --queue-length 500 --queue-timeout 10s
   ctl listen --port 8080 --accept-rate 100 --accept-burst 200 --max-per-source 10
   ctl listen --port 7000 --no-delay=false --keepalive 1m
   ctl listen --host 0.0.0.0 --port 8080 --upstream 127.0.0.1:80 --allow 10.0.0.0/8

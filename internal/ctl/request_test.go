@@ -119,7 +119,7 @@ func TestListenRequestErrors(t *testing.T) {
 		{"--mode", "forward"},
 		{"--mode", "echo", "--upstream", "127.0.0.1:80"},
 		{"--mode", "bounce"},
-		{"--overflow", "queue"},
+		{"--overflow", "drop"},
 		{"--name", ""},
 		{"--deny", ""},
 		{"--allow", "10.0.0.0/8,"},
