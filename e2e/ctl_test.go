@@ -13,6 +13,7 @@ import (
 	"time"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // The real ctl binary: every command, every output format, the errors.
@@ -55,12 +56,7 @@ func table(out string) [][]string {
 
 func dialEcho(t *testing.T, addr, msg string) net.Conn {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(guard))
+	c := dial(t, addr)
 	if msg != "" {
 		if _, err := c.Write([]byte(msg)); err != nil {
 			t.Fatal(err)
@@ -370,7 +366,7 @@ func waitActive(t *testing.T, d *daemon, id string, n uint64) {
 // rebind: a listener restored FAILED because the test holds its port binds
 // again once the port is free.
 func TestCtlRebindFailedListener(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	fixed := strconv.Itoa(freePort(t))
 	l := listenJSON(t, d, "--port", fixed, "--mode", "echo", "--name", "web")
@@ -517,7 +513,7 @@ func TestCtlErrors(t *testing.T) {
 	}
 
 	// 4: no daemon, for every command that needs one.
-	gone := filepath.Join(tempDir(t), "run", "listenerd.sock")
+	gone := filepath.Join(testkit.ShortDir(t), "run", "listenerd.sock")
 	for _, args := range [][]string{{"ls"}, {"get", "web"}, {"listen"}, {"limit", "web", "--unlimited"},
 		{"close", "web"}, {"close", "web", "--wait"}, {"conns", "web"}, {"kick", "ln-00000000.1"}, {"rebind", "web"}} {
 		r := ctlIn(t, gone, "", args...)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func freePort(t *testing.T) int {
@@ -45,7 +46,7 @@ func listAddrs(t *testing.T, d *daemon) map[string]string {
 // SIGKILL under load, then a new start on the same state: every listener
 // is back with the same id and port.
 func TestKillUnderLoadRestoresListeners(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	fixed := strconv.Itoa(freePort(t))
 	a := listenJSON(t, d, "--port", fixed, "--mode", "echo", "--name", "fixed")
@@ -100,18 +101,14 @@ func TestKillUnderLoadRestoresListeners(t *testing.T) {
 		}
 	}
 	// And they serve.
-	conn, err := net.Dial("tcp", a.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	dial(t, a.GetStatus().GetBoundAddress())
 }
 
 func runtimeGosched() { time.Sleep(time.Millisecond) }
 
 // A clean restart between two `ctl ls` shows the same table.
 func TestRestartKeepsTable(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	listenJSON(t, d, "--port", "0", "--name", "one")
 	listenJSON(t, d, "--port", "0", "--mode", "echo", "--max-connections", "3")
@@ -126,7 +123,7 @@ func TestRestartKeepsTable(t *testing.T) {
 // A second daemon on the same socket and state refuses to start and leaves
 // the first one serving.
 func TestSecondDaemonRefuses(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	l := listenJSON(t, d, "--port", "0")
 	for _, args := range [][]string{
@@ -148,7 +145,7 @@ func TestSecondDaemonRefuses(t *testing.T) {
 // A state file cut off mid-write stops the daemon with the file named; it
 // never starts empty in silence.
 func TestCorruptStateStopsDaemon(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	listenJSON(t, d, "--port", "0", "--name", "keep")
 	d.stop()
@@ -192,7 +189,7 @@ func TestAcceptBackoffOnEMFILE(t *testing.T) {
 		t.Skip("prlimit not installed")
 	}
 	const limit, clients = 128, 200
-	d := startDaemonWrapped(t, tempDir(t), []string{"prlimit", "--nofile=" + strconv.Itoa(limit) + ":" + strconv.Itoa(limit)}, "--ephemeral")
+	d := startDaemonWrapped(t, testkit.ShortDir(t), []string{"prlimit", "--nofile=" + strconv.Itoa(limit) + ":" + strconv.Itoa(limit)}, "--ephemeral")
 	resp, err := d.client.CreateListener(testContext(t), &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{Backlog: ptr(uint32(1024))}})
 	if err != nil {
 		t.Fatal(err)
@@ -250,10 +247,7 @@ func TestAcceptBackoffOnEMFILE(t *testing.T) {
 		c.Close()
 	}
 	conns = nil
-	fresh, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
+	fresh := dial(t, l.GetStatus().GetBoundAddress())
 	conns = append(conns, fresh)
 	port := uint32(fresh.LocalAddr().(*net.TCPAddr).Port)
 	for {
@@ -301,11 +295,7 @@ func TestDescriptorsReturnToBaseline(t *testing.T) {
 		l := listenJSON(t, d, "--port", "0", "--mode", mode)
 		ids = append(ids, l.GetId())
 		for range 20 {
-			c, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-			if err != nil {
-				t.Fatal(err)
-			}
-			conns = append(conns, c)
+			conns = append(conns, dial(t, l.GetStatus().GetBoundAddress()))
 		}
 	}
 	if n := openFDs(t, pid); n <= base {
@@ -343,11 +333,7 @@ func waitGone(t *testing.T, d *daemon, id string) {
 func TestSecondSignalExitsAtOnce(t *testing.T) {
 	d := startDaemon(t, "--ephemeral", "--shutdown-timeout", "1h")
 	l := listenJSON(t, d, "--port", "0")
-	c, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	dial(t, l.GetStatus().GetBoundAddress())
 	resp, err := d.client.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
 	for err == nil && len(resp.GetConnections()) == 0 {
 		resp, err = d.client.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})

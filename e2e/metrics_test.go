@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"regexp"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 var metricsLine = regexp.MustCompile(`listenerd serving metrics on (http://\S+/metrics)`)
@@ -164,12 +164,7 @@ func TestMetricsEndpointFollowsConnections(t *testing.T) {
 	s.expect(t, 0, "grpc_server_handled_total", "grpc_method", "CreateListener", "grpc_code", "NotFound")
 
 	// A client comes: active 1, its bytes each way.
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(guard))
+	c := dial(t, addr)
 	msg := "I am Chuck Norris!"
 	if _, err := c.Write([]byte(msg)); err != nil {
 		t.Fatal(err)
@@ -189,11 +184,7 @@ func TestMetricsEndpointFollowsConnections(t *testing.T) {
 	s.expect(t, float64(len(msg)), "listenerd_listener_bytes_total", append(who, "direction", "out")...)
 
 	// A second one is over the limit: rejected, by reason.
-	c2, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
+	dial(t, addr)
 	seq = waitEvent(t, d, id, seq, listenerdv1.EventKind_EVENT_KIND_CONNECTION_REJECTED)
 	s = scrapeMetrics(t, url)
 	s.expect(t, 1, "listenerd_listener_rejected_connections_total", append(who, "reason", "max_connections")...)
@@ -270,6 +261,6 @@ func TestDaemonRefusesHugeHistory(t *testing.T) {
 // fail, and returns what it printed.
 func runDaemonOnce(t *testing.T, args ...string) result {
 	t.Helper()
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	return runBin(t, daemonBin, nil, "", append([]string{"--socket", filepath.Join(dir, "s.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)...)
 }
