@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -347,20 +348,14 @@ func TestCtlClose(t *testing.T) {
 // waitActive waits until a listener has n open connections.
 func waitActive(t *testing.T, d *daemon, id string, n uint64) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for {
-		resp, err := d.client.GetListener(testContext(t), &listenerdv1.GetListenerRequest{Id: id})
+	ctx := testContext(t)
+	eventually(t, func() bool {
+		resp, err := d.client.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: id})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.GetListener().GetStatus().GetActiveConnections() == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("listener %s never had %d connections", id, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return resp.GetListener().GetStatus().GetActiveConnections() == n
+	}, fmt.Sprintf("listener %s to have %d connections", id, n))
 }
 
 // rebind: a listener restored FAILED because the test holds its port binds

@@ -76,6 +76,12 @@ type daemon struct {
 	err    error
 }
 
+// eventually is the kit's Eventually with this package's guard.
+func eventually(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	testkit.EventuallyWithin(t, guard, cond, what)
+}
+
 // dial is the kit's Dial with this package's guard on reads and writes.
 func dial(t *testing.T, addr string) *net.TCPConn {
 	t.Helper()
@@ -265,6 +271,9 @@ func (d *daemon) ctlStream(args ...string) *stream {
 		case <-time.After(guard):
 			_ = cmd.Process.Kill()
 			<-s.done
+		}
+		if d.t.Failed() {
+			d.t.Logf("ctl %v stderr:\n%s", args, s.errb.String())
 		}
 	})
 	return s

@@ -58,9 +58,12 @@ func TestKillUnderLoadRestoresListeners(t *testing.T) {
 		t.Fatalf("before: %v", before)
 	}
 
-	// Load on both listeners while the daemon dies.
+	// Load on both listeners while the daemon dies: each loader makes at
+	// most 100,000 dials, and stops when told (also if the test fails).
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoad()
 	var dials atomic.Int64
 	for _, addr := range []string{a.GetStatus().GetBoundAddress(), b.GetStatus().GetBoundAddress()} {
 		wg.Add(1)
@@ -83,12 +86,9 @@ func TestKillUnderLoadRestoresListeners(t *testing.T) {
 			}
 		}()
 	}
-	for dials.Load() < 200 {
-		runtimeGosched()
-	}
+	eventually(t, func() bool { return dials.Load() >= 200 }, "200 connections of load")
 	d.kill()
-	close(stop)
-	wg.Wait()
+	stopLoad()
 
 	d2 := startDaemonIn(t, dir)
 	after := listAddrs(t, d2)
@@ -103,8 +103,6 @@ func TestKillUnderLoadRestoresListeners(t *testing.T) {
 	// And they serve.
 	dial(t, a.GetStatus().GetBoundAddress())
 }
-
-func runtimeGosched() { time.Sleep(time.Millisecond) }
 
 // A clean restart between two `ctl ls` shows the same table.
 func TestRestartKeepsTable(t *testing.T) {
@@ -316,17 +314,11 @@ func TestDescriptorsReturnToBaseline(t *testing.T) {
 // waitGone waits until a closed listener has drained and left the list.
 func waitGone(t *testing.T, d *daemon, id string) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for {
-		_, err := d.client.GetListener(testContext(t), &listenerdv1.GetListenerRequest{Id: id})
-		if err != nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("listener %s never finished closing", id)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	ctx := testContext(t)
+	eventually(t, func() bool {
+		_, err := d.client.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: id})
+		return err != nil
+	}, "listener "+id+" to finish closing")
 }
 
 // A second SIGTERM exits at once, even while connections drain.
@@ -334,18 +326,16 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	d := startDaemon(t, "--ephemeral", "--shutdown-timeout", "1h")
 	l := listenJSON(t, d, "--port", "0")
 	dial(t, l.GetStatus().GetBoundAddress())
-	resp, err := d.client.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
-	for err == nil && len(resp.GetConnections()) == 0 {
-		resp, err = d.client.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(guard)
-	for !strings.Contains(d.stderr.String(), "shutting down") {
-		if time.Now().After(deadline) {
-			t.Fatal("the daemon never began shutting down")
+	ctx := testContext(t)
+	eventually(t, func() bool {
+		resp, err := d.client.ListConnections(ctx, &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
+		if err != nil {
+			t.Fatalf("list connections: %v", err)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return len(resp.GetConnections()) > 0
+	}, "the daemon to hold the connection")
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, func() bool { return strings.Contains(d.stderr.String(), "shutting down") }, "the daemon to begin shutting down")
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.exited:

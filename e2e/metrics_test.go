@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/testkit"
@@ -100,17 +99,12 @@ func (s scrape) expect(t *testing.T, want float64, name string, labels ...string
 // after the closed event, so a scrape may briefly lag the event stream.
 func scrapeUntil(t *testing.T, url, what string, cond func(scrape) bool) scrape {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for {
-		s := scrapeMetrics(t, url)
-		if cond(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics never showed %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var s scrape
+	eventually(t, func() bool {
+		s = scrapeMetrics(t, url)
+		return cond(s)
+	}, "the metrics to show "+what)
+	return s
 }
 
 // waitEvent reads the listener's events after seq until one of kind comes,
@@ -228,13 +222,8 @@ func TestMetricsEndpointFollowsConnections(t *testing.T) {
 // waitStderr waits until a ctl stream has written want on stderr.
 func waitStderr(t *testing.T, s *stream, want string) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for !strings.Contains(s.errb.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("ctl never said %q; stderr: %s", want, s.errb.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// The stream's stderr is logged if the test fails.
+	eventually(t, func() bool { return strings.Contains(s.errb.String(), want) }, fmt.Sprintf("ctl to say %q on stderr", want))
 }
 
 // The endpoint is loopback-only unless asked: the daemon refuses to start
