@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // The real ctl binary: every command, every output format, the errors.
@@ -55,12 +57,7 @@ func table(out string) [][]string {
 
 func dialEcho(t *testing.T, addr, msg string) net.Conn {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(guard))
+	c := dial(t, addr)
 	if msg != "" {
 		if _, err := c.Write([]byte(msg)); err != nil {
 			t.Fatal(err)
@@ -351,26 +348,20 @@ func TestCtlClose(t *testing.T) {
 // waitActive waits until a listener has n open connections.
 func waitActive(t *testing.T, d *daemon, id string, n uint64) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for {
-		resp, err := d.client.GetListener(testContext(t), &listenerdv1.GetListenerRequest{Id: id})
+	ctx := testContext(t)
+	eventually(t, func() bool {
+		resp, err := d.client.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: id})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.GetListener().GetStatus().GetActiveConnections() == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("listener %s never had %d connections", id, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return resp.GetListener().GetStatus().GetActiveConnections() == n
+	}, fmt.Sprintf("listener %s to have %d connections", id, n))
 }
 
 // rebind: a listener restored FAILED because the test holds its port binds
 // again once the port is free.
 func TestCtlRebindFailedListener(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	fixed := strconv.Itoa(freePort(t))
 	l := listenJSON(t, d, "--port", fixed, "--mode", "echo", "--name", "web")
@@ -517,7 +508,7 @@ func TestCtlErrors(t *testing.T) {
 	}
 
 	// 4: no daemon, for every command that needs one.
-	gone := filepath.Join(tempDir(t), "run", "listenerd.sock")
+	gone := filepath.Join(testkit.ShortDir(t), "run", "listenerd.sock")
 	for _, args := range [][]string{{"ls"}, {"get", "web"}, {"listen"}, {"limit", "web", "--unlimited"},
 		{"close", "web"}, {"close", "web", "--wait"}, {"conns", "web"}, {"kick", "ln-00000000.1"}, {"rebind", "web"}} {
 		r := ctlIn(t, gone, "", args...)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func listenJSON(t *testing.T, d *daemon, args ...string) *listenerdv1.Listener {
@@ -41,12 +42,7 @@ func TestEchoListenerAndWatch(t *testing.T) {
 	}
 	w := d.ctlStream("watch", "-o", "json", "--since", strconv.FormatUint(list.GetSequence(), 10), "chuck")
 
-	c, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(guard))
+	c := dial(t, l.GetStatus().GetBoundAddress())
 	msg := "I am Chuck Norris!"
 	if _, err := c.Write([]byte(msg)); err != nil {
 		t.Fatal(err)
@@ -254,11 +250,7 @@ func TestShutdownWithWatcherAndConnection(t *testing.T) {
 	if _, err := stream.Recv(); err != nil {
 		t.Fatal(err)
 	}
-	c, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, l.GetStatus().GetBoundAddress())
 	d.stop()
 	_ = c.SetReadDeadline(time.Now().Add(guard))
 	if _, err := c.Read(make([]byte, 1)); err == nil {
@@ -286,12 +278,7 @@ func TestDeniedSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: guard}
-	c, err := dialer.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := testkit.DialFrom(t, "127.0.0.2", l.GetStatus().GetBoundAddress())
 	_ = c.SetReadDeadline(time.Now().Add(guard))
 	if n, err := c.Read(make([]byte, 1)); err == nil || n != 0 {
 		t.Fatalf("denied client read %d, %v; want its connection closed", n, err)

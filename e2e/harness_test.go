@@ -9,23 +9,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // guard bounds every wait; it is a safety net, never a timing assertion.
@@ -69,28 +69,25 @@ type daemon struct {
 	t      *testing.T
 	socket string
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testkit.Buffer
 	client listenerdv1.ListenerServiceClient
 	conn   *grpc.ClientConn
 	exited chan struct{}
 	err    error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// eventually is the kit's Eventually with this package's guard.
+func eventually(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	testkit.EventuallyWithin(t, guard, cond, what)
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// dial is the kit's Dial with this package's guard on reads and writes.
+func dial(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	c := testkit.Dial(t, addr)
+	_ = c.SetDeadline(time.Now().Add(guard))
+	return c
 }
 
 func testContext(t *testing.T) context.Context {
@@ -104,18 +101,7 @@ func testContext(t *testing.T) context.Context {
 // must exit 0.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	return startDaemonIn(t, tempDir(t), args...)
-}
-
-// tempDir is a short temporary directory: unix socket paths are limited.
-func tempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ld")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	return startDaemonIn(t, testkit.ShortDir(t), args...)
 }
 
 // startDaemonIn starts a daemon whose socket and state live in dir, so a
@@ -129,7 +115,7 @@ func startDaemonIn(t *testing.T, dir string, args ...string) *daemon {
 // prlimit) when wrap is not empty.
 func startDaemonWrapped(t *testing.T, dir string, wrap []string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, socket: filepath.Join(dir, "run", "listenerd.sock"), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	d := &daemon{t: t, socket: filepath.Join(dir, "run", "listenerd.sock"), stderr: &testkit.Buffer{}, exited: make(chan struct{})}
 	argv := append(append(append([]string{}, wrap...), daemonBin, "--socket", d.socket, "--state-dir", filepath.Join(dir, "state")), args...)
 	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
@@ -144,12 +130,7 @@ func startDaemonWrapped(t *testing.T, dir string, wrap []string, args ...string)
 		}
 	})
 
-	var err error
-	d.conn, err = grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.conn.Close() })
+	d.conn = testkit.DialGRPCUnix(t, d.socket)
 	health := healthpb.NewHealthClient(d.conn)
 	ctx := testContext(t)
 	for {
@@ -257,7 +238,7 @@ type stream struct {
 	lines chan string
 	done  chan struct{}
 	err   error
-	errb  *syncBuffer
+	errb  *testkit.Buffer
 }
 
 func (d *daemon) ctlStream(args ...string) *stream {
@@ -268,7 +249,7 @@ func (d *daemon) ctlStream(args ...string) *stream {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	s := &stream{t: d.t, cmd: cmd, lines: make(chan string, 1<<16), done: make(chan struct{}), errb: &syncBuffer{}}
+	s := &stream{t: d.t, cmd: cmd, lines: make(chan string, 1<<16), done: make(chan struct{}), errb: &testkit.Buffer{}}
 	cmd.Stderr = s.errb
 	if err := cmd.Start(); err != nil {
 		d.t.Fatal(err)
@@ -290,6 +271,9 @@ func (d *daemon) ctlStream(args ...string) *stream {
 		case <-time.After(guard):
 			_ = cmd.Process.Kill()
 			<-s.done
+		}
+		if d.t.Failed() {
+			d.t.Logf("ctl %v stderr:\n%s", args, s.errb.String())
 		}
 	})
 	return s

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func freePort(t *testing.T) int {
@@ -45,7 +46,7 @@ func listAddrs(t *testing.T, d *daemon) map[string]string {
 // SIGKILL under load, then a new start on the same state: every listener
 // is back with the same id and port.
 func TestKillUnderLoadRestoresListeners(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	fixed := strconv.Itoa(freePort(t))
 	a := listenJSON(t, d, "--port", fixed, "--mode", "echo", "--name", "fixed")
@@ -57,9 +58,12 @@ func TestKillUnderLoadRestoresListeners(t *testing.T) {
 		t.Fatalf("before: %v", before)
 	}
 
-	// Load on both listeners while the daemon dies.
+	// Load on both listeners while the daemon dies: each loader makes at
+	// most 100,000 dials, and stops when told (also if the test fails).
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoad()
 	var dials atomic.Int64
 	for _, addr := range []string{a.GetStatus().GetBoundAddress(), b.GetStatus().GetBoundAddress()} {
 		wg.Add(1)
@@ -82,12 +86,9 @@ func TestKillUnderLoadRestoresListeners(t *testing.T) {
 			}
 		}()
 	}
-	for dials.Load() < 200 {
-		runtimeGosched()
-	}
+	eventually(t, func() bool { return dials.Load() >= 200 }, "200 connections of load")
 	d.kill()
-	close(stop)
-	wg.Wait()
+	stopLoad()
 
 	d2 := startDaemonIn(t, dir)
 	after := listAddrs(t, d2)
@@ -100,18 +101,12 @@ func TestKillUnderLoadRestoresListeners(t *testing.T) {
 		}
 	}
 	// And they serve.
-	conn, err := net.Dial("tcp", a.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	dial(t, a.GetStatus().GetBoundAddress())
 }
-
-func runtimeGosched() { time.Sleep(time.Millisecond) }
 
 // A clean restart between two `ctl ls` shows the same table.
 func TestRestartKeepsTable(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	listenJSON(t, d, "--port", "0", "--name", "one")
 	listenJSON(t, d, "--port", "0", "--mode", "echo", "--max-connections", "3")
@@ -126,7 +121,7 @@ func TestRestartKeepsTable(t *testing.T) {
 // A second daemon on the same socket and state refuses to start and leaves
 // the first one serving.
 func TestSecondDaemonRefuses(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	l := listenJSON(t, d, "--port", "0")
 	for _, args := range [][]string{
@@ -148,7 +143,7 @@ func TestSecondDaemonRefuses(t *testing.T) {
 // A state file cut off mid-write stops the daemon with the file named; it
 // never starts empty in silence.
 func TestCorruptStateStopsDaemon(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	listenJSON(t, d, "--port", "0", "--name", "keep")
 	d.stop()
@@ -192,7 +187,7 @@ func TestAcceptBackoffOnEMFILE(t *testing.T) {
 		t.Skip("prlimit not installed")
 	}
 	const limit, clients = 128, 200
-	d := startDaemonWrapped(t, tempDir(t), []string{"prlimit", "--nofile=" + strconv.Itoa(limit) + ":" + strconv.Itoa(limit)}, "--ephemeral")
+	d := startDaemonWrapped(t, testkit.ShortDir(t), []string{"prlimit", "--nofile=" + strconv.Itoa(limit) + ":" + strconv.Itoa(limit)}, "--ephemeral")
 	resp, err := d.client.CreateListener(testContext(t), &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{Backlog: ptr(uint32(1024))}})
 	if err != nil {
 		t.Fatal(err)
@@ -250,10 +245,7 @@ func TestAcceptBackoffOnEMFILE(t *testing.T) {
 		c.Close()
 	}
 	conns = nil
-	fresh, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
+	fresh := dial(t, l.GetStatus().GetBoundAddress())
 	conns = append(conns, fresh)
 	port := uint32(fresh.LocalAddr().(*net.TCPAddr).Port)
 	for {
@@ -301,11 +293,7 @@ func TestDescriptorsReturnToBaseline(t *testing.T) {
 		l := listenJSON(t, d, "--port", "0", "--mode", mode)
 		ids = append(ids, l.GetId())
 		for range 20 {
-			c, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-			if err != nil {
-				t.Fatal(err)
-			}
-			conns = append(conns, c)
+			conns = append(conns, dial(t, l.GetStatus().GetBoundAddress()))
 		}
 	}
 	if n := openFDs(t, pid); n <= base {
@@ -326,40 +314,28 @@ func TestDescriptorsReturnToBaseline(t *testing.T) {
 // waitGone waits until a closed listener has drained and left the list.
 func waitGone(t *testing.T, d *daemon, id string) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for {
-		_, err := d.client.GetListener(testContext(t), &listenerdv1.GetListenerRequest{Id: id})
-		if err != nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("listener %s never finished closing", id)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	ctx := testContext(t)
+	eventually(t, func() bool {
+		_, err := d.client.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: id})
+		return err != nil
+	}, "listener "+id+" to finish closing")
 }
 
 // A second SIGTERM exits at once, even while connections drain.
 func TestSecondSignalExitsAtOnce(t *testing.T) {
 	d := startDaemon(t, "--ephemeral", "--shutdown-timeout", "1h")
 	l := listenJSON(t, d, "--port", "0")
-	c, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	resp, err := d.client.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
-	for err == nil && len(resp.GetConnections()) == 0 {
-		resp, err = d.client.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(guard)
-	for !strings.Contains(d.stderr.String(), "shutting down") {
-		if time.Now().After(deadline) {
-			t.Fatal("the daemon never began shutting down")
+	dial(t, l.GetStatus().GetBoundAddress())
+	ctx := testContext(t)
+	eventually(t, func() bool {
+		resp, err := d.client.ListConnections(ctx, &listenerdv1.ListConnectionsRequest{ListenerId: l.GetId()})
+		if err != nil {
+			t.Fatalf("list connections: %v", err)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return len(resp.GetConnections()) > 0
+	}, "the daemon to hold the connection")
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, func() bool { return strings.Contains(d.stderr.String(), "shutting down") }, "the daemon to begin shutting down")
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.exited:

@@ -5,16 +5,15 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 var metricsLine = regexp.MustCompile(`listenerd serving metrics on (http://\S+/metrics)`)
@@ -100,17 +99,12 @@ func (s scrape) expect(t *testing.T, want float64, name string, labels ...string
 // after the closed event, so a scrape may briefly lag the event stream.
 func scrapeUntil(t *testing.T, url, what string, cond func(scrape) bool) scrape {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for {
-		s := scrapeMetrics(t, url)
-		if cond(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics never showed %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var s scrape
+	eventually(t, func() bool {
+		s = scrapeMetrics(t, url)
+		return cond(s)
+	}, "the metrics to show "+what)
+	return s
 }
 
 // waitEvent reads the listener's events after seq until one of kind comes,
@@ -164,12 +158,7 @@ func TestMetricsEndpointFollowsConnections(t *testing.T) {
 	s.expect(t, 0, "grpc_server_handled_total", "grpc_method", "CreateListener", "grpc_code", "NotFound")
 
 	// A client comes: active 1, its bytes each way.
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(guard))
+	c := dial(t, addr)
 	msg := "I am Chuck Norris!"
 	if _, err := c.Write([]byte(msg)); err != nil {
 		t.Fatal(err)
@@ -189,11 +178,7 @@ func TestMetricsEndpointFollowsConnections(t *testing.T) {
 	s.expect(t, float64(len(msg)), "listenerd_listener_bytes_total", append(who, "direction", "out")...)
 
 	// A second one is over the limit: rejected, by reason.
-	c2, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
+	dial(t, addr)
 	seq = waitEvent(t, d, id, seq, listenerdv1.EventKind_EVENT_KIND_CONNECTION_REJECTED)
 	s = scrapeMetrics(t, url)
 	s.expect(t, 1, "listenerd_listener_rejected_connections_total", append(who, "reason", "max_connections")...)
@@ -237,13 +222,8 @@ func TestMetricsEndpointFollowsConnections(t *testing.T) {
 // waitStderr waits until a ctl stream has written want on stderr.
 func waitStderr(t *testing.T, s *stream, want string) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for !strings.Contains(s.errb.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("ctl never said %q; stderr: %s", want, s.errb.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// The stream's stderr is logged if the test fails.
+	eventually(t, func() bool { return strings.Contains(s.errb.String(), want) }, fmt.Sprintf("ctl to say %q on stderr", want))
 }
 
 // The endpoint is loopback-only unless asked: the daemon refuses to start
@@ -270,6 +250,6 @@ func TestDaemonRefusesHugeHistory(t *testing.T) {
 // fail, and returns what it printed.
 func runDaemonOnce(t *testing.T, args ...string) result {
 	t.Helper()
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	return runBin(t, daemonBin, nil, "", append([]string{"--socket", filepath.Join(dir, "s.sock"), "--state-dir", filepath.Join(dir, "state")}, args...)...)
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // nodeExample is the Node.js client under examples/.
@@ -67,7 +68,7 @@ func TestNodeExample(t *testing.T) {
 	}
 
 	// Without a daemon it fails with one line and exit 1.
-	cmd = exec.CommandContext(ctx, node, filepath.Join(nodeExample, "client.js"), "--socket", filepath.Join(tempDir(t), "none.sock"))
+	cmd = exec.CommandContext(ctx, node, filepath.Join(nodeExample, "client.js"), "--socket", filepath.Join(testkit.ShortDir(t), "none.sock"))
 	stderr.Reset()
 	cmd.Stdout, cmd.Stderr = nil, &stderr
 	var ee *exec.ExitError

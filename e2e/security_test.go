@@ -3,16 +3,9 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,61 +13,21 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
-// tlsFiles writes a CA and a server certificate for 127.0.0.1 signed by
-// it, and returns the paths of the CA, the certificate and its key, and a
-// pool trusting the CA.
+// tlsFiles writes a CA and a server certificate for 127.0.0.1 and ::1
+// signed by it, and returns the paths of the CA, the certificate and its
+// key, and a pool trusting the CA.
 func tlsFiles(t *testing.T, dir string) (ca, cert, key string, pool *x509.CertPool) {
 	t.Helper()
-	gen := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	write := func(name, typ string, der []byte) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	caKey, srvKey := gen(), gen()
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "e2e CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "listenerd"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(srvKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(caCert)
-	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER),
-		write("server-key.pem", "PRIVATE KEY", keyDER), pool
+	authority := testkit.NewCA(t, "e2e CA")
+	cert, key = authority.Issue(t, "listenerd", x509.ExtKeyUsageServerAuth).Write(t, dir, "server")
+	return authority.WriteCert(t, filepath.Join(dir, "ca.pem")), cert, key, authority.Pool()
 }
 
 // startTCPDaemon runs the daemon with args (which include --api-listen
@@ -82,8 +35,8 @@ func tlsFiles(t *testing.T, dir string) (ca, cert, key string, pool *x509.CertPo
 // it does once both APIs serve.
 func startTCPDaemon(t *testing.T, args ...string) (*daemon, string) {
 	t.Helper()
-	dir := tempDir(t)
-	d := &daemon{t: t, socket: filepath.Join(dir, "run", "listenerd.sock"), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	dir := testkit.ShortDir(t)
+	d := &daemon{t: t, socket: filepath.Join(dir, "run", "listenerd.sock"), stderr: &testkit.Buffer{}, exited: make(chan struct{})}
 	d.cmd = exec.Command(daemonBin, append([]string{"--socket", d.socket, "--state-dir", filepath.Join(dir, "state")}, args...)...)
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -126,7 +79,7 @@ func startTCPDaemon(t *testing.T, args ...string) (*daemon, string) {
 }
 
 func TestDaemonRefusesUnguardedTCPAPI(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	token := filepath.Join(dir, "token")
 	if err := os.WriteFile(token, []byte("e2e-token-0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -143,7 +96,7 @@ func TestDaemonRefusesUnguardedTCPAPI(t *testing.T) {
 		{"bad port policy", []string{"--allow-ports", "9-1"}, "--allow-ports"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			run := tempDir(t)
+			run := testkit.ShortDir(t)
 			sock := filepath.Join(run, "run", "listenerd.sock")
 			ctx, cancel := context.WithTimeout(context.Background(), guard)
 			defer cancel()
@@ -167,7 +120,7 @@ func TestDaemonRefusesUnguardedTCPAPI(t *testing.T) {
 }
 
 func TestCtlOverTCPAPI(t *testing.T) {
-	dir := tempDir(t)
+	dir := testkit.ShortDir(t)
 	ca, cert, key, pool := tlsFiles(t, dir)
 	const secret = "e2e-token-0123456789abcdef"
 	token, wrong := filepath.Join(dir, "token"), filepath.Join(dir, "wrong")
@@ -211,11 +164,7 @@ func TestCtlOverTCPAPI(t *testing.T) {
 	oneLineFailure("privileged port by policy", d.ctl("--api", addr, "--ca", ca, "--token-file", token, "listen", "--port", "80"), "permission denied: spec.port")
 
 	// Health answers without a token on the TCP API.
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := testkit.DialGRPC(t, "passthrough:///"+addr, credentials.NewTLS(&tls.Config{RootCAs: pool}))
 	resp, err := healthpb.NewHealthClient(conn).Check(testContext(t), &healthpb.HealthCheckRequest{})
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health over TCP without a token: %v, %v", resp, err)

@@ -2,21 +2,14 @@ package ctl
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // tcpFake serves a fake daemon on 127.0.0.1:0, with TLS when certFile is
@@ -83,46 +77,6 @@ func startTCPFake(t *testing.T, want string, creds credentials.TransportCredenti
 	return f
 }
 
-// selfSigned writes a self-signed certificate for 127.0.0.1 and its key,
-// and returns their paths and the server's TLS credentials.
-func selfSigned(t *testing.T, dir string) (certFile, keyFile string, creds credentials.TransportCredentials) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "listenerd"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true,
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile, credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}})
-}
-
 func writeToken(t *testing.T, dir, name, tok string) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
@@ -134,7 +88,11 @@ func writeToken(t *testing.T, dir, name, tok string) string {
 
 func TestAPIWithTLSAndToken(t *testing.T) {
 	dir := t.TempDir()
-	cert, _, creds := selfSigned(t, dir)
+	// The server's certificate is for 127.0.0.1, signed by a CA that ctl
+	// trusts only with --ca.
+	ca := testkit.NewCA(t, "listenerd test CA")
+	cert := ca.WriteCert(t, filepath.Join(dir, "ca.pem"))
+	creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "listenerd", x509.ExtKeyUsageServerAuth).TLS()}})
 	const tok = "the-right-token-0123456789"
 	f := startTCPFake(t, tok, creds)
 	good, bad := writeToken(t, dir, "good", tok), writeToken(t, dir, "bad", "a-wrong-token-0123456789")

@@ -272,7 +272,7 @@ func TestWatchWritesOncePerResponse(t *testing.T) {
 	if lines := strings.Count(stdout.String(), "\n"); lines != batch+1 {
 		t.Fatalf("%d lines, want %d:\n%s", lines, batch+1, stdout.String())
 	}
-	if n := stdout.writeCount(); n != 2 {
+	if n := stdout.Writes(); n != 2 {
 		t.Errorf("%d writes to stdout for two responses, want 2", n)
 	}
 }

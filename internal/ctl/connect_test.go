@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // startServer listens on 127.0.0.1:0 and runs handle for every connection,
@@ -46,7 +48,7 @@ func echo(c net.Conn) { _, _ = io.Copy(c, c) }
 
 func TestConnectSendOnce(t *testing.T) {
 	addr := startServer(t, echo)
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	err := connect(context.Background(), connectOptions{address: addr, send: "I am Chuck Norris!", sendSet: true, once: true}, nil, &stdout, &stderr)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +76,7 @@ func TestConnectSendHalfCloses(t *testing.T) {
 	// The echo server returns at EOF, so the reply is whole only if connect
 	// half-closed after sending and kept reading.
 	addr := startServer(t, echo)
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	msg := strings.Repeat("0123456789", 10000)
 	if err := connect(context.Background(), connectOptions{address: addr, send: msg, sendSet: true}, nil, &stdout, &stderr); err != nil {
 		t.Fatal(err)
@@ -86,7 +88,7 @@ func TestConnectSendHalfCloses(t *testing.T) {
 
 func TestConnectStdin(t *testing.T) {
 	addr := startServer(t, echo)
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	in := "line one\nline two\n"
 	if err := connect(context.Background(), connectOptions{address: addr}, strings.NewReader(in), &stdout, &stderr); err != nil {
 		t.Fatal(err)
@@ -100,7 +102,7 @@ func TestConnectServerClosesFirst(t *testing.T) {
 	addr := startServer(t, func(c net.Conn) { _, _ = io.WriteString(c, "bye\n") })
 	pr, pw := io.Pipe() // stdin that stays open
 	defer pw.Close()    // lets the stdin reader go
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	if err := connect(context.Background(), connectOptions{address: addr}, pr, &stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +117,8 @@ func TestConnectCancel(t *testing.T) {
 	defer close(release)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
-	stderr.onOutput("remoteAddress=", cancel)
+	var stdout, stderr testkit.Buffer
+	stderr.OnOutput("remoteAddress=", cancel)
 	if err := connect(ctx, connectOptions{address: addr, send: "x", sendSet: true, once: true}, nil, &stdout, &stderr); err != nil {
 		t.Fatalf("cancelled connect: %v", err)
 	}
@@ -125,7 +127,7 @@ func TestConnectCancel(t *testing.T) {
 func TestConnectLocalhost(t *testing.T) {
 	addr := startServer(t, echo)
 	_, port, _ := net.SplitHostPort(addr)
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	err := connect(context.Background(), connectOptions{address: "localhost:" + port, send: "hi", sendSet: true}, nil, &stdout, &stderr)
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +150,7 @@ func TestConnectRefused(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	err = connect(context.Background(), connectOptions{address: addr, send: "x", sendSet: true}, nil, &stdout, &stderr)
 	if err == nil || err.Error() != "cannot connect to "+addr+": connection refused" {
 		t.Errorf("err = %v", err)
@@ -157,7 +159,7 @@ func TestConnectRefused(t *testing.T) {
 
 func TestConnectCommand(t *testing.T) {
 	addr := startServer(t, echo)
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	a := newApp(&stdout, &stderr)
 	a.stdin = strings.NewReader("from stdin")
 	if code := a.run(context.Background(), []string{"connect", addr}); code != ExitOK {
@@ -167,7 +169,7 @@ func TestConnectCommand(t *testing.T) {
 		t.Errorf("stdout %q", stdout.String())
 	}
 
-	var stdout2, stderr2 syncBuffer
+	var stdout2, stderr2 testkit.Buffer
 	a = newApp(&stdout2, &stderr2)
 	if code := a.run(context.Background(), []string{"connect", addr, "--send", "flag"}); code != ExitOK {
 		t.Fatalf("exit %d: %s", code, stderr2.String())

@@ -1,10 +1,8 @@
 package ctl
 
 import (
-	"bytes"
 	"context"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -103,23 +102,11 @@ func (f *fakeService) watchRequests() []*listenerdv1.WatchEventsRequest {
 	return append([]*listenerdv1.WatchEventsRequest(nil), f.watches...)
 }
 
-// shortTempDir returns a temporary directory with a path short enough for a
-// unix socket.
-func shortTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // startFake serves svc on a unix socket in a temporary directory and returns
 // the socket path.
 func startFake(t *testing.T, svc listenerdv1.ListenerServiceServer) string {
 	t.Helper()
-	sock := filepath.Join(shortTempDir(t), "api.sock")
+	sock := filepath.Join(testkit.ShortDir(t), "api.sock")
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -138,47 +125,6 @@ func startFake(t *testing.T, svc listenerdv1.ListenerServiceServer) string {
 	return sock
 }
 
-// syncBuffer is a writer safe for concurrent use that can call a function
-// once its content contains a string.
-type syncBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	writes  int // Write calls
-	trigger string
-	fire    func()
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.writes++
-	n, err := b.buf.Write(p)
-	if b.fire != nil && strings.Contains(b.buf.String(), b.trigger) {
-		b.fire()
-		b.fire = nil
-	}
-	return n, err
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *syncBuffer) writeCount() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.writes
-}
-
-// onOutput makes b call fire once its content contains s.
-func (b *syncBuffer) onOutput(s string, fire func()) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.trigger, b.fire = s, fire
-}
-
 // fastRetry makes watch resumes quick in tests.
 var fastRetry = retryPolicy{initial: time.Millisecond, max: 4 * time.Millisecond, giveUp: 100 * time.Millisecond}
 
@@ -188,7 +134,7 @@ type result struct {
 }
 
 // runCtl runs ctl against the socket with args, with stdout and stderr given.
-func runCtlWith(ctx context.Context, sock string, stdout, stderr *syncBuffer, args ...string) int {
+func runCtlWith(ctx context.Context, sock string, stdout, stderr *testkit.Buffer, args ...string) int {
 	a := newApp(stdout, stderr)
 	a.retry = fastRetry
 	a.stdin = strings.NewReader("")
@@ -197,18 +143,18 @@ func runCtlWith(ctx context.Context, sock string, stdout, stderr *syncBuffer, ar
 
 // runCtlUntil runs a streaming ctl command until its stdout holds stop,
 // then interrupts it, as Ctrl-C does.
-func runCtlUntil(sock, stop string, args ...string) (stdout, stderr *syncBuffer, code int) {
+func runCtlUntil(sock, stop string, args ...string) (stdout, stderr *testkit.Buffer, code int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stdout, stderr = &syncBuffer{}, &syncBuffer{}
-	stdout.onOutput(stop, cancel)
+	stdout, stderr = &testkit.Buffer{}, &testkit.Buffer{}
+	stdout.OnOutput(stop, cancel)
 	return stdout, stderr, runCtlWith(ctx, sock, stdout, stderr, args...)
 }
 
 // runCtl runs ctl against the socket with args and returns what it printed.
 func runCtl(t *testing.T, sock string, args ...string) result {
 	t.Helper()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	code := runCtlWith(context.Background(), sock, &stdout, &stderr, args...)
 	return result{stdout.String(), stderr.String(), code}
 }

@@ -3,27 +3,14 @@ package listener
 import (
 	"context"
 	"errors"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
-
-// dialFrom dials addr from a chosen loopback source address.
-func dialFrom(t *testing.T, src, addr string) *net.TCPConn {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("dial %s from %s: %v", addr, src, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(guard))
-	return c.(*net.TCPConn)
-}
 
 func lastReject(evs []events.Event) events.RejectReason {
 	for i := len(evs) - 1; i >= 0; i-- {
@@ -62,7 +49,7 @@ func TestACL(t *testing.T) {
 			}
 			l := create(t, m, spec)
 			w := newWatch(t, m, l.ID())
-			dialFrom(t, tc.src, l.Info().Bound)
+			testkit.DialFrom(t, tc.src, l.Info().Bound)
 			evs := w.until(func(evs []events.Event) bool {
 				return count(evs, events.KindConnectionOpened)+count(evs, events.KindConnectionRejected) > 0
 			})
@@ -81,18 +68,18 @@ func TestPerSourceLimit(t *testing.T) {
 	l := create(t, m, Spec{Limits: Limits{PerSource: 1}})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
-	a := dialFrom(t, "127.0.0.1", addr)
+	a := testkit.DialFrom(t, "127.0.0.1", addr)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
-	dialFrom(t, "127.0.0.1", addr)
+	testkit.DialFrom(t, "127.0.0.1", addr)
 	evs := w.until(countAtLeast(events.KindConnectionRejected, 1))
 	if lastReject(evs) != events.RejectPerSourceLimit {
 		t.Fatalf("reason %v", lastReject(evs))
 	}
-	dialFrom(t, "127.0.0.2", addr) // another source has its own count
+	testkit.DialFrom(t, "127.0.0.2", addr) // another source has its own count
 	w.until(countAtLeast(events.KindConnectionOpened, 2))
 	a.Close()
 	w.until(countAtLeast(events.KindConnectionClosed, 1))
-	dialFrom(t, "127.0.0.1", addr) // the slot is free again
+	testkit.DialFrom(t, "127.0.0.1", addr) // the slot is free again
 	w.until(countAtLeast(events.KindConnectionOpened, 3))
 }
 
@@ -104,13 +91,13 @@ func TestPerSourceLimitSetAtRuntime(t *testing.T) {
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
 	for range 3 {
-		dialFrom(t, "127.0.0.1", addr)
+		testkit.DialFrom(t, "127.0.0.1", addr)
 	}
 	w.until(countAtLeast(events.KindConnectionOpened, 3))
 	if _, err := m.SetLimits(l.ID(), func(lim Limits) (Limits, error) { lim.PerSource = 1; return lim, nil }); err != nil {
 		t.Fatal(err)
 	}
-	dialFrom(t, "127.0.0.1", addr)
+	testkit.DialFrom(t, "127.0.0.1", addr)
 	evs := w.until(countAtLeast(events.KindConnectionRejected, 1))
 	if count(evs, events.KindConnectionOpened) != 3 || lastReject(evs) != events.RejectPerSourceLimit {
 		t.Fatalf("opened %d, reject reason %v; want 3 and the per-source limit", count(evs, events.KindConnectionOpened), lastReject(evs))
@@ -122,8 +109,8 @@ func TestAcceptRateLimit(t *testing.T) {
 	// One token, refilled every ~17 minutes: the second connection is over.
 	l := create(t, m, Spec{Limits: Limits{AcceptRate: 0.001, AcceptBurst: 1}})
 	w := newWatch(t, m, l.ID())
-	dial(t, l.Info().Bound)
-	dial(t, l.Info().Bound)
+	testkit.Dial(t, l.Info().Bound)
+	testkit.Dial(t, l.Info().Bound)
 	evs := w.until(countAtLeast(events.KindConnectionRejected, 1))
 	if count(evs, events.KindConnectionOpened) != 1 || lastReject(evs) != events.RejectRateLimit {
 		t.Fatalf("opened %d, reason %v", count(evs, events.KindConnectionOpened), lastReject(evs))
@@ -138,12 +125,12 @@ func TestAcceptRateSurvivesOtherChanges(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: Limits{AcceptRate: 0.001, AcceptBurst: 1}})
 	w := newWatch(t, m, l.ID())
-	dial(t, l.Info().Bound) // takes the only token
+	testkit.Dial(t, l.Info().Bound) // takes the only token
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
 	if _, err := m.SetLimits(l.ID(), func(lim Limits) (Limits, error) { lim.IdleTimeout = time.Hour; return lim, nil }); err != nil {
 		t.Fatal(err)
 	}
-	dial(t, l.Info().Bound)
+	testkit.Dial(t, l.Info().Bound)
 	evs := w.until(countAtLeast(events.KindConnectionRejected, 1))
 	if count(evs, events.KindConnectionOpened) != 1 || lastReject(evs) != events.RejectRateLimit {
 		t.Fatalf("opened %d, reason %v: the idle-timeout change refilled the bucket", count(evs, events.KindConnectionOpened), lastReject(evs))
@@ -168,9 +155,9 @@ func TestDaemonWideCaps(t *testing.T) {
 		t.Fatal("third listener created over --max-listeners 2")
 	}
 	wa, wb := newWatch(t, m, a.ID()), newWatch(t, m, b.ID())
-	dial(t, a.Info().Bound)
+	testkit.Dial(t, a.Info().Bound)
 	wa.until(countAtLeast(events.KindConnectionOpened, 1))
-	dial(t, b.Info().Bound)
+	testkit.Dial(t, b.Info().Bound)
 	evs := wb.until(countAtLeast(events.KindConnectionRejected, 1))
 	if lastReject(evs) != events.RejectDaemonLimit {
 		t.Fatalf("reason %v", lastReject(evs))
@@ -189,7 +176,7 @@ func TestIdleTimeoutAndMaxLifetime(t *testing.T) {
 		for _, pause := range []bool{false, true} {
 			l := create(t, m, Spec{Limits: tc.lim, PauseOnConnect: pause})
 			w := newWatch(t, m, l.ID())
-			c := dial(t, l.Info().Bound)
+			c := testkit.Dial(t, l.Info().Bound)
 			evs := w.until(countAtLeast(events.KindConnectionClosed, 1))
 			if got := evs[len(evs)-1].Close; got != tc.want {
 				t.Fatalf("pause %v: reason %v, want %v", pause, got, tc.want)

@@ -3,11 +3,11 @@ package listener
 import (
 	"io"
 	"net"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // echoOnce proves c is served: one round trip through an echo listener.
@@ -40,7 +40,7 @@ func TestShutdownBoundsAnEarlierDrain(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	defer c.Close()
 	echoOnce(t, c)
 	if _, err := m.Close(l.ID(), time.Hour, false); err != nil {
@@ -69,7 +69,7 @@ func TestConnAcceptedAsCloseBeginsIsDrained(t *testing.T) {
 	}
 	testHookAccepted.Store(&hook)
 	t.Cleanup(func() { testHookAccepted.Store(nil) })
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	defer c.Close()
 	waitFor(t, "the accept", accepted)
 
@@ -78,13 +78,9 @@ func TestConnAcceptedAsCloseBeginsIsDrained(t *testing.T) {
 		_, err := m.Close(l.ID(), time.Hour, false)
 		closed <- err
 	}()
-	deadline := time.Now().Add(guard)
-	for l.Info().State != StateDraining { // the close has begun, and waits for the accept loop
-		if time.Now().After(deadline) {
-			t.Fatalf("close did not begin within %v", guard)
-		}
-		runtime.Gosched() // a state with no signal to wait on
-	}
+	// The close has begun, and waits for the accept loop: a state with no
+	// signal to wait on.
+	testkit.Eventually(t, func() bool { return l.Info().State == StateDraining }, "the close to begin")
 	close(release)
 	if err := <-closed; err != nil {
 		t.Fatal(err)
@@ -103,7 +99,7 @@ func TestForwardClientResetIsReset(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: ForwardTo(upAddr, 0)})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	accept()
 	_ = c.SetLinger(0)
 	c.Close() // RST
@@ -127,7 +123,7 @@ func TestEchoIdleWhileStuckWriting(t *testing.T) {
 		m := newManager(t)
 		l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, Limits: Limits{IdleTimeout: 50 * time.Millisecond}})
 		w := newWatch(t, m, l.ID())
-		c := dial(t, l.Info().Bound)
+		c := testkit.Dial(t, l.Info().Bound)
 		if tc.readMore == 0 {
 			_ = c.SetReadBuffer(4096)
 		} else {
@@ -160,7 +156,7 @@ func TestForwardIdleTimeout(t *testing.T) {
 	l := create(t, m, Spec{Limits: Limits{IdleTimeout: 50 * time.Millisecond},
 		Handler: ForwardTo(upAddr, 0)})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	defer c.Close()
 	if _, err := c.Write([]byte("hello")); err != nil { // one move, then silence
 		t.Fatal(err)
@@ -240,7 +236,7 @@ func TestEchoIdleSparesASlowReader(t *testing.T) {
 	t.Parallel()
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, Limits: Limits{IdleTimeout: 4 * time.Second}})
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	defer c.Close()
 	_ = c.SetReadBuffer(64 << 10)
 	const total = 800 << 10 // at most 80 KiB/s: 2.5 idle timeouts long
@@ -261,7 +257,7 @@ func TestForwardIdleSparesASlowReader(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: Limits{IdleTimeout: 4 * time.Second},
 		Handler: ForwardTo(upAddr, 0)})
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	defer c.Close()
 	_ = c.SetReadBuffer(64 << 10)
 	uc := accept()
@@ -284,7 +280,7 @@ func TestForwardResetAfterHalfCloseIsReset(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: ForwardTo(upAddr, 0)})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	uc := accept()
 	go writeUntilClosed(uc)
 	if err := c.CloseWrite(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // Rejections are counted by reason, and their sum is Rejected.
@@ -14,9 +15,9 @@ func TestRejectedByReason(t *testing.T) {
 	full := create(t, m, Spec{Limits: limit(0)})
 	denied := create(t, m, Spec{Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 	wf, wd := newWatch(t, m, full.ID()), newWatch(t, m, denied.ID())
-	dial(t, full.Info().Bound)
-	dial(t, full.Info().Bound)
-	dial(t, denied.Info().Bound)
+	testkit.Dial(t, full.Info().Bound)
+	testkit.Dial(t, full.Info().Bound)
+	testkit.Dial(t, denied.Info().Bound)
 	wf.until(countAtLeast(events.KindConnectionRejected, 2))
 	wd.until(countAtLeast(events.KindConnectionRejected, 1))
 	if in := full.Info(); in.Rejected != 2 || in.RejectedBy[events.RejectMaxConnections] != 2 || in.RejectedBy[events.RejectDeniedByACL] != 0 {
@@ -40,7 +41,7 @@ func TestConnClosedHook(t *testing.T) {
 	t.Cleanup(func() { m.Shutdown(0) })
 	l := create(t, m, Spec{})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
 	c.Close()
 	select {
@@ -63,7 +64,7 @@ func TestForceWhileDrainingCountsDestroyed(t *testing.T) {
 	for i := range 20 {
 		l := create(t, m, Spec{})
 		w := newWatch(t, m, l.ID())
-		c := dial(t, l.Info().Bound)
+		c := testkit.Dial(t, l.Info().Bound)
 		w.until(countAtLeast(events.KindConnectionOpened, 1))
 		if info, err := m.Close(l.ID(), time.Hour, false); err != nil || info.State != StateDraining {
 			t.Fatalf("first close: %v, %v", info.State, err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // upper is a filter that upper-cases ASCII letters and counts the
@@ -38,7 +39,7 @@ func TestFiltersOnEcho(t *testing.T) {
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	var inCloses, outCloses atomic.Int32
 	l.SetFilters(&Filters{In: []Filter{upperFilter(&inCloses)}})
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -55,12 +56,12 @@ func TestFiltersOnEcho(t *testing.T) {
 	}
 	// Taken off: new connections go the fast way again, unchanged.
 	l.SetFilters(nil)
-	c2 := dial(t, l.Info().Bound)
+	c2 := testkit.Dial(t, l.Info().Bound)
 	echoOnce(t, c2)
 	// On the out direction, bytes are counted as written to the client.
 	l.SetFilters(&Filters{Out: []Filter{upperFilter(&outCloses)}})
 	w := newWatch(t, m, l.ID())
-	c3 := dial(t, l.Info().Bound)
+	c3 := testkit.Dial(t, l.Info().Bound)
 	if _, err := c3.Write([]byte("abc")); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func TestFiltersOnForwardPassHalfClose(t *testing.T) {
 	l := create(t, m, Spec{Handler: ForwardTo(up.Addr().String(), 0)})
 	var inCloses, outCloses atomic.Int32
 	l.SetFilters(&Filters{In: []Filter{upperFilter(&inCloses)}, Out: []Filter{upperFilter(&outCloses)}})
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	if _, err := c.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func TestPausedConnectionWaitsUntilTaken(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, PauseOnConnect: true})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	if _, err := c.Write([]byte("early")); err != nil {
 		t.Fatal(err)
 	}

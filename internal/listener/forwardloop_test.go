@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // A forward whose upstream leads back into itself through this daemon's
@@ -55,7 +56,7 @@ func TestForwardLoopRefused(t *testing.T) {
 	}
 	for _, tc := range loops {
 		w := newWatch(t, m, tc.l.ID())
-		c := dial(t, tc.l.Info().Bound)
+		c := testkit.Dial(t, tc.l.Info().Bound)
 		if _, err := io.ReadAll(c); err != nil {
 			t.Logf("client read: %v", err)
 		}
@@ -75,7 +76,7 @@ func TestForwardLoopRefused(t *testing.T) {
 	echo := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	mid := forward("", 0, echo.Info().Bound)
 	front := forward("", 0, mid.Info().Bound)
-	c := dial(t, front.Info().Bound)
+	c := testkit.Dial(t, front.Info().Bound)
 	go func() {
 		_, _ = c.Write([]byte("through two forwards"))
 		_ = c.CloseWrite()

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -91,17 +92,6 @@ func countAtLeast(k events.Kind, n int) func([]events.Event) bool {
 	return func(evs []events.Event) bool { return count(evs, k) >= n }
 }
 
-func dial(t *testing.T, addr string) *net.TCPConn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(guard))
-	return c.(*net.TCPConn)
-}
-
 func localPort(c net.Conn) uint16 { return uint16(c.LocalAddr().(*net.TCPAddr).Port) }
 
 func TestCreateBindsBeforeReplyAndReportsEphemeralPort(t *testing.T) {
@@ -116,7 +106,7 @@ func TestCreateBindsBeforeReplyAndReportsEphemeralPort(t *testing.T) {
 		t.Fatalf("state %v, want listening", info.State)
 	}
 	// The port is open the moment Create returns.
-	c := dial(t, info.Bound)
+	c := testkit.Dial(t, info.Bound)
 	c.Close()
 }
 
@@ -124,7 +114,7 @@ func TestEcho(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	msg := "I am Chuck Norris!"
 	if _, err := c.Write([]byte(msg)); err != nil {
 		t.Fatal(err)
@@ -278,7 +268,7 @@ func TestMaxConnectionsZeroRejectsAll(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: limit(0)})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	if n, err := c.Read(make([]byte, 1)); err == nil || n != 0 {
 		t.Fatalf("read %d, %v: want closed", n, err)
 	}
@@ -293,14 +283,14 @@ func TestLimitsChangeAtRuntime(t *testing.T) {
 	l := create(t, m, Spec{Limits: limit(2)})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
-	a, b := dial(t, addr), dial(t, addr)
+	a, b := testkit.Dial(t, addr), testkit.Dial(t, addr)
 	w.until(countAtLeast(events.KindConnectionOpened, 2))
 
 	// Lowering the limit closes nobody.
 	if _, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return limit(1), nil }); err != nil {
 		t.Fatal(err)
 	}
-	c := dial(t, addr)
+	c := testkit.Dial(t, addr)
 	w.until(countAtLeast(events.KindConnectionRejected, 1))
 	if got := l.Info().Active; got != 2 {
 		t.Fatalf("active %d after lowering the limit; want 2", got)
@@ -312,7 +302,7 @@ func TestLimitsChangeAtRuntime(t *testing.T) {
 	if _, err := m.SetLimits(l.ID(), func(Limits) (Limits, error) { return Limits{}, nil }); err != nil {
 		t.Fatal(err)
 	}
-	_ = dial(t, addr)
+	_ = testkit.Dial(t, addr)
 	evs := w.until(countAtLeast(events.KindConnectionOpened, 3))
 	if count(evs, events.KindLimitsChanged) != 2 {
 		t.Fatalf("limits changed events: %d", count(evs, events.KindLimitsChanged))
@@ -325,9 +315,9 @@ func TestOverflowBacklogLeavesConnectionsQueued(t *testing.T) {
 	l := create(t, m, Spec{Limits: Limits{MaxConnections: AtMost(1), Overflow: OverflowBacklog}})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
-	a := dial(t, addr)
+	a := testkit.Dial(t, addr)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
-	b := dial(t, addr) // completes in the kernel, waits in the accept queue
+	b := testkit.Dial(t, addr) // completes in the kernel, waits in the accept queue
 	a.Close()
 	evs := w.until(countAtLeast(events.KindConnectionOpened, 2))
 	if count(evs, events.KindConnectionRejected) != 0 {
@@ -352,7 +342,7 @@ func TestOverflowBacklogSetAtRuntimeRejectsNobody(t *testing.T) {
 	l := create(t, m, Spec{})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
-	a, _ := dial(t, addr), dial(t, addr)
+	a, _ := testkit.Dial(t, addr), testkit.Dial(t, addr)
 	w.until(countAtLeast(events.KindConnectionOpened, 2))
 	// The limits change right after the third accept, before its
 	// admission: exactly as if they had changed while the loop waited in
@@ -364,7 +354,7 @@ func TestOverflowBacklogSetAtRuntimeRejectsNobody(t *testing.T) {
 	}
 	testHookAccepted.Store(&hook)
 	t.Cleanup(func() { testHookAccepted.Store(nil) })
-	c := dial(t, addr)
+	c := testkit.Dial(t, addr)
 	select {
 	case err := <-changed:
 		if err != nil {
@@ -390,7 +380,7 @@ func TestHalfOpenOffEndsOurSideAfterFlush(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	if _, err := c.Write([]byte("abc")); err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +402,7 @@ func TestHalfOpenOnKeepsOurSideOpen(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, AllowHalfOpen: true})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	if _, err := c.Write([]byte("abc")); err != nil {
 		t.Fatal(err)
 	}
@@ -468,23 +458,16 @@ func TestPauseOnConnectHoldsUnread(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}, PauseOnConnect: true})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
 	// The bytes reach the daemon's socket and stay there, unread.
-	deadline := time.Now().Add(guard)
-	for {
+	testkit.Eventually(t, func() bool {
 		n, ok := rxQueue(t, localPortOf(l), localPort(c))
-		if ok && n == 5 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon receive queue never held the 5 bytes (last %d, found %v)", n, ok)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return ok && n == 5
+	}, "the daemon's receive queue to hold the 5 bytes")
 	conns, _ := l.Connections()
 	if len(conns) != 1 || conns[0].BytesIn != 0 {
 		t.Fatalf("paused connection read: %+v", conns)
@@ -509,7 +492,7 @@ func TestCloseFreesPortAtOnceAndDrains(t *testing.T) {
 	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	w := newWatch(t, m, l.ID())
 	addr := l.Info().Bound
-	c := dial(t, addr)
+	c := testkit.Dial(t, addr)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
 	info, err := m.Close(l.ID(), time.Hour, false)
 	if err != nil {
@@ -600,7 +583,7 @@ func TestClosingNameSaysWhichID(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := newWatch(t, m, l.ID())
-	dial(t, l.Info().Bound)
+	testkit.Dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
 	if _, err := m.Close("web", time.Hour, false); err != nil {
 		t.Fatal(err)
@@ -621,7 +604,7 @@ func TestCloseForceDestroys(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{})
 	w := newWatch(t, m, l.ID())
-	c := dial(t, l.Info().Bound)
+	c := testkit.Dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
 	if _, err := m.Close(l.ID(), time.Hour, true); err != nil {
 		t.Fatal(err)
@@ -709,7 +692,7 @@ func TestWildcardIPv4IsIPv4Only(t *testing.T) {
 	if want := fmt.Sprintf("0.0.0.0:%d", port); bound != want {
 		t.Fatalf("bound %s, want %s", bound, want)
 	}
-	c := dial(t, fmt.Sprintf("127.0.0.1:%d", port))
+	c := testkit.Dial(t, fmt.Sprintf("127.0.0.1:%d", port))
 	c.Close()
 	if c6, err := net.Dial("tcp6", fmt.Sprintf("[::1]:%d", port)); err == nil {
 		c6.Close()
@@ -722,7 +705,7 @@ func TestForward(t *testing.T) {
 	up := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
 	fw := create(t, m, Spec{Handler: ForwardTo(up.Info().Bound, 0)})
 	w := newWatch(t, m, fw.ID())
-	c := dial(t, fw.Info().Bound)
+	c := testkit.Dial(t, fw.Info().Bound)
 	msg := strings.Repeat("forward me ", 10000)
 	go func() {
 		_, _ = c.Write([]byte(msg))
@@ -747,7 +730,7 @@ func TestForwardUpstreamDown(t *testing.T) {
 	}
 	fw := create(t, m, Spec{Handler: ForwardTo(addr, 0)})
 	w := newWatch(t, m, fw.ID())
-	c := dial(t, fw.Info().Bound)
+	c := testkit.Dial(t, fw.Info().Bound)
 	if _, err := io.ReadAll(c); err != nil {
 		t.Logf("client read: %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // memStore is a Persister that keeps the last save in memory.
@@ -126,7 +127,7 @@ func TestRestoreUnbindableComesBackFailed(t *testing.T) {
 	if in := back.Info(); in.State != StateListening || localPortOf(back) != port {
 		t.Fatalf("rebound %+v", in)
 	}
-	c := dial(t, back.Info().Bound)
+	c := testkit.Dial(t, back.Info().Bound)
 	c.Close()
 	if _, err := m2.Rebind(context.Background(), l.ID()); !errors.Is(err, ErrNotFailed) {
 		t.Fatalf("rebind of a listening listener: %v", err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func queueLimits(max int64, length int, timeout time.Duration) Limits {
@@ -175,11 +176,11 @@ func TestQueueTimeout(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: queueLimits(1, 10, 50*time.Millisecond)})
 	w := newWatch(t, m, l.ID())
-	held := dial(t, l.Info().Bound)
+	held := testkit.Dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
 	var waiting []*net.TCPConn
 	for range 5 {
-		waiting = append(waiting, dial(t, l.Info().Bound))
+		waiting = append(waiting, testkit.Dial(t, l.Info().Bound))
 	}
 	evs := w.until(func(evs []events.Event) bool { return rejectedWith(evs, events.RejectQueueTimeout) == 5 })
 	if q := count(evs, events.KindConnectionQueued); q != 5 {
@@ -209,13 +210,13 @@ func TestQueueLimitLoweredKicksNobody(t *testing.T) {
 	w := newWatch(t, m, l.ID())
 	var served []*net.TCPConn
 	for range 4 {
-		served = append(served, dial(t, l.Info().Bound))
+		served = append(served, testkit.Dial(t, l.Info().Bound))
 	}
 	w.until(countAtLeast(events.KindConnectionOpened, 4))
 	if _, err := m.SetLimits(l.ID(), func(lim Limits) (Limits, error) { lim.MaxConnections = AtMost(2); return lim, nil }); err != nil {
 		t.Fatal(err)
 	}
-	late := dial(t, l.Info().Bound)
+	late := testkit.Dial(t, l.Info().Bound)
 	evs := w.until(countAtLeast(events.KindConnectionQueued, 1))
 	if c := count(evs, events.KindConnectionClosed); c != 0 {
 		t.Fatalf("%d served connections closed by the lower limit", c)
@@ -236,7 +237,7 @@ func TestQueueLimitLoweredKicksNobody(t *testing.T) {
 	// Raising the limit serves waiting ones at once.
 	l2 := create(t, m, Spec{Limits: queueLimits(0, 10, 0), Handler: HandlerSpec{Kind: "echo"}})
 	w2 := newWatch(t, m, l2.ID())
-	c := dial(t, l2.Info().Bound)
+	c := testkit.Dial(t, l2.Info().Bound)
 	w2.until(countAtLeast(events.KindConnectionQueued, 1))
 	if _, err := m.SetLimits(l2.ID(), func(lim Limits) (Limits, error) { lim.MaxConnections = Cap{}; return lim, nil }); err != nil {
 		t.Fatal(err)
@@ -250,9 +251,9 @@ func TestQueueKickAndClose(t *testing.T) {
 	m := newManager(t)
 	l := create(t, m, Spec{Limits: queueLimits(1, 10, 0)})
 	w := newWatch(t, m, l.ID())
-	dial(t, l.Info().Bound)
+	testkit.Dial(t, l.Info().Bound)
 	w.until(countAtLeast(events.KindConnectionOpened, 1))
-	a, b := dial(t, l.Info().Bound), dial(t, l.Info().Bound)
+	a, b := testkit.Dial(t, l.Info().Bound), testkit.Dial(t, l.Info().Bound)
 	evs := w.until(countAtLeast(events.KindConnectionQueued, 2))
 	var first uint64
 	for _, e := range evs {

@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // gateStore is a Persister whose first Save blocks until open is called
@@ -92,7 +92,7 @@ func TestReadsDoNotWaitOnSave(t *testing.T) {
 	if got == nil || len(listed) != 1 {
 		t.Fatalf("while saving: Get %v, List %d listeners; want the bound listener", got, len(listed))
 	}
-	c := dial(t, got.Info().Bound)
+	c := testkit.Dial(t, got.Info().Bound)
 	msg := []byte("accepts while saving")
 	if _, err := c.Write(msg); err != nil {
 		t.Fatal(err)
@@ -127,13 +127,7 @@ func TestChangesDuringASaveShareTheNext(t *testing.T) {
 		go create(i)
 	}
 	// Every other change is staged before the first save ends.
-	deadline := time.Now().Add(guard)
-	for staged(m) < n+1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d changes staged after %v", staged(m), n+1, guard)
-		}
-		runtime.Gosched()
-	}
+	testkit.Eventually(t, func() bool { return staged(m) >= n+1 }, fmt.Sprintf("all %d changes to be staged", n+1))
 	st.open()
 	for range n + 1 {
 		if err := <-errs; err != nil {
@@ -200,13 +194,8 @@ func TestCloseWhileCreateSaveFails(t *testing.T) {
 		_, err := m.Close("a", 0, true)
 		closed <- err
 	}()
-	deadline := time.Now().Add(guard)
-	for staged(m) < 2 { // the close has staged its snapshot and waits
-		if time.Now().After(deadline) {
-			t.Fatalf("close not staged after %v", guard)
-		}
-		runtime.Gosched()
-	}
+	// The close has staged its snapshot and waits.
+	testkit.Eventually(t, func() bool { return staged(m) >= 2 }, "the close to be staged")
 	st.open()
 	if err := <-created; !errors.Is(err, ErrPersist) {
 		t.Fatalf("create: %v, want ErrPersist", err)
@@ -293,13 +282,8 @@ func TestUpdateReplyShowsItsOwnChange(t *testing.T) {
 	go set(1, a)
 	waitFor(t, "the first update's save", st.entered)
 	go set(2, b)
-	deadline := time.Now().Add(guard)
-	for l.Info().Spec.Limits.MaxConnections != AtMost(2) { // the second update applied
-		if time.Now().After(deadline) {
-			t.Fatalf("the second update did not apply within %v", guard)
-		}
-		runtime.Gosched() // a state with no signal to wait on
-	}
+	// The second update applied: a state with no signal to wait on.
+	testkit.Eventually(t, func() bool { return l.Info().Spec.Limits.MaxConnections == AtMost(2) }, "the second update to apply")
 	close(st.hold)
 	for want, ch := range map[int64]chan reply{1: a, 2: b} {
 		r := <-ch

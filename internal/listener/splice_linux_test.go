@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // Pipes are capped, pooled or in use: past maxPipes none is made, and one
@@ -68,7 +69,7 @@ func TestForwardIdleHoldsNoPipe(t *testing.T) {
 	before := openPipes(t)
 	const conns = 40
 	for range conns {
-		c := dial(t, fw.Info().Bound)
+		c := testkit.Dial(t, fw.Info().Bound)
 		if _, err := c.Write([]byte("ping")); err != nil {
 			t.Fatal(err)
 		}

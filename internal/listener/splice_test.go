@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // echoBulk writes size pseudo-random bytes to an echo listener while
@@ -22,7 +23,7 @@ func echoBulk(t *testing.T, addr string, size int) {
 	for i := range data {
 		data[i] = byte(r.Uint32())
 	}
-	c := dial(t, addr)
+	c := testkit.Dial(t, addr)
 	werr := make(chan error, 1)
 	go func() {
 		_, err := c.Write(data)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -146,17 +147,6 @@ func (r *rig) expect(name string, labels map[string]string, want float64) {
 	}
 }
 
-func dial(t *testing.T, addr string) net.Conn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(guard))
-	return c
-}
-
 // The per-listener series follow real connections: opened, echoed,
 // rejected over the limit and by the ACL, closed (with their durations),
 // and the listener's series go when it is gone.
@@ -174,7 +164,7 @@ func TestCollectorFollowsConnections(t *testing.T) {
 		t.Fatalf("empty histogram: %v", h)
 	}
 
-	c := dial(t, addr)
+	c := testkit.Dial(t, addr)
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +177,7 @@ func TestCollectorFollowsConnections(t *testing.T) {
 	r.expect("listenerd_listener_bytes_total", map[string]string{"listener": id, "direction": "out"}, 5)
 
 	// Over the limit: rejected for max_connections.
-	dial(t, addr)
+	testkit.Dial(t, addr)
 	r.waitEvent(id, events.KindConnectionRejected, &seq)
 	r.expect("listenerd_listener_rejected_connections_total", map[string]string{"listener": id, "reason": "max_connections"}, 1)
 	r.expect("listenerd_listener_rejected_connections_total", map[string]string{"listener": id, "reason": "rate_limit"}, 0)
@@ -203,7 +193,7 @@ func TestCollectorFollowsConnections(t *testing.T) {
 	// A second listener that denies loopback: rejected by the ACL.
 	deny := r.create("", listener.Spec{Limits: listener.Limits{},
 		Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	dial(t, r.addr(deny))
+	testkit.Dial(t, r.addr(deny))
 	r.waitEvent(deny.ID(), events.KindConnectionRejected, new(uint64(0)))
 	r.expect("listenerd_listener_rejected_connections_total", map[string]string{"listener": deny.ID(), "name": "", "reason": "denied_by_acl"}, 1)
 	r.expect("listenerd_listener_rejected_connections_total", map[string]string{"listener": id, "reason": "denied_by_acl"}, 0)
@@ -232,16 +222,10 @@ func TestCollectorFollowsConnections(t *testing.T) {
 // the list just after its closed event, and nothing announces that.
 func (r *rig) waitGone(id string) {
 	r.t.Helper()
-	deadline := time.Now().Add(guard)
-	for {
-		if _, err := r.mgr.Get(id); err != nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("listener %s never left the manager", id)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(r.t, func() bool {
+		_, err := r.mgr.Get(id)
+		return err != nil
+	}, "listener "+id+" to leave the manager")
 }
 
 // The bus's counters: watchers open, events published, slow watchers cut

@@ -3,11 +3,10 @@ package server
 import (
 	"testing"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // BenchmarkAPI times single calls through the whole daemon (interceptors,
@@ -18,11 +17,7 @@ import (
 //	go test -run '^$' -bench API -count 3 -benchtime 2000x ./internal/server
 func BenchmarkAPI(b *testing.B) {
 	d := startRun(b, Config{Ephemeral: true}) // no mutation rate limit
-	conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
+	conn := testkit.DialGRPCUnix(b, d.socket)
 	api := listenerdv1.NewListenerServiceClient(conn)
 	ctx := testContext(b)
 	spec := &listenerdv1.ListenerSpec{Host: "127.0.0.1"}

@@ -3,33 +3,27 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/state"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // guard bounds every wait; it is a safety net, never a timing assertion.
@@ -40,24 +34,6 @@ func TestMain(m *testing.M) {
 		childConnect(path) // re-executed as another user; never returns
 	}
 	goleak.VerifyTestMain(m)
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers (the log).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // lineWriter hands each complete line written to it to a channel: Run's
@@ -90,7 +66,7 @@ type testDaemon struct {
 	socket string
 	addr   string // TCP API, "" without one
 	state  string // the state file
-	log    *syncBuffer
+	log    *testkit.Buffer
 	unix   listenerdv1.ListenerServiceClient
 }
 
@@ -100,11 +76,11 @@ type testDaemon struct {
 // without error.
 func startRun(t testing.TB, cfg Config) *testDaemon {
 	t.Helper()
-	dir := shortTempDir(t)
+	dir := testkit.ShortDir(t)
 	if cfg.Socket == "" {
 		cfg.Socket = filepath.Join(dir, "run", "listenerd.sock")
 	}
-	d := &testDaemon{socket: cfg.Socket, log: &syncBuffer{}}
+	d := &testDaemon{socket: cfg.Socket, log: &testkit.Buffer{}}
 	cfg.StateDir = filepath.Join(dir, "state")
 	d.state = filepath.Join(cfg.StateDir, state.FileName)
 	cfg.Log = slog.New(slog.NewTextHandler(d.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -146,12 +122,7 @@ func startRun(t testing.TB, cfg Config) *testDaemon {
 	if cfg.API.Listen != "" && d.addr == "" {
 		t.Fatal("no tcp:// line")
 	}
-	conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	d.unix = listenerdv1.NewListenerServiceClient(conn)
+	d.unix = listenerdv1.NewListenerServiceClient(testkit.DialGRPCUnix(t, d.socket))
 	return d
 }
 
@@ -159,28 +130,7 @@ func startRun(t testing.TB, cfg Config) *testDaemon {
 // end of the test.
 func (d *testDaemon) dial(t *testing.T, creds credentials.TransportCredentials) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient("passthrough:///"+d.addr, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
-// shortTempDir is a temporary directory with a short path (unix socket
-// paths are limited), readable by everyone so that only the daemon's own
-// modes guard what it creates inside.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "lds")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	return testkit.DialGRPC(t, "passthrough:///"+d.addr, creds)
 }
 
 func testContext(t testing.TB) context.Context {
@@ -208,26 +158,19 @@ type pki struct {
 func newPKI(t *testing.T) *pki {
 	t.Helper()
 	p := &pki{dir: t.TempDir(), serverName: "127.0.0.1"}
-	ca, caKey := newCA(t, "listenerd test CA")
-	rogueCA, rogueKey := newCA(t, "rogue CA")
-	p.pool, p.otherPool = x509.NewCertPool(), x509.NewCertPool()
-	p.pool.AddCert(ca)
-	p.otherPool.AddCert(rogueCA)
-	p.caFile = p.writePEM(t, "ca.pem", "CERTIFICATE", ca.Raw)
+	ca, rogueCA := testkit.NewCA(t, "listenerd test CA"), testkit.NewCA(t, "rogue CA")
+	p.pool, p.otherPool = ca.Pool(), rogueCA.Pool()
+	p.caFile = ca.WriteCert(t, filepath.Join(p.dir, "ca.pem"))
 
-	srvDER, srvKey := newLeaf(t, ca, caKey, "listenerd", x509.ExtKeyUsageServerAuth)
-	p.serverCert = p.writePEM(t, "server.pem", "CERTIFICATE", srvDER)
-	p.srvKey = p.writeKey(t, "server-key.pem", srvKey)
+	p.serverCert, p.srvKey = ca.Issue(t, "listenerd", x509.ExtKeyUsageServerAuth).Write(t, p.dir, "server")
 
-	cliDER, cliKey := newLeaf(t, ca, caKey, "ctl", x509.ExtKeyUsageClientAuth)
-	p.clientCert = p.writePEM(t, "client.pem", "CERTIFICATE", cliDER)
-	p.cliKey = p.writeKey(t, "client-key.pem", cliKey)
-	p.client = tls.Certificate{Certificate: [][]byte{cliDER}, PrivateKey: cliKey}
+	cli := ca.Issue(t, "ctl", x509.ExtKeyUsageClientAuth)
+	p.clientCert, p.cliKey = cli.Write(t, p.dir, "client")
+	p.client = cli.TLS()
 
-	rDER, rKey := newLeaf(t, rogueCA, rogueKey, "mallory", x509.ExtKeyUsageClientAuth)
-	p.rogueCert = p.writePEM(t, "rogue.pem", "CERTIFICATE", rDER)
-	p.rogueKey = p.writeKey(t, "rogue-key.pem", rKey)
-	p.rogue = tls.Certificate{Certificate: [][]byte{rDER}, PrivateKey: rKey}
+	rogue := rogueCA.Issue(t, "mallory", x509.ExtKeyUsageClientAuth)
+	p.rogueCert, p.rogueKey = rogue.Write(t, p.dir, "rogue")
+	p.rogue = rogue.TLS()
 
 	p.token = "s3cr3t-" + rand.Text()
 	p.wrongToken = "s3cr3t-" + rand.Text()
@@ -236,69 +179,6 @@ func newPKI(t *testing.T) *pki {
 		t.Fatal(err)
 	}
 	return p
-}
-
-func (p *pki) writePEM(t *testing.T, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(p.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func (p *pki) writeKey(t *testing.T, name string, k *ecdsa.PrivateKey) string {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p.writePEM(t, name, "PRIVATE KEY", der)
-}
-
-var serial atomic.Int64
-
-func nextSerial() *big.Int { return big.NewInt(serial.Add(1)) }
-
-func newCA(t *testing.T, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, key
-}
-
-func newLeaf(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, use x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{use},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der, key
 }
 
 // creds returns client transport credentials trusting roots and

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,18 +12,15 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // Headers are capped like messages: a call whose metadata is over 64 KiB
 // is refused before anything reads it, on either transport.
 func TestHeadersAreCapped(t *testing.T) {
 	d := startRun(t, Config{Ephemeral: true})
-	conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	h := healthpb.NewHealthClient(conn)
+	h := healthpb.NewHealthClient(testkit.DialGRPCUnix(t, d.socket))
 	for _, tc := range []struct {
 		size int
 		ok   bool
@@ -46,15 +42,12 @@ func TestHeadersAreCapped(t *testing.T) {
 func TestTCPConnectionsAreCapped(t *testing.T) {
 	p := newPKI(t)
 	d := startRun(t, Config{Ephemeral: true, API: APIConfig{Listen: "127.0.0.1:0", TokenFile: p.tokenFile, MaxConns: 1}})
-	holder, err := net.Dial("tcp", d.addr) // takes the one slot, says nothing
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := testkit.Dial(t, d.addr) // takes the one slot, says nothing
 	h := healthpb.NewHealthClient(d.dial(t, insecure.NewCredentials()))
 	// Cannot be served while the slot is held, however long it waits: the
 	// deadline only bounds the test.
 	ctx, cancel := context.WithTimeout(testContext(t), 2*time.Second)
-	_, err = h.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+	_, err := h.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
 	cancel()
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("health check while the slot is held: %v, want it still waiting at its deadline", err)

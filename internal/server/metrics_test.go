@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // A metrics address the endpoint refuses is a configuration error (the
@@ -26,7 +28,7 @@ func TestRunMetricsAddressErrors(t *testing.T) {
 		{"no-such-host.invalid:0", true, "no-such-host.invalid"},
 		{taken.Addr().String(), false, "address already in use"},
 	} {
-		dir := shortTempDir(t)
+		dir := testkit.ShortDir(t)
 		cfg := Config{Socket: filepath.Join(dir, "run", "listenerd.sock"), Ephemeral: true, Metrics: MetricsConfig{Addr: tc.addr}}
 		err := Run(testContext(t), cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || errors.Is(err, ErrConfig) != tc.config {

@@ -31,6 +31,7 @@ import (
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/listener"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func u32(v uint32) *uint32 { return &v }
@@ -440,7 +441,7 @@ func TestRunRefusesUnsafeAPI(t *testing.T) {
 		{"bad address", APIConfig{Listen: "127.0.0.1", TokenFile: p.tokenFile}, "--api-listen"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := shortTempDir(t)
+			dir := testkit.ShortDir(t)
 			cfg := Config{Socket: filepath.Join(dir, "run", "listenerd.sock"), StateDir: filepath.Join(dir, "state"), API: tc.api}
 			err := Run(testContext(t), cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -472,7 +473,7 @@ func TestUnixSocketRefusesOtherUsers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	binDir := shortTempDir(t)
+	binDir := testkit.ShortDir(t)
 	bin := filepath.Join(binDir, "connect.test")
 	if err := copyFile(exe, bin, 0o755); err != nil {
 		t.Fatal(err)
@@ -509,7 +510,7 @@ func TestUnixSocketRefusesOtherUsers(t *testing.T) {
 	}
 
 	// A socket in a directory anyone may enter: its 0600 mode refuses.
-	open := shortTempDir(t)
+	open := testkit.ShortDir(t)
 	d2 := startRun(t, Config{Ephemeral: true, Socket: filepath.Join(open, "listenerd.sock")})
 	if got := tryAs(t, d2.socket, 0); got != childConnected {
 		t.Fatalf("root's child could not connect (exit %d)", got)
@@ -577,7 +578,7 @@ func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
 			if (tc.owner >= 0 || tc.group >= 0) && os.Geteuid() != 0 {
 				t.Skip("needs root to give the directory to another user or group")
 			}
-			base := shortTempDir(t)
+			base := testkit.ShortDir(t)
 			dir := filepath.Join(base, "run")
 			real := dir
 			if tc.symlink {
@@ -624,7 +625,7 @@ func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
 	// Writable by its group, when the group is this user's own (user
 	// private groups: umask 002 makes directories 0775), is fine.
 	if g, err := user.LookupGroupId(me.Gid); err == nil && g.Name == me.Username {
-		own := filepath.Join(shortTempDir(t), "run")
+		own := filepath.Join(testkit.ShortDir(t), "run")
 		if err := os.Mkdir(own, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -638,7 +639,7 @@ func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
 
 	// A safe directory in one anyone may write to, as given or where a
 	// link leads: whoever may rename it may put their own in its place.
-	base := shortTempDir(t)
+	base := testkit.ShortDir(t)
 	open := filepath.Join(base, "open")
 	if err := os.Mkdir(open, 0o700); err != nil {
 		t.Fatal(err)
@@ -661,7 +662,7 @@ func TestRunRefusesUnsafeSocketDirectory(t *testing.T) {
 
 	// A directory above that another group may write to is only warned of.
 	if os.Geteuid() == 0 {
-		shared := filepath.Join(shortTempDir(t), "shared")
+		shared := filepath.Join(testkit.ShortDir(t), "shared")
 		if err := os.Mkdir(shared, 0o700); err != nil {
 			t.Fatal(err)
 		}

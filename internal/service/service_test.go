@@ -21,6 +21,7 @@ import (
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -238,10 +239,7 @@ func TestSnapshotThenWatch(t *testing.T) {
 		t.Fatalf("first response %v, %v", first, err)
 	}
 
-	conn, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := testkit.Dial(t, l.GetStatus().GetBoundAddress())
 	if _, err := conn.Write([]byte("I am Chuck Norris!")); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // errorInfoOf is the ErrorInfo of a status error, nil without one.
@@ -199,10 +200,7 @@ func TestDataEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	conn, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := testkit.Dial(t, l.GetStatus().GetBoundAddress())
 	msg := "hello world"
 	if _, err := conn.Write([]byte(msg)); err != nil {
 		t.Fatal(err)
@@ -272,20 +270,10 @@ func TestAbruptWatcherDisconnect(t *testing.T) {
 		t.Fatalf("%d watchers registered, want 3", n)
 	}
 	// Traffic while the clients vanish.
-	tcp, err := net.Dial("tcp", l.GetStatus().GetBoundAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
+	tcp := testkit.Dial(t, l.GetStatus().GetBoundAddress())
 	_, _ = tcp.Write([]byte("data while watchers vanish"))
 	conn.Close() // every stream of this client ends abruptly
-	deadline := time.Now().Add(30 * time.Second)
-	for mgr.Bus().Watchers() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d watchers still registered after their client vanished", mgr.Bus().Watchers())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, func() bool { return mgr.Bus().Watchers() == 0 }, "every watcher to leave after its client vanished")
 	if mgr.Bus().DataCap() != 0 {
 		t.Fatal("data still recorded with no data watcher left")
 	}
