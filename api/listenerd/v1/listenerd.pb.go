@@ -280,6 +280,12 @@ const (
 	EventKind_EVENT_KIND_CONNECTION_DATA EventKind = 9
 	// A connection over max_connections was accepted into the queue.
 	EventKind_EVENT_KIND_CONNECTION_QUEUED EventKind = 10
+	// A handler attached to a stream listener.
+	EventKind_EVENT_KIND_HANDLER_ATTACHED EventKind = 11
+	// A handler detached from a stream listener.
+	EventKind_EVENT_KIND_HANDLER_DETACHED EventKind = 12
+	// A handler took a connection of a stream listener.
+	EventKind_EVENT_KIND_CONNECTION_TAKEN EventKind = 13
 )
 
 // Enum value maps for EventKind.
@@ -296,6 +302,9 @@ var (
 		8:  "EVENT_KIND_CONNECTION_HALF_CLOSED",
 		9:  "EVENT_KIND_CONNECTION_DATA",
 		10: "EVENT_KIND_CONNECTION_QUEUED",
+		11: "EVENT_KIND_HANDLER_ATTACHED",
+		12: "EVENT_KIND_HANDLER_DETACHED",
+		13: "EVENT_KIND_CONNECTION_TAKEN",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":            0,
@@ -309,6 +318,9 @@ var (
 		"EVENT_KIND_CONNECTION_HALF_CLOSED": 8,
 		"EVENT_KIND_CONNECTION_DATA":        9,
 		"EVENT_KIND_CONNECTION_QUEUED":      10,
+		"EVENT_KIND_HANDLER_ATTACHED":       11,
+		"EVENT_KIND_HANDLER_DETACHED":       12,
+		"EVENT_KIND_CONNECTION_TAKEN":       13,
 	}
 )
 
@@ -361,20 +373,34 @@ const (
 	CloseReason_CLOSE_REASON_MAX_LIFETIME CloseReason = 7
 	// The forward upstream could not be reached or failed.
 	CloseReason_CLOSE_REASON_UPSTREAM_FAILED CloseReason = 8
+	// Stream handler: no handler was attached for the whole claim timeout.
+	CloseReason_CLOSE_REASON_NO_HANDLER CloseReason = 9
+	// Stream handler: handlers were attached but none took the connection
+	// within the claim timeout.
+	CloseReason_CLOSE_REASON_CLAIM_TIMEOUT CloseReason = 10
+	// Stream handler: the handler's ServeConnection stream broke (the handler
+	// went away); the socket was reset.
+	CloseReason_CLOSE_REASON_HANDLER_GONE CloseReason = 11
+	// Stream handler: the handler reset the connection.
+	CloseReason_CLOSE_REASON_HANDLER_RESET CloseReason = 12
 )
 
 // Enum value maps for CloseReason.
 var (
 	CloseReason_name = map[int32]string{
-		0: "CLOSE_REASON_UNSPECIFIED",
-		1: "CLOSE_REASON_PEER_CLOSED",
-		2: "CLOSE_REASON_RESET",
-		3: "CLOSE_REASON_IDLE_TIMEOUT",
-		4: "CLOSE_REASON_KICKED",
-		5: "CLOSE_REASON_LISTENER_CLOSED",
-		6: "CLOSE_REASON_DAEMON_SHUTDOWN",
-		7: "CLOSE_REASON_MAX_LIFETIME",
-		8: "CLOSE_REASON_UPSTREAM_FAILED",
+		0:  "CLOSE_REASON_UNSPECIFIED",
+		1:  "CLOSE_REASON_PEER_CLOSED",
+		2:  "CLOSE_REASON_RESET",
+		3:  "CLOSE_REASON_IDLE_TIMEOUT",
+		4:  "CLOSE_REASON_KICKED",
+		5:  "CLOSE_REASON_LISTENER_CLOSED",
+		6:  "CLOSE_REASON_DAEMON_SHUTDOWN",
+		7:  "CLOSE_REASON_MAX_LIFETIME",
+		8:  "CLOSE_REASON_UPSTREAM_FAILED",
+		9:  "CLOSE_REASON_NO_HANDLER",
+		10: "CLOSE_REASON_CLAIM_TIMEOUT",
+		11: "CLOSE_REASON_HANDLER_GONE",
+		12: "CLOSE_REASON_HANDLER_RESET",
 	}
 	CloseReason_value = map[string]int32{
 		"CLOSE_REASON_UNSPECIFIED":     0,
@@ -386,6 +412,10 @@ var (
 		"CLOSE_REASON_DAEMON_SHUTDOWN": 6,
 		"CLOSE_REASON_MAX_LIFETIME":    7,
 		"CLOSE_REASON_UPSTREAM_FAILED": 8,
+		"CLOSE_REASON_NO_HANDLER":      9,
+		"CLOSE_REASON_CLAIM_TIMEOUT":   10,
+		"CLOSE_REASON_HANDLER_GONE":    11,
+		"CLOSE_REASON_HANDLER_RESET":   12,
 	}
 )
 
@@ -904,6 +934,7 @@ type Handler struct {
 	//	*Handler_Discard
 	//	*Handler_Echo
 	//	*Handler_Forward
+	//	*Handler_Stream
 	Kind          isHandler_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -973,6 +1004,15 @@ func (x *Handler) GetForward() *ForwardHandler {
 	return nil
 }
 
+func (x *Handler) GetStream() *StreamHandler {
+	if x != nil {
+		if x, ok := x.Kind.(*Handler_Stream); ok {
+			return x.Stream
+		}
+	}
+	return nil
+}
+
 type isHandler_Kind interface {
 	isHandler_Kind()
 }
@@ -992,11 +1032,18 @@ type Handler_Forward struct {
 	Forward *ForwardHandler `protobuf:"bytes,3,opt,name=forward,proto3,oneof"`
 }
 
+type Handler_Stream struct {
+	// Offer the connection to programs attached with AttachHandler.
+	Stream *StreamHandler `protobuf:"bytes,4,opt,name=stream,proto3,oneof"`
+}
+
 func (*Handler_Discard) isHandler_Kind() {}
 
 func (*Handler_Echo) isHandler_Kind() {}
 
 func (*Handler_Forward) isHandler_Kind() {}
+
+func (*Handler_Stream) isHandler_Kind() {}
 
 // DiscardHandler reads and counts, and sends nothing back.
 type DiscardHandler struct {
@@ -1127,6 +1174,56 @@ func (x *ForwardHandler) GetConnectTimeout() *durationpb.Duration {
 	return nil
 }
 
+// StreamHandler offers each connection to the programs attached to the
+// listener (AttachHandler), which serve its bytes with ServeConnection. A
+// connection waits, unread, until one takes it.
+type StreamHandler struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long a connection waits to be taken. Past it, the connection closes
+	// with NO_HANDLER when no handler was attached, or CLAIM_TIMEOUT when the
+	// handlers did not take it. Unset means 10s; at most 1h.
+	ClaimTimeout  *durationpb.Duration `protobuf:"bytes,1,opt,name=claim_timeout,json=claimTimeout,proto3" json:"claim_timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamHandler) Reset() {
+	*x = StreamHandler{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamHandler) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamHandler) ProtoMessage() {}
+
+func (x *StreamHandler) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamHandler.ProtoReflect.Descriptor instead.
+func (*StreamHandler) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *StreamHandler) GetClaimTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ClaimTimeout
+	}
+	return nil
+}
+
 // ListenerStatus is the observed state of a listener.
 type ListenerStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1158,7 +1255,7 @@ type ListenerStatus struct {
 
 func (x *ListenerStatus) Reset() {
 	*x = ListenerStatus{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[7]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1267,7 @@ func (x *ListenerStatus) String() string {
 func (*ListenerStatus) ProtoMessage() {}
 
 func (x *ListenerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[7]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1280,7 @@ func (x *ListenerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerStatus.ProtoReflect.Descriptor instead.
 func (*ListenerStatus) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{7}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListenerStatus) GetState() State {
@@ -1282,7 +1379,7 @@ type FiveTuple struct {
 
 func (x *FiveTuple) Reset() {
 	*x = FiveTuple{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[8]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1391,7 @@ func (x *FiveTuple) String() string {
 func (*FiveTuple) ProtoMessage() {}
 
 func (x *FiveTuple) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[8]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1404,7 @@ func (x *FiveTuple) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FiveTuple.ProtoReflect.Descriptor instead.
 func (*FiveTuple) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{8}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FiveTuple) GetRemoteAddress() string {
@@ -1371,7 +1468,7 @@ type Connection struct {
 
 func (x *Connection) Reset() {
 	*x = Connection{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[9]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1480,7 @@ func (x *Connection) String() string {
 func (*Connection) ProtoMessage() {}
 
 func (x *Connection) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[9]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1493,7 @@ func (x *Connection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connection.ProtoReflect.Descriptor instead.
 func (*Connection) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{9}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Connection) GetId() string {
@@ -1468,7 +1565,7 @@ type CreateListenerRequest struct {
 
 func (x *CreateListenerRequest) Reset() {
 	*x = CreateListenerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[10]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1577,7 @@ func (x *CreateListenerRequest) String() string {
 func (*CreateListenerRequest) ProtoMessage() {}
 
 func (x *CreateListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[10]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1590,7 @@ func (x *CreateListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateListenerRequest.ProtoReflect.Descriptor instead.
 func (*CreateListenerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{10}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateListenerRequest) GetName() string {
@@ -1521,7 +1618,7 @@ type CreateListenerResponse struct {
 
 func (x *CreateListenerResponse) Reset() {
 	*x = CreateListenerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[11]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1630,7 @@ func (x *CreateListenerResponse) String() string {
 func (*CreateListenerResponse) ProtoMessage() {}
 
 func (x *CreateListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[11]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1643,7 @@ func (x *CreateListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateListenerResponse.ProtoReflect.Descriptor instead.
 func (*CreateListenerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{11}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateListenerResponse) GetListener() *Listener {
@@ -1567,7 +1664,7 @@ type GetListenerRequest struct {
 
 func (x *GetListenerRequest) Reset() {
 	*x = GetListenerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[12]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1676,7 @@ func (x *GetListenerRequest) String() string {
 func (*GetListenerRequest) ProtoMessage() {}
 
 func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[12]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1689,7 @@ func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerRequest.ProtoReflect.Descriptor instead.
 func (*GetListenerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{12}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetListenerRequest) GetId() string {
@@ -1613,7 +1710,7 @@ type GetListenerResponse struct {
 
 func (x *GetListenerResponse) Reset() {
 	*x = GetListenerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[13]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1722,7 @@ func (x *GetListenerResponse) String() string {
 func (*GetListenerResponse) ProtoMessage() {}
 
 func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[13]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1735,7 @@ func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetListenerResponse.ProtoReflect.Descriptor instead.
 func (*GetListenerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{13}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetListenerResponse) GetListener() *Listener {
@@ -1657,7 +1754,7 @@ type ListListenersRequest struct {
 
 func (x *ListListenersRequest) Reset() {
 	*x = ListListenersRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[14]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1766,7 @@ func (x *ListListenersRequest) String() string {
 func (*ListListenersRequest) ProtoMessage() {}
 
 func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[14]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1779,7 @@ func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersRequest.ProtoReflect.Descriptor instead.
 func (*ListListenersRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{14}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{15}
 }
 
 // ListListenersResponse carries every listener.
@@ -1699,7 +1796,7 @@ type ListListenersResponse struct {
 
 func (x *ListListenersResponse) Reset() {
 	*x = ListListenersResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[15]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1808,7 @@ func (x *ListListenersResponse) String() string {
 func (*ListListenersResponse) ProtoMessage() {}
 
 func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[15]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1821,7 @@ func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListListenersResponse.ProtoReflect.Descriptor instead.
 func (*ListListenersResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{15}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListListenersResponse) GetListeners() []*Listener {
@@ -1761,7 +1858,7 @@ type UpdateListenerRequest struct {
 
 func (x *UpdateListenerRequest) Reset() {
 	*x = UpdateListenerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[16]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1870,7 @@ func (x *UpdateListenerRequest) String() string {
 func (*UpdateListenerRequest) ProtoMessage() {}
 
 func (x *UpdateListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[16]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1883,7 @@ func (x *UpdateListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateListenerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateListenerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{16}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UpdateListenerRequest) GetListener() *Listener {
@@ -1814,7 +1911,7 @@ type UpdateListenerResponse struct {
 
 func (x *UpdateListenerResponse) Reset() {
 	*x = UpdateListenerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[17]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1923,7 @@ func (x *UpdateListenerResponse) String() string {
 func (*UpdateListenerResponse) ProtoMessage() {}
 
 func (x *UpdateListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[17]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1936,7 @@ func (x *UpdateListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateListenerResponse.ProtoReflect.Descriptor instead.
 func (*UpdateListenerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{17}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpdateListenerResponse) GetListener() *Listener {
@@ -1865,7 +1962,7 @@ type CloseListenerRequest struct {
 
 func (x *CloseListenerRequest) Reset() {
 	*x = CloseListenerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[18]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1974,7 @@ func (x *CloseListenerRequest) String() string {
 func (*CloseListenerRequest) ProtoMessage() {}
 
 func (x *CloseListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[18]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1987,7 @@ func (x *CloseListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseListenerRequest.ProtoReflect.Descriptor instead.
 func (*CloseListenerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{18}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CloseListenerRequest) GetId() string {
@@ -1925,7 +2022,7 @@ type CloseListenerResponse struct {
 
 func (x *CloseListenerResponse) Reset() {
 	*x = CloseListenerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[19]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2034,7 @@ func (x *CloseListenerResponse) String() string {
 func (*CloseListenerResponse) ProtoMessage() {}
 
 func (x *CloseListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[19]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2047,7 @@ func (x *CloseListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseListenerResponse.ProtoReflect.Descriptor instead.
 func (*CloseListenerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{19}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CloseListenerResponse) GetListener() *Listener {
@@ -1971,7 +2068,7 @@ type ListConnectionsRequest struct {
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[20]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2080,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[20]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2093,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{20}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListConnectionsRequest) GetListenerId() string {
@@ -2019,7 +2116,7 @@ type ListConnectionsResponse struct {
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[21]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2128,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[21]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2141,7 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{21}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
@@ -2074,7 +2171,7 @@ type CloseConnectionRequest struct {
 
 func (x *CloseConnectionRequest) Reset() {
 	*x = CloseConnectionRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[22]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2086,7 +2183,7 @@ func (x *CloseConnectionRequest) String() string {
 func (*CloseConnectionRequest) ProtoMessage() {}
 
 func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[22]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2099,7 +2196,7 @@ func (x *CloseConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionRequest.ProtoReflect.Descriptor instead.
 func (*CloseConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{22}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CloseConnectionRequest) GetId() string {
@@ -2125,7 +2222,7 @@ type CloseConnectionResponse struct {
 
 func (x *CloseConnectionResponse) Reset() {
 	*x = CloseConnectionResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[23]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2234,7 @@ func (x *CloseConnectionResponse) String() string {
 func (*CloseConnectionResponse) ProtoMessage() {}
 
 func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[23]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2247,7 @@ func (x *CloseConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseConnectionResponse.ProtoReflect.Descriptor instead.
 func (*CloseConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{23}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{24}
 }
 
 // RebindListenerRequest names a FAILED listener.
@@ -2164,7 +2261,7 @@ type RebindListenerRequest struct {
 
 func (x *RebindListenerRequest) Reset() {
 	*x = RebindListenerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[24]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2273,7 @@ func (x *RebindListenerRequest) String() string {
 func (*RebindListenerRequest) ProtoMessage() {}
 
 func (x *RebindListenerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[24]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2286,7 @@ func (x *RebindListenerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebindListenerRequest.ProtoReflect.Descriptor instead.
 func (*RebindListenerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{24}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RebindListenerRequest) GetId() string {
@@ -2210,7 +2307,7 @@ type RebindListenerResponse struct {
 
 func (x *RebindListenerResponse) Reset() {
 	*x = RebindListenerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[25]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2319,7 @@ func (x *RebindListenerResponse) String() string {
 func (*RebindListenerResponse) ProtoMessage() {}
 
 func (x *RebindListenerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[25]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2332,7 @@ func (x *RebindListenerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebindListenerResponse.ProtoReflect.Descriptor instead.
 func (*RebindListenerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{25}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RebindListenerResponse) GetListener() *Listener {
@@ -2271,6 +2368,9 @@ type Event struct {
 	//	*Event_ConnectionHalfClosed
 	//	*Event_ConnectionData
 	//	*Event_ConnectionQueued
+	//	*Event_HandlerAttached
+	//	*Event_HandlerDetached
+	//	*Event_ConnectionTaken
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2278,7 +2378,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[26]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +2390,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[26]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2403,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{26}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Event) GetSequence() uint64 {
@@ -2431,6 +2531,33 @@ func (x *Event) GetConnectionQueued() *ConnectionQueued {
 	return nil
 }
 
+func (x *Event) GetHandlerAttached() *HandlerAttached {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_HandlerAttached); ok {
+			return x.HandlerAttached
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetHandlerDetached() *HandlerDetached {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_HandlerDetached); ok {
+			return x.HandlerDetached
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetConnectionTaken() *ConnectionTaken {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_ConnectionTaken); ok {
+			return x.ConnectionTaken
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -2485,6 +2612,21 @@ type Event_ConnectionQueued struct {
 	ConnectionQueued *ConnectionQueued `protobuf:"bytes,19,opt,name=connection_queued,json=connectionQueued,proto3,oneof"`
 }
 
+type Event_HandlerAttached struct {
+	// A handler attached to a stream listener.
+	HandlerAttached *HandlerAttached `protobuf:"bytes,20,opt,name=handler_attached,json=handlerAttached,proto3,oneof"`
+}
+
+type Event_HandlerDetached struct {
+	// A handler detached from a stream listener.
+	HandlerDetached *HandlerDetached `protobuf:"bytes,21,opt,name=handler_detached,json=handlerDetached,proto3,oneof"`
+}
+
+type Event_ConnectionTaken struct {
+	// A handler took a connection.
+	ConnectionTaken *ConnectionTaken `protobuf:"bytes,22,opt,name=connection_taken,json=connectionTaken,proto3,oneof"`
+}
+
 func (*Event_ListenerStarted) isEvent_Kind() {}
 
 func (*Event_ConnectionOpened) isEvent_Kind() {}
@@ -2505,6 +2647,12 @@ func (*Event_ConnectionData) isEvent_Kind() {}
 
 func (*Event_ConnectionQueued) isEvent_Kind() {}
 
+func (*Event_HandlerAttached) isEvent_Kind() {}
+
+func (*Event_HandlerDetached) isEvent_Kind() {}
+
+func (*Event_ConnectionTaken) isEvent_Kind() {}
+
 // ConnectionData carries bytes read from or written to a connection.
 type ConnectionData struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2522,7 +2670,7 @@ type ConnectionData struct {
 
 func (x *ConnectionData) Reset() {
 	*x = ConnectionData{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[27]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2534,7 +2682,7 @@ func (x *ConnectionData) String() string {
 func (*ConnectionData) ProtoMessage() {}
 
 func (x *ConnectionData) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[27]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2547,7 +2695,7 @@ func (x *ConnectionData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionData.ProtoReflect.Descriptor instead.
 func (*ConnectionData) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{27}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ConnectionData) GetConnectionId() string {
@@ -2591,7 +2739,7 @@ type ListenerStarted struct {
 
 func (x *ListenerStarted) Reset() {
 	*x = ListenerStarted{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[28]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2603,7 +2751,7 @@ func (x *ListenerStarted) String() string {
 func (*ListenerStarted) ProtoMessage() {}
 
 func (x *ListenerStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[28]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2616,7 +2764,7 @@ func (x *ListenerStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerStarted.ProtoReflect.Descriptor instead.
 func (*ListenerStarted) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{28}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListenerStarted) GetBoundAddress() string {
@@ -2646,7 +2794,7 @@ type ConnectionOpened struct {
 
 func (x *ConnectionOpened) Reset() {
 	*x = ConnectionOpened{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[29]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +2806,7 @@ func (x *ConnectionOpened) String() string {
 func (*ConnectionOpened) ProtoMessage() {}
 
 func (x *ConnectionOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[29]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +2819,7 @@ func (x *ConnectionOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionOpened.ProtoReflect.Descriptor instead.
 func (*ConnectionOpened) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{29}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ConnectionOpened) GetConnectionId() string {
@@ -2711,7 +2859,7 @@ type ConnectionClosed struct {
 
 func (x *ConnectionClosed) Reset() {
 	*x = ConnectionClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2871,7 @@ func (x *ConnectionClosed) String() string {
 func (*ConnectionClosed) ProtoMessage() {}
 
 func (x *ConnectionClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2884,7 @@ func (x *ConnectionClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionClosed.ProtoReflect.Descriptor instead.
 func (*ConnectionClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{30}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConnectionClosed) GetConnectionId() string {
@@ -2799,7 +2947,7 @@ type ConnectionHalfClosed struct {
 
 func (x *ConnectionHalfClosed) Reset() {
 	*x = ConnectionHalfClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2811,7 +2959,7 @@ func (x *ConnectionHalfClosed) String() string {
 func (*ConnectionHalfClosed) ProtoMessage() {}
 
 func (x *ConnectionHalfClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2824,7 +2972,7 @@ func (x *ConnectionHalfClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionHalfClosed.ProtoReflect.Descriptor instead.
 func (*ConnectionHalfClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{31}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ConnectionHalfClosed) GetConnectionId() string {
@@ -2852,7 +3000,7 @@ type ConnectionRejected struct {
 
 func (x *ConnectionRejected) Reset() {
 	*x = ConnectionRejected{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2864,7 +3012,7 @@ func (x *ConnectionRejected) String() string {
 func (*ConnectionRejected) ProtoMessage() {}
 
 func (x *ConnectionRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2877,7 +3025,7 @@ func (x *ConnectionRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionRejected.ProtoReflect.Descriptor instead.
 func (*ConnectionRejected) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{32}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ConnectionRejected) GetTuple() *FiveTuple {
@@ -2925,7 +3073,7 @@ type ConnectionQueued struct {
 
 func (x *ConnectionQueued) Reset() {
 	*x = ConnectionQueued{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2937,7 +3085,7 @@ func (x *ConnectionQueued) String() string {
 func (*ConnectionQueued) ProtoMessage() {}
 
 func (x *ConnectionQueued) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2950,7 +3098,7 @@ func (x *ConnectionQueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionQueued.ProtoReflect.Descriptor instead.
 func (*ConnectionQueued) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{33}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ConnectionQueued) GetConnectionId() string {
@@ -2989,7 +3137,7 @@ type AcceptError struct {
 
 func (x *AcceptError) Reset() {
 	*x = AcceptError{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3001,7 +3149,7 @@ func (x *AcceptError) String() string {
 func (*AcceptError) ProtoMessage() {}
 
 func (x *AcceptError) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3014,7 +3162,7 @@ func (x *AcceptError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptError.ProtoReflect.Descriptor instead.
 func (*AcceptError) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{34}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AcceptError) GetError() string {
@@ -3049,7 +3197,7 @@ type LimitsChanged struct {
 
 func (x *LimitsChanged) Reset() {
 	*x = LimitsChanged{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3061,7 +3209,7 @@ func (x *LimitsChanged) String() string {
 func (*LimitsChanged) ProtoMessage() {}
 
 func (x *LimitsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3074,7 +3222,7 @@ func (x *LimitsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitsChanged.ProtoReflect.Descriptor instead.
 func (*LimitsChanged) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{35}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *LimitsChanged) GetLimits() *Limits {
@@ -3097,7 +3245,7 @@ type ListenerClosed struct {
 
 func (x *ListenerClosed) Reset() {
 	*x = ListenerClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3109,7 +3257,7 @@ func (x *ListenerClosed) String() string {
 func (*ListenerClosed) ProtoMessage() {}
 
 func (x *ListenerClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3122,7 +3270,7 @@ func (x *ListenerClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerClosed.ProtoReflect.Descriptor instead.
 func (*ListenerClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{36}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListenerClosed) GetDrained() uint64 {
@@ -3163,7 +3311,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3175,7 +3323,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3188,7 +3336,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{37}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WatchEventsRequest) GetListenerIds() []string {
@@ -3248,7 +3396,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3260,7 +3408,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3273,7 +3421,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{38}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchEventsResponse) GetEvents() []*Event {
@@ -3296,6 +3444,815 @@ func (x *WatchEventsResponse) GetBootId() string {
 	}
 	return ""
 }
+
+// HandlerAttached reports a handler attached to a stream listener.
+type HandlerAttached struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The handler's id, unique in the daemon.
+	HandlerId string `protobuf:"bytes,1,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	// The label it attached with.
+	Label string `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
+	// How many connections it takes at once.
+	MaxConnections uint32 `protobuf:"varint,3,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *HandlerAttached) Reset() {
+	*x = HandlerAttached{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandlerAttached) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandlerAttached) ProtoMessage() {}
+
+func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandlerAttached.ProtoReflect.Descriptor instead.
+func (*HandlerAttached) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *HandlerAttached) GetHandlerId() string {
+	if x != nil {
+		return x.HandlerId
+	}
+	return ""
+}
+
+func (x *HandlerAttached) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *HandlerAttached) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+// HandlerDetached reports a handler gone from a stream listener.
+type HandlerDetached struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The handler's id.
+	HandlerId string `protobuf:"bytes,1,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	// Why: "detached" (its stream ended cleanly), or the stream's error.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandlerDetached) Reset() {
+	*x = HandlerDetached{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandlerDetached) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandlerDetached) ProtoMessage() {}
+
+func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandlerDetached.ProtoReflect.Descriptor instead.
+func (*HandlerDetached) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *HandlerDetached) GetHandlerId() string {
+	if x != nil {
+		return x.HandlerId
+	}
+	return ""
+}
+
+func (x *HandlerDetached) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ConnectionTaken reports which handler serves a connection.
+type ConnectionTaken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connection id.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// The handler's id.
+	HandlerId     string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionTaken) Reset() {
+	*x = ConnectionTaken{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionTaken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionTaken) ProtoMessage() {}
+
+func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionTaken.ProtoReflect.Descriptor instead.
+func (*ConnectionTaken) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ConnectionTaken) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ConnectionTaken) GetHandlerId() string {
+	if x != nil {
+		return x.HandlerId
+	}
+	return ""
+}
+
+// AttachHandlerRequest attaches a handler to a stream listener.
+type AttachHandlerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Listener id or name.
+	ListenerId string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	// How many connections this handler takes at once, 1-65535. Unset or zero
+	// means 64.
+	MaxConnections uint32 `protobuf:"varint,2,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	// A label for events and logs (a host name, a pid), at most 128 bytes.
+	Label         string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachHandlerRequest) Reset() {
+	*x = AttachHandlerRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachHandlerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachHandlerRequest) ProtoMessage() {}
+
+func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachHandlerRequest.ProtoReflect.Descriptor instead.
+func (*AttachHandlerRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *AttachHandlerRequest) GetListenerId() string {
+	if x != nil {
+		return x.ListenerId
+	}
+	return ""
+}
+
+func (x *AttachHandlerRequest) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *AttachHandlerRequest) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+// AttachHandlerResponse is the attach's acknowledgement, then one offer a
+// message.
+type AttachHandlerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the daemon says.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*AttachHandlerResponse_Attached
+	//	*AttachHandlerResponse_Offer
+	Kind          isAttachHandlerResponse_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachHandlerResponse) Reset() {
+	*x = AttachHandlerResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachHandlerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachHandlerResponse) ProtoMessage() {}
+
+func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachHandlerResponse.ProtoReflect.Descriptor instead.
+func (*AttachHandlerResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *AttachHandlerResponse) GetKind() isAttachHandlerResponse_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *AttachHandlerResponse) GetAttached() *Attached {
+	if x != nil {
+		if x, ok := x.Kind.(*AttachHandlerResponse_Attached); ok {
+			return x.Attached
+		}
+	}
+	return nil
+}
+
+func (x *AttachHandlerResponse) GetOffer() *Offer {
+	if x != nil {
+		if x, ok := x.Kind.(*AttachHandlerResponse_Offer); ok {
+			return x.Offer
+		}
+	}
+	return nil
+}
+
+type isAttachHandlerResponse_Kind interface {
+	isAttachHandlerResponse_Kind()
+}
+
+type AttachHandlerResponse_Attached struct {
+	// First message: the handler is attached.
+	Attached *Attached `protobuf:"bytes,1,opt,name=attached,proto3,oneof"`
+}
+
+type AttachHandlerResponse_Offer struct {
+	// A connection offered to this handler: take it with ServeConnection.
+	Offer *Offer `protobuf:"bytes,2,opt,name=offer,proto3,oneof"`
+}
+
+func (*AttachHandlerResponse_Attached) isAttachHandlerResponse_Kind() {}
+
+func (*AttachHandlerResponse_Offer) isAttachHandlerResponse_Kind() {}
+
+// Attached acknowledges an attach.
+type Attached struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The handler's id, unique in the daemon.
+	HandlerId string `protobuf:"bytes,1,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	// The listener's id.
+	ListenerId    string `protobuf:"bytes,2,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attached) Reset() {
+	*x = Attached{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attached) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attached) ProtoMessage() {}
+
+func (x *Attached) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attached.ProtoReflect.Descriptor instead.
+func (*Attached) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *Attached) GetHandlerId() string {
+	if x != nil {
+		return x.HandlerId
+	}
+	return ""
+}
+
+func (x *Attached) GetListenerId() string {
+	if x != nil {
+		return x.ListenerId
+	}
+	return ""
+}
+
+// Offer is a connection offered to one handler.
+type Offer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Connection id.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Its addresses.
+	Tuple         *FiveTuple `protobuf:"bytes,2,opt,name=tuple,proto3" json:"tuple,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Offer) Reset() {
+	*x = Offer{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Offer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Offer) ProtoMessage() {}
+
+func (x *Offer) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Offer.ProtoReflect.Descriptor instead.
+func (*Offer) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *Offer) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *Offer) GetTuple() *FiveTuple {
+	if x != nil {
+		return x.Tuple
+	}
+	return nil
+}
+
+// ServeConnectionRequest is what a handler sends on a connection's stream.
+type ServeConnectionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the handler sends.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*ServeConnectionRequest_Take
+	//	*ServeConnectionRequest_Data
+	//	*ServeConnectionRequest_End
+	//	*ServeConnectionRequest_Reset_
+	Kind          isServeConnectionRequest_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServeConnectionRequest) Reset() {
+	*x = ServeConnectionRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServeConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServeConnectionRequest) ProtoMessage() {}
+
+func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServeConnectionRequest.ProtoReflect.Descriptor instead.
+func (*ServeConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ServeConnectionRequest) GetKind() isServeConnectionRequest_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *ServeConnectionRequest) GetTake() *Take {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionRequest_Take); ok {
+			return x.Take
+		}
+	}
+	return nil
+}
+
+func (x *ServeConnectionRequest) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *ServeConnectionRequest) GetEnd() *End {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionRequest_End); ok {
+			return x.End
+		}
+	}
+	return nil
+}
+
+func (x *ServeConnectionRequest) GetReset_() *Reset {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionRequest_Reset_); ok {
+			return x.Reset_
+		}
+	}
+	return nil
+}
+
+type isServeConnectionRequest_Kind interface {
+	isServeConnectionRequest_Kind()
+}
+
+type ServeConnectionRequest_Take struct {
+	// First message: take an offered connection.
+	Take *Take `protobuf:"bytes,1,opt,name=take,proto3,oneof"`
+}
+
+type ServeConnectionRequest_Data struct {
+	// Bytes to write to the socket.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type ServeConnectionRequest_End struct {
+	// Half-close: the daemon ends its side (FIN) once the bytes before it
+	// are written; the socket stays readable.
+	End *End `protobuf:"bytes,3,opt,name=end,proto3,oneof"`
+}
+
+type ServeConnectionRequest_Reset_ struct {
+	// Reset the connection (RST).
+	Reset_ *Reset `protobuf:"bytes,4,opt,name=reset,proto3,oneof"`
+}
+
+func (*ServeConnectionRequest_Take) isServeConnectionRequest_Kind() {}
+
+func (*ServeConnectionRequest_Data) isServeConnectionRequest_Kind() {}
+
+func (*ServeConnectionRequest_End) isServeConnectionRequest_Kind() {}
+
+func (*ServeConnectionRequest_Reset_) isServeConnectionRequest_Kind() {}
+
+// Take takes an offered connection.
+type Take struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. The offer's connection id.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Required. The handler it was offered to.
+	HandlerId     string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Take) Reset() {
+	*x = Take{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Take) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Take) ProtoMessage() {}
+
+func (x *Take) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Take.ProtoReflect.Descriptor instead.
+func (*Take) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *Take) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *Take) GetHandlerId() string {
+	if x != nil {
+		return x.HandlerId
+	}
+	return ""
+}
+
+// End is a half-close.
+type End struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *End) Reset() {
+	*x = End{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *End) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*End) ProtoMessage() {}
+
+func (x *End) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use End.ProtoReflect.Descriptor instead.
+func (*End) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
+}
+
+// Reset is an abortive close.
+type Reset struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reset) Reset() {
+	*x = Reset{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reset) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reset) ProtoMessage() {}
+
+func (x *Reset) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reset.ProtoReflect.Descriptor instead.
+func (*Reset) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
+}
+
+// ServeConnectionResponse is what the daemon sends on a connection's stream.
+type ServeConnectionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the daemon sends.
+	//
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*ServeConnectionResponse_Opened
+	//	*ServeConnectionResponse_Data
+	//	*ServeConnectionResponse_End
+	//	*ServeConnectionResponse_Closed
+	Kind          isServeConnectionResponse_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServeConnectionResponse) Reset() {
+	*x = ServeConnectionResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServeConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServeConnectionResponse) ProtoMessage() {}
+
+func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServeConnectionResponse.ProtoReflect.Descriptor instead.
+func (*ServeConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ServeConnectionResponse) GetKind() isServeConnectionResponse_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *ServeConnectionResponse) GetOpened() *ConnectionOpened {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionResponse_Opened); ok {
+			return x.Opened
+		}
+	}
+	return nil
+}
+
+func (x *ServeConnectionResponse) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionResponse_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *ServeConnectionResponse) GetEnd() *End {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionResponse_End); ok {
+			return x.End
+		}
+	}
+	return nil
+}
+
+func (x *ServeConnectionResponse) GetClosed() *ConnectionClosed {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionResponse_Closed); ok {
+			return x.Closed
+		}
+	}
+	return nil
+}
+
+type isServeConnectionResponse_Kind interface {
+	isServeConnectionResponse_Kind()
+}
+
+type ServeConnectionResponse_Opened struct {
+	// First message: the connection is this handler's.
+	Opened *ConnectionOpened `protobuf:"bytes,1,opt,name=opened,proto3,oneof"`
+}
+
+type ServeConnectionResponse_Data struct {
+	// Bytes read from the socket, at most 32,752 a message.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type ServeConnectionResponse_End struct {
+	// The peer ended its side (FIN); the handler may still write.
+	End *End `protobuf:"bytes,3,opt,name=end,proto3,oneof"`
+}
+
+type ServeConnectionResponse_Closed struct {
+	// The connection closed; the last message.
+	Closed *ConnectionClosed `protobuf:"bytes,4,opt,name=closed,proto3,oneof"`
+}
+
+func (*ServeConnectionResponse_Opened) isServeConnectionResponse_Kind() {}
+
+func (*ServeConnectionResponse_Data) isServeConnectionResponse_Kind() {}
+
+func (*ServeConnectionResponse_End) isServeConnectionResponse_Kind() {}
+
+func (*ServeConnectionResponse_Closed) isServeConnectionResponse_Kind() {}
 
 var File_listenerd_v1_listenerd_proto protoreflect.FileDescriptor
 
@@ -3337,17 +4294,20 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\fqueue_length\x18\b \x01(\rR\vqueueLength\x12>\n" +
 	"\rqueue_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeoutB\x12\n" +
 	"\x10_max_connectionsB\x1d\n" +
-	"\x1b_max_connections_per_source\"\xb6\x01\n" +
+	"\x1b_max_connections_per_source\"\xed\x01\n" +
 	"\aHandler\x128\n" +
 	"\adiscard\x18\x01 \x01(\v2\x1c.listenerd.v1.DiscardHandlerH\x00R\adiscard\x12/\n" +
 	"\x04echo\x18\x02 \x01(\v2\x19.listenerd.v1.EchoHandlerH\x00R\x04echo\x128\n" +
-	"\aforward\x18\x03 \x01(\v2\x1c.listenerd.v1.ForwardHandlerH\x00R\aforwardB\x06\n" +
+	"\aforward\x18\x03 \x01(\v2\x1c.listenerd.v1.ForwardHandlerH\x00R\aforward\x125\n" +
+	"\x06stream\x18\x04 \x01(\v2\x1b.listenerd.v1.StreamHandlerH\x00R\x06streamB\x06\n" +
 	"\x04kind\"\x10\n" +
 	"\x0eDiscardHandler\"\r\n" +
 	"\vEchoHandler\"p\n" +
 	"\x0eForwardHandler\x12\x1a\n" +
 	"\bupstream\x18\x01 \x01(\tR\bupstream\x12B\n" +
-	"\x0fconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\"\xf3\x03\n" +
+	"\x0fconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\"O\n" +
+	"\rStreamHandler\x12>\n" +
+	"\rclaim_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fclaimTimeout\"\xf3\x03\n" +
 	"\x0eListenerStatus\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.listenerd.v1.StateR\x05state\x12#\n" +
 	"\rbound_address\x18\x02 \x01(\tR\fboundAddress\x12-\n" +
@@ -3422,7 +4382,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x15RebindListenerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
 	"\x16RebindListenerResponse\x122\n" +
-	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\x97\a\n" +
+	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\xfb\b\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
@@ -3439,7 +4399,10 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0flistener_closed\x18\x10 \x01(\v2\x1c.listenerd.v1.ListenerClosedH\x00R\x0elistenerClosed\x12Z\n" +
 	"\x16connection_half_closed\x18\x11 \x01(\v2\".listenerd.v1.ConnectionHalfClosedH\x00R\x14connectionHalfClosed\x12G\n" +
 	"\x0fconnection_data\x18\x12 \x01(\v2\x1c.listenerd.v1.ConnectionDataH\x00R\x0econnectionData\x12M\n" +
-	"\x11connection_queued\x18\x13 \x01(\v2\x1e.listenerd.v1.ConnectionQueuedH\x00R\x10connectionQueuedB\x06\n" +
+	"\x11connection_queued\x18\x13 \x01(\v2\x1e.listenerd.v1.ConnectionQueuedH\x00R\x10connectionQueued\x12J\n" +
+	"\x10handler_attached\x18\x14 \x01(\v2\x1d.listenerd.v1.HandlerAttachedH\x00R\x0fhandlerAttached\x12J\n" +
+	"\x10handler_detached\x18\x15 \x01(\v2\x1d.listenerd.v1.HandlerDetachedH\x00R\x0fhandlerDetached\x12J\n" +
+	"\x10connection_taken\x18\x16 \x01(\v2\x1d.listenerd.v1.ConnectionTakenH\x00R\x0fconnectionTakenB\x06\n" +
 	"\x04kind\"\x98\x01\n" +
 	"\x0eConnectionData\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x125\n" +
@@ -3492,7 +4455,55 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12+\n" +
 	"\x06events\x18\x01 \x03(\v2\x13.listenerd.v1.EventR\x06events\x12#\n" +
 	"\rhead_sequence\x18\x02 \x01(\x04R\fheadSequence\x12\x17\n" +
-	"\aboot_id\x18\x03 \x01(\tR\x06bootId*\x85\x01\n" +
+	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"o\n" +
+	"\x0fHandlerAttached\x12\x1d\n" +
+	"\n" +
+	"handler_id\x18\x01 \x01(\tR\thandlerId\x12\x14\n" +
+	"\x05label\x18\x02 \x01(\tR\x05label\x12'\n" +
+	"\x0fmax_connections\x18\x03 \x01(\rR\x0emaxConnections\"H\n" +
+	"\x0fHandlerDetached\x12\x1d\n" +
+	"\n" +
+	"handler_id\x18\x01 \x01(\tR\thandlerId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"U\n" +
+	"\x0fConnectionTaken\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1d\n" +
+	"\n" +
+	"handler_id\x18\x02 \x01(\tR\thandlerId\"v\n" +
+	"\x14AttachHandlerRequest\x12\x1f\n" +
+	"\vlistener_id\x18\x01 \x01(\tR\n" +
+	"listenerId\x12'\n" +
+	"\x0fmax_connections\x18\x02 \x01(\rR\x0emaxConnections\x12\x14\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\"\x82\x01\n" +
+	"\x15AttachHandlerResponse\x124\n" +
+	"\battached\x18\x01 \x01(\v2\x16.listenerd.v1.AttachedH\x00R\battached\x12+\n" +
+	"\x05offer\x18\x02 \x01(\v2\x13.listenerd.v1.OfferH\x00R\x05offerB\x06\n" +
+	"\x04kind\"J\n" +
+	"\bAttached\x12\x1d\n" +
+	"\n" +
+	"handler_id\x18\x01 \x01(\tR\thandlerId\x12\x1f\n" +
+	"\vlistener_id\x18\x02 \x01(\tR\n" +
+	"listenerId\"[\n" +
+	"\x05Offer\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12-\n" +
+	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\"\xb4\x01\n" +
+	"\x16ServeConnectionRequest\x12(\n" +
+	"\x04take\x18\x01 \x01(\v2\x12.listenerd.v1.TakeH\x00R\x04take\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12%\n" +
+	"\x03end\x18\x03 \x01(\v2\x11.listenerd.v1.EndH\x00R\x03end\x12+\n" +
+	"\x05reset\x18\x04 \x01(\v2\x13.listenerd.v1.ResetH\x00R\x05resetB\x06\n" +
+	"\x04kind\"J\n" +
+	"\x04Take\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1d\n" +
+	"\n" +
+	"handler_id\x18\x02 \x01(\tR\thandlerId\"\x05\n" +
+	"\x03End\"\a\n" +
+	"\x05Reset\"\xd2\x01\n" +
+	"\x17ServeConnectionResponse\x128\n" +
+	"\x06opened\x18\x01 \x01(\v2\x1e.listenerd.v1.ConnectionOpenedH\x00R\x06opened\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12%\n" +
+	"\x03end\x18\x03 \x01(\v2\x11.listenerd.v1.EndH\x00R\x03end\x128\n" +
+	"\x06closed\x18\x04 \x01(\v2\x1e.listenerd.v1.ConnectionClosedH\x00R\x06closedB\x06\n" +
+	"\x04kind*\x85\x01\n" +
 	"\x0eOverflowPolicy\x12\x1f\n" +
 	"\x1bOVERFLOW_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16OVERFLOW_POLICY_REJECT\x10\x01\x12\x1b\n" +
@@ -3511,7 +4522,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0fConnectionState\x12 \n" +
 	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CONNECTION_STATE_OPEN\x10\x01\x12\x1b\n" +
-	"\x17CONNECTION_STATE_QUEUED\x10\x02*\xf5\x02\n" +
+	"\x17CONNECTION_STATE_QUEUED\x10\x02*\xd8\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12 \n" +
@@ -3524,7 +4535,10 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"!EVENT_KIND_CONNECTION_HALF_CLOSED\x10\b\x12\x1e\n" +
 	"\x1aEVENT_KIND_CONNECTION_DATA\x10\t\x12 \n" +
 	"\x1cEVENT_KIND_CONNECTION_QUEUED\x10\n" +
-	"*\x9e\x02\n" +
+	"\x12\x1f\n" +
+	"\x1bEVENT_KIND_HANDLER_ATTACHED\x10\v\x12\x1f\n" +
+	"\x1bEVENT_KIND_HANDLER_DETACHED\x10\f\x12\x1f\n" +
+	"\x1bEVENT_KIND_CONNECTION_TAKEN\x10\r*\x9a\x03\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x16\n" +
@@ -3534,7 +4548,12 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x1cCLOSE_REASON_LISTENER_CLOSED\x10\x05\x12 \n" +
 	"\x1cCLOSE_REASON_DAEMON_SHUTDOWN\x10\x06\x12\x1d\n" +
 	"\x19CLOSE_REASON_MAX_LIFETIME\x10\a\x12 \n" +
-	"\x1cCLOSE_REASON_UPSTREAM_FAILED\x10\b*\xcf\x02\n" +
+	"\x1cCLOSE_REASON_UPSTREAM_FAILED\x10\b\x12\x1b\n" +
+	"\x17CLOSE_REASON_NO_HANDLER\x10\t\x12\x1e\n" +
+	"\x1aCLOSE_REASON_CLAIM_TIMEOUT\x10\n" +
+	"\x12\x1d\n" +
+	"\x19CLOSE_REASON_HANDLER_GONE\x10\v\x12\x1e\n" +
+	"\x1aCLOSE_REASON_HANDLER_RESET\x10\f*\xcf\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dREJECT_REASON_MAX_CONNECTIONS\x10\x01\x12\x1f\n" +
@@ -3549,7 +4568,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDIRECTION_IN\x10\x01\x12\x11\n" +
-	"\rDIRECTION_OUT\x10\x022\xc6\x06\n" +
+	"\rDIRECTION_OUT\x10\x022\x86\b\n" +
 	"\x0fListenerService\x12[\n" +
 	"\x0eCreateListener\x12#.listenerd.v1.CreateListenerRequest\x1a$.listenerd.v1.CreateListenerResponse\x12R\n" +
 	"\vGetListener\x12 .listenerd.v1.GetListenerRequest\x1a!.listenerd.v1.GetListenerResponse\x12X\n" +
@@ -3559,7 +4578,9 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0fListConnections\x12$.listenerd.v1.ListConnectionsRequest\x1a%.listenerd.v1.ListConnectionsResponse\x12^\n" +
 	"\x0fCloseConnection\x12$.listenerd.v1.CloseConnectionRequest\x1a%.listenerd.v1.CloseConnectionResponse\x12[\n" +
 	"\x0eRebindListener\x12#.listenerd.v1.RebindListenerRequest\x1a$.listenerd.v1.RebindListenerResponse\x12T\n" +
-	"\vWatchEvents\x12 .listenerd.v1.WatchEventsRequest\x1a!.listenerd.v1.WatchEventsResponse0\x01B=Z;github.com/listenerd/listenerd/api/listenerd/v1;listenerdv1b\x06proto3"
+	"\vWatchEvents\x12 .listenerd.v1.WatchEventsRequest\x1a!.listenerd.v1.WatchEventsResponse0\x01\x12Z\n" +
+	"\rAttachHandler\x12\".listenerd.v1.AttachHandlerRequest\x1a#.listenerd.v1.AttachHandlerResponse0\x01\x12b\n" +
+	"\x0fServeConnection\x12$.listenerd.v1.ServeConnectionRequest\x1a%.listenerd.v1.ServeConnectionResponse(\x010\x01B=Z;github.com/listenerd/listenerd/api/listenerd/v1;listenerdv1b\x06proto3"
 
 var (
 	file_listenerd_v1_listenerd_proto_rawDescOnce sync.Once
@@ -3574,7 +4595,7 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 }
 
 var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -3591,122 +4612,153 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(*DiscardHandler)(nil),          // 12: listenerd.v1.DiscardHandler
 	(*EchoHandler)(nil),             // 13: listenerd.v1.EchoHandler
 	(*ForwardHandler)(nil),          // 14: listenerd.v1.ForwardHandler
-	(*ListenerStatus)(nil),          // 15: listenerd.v1.ListenerStatus
-	(*FiveTuple)(nil),               // 16: listenerd.v1.FiveTuple
-	(*Connection)(nil),              // 17: listenerd.v1.Connection
-	(*CreateListenerRequest)(nil),   // 18: listenerd.v1.CreateListenerRequest
-	(*CreateListenerResponse)(nil),  // 19: listenerd.v1.CreateListenerResponse
-	(*GetListenerRequest)(nil),      // 20: listenerd.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 21: listenerd.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 22: listenerd.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 23: listenerd.v1.ListListenersResponse
-	(*UpdateListenerRequest)(nil),   // 24: listenerd.v1.UpdateListenerRequest
-	(*UpdateListenerResponse)(nil),  // 25: listenerd.v1.UpdateListenerResponse
-	(*CloseListenerRequest)(nil),    // 26: listenerd.v1.CloseListenerRequest
-	(*CloseListenerResponse)(nil),   // 27: listenerd.v1.CloseListenerResponse
-	(*ListConnectionsRequest)(nil),  // 28: listenerd.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 29: listenerd.v1.ListConnectionsResponse
-	(*CloseConnectionRequest)(nil),  // 30: listenerd.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 31: listenerd.v1.CloseConnectionResponse
-	(*RebindListenerRequest)(nil),   // 32: listenerd.v1.RebindListenerRequest
-	(*RebindListenerResponse)(nil),  // 33: listenerd.v1.RebindListenerResponse
-	(*Event)(nil),                   // 34: listenerd.v1.Event
-	(*ConnectionData)(nil),          // 35: listenerd.v1.ConnectionData
-	(*ListenerStarted)(nil),         // 36: listenerd.v1.ListenerStarted
-	(*ConnectionOpened)(nil),        // 37: listenerd.v1.ConnectionOpened
-	(*ConnectionClosed)(nil),        // 38: listenerd.v1.ConnectionClosed
-	(*ConnectionHalfClosed)(nil),    // 39: listenerd.v1.ConnectionHalfClosed
-	(*ConnectionRejected)(nil),      // 40: listenerd.v1.ConnectionRejected
-	(*ConnectionQueued)(nil),        // 41: listenerd.v1.ConnectionQueued
-	(*AcceptError)(nil),             // 42: listenerd.v1.AcceptError
-	(*LimitsChanged)(nil),           // 43: listenerd.v1.LimitsChanged
-	(*ListenerClosed)(nil),          // 44: listenerd.v1.ListenerClosed
-	(*WatchEventsRequest)(nil),      // 45: listenerd.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 46: listenerd.v1.WatchEventsResponse
-	(*durationpb.Duration)(nil),     // 47: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 49: google.protobuf.FieldMask
+	(*StreamHandler)(nil),           // 15: listenerd.v1.StreamHandler
+	(*ListenerStatus)(nil),          // 16: listenerd.v1.ListenerStatus
+	(*FiveTuple)(nil),               // 17: listenerd.v1.FiveTuple
+	(*Connection)(nil),              // 18: listenerd.v1.Connection
+	(*CreateListenerRequest)(nil),   // 19: listenerd.v1.CreateListenerRequest
+	(*CreateListenerResponse)(nil),  // 20: listenerd.v1.CreateListenerResponse
+	(*GetListenerRequest)(nil),      // 21: listenerd.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 22: listenerd.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 23: listenerd.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 24: listenerd.v1.ListListenersResponse
+	(*UpdateListenerRequest)(nil),   // 25: listenerd.v1.UpdateListenerRequest
+	(*UpdateListenerResponse)(nil),  // 26: listenerd.v1.UpdateListenerResponse
+	(*CloseListenerRequest)(nil),    // 27: listenerd.v1.CloseListenerRequest
+	(*CloseListenerResponse)(nil),   // 28: listenerd.v1.CloseListenerResponse
+	(*ListConnectionsRequest)(nil),  // 29: listenerd.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 30: listenerd.v1.ListConnectionsResponse
+	(*CloseConnectionRequest)(nil),  // 31: listenerd.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 32: listenerd.v1.CloseConnectionResponse
+	(*RebindListenerRequest)(nil),   // 33: listenerd.v1.RebindListenerRequest
+	(*RebindListenerResponse)(nil),  // 34: listenerd.v1.RebindListenerResponse
+	(*Event)(nil),                   // 35: listenerd.v1.Event
+	(*ConnectionData)(nil),          // 36: listenerd.v1.ConnectionData
+	(*ListenerStarted)(nil),         // 37: listenerd.v1.ListenerStarted
+	(*ConnectionOpened)(nil),        // 38: listenerd.v1.ConnectionOpened
+	(*ConnectionClosed)(nil),        // 39: listenerd.v1.ConnectionClosed
+	(*ConnectionHalfClosed)(nil),    // 40: listenerd.v1.ConnectionHalfClosed
+	(*ConnectionRejected)(nil),      // 41: listenerd.v1.ConnectionRejected
+	(*ConnectionQueued)(nil),        // 42: listenerd.v1.ConnectionQueued
+	(*AcceptError)(nil),             // 43: listenerd.v1.AcceptError
+	(*LimitsChanged)(nil),           // 44: listenerd.v1.LimitsChanged
+	(*ListenerClosed)(nil),          // 45: listenerd.v1.ListenerClosed
+	(*WatchEventsRequest)(nil),      // 46: listenerd.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 47: listenerd.v1.WatchEventsResponse
+	(*HandlerAttached)(nil),         // 48: listenerd.v1.HandlerAttached
+	(*HandlerDetached)(nil),         // 49: listenerd.v1.HandlerDetached
+	(*ConnectionTaken)(nil),         // 50: listenerd.v1.ConnectionTaken
+	(*AttachHandlerRequest)(nil),    // 51: listenerd.v1.AttachHandlerRequest
+	(*AttachHandlerResponse)(nil),   // 52: listenerd.v1.AttachHandlerResponse
+	(*Attached)(nil),                // 53: listenerd.v1.Attached
+	(*Offer)(nil),                   // 54: listenerd.v1.Offer
+	(*ServeConnectionRequest)(nil),  // 55: listenerd.v1.ServeConnectionRequest
+	(*Take)(nil),                    // 56: listenerd.v1.Take
+	(*End)(nil),                     // 57: listenerd.v1.End
+	(*Reset)(nil),                   // 58: listenerd.v1.Reset
+	(*ServeConnectionResponse)(nil), // 59: listenerd.v1.ServeConnectionResponse
+	(*durationpb.Duration)(nil),     // 60: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 61: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 62: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	9,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
-	15, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
+	16, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
 	10, // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
 	11, // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	47, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	60, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
 	0,  // 5: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	47, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	47, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	47, // 8: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	60, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	60, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	60, // 8: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
 	12, // 9: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
 	13, // 10: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
 	14, // 11: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
-	47, // 12: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	1,  // 13: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	48, // 14: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	48, // 15: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
-	2,  // 16: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
-	16, // 17: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	48, // 18: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
-	3,  // 19: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
-	47, // 20: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
-	9,  // 21: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
-	8,  // 22: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	8,  // 23: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
-	8,  // 24: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
-	8,  // 25: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	49, // 26: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
-	8,  // 27: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	47, // 28: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	8,  // 29: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
-	17, // 30: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
-	8,  // 31: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	48, // 32: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
-	36, // 33: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
-	37, // 34: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
-	38, // 35: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
-	40, // 36: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
-	42, // 37: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
-	43, // 38: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
-	44, // 39: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
-	39, // 40: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
-	35, // 41: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
-	41, // 42: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
-	7,  // 43: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
-	16, // 44: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
-	16, // 45: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	47, // 46: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
-	5,  // 47: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
-	16, // 48: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
-	6,  // 49: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	47, // 50: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
-	16, // 51: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
-	47, // 52: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
-	10, // 53: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
-	4,  // 54: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
-	34, // 55: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
-	18, // 56: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	20, // 57: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	22, // 58: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	24, // 59: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	26, // 60: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	28, // 61: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	30, // 62: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	32, // 63: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	45, // 64: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	19, // 65: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	21, // 66: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	23, // 67: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	25, // 68: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	27, // 69: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	29, // 70: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	31, // 71: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	33, // 72: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	46, // 73: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	65, // [65:74] is the sub-list for method output_type
-	56, // [56:65] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	15, // 12: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
+	60, // 13: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	60, // 14: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
+	1,  // 15: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
+	61, // 16: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	61, // 17: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	2,  // 18: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
+	17, // 19: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
+	61, // 20: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	3,  // 21: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
+	60, // 22: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	9,  // 23: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
+	8,  // 24: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
+	8,  // 25: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
+	8,  // 26: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
+	8,  // 27: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
+	62, // 28: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	8,  // 29: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
+	60, // 30: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	8,  // 31: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
+	18, // 32: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
+	8,  // 33: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
+	61, // 34: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	37, // 35: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
+	38, // 36: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
+	39, // 37: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
+	41, // 38: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
+	43, // 39: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
+	44, // 40: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
+	45, // 41: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
+	40, // 42: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
+	36, // 43: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
+	42, // 44: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
+	48, // 45: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
+	49, // 46: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
+	50, // 47: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
+	7,  // 48: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
+	17, // 49: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
+	17, // 50: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
+	60, // 51: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	5,  // 52: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
+	17, // 53: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
+	6,  // 54: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
+	60, // 55: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	17, // 56: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
+	60, // 57: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	10, // 58: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
+	4,  // 59: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
+	35, // 60: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
+	53, // 61: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
+	54, // 62: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
+	17, // 63: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
+	56, // 64: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
+	57, // 65: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
+	58, // 66: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
+	38, // 67: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
+	57, // 68: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
+	39, // 69: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
+	19, // 70: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	21, // 71: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	23, // 72: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	25, // 73: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	27, // 74: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	29, // 75: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	31, // 76: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	33, // 77: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	46, // 78: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	51, // 79: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
+	55, // 80: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
+	20, // 81: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	22, // 82: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	24, // 83: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	26, // 84: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	28, // 85: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	30, // 86: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	32, // 87: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	34, // 88: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	47, // 89: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	52, // 90: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
+	59, // 91: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
+	81, // [81:92] is the sub-list for method output_type
+	70, // [70:81] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -3720,8 +4772,9 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Handler_Discard)(nil),
 		(*Handler_Echo)(nil),
 		(*Handler_Forward)(nil),
+		(*Handler_Stream)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[26].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[27].OneofWrappers = []any{
 		(*Event_ListenerStarted)(nil),
 		(*Event_ConnectionOpened)(nil),
 		(*Event_ConnectionClosed)(nil),
@@ -3732,15 +4785,34 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Event_ConnectionHalfClosed)(nil),
 		(*Event_ConnectionData)(nil),
 		(*Event_ConnectionQueued)(nil),
+		(*Event_HandlerAttached)(nil),
+		(*Event_HandlerDetached)(nil),
+		(*Event_ConnectionTaken)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[37].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[38].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[44].OneofWrappers = []any{
+		(*AttachHandlerResponse_Attached)(nil),
+		(*AttachHandlerResponse_Offer)(nil),
+	}
+	file_listenerd_v1_listenerd_proto_msgTypes[47].OneofWrappers = []any{
+		(*ServeConnectionRequest_Take)(nil),
+		(*ServeConnectionRequest_Data)(nil),
+		(*ServeConnectionRequest_End)(nil),
+		(*ServeConnectionRequest_Reset_)(nil),
+	}
+	file_listenerd_v1_listenerd_proto_msgTypes[51].OneofWrappers = []any{
+		(*ServeConnectionResponse_Opened)(nil),
+		(*ServeConnectionResponse_Data)(nil),
+		(*ServeConnectionResponse_End)(nil),
+		(*ServeConnectionResponse_Closed)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   39,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

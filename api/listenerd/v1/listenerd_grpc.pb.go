@@ -28,6 +28,8 @@ const (
 	ListenerService_CloseConnection_FullMethodName = "/listenerd.v1.ListenerService/CloseConnection"
 	ListenerService_RebindListener_FullMethodName  = "/listenerd.v1.ListenerService/RebindListener"
 	ListenerService_WatchEvents_FullMethodName     = "/listenerd.v1.ListenerService/WatchEvents"
+	ListenerService_AttachHandler_FullMethodName   = "/listenerd.v1.ListenerService/AttachHandler"
+	ListenerService_ServeConnection_FullMethodName = "/listenerd.v1.ListenerService/ServeConnection"
 )
 
 // ListenerServiceClient is the client API for ListenerService service.
@@ -90,6 +92,25 @@ type ListenerServiceClient interface {
 	// sequence received; or too many watchers), UNAVAILABLE (daemon shutting
 	// down).
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
+	// AttachHandler attaches this caller as a handler of a listener whose
+	// handler is stream: while the stream lasts, the daemon offers it the
+	// listener's connections, up to max_connections at once. Each offered
+	// connection is taken with ServeConnection. Several handlers may attach to
+	// one listener: a new connection goes to the least loaded. When the stream
+	// ends, offers not yet taken go to the other handlers; connections already
+	// taken live on in their ServeConnection streams.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (the listener's
+	// handler is not stream, or it is not listening).
+	AttachHandler(ctx context.Context, in *AttachHandlerRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AttachHandlerResponse], error)
+	// ServeConnection takes one offered connection and carries its bytes both
+	// ways: one stream per connection, so that HTTP/2 flow control is each
+	// socket's backpressure. The first request must be take; then data, end
+	// (half-close) and reset flow from the handler, and opened, data, end and
+	// closed from the daemon. The stream ends after closed. If the stream
+	// breaks, the connection is reset (RST) and closes with HANDLER_GONE.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (no such offer: taken, expired or
+	// closed), FAILED_PRECONDITION (offered to another handler).
+	ServeConnection(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ServeConnectionRequest, ServeConnectionResponse], error)
 }
 
 type listenerServiceClient struct {
@@ -199,6 +220,38 @@ func (c *listenerServiceClient) WatchEvents(ctx context.Context, in *WatchEvents
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ListenerService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
 
+func (c *listenerServiceClient) AttachHandler(ctx context.Context, in *AttachHandlerRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AttachHandlerResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ListenerService_ServiceDesc.Streams[1], ListenerService_AttachHandler_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AttachHandlerRequest, AttachHandlerResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ListenerService_AttachHandlerClient = grpc.ServerStreamingClient[AttachHandlerResponse]
+
+func (c *listenerServiceClient) ServeConnection(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ServeConnectionRequest, ServeConnectionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ListenerService_ServiceDesc.Streams[2], ListenerService_ServeConnection_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ServeConnectionRequest, ServeConnectionResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ListenerService_ServeConnectionClient = grpc.BidiStreamingClient[ServeConnectionRequest, ServeConnectionResponse]
+
 // ListenerServiceServer is the server API for ListenerService service.
 // All implementations must embed UnimplementedListenerServiceServer
 // for forward compatibility.
@@ -259,6 +312,25 @@ type ListenerServiceServer interface {
 	// sequence received; or too many watchers), UNAVAILABLE (daemon shutting
 	// down).
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
+	// AttachHandler attaches this caller as a handler of a listener whose
+	// handler is stream: while the stream lasts, the daemon offers it the
+	// listener's connections, up to max_connections at once. Each offered
+	// connection is taken with ServeConnection. Several handlers may attach to
+	// one listener: a new connection goes to the least loaded. When the stream
+	// ends, offers not yet taken go to the other handlers; connections already
+	// taken live on in their ServeConnection streams.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (the listener's
+	// handler is not stream, or it is not listening).
+	AttachHandler(*AttachHandlerRequest, grpc.ServerStreamingServer[AttachHandlerResponse]) error
+	// ServeConnection takes one offered connection and carries its bytes both
+	// ways: one stream per connection, so that HTTP/2 flow control is each
+	// socket's backpressure. The first request must be take; then data, end
+	// (half-close) and reset flow from the handler, and opened, data, end and
+	// closed from the daemon. The stream ends after closed. If the stream
+	// breaks, the connection is reset (RST) and closes with HANDLER_GONE.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (no such offer: taken, expired or
+	// closed), FAILED_PRECONDITION (offered to another handler).
+	ServeConnection(grpc.BidiStreamingServer[ServeConnectionRequest, ServeConnectionResponse]) error
 	mustEmbedUnimplementedListenerServiceServer()
 }
 
@@ -295,6 +367,12 @@ func (UnimplementedListenerServiceServer) RebindListener(context.Context, *Rebin
 }
 func (UnimplementedListenerServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedListenerServiceServer) AttachHandler(*AttachHandlerRequest, grpc.ServerStreamingServer[AttachHandlerResponse]) error {
+	return status.Error(codes.Unimplemented, "method AttachHandler not implemented")
+}
+func (UnimplementedListenerServiceServer) ServeConnection(grpc.BidiStreamingServer[ServeConnectionRequest, ServeConnectionResponse]) error {
+	return status.Error(codes.Unimplemented, "method ServeConnection not implemented")
 }
 func (UnimplementedListenerServiceServer) mustEmbedUnimplementedListenerServiceServer() {}
 func (UnimplementedListenerServiceServer) testEmbeddedByValue()                         {}
@@ -472,6 +550,24 @@ func _ListenerService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ListenerService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
 
+func _ListenerService_AttachHandler_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AttachHandlerRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ListenerServiceServer).AttachHandler(m, &grpc.GenericServerStream[AttachHandlerRequest, AttachHandlerResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ListenerService_AttachHandlerServer = grpc.ServerStreamingServer[AttachHandlerResponse]
+
+func _ListenerService_ServeConnection_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ListenerServiceServer).ServeConnection(&grpc.GenericServerStream[ServeConnectionRequest, ServeConnectionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ListenerService_ServeConnectionServer = grpc.BidiStreamingServer[ServeConnectionRequest, ServeConnectionResponse]
+
 // ListenerService_ServiceDesc is the grpc.ServiceDesc for ListenerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -517,6 +613,17 @@ var ListenerService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchEvents",
 			Handler:       _ListenerService_WatchEvents_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "AttachHandler",
+			Handler:       _ListenerService_AttachHandler_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ServeConnection",
+			Handler:       _ListenerService_ServeConnection_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "listenerd/v1/listenerd.proto",
