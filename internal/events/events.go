@@ -22,6 +22,9 @@ const (
 	KindConnectionHalfClosed
 	KindConnectionData
 	KindConnectionQueued
+	KindHandlerAttached
+	KindHandlerDetached
+	KindConnectionTaken
 	kindCount
 )
 
@@ -42,6 +45,10 @@ const (
 	CloseDaemonShutdown
 	CloseMaxLifetime
 	CloseUpstreamFailed
+	CloseNoHandler    // stream: no handler attached for the claim timeout
+	CloseClaimTimeout // stream: not taken within the claim timeout
+	CloseHandlerGone  // stream: the handler's stream broke
+	CloseHandlerReset // stream: the handler reset the connection
 )
 
 // RejectReason says why a connection was rejected.
@@ -169,6 +176,7 @@ type Detail struct {
 	Data      []byte        // connection data, cut to the bus's data cap
 	Outbound  bool          // connection data: written to the client
 	Position  int           // connection queued: connections ahead of it
+	Handler   string        // handler attached, detached; connection taken: the handler's id
 }
 
 // Event is one thing that happened on a listener. The bus sets Seq and Time.

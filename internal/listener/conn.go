@@ -38,6 +38,11 @@ type Conn struct {
 	peer   *net.TCPConn  // forward: the upstream connection
 
 	queueTimer *time.Timer // queued: its queue_timeout; guarded by l.mu
+
+	// A stream handler's session: told how the connection ended.
+	result     *ConnResult
+	resultDone chan struct{}
+	failure    atomic.Pointer[error] // why the daemon closed it, for the closed event
 }
 
 // close closes the connection from the daemon's side with reason. It
@@ -191,6 +196,9 @@ func (c *Conn) end(err error) {
 	var errText string
 	switch {
 	case reason != 0:
+		if f := c.failure.Load(); f != nil {
+			errText = (*f).Error()
+		}
 	case err == nil:
 		reason = events.ClosePeerClosed
 	case errors.Is(err, os.ErrDeadlineExceeded):

@@ -38,8 +38,9 @@ type HandlerKind struct {
 	New func(opts json.RawMessage) (Handler, error)
 }
 
-// Builtin returns the handlers every daemon has: discard, echo, forward.
-func Builtin() []HandlerKind { return []HandlerKind{Discard, Echo, Forward} }
+// Builtin returns the handlers every daemon has: discard, echo, forward,
+// stream.
+func Builtin() []HandlerKind { return []HandlerKind{Discard, Echo, Forward, Stream} }
 
 // handlerTable is the manager's handlers by name.
 type handlerTable map[string]HandlerKind

@@ -221,6 +221,10 @@ func (l *Listener) finish(c *Conn, reason events.CloseReason, errText string) {
 	}
 	l.mu.Unlock()
 	l.bus.Wake(seq)
+	if c.result != nil {
+		*c.result = ConnResult{Reason: reason, Error: errText, BytesIn: in, BytesOut: out, Duration: dur}
+		close(c.resultDone)
+	}
 	l.startPromoted(promoted, pseq)
 	l.signalSlot()
 	l.host.connClosed(l.id, dur)
@@ -333,8 +337,12 @@ func (l *Listener) beginClose() (first bool) {
 			closeOnce(l.allGone)
 		}
 		l.mu.Unlock()
-		// Nothing more is served: the queue is turned away.
+		// Nothing more is served: the queue is turned away, and
+		// handlers attached to the listener are let go.
 		l.rejectQueued(events.RejectListenerClosed)
+		if h, ok := l.handler.(interface{ close() }); ok {
+			h.close()
+		}
 	})
 	return first
 }

@@ -201,6 +201,9 @@ func (m *Manager) newListener(id, name string, spec Spec, h Handler, ln *net.TCP
 		done:       make(chan struct{}),
 	}
 	l.perSource = map[netip.Addr]int64{}
+	if b, ok := h.(interface{ bind(*Listener) }); ok { // a handler that needs its listener
+		b.bind(l)
+	}
 	l.storeLimits(spec.Limits)
 	l.state.Store(int32(StateListening))
 	if ln != nil {

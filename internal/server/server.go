@@ -105,7 +105,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections, Policy: cfg.Policy,
 		// The handlers listeners may name: a new handler is one more entry.
-		Handlers: []listener.HandlerKind{listener.Discard, listener.Echo, listener.Forward},
+		Handlers: []listener.HandlerKind{listener.Discard, listener.Echo, listener.Forward, listener.Stream},
 	}
 	if met != nil {
 		opts.ConnClosed = met.ObserveConnection

@@ -363,6 +363,13 @@ func eventToProto(e *events.Event, boot string, dataMax int) *listenerdv1.Event 
 			r.QueueWait = durationpb.New(e.Duration)
 		}
 		p.Kind = &listenerdv1.Event_ConnectionRejected{ConnectionRejected: r}
+	case events.KindHandlerAttached:
+		p.Kind = &listenerdv1.Event_HandlerAttached{HandlerAttached: &listenerdv1.HandlerAttached{
+			HandlerId: d.Handler, Label: d.Name, MaxConnections: uint32(d.Count)}}
+	case events.KindHandlerDetached:
+		p.Kind = &listenerdv1.Event_HandlerDetached{HandlerDetached: &listenerdv1.HandlerDetached{HandlerId: d.Handler, Reason: d.Error}}
+	case events.KindConnectionTaken:
+		p.Kind = &listenerdv1.Event_ConnectionTaken{ConnectionTaken: &listenerdv1.ConnectionTaken{ConnectionId: e.ConnID(), HandlerId: d.Handler}}
 	case events.KindConnectionQueued:
 		p.Kind = &listenerdv1.Event_ConnectionQueued{ConnectionQueued: &listenerdv1.ConnectionQueued{
 			ConnectionId: e.ConnID(), Tuple: tupleToProto(e.Tuple), Position: uint32(d.Position)}}

@@ -41,6 +41,8 @@ var errorTable = []struct {
 	{listener.ErrAddressInUse, codes.FailedPrecondition, "ADDRESS_IN_USE"},
 	{listener.ErrNotListening, codes.FailedPrecondition, "NOT_LISTENING"},
 	{listener.ErrNotFailed, codes.FailedPrecondition, "NOT_FAILED"},
+	{listener.ErrNotStream, codes.FailedPrecondition, "NOT_STREAM"},
+	{listener.ErrOfferedElsewhere, codes.FailedPrecondition, "OFFERED_ELSEWHERE"},
 	{listener.ErrPermission, codes.PermissionDenied, "PERMISSION_DENIED"},
 	{listener.ErrLimit, codes.ResourceExhausted, "LIMIT_REACHED"},
 	{events.ErrTooManyWatchers, codes.ResourceExhausted, "TOO_MANY_WATCHERS"},

@@ -1,0 +1,459 @@
+package listener
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/listenerd/listenerd/internal/events"
+)
+
+// The stream handler offers each connection to the programs attached to
+// its listener (Manager.Attach), which take it (Manager.Take) and serve
+// its bytes from afar: the API carries them, one stream per connection.
+// A connection waits, unread, until it is taken, for at most its claim
+// timeout.
+
+// Stream defaults and bounds.
+const (
+	DefaultClaimTimeout = 10 * time.Second
+	MaxClaimTimeout     = time.Hour
+	DefaultHandlerConns = 64    // connections a handler takes at once when it does not say
+	MaxHandlerConns     = 65535 // and at most
+	// MaxStreamFrame is the most bytes of one data frame to a handler:
+	// grpc-go pools a 32 KiB payload into a far larger buffer.
+	MaxStreamFrame = 32752
+)
+
+// StreamOptions are the stream handler's options.
+type StreamOptions struct {
+	ClaimTimeout JSONSeconds `json:"claim_timeout,omitempty"` // 0: DefaultClaimTimeout
+}
+
+// Stream offers connections to attached handlers.
+var Stream = HandlerKind{Name: "stream", New: func(opts json.RawMessage) (Handler, error) {
+	var o StreamOptions
+	if err := decodeOptions(opts, &o); err != nil {
+		return nil, err
+	}
+	d := time.Duration(o.ClaimTimeout)
+	if d < 0 || d > MaxClaimTimeout {
+		return nil, Invalid("claim_timeout", "%v is out of range 0-%v", d, MaxClaimTimeout)
+	}
+	return &streamHub{timeout: cmp(d, DefaultClaimTimeout), handlers: map[string]*Attachment{}, offered: map[uint64]*waiting{}}, nil
+}}
+
+// streamHub is a stream listener's attached handlers and the connections
+// waiting for one. Its lock is taken alone, or after Listener.mu.
+type streamHub struct {
+	timeout time.Duration
+
+	l *Listener // set once, as its listener is made (bind)
+
+	mu       sync.Mutex
+	handlers map[string]*Attachment
+	order    []*Attachment       // attach order: ties in load go to the oldest
+	queue    []*waiting          // not offered yet (no handler has room), oldest first
+	offered  map[uint64]*waiting // offered and not taken, by connection number
+	closed   bool
+}
+
+// waiting is a connection waiting to be taken.
+type waiting struct {
+	c          *Conn
+	to         *Attachment // offered to; nil while queued
+	taken      chan *Session
+	sawHandler bool // a handler was attached at some time during the wait
+	gone       bool // timed out or killed: no longer takeable
+}
+
+// Offer is a connection offered to one handler.
+type Offer struct {
+	ConnID string
+	Tuple  events.Tuple
+}
+
+// Attachment is one handler attached to a stream listener.
+type Attachment struct {
+	id, label string
+	max       int
+	hub       *streamHub
+	offers    chan Offer // capacity max: never blocks, as load <= max
+	done      chan struct{}
+	load      int // offered or taken, not yet ended; guarded by hub.mu
+	once      sync.Once
+}
+
+// ID is the handler's daemon-wide id.
+func (a *Attachment) ID() string { return a.id }
+
+// Listener is the id of the listener it is attached to.
+func (a *Attachment) Listener() string { return a.hub.l.id }
+
+// Offers delivers the connections offered to this handler.
+func (a *Attachment) Offers() <-chan Offer { return a.offers }
+
+// Done is closed when the attachment ends: detached, or its listener
+// closed.
+func (a *Attachment) Done() <-chan struct{} { return a.done }
+
+// Detach ends the attachment: offers it has not taken go to the other
+// handlers (or wait for one). Connections it took are unaffected.
+func (a *Attachment) Detach(reason string) {
+	h := a.hub
+	h.mu.Lock()
+	if h.handlers[a.id] != a {
+		h.mu.Unlock()
+		return
+	}
+	delete(h.handlers, a.id)
+	for i, o := range h.order {
+		if o == a {
+			h.order = append(h.order[:i:i], h.order[i+1:]...)
+			break
+		}
+	}
+	var back []*waiting
+	for _, w := range h.offered {
+		if w.to == a {
+			w.to = nil
+			delete(h.offered, w.c.n)
+			back = append(back, w)
+		}
+	}
+	// Put back in arrival order, ahead of later arrivals.
+	sortByConn(back)
+	h.queue = append(back, h.queue...)
+	h.dispatchLocked()
+	h.mu.Unlock()
+	a.end()
+	h.l.bus.Publish(events.Event{Listener: h.l.id, Kind: events.KindHandlerDetached, Detail: &events.Detail{Handler: a.id, Error: reason}})
+}
+
+func (a *Attachment) end() { a.once.Do(func() { close(a.done) }) }
+
+func sortByConn(ws []*waiting) {
+	for i := 1; i < len(ws); i++ {
+		for j := i; j > 0 && ws[j].c.n < ws[j-1].c.n; j-- {
+			ws[j], ws[j-1] = ws[j-1], ws[j]
+		}
+	}
+}
+
+func newHandlerID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "h-" + hex.EncodeToString(b[:])
+}
+
+// ErrNotStream is an attach or take on a listener whose handler is not
+// stream.
+var ErrNotStream = errors.New("the listener's handler is not stream")
+
+// Attach attaches a handler to a stream listener, taking up to max
+// connections at once (0: DefaultHandlerConns).
+func (m *Manager) Attach(ref string, max int, label string) (*Attachment, error) {
+	if max < 0 || max > MaxHandlerConns {
+		return nil, Invalid("max_connections", "%d is out of range 1-%d (0: %d)", max, MaxHandlerConns, DefaultHandlerConns)
+	}
+	if max == 0 {
+		max = DefaultHandlerConns
+	}
+	l, err := m.Get(ref)
+	if err != nil {
+		return nil, err
+	}
+	h, ok := l.handler.(*streamHub)
+	if !ok {
+		return nil, fmt.Errorf("listener %s: %w (it is %s)", l.id, ErrNotStream, l.spec.Handler.Name())
+	}
+	if State(l.state.Load()) != StateListening {
+		return nil, fmt.Errorf("listener %s is %s: %w", l.id, State(l.state.Load()), ErrNotListening)
+	}
+	a := &Attachment{id: newHandlerID(), label: label, max: max, hub: h, offers: make(chan Offer, max), done: make(chan struct{})}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("listener %s is closing: %w", l.id, ErrNotListening)
+	}
+	h.handlers[a.id] = a
+	h.order = append(h.order, a)
+	for _, w := range h.queue {
+		w.sawHandler = true
+	}
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindHandlerAttached,
+		Detail: &events.Detail{Handler: a.id, Name: label, Count: uint64(max)}})
+	h.dispatchLocked()
+	h.mu.Unlock()
+	return a, nil
+}
+
+// dispatchLocked offers queued connections, oldest first, each to the
+// least loaded handler with room; h.mu must be held.
+func (h *streamHub) dispatchLocked() {
+	for len(h.queue) > 0 {
+		var best *Attachment
+		for _, a := range h.order {
+			if a.load < a.max && (best == nil || a.load < best.load) {
+				best = a
+			}
+		}
+		if best == nil {
+			return
+		}
+		w := h.queue[0]
+		h.queue = h.queue[1:]
+		w.to = best
+		best.load++
+		h.offered[w.c.n] = w
+		best.offers <- Offer{ConnID: w.c.ID(), Tuple: w.c.tuple} // room: load <= max
+	}
+}
+
+// bind gives the hub its listener, before any connection or attach.
+func (h *streamHub) bind(l *Listener) { h.l = l }
+
+// close ends every attachment: the listener is closing. Waiting
+// connections are closed with it.
+func (h *streamHub) close() {
+	h.mu.Lock()
+	h.closed = true
+	list := h.order
+	h.order, h.handlers = nil, map[string]*Attachment{}
+	h.mu.Unlock()
+	for _, a := range list {
+		a.end()
+	}
+}
+
+// Serve waits until a handler takes the connection, then lets it pump
+// the bytes.
+func (h *streamHub) Serve(c *Conn) error {
+	w := &waiting{c: c, taken: make(chan *Session, 1)}
+	h.mu.Lock()
+	w.sawHandler = len(h.handlers) > 0
+	h.queue = append(h.queue, w)
+	h.dispatchLocked()
+	h.mu.Unlock()
+
+	t := time.NewTimer(h.timeout)
+	defer t.Stop()
+	var s *Session
+	select {
+	case s = <-w.taken:
+	case <-t.C:
+	case <-c.killed():
+	}
+	if s == nil {
+		h.mu.Lock()
+		select {
+		case s = <-w.taken: // taken as the wait ended
+		default:
+			w.gone = true
+			h.dropLocked(w)
+		}
+		saw := w.sawHandler
+		h.mu.Unlock()
+		if s == nil {
+			reason := events.CloseNoHandler
+			if saw {
+				reason = events.CloseClaimTimeout
+			}
+			c.close(reason, false) // a kill's reason, set first, wins
+			return nil
+		}
+	}
+	defer h.ended(s)
+	return s.pump()
+}
+
+// dropLocked takes w out of the hub; h.mu must be held.
+func (h *streamHub) dropLocked(w *waiting) {
+	if w.to != nil {
+		delete(h.offered, w.c.n)
+		w.to.load--
+		w.to = nil
+		h.dispatchLocked()
+		return
+	}
+	for i, q := range h.queue {
+		if q == w {
+			h.queue = append(h.queue[:i:i], h.queue[i+1:]...)
+			return
+		}
+	}
+}
+
+// ended frees the handler's room once a taken connection is done.
+func (h *streamHub) ended(s *Session) {
+	h.mu.Lock()
+	s.to.load--
+	h.dispatchLocked()
+	h.mu.Unlock()
+}
+
+// Take gives the connection offered to handler to it. The session's
+// Start begins the bytes' flow.
+func (m *Manager) Take(connID, handler string) (*Session, error) {
+	lid, n, ok := events.ParseConnID(connID)
+	if !ok {
+		return nil, Invalid("take.connection_id", "%q is not a connection id (listener id, '.', number)", Clip(connID))
+	}
+	l, err := m.Get(lid)
+	if err != nil {
+		return nil, fmt.Errorf("connection %q: %w", connID, ErrNotFound)
+	}
+	h, ok := l.handler.(*streamHub)
+	if !ok {
+		return nil, fmt.Errorf("listener %s: %w", l.id, ErrNotStream)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := h.offered[n]
+	if w == nil || w.gone {
+		return nil, fmt.Errorf("connection %q: no such offer (taken, timed out or closed): %w", connID, ErrNotFound)
+	}
+	if w.to.id != handler {
+		return nil, fmt.Errorf("connection %q was offered to another handler: %w", connID, ErrOfferedElsewhere)
+	}
+	delete(h.offered, n)
+	s := &Session{c: w.c, to: w.to, start: make(chan Sink, 1), handlerEnd: make(chan struct{}), done: make(chan struct{})}
+	w.c.result = &s.result
+	w.c.resultDone = s.done
+	w.taken <- s
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionTaken, Conn: n, Detail: &events.Detail{Handler: handler}})
+	return s, nil
+}
+
+// ErrOfferedElsewhere is a take of a connection offered to another
+// handler.
+var ErrOfferedElsewhere = errors.New("offered to another handler")
+
+// Sink is where a taken connection's bytes from the peer go: the
+// handler's stream. Data gets at most MaxStreamFrame bytes a call and may
+// keep nothing of p once it returns.
+type Sink interface {
+	Data(p []byte) error
+	End() error
+}
+
+// Session is a taken connection, as its handler's stream serves it.
+type Session struct {
+	c          *Conn
+	to         *Attachment
+	start      chan Sink
+	endOnce    sync.Once
+	handlerEnd chan struct{} // closed when the handler ended its side or reset
+	done       chan struct{} // closed once the connection is closed and reported
+	result     ConnResult
+}
+
+// ConnResult is how a connection ended.
+type ConnResult struct {
+	Reason   events.CloseReason
+	Error    string
+	BytesIn  uint64
+	BytesOut uint64
+	Duration time.Duration
+}
+
+// ID is the connection's id.
+func (s *Session) ID() string { return s.c.ID() }
+
+// Tuple is the connection's five-tuple.
+func (s *Session) Tuple() events.Tuple { return s.c.tuple }
+
+// Start begins the flow of the peer's bytes to sink.
+func (s *Session) Start(sink Sink) { s.start <- sink }
+
+// Write writes the handler's bytes to the peer (through the listener's
+// out filters); it blocks while the peer does not read.
+func (s *Session) Write(p []byte) error {
+	_, err := s.c.Out().Write(p)
+	return err
+}
+
+// CloseWrite ends the daemon's side once what was written is out; the
+// socket stays readable.
+func (s *Session) CloseWrite() error {
+	err := s.c.Out().CloseWrite()
+	s.endOnce.Do(func() { close(s.handlerEnd) })
+	return err
+}
+
+// Reset resets the connection (RST), at the handler's asking.
+func (s *Session) Reset() {
+	s.c.close(events.CloseHandlerReset, true)
+	s.endOnce.Do(func() { close(s.handlerEnd) })
+}
+
+// Abort resets the connection because the handler's stream broke.
+func (s *Session) Abort(err error) {
+	select {
+	case <-s.done:
+		return // closed already: nothing to reset
+	default:
+	}
+	s.c.failure.Store(&err)
+	s.c.close(events.CloseHandlerGone, true)
+	s.endOnce.Do(func() { close(s.handlerEnd) })
+}
+
+// Done is closed once the connection is closed; Result then says how.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Result is how the connection ended, once Done is closed.
+func (s *Session) Result() ConnResult { return s.result }
+
+// pump runs on the connection's goroutine: the peer's bytes to the sink
+// until the peer ends its side, then waits for the handler's end.
+func (s *Session) pump() error {
+	var sink Sink
+	select {
+	case sink = <-s.start:
+	case <-s.c.killed():
+		return nil
+	}
+	err := s.c.In(sinkStage{s, sink})
+	if err != nil {
+		return err
+	}
+	select { // the peer ended; the handler may still write
+	case <-s.handlerEnd:
+	case <-s.c.killed():
+	}
+	return nil
+}
+
+// sinkStage writes the peer's bytes to a sink, in frames of at most
+// MaxStreamFrame bytes; the peer's FIN becomes the sink's End.
+// A failed sink is a broken handler stream: the connection is reset.
+type sinkStage struct {
+	s    *Session
+	sink Sink
+}
+
+func (s sinkStage) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, MaxStreamFrame)
+		if err := s.sink.Data(p[done : done+n]); err != nil {
+			s.s.Abort(err)
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (s sinkStage) CloseWrite() error {
+	if err := s.sink.End(); err != nil {
+		s.s.Abort(err)
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,145 @@
+package service
+
+import (
+	"errors"
+	"io"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/listener"
+)
+
+// maxLabel bounds a handler's label.
+const maxLabel = 128
+
+// AttachHandler implements ListenerService: it offers the listener's
+// connections to the caller until the caller goes or the listener closes.
+func (s *Service) AttachHandler(req *listenerdv1.AttachHandlerRequest, stream grpc.ServerStreamingServer[listenerdv1.AttachHandlerResponse]) error {
+	if err := requireID("listener_id", req.GetListenerId()); err != nil {
+		return s.err(err)
+	}
+	if l := req.GetLabel(); len(l) > maxLabel || !utf8.ValidString(l) {
+		return s.err(listener.Invalid("label", "%d bytes of valid UTF-8 at most", maxLabel))
+	}
+	a, err := s.m.Attach(req.GetListenerId(), int(req.GetMaxConnections()), req.GetLabel())
+	if err != nil {
+		return s.err(err)
+	}
+	if err := stream.Send(&listenerdv1.AttachHandlerResponse{Kind: &listenerdv1.AttachHandlerResponse_Attached{
+		Attached: &listenerdv1.Attached{HandlerId: a.ID(), ListenerId: a.Listener()}}}); err != nil {
+		a.Detach("the attach stream broke: " + err.Error())
+		return err
+	}
+	ctx := stream.Context()
+	for {
+		select {
+		case o := <-a.Offers():
+			if err := stream.Send(&listenerdv1.AttachHandlerResponse{Kind: &listenerdv1.AttachHandlerResponse_Offer{
+				Offer: &listenerdv1.Offer{ConnectionId: o.ConnID, Tuple: tupleToProto(o.Tuple)}}}); err != nil {
+				a.Detach("the attach stream broke: " + err.Error())
+				return err
+			}
+		case <-a.Done():
+			return s.err(listener.ErrNotListening)
+		case <-ctx.Done():
+			a.Detach("the handler went away: " + ctx.Err().Error())
+			return ctx.Err()
+		}
+	}
+}
+
+// ServeConnection implements ListenerService: one taken connection's bytes,
+// both ways, on one stream.
+func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	take := first.GetTake()
+	if take == nil {
+		return s.err(listener.Invalid("take", "the first message must be take"))
+	}
+	if err := requireID("take.connection_id", take.GetConnectionId()); err != nil {
+		return s.err(err)
+	}
+	if err := requireID("take.handler_id", take.GetHandlerId()); err != nil {
+		return s.err(err)
+	}
+	sess, err := s.m.Take(take.GetConnectionId(), take.GetHandlerId())
+	if err != nil {
+		return s.err(err)
+	}
+	if err := stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Opened{
+		Opened: &listenerdv1.ConnectionOpened{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple())}}}); err != nil {
+		sess.Abort(err)
+		<-sess.Done()
+		return err
+	}
+	sess.Start(streamSink{stream})
+	go s.fromHandler(stream, sess)
+	<-sess.Done()
+	r := sess.Result()
+	return stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Closed{
+		Closed: &listenerdv1.ConnectionClosed{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple()),
+			BytesIn: r.BytesIn, BytesOut: r.BytesOut, Duration: durationpb.New(r.Duration),
+			Reason: listenerdv1.CloseReason(r.Reason), Error: r.Error}}})
+}
+
+// fromHandler carries the handler's messages to the connection until the
+// handler ends its side, resets, or its stream ends. A stream that breaks
+// before the connection is done resets it.
+func (s *Service) fromHandler(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse], sess *listener.Session) {
+	ended := false
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) && ended {
+			return // the handler is done sending; the connection goes on
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("the handler closed its stream without end or reset")
+			}
+			sess.Abort(err)
+			return
+		}
+		switch k := m.GetKind().(type) {
+		case *listenerdv1.ServeConnectionRequest_Data:
+			if ended {
+				sess.Abort(errors.New("data after end"))
+				return
+			}
+			if err := sess.Write(k.Data); err != nil {
+				return // the socket failed: the connection is closing
+			}
+		case *listenerdv1.ServeConnectionRequest_End:
+			if !ended {
+				ended = true
+				_ = sess.CloseWrite()
+			}
+		case *listenerdv1.ServeConnectionRequest_Reset_:
+			sess.Reset()
+			return
+		default:
+			sess.Abort(errors.New("unexpected message from the handler"))
+			return
+		}
+	}
+}
+
+// streamSink sends the peer's bytes to the handler. Send blocks while the
+// stream's flow-control window is full: the socket is not read meanwhile,
+// and its peer feels the backpressure.
+type streamSink struct {
+	stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]
+}
+
+func (k streamSink) Data(p []byte) error {
+	return k.stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Data{Data: p}})
+}
+
+func (k streamSink) End() error {
+	return k.stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_End{End: &listenerdv1.End{}}})
+}
