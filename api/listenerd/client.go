@@ -1,0 +1,137 @@
+// Package listenerd is the Go client of listenerd, the daemon that hosts
+// raw TCP listeners controlled over gRPC.
+//
+// Dial reaches the daemon the way ctl does: its unix socket by default
+// ($LISTENERD_SOCKET, or the daemon's default path), or its TCP API with
+// TLS and a bearer token. The Client has a typed method for every RPC (it
+// embeds the generated client), a Watch that resumes by itself, and Listen
+// and Attach, which return a net.Listener whose connections are the
+// daemon's sockets, served from this process: http.Serve takes it as it
+// is.
+package listenerd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/paths"
+)
+
+// SocketEnv names the environment variable holding the daemon's socket
+// path.
+const SocketEnv = paths.SocketEnv
+
+// Options say how to reach the daemon. The zero Options is its unix
+// socket: $LISTENERD_SOCKET, or the daemon's default path.
+type Options struct {
+	// Socket is the daemon's unix socket; empty means the default.
+	Socket string
+	// Addr is host:port of the daemon's TCP API, used instead of the
+	// socket when set.
+	Addr string
+	// TLS is the TLS configuration for Addr. Nil means TLS with the
+	// system's roots, except on loopback, where nil means plaintext.
+	TLS *tls.Config
+	// Token is the TCP API's bearer token, sent only over TLS or loopback.
+	Token string
+	// DialOptions are added to the client's own.
+	DialOptions []grpc.DialOption
+}
+
+// keepaliveParams ping the daemon every 30s while a stream is open, within
+// the daemon's enforcement policy (never more often than every 20s).
+var keepaliveParams = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}
+
+// Client is a connection to the daemon. Its embedded ListenerServiceClient
+// has a typed method for every RPC.
+type Client struct {
+	listenerdv1.ListenerServiceClient
+	conn *grpc.ClientConn
+}
+
+// Dial returns a client of the daemon; it connects lazily, on the first
+// call.
+func Dial(o Options) (*Client, error) {
+	target, opts, err := o.endpoint()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(target, append(opts, o.DialOptions...)...)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{ListenerServiceClient: listenerdv1.NewListenerServiceClient(conn), conn: conn}, nil
+}
+
+// Conn is the client's gRPC connection.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// Close closes the connection. Streams open on it (watches, listeners'
+// connections) end.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// DefaultSocket is the socket Dial uses when Options names none.
+func DefaultSocket() string { return paths.DefaultSocket() }
+
+func (o Options) endpoint() (string, []grpc.DialOption, error) {
+	opts := []grpc.DialOption{grpc.WithKeepaliveParams(keepaliveParams)}
+	if o.Addr == "" {
+		if o.Token != "" || o.TLS != nil {
+			return "", nil, errors.New("listenerd: Token and TLS need Addr (the socket needs no credentials)")
+		}
+		sock := o.Socket
+		if sock == "" {
+			sock = DefaultSocket()
+		}
+		return "unix://" + sock, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials())), nil
+	}
+	host, _, err := net.SplitHostPort(o.Addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("listenerd: Addr %q: want host:port", o.Addr)
+	}
+	loopback := host == "localhost"
+	if ip, err := netip.ParseAddr(host); err == nil {
+		loopback = ip.Unmap().IsLoopback()
+	}
+	creds := insecure.NewCredentials()
+	secure := o.TLS != nil || !loopback
+	if secure {
+		tc := o.TLS
+		if tc == nil {
+			tc = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	opts = append(opts, grpc.WithTransportCredentials(creds))
+	if o.Token != "" {
+		if strings.ContainsAny(o.Token, "\r\n") {
+			return "", nil, errors.New("listenerd: Token holds a line break")
+		}
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: o.Token, secure: secure}))
+	}
+	return "passthrough:///" + o.Addr, opts, nil
+}
+
+// bearer sends the token as "authorization: Bearer <token>" on every call.
+type bearer struct {
+	token  string
+	secure bool // TLS: grpc refuses to send it over anything else
+}
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return b.secure }

@@ -1,0 +1,321 @@
+package listenerd
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// rpcTimeout bounds the short calls the package makes on its own.
+const rpcTimeout = 30 * time.Second
+
+// MaxFrame is the most bytes a data message carries: grpc-go pools a
+// 32 KiB payload into a far larger buffer.
+const MaxFrame = 32752
+
+// Conn is one of the daemon's sockets, served from this process: a
+// net.Conn over one ServeConnection stream, whose flow control is the
+// socket's backpressure. CloseWrite ends our side (FIN) and leaves the
+// socket readable; Reset resets it (RST); Close ends our side and stops
+// reading. LocalAddr and RemoteAddr are the socket's real five-tuple.
+// Read deadlines interrupt a blocked Read; a write deadline is checked
+// before each frame (a frame blocked on flow control waits for the peer).
+type Conn struct {
+	s      listenerdv1.ListenerService_ServeConnectionClient
+	cancel context.CancelFunc
+	id     string
+	local  *net.TCPAddr
+	remote *net.TCPAddr
+
+	frames  chan []byte   // from recv, one at a time: Read takes each
+	peerEnd chan struct{} // the peer's FIN, after its last frame
+	done    chan struct{} // the stream ended; result or recvErr say how
+	result  *listenerdv1.ConnectionClosed
+	recvErr error
+	gone    chan struct{} // Close: frames are dropped from now on
+
+	rmu  sync.Mutex // one Read at a time
+	rbuf []byte
+
+	dmu      sync.Mutex
+	rdl, wdl time.Time
+	rdlWake  chan struct{} // closed and replaced when the read deadline changes
+
+	wmu    sync.Mutex
+	wended bool
+	closed sync.Once
+}
+
+func newConn(s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
+	t := o.GetTuple()
+	c := &Conn{s: s, cancel: cancel, id: o.GetConnectionId(),
+		local:  tcpAddr(net.JoinHostPort(t.GetLocalAddress(), itoa(t.GetLocalPort()))),
+		remote: tcpAddr(net.JoinHostPort(t.GetRemoteAddress(), itoa(t.GetRemotePort()))),
+		frames: make(chan []byte), peerEnd: make(chan struct{}), done: make(chan struct{}),
+		gone: make(chan struct{}), rdlWake: make(chan struct{})}
+	go c.recv()
+	return c
+}
+
+func itoa(n uint32) string {
+	var b [10]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
+		}
+	}
+}
+
+// recv hands the daemon's messages over, one frame at a time, until the
+// stream ends.
+func (c *Conn) recv() {
+	defer close(c.done)
+	defer c.cancel()
+	ended := false
+	for {
+		m, err := c.s.Recv()
+		if err != nil {
+			c.recvErr = err
+			return
+		}
+		switch k := m.GetKind().(type) {
+		case *listenerdv1.ServeConnectionResponse_Data:
+			select {
+			case c.frames <- k.Data:
+			case <-c.gone:
+			}
+		case *listenerdv1.ServeConnectionResponse_End:
+			if !ended {
+				ended = true
+				close(c.peerEnd)
+			}
+		case *listenerdv1.ServeConnectionResponse_Closed:
+			c.result = k.Closed
+		}
+	}
+}
+
+// ID is the connection's id on the daemon.
+func (c *Conn) ID() string { return c.id }
+
+// Read reads the peer's bytes; io.EOF once the peer ended its side.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	for {
+		if len(c.rbuf) > 0 {
+			n := copy(p, c.rbuf)
+			c.rbuf = c.rbuf[n:]
+			return n, nil
+		}
+		select {
+		case <-c.gone:
+			return 0, c.opErr("read", net.ErrClosed)
+		default:
+		}
+		c.dmu.Lock()
+		dl, wake := c.rdl, c.rdlWake
+		c.dmu.Unlock()
+		var timeout <-chan time.Time
+		var t *time.Timer
+		if !dl.IsZero() {
+			d := time.Until(dl)
+			if d <= 0 {
+				return 0, c.opErr("read", os.ErrDeadlineExceeded)
+			}
+			t = time.NewTimer(d)
+			timeout = t.C
+		}
+		err := c.wait(timeout, wake)
+		if t != nil {
+			t.Stop()
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+// wait waits for the next frame (into rbuf), the peer's end, the
+// stream's end, a Close, the deadline or a new deadline (nil: read on).
+func (c *Conn) wait(timeout <-chan time.Time, wake <-chan struct{}) error {
+	select {
+	case f := <-c.frames:
+		c.rbuf = f
+	case <-c.peerEnd:
+		// Frames before the end were all taken: the sender blocks on each
+		// until Read has it.
+		return io.EOF
+	case <-c.done:
+		return c.endErr("read")
+	case <-c.gone:
+		return c.opErr("read", net.ErrClosed)
+	case <-timeout:
+		return c.opErr("read", os.ErrDeadlineExceeded)
+	case <-wake:
+	}
+	return nil
+}
+
+// Write writes p to the peer, in frames of at most MaxFrame bytes; it
+// blocks while the peer does not read.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wended {
+		return 0, c.opErr("write", net.ErrClosed)
+	}
+	done := 0
+	for done < len(p) {
+		c.dmu.Lock()
+		dl := c.wdl
+		c.dmu.Unlock()
+		if !dl.IsZero() && !time.Now().Before(dl) {
+			return done, c.opErr("write", os.ErrDeadlineExceeded)
+		}
+		n := min(len(p)-done, MaxFrame)
+		if err := c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Data{Data: p[done : done+n]}}); err != nil {
+			return done, c.endErr("write")
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// CloseWrite ends our side (FIN) once what was written is out; the peer's
+// bytes can still be read.
+func (c *Conn) CloseWrite() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.endLocked()
+}
+
+func (c *Conn) endLocked() error {
+	if c.wended {
+		return nil
+	}
+	c.wended = true
+	if err := c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}}); err != nil {
+		return c.endErr("close")
+	}
+	return c.s.CloseSend()
+}
+
+// Reset resets the connection: the peer gets an RST, and what it had not
+// read is lost.
+func (c *Conn) Reset() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.wended {
+		c.wended = true
+		_ = c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Reset_{Reset_: &listenerdv1.Reset{}}})
+		_ = c.s.CloseSend()
+	}
+	c.closed.Do(func() { close(c.gone) })
+	return nil
+}
+
+// Close ends our side (FIN) and stops reading: bytes the peer still sends
+// are dropped, and the connection closes once the peer ends its side.
+func (c *Conn) Close() error {
+	c.wmu.Lock()
+	err := c.endLocked()
+	c.wmu.Unlock()
+	first := false
+	c.closed.Do(func() { close(c.gone); first = true })
+	if !first {
+		return c.opErr("close", net.ErrClosed)
+	}
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		select {
+		case <-c.done: // the connection had closed already: nothing lost
+			return nil
+		default:
+		}
+	}
+	return err
+}
+
+// Done is closed once the daemon reported the connection closed (or the
+// stream to it ended); Closed then says how.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Closed is the daemon's report of the connection's end (reason, bytes
+// each way), once Done is closed; nil if the stream broke first.
+func (c *Conn) Closed() *listenerdv1.ConnectionClosed {
+	select {
+	case <-c.done:
+		return c.result
+	default:
+		return nil
+	}
+}
+
+// endErr is the error of a read or write on a stream that has ended.
+func (c *Conn) endErr(op string) error {
+	<-c.done
+	if r := c.result; r != nil {
+		if r.GetReason() == listenerdv1.CloseReason_CLOSE_REASON_PEER_CLOSED {
+			return io.EOF
+		}
+		return c.opErr(op, errors.New("connection closed: "+r.GetReason().String()+errorSuffix(r.GetError())))
+	}
+	if status.Code(c.recvErr) == codes.Canceled {
+		return c.opErr(op, net.ErrClosed)
+	}
+	return c.opErr(op, c.recvErr)
+}
+
+func errorSuffix(s string) string {
+	if s == "" {
+		return ""
+	}
+	return ": " + s
+}
+
+func (c *Conn) opErr(op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.local, Addr: c.remote, Err: err}
+}
+
+// LocalAddr is the listener's side of the socket.
+func (c *Conn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr is the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.remote }
+
+// SetDeadline sets the read and write deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	_ = c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the read deadline; it wakes a Read blocked now.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	c.rdl = t
+	close(c.rdlWake)
+	c.rdlWake = make(chan struct{})
+	c.dmu.Unlock()
+	return nil
+}
+
+// SetWriteDeadline sets the write deadline, checked before each frame.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.dmu.Lock()
+	c.wdl = t
+	c.dmu.Unlock()
+	return nil
+}

@@ -1,0 +1,261 @@
+package listenerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// Listener is a net.Listener whose connections are accepted by the daemon:
+// the daemon binds the port, applies the listener's limits, ACLs and
+// queue, reports every connection in its events, and offers the
+// connections to this process, which serves their bytes through the API.
+// Several processes may attach to one listener; each connection goes to
+// the least loaded.
+type Listener struct {
+	c      *Client
+	id     string
+	addr   net.Addr
+	owned  bool // made by Listen: Close closes it on the daemon too
+	handle string
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	offers chan *listenerdv1.Offer
+	done   chan struct{} // the attach stream ended
+	err    error         // why, once done is closed
+
+	closeOnce sync.Once
+}
+
+// ListenOption changes what Listen asks for.
+type ListenOption func(*listenConfig)
+
+type listenConfig struct {
+	name    string
+	max     int
+	label   string
+	limits  *listenerdv1.Limits
+	handler *listenerdv1.StreamHandler
+}
+
+// WithName names the listener.
+func WithName(name string) ListenOption { return func(c *listenConfig) { c.name = name } }
+
+// WithLimits sets the listener's limits.
+func WithLimits(l *listenerdv1.Limits) ListenOption { return func(c *listenConfig) { c.limits = l } }
+
+// WithConcurrency sets how many connections this process serves at once
+// (0: the daemon's default, 64).
+func WithConcurrency(n int) ListenOption { return func(c *listenConfig) { c.max = n } }
+
+// WithLabel labels this process in the daemon's events.
+func WithLabel(label string) ListenOption { return func(c *listenConfig) { c.label = label } }
+
+// WithStream sets the stream handler's options (its claim timeout).
+func WithStream(h *listenerdv1.StreamHandler) ListenOption {
+	return func(c *listenConfig) { c.handler = h }
+}
+
+// Listen creates a listener on the daemon at address ("host:port"; port 0
+// takes an ephemeral port) whose connections this process serves, like
+// net.Listen("tcp", address). Close closes it on the daemon.
+func (c *Client) Listen(ctx context.Context, address string, opts ...ListenOption) (*Listener, error) {
+	var cfg listenConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, fmt.Errorf("listenerd: listen %q: %w", address, err)
+	}
+	p, err := net.LookupPort("tcp", port)
+	if err != nil {
+		return nil, fmt.Errorf("listenerd: listen %q: %w", address, err)
+	}
+	sh := cfg.handler
+	if sh == nil {
+		sh = &listenerdv1.StreamHandler{}
+	}
+	r, err := c.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Name: cfg.name, Spec: &listenerdv1.ListenerSpec{
+		Host: host, Port: uint32(p), Limits: cfg.limits,
+		Handler: &listenerdv1.Handler{Kind: &listenerdv1.Handler_Stream{Stream: sh}},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	id := r.GetListener().GetId()
+	l, err := c.attach(ctx, id, cfg)
+	if err != nil {
+		_, _ = c.CloseListener(context.WithoutCancel(ctx), &listenerdv1.CloseListenerRequest{Id: id})
+		return nil, err
+	}
+	l.owned = true
+	return l, nil
+}
+
+// Attach attaches this process to an existing stream listener (by id or
+// name) and returns it as a net.Listener. Close detaches; the listener
+// stays.
+func (c *Client) Attach(ctx context.Context, listener string, opts ...ListenOption) (*Listener, error) {
+	var cfg listenConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return c.attach(ctx, listener, cfg)
+}
+
+func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Listener, error) {
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	st, err := c.AttachHandler(lctx, &listenerdv1.AttachHandlerRequest{ListenerId: ref, MaxConnections: uint32(cfg.max), Label: cfg.label})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	first, err := st.Recv()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	att := first.GetAttached()
+	g, err := c.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: att.GetListenerId()})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	l := &Listener{c: c, id: att.GetListenerId(), handle: att.GetHandlerId(), ctx: lctx, cancel: cancel,
+		offers: make(chan *listenerdv1.Offer), done: make(chan struct{})}
+	l.addr = tcpAddr(g.GetListener().GetStatus().GetBoundAddress())
+	go l.readOffers(st)
+	return l, nil
+}
+
+func (l *Listener) readOffers(st listenerdv1.ListenerService_AttachHandlerClient) {
+	defer close(l.done)
+	for {
+		r, err := st.Recv()
+		if err != nil {
+			l.err = err
+			return
+		}
+		if o := r.GetOffer(); o != nil {
+			select {
+			case l.offers <- o:
+			case <-l.ctx.Done():
+				l.err = l.ctx.Err()
+				return
+			}
+		}
+	}
+}
+
+// Accept waits for the daemon's next connection and takes it. The
+// net.Conn it returns is a *Conn.
+func (l *Listener) Accept() (net.Conn, error) {
+	for {
+		var o *listenerdv1.Offer
+		select {
+		case o = <-l.offers:
+		case <-l.done:
+			if l.ctx.Err() != nil {
+				return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+			}
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: l.err}
+		}
+		c, err := l.take(o)
+		if status.Code(err) == codes.NotFound {
+			continue // gone meanwhile (its peer left, or it timed out): the next
+		}
+		if err != nil {
+			if l.ctx.Err() != nil {
+				return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+			}
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
+		}
+		return c, nil
+	}
+}
+
+func (l *Listener) take(o *listenerdv1.Offer) (*Conn, error) {
+	// A connection outlives its listener's Close, as a net.Conn does.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(l.ctx))
+	s, err := l.c.ServeConnection(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+		Take: &listenerdv1.Take{ConnectionId: o.GetConnectionId(), HandlerId: l.handle}}}); err != nil {
+		cancel()
+		return nil, err
+	}
+	m, err := s.Recv()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if m.GetOpened() == nil {
+		cancel()
+		return nil, errors.New("listenerd: the daemon answered a take with something other than opened")
+	}
+	return newConn(s, cancel, m.GetOpened()), nil
+}
+
+// Close stops accepting: it detaches from the listener and, for a listener
+// made by Listen, closes it on the daemon (its open connections drain, as
+// CloseListener's default says). Connections already accepted go on.
+func (l *Listener) Close() error {
+	var err error
+	l.closeOnce.Do(func() {
+		l.cancel()
+		<-l.done
+		if l.owned {
+			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+			defer cancel()
+			_, err = l.c.CloseListener(ctx, &listenerdv1.CloseListenerRequest{Id: l.id})
+		}
+	})
+	return err
+}
+
+// Addr is the address the daemon bound.
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+// ID is the listener's id on the daemon.
+func (l *Listener) ID() string { return l.id }
+
+// HandlerID is this process's handler id on the daemon, as its events
+// name it.
+func (l *Listener) HandlerID() string { return l.handle }
+
+// SetMaxConnections changes the listener's max_connections at runtime
+// (negative: unlimited).
+func (l *Listener) SetMaxConnections(ctx context.Context, n int) error {
+	lim := &listenerdv1.Limits{}
+	if n >= 0 {
+		m := uint32(n)
+		lim.MaxConnections = &m
+	}
+	_, err := l.c.UpdateListener(ctx, &listenerdv1.UpdateListenerRequest{
+		Listener:   &listenerdv1.Listener{Id: l.id, Spec: &listenerdv1.ListenerSpec{Limits: lim}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"spec.limits.max_connections"}},
+	})
+	return err
+}
+
+func tcpAddr(hostport string) *net.TCPAddr {
+	ap, err := netip.ParseAddrPort(hostport)
+	if err != nil {
+		return &net.TCPAddr{}
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
