@@ -46,7 +46,7 @@ func (s *Service) AttachHandler(req *listenerdv1.AttachHandlerRequest, stream gr
 			return s.err(listener.ErrNotListening)
 		case <-ctx.Done():
 			a.Detach("the handler went away: " + ctx.Err().Error())
-			return ctx.Err()
+			return s.err(ctx.Err())
 		}
 	}
 }
