@@ -59,7 +59,7 @@ func TestHTTPServeFromAnotherModule(t *testing.T) {
 	}
 	dir := testkit.ShortDir(t)
 	files := map[string]string{
-		"go.mod": "module example.com/hello\n\ngo 1.26\n\nrequire github.com/listenerd/listenerd v0.0.0\n\nreplace github.com/listenerd/listenerd => " + repo + "\n",
+		"go.mod":  "module example.com/hello\n\ngo 1.26\n\nrequire github.com/listenerd/listenerd v0.0.0\n\nreplace github.com/listenerd/listenerd => " + repo + "\n",
 		"main.go": helloModule,
 	}
 	for name, text := range files {
