@@ -125,8 +125,10 @@ func startFake(t *testing.T, svc listenerdv1.ListenerServiceServer) string {
 	return sock
 }
 
-// fastRetry makes watch resumes quick in tests.
-var fastRetry = retryPolicy{initial: time.Millisecond, max: 4 * time.Millisecond, giveUp: 100 * time.Millisecond}
+// fastRetry makes watch resumes quick in tests; it gives up after a count
+// of failures, never a time, so that a loaded machine cannot make it give
+// up early.
+var fastRetry = retryPolicy{initial: time.Millisecond, max: 4 * time.Millisecond, giveUp: testkit.Guard, tries: 5}
 
 type result struct {
 	stdout, stderr string

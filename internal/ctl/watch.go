@@ -21,9 +21,11 @@ import (
 )
 
 // retryPolicy paces watch resumes: the delay starts at initial and doubles up
-// to max; after giveUp of failures in a row the watch fails.
+// to max; after giveUp of failures in a row (or, when tries is set, that
+// many failed attempts in a row) the watch fails.
 type retryPolicy struct {
 	initial, max, giveUp time.Duration
+	tries                int
 }
 
 var defaultRetry = retryPolicy{
@@ -81,6 +83,7 @@ var errStreamEnded = errors.New("stream ended")
 func (w *watcher) run(ctx context.Context) error {
 	delay := w.retry.initial
 	var failingSince time.Time
+	failures := 0
 	announced := false
 	for {
 		progressed, done, err := w.attempt(ctx)
@@ -98,7 +101,7 @@ func (w *watcher) run(ctx context.Context) error {
 			return nil
 		}
 		if progressed {
-			failingSince, delay, announced = time.Time{}, w.retry.initial, false
+			failingSince, delay, announced, failures = time.Time{}, w.retry.initial, false, 0
 		}
 		st, _ := grpcStatus(err)
 		if !w.reached && st.Code() == codes.Unavailable {
@@ -120,9 +123,10 @@ func (w *watcher) run(ctx context.Context) error {
 			continue
 		}
 		now := time.Now()
+		failures++
 		if failingSince.IsZero() {
 			failingSince = now
-		} else if now.Sub(failingSince) >= w.retry.giveUp {
+		} else if now.Sub(failingSince) >= w.retry.giveUp || w.retry.tries > 0 && failures >= w.retry.tries {
 			return err
 		}
 		if !announced {
