@@ -240,3 +240,55 @@ func TestNoHandler(t *testing.T) {
 		t.Fatalf("peer read %v, want the end", err)
 	}
 }
+
+// Limits and ACLs hold for a stream listener as for any other: over
+// max_connections a connection is rejected before any handler sees it,
+// and a denied source never reaches one.
+func TestLimitsAndACLsApply(t *testing.T) {
+	one := uint32(1)
+	l := listen(t, dialClient(t), listenerd.WithLimits(&listenerdv1.Limits{MaxConnections: &one}))
+	first := testkit.Dial(t, l.Addr().String())
+	c := accept(t, l)
+	second := testkit.Dial(t, l.Addr().String())
+	if _, err := second.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the connection over the limit read %v, want the end", err)
+	}
+	first.Write([]byte("served"))
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "served" {
+		t.Fatalf("the first: %q, %v", buf, err)
+	}
+	// Lifting the limit at runtime lets the next one through.
+	if err := l.SetMaxConnections(context.Background(), -1); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Dial(t, l.Addr().String())
+	accept(t, l)
+
+	cl := dialClient(t)
+	r, err := cl.CreateListener(context.Background(), &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{
+		DenyCidrs: []string{"127.0.0.0/8"},
+		Handler:   &listenerdv1.Handler{Kind: &listenerdv1.Handler_Stream{Stream: &listenerdv1.StreamHandler{}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.CloseListener(context.Background(), &listenerdv1.CloseListenerRequest{Id: r.GetListener().GetId()})
+	denied, err := cl.Attach(context.Background(), r.GetListener().GetId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer denied.Close()
+	p := testkit.Dial(t, r.GetListener().GetStatus().GetBoundAddress())
+	if _, err := p.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a denied source read %v, want the end", err)
+	}
+	// The rejection is counted just after the socket is closed.
+	testkit.Eventually(t, func() bool {
+		g, err := cl.GetListener(context.Background(), &listenerdv1.GetListenerRequest{Id: r.GetListener().GetId()})
+		return err == nil && g.GetListener().GetStatus().GetRejectedConnections() == 1
+	}, "the denied connection counted as rejected")
+	g, err := cl.GetListener(context.Background(), &listenerdv1.GetListenerRequest{Id: r.GetListener().GetId()})
+	if err != nil || g.GetListener().GetStatus().GetAcceptedConnections() != 0 {
+		t.Fatalf("status %v, %v: a denied source was accepted", g.GetListener().GetStatus(), err)
+	}
+}
