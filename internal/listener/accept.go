@@ -160,7 +160,6 @@ func (l *Listener) register(c *net.TCPConn, tuple events.Tuple, src netip.Addr) 
 	queued := false
 	switch {
 	case !lim.MaxConnections.Reached(l.active.Load()):
-		cn.served = cn.opened
 		l.nextConn++
 		cn.n = l.nextConn
 		seq = l.openLocked(cn)

@@ -14,16 +14,16 @@ import (
 // Conn is one accepted connection: queued, paused, or served by its
 // listener's handler on its own goroutine.
 type Conn struct {
-	l       *Listener
-	n       uint64
-	c       *net.TCPConn
-	tuple   events.Tuple
-	opened  time.Time // accepted: queued or served from here
-	served  time.Time // left the queue (or never was in it)
-	idle    time.Duration
-	filters *Filters // the listener's when it was served; nil: none
-	in      atomic.Uint64
-	out     atomic.Uint64
+	l         *Listener
+	n         uint64
+	c         *net.TCPConn
+	tuple     events.Tuple
+	opened    time.Time     // accepted: queued or served from here
+	queueWait time.Duration // how long it waited in the queue; 0: never queued
+	idle      time.Duration
+	filters   *Filters // the listener's when it was served; nil: none
+	in        atomic.Uint64
+	out       atomic.Uint64
 
 	reason atomic.Uint32 // events.CloseReason set by whoever closes it first
 
@@ -39,10 +39,7 @@ type Conn struct {
 
 	queueTimer *time.Timer // queued: its queue_timeout; guarded by l.mu
 
-	// A stream handler's session: told how the connection ended.
-	result     *ConnResult
-	resultDone chan struct{}
-	failure    atomic.Pointer[error] // why the daemon closed it, for the closed event
+	session *Session // the stream handler's, once taken: told how the connection ended
 }
 
 // close closes the connection from the daemon's side with reason. It
@@ -99,20 +96,22 @@ func (c *Conn) setPeer(up *net.TCPConn) bool {
 // frame is kept small (the rarer paths are methods of their own) so that
 // an idle connection's goroutine stays on its first, 2 KiB, stack.
 func (c *Conn) serve() {
-	defer c.l.conWG.Done()
-	lim := c.l.limits.Load()
-	c.idle = lim.IdleTimeout
-	c.filters = c.l.filters.Load()
-	var t *time.Timer
-	if lim.MaxLifetime > 0 {
-		t = c.lifetime(lim.MaxLifetime)
-	}
+	t := c.begin()
 	var err error
-	if c.l.spec.PauseOnConnect && !c.waitTaken() {
-		err = nil // closed while paused: the reason is already set
-	} else {
+	if !c.l.spec.PauseOnConnect || c.waitTaken() { // closed while paused: the reason is set
 		err = c.l.handler.Serve(c)
 	}
+	c.done(t, err)
+}
+
+// done closes the socket and reports the connection closed; its
+// goroutine is joined from here on.
+//
+// Not inlined: keeps serve's frame small: see serve.
+//
+//go:noinline
+func (c *Conn) done(t *time.Timer, err error) {
+	defer c.l.conWG.Done()
 	_ = c.c.Close()
 	if t != nil {
 		t.Stop()
@@ -120,13 +119,20 @@ func (c *Conn) serve() {
 	c.end(err)
 }
 
-// lifetime arms the max_lifetime close.
+// begin takes the limits in force for the connection's life and arms its
+// max_lifetime close.
 //
 // Not inlined: keeps serve's frame small: see serve.
 //
 //go:noinline
-func (c *Conn) lifetime(d time.Duration) *time.Timer {
-	return time.AfterFunc(d, func() { c.close(events.CloseMaxLifetime, false) })
+func (c *Conn) begin() *time.Timer {
+	lim := c.l.limits.Load()
+	c.idle = lim.IdleTimeout
+	c.filters = c.l.filters.Load()
+	if lim.MaxLifetime <= 0 {
+		return nil
+	}
+	return time.AfterFunc(lim.MaxLifetime, func() { c.close(events.CloseMaxLifetime, false) })
 }
 
 // waitTaken holds a paused connection, unread, until a handler takes it
@@ -196,8 +202,10 @@ func (c *Conn) end(err error) {
 	var errText string
 	switch {
 	case reason != 0:
-		if f := c.failure.Load(); f != nil {
-			errText = (*f).Error()
+		if s := c.session; s != nil {
+			if f := s.failure.Load(); f != nil { // why the daemon reset it
+				errText = (*f).Error()
+			}
 		}
 	case err == nil:
 		reason = events.ClosePeerClosed

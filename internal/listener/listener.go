@@ -221,9 +221,9 @@ func (l *Listener) finish(c *Conn, reason events.CloseReason, errText string) {
 	}
 	l.mu.Unlock()
 	l.bus.Wake(seq)
-	if c.result != nil {
-		*c.result = ConnResult{Reason: reason, Error: errText, BytesIn: in, BytesOut: out, Duration: dur}
-		close(c.resultDone)
+	if s := c.session; s != nil {
+		s.result = ConnResult{Reason: reason, Error: errText, BytesIn: in, BytesOut: out, Duration: dur}
+		close(s.done)
 	}
 	l.startPromoted(promoted, pseq)
 	l.signalSlot()
@@ -259,7 +259,7 @@ func (l *Listener) Connections() ([]ConnInfo, uint64) {
 	out := make([]ConnInfo, 0, len(l.conns)+l.queue.len())
 	for _, c := range l.conns {
 		out = append(out, ConnInfo{ID: events.ConnID(l.id, c.n), Listener: l.id, Tuple: c.tuple,
-			Opened: c.opened, BytesIn: c.in.Load(), BytesOut: c.out.Load(), QueueWait: c.served.Sub(c.opened)})
+			Opened: c.opened, BytesIn: c.in.Load(), BytesOut: c.out.Load(), QueueWait: c.queueWait})
 	}
 	for _, c := range l.queue.waiting {
 		out = append(out, ConnInfo{ID: events.ConnID(l.id, c.n), Listener: l.id, Tuple: c.tuple,

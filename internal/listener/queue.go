@@ -98,7 +98,7 @@ func (l *Listener) promoteLocked() ([]*Conn, uint64) {
 		if c.queueTimer != nil {
 			c.queueTimer.Stop() // a timeout already firing finds it gone
 		}
-		c.served = time.Now()
+		c.queueWait = time.Since(c.opened)
 		seq = l.openLocked(c)
 		out = append(out, c)
 	}
@@ -112,7 +112,7 @@ func (l *Listener) startPromoted(cs []*Conn, seq uint64) {
 		l.bus.Wake(seq)
 	}
 	for _, c := range cs {
-		l.host.queueLeft(l.id, c.served.Sub(c.opened))
+		l.host.queueLeft(l.id, c.queueWait)
 		if l.spec.Nagle {
 			_ = c.c.SetNoDelay(false)
 		}

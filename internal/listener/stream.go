@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
@@ -322,8 +323,7 @@ func (m *Manager) Take(connID, handler string) (*Session, error) {
 	}
 	delete(h.offered, n)
 	s := &Session{c: w.c, to: w.to, start: make(chan Sink, 1), handlerEnd: make(chan struct{}), done: make(chan struct{})}
-	w.c.result = &s.result
-	w.c.resultDone = s.done
+	w.c.session = s
 	w.taken <- s
 	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionTaken, Conn: n, Detail: &events.Detail{Handler: handler}})
 	return s, nil
@@ -350,6 +350,7 @@ type Session struct {
 	handlerEnd chan struct{} // closed when the handler ended its side or reset
 	done       chan struct{} // closed once the connection is closed and reported
 	result     ConnResult
+	failure    atomic.Pointer[error] // why the daemon reset it, for the closed event
 }
 
 // ConnResult is how a connection ended.
@@ -398,7 +399,7 @@ func (s *Session) Abort(err error) {
 		return // closed already: nothing to reset
 	default:
 	}
-	s.c.failure.Store(&err)
+	s.failure.Store(&err)
 	s.c.close(events.CloseHandlerGone, true)
 	s.endOnce.Do(func() { close(s.handlerEnd) })
 }
