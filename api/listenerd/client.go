@@ -48,6 +48,11 @@ type Options struct {
 	Token string
 	// DialOptions are added to the client's own.
 	DialOptions []grpc.DialOption
+	// NoHandover serves listeners' connections through the API even when
+	// the daemon is local. By default, over the unix socket, Listen and
+	// Attach take the sockets themselves (handover): Accept returns a
+	// *TCPConn holding the real socket, and bytes move at kernel speed.
+	NoHandover bool
 }
 
 // keepaliveParams ping the daemon every 30s while a stream is open, within
@@ -58,7 +63,8 @@ var keepaliveParams = keepalive.ClientParameters{Time: 30 * time.Second, Timeout
 // has a typed method for every RPC.
 type Client struct {
 	listenerdv1.ListenerServiceClient
-	conn *grpc.ClientConn
+	conn     *grpc.ClientConn
+	handover bool // the daemon is local: take sockets, not bytes
 }
 
 // Dial returns a client of the daemon; it connects lazily, on the first
@@ -72,7 +78,8 @@ func Dial(o Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{ListenerServiceClient: listenerdv1.NewListenerServiceClient(conn), conn: conn}, nil
+	return &Client{ListenerServiceClient: listenerdv1.NewListenerServiceClient(conn), conn: conn,
+		handover: o.Addr == "" && !o.NoHandover}, nil
 }
 
 // Conn is the client's gRPC connection.

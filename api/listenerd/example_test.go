@@ -60,7 +60,7 @@ func ExampleListener_Accept() {
 		defer conn.Close()
 		req, _ := io.ReadAll(conn) // to the peer's FIN
 		fmt.Fprintf(conn, "%d bytes from %s", len(req), conn.RemoteAddr().(*net.TCPAddr).IP)
-		conn.(*listenerd.Conn).CloseWrite()
+		conn.(interface{ CloseWrite() error }).CloseWrite() // a *listenerd.TCPConn here: the daemon is local
 	}()
 
 	peer, err := net.Dial("tcp", l.Addr().String())

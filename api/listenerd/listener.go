@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -31,22 +32,33 @@ type Listener struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	offers chan *listenerdv1.Offer
+	handed chan *TCPConn // handover: the sockets themselves
+	side   *net.UnixConn
 	done   chan struct{} // the attach stream ended
 	err    error         // why, once done is closed
 
 	closeOnce sync.Once
+
+	sideMu     sync.Mutex // one message at a time on the side connection
+	sideClosed bool
+	sideConns  int // handed-over connections not closed yet
 }
 
 // ListenOption changes what Listen asks for.
 type ListenOption func(*listenConfig)
 
 type listenConfig struct {
-	name    string
-	max     int
-	label   string
-	limits  *listenerdv1.Limits
-	handler *listenerdv1.StreamHandler
+	noHandover bool
+	name       string
+	max        int
+	label      string
+	limits     *listenerdv1.Limits
+	handler    *listenerdv1.StreamHandler
 }
+
+// WithoutHandover serves this listener's connections through the API
+// even when the daemon is local (see Options.NoHandover).
+func WithoutHandover() ListenOption { return func(c *listenConfig) { c.noHandover = true } }
 
 // WithName names the listener.
 func WithName(name string) ListenOption { return func(c *listenConfig) { c.name = name } }
@@ -115,13 +127,13 @@ func (c *Client) Attach(ctx context.Context, listener string, opts ...ListenOpti
 }
 
 func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Listener, error) {
+	handover := c.handover && !cfg.noHandover
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	st, err := c.AttachHandler(lctx, &listenerdv1.AttachHandlerRequest{ListenerId: ref, MaxConnections: uint32(cfg.max), Label: cfg.label})
-	if err != nil {
-		cancel()
-		return nil, err
+	st, first, err := c.attachStream(lctx, ref, cfg, handover)
+	if handover && status.Code(err) == codes.FailedPrecondition && strings.Contains(status.Convert(err).Message(), "handover") {
+		handover = false // a daemon without a side socket: bytes, then
+		st, first, err = c.attachStream(lctx, ref, cfg, false)
 	}
-	first, err := st.Recv()
 	if err != nil {
 		cancel()
 		return nil, err
@@ -135,8 +147,30 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 	l := &Listener{c: c, id: att.GetListenerId(), handle: att.GetHandlerId(), ctx: lctx, cancel: cancel,
 		offers: make(chan *listenerdv1.Offer), done: make(chan struct{})}
 	l.addr = tcpAddr(g.GetListener().GetStatus().GetBoundAddress())
+	if handover {
+		side, err := dialSide(att.GetHandoverPath(), att.GetHandoverSecret())
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("listenerd: handover: %w", err)
+		}
+		l.side, l.handed = side, make(chan *TCPConn)
+		go l.readHanded()
+	}
 	go l.readOffers(st)
 	return l, nil
+}
+
+func (c *Client) attachStream(ctx context.Context, ref string, cfg listenConfig, handover bool) (listenerdv1.ListenerService_AttachHandlerClient, *listenerdv1.AttachHandlerResponse, error) {
+	st, err := c.AttachHandler(ctx, &listenerdv1.AttachHandlerRequest{ListenerId: ref, MaxConnections: uint32(cfg.max),
+		Label: cfg.label, Handover: handover})
+	if err != nil {
+		return nil, nil, err
+	}
+	first, err := st.Recv()
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, first, nil
 }
 
 func (l *Listener) readOffers(st listenerdv1.ListenerService_AttachHandlerClient) {
@@ -164,6 +198,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		var o *listenerdv1.Offer
 		select {
+		case h := <-l.handed:
+			return h, nil
 		case o = <-l.offers:
 		case <-l.done:
 			if l.ctx.Err() != nil {
@@ -218,6 +254,16 @@ func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.cancel()
 		<-l.done
+		if l.side != nil {
+			// Accepted sockets go on, and report their own close; the side
+			// connection goes once the last one has.
+			l.sideMu.Lock()
+			l.sideClosed = true
+			if l.sideConns <= 0 {
+				l.side.Close()
+			}
+			l.sideMu.Unlock()
+		}
 		if l.owned {
 			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 			defer cancel()

@@ -18,9 +18,11 @@ import (
 	"github.com/listenerd/listenerd/internal/testkit"
 )
 
+// dialClient dials the daemon for the stream tests: bytes through the API,
+// not handover (handover_test.go has those).
 func dialClient(t *testing.T) *listenerd.Client {
 	t.Helper()
-	c, err := listenerd.Dial(listenerd.Options{})
+	c, err := listenerd.Dial(listenerd.Options{NoHandover: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +157,7 @@ func TestStopReadingSlowsOnlyItsPeer(t *testing.T) {
 // socket it held; the other handler's socket goes on.
 func TestHandlerGoneResetsOnlyItsSockets(t *testing.T) {
 	l := listen(t, dialClient(t), listenerd.WithConcurrency(1))
-	other, err := listenerd.Dial(listenerd.Options{})
+	other, err := listenerd.Dial(listenerd.Options{NoHandover: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,10 @@ import (
 // program would: listenerd.Dial(listenerd.Options{}). The daemon's
 // goroutines end with it; goleak checks nothing else is left.
 func TestMain(m *testing.M) {
+	if ref := os.Getenv("LISTENERD_TEST_HANDLER"); ref != "" {
+		handlerProcess(ref) // a child of a test: see handover_test.go
+		return
+	}
 	code, err := run(m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -31,7 +35,31 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
+	if code == 0 && fdsBefore >= 0 {
+		// Every descriptor the daemon and the tests opened (sockets
+		// handed over included) is closed once the daemon has stopped.
+		deadline := time.Now().Add(30 * time.Second)
+		for countFDs() > fdsBefore && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := countFDs(); n > fdsBefore {
+			fmt.Fprintf(os.Stderr, "descriptors: %d open after the daemon stopped, %d before it started\n", n, fdsBefore)
+			code = 1
+		}
+	}
 	os.Exit(code)
+}
+
+// fdsBefore is how many descriptors were open before the daemon started;
+// -1 where that cannot be read.
+var fdsBefore = -1
+
+func countFDs() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(ents)
 }
 
 func run(m *testing.M) (int, error) {
@@ -40,7 +68,9 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
+	testDir = dir
 	sock := filepath.Join(dir, "run", "l.sock")
+	fdsBefore = countFDs()
 	os.Setenv(listenerd.SocketEnv, sock)
 	ctx, cancel := context.WithCancel(context.Background())
 	serving := make(chan struct{})
@@ -66,6 +96,9 @@ func run(m *testing.M) (int, error) {
 	}
 	return code, nil
 }
+
+// testDir holds the daemon's socket directory.
+var testDir string
 
 // signalWriter closes its channel at the daemon's "serving on" line.
 type signalWriter struct{ ch chan struct{} }

@@ -45,10 +45,11 @@ const (
 	CloseDaemonShutdown
 	CloseMaxLifetime
 	CloseUpstreamFailed
-	CloseNoHandler    // stream: no handler attached for the claim timeout
-	CloseClaimTimeout // stream: not taken within the claim timeout
-	CloseHandlerGone  // stream: the handler's stream broke
-	CloseHandlerReset // stream: the handler reset the connection
+	CloseNoHandler     // stream: no handler attached for the claim timeout
+	CloseClaimTimeout  // stream: not taken within the claim timeout
+	CloseHandlerGone   // stream: the handler's stream broke
+	CloseHandlerReset  // stream: the handler reset the connection
+	CloseHandlerClosed // handover: the handler said it closed the connection
 )
 
 // RejectReason says why a connection was rejected.

@@ -31,11 +31,12 @@ type Conn struct {
 	// connection that waits on it (paused, half open, dialling upstream):
 	// most connections are woken by their socket closing and never need
 	// one, and an idle connection is cheaper without it.
-	mu     sync.Mutex
-	closed bool
-	kill   chan struct{}
-	take   chan struct{} // paused: closed when a handler takes it
-	peer   *net.TCPConn  // forward: the upstream connection
+	mu         sync.Mutex
+	closed     bool
+	handedOver bool // its descriptor is the handler's too: a close shuts it down
+	kill       chan struct{}
+	take       chan struct{} // paused: closed when a handler takes it
+	peer       *net.TCPConn  // forward: the upstream connection
 
 	queueTimer *time.Timer // queued: its queue_timeout; guarded by l.mu
 
@@ -52,11 +53,17 @@ func (c *Conn) close(reason events.CloseReason, reset bool) bool {
 		return first
 	}
 	c.closed = true
-	if reset {
-		_ = c.c.SetLinger(0)
-	}
 	if c.kill != nil {
 		close(c.kill)
+	}
+	if c.handedOver {
+		// The handler holds the socket too: shut it down for both; the
+		// daemon's copy is closed once its bytes are read (handover).
+		shutdown(c.c, reset)
+		return first
+	}
+	if reset {
+		_ = c.c.SetLinger(0)
 	}
 	_ = c.c.Close()
 	if c.peer != nil {

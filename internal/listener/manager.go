@@ -36,6 +36,13 @@ type Manager struct {
 	onConnClosed func(listener string, d time.Duration)
 	onQueueLeft  func(listener string, wait time.Duration)
 
+	// Handover: the side connections' listener and those open, the
+	// secrets of attachments not connected yet, and their goroutines.
+	handoverLn *net.UnixListener
+	sides      map[*sideConn]bool
+	secrets    map[string]*Attachment
+	sideWG     sync.WaitGroup
+
 	mu       sync.Mutex
 	byID     map[string]*Listener
 	byName   map[string]*Listener
@@ -70,7 +77,8 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 	m := &Manager{bus: bus, log: log, maxListeners: opts.MaxListeners,
 		maxConns: opts.MaxConnections, policy: opts.Policy, handlers: newHandlerTable(opts.Handlers),
 		onConnClosed: opts.ConnClosed, onQueueLeft: opts.QueueLeft,
-		byID: map[string]*Listener{}, byName: map[string]*Listener{}}
+		byID: map[string]*Listener{}, byName: map[string]*Listener{},
+		sides: map[*sideConn]bool{}, secrets: map[string]*Attachment{}}
 	if opts.Persister != nil {
 		m.saver = newSaver(opts.Persister)
 	}
@@ -459,6 +467,7 @@ func (m *Manager) Shutdown(timeout time.Duration) {
 			late = append(late, l)
 		}
 	}
+	defer m.endHandover() // once every listener has drained
 	if len(late) == 0 || timeout <= 0 {
 		m.wg.Wait()
 		return

@@ -87,7 +87,17 @@ type Attachment struct {
 	done      chan struct{}
 	load      int // offered or taken, not yet ended; guarded by hub.mu
 	once      sync.Once
+
+	// Handover: the sockets themselves go over a side connection.
+	m        *Manager
+	handover bool
+	secret   string    // one-time, for the side connection
+	side     *sideConn // once connected; guarded by hub.mu
 }
+
+// Secret is a handover attachment's one-time secret for its side
+// connection ("" without handover).
+func (a *Attachment) Secret() string { return a.secret }
 
 // ID is the handler's daemon-wide id.
 func (a *Attachment) ID() string { return a.id }
@@ -105,6 +115,11 @@ func (a *Attachment) Done() <-chan struct{} { return a.done }
 // Detach ends the attachment: offers it has not taken go to the other
 // handlers (or wait for one). Connections it took are unaffected.
 func (a *Attachment) Detach(reason string) {
+	if a.secret != "" {
+		a.m.mu.Lock()
+		delete(a.m.secrets, a.secret)
+		a.m.mu.Unlock()
+	}
 	h := a.hub
 	h.mu.Lock()
 	if h.handlers[a.id] != a {
@@ -155,9 +170,14 @@ func newHandlerID() string {
 // stream.
 var ErrNotStream = errors.New("the listener's handler is not stream")
 
+// ErrNoHandover is a handover attach on a daemon that serves none.
+var ErrNoHandover = errors.New("handover not served")
+
 // Attach attaches a handler to a stream listener, taking up to max
 // connections at once (0: DefaultHandlerConns).
-func (m *Manager) Attach(ref string, max int, label string) (*Attachment, error) {
+// With handover, connections go to the handler as descriptors over the
+// side connection it opens with the attachment's secret (ServeHandover).
+func (m *Manager) Attach(ref string, max int, label string, handover bool) (*Attachment, error) {
 	if max < 0 || max > MaxHandlerConns {
 		return nil, Invalid("max_connections", "%d is out of range 1-%d (0: %d)", max, MaxHandlerConns, DefaultHandlerConns)
 	}
@@ -175,7 +195,14 @@ func (m *Manager) Attach(ref string, max int, label string) (*Attachment, error)
 	if State(l.state.Load()) != StateListening {
 		return nil, fmt.Errorf("listener %s is %s: %w", l.id, State(l.state.Load()), ErrNotListening)
 	}
-	a := &Attachment{id: newHandlerID(), label: label, max: max, hub: h, offers: make(chan Offer, max), done: make(chan struct{})}
+	a := &Attachment{id: newHandlerID(), label: label, max: max, hub: h, offers: make(chan Offer, max), done: make(chan struct{}),
+		m: m, handover: handover}
+	if handover {
+		a.secret = newSecret()
+		m.mu.Lock()
+		m.secrets[a.secret] = a
+		m.mu.Unlock()
+	}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -199,6 +226,9 @@ func (h *streamHub) dispatchLocked() {
 	for len(h.queue) > 0 {
 		var best *Attachment
 		for _, a := range h.order {
+			if a.handover && a.side == nil {
+				continue // not connected yet: nowhere to send a socket
+			}
 			if a.load < a.max && (best == nil || a.load < best.load) {
 				best = a
 			}
@@ -210,6 +240,11 @@ func (h *streamHub) dispatchLocked() {
 		h.queue = h.queue[1:]
 		w.to = best
 		best.load++
+		if best.handover { // no take: the socket goes at once
+			w.taken <- &Session{c: w.c, to: best, side: best.side, done: make(chan struct{}), handlerEnd: make(chan struct{})}
+			h.l.bus.Publish(events.Event{Listener: h.l.id, Kind: events.KindConnectionTaken, Conn: w.c.n, Detail: &events.Detail{Handler: best.id}})
+			continue
+		}
 		h.offered[w.c.n] = w
 		best.offers <- Offer{ConnID: w.c.ID(), Tuple: w.c.tuple} // room: load <= max
 	}
@@ -269,6 +304,10 @@ func (h *streamHub) Serve(c *Conn) error {
 		}
 	}
 	defer h.ended(s)
+	if s.side != nil {
+		c.session = s
+		return s.handover(s.side)
+	}
 	return s.pump()
 }
 
@@ -345,6 +384,7 @@ type Sink interface {
 type Session struct {
 	c          *Conn
 	to         *Attachment
+	side       *sideConn // handover: the descriptor goes there
 	start      chan Sink
 	endOnce    sync.Once
 	handlerEnd chan struct{} // closed when the handler ended its side or reset

@@ -141,6 +141,13 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("listeners restored", "listening", up, "failed", failed, "state", cfg.StateDir)
 	}
 	svc := service.New(mgr, log)
+	if hln, err := listenHandover(cfg.Socket + ".handover"); err != nil {
+		log.Warn("handover not served: its side socket cannot listen", "err", err)
+	} else {
+		defer os.Remove(cfg.Socket + ".handover")
+		mgr.ServeHandover(hln)
+		svc.ServeHandoverAt(cfg.Socket + ".handover")
+	}
 	srv, hs := newGRPCServer(svc, log, transport{name: "unix",
 		limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met)
 	srvs, hss := []*grpc.Server{srv}, []*health.Server{hs}
@@ -422,4 +429,25 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, func(), error) {
 		return nil, nil, fmt.Errorf("socket mode: %w", err)
 	}
 	return ln, unlock, nil
+}
+
+// listenHandover listens on the side socket of handover (SOCK_SEQPACKET,
+// mode 0600) beside the API socket. The API socket's lock is held, so
+// whatever sits at the path is a leftover of this socket's daemon.
+func listenHandover(path string) (*net.UnixListener, error) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false) // removed by Run, once the manager is done with it
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }

@@ -42,6 +42,7 @@ var errorTable = []struct {
 	{listener.ErrNotListening, codes.FailedPrecondition, "NOT_LISTENING"},
 	{listener.ErrNotFailed, codes.FailedPrecondition, "NOT_FAILED"},
 	{listener.ErrNotStream, codes.FailedPrecondition, "NOT_STREAM"},
+	{listener.ErrNoHandover, codes.FailedPrecondition, "NO_HANDOVER"},
 	{listener.ErrOfferedElsewhere, codes.FailedPrecondition, "OFFERED_ELSEWHERE"},
 	{listener.ErrPermission, codes.PermissionDenied, "PERMISSION_DENIED"},
 	{listener.ErrLimit, codes.ResourceExhausted, "LIMIT_REACHED"},

@@ -24,7 +24,13 @@ type Service struct {
 	m   *listener.Manager
 	log *slog.Logger
 	enc *encCache
+
+	handoverPath string // the side socket of handover attaches; "": none
 }
+
+// ServeHandoverAt says where handlers attached for handover connect: the
+// path the server's side socket listens on.
+func (s *Service) ServeHandoverAt(path string) { s.handoverPath = path }
 
 var _ listenerdv1.ListenerServiceServer = (*Service)(nil)
 

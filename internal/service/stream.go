@@ -2,10 +2,12 @@ package service
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
@@ -24,12 +26,24 @@ func (s *Service) AttachHandler(req *listenerdv1.AttachHandlerRequest, stream gr
 	if l := req.GetLabel(); len(l) > maxLabel || !utf8.ValidString(l) {
 		return s.err(listener.Invalid("label", "%d bytes of valid UTF-8 at most", maxLabel))
 	}
-	a, err := s.m.Attach(req.GetListenerId(), int(req.GetMaxConnections()), req.GetLabel())
+	if req.GetHandover() {
+		if s.handoverPath == "" {
+			return s.err(fmt.Errorf("%w: this daemon has no side socket for descriptors (see its log)", listener.ErrNoHandover))
+		}
+		if p, ok := peer.FromContext(stream.Context()); !ok || p.Addr == nil || p.Addr.Network() != "unix" {
+			return s.err(listener.Invalid("handover", "only over the daemon's unix socket: descriptors cannot cross hosts"))
+		}
+	}
+	a, err := s.m.Attach(req.GetListenerId(), int(req.GetMaxConnections()), req.GetLabel(), req.GetHandover())
 	if err != nil {
 		return s.err(err)
 	}
+	att := &listenerdv1.Attached{HandlerId: a.ID(), ListenerId: a.Listener()}
+	if req.GetHandover() {
+		att.HandoverPath, att.HandoverSecret = s.handoverPath, a.Secret()
+	}
 	if err := stream.Send(&listenerdv1.AttachHandlerResponse{Kind: &listenerdv1.AttachHandlerResponse_Attached{
-		Attached: &listenerdv1.Attached{HandlerId: a.ID(), ListenerId: a.Listener()}}}); err != nil {
+		Attached: att}}); err != nil {
 		a.Detach("the attach stream broke: " + err.Error())
 		return err
 	}

@@ -383,6 +383,8 @@ const (
 	CloseReason_CLOSE_REASON_HANDLER_GONE CloseReason = 11
 	// Stream handler: the handler reset the connection.
 	CloseReason_CLOSE_REASON_HANDLER_RESET CloseReason = 12
+	// Handover: the handler said it closed the connection.
+	CloseReason_CLOSE_REASON_HANDLER_CLOSED CloseReason = 13
 )
 
 // Enum value maps for CloseReason.
@@ -401,6 +403,7 @@ var (
 		10: "CLOSE_REASON_CLAIM_TIMEOUT",
 		11: "CLOSE_REASON_HANDLER_GONE",
 		12: "CLOSE_REASON_HANDLER_RESET",
+		13: "CLOSE_REASON_HANDLER_CLOSED",
 	}
 	CloseReason_value = map[string]int32{
 		"CLOSE_REASON_UNSPECIFIED":     0,
@@ -416,6 +419,7 @@ var (
 		"CLOSE_REASON_CLAIM_TIMEOUT":   10,
 		"CLOSE_REASON_HANDLER_GONE":    11,
 		"CLOSE_REASON_HANDLER_RESET":   12,
+		"CLOSE_REASON_HANDLER_CLOSED":  13,
 	}
 )
 
@@ -3628,7 +3632,17 @@ type AttachHandlerRequest struct {
 	// means 64.
 	MaxConnections uint32 `protobuf:"varint,2,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
 	// A label for events and logs (a host name, a pid), at most 128 bytes.
-	Label         string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	Label string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	// Handover: take the sockets themselves instead of their bytes. Only over
+	// the daemon's unix socket. The attached reply names a side unix socket
+	// (SOCK_SEQPACKET) and a one-time secret: connect to it, send the secret
+	// as the first message, and each offered connection arrives there as one
+	// message "<connection id> <remote host:port> <local host:port>" carrying
+	// the socket's descriptor (SCM_RIGHTS). Send "closed <connection id>" when
+	// done with one. The daemon counts a handed-over connection until then, or
+	// until the side connection ends. Only a peer of the daemon's own uid, or
+	// root, is served (SO_PEERCRED). No offer messages come on this stream.
+	Handover      bool `protobuf:"varint,4,opt,name=handover,proto3" json:"handover,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3682,6 +3696,13 @@ func (x *AttachHandlerRequest) GetLabel() string {
 		return x.Label
 	}
 	return ""
+}
+
+func (x *AttachHandlerRequest) GetHandover() bool {
+	if x != nil {
+		return x.Handover
+	}
+	return false
 }
 
 // AttachHandlerResponse is the attach's acknowledgement, then one offer a
@@ -3778,9 +3799,13 @@ type Attached struct {
 	// The handler's id, unique in the daemon.
 	HandlerId string `protobuf:"bytes,1,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
 	// The listener's id.
-	ListenerId    string `protobuf:"bytes,2,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ListenerId string `protobuf:"bytes,2,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	// Handover: the side socket's path.
+	HandoverPath string `protobuf:"bytes,3,opt,name=handover_path,json=handoverPath,proto3" json:"handover_path,omitempty"`
+	// Handover: the one-time secret to send first on the side socket.
+	HandoverSecret string `protobuf:"bytes,4,opt,name=handover_secret,json=handoverSecret,proto3" json:"handover_secret,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Attached) Reset() {
@@ -3823,6 +3848,20 @@ func (x *Attached) GetHandlerId() string {
 func (x *Attached) GetListenerId() string {
 	if x != nil {
 		return x.ListenerId
+	}
+	return ""
+}
+
+func (x *Attached) GetHandoverPath() string {
+	if x != nil {
+		return x.HandoverPath
+	}
+	return ""
+}
+
+func (x *Attached) GetHandoverSecret() string {
+	if x != nil {
+		return x.HandoverSecret
 	}
 	return ""
 }
@@ -4468,21 +4507,24 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0fConnectionTaken\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1d\n" +
 	"\n" +
-	"handler_id\x18\x02 \x01(\tR\thandlerId\"v\n" +
+	"handler_id\x18\x02 \x01(\tR\thandlerId\"\x92\x01\n" +
 	"\x14AttachHandlerRequest\x12\x1f\n" +
 	"\vlistener_id\x18\x01 \x01(\tR\n" +
 	"listenerId\x12'\n" +
 	"\x0fmax_connections\x18\x02 \x01(\rR\x0emaxConnections\x12\x14\n" +
-	"\x05label\x18\x03 \x01(\tR\x05label\"\x82\x01\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\x12\x1a\n" +
+	"\bhandover\x18\x04 \x01(\bR\bhandover\"\x82\x01\n" +
 	"\x15AttachHandlerResponse\x124\n" +
 	"\battached\x18\x01 \x01(\v2\x16.listenerd.v1.AttachedH\x00R\battached\x12+\n" +
 	"\x05offer\x18\x02 \x01(\v2\x13.listenerd.v1.OfferH\x00R\x05offerB\x06\n" +
-	"\x04kind\"J\n" +
+	"\x04kind\"\x98\x01\n" +
 	"\bAttached\x12\x1d\n" +
 	"\n" +
 	"handler_id\x18\x01 \x01(\tR\thandlerId\x12\x1f\n" +
 	"\vlistener_id\x18\x02 \x01(\tR\n" +
-	"listenerId\"[\n" +
+	"listenerId\x12#\n" +
+	"\rhandover_path\x18\x03 \x01(\tR\fhandoverPath\x12'\n" +
+	"\x0fhandover_secret\x18\x04 \x01(\tR\x0ehandoverSecret\"[\n" +
 	"\x05Offer\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12-\n" +
 	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\"\xb4\x01\n" +
@@ -4538,7 +4580,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x12\x1f\n" +
 	"\x1bEVENT_KIND_HANDLER_ATTACHED\x10\v\x12\x1f\n" +
 	"\x1bEVENT_KIND_HANDLER_DETACHED\x10\f\x12\x1f\n" +
-	"\x1bEVENT_KIND_CONNECTION_TAKEN\x10\r*\x9a\x03\n" +
+	"\x1bEVENT_KIND_CONNECTION_TAKEN\x10\r*\xbb\x03\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x16\n" +
@@ -4553,7 +4595,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x1aCLOSE_REASON_CLAIM_TIMEOUT\x10\n" +
 	"\x12\x1d\n" +
 	"\x19CLOSE_REASON_HANDLER_GONE\x10\v\x12\x1e\n" +
-	"\x1aCLOSE_REASON_HANDLER_RESET\x10\f*\xcf\x02\n" +
+	"\x1aCLOSE_REASON_HANDLER_RESET\x10\f\x12\x1f\n" +
+	"\x1bCLOSE_REASON_HANDLER_CLOSED\x10\r*\xcf\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dREJECT_REASON_MAX_CONNECTIONS\x10\x01\x12\x1f\n" +

@@ -1,0 +1,92 @@
+//go:build linux
+
+package listener
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// peerAllowed says whether c's peer is this process's user or root.
+func peerAllowed(c *net.UnixConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return cerr
+	}
+	if cred.Uid != 0 && cred.Uid != uint32(os.Getuid()) {
+		return fmt.Errorf("%w: peer uid %d is neither the daemon's (%d) nor root", ErrHandoverRefused, cred.Uid, os.Getuid())
+	}
+	return nil
+}
+
+// sendConn sends c's descriptor with its id and addresses.
+func sendConn(side *net.UnixConn, c *Conn) error {
+	rc, err := c.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	msg := []byte(fmt.Sprintf("%s %s %s", c.ID(), c.tuple.Remote, c.tuple.Local))
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		_, _, serr = side.WriteMsgUnix(msg, unix.UnixRights(int(fd)), nil)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// shutdown ends both directions of a handed-over socket for every holder
+// of it; with reset, the daemon's close that follows is an RST.
+func shutdown(c *net.TCPConn, reset bool) {
+	if reset {
+		_ = c.SetLinger(0)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+}
+
+// tcpBytes reads the bytes a socket received and the bytes its peer
+// acknowledged (TCP_INFO), for a handed-over connection's counts.
+func tcpBytes(c *net.TCPConn) (in, out uint64, ok bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, 0, false
+	}
+	var info *unix.TCPInfo
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil || gerr != nil {
+		return 0, 0, false
+	}
+	// A FIN takes a sequence number: each count holds one past the data
+	// once that side's FIN is in. The state says which FINs are: after a
+	// reset (CLOSED without both FINs) the counts may be one short.
+	in, out = info.Bytes_received, info.Bytes_acked
+	switch info.State {
+	case unix.BPF_TCP_CLOSE_WAIT, unix.BPF_TCP_LAST_ACK, unix.BPF_TCP_CLOSING:
+		in = max(in, 1) - 1
+	case unix.BPF_TCP_FIN_WAIT2:
+		out = max(out, 1) - 1
+	case unix.BPF_TCP_TIME_WAIT, unix.BPF_TCP_CLOSE:
+		in, out = max(in, 1)-1, max(out, 1)-1
+	}
+	return in, out, true
+}
