@@ -623,15 +623,16 @@ func (b *bench) idleOnce(ctx context.Context, col string, rep int) (float64, err
 		return 0, err
 	}
 	if b.cfg.progress {
-		b.logf("            %s: VmRSS %d KiB before, %d KiB with %d connections held", col, held.rss0, held.rss1, b.sz.holdConns)
+		b.logf("            %s: VmRSS %d KiB before, %d KiB with %d connections held", col, held.rss0[0], held.rss1[0], b.sz.holdConns)
 	}
-	return held.perConn, nil
+	return held.perConn[0], nil
 }
 
-// holdResult is what holding the connections measured.
+// holdResult is what holding the connections measured, for each process
+// watched.
 type holdResult struct {
-	rss0, rss1 int64 // KiB
-	perConn    float64
+	rss0, rss1 []int64 // KiB
+	perConn    []float64
 	release    func() // closes the connections
 }
 
@@ -640,7 +641,7 @@ type holdResult struct {
 // open-file limit), echoes once on each, reads its RSS again and releases
 // them.
 func (b *bench) hold(ctx context.Context, addr string, pid int) (holdResult, error) {
-	h, err := b.holdHook(ctx, addr, pid, nil)
+	h, err := b.holdHook(ctx, addr, b.sz.holdConns, []int{pid}, nil)
 	if err != nil {
 		return h, err
 	}
@@ -648,21 +649,21 @@ func (b *bench) hold(ctx context.Context, addr string, pid int) (holdResult, err
 	return h, nil
 }
 
-// holdHook is hold with a hook run after the first RSS reading; on success
-// the connections stay open until the caller calls release.
-func (b *bench) holdHook(ctx context.Context, addr string, pid int, before func()) (res holdResult, err error) {
+// holdHook is hold with n connections, the RSS of each of pids (the
+// processes that serve them) and a hook run after the first RSS reading;
+// on success the connections stay open until the caller calls release.
+func (b *bench) holdHook(ctx context.Context, addr string, n int, pids []int, before func()) (res holdResult, err error) {
 	// One-time costs (first buffers, poller, pools) are not per connection.
 	if _, err := b.loadgen(ctx, "short", "--addr", addr, "--conns", "64", "--concurrency", "8", "--size", itoa(b.sz.msg)); err != nil {
 		return res, fmt.Errorf("warm-up: %w", err)
 	}
 	time.Sleep(b.sz.settle)
-	if res.rss0, err = rssKiB(pid); err != nil {
+	if res.rss0, err = rssOf(pids); err != nil {
 		return res, err
 	}
 	if before != nil {
 		before()
 	}
-	n := b.sz.holdConns
 	parts := []int{n / 2, n - n/2}
 	var clients []*proc
 	release := func() {
@@ -698,12 +699,27 @@ func (b *bench) holdHook(ctx context.Context, addr string, pid int, before func(
 		}
 	}
 	time.Sleep(b.sz.settle)
-	if res.rss1, err = rssKiB(pid); err != nil {
+	if res.rss1, err = rssOf(pids); err != nil {
 		return res, err
 	}
-	res.perConn = float64(res.rss1-res.rss0) * 1024 / float64(n)
+	for i := range pids {
+		res.perConn = append(res.perConn, float64(res.rss1[i]-res.rss0[i])*1024/float64(n))
+	}
 	res.release = release
 	return res, nil
+}
+
+// rssOf reads VmRSS of each of pids.
+func rssOf(pids []int) ([]int64, error) {
+	out := make([]int64, len(pids))
+	for i, pid := range pids {
+		v, err := rssKiB(pid)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -76,14 +76,20 @@ func serveMain(args []string) int {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
 	}()
-	// Accept until the process ends; pass accept errors back off like
-	// net/http does, so they never spin a core.
+	acceptLoop(ln.AcceptTCP, handle)
+	return 0
+}
+
+// acceptLoop accepts until the listener closes (or the process ends),
+// serving each connection on a goroutine of its own and closing it after;
+// accept errors back off like net/http does, so they never spin a core.
+func acceptLoop[C io.Closer](accept func() (C, error), handle func(C)) {
 	var backoff time.Duration
 	for {
-		c, err := ln.AcceptTCP()
+		c, err := accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return 0
+				return
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			time.Sleep(backoff)
