@@ -41,6 +41,7 @@ type bench struct {
 	bareGRPC               *server     // f: a bare grpc-go health server; addr is its socket
 	saving                 *daemonProc // f: a daemon that saves its state, as by default
 	node                   *server
+	handler                *server            // h, i: the Go stream handler serving a listener of d
 	forwarders             map[string]*server // c's peers by column: node, socat, haproxy, toxiproxy
 
 	metrics  map[string]*metric
@@ -134,7 +135,7 @@ func (b *bench) setup(ctx context.Context) error {
 		b.peerBins[fp.col] = lookPeer(b.cfg.peers[fp.col], fp.bin)
 	}
 
-	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfg")
+	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfghi")
 	if needDaemon {
 		if b.d, err = b.startKept(ctx, "main", ""); err != nil {
 			return err
@@ -145,10 +146,20 @@ func (b *bench) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if strings.ContainsAny(b.cfg.cases, "abd") {
+	if strings.ContainsAny(b.cfg.cases, "abdhi") {
 		if b.goEcho, err = b.startGo(ctx, "echo"); err != nil {
 			return err
 		}
+	}
+	if strings.ContainsAny(b.cfg.cases, "hi") {
+		// One client connection, taking up to streamPer connections at
+		// once: more than a's 64 at a time.
+		if b.handler, err = b.startHandler(ctx, b.d, b.sz.streamPer); err != nil {
+			return fmt.Errorf("the Go stream handler: %w", err)
+		}
+		b.cleanups = append(b.cleanups, func() { _ = b.handler.closeStdin(30 * time.Second) })
+	}
+	if strings.ContainsAny(b.cfg.cases, "abd") {
 		if b.nodeBin != "" {
 			if b.node, err = startNode(ctx, b.nodeBin, b.tmp, b.log); err != nil {
 				return err
@@ -278,6 +289,16 @@ func (b *bench) defineMetrics() {
 			unit: "µs", target: 10, noNode: true, baseIs: "net.Listen+Close in the client"},
 		{key: "g", label: fmt.Sprintf("accept rate with %d watchers (a's load)", sz.watchers),
 			unit: "conn/s", higher: true, target: 0.90, noNode: true, baseIs: "listenerd with no watcher", cpuUnit: "µs/conn"},
+		{key: "h", label: fmt.Sprintf("stream handler, bulk echo: %d conns x %s", sz.bulkConns, mib(sz.bulkBytes)),
+			unit: "MiB/s", higher: true, target: 0.5, noNode: true, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "ms/GiB"},
+		{key: "i", label: fmt.Sprintf("stream handler, short conns: %d x %d B echo, %d at a time", sz.shortConns, sz.msg, sz.shortConc),
+			unit: "conn/s", higher: true, target: 0.5, noNode: true, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "µs/conn"},
+		{key: "i50", label: fmt.Sprintf("stream handler, round trip p50: %d B, %d trips (no target)", sz.msg, sz.rttN),
+			unit: "µs", noNode: true, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "µs/trip"},
+		{key: "j", label: fmt.Sprintf("stream handler, RSS growth per held conn, %d held: daemon + handler (no target)", sz.streamHold),
+			unit: "B/conn", noNode: true, baseIs: "Go goroutine/conn io.Copy echo"},
+		{key: "jd", label: "  of which the daemon", unit: "B/conn", noNode: true, baseIs: "Go goroutine/conn io.Copy echo"},
+		{key: "jh", label: "  of which the handler process", unit: "B/conn", noNode: true, baseIs: "Go goroutine/conn io.Copy echo"},
 	}
 	b.metrics = map[string]*metric{}
 	for _, m := range defs {
@@ -400,6 +421,12 @@ func (b *bench) runCase(ctx context.Context, c byte, rep int) error {
 		return b.runAPI(ctx, rep)
 	case 'g':
 		return b.runShortCase(ctx, "g", rep, []string{colDaemon, colBase}, b.sz.watchers)
+	case 'h':
+		return b.runStreamBulk(ctx, rep)
+	case 'i':
+		return b.runStreamShort(ctx, rep)
+	case 'j':
+		return b.runStreamHold(ctx, rep)
 	}
 	return fmt.Errorf("unknown case %c", c)
 }

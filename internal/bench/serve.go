@@ -27,11 +27,16 @@ import (
 //	echo4k   read into a 4 KiB buffer, write back   case e
 //	forward  io.Copy both ways to --upstream        case c
 //	grpc     grpc.health.v1 on the unix --socket    case f's floor of an RPC
+//	stream   the Go stream handler: a listener on the daemon at --socket,
+//	         each connection echoed with io.Copy(c, c)  cases h, i, j
+//	         (not a bare server: listenerd's column of those cases)
 func serveMain(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	mode := fs.String("mode", "echo", "echo, echo4k, forward or grpc")
+	mode := fs.String("mode", "echo", "echo, echo4k, forward, grpc or stream")
 	upstream := fs.String("upstream", "", "forward: upstream host:port")
-	socket := fs.String("socket", "", "grpc: the unix socket to serve on")
+	socket := fs.String("socket", "", "grpc: the unix socket to serve on; stream: the daemon's socket")
+	clients := fs.Int("clients", 1, "stream: client connections to the daemon, each attached to the listener")
+	per := fs.Int("per", 100, "stream: connections each client connection takes at once (the API serves at most 128 streams a connection)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address and print it")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -40,6 +45,8 @@ func serveMain(args []string) int {
 	switch *mode {
 	case "grpc":
 		return serveGRPC(*socket)
+	case "stream":
+		return serveStream(*socket, *clients, *per)
 	case "echo":
 		handle = func(c *net.TCPConn) { _, _ = io.Copy(c, c) }
 	case "echo4k":
