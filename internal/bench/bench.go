@@ -41,6 +41,7 @@ type bench struct {
 	bareGRPC               *server     // f: a bare grpc-go health server; addr is its socket
 	saving                 *daemonProc // f: a daemon that saves its state, as by default
 	node                   *server
+	handler                *server            // h, i: the Go stream handler serving a listener of d
 	forwarders             map[string]*server // c's peers by column: node, socat, haproxy, toxiproxy
 
 	metrics  map[string]*metric
@@ -134,7 +135,7 @@ func (b *bench) setup(ctx context.Context) error {
 		b.peerBins[fp.col] = lookPeer(b.cfg.peers[fp.col], fp.bin)
 	}
 
-	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfg")
+	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfghi")
 	if needDaemon {
 		if b.d, err = b.startKept(ctx, "main", ""); err != nil {
 			return err
@@ -145,10 +146,20 @@ func (b *bench) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if strings.ContainsAny(b.cfg.cases, "abd") {
+	if strings.ContainsAny(b.cfg.cases, "abdhi") {
 		if b.goEcho, err = b.startGo(ctx, "echo"); err != nil {
 			return err
 		}
+	}
+	if strings.ContainsAny(b.cfg.cases, "hi") {
+		// One client connection, taking up to streamPer connections at
+		// once: more than a's 64 at a time.
+		if b.handler, err = b.startHandler(ctx, b.d, b.sz.streamPer); err != nil {
+			return fmt.Errorf("the Go stream handler: %w", err)
+		}
+		b.cleanups = append(b.cleanups, func() { _ = b.handler.closeStdin(30 * time.Second) })
+	}
+	if strings.ContainsAny(b.cfg.cases, "abd") {
 		if b.nodeBin != "" {
 			if b.node, err = startNode(ctx, b.nodeBin, b.tmp, b.log); err != nil {
 				return err
@@ -262,6 +273,13 @@ func (b *bench) defineMetrics() {
 	if sz.bulkBytes < 1<<20 {
 		mib = func(n int64) string { return strconv.FormatInt(n>>10, 10) + " KiB" }
 	}
+	// Cases h-j through the API (issue 15's targets: 0.5x), or with
+	// --handover the sockets themselves (issue 16's: 0.95x bulk, 0.7x
+	// connection rate).
+	handler, hTarget, iTarget := "stream handler", 0.5, 0.5
+	if b.cfg.handover {
+		handler, hTarget, iTarget = "handover handler", 0.95, 0.7
+	}
 	defs := []*metric{
 		{key: "a", label: fmt.Sprintf("short conns: %d x %d B echo, %d at a time, 1 watcher", sz.shortConns, sz.msg, sz.shortConc),
 			unit: "conn/s", higher: true, target: 0.90, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "µs/conn"},
@@ -278,6 +296,16 @@ func (b *bench) defineMetrics() {
 			unit: "µs", target: 10, noNode: true, baseIs: "net.Listen+Close in the client"},
 		{key: "g", label: fmt.Sprintf("accept rate with %d watchers (a's load)", sz.watchers),
 			unit: "conn/s", higher: true, target: 0.90, noNode: true, baseIs: "listenerd with no watcher", cpuUnit: "µs/conn"},
+		{key: "h", label: fmt.Sprintf("%s, bulk echo: %d conns x %s", handler, sz.bulkConns, mib(sz.bulkBytes)),
+			unit: "MiB/s", higher: true, target: hTarget, noNode: true, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "ms/GiB"},
+		{key: "i", label: fmt.Sprintf("%s, short conns: %d x %d B echo, %d at a time", handler, sz.shortConns, sz.msg, sz.shortConc),
+			unit: "conn/s", higher: true, target: iTarget, noNode: true, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "µs/conn"},
+		{key: "i50", label: fmt.Sprintf(handler+", round trip p50: %d B, %d trips (no target)", sz.msg, sz.rttN),
+			unit: "µs", noNode: true, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "µs/trip"},
+		{key: "j", label: fmt.Sprintf(handler+", RSS growth per held conn, %d held: daemon + handler (no target)", sz.streamHold),
+			unit: "B/conn", noNode: true, baseIs: "Go goroutine/conn io.Copy echo"},
+		{key: "jd", label: "  of which the daemon", unit: "B/conn", noNode: true, baseIs: "Go goroutine/conn io.Copy echo"},
+		{key: "jh", label: "  of which the handler process", unit: "B/conn", noNode: true, baseIs: "Go goroutine/conn io.Copy echo"},
 	}
 	b.metrics = map[string]*metric{}
 	for _, m := range defs {
@@ -400,6 +428,12 @@ func (b *bench) runCase(ctx context.Context, c byte, rep int) error {
 		return b.runAPI(ctx, rep)
 	case 'g':
 		return b.runShortCase(ctx, "g", rep, []string{colDaemon, colBase}, b.sz.watchers)
+	case 'h':
+		return b.runStreamBulk(ctx, rep)
+	case 'i':
+		return b.runStreamShort(ctx, rep)
+	case 'j':
+		return b.runStreamHold(ctx, rep)
 	}
 	return fmt.Errorf("unknown case %c", c)
 }
@@ -623,15 +657,16 @@ func (b *bench) idleOnce(ctx context.Context, col string, rep int) (float64, err
 		return 0, err
 	}
 	if b.cfg.progress {
-		b.logf("            %s: VmRSS %d KiB before, %d KiB with %d connections held", col, held.rss0, held.rss1, b.sz.holdConns)
+		b.logf("            %s: VmRSS %d KiB before, %d KiB with %d connections held", col, held.rss0[0], held.rss1[0], b.sz.holdConns)
 	}
-	return held.perConn, nil
+	return held.perConn[0], nil
 }
 
-// holdResult is what holding the connections measured.
+// holdResult is what holding the connections measured, for each process
+// watched.
 type holdResult struct {
-	rss0, rss1 int64 // KiB
-	perConn    float64
+	rss0, rss1 []int64 // KiB
+	perConn    []float64
 	release    func() // closes the connections
 }
 
@@ -640,7 +675,7 @@ type holdResult struct {
 // open-file limit), echoes once on each, reads its RSS again and releases
 // them.
 func (b *bench) hold(ctx context.Context, addr string, pid int) (holdResult, error) {
-	h, err := b.holdHook(ctx, addr, pid, nil)
+	h, err := b.holdHook(ctx, addr, b.sz.holdConns, []int{pid}, nil)
 	if err != nil {
 		return h, err
 	}
@@ -648,21 +683,21 @@ func (b *bench) hold(ctx context.Context, addr string, pid int) (holdResult, err
 	return h, nil
 }
 
-// holdHook is hold with a hook run after the first RSS reading; on success
-// the connections stay open until the caller calls release.
-func (b *bench) holdHook(ctx context.Context, addr string, pid int, before func()) (res holdResult, err error) {
+// holdHook is hold with n connections, the RSS of each of pids (the
+// processes that serve them) and a hook run after the first RSS reading;
+// on success the connections stay open until the caller calls release.
+func (b *bench) holdHook(ctx context.Context, addr string, n int, pids []int, before func()) (res holdResult, err error) {
 	// One-time costs (first buffers, poller, pools) are not per connection.
 	if _, err := b.loadgen(ctx, "short", "--addr", addr, "--conns", "64", "--concurrency", "8", "--size", itoa(b.sz.msg)); err != nil {
 		return res, fmt.Errorf("warm-up: %w", err)
 	}
 	time.Sleep(b.sz.settle)
-	if res.rss0, err = rssKiB(pid); err != nil {
+	if res.rss0, err = rssOf(pids); err != nil {
 		return res, err
 	}
 	if before != nil {
 		before()
 	}
-	n := b.sz.holdConns
 	parts := []int{n / 2, n - n/2}
 	var clients []*proc
 	release := func() {
@@ -698,12 +733,27 @@ func (b *bench) holdHook(ctx context.Context, addr string, pid int, before func(
 		}
 	}
 	time.Sleep(b.sz.settle)
-	if res.rss1, err = rssKiB(pid); err != nil {
+	if res.rss1, err = rssOf(pids); err != nil {
 		return res, err
 	}
-	res.perConn = float64(res.rss1-res.rss0) * 1024 / float64(n)
+	for i := range pids {
+		res.perConn = append(res.perConn, float64(res.rss1[i]-res.rss0[i])*1024/float64(n))
+	}
 	res.release = release
 	return res, nil
+}
+
+// rssOf reads VmRSS of each of pids.
+func rssOf(pids []int) ([]int64, error) {
+	out := make([]int64, len(pids))
+	for i, pid := range pids {
+		v, err := rssKiB(pid)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = v
+	}
+	return out, nil
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -74,6 +74,9 @@ func TestQuick(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^\s+[0-9.]+ µs against [0-9.]+ µs for net.Listen\+Close, [0-9.]+x`).MatchString(out) {
 		t.Error("no state-saved figure in case f's notes")
 	}
+	if !regexp.MustCompile(`(?m)^h, i: listenerd's server CPU is the daemon's and the Go stream handler's together \(medians\): h daemon [0-9.]+ \+ handler [0-9.]+ ms/GiB`).MatchString(out) {
+		t.Error("no split of the stream cases' CPU between the daemon and the handler")
+	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s\nstderr:\n%s", out, &stderr)
 	}

@@ -16,7 +16,10 @@
 // Cases (issue 7): a short connections with one watcher; b bulk echo;
 // c forward; d small-message round trip; e memory per idle connection;
 // f CreateListener+CloseListener against net.Listen+Close; g accept rate
-// with 10 watchers against none.
+// with 10 watchers against none. Cases (issue 15), through a Go stream
+// handler (this binary as "serve --mode stream") against the bare Go echo
+// server: h bulk echo; i connection rate and round trip; j memory per
+// held connection.
 package main
 
 import (
@@ -66,6 +69,7 @@ type config struct {
 	node     string            // node binary; empty: look it up; "off": none
 	peers    map[string]string // case c's forwardPeers by column, as node
 	profile  string            // directory for pprof profiles of cases a and e
+	handover bool              // cases h-j: the handler takes the sockets (handover), not their bytes
 	timeout  time.Duration
 	keep     bool
 	progress bool
@@ -81,6 +85,8 @@ type sizes struct {
 	holdConns, holdConc              int   // e: across two client processes
 	apiN                             int   // f
 	watchers                         int   // g
+	streamHold                       int   // j: connections held through the stream handler
+	streamPer                        int   // h, i, j: connections a handler's client connection takes at once
 	deadline                         time.Duration
 	settle                           time.Duration // e: before reading RSS
 	profileSeconds                   int
@@ -95,8 +101,12 @@ func fullSizes() sizes {
 		holdConns: 19500, holdConc: 64,
 		apiN:     200,
 		watchers: 10,
-		deadline: 3 * time.Minute,
-		settle:   time.Second,
+		// A held stream connection cost about 34 KB in the daemon and 23
+		// KB in the handler when this was written: 4,000 are about 230 MB.
+		streamHold: 4000,
+		streamPer:  100,
+		deadline:   3 * time.Minute,
+		settle:     time.Second,
 		// Long enough to cover several case-a runs.
 		profileSeconds: 10,
 	}
@@ -111,13 +121,15 @@ func quickSizes() sizes {
 		holdConns: 200, holdConc: 8,
 		apiN:           10,
 		watchers:       10,
+		streamHold:     100,
+		streamPer:      40, // j's 100 then need three client connections
 		deadline:       time.Minute,
 		settle:         100 * time.Millisecond,
 		profileSeconds: 2,
 	}
 }
 
-const allCases = "abcdefg"
+const allCases = "abcdefghij"
 
 func benchMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -125,7 +137,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	var cfg config
 	fs.IntVar(&cfg.reps, "reps", 5, "repetitions of every case (medians are taken over them)")
 	fs.BoolVar(&cfg.quick, "quick", false, "tiny sizes and 1 repetition: proves the bench works, measures nothing")
-	fs.StringVar(&cfg.cases, "cases", allCases, "cases to run, e.g. \"a,e\" (a-g)")
+	fs.StringVar(&cfg.cases, "cases", allCases, "cases to run, e.g. \"a,e\" (a-g: issue 7; h-j: the stream handler, issue 15)")
 	fs.StringVar(&cfg.daemon, "daemon", "", "use this daemon binary instead of building ./daemon")
 	fs.StringVar(&cfg.rev, "rev", "", "build the daemon from this git `revision` (git archive into the temporary directory) instead of the working tree")
 	fs.StringVar(&cfg.node, "node", "", "node binary for the Node peer (default: node on PATH; \"off\": no Node peer)")
@@ -133,6 +145,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	for _, fp := range forwardPeers {
 		peerFlags[fp.col] = fs.String(fp.col, "", fmt.Sprintf("%s binary for case c's %s peer (default: %s on PATH; \"off\": none)", fp.bin, fp.col, fp.bin))
 	}
+	fs.BoolVar(&cfg.handover, "handover", false, "cases h, i and j: the Go handler takes the sockets themselves (issue 16's handover) instead of their bytes through the API")
 	fs.StringVar(&cfg.profile, "profile", "", "after measuring, profile a variant of the daemon (same source, plus a pprof endpoint) under cases a, e and g, next to the Go baseline, and write the profiles to `DIR`")
 	fs.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (daemon log, binaries)")
@@ -164,7 +177,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	cases := strings.ReplaceAll(strings.ToLower(cfg.cases), ",", "")
 	for _, c := range cases {
 		if !strings.ContainsRune(allCases, c) {
-			fmt.Fprintf(stderr, "bench: unknown case %q (a-g)\n", c)
+			fmt.Fprintf(stderr, "bench: unknown case %q (a-j)\n", c)
 			return 2
 		}
 	}

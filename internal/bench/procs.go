@@ -219,7 +219,9 @@ func startDaemon(ctx context.Context, bin, dir, name string, env []string, state
 		select {
 		case <-p.done:
 			d.stop()
-			return nil, fmt.Errorf("daemon exited before serving: %v (log: %s)", p.err, logf.Name())
+			// The log goes with the temporary directory unless --keep:
+			// say what it said.
+			return nil, fmt.Errorf("daemon exited before serving: %v (log: %s, ending: %q)", p.err, logf.Name(), logTail(logf.Name(), 3))
 		default:
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil || attempt > 600 {
@@ -230,6 +232,13 @@ func startDaemon(ctx context.Context, bin, dir, name string, env []string, state
 	}
 	d.api = listenerdv1.NewListenerServiceClient(d.conn)
 	return d, nil
+}
+
+// logTail returns the last n lines of the file at path.
+func logTail(path string, n int) string {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // stop sends SIGTERM and waits for the daemon to drain and exit.

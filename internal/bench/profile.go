@@ -229,7 +229,7 @@ func (b *bench) profileIdleOne(ctx context.Context, dir string, p *profiled) err
 	before := filepath.Join(dir, p.name+"-e.memstats-before.txt")
 	after := filepath.Join(dir, p.name+"-e.memstats-after.txt")
 	var hookErr error
-	h, err := b.holdHook(ctx, p.addr, p.pid, func() {
+	h, err := b.holdHook(ctx, p.addr, b.sz.holdConns, []int{p.pid}, func() {
 		hookErr = fetch(ctx, "http://"+p.pprof+"/debug/pprof/heap?debug=1", before, time.Minute)
 	})
 	if err != nil {
@@ -254,7 +254,7 @@ func (b *bench) profileIdleOne(ctx context.Context, dir string, p *profiled) err
 	}
 	n := float64(b.sz.holdConns)
 	ms0, ms1 := memStats(before), memStats(after)
-	fmt.Fprintf(b.out, "\nprofile e %s: RSS %d -> %d KiB, %.0f B/conn; runtime.MemStats growth per conn:", p.name, h.rss0, h.rss1, h.perConn)
+	fmt.Fprintf(b.out, "\nprofile e %s: RSS %d -> %d KiB, %.0f B/conn; runtime.MemStats growth per conn:", p.name, h.rss0[0], h.rss1[0], h.perConn[0])
 	for _, k := range []string{"HeapInuse", "Stack", "MSpan", "GCSys", "OtherSys", "Sys"} {
 		fmt.Fprintf(b.out, " %s %.0f B", k, float64(ms1[k]-ms0[k])/n)
 	}

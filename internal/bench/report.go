@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -39,7 +40,7 @@ func ratios(num, den []float64) []float64 {
 }
 
 // order of the rows.
-var metricOrder = []string{"a", "b", "c", "d50", "d99", "e", "f", "g"}
+var metricOrder = []string{"a", "b", "c", "d50", "d99", "e", "f", "g", "h", "i", "i50", "j", "jd", "jh"}
 
 // report prints the table: medians per column and the median of the
 // per-repetition ratios, against the targets.
@@ -131,6 +132,17 @@ func (b *bench) report() {
 		fmt.Fprintf(b.out, "f, state saved (the daemon's default; the row above is --ephemeral): CreateListener+CloseListener\n"+
 			"   %s µs against %s µs for net.Listen+Close, %s; each change waits for its write, fsync and rename\n\n",
 			num(saved), num(savedRaw), ratio(saved/savedRaw))
+	}
+	if b.has('h') || b.has('i') {
+		var parts []string
+		for _, key := range []string{"h", "i", "i50"} {
+			if m := b.metrics[key]; b.has(key[0]) {
+				parts = append(parts, fmt.Sprintf("%s daemon %s + handler %s %s", key,
+					num(median(m.aux["daemonCPU"])), num(median(m.aux["handlerCPU"])), m.cpuUnit))
+			}
+		}
+		fmt.Fprintf(b.out, "h, i: listenerd's server CPU is the daemon's and the Go stream handler's together (medians): %s\n\n",
+			strings.Join(parts, "; "))
 	}
 	if b.cfg.quick {
 		fmt.Fprintln(b.out, "--quick: tiny sizes, one repetition; the numbers above prove the bench runs, not how fast anything is")

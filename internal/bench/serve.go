@@ -27,11 +27,17 @@ import (
 //	echo4k   read into a 4 KiB buffer, write back   case e
 //	forward  io.Copy both ways to --upstream        case c
 //	grpc     grpc.health.v1 on the unix --socket    case f's floor of an RPC
+//	stream   the Go stream handler: a listener on the daemon at --socket,
+//	         each connection echoed with io.Copy(c, c)  cases h, i, j
+//	         (not a bare server: listenerd's column of those cases)
 func serveMain(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	mode := fs.String("mode", "echo", "echo, echo4k, forward or grpc")
+	mode := fs.String("mode", "echo", "echo, echo4k, forward, grpc or stream")
 	upstream := fs.String("upstream", "", "forward: upstream host:port")
-	socket := fs.String("socket", "", "grpc: the unix socket to serve on")
+	socket := fs.String("socket", "", "grpc: the unix socket to serve on; stream: the daemon's socket")
+	clients := fs.Int("clients", 1, "stream: client connections to the daemon, each attached to the listener")
+	handover := fs.Bool("handover", false, "stream: take the sockets themselves (handover) instead of their bytes")
+	per := fs.Int("per", 100, "stream: connections each client connection takes at once (the API serves at most 128 streams a connection)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address and print it")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -40,6 +46,8 @@ func serveMain(args []string) int {
 	switch *mode {
 	case "grpc":
 		return serveGRPC(*socket)
+	case "stream":
+		return serveStream(*socket, *clients, *per, *handover)
 	case "echo":
 		handle = func(c *net.TCPConn) { _, _ = io.Copy(c, c) }
 	case "echo4k":
@@ -76,14 +84,20 @@ func serveMain(args []string) int {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
 	}()
-	// Accept until the process ends; pass accept errors back off like
-	// net/http does, so they never spin a core.
+	acceptLoop(ln.AcceptTCP, handle)
+	return 0
+}
+
+// acceptLoop accepts until the listener closes (or the process ends),
+// serving each connection on a goroutine of its own and closing it after;
+// accept errors back off like net/http does, so they never spin a core.
+func acceptLoop[C io.Closer](accept func() (C, error), handle func(C)) {
 	var backoff time.Duration
 	for {
-		c, err := ln.AcceptTCP()
+		c, err := accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return 0
+				return
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			time.Sleep(backoff)
