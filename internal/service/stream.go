@@ -94,7 +94,15 @@ func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.Se
 	}
 	sess.Start(streamSink{stream})
 	go s.fromHandler(stream, sess)
-	<-sess.Done()
+	// A handler that goes away (or cancels the call to reset) resets the
+	// socket even while a write to a peer that does not read blocks the
+	// reading of its messages.
+	select {
+	case <-sess.Done():
+	case <-stream.Context().Done():
+		sess.Abort(stream.Context().Err())
+		<-sess.Done()
+	}
 	r := sess.Result()
 	return stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Closed{
 		Closed: &listenerdv1.ConnectionClosed{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple()),
