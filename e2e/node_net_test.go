@@ -358,8 +358,8 @@ func TestNodeNetHalfClose(t *testing.T) {
 		if err != nil || string(got) != "reply after end: hello" {
 			t.Errorf("read %q, %v; want the reply after the end, then EOF", got, err)
 		}
-		if f := p.await("close " + port); field(f, 2) != "false" || field(f, 3) != "5" || field(f, 4) != "22" {
-			t.Errorf("close line %q: want no error, 5 bytes read, 22 written", f)
+		if f := p.await("close " + port); field(f, 2) != "false" || field(f, 3) != "5" || field(f, 4) != "22" || field(f, 5) != "PEER_CLOSED" {
+			t.Errorf("close line %q: want no error, 5 bytes read, 22 written, PEER_CLOSED", f)
 		}
 	})
 
@@ -380,7 +380,7 @@ func TestNodeNetHalfClose(t *testing.T) {
 			t.Errorf("read %q, %v; want ABC then EOF", got, err)
 		}
 		p.await("end " + port)
-		if f := p.await("close " + port); field(f, 2) != "false" {
+		if f := p.await("close " + port); field(f, 2) != "false" || field(f, 5) != "PEER_CLOSED" {
 			t.Errorf("close line %q", f)
 		}
 	})
@@ -405,8 +405,8 @@ func TestNodeNetHalfClose(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.await("end " + port)
-		if f := p.await("close " + port); field(f, 2) != "false" || field(f, 3) != "10" || field(f, 4) != "3" {
-			t.Errorf("close line %q: want no error, 10 bytes read, 3 written", f)
+		if f := p.await("close " + port); field(f, 2) != "false" || field(f, 3) != "10" || field(f, 4) != "3" || field(f, 5) != "PEER_CLOSED" {
+			t.Errorf("close line %q: want no error, 10 bytes read, 3 written, PEER_CLOSED", f)
 		}
 	})
 }
@@ -455,8 +455,8 @@ func TestNodeNetReset(t *testing.T) {
 		if f := p.await("error " + port); field(f, 2) != "ECONNRESET" {
 			t.Errorf("error line %q", f)
 		}
-		if f := p.await("close " + port); field(f, 2) != "true" {
-			t.Errorf("close line %q: want hadError true", f)
+		if f := p.await("close " + port); field(f, 2) != "true" || field(f, 5) != "RESET" {
+			t.Errorf("close line %q: want hadError true, RESET", f)
 		}
 	})
 }

@@ -193,6 +193,7 @@ class Server extends EventEmitter {
     this._handlerConnections = options.handlerConnections || 65535;
     this._drainTimeout = options.drainTimeout; // ms, for close()
     this._label = options.label || `node:${os.hostname()}:${process.pid}`;
+    this._window = options.flowControlWindow || FLOW_WINDOW;
 
     this._connections = 0;
     this._sockets = new Set();
@@ -270,7 +271,7 @@ class Server extends EventEmitter {
     if (!this._client) {
       const ListenerService = loadService();
       this._client = new ListenerService(this._target, this._credentials, {
-        'grpc-node.flow_control_window': FLOW_WINDOW,
+        'grpc-node.flow_control_window': this._window,
       });
     }
     return this._client;
@@ -571,10 +572,11 @@ class ListenerdSocket extends Duplex {
     this._bytesRead = 0;
     this._bytesDispatched = 0;
     this._timeout = null;
-    this._timeoutMs = 0;
+    this._whenClosed = null; // destroy's end, waiting for the daemon's closed
 
     call.on('data', (m) => this._message(m));
     call.on('error', (err) => this._callError(err));
+    call.on('status', () => this._gone()); // the stream is over, closed or not
   }
 
   _setTuple(t) {
@@ -660,6 +662,10 @@ class ListenerdSocket extends Duplex {
     this._daemonClosed = true;
     this.closeReason = stripPrefix(c.reason, 'CLOSE_REASON_');
     this._endCall();
+    if (this._whenClosed) {
+      this._gone();
+      return;
+    }
     switch (this.closeReason) {
       case 'PEER_CLOSED': // both sides ended: the streams finish by themselves
       case 'HANDLER_RESET': // our own destroy()
@@ -676,6 +682,11 @@ class ListenerdSocket extends Duplex {
   _callError(err) {
     if (!this._opened) {
       this._call = null; // the offer was gone (taken, timed out, closed): nothing to serve
+      return;
+    }
+    if (this._whenClosed) {
+      this._daemonClosed = true;
+      this._gone();
       return;
     }
     if (this._daemonClosed || this.destroyed) return;
@@ -724,29 +735,44 @@ class ListenerdSocket extends Duplex {
     cb();
   }
 
-  // _destroy is destroy(): a reset (RST) unless both sides had ended.
+  // _destroy is destroy(): a reset (RST) unless both sides had ended. After
+  // both ended (autoDestroy), 'close' waits for the daemon's closed, which
+  // says the TCP socket is gone and why (closeReason).
   _destroy(err, cb) {
     if (this._timeout) clearTimeout(this._timeout);
+    const finish = () => {
+      cb(err);
+      process.nextTick(() => {
+        if (this._opened) this.server._socketClosed(this);
+        this.emit('close', Boolean(err));
+      });
+    };
     const call = this._call;
-    if (call && !this._daemonClosed) {
-      if (!(this._sentEnd && this._peerEnded)) {
-        // Pending writes are dropped, as Node drops them. A reset message
-        // would wait behind them, so cancel the stream instead: the daemon
-        // resets the socket when its stream breaks.
-        if (call.writableLength > 0) call.cancel();
-        else call.write({ reset: {} });
-      }
-      this._endCall();
-    }
     if (this._callPaused && call) {
       this._callPaused = false;
       call.resume(); // drain what is left, to the closed message
     }
-    cb(err);
-    process.nextTick(() => {
-      if (this._opened) this.server._socketClosed(this);
-      this.emit('close', Boolean(err));
-    });
+    if (call && !this._daemonClosed) {
+      if (this._sentEnd && this._peerEnded && !err) {
+        this._whenClosed = finish;
+        this._endCall();
+        return;
+      }
+      // Pending writes are dropped, as Node drops them. A reset message
+      // would wait behind them, so cancel the stream instead: the daemon
+      // resets the socket when its stream breaks.
+      if (call.writableLength > 0) call.cancel();
+      else call.write({ reset: {} });
+      this._endCall();
+    }
+    finish();
+  }
+
+  // _gone runs what waited for the daemon's closed (or the stream's end).
+  _gone() {
+    const f = this._whenClosed;
+    this._whenClosed = null;
+    if (f) f();
   }
 
   resetAndDestroy() {
@@ -764,7 +790,6 @@ class ListenerdSocket extends Duplex {
   setTimeout(ms, cb) {
     if (this._timeout) clearTimeout(this._timeout);
     this._timeout = null;
-    this._timeoutMs = ms;
     if (cb) {
       if (ms) this.once('timeout', cb);
       else this.removeListener('timeout', cb);

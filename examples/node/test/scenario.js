@@ -19,7 +19,7 @@
 //
 // Lines printed: listening ADDRESS PORT FAMILY | connection RPORT RADDR
 // RFAMILY LADDR LPORT | data RPORT TEXT | end RPORT READ | error RPORT CODE |
-// close RPORT HADERROR READ WRITTEN | drop JSON | server-error CODE SYSCALL
+// close RPORT HADERROR READ WRITTEN REASON|- | drop JSON | server-error CODE SYSCALL
 // ADDRESS PORT MESSAGE | server-close | closed CODE|ok | connections N |
 // read RPORT BYTES.
 // Commands: max N|none (server.maxConnections), count (getConnections),
@@ -53,7 +53,7 @@ server.on('connection', (sock) => {
   say('connection', id, sock.remoteAddress, sock.remoteFamily, sock.localAddress, sock.localPort);
   let read = '';
   sock.on('error', (err) => say('error', id, err.code));
-  sock.on('close', (hadError) => say('close', id, hadError, sock.bytesRead, sock.bytesWritten));
+  sock.on('close', (hadError) => say('close', id, hadError, sock.bytesRead, sock.bytesWritten, sock.closeReason || '-'));
   sock.on('end', () => say('end', id, JSON.stringify(read)));
   switch (mode) {
     case 'upper':
