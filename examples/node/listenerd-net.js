@@ -62,7 +62,7 @@ function defaultSocket() {
   if (process.env.LISTENERD_SOCKET) return process.env.LISTENERD_SOCKET;
   const dir = process.env.XDG_RUNTIME_DIR
     ? path.join(process.env.XDG_RUNTIME_DIR, 'listenerd')
-    : path.join(os.tmpdir(), `listenerd-${process.getuid()}`);
+    : path.join(process.env.TMPDIR || '/tmp', `listenerd-${process.getuid()}`); // Go's os.TempDir
   return path.join(dir, 'listenerd.sock');
 }
 
