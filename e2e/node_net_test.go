@@ -55,15 +55,16 @@ func needNode(t *testing.T) string {
 
 // nodeProc is a node program whose stdout is read line by line.
 type nodeProc struct {
-	t     *testing.T
-	name  string
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string
-	done  chan struct{}
-	err   error
-	seen  []string // every line read so far
-	errb  *testkit.Buffer
+	t       *testing.T
+	name    string
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	lines   chan string
+	done    chan struct{}
+	err     error
+	seen    []string // every line read so far
+	pending []string // lines read and not returned by await
+	errb    *testkit.Buffer
 }
 
 // startNode runs node with args and extra environment env. It is killed
@@ -115,10 +116,19 @@ func (p *nodeProc) kill() {
 	<-p.done
 }
 
-// await returns the fields of the next line starting with prefix, reading
-// past other lines; it fails the test if the program ends first.
+// await returns the fields of the first line starting with prefix that
+// no await has returned yet, in the order printed, whether it came before
+// lines awaited earlier or not (what happens on two streams of the
+// daemon comes in either order); it fails the test if the program ends
+// first.
 func (p *nodeProc) await(prefix string) []string {
 	p.t.Helper()
+	for i, l := range p.pending {
+		if strings.HasPrefix(l, prefix) {
+			p.pending = append(p.pending[:i:i], p.pending[i+1:]...)
+			return strings.Fields(l)
+		}
+	}
 	timeout := time.After(guard)
 	for {
 		select {
@@ -131,10 +141,22 @@ func (p *nodeProc) await(prefix string) []string {
 			if strings.HasPrefix(l, prefix) {
 				return strings.Fields(l)
 			}
+			p.pending = append(p.pending, l)
 		case <-timeout:
 			p.t.Fatalf("%s printed no line %q", p.name, prefix)
 		}
 	}
+}
+
+// printed is the index of the first line printed so far that starts with
+// prefix, or -1.
+func (p *nodeProc) printed(prefix string) int {
+	for i, l := range p.seen {
+		if strings.HasPrefix(l, prefix) {
+			return i
+		}
+	}
+	return -1
 }
 
 // send writes a command line to the program's stdin.
@@ -690,5 +712,39 @@ func TestNodeNetPauseOnConnect(t *testing.T) {
 	p.await("resumed")
 	if f := p.await("data " + port); field(f, 2) != `"early"` {
 		t.Errorf("data line %q", f)
+	}
+	if p.printed("data ") < p.printed("resumed") {
+		t.Errorf("data before resume()")
+	}
+}
+
+// A listener closed from outside (ctl close --force) ends the server: its
+// sockets close with the daemon's reason, the server gets an 'error' and
+// then 'close', and the program exits by itself.
+func TestNodeNetClosedElsewhere(t *testing.T) {
+	node := needNode(t)
+	d := startDaemon(t)
+	p, addr := scenario(t, node, d, "quiet")
+	c := dial(t, addr)
+	port := localPort(c)
+	p.await("connection " + port)
+	if _, err := d.client.CloseListener(testContext(t), &listenerdv1.CloseListenerRequest{Id: listenerAt(t, d, addr).GetId(), Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if f := p.await("close " + port); field(f, 2) != "false" || field(f, 5) != "LISTENER_CLOSED" {
+		t.Errorf("close line %q", f)
+	}
+	if f := p.await("server-error "); field(f, 1) != "ERR_LISTENERD_FAILED_PRECONDITION" {
+		t.Errorf("server error line %q", f)
+	}
+	p.await("server-close")
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Errorf("the socket read %d bytes after its listener closed", n)
+	}
+	p.stdin.Close()
+	select {
+	case <-p.done:
+	case <-time.After(guard):
+		t.Fatal("the scenario did not exit once its server closed")
 	}
 }

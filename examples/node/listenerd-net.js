@@ -310,7 +310,9 @@ class Server extends EventEmitter {
     this._state = 'listening';
     this._syncLimits();
     this.emit('listening');
-    for (const offer of this._early.splice(0)) this._take(offer);
+    for (const offer of this._early.splice(0)) {
+      if (this._state === 'listening') this._take(offer); // not after a close() in 'listening'
+    }
   }
 
   async _fail(err) {
@@ -349,11 +351,10 @@ class Server extends EventEmitter {
           return;
         }
         if (this._state === 'listening') {
-          // The daemon went away, or someone else closed the listener.
-          this._state = 'closing';
-          this._stopWatch();
+          // The daemon went away, or someone else closed the listener:
+          // the server is closed ('close' once its sockets are gone).
           this.emit('error', listenerdError(err, 'attach'));
-          this._maybeClosed();
+          this._shutdown(true);
           return;
         }
         this._maybeClosed(); // closing: the daemon ended the attach
@@ -503,12 +504,13 @@ class Server extends EventEmitter {
     return this;
   }
 
-  _shutdown() {
+  // _shutdown closes the listener; quiet when it may well be gone already.
+  _shutdown(quiet) {
     this._state = 'closing';
     this._stopWatch();
     const drain = this._drainTimeout !== undefined ? msDuration(this._drainTimeout) : UNLIMITED_DRAIN;
     unary(this._client, 'CloseListener', { id: this._listener.id, drain_timeout: drain }).catch((err) => {
-      if (err.code !== grpc.status.NOT_FOUND) this.emit('error', listenerdError(err, 'close'));
+      if (!quiet && err.code !== grpc.status.NOT_FOUND) this.emit('error', listenerdError(err, 'close'));
     }).finally(() => {
       this._closeCallDone = true;
       // The daemon ends the attach stream itself; make sure of it.
