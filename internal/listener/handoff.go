@@ -43,6 +43,7 @@ type Handoff struct {
 	// by id, for the caller to send and close.
 	Records []json.RawMessage
 	Files   map[string]*os.File
+	Order   []string // the ids of Files, oldest first
 	handed  []*Listener
 	stopped bool
 }
@@ -71,6 +72,7 @@ func (m *Manager) PrepareHandoff() (*Handoff, error) {
 			return nil, fmt.Errorf("listener %s: socket for the upgrade: %w", l.id, err)
 		}
 		h.Files[l.id] = f
+		h.Order = append(h.Order, l.id)
 		h.handed = append(h.handed, l)
 	}
 	m.shutting = true
@@ -102,6 +104,7 @@ func (h *Handoff) Cancel() {
 // be accepted here.
 func (h *Handoff) Stop() map[string]Counters {
 	h.stopped = true
+	h.closeFiles() // sent: the new process has its own copies
 	out := make(map[string]Counters, len(h.handed))
 	h.m.mu.Lock()
 	for _, l := range h.m.byID {
