@@ -136,7 +136,11 @@ func (k *link) sendFiles(files []*os.File) error {
 		n := min(len(files), maxFDsPerFrame)
 		fds := make([]int, n)
 		for i, f := range files[:n] {
-			fds[i] = int(f.Fd())
+			fd, err := rawFD(f)
+			if err != nil {
+				return err
+			}
+			fds[i] = fd
 		}
 		hdr := []byte{0, 0, 0, 0, msgFiles}
 		if _, _, err := k.c.WriteMsgUnix(hdr, syscall.UnixRights(fds...), nil); err != nil {
@@ -242,4 +246,19 @@ func fileOf(ln net.Listener) (*os.File, error) {
 		return l.File()
 	}
 	return nil, fmt.Errorf("a %T cannot be handed over", ln)
+}
+
+// rawFD is f's descriptor, without f.Fd(), which would put it in
+// blocking mode: a flag of the open file, shared with the listener it was
+// copied from, whose accept loop would then block in the kernel.
+func rawFD(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	fd := -1
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return 0, err
+	}
+	return fd, nil
 }
