@@ -263,7 +263,7 @@ wait:
 		ho = up.quiesce() // an upgrade under way finishes first
 	}
 	if ho != nil {
-		shared = true
+		shared = ho.failed == nil
 		log.Info("listenerd handed over; draining", "new_pid", ho.pid, "timeout", cfg.ShutdownTimeout)
 	} else {
 		log.Info("listenerd shutting down", "timeout", cfg.ShutdownTimeout)
@@ -290,6 +290,9 @@ wait:
 	wg.Wait()
 	if metricsSrv != nil {
 		metricsSrv.Stop(time.Second)
+	}
+	if ho != nil && ho.failed != nil {
+		return ho.failed
 	}
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve: %w", serveErr)

@@ -52,6 +52,9 @@ type handedOver struct {
 	link      *link
 	forwarded chan struct{} // closed once the diverted events are sent
 	pid       int
+	// failed: the new process died after this one stopped accepting;
+	// Run drains and fails with it, and removes the socket as usual.
+	failed error
 }
 
 // upgrade starts binary ("": this one) and hands everything over. It
@@ -123,9 +126,13 @@ func (u *upgrader) upgrade(_ context.Context, binary string) (service.Upgraded, 
 		// Not recoverable here: the sockets are the new process's, which
 		// holds them. Say so loudly; Run drains and exits as after an
 		// upgrade, and the init system restarts the daemon.
-		log.Error("upgrade failed after this process stopped accepting; the new process holds the sockets", "err", err)
+		log.Error("upgrade failed after this process stopped accepting; draining, then exiting for the init system to restart the daemon", "err", err)
 		_, uerr := fail("starting to serve", err)
 		div.End()
+		ho := &handedOver{h: h, div: div, link: k, forwarded: make(chan struct{}), failed: uerr}
+		close(ho.forwarded)
+		u.closed = true
+		u.done <- ho
 		return service.Upgraded{}, uerr
 	}
 	_ = k.c.SetReadDeadline(time.Time{})
