@@ -43,6 +43,21 @@ func main() {
 		os.Exit(1)
 	}()
 
+	// SIGUSR2 upgrades to the binary at this one's path (nginx's signal),
+	// for init systems: ctl upgrade is the same with a reply.
+	upgrade := make(chan struct{}, 1)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	go func() {
+		for range usr2 {
+			select {
+			case upgrade <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	cfg.Upgrade = upgrade
+
 	if err := server.Run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "listenerd:", err)
 		if errors.Is(err, server.ErrConfig) {

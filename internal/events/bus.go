@@ -76,6 +76,11 @@ type Bus struct {
 	closed  bool
 	data    dataQueue // the held events that carry data, oldest first
 	dataMax int64     // HistoryData
+	// Upgrades (upgrade.go): the oldest sequence this bus holds when it
+	// continues another's history (Resume), and where Record sends events
+	// once this bus's history was handed over (Divert).
+	floor    uint64
+	diverted *Diversion
 
 	wmu      sync.Mutex
 	watchers atomic.Pointer[[]*Watcher] // woken by Publish; copy on write under wmu

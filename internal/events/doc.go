@@ -8,7 +8,9 @@
 // (holdDataLocked, dropData, dataQueue); watcher.go the watchers (Filter,
 // Watch, Watcher, notify, cut, cutSlow, match, remove, Close); batch.go how
 // a watcher's reader takes its events (Next, NextBatch, scan); connid.go
-// connection ids.
+// connection ids; upgrade.go how an upgrade hands the history to a new
+// process (Snapshot, Divert, Resume, Import), Divert's queue taken under
+// Bus.mu like the ring.
 //
 // # Goroutines
 //

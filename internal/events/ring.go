@@ -16,15 +16,27 @@ func (b *Bus) Publish(e Event) uint64 {
 // releasing it, so watchers are not woken into that lock.
 func (b *Bus) Record(e Event) uint64 {
 	b.mu.Lock()
+	e.Time = time.Now().UnixNano()
+	if b.diverted != nil { // handed over in an upgrade: see Divert
+		b.diverted.pushLocked(e)
+		seq := b.head
+		b.mu.Unlock()
+		return seq
+	}
+	seq := b.appendLocked(e)
+	b.mu.Unlock()
+	return seq
+}
+
+// appendLocked gives e the next sequence and holds it; b.mu must be held.
+func (b *Bus) appendLocked(e Event) uint64 {
 	b.head++
 	seq := b.head
 	e.Seq = seq
-	e.Time = time.Now().UnixNano()
 	*b.slot(seq) = e
 	if e.Detail != nil && len(e.Detail.Data) > 0 {
 		b.holdDataLocked(seq, e.Detail.Data)
 	}
-	b.mu.Unlock()
 	return seq
 }
 
@@ -111,7 +123,7 @@ func (b *Bus) slot(seq uint64) *Event {
 // oldest returns the oldest sequence held; b.mu must be held.
 func (b *Bus) oldest() uint64 {
 	if b.head < b.held {
-		return 1
+		return max(1, b.floor)
 	}
-	return b.head - b.held + 1
+	return max(b.head-b.held+1, b.floor)
 }

@@ -7,7 +7,9 @@
 //
 //   - manager.go: the table of listeners (create, find, change, close,
 //     shutdown); restore.go: restore and rebind; persist.go: saved records
-//     only; saver.go: one save for changes arriving together.
+//     only; saver.go: one save for changes arriving together; handoff.go:
+//     an upgrade's hand-off of the listening sockets to a new process
+//     (the old one drains, the new one adopts them).
 //   - listener.go: one listener, its counters, drain and close;
 //     accept.go: the accept loop and admission (ACL, rate, limits);
 //     queue.go: the QUEUE overflow policy.

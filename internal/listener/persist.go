@@ -241,6 +241,16 @@ func (m *Manager) stageLocked() (uint64, error) {
 		// this change is not saved, and its caller must not be told it was.
 		return 0, fmt.Errorf("%w: the change was not saved, and the next start will not have it", ErrShuttingDown)
 	}
+	recs, err := m.recordsLocked()
+	if err != nil {
+		return 0, err
+	}
+	return m.saver.stage(recs), nil
+}
+
+// recordsLocked returns the records of every listener that is not
+// closing, oldest first; m.mu must be held.
+func (m *Manager) recordsLocked() ([]json.RawMessage, error) {
 	ls := m.sortedLocked()
 	recs := make([]json.RawMessage, 0, len(ls))
 	for _, l := range ls {
@@ -249,11 +259,11 @@ func (m *Manager) stageLocked() (uint64, error) {
 		}
 		b, err := json.Marshal(toRecord(l))
 		if err != nil {
-			return 0, fmt.Errorf("%w: %v", ErrPersist, err)
+			return nil, fmt.Errorf("%w: %v", ErrPersist, err)
 		}
 		recs = append(recs, b)
 	}
-	return m.saver.stage(recs), nil
+	return recs, nil
 }
 
 // commit waits, without m.mu, until the snapshot of version v is saved.

@@ -363,5 +363,5 @@ func listenTCP(api *tcpAPI) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("refusing to serve the API on %s without TLS: it is not a loopback address", ln.Addr())
 	}
-	return netutil.LimitListener(ln, api.maxConns), nil
+	return limitedListener{netutil.LimitListener(ln, api.maxConns), ln}, nil
 }

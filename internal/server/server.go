@@ -55,6 +55,12 @@ type Config struct {
 	Metrics         MetricsConfig   // the optional Prometheus endpoint
 	Log             *slog.Logger
 	Stdout          io.Writer // where the "serving on" line goes
+	// Upgrade, when it receives, upgrades the daemon to its own binary
+	// (SIGUSR2), as UpgradeDaemon does.
+	Upgrade <-chan struct{}
+	// UpgradeTimeout bounds each wait on the new process of an upgrade;
+	// 0: DefaultUpgradeTimeout.
+	UpgradeTimeout time.Duration
 }
 
 // ErrConfig marks a Run error in the configuration itself (the TCP API's
@@ -81,22 +87,54 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return configError{err}
 	}
-	ln, unlock, err := listenUnix(cfg.Socket, log)
+	self, _ := os.Executable() // as it is now: a binary replaced on disk is still found by its path
+	inh, err := inherit(cfg.Socket)
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	defer os.Remove(cfg.Socket)
+	shared := false // handed to a new process: what is shared is not removed
+	if inh != nil {
+		defer func() { // a return before ready: the old daemon serves on
+			if !inh.readied {
+				inh.fail(errors.New("the new listenerd stopped before serving (its log says why)"))
+			}
+		}()
+	}
+	var ln net.Listener
+	var lock *os.File
+	if inh != nil {
+		defer inh.closeUnused()
+		ln, lock = inh.unixLn, inh.sockLock
+	} else if ln, lock, err = listenUnix(cfg.Socket, log); err != nil {
+		return err
+	}
+	defer lock.Close()
+	defer func() {
+		if !shared {
+			os.Remove(cfg.Socket)
+		}
+	}()
 	defer ln.Close()
 	var tcpLn net.Listener
-	if api != nil {
+	if api != nil && inh != nil {
+		tcpLn, err = inh.tcpListener(api)
+		if err != nil {
+			return err
+		}
+	}
+	if api != nil && tcpLn == nil {
 		if tcpLn, err = listenTCP(api); err != nil {
 			return err
 		}
+	}
+	if tcpLn != nil {
 		defer tcpLn.Close()
 	}
-	met, metricsLn, err := openMetrics(cfg.Metrics)
-	if err != nil {
+	var met *metrics.Metrics
+	var metricsLn net.Listener
+	if inh != nil && inh.metrics != nil && cfg.Metrics.Addr != "" {
+		met, metricsLn, inh.metrics = metrics.New(), inh.metrics, nil
+	} else if met, metricsLn, err = openMetrics(cfg.Metrics); err != nil {
 		return err
 	}
 	if metricsLn != nil {
@@ -112,8 +150,16 @@ func Run(ctx context.Context, cfg Config) error {
 		opts.QueueLeft = met.ObserveQueueWait
 	}
 	var saved []json.RawMessage
-	if !cfg.Ephemeral {
-		store, err := state.Open(cfg.StateDir)
+	var store *state.Store
+	if !cfg.Ephemeral && inh != nil && inh.stateLock != nil {
+		if store, err = state.Adopt(cfg.StateDir, inh.stateLock); err != nil {
+			return err
+		}
+		inh.stateLock = nil
+		defer store.Close()
+		opts.Persister = store
+	} else if !cfg.Ephemeral {
+		store, err = state.Open(cfg.StateDir)
 		if err != nil {
 			return err
 		}
@@ -132,7 +178,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	bus := events.NewBus(events.Options{History: cfg.History, HistoryData: cfg.HistoryData, WatcherLag: cfg.WatcherLag, MaxWatchers: cfg.MaxWatchers})
 	mgr := listener.NewManager(bus, log, opts)
-	if len(saved) > 0 {
+	if inh != nil {
+		if err := inh.adopt(ctx, bus, mgr, log); err != nil {
+			inh.fail(err)
+			mgr.Shutdown(0)
+			return fmt.Errorf("upgrade: %w", err)
+		}
+		defer inh.stop()
+	} else if len(saved) > 0 {
 		up, failed, err := mgr.Restore(ctx, saved)
 		if err != nil {
 			mgr.Shutdown(0)
@@ -141,10 +194,21 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("listeners restored", "listening", up, "failed", failed, "state", cfg.StateDir)
 	}
 	svc := service.New(mgr, log)
+	up := &upgrader{log: log, self: self, args: os.Args[1:], timeout: cfg.UpgradeTimeout, bus: bus, mgr: mgr,
+		socket: cfg.Socket, unixLn: ln, sockLock: lock, store: store, tcpLn: tcpLn, metrics: metricsLn,
+		done: make(chan *handedOver, 1)}
+	if up.timeout <= 0 {
+		up.timeout = DefaultUpgradeTimeout
+	}
+	svc.ServeUpgrades(up.upgrade)
 	if hln, err := listenHandover(cfg.Socket + ".handover"); err != nil {
 		log.Warn("handover not served: its side socket cannot listen", "err", err)
 	} else {
-		defer os.Remove(cfg.Socket + ".handover")
+		defer func() {
+			if !shared {
+				os.Remove(cfg.Socket + ".handover")
+			}
+		}()
 		mgr.ServeHandover(hln)
 		svc.ServeHandoverAt(cfg.Socket + ".handover")
 	}
@@ -171,12 +235,39 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-errc:
+	if inh != nil {
+		if err := inh.ready(bus, log); err != nil {
+			log.Error("upgrade: the old daemon did not hear this one is ready", "err", err)
+		}
 	}
-	log.Info("listenerd shutting down", "timeout", cfg.ShutdownTimeout)
+	notifyReady(log, inh != nil)
+
+	var serveErr error
+	var ho *handedOver
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case serveErr = <-errc:
+			break wait
+		case ho = <-up.done:
+			break wait
+		case <-cfg.Upgrade:
+			// SIGUSR2: as UpgradeDaemon with this binary. A failure is
+			// logged, and the daemon serves on; a success is in up.done.
+			_, _ = up.upgrade(ctx, "")
+		}
+	}
+	if ho == nil {
+		ho = up.quiesce() // an upgrade under way finishes first
+	}
+	if ho != nil {
+		shared = ho.failed == nil
+		log.Info("listenerd handed over; draining", "new_pid", ho.pid, "timeout", cfg.ShutdownTimeout)
+	} else {
+		log.Info("listenerd shutting down", "timeout", cfg.ShutdownTimeout)
+	}
 	for _, hs := range hss {
 		hs.Shutdown()
 	}
@@ -184,13 +275,24 @@ func Run(ctx context.Context, cfg Config) error {
 	var wg sync.WaitGroup
 	// Accepting stops everywhere at once; connections drain while the API
 	// servers stop.
-	wg.Go(func() { mgr.Shutdown(cfg.ShutdownTimeout) })
+	wg.Go(func() {
+		if ho != nil {
+			ho.h.Drain(cfg.ShutdownTimeout)
+			ho.div.End()
+			<-ho.forwarded
+			return
+		}
+		mgr.Shutdown(cfg.ShutdownTimeout)
+	})
 	for _, srv := range srvs {
 		wg.Go(func() { stopGRPC(srv, cfg.ShutdownTimeout) })
 	}
 	wg.Wait()
 	if metricsSrv != nil {
 		metricsSrv.Stop(time.Second)
+	}
+	if ho != nil && ho.failed != nil {
+		return ho.failed
 	}
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return fmt.Errorf("serve: %w", serveErr)
@@ -387,7 +489,7 @@ func ownGroup(fi os.FileInfo) bool {
 // the socket 0600. A lock file beside the socket says whether a daemon owns
 // it: held, another daemon is serving and nothing is touched; free, a socket
 // file left behind is stale (its daemon died) and is removed.
-func listenUnix(path string, log *slog.Logger) (net.Listener, func(), error) {
+func listenUnix(path string, log *slog.Logger) (net.Listener, *os.File, error) {
 	dir := filepath.Dir(path)
 	// Made here, or found: checked either way, so that one made by someone
 	// else between a look and a mkdir is checked too.
@@ -428,7 +530,7 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, func(), error) {
 		unlock()
 		return nil, nil, fmt.Errorf("socket mode: %w", err)
 	}
-	return ln, unlock, nil
+	return ln, lock, nil
 }
 
 // listenHandover listens on the side socket of handover (SOCK_SEQPACKET,

@@ -55,6 +55,8 @@ var errorTable = []struct {
 	{ErrUnauthenticated, codes.Unauthenticated, "UNAUTHENTICATED"},
 	{ErrRateLimited, codes.ResourceExhausted, "RATE_LIMITED"},
 	{ErrBootMismatch, codes.OutOfRange, "BOOT_MISMATCH"},
+	{ErrUpgradeFailed, codes.FailedPrecondition, "UPGRADE_FAILED"},
+	{ErrUpgradeBusy, codes.Aborted, "UPGRADE_UNDER_WAY"},
 }
 
 // Status turns an error wrapping one of the domain's sentinel errors into

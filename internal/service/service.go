@@ -26,6 +26,7 @@ type Service struct {
 	enc *encCache
 
 	handoverPath string // the side socket of handover attaches; "": none
+	upgrade      Upgrader
 }
 
 // ServeHandoverAt says where handlers attached for handover connect: the

@@ -4293,6 +4293,147 @@ func (*ServeConnectionResponse_End) isServeConnectionResponse_Kind() {}
 
 func (*ServeConnectionResponse_Closed) isServeConnectionResponse_Kind() {}
 
+// UpgradeDaemonRequest asks for an upgrade.
+type UpgradeDaemonRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Optional: the path of the daemon binary to start; empty, the running
+	// daemon's own binary (as it was when it started). Only over the unix
+	// socket.
+	Binary        string `protobuf:"bytes,1,opt,name=binary,proto3" json:"binary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeDaemonRequest) Reset() {
+	*x = UpgradeDaemonRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeDaemonRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeDaemonRequest) ProtoMessage() {}
+
+func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeDaemonRequest.ProtoReflect.Descriptor instead.
+func (*UpgradeDaemonRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *UpgradeDaemonRequest) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
+// UpgradeDaemonResponse is sent once the new process serves.
+type UpgradeDaemonResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Output only: the process id of the new daemon.
+	Pid int64 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Output only: the binary it runs.
+	Binary string `protobuf:"bytes,2,opt,name=binary,proto3" json:"binary,omitempty"`
+	// Output only: the boot id, the same before and after.
+	BootId string `protobuf:"bytes,3,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	// Output only: the last event sequence of the history handed over; the
+	// new process's events follow it.
+	HeadSequence uint64 `protobuf:"varint,4,opt,name=head_sequence,json=headSequence,proto3" json:"head_sequence,omitempty"`
+	// Output only: listeners handed over that accept in the new process.
+	Listeners int32 `protobuf:"varint,5,opt,name=listeners,proto3" json:"listeners,omitempty"`
+	// Output only: connections left open in the old process, which it
+	// drains.
+	DrainingConnections int64 `protobuf:"varint,6,opt,name=draining_connections,json=drainingConnections,proto3" json:"draining_connections,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *UpgradeDaemonResponse) Reset() {
+	*x = UpgradeDaemonResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeDaemonResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeDaemonResponse) ProtoMessage() {}
+
+func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeDaemonResponse.ProtoReflect.Descriptor instead.
+func (*UpgradeDaemonResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *UpgradeDaemonResponse) GetPid() int64 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *UpgradeDaemonResponse) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
+func (x *UpgradeDaemonResponse) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
+}
+
+func (x *UpgradeDaemonResponse) GetHeadSequence() uint64 {
+	if x != nil {
+		return x.HeadSequence
+	}
+	return 0
+}
+
+func (x *UpgradeDaemonResponse) GetListeners() int32 {
+	if x != nil {
+		return x.Listeners
+	}
+	return 0
+}
+
+func (x *UpgradeDaemonResponse) GetDrainingConnections() int64 {
+	if x != nil {
+		return x.DrainingConnections
+	}
+	return 0
+}
+
 var File_listenerd_v1_listenerd_proto protoreflect.FileDescriptor
 
 const file_listenerd_v1_listenerd_proto_rawDesc = "" +
@@ -4545,7 +4686,16 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12%\n" +
 	"\x03end\x18\x03 \x01(\v2\x11.listenerd.v1.EndH\x00R\x03end\x128\n" +
 	"\x06closed\x18\x04 \x01(\v2\x1e.listenerd.v1.ConnectionClosedH\x00R\x06closedB\x06\n" +
-	"\x04kind*\x85\x01\n" +
+	"\x04kind\".\n" +
+	"\x14UpgradeDaemonRequest\x12\x16\n" +
+	"\x06binary\x18\x01 \x01(\tR\x06binary\"\xd0\x01\n" +
+	"\x15UpgradeDaemonResponse\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x16\n" +
+	"\x06binary\x18\x02 \x01(\tR\x06binary\x12\x17\n" +
+	"\aboot_id\x18\x03 \x01(\tR\x06bootId\x12#\n" +
+	"\rhead_sequence\x18\x04 \x01(\x04R\fheadSequence\x12\x1c\n" +
+	"\tlisteners\x18\x05 \x01(\x05R\tlisteners\x121\n" +
+	"\x14draining_connections\x18\x06 \x01(\x03R\x13drainingConnections*\x85\x01\n" +
 	"\x0eOverflowPolicy\x12\x1f\n" +
 	"\x1bOVERFLOW_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16OVERFLOW_POLICY_REJECT\x10\x01\x12\x1b\n" +
@@ -4611,8 +4761,9 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDIRECTION_IN\x10\x01\x12\x11\n" +
-	"\rDIRECTION_OUT\x10\x022\x86\b\n" +
-	"\x0fListenerService\x12[\n" +
+	"\rDIRECTION_OUT\x10\x022\xe0\b\n" +
+	"\x0fListenerService\x12X\n" +
+	"\rUpgradeDaemon\x12\".listenerd.v1.UpgradeDaemonRequest\x1a#.listenerd.v1.UpgradeDaemonResponse\x12[\n" +
 	"\x0eCreateListener\x12#.listenerd.v1.CreateListenerRequest\x1a$.listenerd.v1.CreateListenerResponse\x12R\n" +
 	"\vGetListener\x12 .listenerd.v1.GetListenerRequest\x1a!.listenerd.v1.GetListenerResponse\x12X\n" +
 	"\rListListeners\x12\".listenerd.v1.ListListenersRequest\x1a#.listenerd.v1.ListListenersResponse\x12[\n" +
@@ -4638,7 +4789,7 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 }
 
 var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -4700,46 +4851,48 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(*End)(nil),                     // 57: listenerd.v1.End
 	(*Reset)(nil),                   // 58: listenerd.v1.Reset
 	(*ServeConnectionResponse)(nil), // 59: listenerd.v1.ServeConnectionResponse
-	(*durationpb.Duration)(nil),     // 60: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 61: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 62: google.protobuf.FieldMask
+	(*UpgradeDaemonRequest)(nil),    // 60: listenerd.v1.UpgradeDaemonRequest
+	(*UpgradeDaemonResponse)(nil),   // 61: listenerd.v1.UpgradeDaemonResponse
+	(*durationpb.Duration)(nil),     // 62: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 63: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 64: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	9,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
 	16, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
 	10, // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
 	11, // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	60, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	62, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
 	0,  // 5: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	60, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	60, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	60, // 8: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	62, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	62, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	62, // 8: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
 	12, // 9: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
 	13, // 10: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
 	14, // 11: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
 	15, // 12: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
-	60, // 13: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	60, // 14: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
+	62, // 13: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	62, // 14: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
 	1,  // 15: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	61, // 16: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	61, // 17: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	63, // 16: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	63, // 17: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
 	2,  // 18: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
 	17, // 19: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	61, // 20: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	63, // 20: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
 	3,  // 21: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
-	60, // 22: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	62, // 22: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
 	9,  // 23: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
 	8,  // 24: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
 	8,  // 25: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
 	8,  // 26: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
 	8,  // 27: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	62, // 28: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	64, // 28: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
 	8,  // 29: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	60, // 30: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	62, // 30: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
 	8,  // 31: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
 	18, // 32: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
 	8,  // 33: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	61, // 34: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	63, // 34: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
 	37, // 35: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
 	38, // 36: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
 	39, // 37: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
@@ -4756,13 +4909,13 @@ var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	7,  // 48: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
 	17, // 49: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
 	17, // 50: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	60, // 51: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	62, // 51: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
 	5,  // 52: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
 	17, // 53: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
 	6,  // 54: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	60, // 55: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	62, // 55: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
 	17, // 56: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
-	60, // 57: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	62, // 57: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
 	10, // 58: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
 	4,  // 59: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
 	35, // 60: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
@@ -4775,30 +4928,32 @@ var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	38, // 67: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
 	57, // 68: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
 	39, // 69: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
-	19, // 70: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	21, // 71: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	23, // 72: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	25, // 73: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	27, // 74: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	29, // 75: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	31, // 76: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	33, // 77: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	46, // 78: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	51, // 79: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
-	55, // 80: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
-	20, // 81: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	22, // 82: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	24, // 83: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	26, // 84: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	28, // 85: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	30, // 86: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	32, // 87: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	34, // 88: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	47, // 89: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	52, // 90: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
-	59, // 91: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
-	81, // [81:92] is the sub-list for method output_type
-	70, // [70:81] is the sub-list for method input_type
+	60, // 70: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
+	19, // 71: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	21, // 72: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	23, // 73: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	25, // 74: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	27, // 75: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	29, // 76: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	31, // 77: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	33, // 78: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	46, // 79: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	51, // 80: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
+	55, // 81: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
+	61, // 82: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
+	20, // 83: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	22, // 84: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	24, // 85: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	26, // 86: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	28, // 87: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	30, // 88: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	32, // 89: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	34, // 90: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	47, // 91: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	52, // 92: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
+	59, // 93: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
+	82, // [82:94] is the sub-list for method output_type
+	70, // [70:82] is the sub-list for method input_type
 	70, // [70:70] is the sub-list for extension type_name
 	70, // [70:70] is the sub-list for extension extendee
 	0,  // [0:70] is the sub-list for field type_name
@@ -4855,7 +5010,7 @@ func file_listenerd_v1_listenerd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   52,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

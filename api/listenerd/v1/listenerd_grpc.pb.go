@@ -19,6 +19,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	ListenerService_UpgradeDaemon_FullMethodName   = "/listenerd.v1.ListenerService/UpgradeDaemon"
 	ListenerService_CreateListener_FullMethodName  = "/listenerd.v1.ListenerService/CreateListener"
 	ListenerService_GetListener_FullMethodName     = "/listenerd.v1.ListenerService/GetListener"
 	ListenerService_ListListeners_FullMethodName   = "/listenerd.v1.ListenerService/ListListeners"
@@ -46,6 +47,20 @@ const (
 // a privileged port, RESOURCE_EXHAUSTED a daemon-wide cap or a slow watcher,
 // OUT_OF_RANGE a watch resume point no longer held.
 type ListenerServiceClient interface {
+	// UpgradeDaemon replaces the daemon process without refusing anyone: it
+	// starts the daemon binary (the running one's, or the one given) with the
+	// same arguments and hands it every listening socket, the API sockets, the
+	// listeners' state and the event history; the new process accepts from
+	// then on and goes on with the same boot id and the next sequence, so a
+	// watch resumes across the upgrade with no gap. The reply comes once the
+	// new process serves; this process then stops accepting, lets its open
+	// connections finish within its shutdown timeout and exits, and its
+	// streams end with UNAVAILABLE (resume them).
+	// Errors: INVALID_ARGUMENT (binary over the TCP API), FAILED_PRECONDITION
+	// (the new binary failed to start or to take over: this process keeps
+	// serving, and the message says why), ABORTED (an upgrade is under way),
+	// UNAVAILABLE (shutting down).
+	UpgradeDaemon(ctx context.Context, in *UpgradeDaemonRequest, opts ...grpc.CallOption) (*UpgradeDaemonResponse, error)
 	// CreateListener binds a new listener and starts accepting. The socket is
 	// bound before the reply, so a reply means the port is open; port 0 takes an
 	// ephemeral port and the reply's status reports the real address.
@@ -119,6 +134,16 @@ type listenerServiceClient struct {
 
 func NewListenerServiceClient(cc grpc.ClientConnInterface) ListenerServiceClient {
 	return &listenerServiceClient{cc}
+}
+
+func (c *listenerServiceClient) UpgradeDaemon(ctx context.Context, in *UpgradeDaemonRequest, opts ...grpc.CallOption) (*UpgradeDaemonResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpgradeDaemonResponse)
+	err := c.cc.Invoke(ctx, ListenerService_UpgradeDaemon_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *listenerServiceClient) CreateListener(ctx context.Context, in *CreateListenerRequest, opts ...grpc.CallOption) (*CreateListenerResponse, error) {
@@ -266,6 +291,20 @@ type ListenerService_ServeConnectionClient = grpc.BidiStreamingClient[ServeConne
 // a privileged port, RESOURCE_EXHAUSTED a daemon-wide cap or a slow watcher,
 // OUT_OF_RANGE a watch resume point no longer held.
 type ListenerServiceServer interface {
+	// UpgradeDaemon replaces the daemon process without refusing anyone: it
+	// starts the daemon binary (the running one's, or the one given) with the
+	// same arguments and hands it every listening socket, the API sockets, the
+	// listeners' state and the event history; the new process accepts from
+	// then on and goes on with the same boot id and the next sequence, so a
+	// watch resumes across the upgrade with no gap. The reply comes once the
+	// new process serves; this process then stops accepting, lets its open
+	// connections finish within its shutdown timeout and exits, and its
+	// streams end with UNAVAILABLE (resume them).
+	// Errors: INVALID_ARGUMENT (binary over the TCP API), FAILED_PRECONDITION
+	// (the new binary failed to start or to take over: this process keeps
+	// serving, and the message says why), ABORTED (an upgrade is under way),
+	// UNAVAILABLE (shutting down).
+	UpgradeDaemon(context.Context, *UpgradeDaemonRequest) (*UpgradeDaemonResponse, error)
 	// CreateListener binds a new listener and starts accepting. The socket is
 	// bound before the reply, so a reply means the port is open; port 0 takes an
 	// ephemeral port and the reply's status reports the real address.
@@ -341,6 +380,9 @@ type ListenerServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedListenerServiceServer struct{}
 
+func (UnimplementedListenerServiceServer) UpgradeDaemon(context.Context, *UpgradeDaemonRequest) (*UpgradeDaemonResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpgradeDaemon not implemented")
+}
 func (UnimplementedListenerServiceServer) CreateListener(context.Context, *CreateListenerRequest) (*CreateListenerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateListener not implemented")
 }
@@ -393,6 +435,24 @@ func RegisterListenerServiceServer(s grpc.ServiceRegistrar, srv ListenerServiceS
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&ListenerService_ServiceDesc, srv)
+}
+
+func _ListenerService_UpgradeDaemon_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpgradeDaemonRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ListenerServiceServer).UpgradeDaemon(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ListenerService_UpgradeDaemon_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ListenerServiceServer).UpgradeDaemon(ctx, req.(*UpgradeDaemonRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _ListenerService_CreateListener_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -575,6 +635,10 @@ var ListenerService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "listenerd.v1.ListenerService",
 	HandlerType: (*ListenerServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "UpgradeDaemon",
+			Handler:    _ListenerService_UpgradeDaemon_Handler,
+		},
 		{
 			MethodName: "CreateListener",
 			Handler:    _ListenerService_CreateListener_Handler,
