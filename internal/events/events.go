@@ -22,6 +22,10 @@ const (
 	KindConnectionHalfClosed
 	KindConnectionData
 	KindConnectionQueued
+	// Faults (after the stream handler's kinds, 11-13).
+	KindFaultAdded = iota + 3
+	KindFaultRemoved
+	KindFaultApplied
 	kindCount
 )
 
@@ -42,6 +46,9 @@ const (
 	CloseDaemonShutdown
 	CloseMaxLifetime
 	CloseUpstreamFailed
+	// CloseFault: a fault closed or reset it (after the stream handler's
+	// reasons, 9-12); Detail.Fault names it.
+	CloseFault = iota + 4
 )
 
 // RejectReason says why a connection was rejected.
@@ -59,6 +66,7 @@ const (
 	RejectQueueTimeout
 	RejectListenerClosed // waited in the queue while the listener closed
 	RejectKicked         // waited in the queue and was closed by CloseConnection
+	RejectFault          // refused by a fault; Detail.Fault names it
 	// NumRejectReasons is the number of reject reasons, for arrays indexed
 	// by reason.
 	NumRejectReasons
@@ -169,6 +177,7 @@ type Detail struct {
 	Data      []byte        // connection data, cut to the bus's data cap
 	Outbound  bool          // connection data: written to the client
 	Position  int           // connection queued: connections ahead of it
+	Fault     *FaultEvent   // fault events; closes and rejects by a fault
 }
 
 // Event is one thing that happened on a listener. The bus sets Seq and Time.

@@ -21,7 +21,8 @@ type Conn struct {
 	opened  time.Time // accepted: queued or served from here
 	served  time.Time // left the queue (or never was in it)
 	idle    time.Duration
-	filters *Filters // the listener's when it was served; nil: none
+	filters *Filters                  // the listener's when it was served; nil: none
+	fc      atomic.Pointer[faultConn] // the listener's faults on it; nil: none
 	in      atomic.Uint64
 	out     atomic.Uint64
 
@@ -97,7 +98,7 @@ func (c *Conn) serve() {
 	defer c.l.conWG.Done()
 	lim := c.l.limits.Load()
 	c.idle = lim.IdleTimeout
-	c.filters = c.l.filters.Load()
+	c.filters = c.faultFilters(c.l.filters.Load())
 	var t *time.Timer
 	if lim.MaxLifetime > 0 {
 		t = c.lifetime(lim.MaxLifetime)
