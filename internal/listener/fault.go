@@ -777,10 +777,9 @@ func validateFaults(fs []Fault) error {
 	return nil
 }
 
-// initFaults puts a new listener's spec faults in force, before its first
-// accept.
-func (l *Listener) initFaults(fs []Fault) {
-	l.faults.init()
+// specFaults puts a new listener's spec faults in force, each with its
+// fault_added event after listener_started, before its first accept.
+func (l *Listener) specFaults(fs []Fault) {
 	if len(fs) == 0 {
 		return
 	}
@@ -789,6 +788,7 @@ func (l *Listener) initFaults(fs []Fault) {
 	entries := make([]*faultEntry, 0, len(fs))
 	for _, f := range fs {
 		entries = append(entries, l.newEntryLocked(f, 0))
+		l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindFaultAdded, Detail: &events.Detail{Fault: &events.FaultEvent{Fault: f}}})
 	}
 	l.setFaultsLocked(entries)
 }

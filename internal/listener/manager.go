@@ -202,7 +202,7 @@ func (m *Manager) newListener(id, name string, spec Spec, h Handler, ln *net.TCP
 	}
 	l.perSource = map[netip.Addr]int64{}
 	l.storeLimits(spec.Limits)
-	l.initFaults(spec.Faults)
+	l.faults.init()
 	l.state.Store(int32(StateListening))
 	if ln != nil {
 		l.bound = ln.Addr().String()
