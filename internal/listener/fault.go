@@ -740,25 +740,28 @@ func (b *bucket) burst() int {
 	return int(min(b.depth, math.MaxInt32))
 }
 
-// take waits until n tokens are there and takes them; it gives up (true)
-// when the fault set changes first.
+// take takes n tokens, going into debt, and waits until the debt is paid;
+// it gives the tokens back and gives up (true) when the fault set changes
+// first. A wake-up that comes late finds the tokens of its lateness in the
+// bucket (up to its depth), so the rate holds on a busy machine.
 func (b *bucket) take(s *faultStage, n int, changed <-chan struct{}) (bool, error) {
-	for {
-		b.mu.Lock()
-		now := time.Now()
-		b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*b.rate, float64(b.depth))
-		b.last = now
-		if b.tokens >= float64(n) {
-			b.tokens -= float64(n)
-			b.mu.Unlock()
-			return false, nil
-		}
-		need := time.Duration((float64(n) - b.tokens) / b.rate * float64(time.Second))
-		b.mu.Unlock()
-		if ch, err := s.wait(max(need, time.Microsecond), changed); ch || err != nil {
-			return ch, err
-		}
+	b.mu.Lock()
+	now := time.Now()
+	b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*b.rate, float64(b.depth))
+	b.last = now
+	b.tokens -= float64(n)
+	need := time.Duration(-b.tokens / b.rate * float64(time.Second))
+	b.mu.Unlock()
+	if need <= 0 {
+		return false, nil
 	}
+	ch, err := s.wait(need, changed)
+	if ch || err != nil {
+		b.mu.Lock()
+		b.tokens += float64(n)
+		b.mu.Unlock()
+	}
+	return ch, err
 }
 
 // validateFaults checks a spec's faults: each valid, names unique.
