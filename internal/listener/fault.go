@@ -734,10 +734,13 @@ func (st *dirState) bucket(e *faultEntry) *bucket {
 	return b
 }
 
+// burst is the most one write takes at once: a quarter of the depth, so
+// that the bytes go out in steps of 5 ms at the default depth, smooth at
+// any window of 100 ms.
 func (b *bucket) burst() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return int(min(b.depth, math.MaxInt32))
+	return int(min(max(b.depth/4, 1), math.MaxInt32))
 }
 
 // take takes n tokens, going into debt, and waits until the debt is paid;
