@@ -138,8 +138,8 @@ bytes, refuse and delay_accept on the accept. Each has a name, a direction, a
 probability drawn once per connection when it opens, a scope (every
 connection, --new-only, --conn IDS, --source CIDRS) and an optional --ttl.
 ctl watch shows fault_added, fault_applied and fault_removed, and the closes
-and rejects a fault makes (reason=fault fault=NAME); ctl conns -o json shows
-each connection's draw.`,
+and rejects a fault makes (reason=fault fault=NAME); ctl conns shows each
+connection's draw for each fault (FAULTS).`,
 		Example: `  ctl fault add web latency --latency 50ms --jitter 10ms --direction out --probability 0.5 --source 10.0.0.0/8
   ctl fault ls web
   ctl fault rm web latency`,
@@ -375,4 +375,18 @@ func faultEventLine(b *strings.Builder, ev *listenerdv1.Event) bool {
 		return false
 	}
 	return true
+}
+
+// connFaultsCell shows a connection's draws in ctl conns:
+// "lat=0.1100:on rst=0.6695:off".
+func connFaultsCell(fs []*listenerdv1.ConnectionFault) string {
+	cells := make([]string, len(fs))
+	for i, f := range fs {
+		on := "off"
+		if f.GetApplies() {
+			on = "on"
+		}
+		cells[i] = fmt.Sprintf("%s=%.4f:%s", f.GetFault(), f.GetDraw(), on)
+	}
+	return strings.Join(cells, " ")
 }

@@ -117,3 +117,14 @@ func TestFaultEventLines(t *testing.T) {
 		}
 	}
 }
+
+// ctl conns shows each connection's draws when a fault is in force.
+func TestConnsShowDraws(t *testing.T) {
+	a := newApp(nil, nil)
+	var b strings.Builder
+	err := a.writeConnections(&b, []*listenerdv1.Connection{{Id: "ln-1.1", Faults: []*listenerdv1.ConnectionFault{
+		{Fault: "lat", Draw: 0.11, Applies: true}, {Fault: "rst", Draw: 0.6695}}}})
+	if err != nil || !strings.Contains(b.String(), "FAULTS") || !strings.Contains(b.String(), "lat=0.1100:on rst=0.6695:off") {
+		t.Fatalf("conns: %q, %v", b.String(), err)
+	}
+}

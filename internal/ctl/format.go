@@ -466,6 +466,10 @@ func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error 
 	if a.wide() {
 		header = append(header, "FAMILY", "OPENED")
 	}
+	faulted := slices.ContainsFunc(cs, func(c *listenerdv1.Connection) bool { return len(c.GetFaults()) > 0 })
+	if faulted {
+		header = append(header, "FAULTS")
+	}
 	t := newTable(w, a.noHeaders, header...)
 	now := a.now()
 	for _, c := range cs {
@@ -484,6 +488,9 @@ func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error 
 		}
 		if a.wide() {
 			row = append(row, familyWord(c.GetTuple().GetFamily()), localTime(c.GetOpenTime()))
+		}
+		if faulted {
+			row = append(row, connFaultsCell(c.GetFaults()))
 		}
 		t.row(row...)
 	}
