@@ -212,6 +212,13 @@ func (l *Listener) updateFault(f Fault) error {
 	next[i] = e
 	l.setFaultsLocked(next)
 	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindFaultAdded, Detail: &events.Detail{Fault: &events.FaultEvent{Fault: f}}})
+	for _, c := range l.conns { // the changed fault applies anew (its timers too), on the same draws
+		if fc := c.fc.Load(); fc != nil {
+			fc.mu.Lock()
+			delete(fc.applied, e.id)
+			fc.mu.Unlock()
+		}
+	}
 	l.applyToLiveLocked(e)
 	return nil
 }
@@ -318,8 +325,8 @@ type faultConn struct {
 	name     atomic.Pointer[string]
 
 	mu      sync.Mutex
-	applied map[uint64]bool // fault serials applied (fault_applied sent)
-	timers  []*time.Timer
+	applied map[uint64]bool        // fault serials applied (fault_applied sent)
+	timers  map[uint64]*time.Timer // reset and timeout closes, by fault serial
 	done    bool
 	dirs    [2]dirState // in, out
 }
@@ -379,11 +386,16 @@ func (fc *faultConn) apply(e *faultEntry) {
 		return
 	}
 	fc.applied[e.id] = true
-	switch {
-	case e.f.Kind == events.FaultReset && (e.f.Bytes == 0 || e.f.Delay > 0):
-		fc.timers = append(fc.timers, time.AfterFunc(e.f.Delay, func() { fc.fire(e.id, true) }))
-	case e.f.Kind == events.FaultTimeout && e.f.Delay > 0:
-		fc.timers = append(fc.timers, time.AfterFunc(e.f.Delay, func() { fc.fire(e.id, false) }))
+	if t := fc.timers[e.id]; t != nil { // armed by the fault before a change
+		t.Stop()
+		delete(fc.timers, e.id)
+	}
+	kind := e.f.Kind
+	if kind == events.FaultReset && (e.f.Bytes == 0 || e.f.Delay > 0) || kind == events.FaultTimeout && e.f.Delay > 0 {
+		if fc.timers == nil {
+			fc.timers = map[uint64]*time.Timer{}
+		}
+		fc.timers[e.id] = time.AfterFunc(e.f.Delay, func() { fc.fire(e.id, kind) })
 	}
 	fc.mu.Unlock()
 	l.faults.applied.Add(1)
@@ -392,11 +404,11 @@ func (fc *faultConn) apply(e *faultEntry) {
 }
 
 // fire closes the connection for the fault of serial id, if it is still in
-// force: with an RST (reset) or a FIN (timeout).
-func (fc *faultConn) fire(id uint64, reset bool) {
+// force as that kind: with an RST (reset) or a FIN (timeout).
+func (fc *faultConn) fire(id uint64, kind events.FaultKind) {
 	for _, e := range fc.c.l.faults.load().faults {
-		if e.id == id {
-			fc.closeBy(e.f.Name, reset)
+		if e.id == id && e.f.Kind == kind {
+			fc.closeBy(e.f.Name, kind == events.FaultReset)
 			return
 		}
 	}

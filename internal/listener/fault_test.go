@@ -452,3 +452,36 @@ func resetOnOpen(src, addr string) error {
 	_, err = io.ReadAll(c)
 	return err
 }
+
+// A changed fault applies anew on the same draws: a reset an hour away,
+// changed to at once, resets the live connection; one changed to a latency
+// has its timer stopped, and the connection goes on under the latency.
+func TestFaultUpdateReappliesOnLiveConnections(t *testing.T) {
+	m := newManager(t)
+	l := create(t, m, Spec{Handler: HandlerSpec{Kind: "echo"}})
+	late := Fault{Name: "r", Kind: events.FaultReset, Delay: time.Hour, Probability: 1}
+	addFault(t, m, l, late)
+	a := testkit.Dial(t, l.Info().Bound)
+	echoOnce(t, a)
+	soon := late
+	soon.Delay = 0
+	if err := m.UpdateFault(l.ID(), soon); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(a); !isRST(err) {
+		t.Fatalf("after the change to at once: %v, want ECONNRESET", err)
+	}
+	removeFault(t, m, l, "r")
+	other := Fault{Name: "s", Kind: events.FaultReset, Delay: time.Hour, Probability: 1}
+	addFault(t, m, l, other)
+	b := testkit.Dial(t, l.Info().Bound)
+	echoOnce(t, b)
+	other.Kind, other.Latency, other.Delay = events.FaultLatency, time.Millisecond, 0
+	if err := m.UpdateFault(l.ID(), other); err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, b)
+	if ci := connOf(t, l, b); len(ci.Faults) != 1 || ci.Faults[0].Fault != "s" || !ci.Faults[0].Applies {
+		t.Fatalf("draws after the change: %+v", ci.Faults)
+	}
+}
