@@ -164,6 +164,7 @@ func (a *app) rootCmd() *cobra.Command {
 		a.rebindCmd(),
 		a.connectCmd(),
 		a.upgradeCmd(),
+		a.faultCmd(),
 	)
 	a.addCompletions(root)
 	markRunning(root, &a.running)

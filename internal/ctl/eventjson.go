@@ -67,6 +67,7 @@ func appendEventJSON(dst []byte, ev *listenerdv1.Event) (_ []byte, ok bool) {
 		o.duration("duration", c.GetDuration())
 		o.enum("reason", int32(c.GetReason()), listenerdv1.CloseReason_name)
 		o.str("error", c.GetError())
+		o.str("fault", c.GetFault())
 		o.close()
 	case *listenerdv1.Event_ConnectionRejected:
 		if k == nil || k.ConnectionRejected == nil {
@@ -78,6 +79,7 @@ func appendEventJSON(dst []byte, ev *listenerdv1.Event) (_ []byte, ok bool) {
 		o.enum("reason", int32(c.GetReason()), listenerdv1.RejectReason_name)
 		o.str("connectionId", c.GetConnectionId())
 		o.duration("queueWait", c.GetQueueWait())
+		o.str("fault", c.GetFault())
 		o.close()
 	case *listenerdv1.Event_ConnectionQueued:
 		if k == nil || k.ConnectionQueued == nil {

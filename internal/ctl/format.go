@@ -466,6 +466,10 @@ func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error 
 	if a.wide() {
 		header = append(header, "FAMILY", "OPENED")
 	}
+	faulted := slices.ContainsFunc(cs, func(c *listenerdv1.Connection) bool { return len(c.GetFaults()) > 0 })
+	if faulted {
+		header = append(header, "FAULTS")
+	}
 	t := newTable(w, a.noHeaders, header...)
 	now := a.now()
 	for _, c := range cs {
@@ -484,6 +488,9 @@ func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error 
 		}
 		if a.wide() {
 			row = append(row, familyWord(c.GetTuple().GetFamily()), localTime(c.GetOpenTime()))
+		}
+		if faulted {
+			row = append(row, connFaultsCell(c.GetFaults()))
 		}
 		t.row(row...)
 	}
@@ -520,6 +527,9 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 		if e := c.GetError(); e != "" {
 			fmt.Fprintf(&b, " error=%q", e)
 		}
+		if f := c.GetFault(); f != "" {
+			fmt.Fprintf(&b, " fault=%s", f)
+		}
 	case *listenerdv1.Event_ConnectionQueued:
 		q := k.ConnectionQueued
 		fmt.Fprintf(&b, "connection_queued c=%s %s -> %s position=%d", q.GetConnectionId(), remote(q.GetTuple()), local(q.GetTuple()), q.GetPosition())
@@ -532,6 +542,9 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 		fmt.Fprintf(&b, "%s -> %s reason=%s", remote(r.GetTuple()), local(r.GetTuple()), rejectReasonWord(r.GetReason()))
 		if w := r.GetQueueWait(); w != nil {
 			fmt.Fprintf(&b, " waited=%s", humanDuration(w.AsDuration()))
+		}
+		if f := r.GetFault(); f != "" {
+			fmt.Fprintf(&b, " fault=%s", f)
 		}
 	case *listenerdv1.Event_AcceptError:
 		e := k.AcceptError
@@ -546,7 +559,9 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 		fmt.Fprintf(&b, "connection_data c=%s %s len=%d data=%q", d.GetConnectionId(),
 			enumWord(d.GetDirection().String(), "DIRECTION_"), d.GetLength(), d.GetData())
 	default:
-		b.WriteString("unknown_event")
+		if !faultEventLine(&b, ev) {
+			b.WriteString("unknown_event")
+		}
 	}
 	return b.String()
 }
@@ -577,6 +592,9 @@ func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
 		c := k.ConnectionClosed
 		delete(p.remotes, c.GetConnectionId())
 		why := strings.ReplaceAll(closeReasonWord(c.GetReason()), "_", " ")
+		if f := c.GetFault(); f != "" {
+			why += " " + f
+		}
 		if e := c.GetError(); e != "" {
 			why += ": " + e
 		}
@@ -591,6 +609,9 @@ func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
 		r := k.ConnectionRejected
 		delete(p.remotes, r.GetConnectionId())
 		why := strings.ReplaceAll(rejectReasonWord(r.GetReason()), "_", " ")
+		if f := r.GetFault(); f != "" {
+			why += " " + f
+		}
 		if w := r.GetQueueWait(); w != nil {
 			why += ", waited " + humanDuration(w.AsDuration())
 		}

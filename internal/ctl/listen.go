@@ -33,6 +33,7 @@ type listenOptions struct {
 	keepalive      time.Duration
 	follow         bool
 	data           bool
+	faults         []string
 }
 
 func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
@@ -50,6 +51,7 @@ func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.keepalive, "keepalive", 0, "TCP keepalive interval of accepted connections; 0 turns keepalive off (default: the daemon's, 15s)")
 	fs.BoolVarP(&o.follow, "follow", "f", false, "after creating, print the listener's events until Ctrl-C or until it closes")
 	fs.BoolVar(&o.data, "data", false, "with --follow, also print the bytes each client sends (DATA: lines)")
+	fs.StringArrayVar(&o.faults, "fault", nil, "a fault in force from the first accept: KIND[,key=value…], the keys being ctl fault add's flags; repeat for more")
 }
 
 // request builds the CreateListenerRequest from the parsed flags in fs.
@@ -103,6 +105,13 @@ func (o *listenOptions) request(fs *pflag.FlagSet) (*listenerdv1.CreateListenerR
 		return nil, err
 	}
 	spec.Handler = handler
+	for _, s := range o.faults {
+		f, err := parseFaultSpec(s)
+		if err != nil {
+			return nil, err
+		}
+		spec.Faults = append(spec.Faults, f)
+	}
 	return &listenerdv1.CreateListenerRequest{Name: o.name, Spec: spec}, nil
 }
 
@@ -138,6 +147,7 @@ with ctl close). Following ends by itself when the listener closes.`,
   ctl listen --port 8080 --accept-rate 100 --accept-burst 200 --max-per-source 10
   ctl listen --port 7000 --no-delay=false --keepalive 1m
   ctl listen --host 0.0.0.0 --port 8080 --upstream 127.0.0.1:80 --allow 10.0.0.0/8
+  ctl listen --port 8080 --upstream 127.0.0.1:80 --fault latency,latency=50ms,jitter=10ms,direction=out --fault reset,probability=0.01
   ctl listen --port 6969 -o json`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -25,6 +25,9 @@ const (
 	KindHandlerAttached
 	KindHandlerDetached
 	KindConnectionTaken
+	KindFaultAdded
+	KindFaultRemoved
+	KindFaultApplied
 	kindCount
 )
 
@@ -50,6 +53,7 @@ const (
 	CloseHandlerGone   // stream: the handler's stream broke
 	CloseHandlerReset  // stream: the handler reset the connection
 	CloseHandlerClosed // handover: the handler said it closed the connection
+	CloseFault         // a fault closed or reset it; Detail.Fault names it
 )
 
 // RejectReason says why a connection was rejected.
@@ -67,6 +71,7 @@ const (
 	RejectQueueTimeout
 	RejectListenerClosed // waited in the queue while the listener closed
 	RejectKicked         // waited in the queue and was closed by CloseConnection
+	RejectFault          // refused by a fault; Detail.Fault names it
 	// NumRejectReasons is the number of reject reasons, for arrays indexed
 	// by reason.
 	NumRejectReasons
@@ -178,6 +183,7 @@ type Detail struct {
 	Outbound  bool          // connection data: written to the client
 	Position  int           // connection queued: connections ahead of it
 	Handler   string        // handler attached, detached; connection taken: the handler's id
+	Fault     *FaultEvent   // fault events; closes and rejects by a fault
 }
 
 // Event is one thing that happened on a listener. The bus sets Seq and Time.

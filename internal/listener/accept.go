@@ -2,6 +2,7 @@ package listener
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -70,6 +71,9 @@ func (l *Listener) acceptLoop() {
 		if l.full() && !l.waitForSlot() {
 			_ = c.Close()
 			return
+		}
+		if l.acceptFault(c) { // refused, or held to be admitted later
+			continue
 		}
 		l.admit(c)
 	}
@@ -150,6 +154,10 @@ func (l *Listener) register(c *net.TCPConn, tuple events.Tuple, src netip.Addr) 
 	lim := l.limits.Load()
 	cn := &Conn{l: l, c: c, tuple: tuple, opened: time.Now()}
 	l.mu.Lock()
+	if l.stopped { // a connection held by a delay_accept fault, late
+		l.mu.Unlock()
+		return events.RejectListenerClosed
+	}
 	// Every source is counted, limited or not, so that a limit set at
 	// runtime counts the connections already open.
 	if lim.PerSource > 0 && l.perSource[src] >= lim.PerSource {
@@ -231,4 +239,58 @@ func (l *Listener) allowed(addr netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// acceptFault applies the accept-side faults in force (refuse,
+// delay_accept) to a connection just accepted, each drawn afresh for it.
+// It reports true when one took the connection: refused with an RST, or
+// held on a goroutine of its own, so that the accept loop never waits, and
+// admitted after the delay.
+func (l *Listener) acceptFault(c *net.TCPConn) bool {
+	fs := l.faults.load()
+	if len(fs.faults) == 0 {
+		return false
+	}
+	tuple := tupleOf(c)
+	var delay time.Duration
+	var by *faultEntry
+	for _, e := range fs.faults {
+		if !e.f.Kind.AcceptSide() || len(e.f.Sources) > 0 && !inPrefixes(e.f.Sources, tuple.Remote.Addr()) ||
+			rand.Float64() >= e.f.Probability {
+			continue
+		}
+		if e.f.Kind == events.FaultRefuse {
+			_ = c.SetLinger(0)
+			_ = c.Close()
+			l.rejected[events.RejectFault].Add(1)
+			l.faults.applied.Add(1)
+			l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionRejected, Reject: events.RejectFault, Tuple: tuple,
+				Detail: &events.Detail{Fault: &events.FaultEvent{Fault: Fault{Name: e.f.Name, Kind: e.f.Kind}}}})
+			return true
+		}
+		if e.f.Delay > delay {
+			delay, by = e.f.Delay, e
+		}
+	}
+	if by == nil {
+		return false
+	}
+	l.faults.applied.Add(1)
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindFaultApplied, Tuple: tuple,
+		Detail: &events.Detail{Fault: &events.FaultEvent{Fault: Fault{Name: by.f.Name, Kind: by.f.Kind}}}})
+	l.conWG.Add(1)
+	go func() {
+		defer l.conWG.Done()
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			l.admit(c)
+		case <-l.stop:
+			_ = c.Close()
+			l.rejected[events.RejectListenerClosed].Add(1)
+			l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionRejected, Reject: events.RejectListenerClosed, Tuple: tuple})
+		}
+	}()
+	return true
 }

@@ -21,7 +21,8 @@ type Conn struct {
 	opened    time.Time     // accepted: queued or served from here
 	queueWait time.Duration // how long it waited in the queue; 0: never queued
 	idle      time.Duration
-	filters   *Filters // the listener's when it was served; nil: none
+	filters   *Filters                  // the listener's when it was served; nil: none
+	fc        atomic.Pointer[faultConn] // the listener's faults on it; nil: none
 	in        atomic.Uint64
 	out       atomic.Uint64
 
@@ -135,7 +136,7 @@ func (c *Conn) done(t *time.Timer, err error) {
 func (c *Conn) begin() *time.Timer {
 	lim := c.l.limits.Load()
 	c.idle = lim.IdleTimeout
-	c.filters = c.l.filters.Load()
+	c.filters = c.faultFilters(c.l.filters.Load())
 	if lim.MaxLifetime <= 0 {
 		return nil
 	}

@@ -15,7 +15,8 @@
 //     queue.go: the QUEUE overflow policy.
 //   - conn.go: a connection's life (pause, serve, close, its reason);
 //     bytes.go and splice_*.go: the fast byte paths; filter.go: the
-//     filters a byte path admits.
+//     filters a byte path admits; fault.go: a listener's faults, the
+//     filters they make and their draws (the accept side's in accept.go).
 //   - handler.go: the Handler interface, the handler table and what a
 //     handler gets of its connection; discard.go, echo.go, forward.go: one
 //     file a handler; forwardloop.go: the refusal of forward dials that

@@ -53,6 +53,7 @@ type Listener struct {
 	limits  atomic.Pointer[Limits]
 	limiter atomic.Pointer[rate.Limiter] // nil: no accept rate limit
 	filters atomic.Pointer[Filters]      // nil: none
+	faults  faultState
 	state   atomic.Int32
 
 	active   atomic.Int64
@@ -106,6 +107,7 @@ type Info struct {
 	LastError string
 	// RejectedBy splits Rejected by reason.
 	RejectedBy [events.NumRejectReasons]uint64
+	Faults     FaultCounts
 }
 
 // Info returns a snapshot of the listener.
@@ -136,6 +138,7 @@ func (l *Listener) Info() Info {
 		LastError: lastErr,
 
 		RejectedBy: by,
+		Faults:     l.faultCounts(),
 	}
 }
 
@@ -199,6 +202,7 @@ func (l *Listener) finish(c *Conn, reason events.CloseReason, errText string) {
 	if errText != "" {
 		detail = &events.Detail{Error: errText}
 	}
+	detail = c.faultDetail(detail)
 	l.mu.Lock()
 	delete(l.conns, c.n)
 	src := c.tuple.Remote.Addr()
@@ -248,6 +252,7 @@ type ConnInfo struct {
 	BytesOut  uint64
 	Queued    bool          // waiting in the queue, not served yet
 	QueueWait time.Duration // waited so far (queued), or in all (served)
+	Faults    []ConnFault   // its draws for the faults in force
 }
 
 // Connections returns the open and queued connections, oldest first, and
@@ -257,9 +262,11 @@ func (l *Listener) Connections() ([]ConnInfo, uint64) {
 	l.mu.Lock()
 	seq := l.bus.Head()
 	out := make([]ConnInfo, 0, len(l.conns)+l.queue.len())
+	fs := l.faults.load()
 	for _, c := range l.conns {
 		out = append(out, ConnInfo{ID: events.ConnID(l.id, c.n), Listener: l.id, Tuple: c.tuple,
-			Opened: c.opened, BytesIn: c.in.Load(), BytesOut: c.out.Load(), QueueWait: c.queueWait})
+			Opened: c.opened, BytesIn: c.in.Load(), BytesOut: c.out.Load(), QueueWait: c.queueWait,
+			Faults: l.connFaults(fs, c)})
 	}
 	for _, c := range l.queue.waiting {
 		out = append(out, ConnInfo{ID: events.ConnID(l.id, c.n), Listener: l.id, Tuple: c.tuple,
@@ -324,6 +331,7 @@ func (l *Listener) beginClose() (first bool) {
 		l.mu.Unlock()
 		l.state.Store(int32(StateDraining))
 		close(l.stop)
+		l.stopFaults()
 		if l.ln != nil {
 			_ = l.ln.Close()
 			<-l.acceptDone

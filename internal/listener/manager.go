@@ -213,6 +213,7 @@ func (m *Manager) newListener(id, name string, spec Spec, h Handler, ln *net.TCP
 		b.bind(l)
 	}
 	l.storeLimits(spec.Limits)
+	l.faults.init()
 	l.state.Store(int32(StateListening))
 	if ln != nil {
 		l.bound = ln.Addr().String()

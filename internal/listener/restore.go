@@ -144,6 +144,7 @@ func (m *Manager) bindLocked(ctx context.Context, id, name string, spec Spec, h 
 	m.bus.Publish(events.Event{Listener: id, Kind: events.KindListenerStarted,
 		Detail: &events.Detail{Address: l.bound, Name: name}})
 	l.log.Info("listener started")
+	l.specFaults(spec.Faults)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()

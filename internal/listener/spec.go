@@ -55,6 +55,7 @@ type Spec struct {
 	Deny           []netip.Prefix
 	Nagle          bool          // leave Nagle's algorithm on (TCP_NODELAY off); Go's default is off
 	KeepAlive      time.Duration // keepalive probe interval; 0: default (15s), < 0: off
+	Faults         []Fault       // in force from the first accept; not saved (fault.go)
 }
 
 // DefaultHost is bound when a spec names no host.

@@ -76,5 +76,8 @@ func (t handlerTable) validateSpec(s Spec) (Handler, error) {
 	if err := ValidateLimits(s.Limits); err != nil {
 		return nil, err
 	}
+	if err := validateFaults(s.Faults); err != nil {
+		return nil, err
+	}
 	return t.make(s.Handler)
 }

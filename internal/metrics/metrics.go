@@ -151,6 +151,12 @@ var (
 		"Connections accepted and closed at once, by reason.", append(listenerLabels, "reason"), nil)
 	descBytes = prometheus.NewDesc(namespace+"_listener_bytes_total",
 		"Bytes read from clients (direction in) and written to them (direction out).", append(listenerLabels, "direction"), nil)
+	descFaults = prometheus.NewDesc(namespace+"_listener_faults",
+		"Faults in force on the listener now.", listenerLabels, nil)
+	descFaultsApplied = prometheus.NewDesc(namespace+"_listener_faults_applied_total",
+		"Times a fault applied to a connection (a refused or delayed accept included).", listenerLabels, nil)
+	descFaultCloses = prometheus.NewDesc(namespace+"_listener_fault_closes_total",
+		"Connections a fault closed or reset.", listenerLabels, nil)
 	descDuration = prometheus.NewDesc(namespace+"_connection_duration_seconds",
 		"How long connections were open, from accept to close.", listenerLabels, nil)
 
@@ -176,11 +182,12 @@ var rejectReasons = [events.NumRejectReasons]string{
 	events.RejectQueueTimeout:   "queue_timeout",
 	events.RejectListenerClosed: "listener_closed",
 	events.RejectKicked:         "kicked",
+	events.RejectFault:          "fault",
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descActive, descQueued, descMax, descAccepted, descRejected, descBytes,
-		descDuration, descWatchers, descPublished, descCuts, descDropped} {
+		descDuration, descWatchers, descPublished, descCuts, descDropped, descFaults, descFaultsApplied, descFaultCloses} {
 		ch <- d
 	}
 }
@@ -208,6 +215,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(in.BytesIn), in.ID, in.Name, "in")
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(in.BytesOut), in.ID, in.Name, "out")
+		ch <- prometheus.MustNewConstMetric(descFaults, prometheus.GaugeValue, float64(in.Faults.InForce), lv...)
+		ch <- prometheus.MustNewConstMetric(descFaultsApplied, prometheus.CounterValue, float64(in.Faults.Applied), lv...)
+		ch <- prometheus.MustNewConstMetric(descFaultCloses, prometheus.CounterValue, float64(in.Faults.Closes), lv...)
 		ch <- c.durationOf(in.ID, lv)
 	}
 	// Histograms of listeners gone from the manager go with them. One

@@ -76,6 +76,9 @@ var mutating = map[string]bool{
 	listenerdv1.ListenerService_CloseListener_FullMethodName:   true,
 	listenerdv1.ListenerService_CloseConnection_FullMethodName: true,
 	listenerdv1.ListenerService_RebindListener_FullMethodName:  true,
+	listenerdv1.ListenerService_AddFault_FullMethodName:        true,
+	listenerdv1.ListenerService_UpdateFault_FullMethodName:     true,
+	listenerdv1.ListenerService_RemoveFault_FullMethodName:     true,
 }
 
 // transport is what differs between the servers of the two transports:

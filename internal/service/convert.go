@@ -182,6 +182,9 @@ func specFromProto(p *listenerdv1.ListenerSpec) (listener.Spec, error) {
 		return s, err
 	}
 	s.Nagle = p.NoDelay != nil && !p.GetNoDelay()
+	if s.Faults, err = faultsFromProto(p.GetFaults()); err != nil {
+		return s, err
+	}
 	if p.GetKeepalive() != nil {
 		if s.KeepAlive, err = duration("spec.keepalive", p.GetKeepalive()); err != nil {
 			return s, err
@@ -257,6 +260,9 @@ func specToProto(s listener.Spec) *listenerdv1.ListenerSpec {
 	for _, c := range s.Deny {
 		p.DenyCidrs = append(p.DenyCidrs, c.String())
 	}
+	for _, f := range s.Faults {
+		p.Faults = append(p.Faults, faultToProto(f))
+	}
 	return p
 }
 
@@ -324,6 +330,7 @@ func connToProto(c listener.ConnInfo) *listenerdv1.Connection {
 		BytesOut:   c.BytesOut,
 		State:      state,
 		QueueWait:  wait,
+		Faults:     connFaultsToProto(c.Faults),
 	}
 }
 
@@ -353,12 +360,12 @@ func eventToProto(e *events.Event, boot string, dataMax int) *listenerdv1.Event 
 		p.Kind = &listenerdv1.Event_ConnectionClosed{ConnectionClosed: &listenerdv1.ConnectionClosed{
 			ConnectionId: e.ConnID(), Tuple: tupleToProto(e.Tuple),
 			BytesIn: e.BytesIn, BytesOut: e.BytesOut, Duration: durationpb.New(e.Duration),
-			Reason: listenerdv1.CloseReason(e.Close), Error: d.Error}}
+			Reason: listenerdv1.CloseReason(e.Close), Error: d.Error, Fault: faultName(d)}}
 	case events.KindConnectionHalfClosed:
 		p.Kind = &listenerdv1.Event_ConnectionHalfClosed{ConnectionHalfClosed: &listenerdv1.ConnectionHalfClosed{ConnectionId: e.ConnID()}}
 	case events.KindConnectionRejected:
 		r := &listenerdv1.ConnectionRejected{Tuple: tupleToProto(e.Tuple), Reason: listenerdv1.RejectReason(e.Reject),
-			ConnectionId: e.ConnID()}
+			ConnectionId: e.ConnID(), Fault: faultName(d)}
 		if e.Conn != 0 { // it waited in the queue
 			r.QueueWait = durationpb.New(e.Duration)
 		}
@@ -389,6 +396,8 @@ func eventToProto(e *events.Event, boot string, dataMax int) *listenerdv1.Event 
 		}
 		p.Kind = &listenerdv1.Event_ConnectionData{ConnectionData: &listenerdv1.ConnectionData{
 			ConnectionId: e.ConnID(), Direction: dir, Data: data, Length: e.BytesIn}}
+	case events.KindFaultAdded, events.KindFaultRemoved, events.KindFaultApplied:
+		faultEventToProto(p, e, d)
 	case events.KindListenerClosed:
 		p.Kind = &listenerdv1.Event_ListenerClosed{ListenerClosed: &listenerdv1.ListenerClosed{Drained: d.Drained, Destroyed: d.Destroyed}}
 	}

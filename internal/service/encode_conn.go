@@ -23,7 +23,7 @@ const (
 
 	connIDField, connTupleField                   = 1, 2 // ConnectionOpened and ConnectionClosed
 	closedBytesIn, closedBytesOut, closedDuration = 3, 4, 5
-	closedReason, closedError                     = 6, 7
+	closedReason, closedError, closedFault        = 6, 7, 8
 	tupleRemoteAddr, tupleRemotePort, tupleFamily = 1, 2, 3
 	tupleLocalAddr, tupleLocalPort                = 4, 5
 	secondsField, nanosField                      = 1, 2 // Timestamp and Duration
@@ -57,6 +57,9 @@ func encodeConnEvent(dst []byte, e *events.Event, boot string) []byte {
 		kind = appendUint(kind, closedReason, uint64(e.Close))
 		if e.Detail != nil {
 			kind = appendString(kind, closedError, e.Detail.Error)
+			if f := e.Detail.Fault; f != nil {
+				kind = appendString(kind, closedFault, f.Fault.Name)
+			}
 		}
 	}
 

@@ -48,6 +48,9 @@ func TestEncodeConnEvent(t *testing.T) {
 		}
 		if r.IntN(3) > 0 {
 			e.Detail = &events.Detail{Error: strs[r.IntN(len(strs))]}
+			if r.IntN(2) == 0 {
+				e.Detail.Fault = &events.FaultEvent{Fault: events.Fault{Name: strs[r.IntN(len(strs))]}}
+			}
 		}
 		boot := strs[r.IntN(3)]
 		want, err := proto.Marshal(eventToProto(&e, boot, 0))

@@ -286,6 +286,12 @@ const (
 	EventKind_EVENT_KIND_HANDLER_DETACHED EventKind = 12
 	// A handler took a connection of a stream listener.
 	EventKind_EVENT_KIND_CONNECTION_TAKEN EventKind = 13
+	// A fault was added to a listener, or changed.
+	EventKind_EVENT_KIND_FAULT_ADDED EventKind = 14
+	// A fault was removed, or expired.
+	EventKind_EVENT_KIND_FAULT_REMOVED EventKind = 15
+	// A fault applied to a connection (or to an accept).
+	EventKind_EVENT_KIND_FAULT_APPLIED EventKind = 16
 )
 
 // Enum value maps for EventKind.
@@ -305,6 +311,9 @@ var (
 		11: "EVENT_KIND_HANDLER_ATTACHED",
 		12: "EVENT_KIND_HANDLER_DETACHED",
 		13: "EVENT_KIND_CONNECTION_TAKEN",
+		14: "EVENT_KIND_FAULT_ADDED",
+		15: "EVENT_KIND_FAULT_REMOVED",
+		16: "EVENT_KIND_FAULT_APPLIED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":            0,
@@ -321,6 +330,9 @@ var (
 		"EVENT_KIND_HANDLER_ATTACHED":       11,
 		"EVENT_KIND_HANDLER_DETACHED":       12,
 		"EVENT_KIND_CONNECTION_TAKEN":       13,
+		"EVENT_KIND_FAULT_ADDED":            14,
+		"EVENT_KIND_FAULT_REMOVED":          15,
+		"EVENT_KIND_FAULT_APPLIED":          16,
 	}
 )
 
@@ -385,6 +397,9 @@ const (
 	CloseReason_CLOSE_REASON_HANDLER_RESET CloseReason = 12
 	// Handover: the handler said it closed the connection.
 	CloseReason_CLOSE_REASON_HANDLER_CLOSED CloseReason = 13
+	// A fault closed it (limit_data, timeout's delay) or reset it (reset);
+	// ConnectionClosed.fault names it.
+	CloseReason_CLOSE_REASON_FAULT CloseReason = 14
 )
 
 // Enum value maps for CloseReason.
@@ -404,6 +419,7 @@ var (
 		11: "CLOSE_REASON_HANDLER_GONE",
 		12: "CLOSE_REASON_HANDLER_RESET",
 		13: "CLOSE_REASON_HANDLER_CLOSED",
+		14: "CLOSE_REASON_FAULT",
 	}
 	CloseReason_value = map[string]int32{
 		"CLOSE_REASON_UNSPECIFIED":     0,
@@ -420,6 +436,7 @@ var (
 		"CLOSE_REASON_HANDLER_GONE":    11,
 		"CLOSE_REASON_HANDLER_RESET":   12,
 		"CLOSE_REASON_HANDLER_CLOSED":  13,
+		"CLOSE_REASON_FAULT":           14,
 	}
 )
 
@@ -476,21 +493,25 @@ const (
 	// The connection was closed through CloseConnection while it waited in the
 	// queue.
 	RejectReason_REJECT_REASON_KICKED RejectReason = 9
+	// A refuse fault answered the connection with RST;
+	// ConnectionRejected.fault names it.
+	RejectReason_REJECT_REASON_FAULT RejectReason = 10
 )
 
 // Enum value maps for RejectReason.
 var (
 	RejectReason_name = map[int32]string{
-		0: "REJECT_REASON_UNSPECIFIED",
-		1: "REJECT_REASON_MAX_CONNECTIONS",
-		2: "REJECT_REASON_DENIED_BY_ACL",
-		3: "REJECT_REASON_RATE_LIMIT",
-		4: "REJECT_REASON_PER_SOURCE_LIMIT",
-		5: "REJECT_REASON_DAEMON_LIMIT",
-		6: "REJECT_REASON_QUEUE_FULL",
-		7: "REJECT_REASON_QUEUE_TIMEOUT",
-		8: "REJECT_REASON_LISTENER_CLOSED",
-		9: "REJECT_REASON_KICKED",
+		0:  "REJECT_REASON_UNSPECIFIED",
+		1:  "REJECT_REASON_MAX_CONNECTIONS",
+		2:  "REJECT_REASON_DENIED_BY_ACL",
+		3:  "REJECT_REASON_RATE_LIMIT",
+		4:  "REJECT_REASON_PER_SOURCE_LIMIT",
+		5:  "REJECT_REASON_DAEMON_LIMIT",
+		6:  "REJECT_REASON_QUEUE_FULL",
+		7:  "REJECT_REASON_QUEUE_TIMEOUT",
+		8:  "REJECT_REASON_LISTENER_CLOSED",
+		9:  "REJECT_REASON_KICKED",
+		10: "REJECT_REASON_FAULT",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":      0,
@@ -503,6 +524,7 @@ var (
 		"REJECT_REASON_QUEUE_TIMEOUT":    7,
 		"REJECT_REASON_LISTENER_CLOSED":  8,
 		"REJECT_REASON_KICKED":           9,
+		"REJECT_REASON_FAULT":            10,
 	}
 )
 
@@ -584,6 +606,146 @@ func (x Direction) Number() protoreflect.EnumNumber {
 // Deprecated: Use Direction.Descriptor instead.
 func (Direction) EnumDescriptor() ([]byte, []int) {
 	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{7}
+}
+
+// FaultKind is what a fault does.
+type FaultKind int32
+
+const (
+	// Invalid.
+	FaultKind_FAULT_KIND_UNSPECIFIED FaultKind = 0
+	// Delay each chunk by latency plus or minus jitter.
+	FaultKind_FAULT_KIND_LATENCY FaultKind = 1
+	// A token bucket of rate bytes a second, burst deep.
+	FaultKind_FAULT_KIND_BANDWIDTH FaultKind = 2
+	// Cut the bytes in slices of slice_size plus or minus slice_variation,
+	// delay apart.
+	FaultKind_FAULT_KIND_SLICER FaultKind = 3
+	// Hold the half-close (FIN) for delay.
+	FaultKind_FAULT_KIND_SLOW_CLOSE FaultKind = 4
+	// Pass nothing, hold every byte (and the FIN), keep the connection open;
+	// close it after delay if set. Removed, it passes what it held.
+	FaultKind_FAULT_KIND_TIMEOUT FaultKind = 5
+	// Drop every byte; the half-close passes.
+	FaultKind_FAULT_KIND_BLACKHOLE FaultKind = 6
+	// RST after delay, or once bytes passed, or at once.
+	FaultKind_FAULT_KIND_RESET FaultKind = 7
+	// Pass exactly bytes, then end the connection (a FIN).
+	FaultKind_FAULT_KIND_LIMIT_DATA FaultKind = 8
+	// Accept side: answer a new connection with RST.
+	FaultKind_FAULT_KIND_REFUSE FaultKind = 9
+	// Accept side: hold a new connection for delay before it is admitted.
+	FaultKind_FAULT_KIND_DELAY_ACCEPT FaultKind = 10
+)
+
+// Enum value maps for FaultKind.
+var (
+	FaultKind_name = map[int32]string{
+		0:  "FAULT_KIND_UNSPECIFIED",
+		1:  "FAULT_KIND_LATENCY",
+		2:  "FAULT_KIND_BANDWIDTH",
+		3:  "FAULT_KIND_SLICER",
+		4:  "FAULT_KIND_SLOW_CLOSE",
+		5:  "FAULT_KIND_TIMEOUT",
+		6:  "FAULT_KIND_BLACKHOLE",
+		7:  "FAULT_KIND_RESET",
+		8:  "FAULT_KIND_LIMIT_DATA",
+		9:  "FAULT_KIND_REFUSE",
+		10: "FAULT_KIND_DELAY_ACCEPT",
+	}
+	FaultKind_value = map[string]int32{
+		"FAULT_KIND_UNSPECIFIED":  0,
+		"FAULT_KIND_LATENCY":      1,
+		"FAULT_KIND_BANDWIDTH":    2,
+		"FAULT_KIND_SLICER":       3,
+		"FAULT_KIND_SLOW_CLOSE":   4,
+		"FAULT_KIND_TIMEOUT":      5,
+		"FAULT_KIND_BLACKHOLE":    6,
+		"FAULT_KIND_RESET":        7,
+		"FAULT_KIND_LIMIT_DATA":   8,
+		"FAULT_KIND_REFUSE":       9,
+		"FAULT_KIND_DELAY_ACCEPT": 10,
+	}
+)
+
+func (x FaultKind) Enum() *FaultKind {
+	p := new(FaultKind)
+	*p = x
+	return p
+}
+
+func (x FaultKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FaultKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_listenerd_v1_listenerd_proto_enumTypes[8].Descriptor()
+}
+
+func (FaultKind) Type() protoreflect.EnumType {
+	return &file_listenerd_v1_listenerd_proto_enumTypes[8]
+}
+
+func (x FaultKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FaultKind.Descriptor instead.
+func (FaultKind) EnumDescriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{8}
+}
+
+// FaultDirection is the way of the bytes a fault acts on.
+type FaultDirection int32
+
+const (
+	// Both ways.
+	FaultDirection_FAULT_DIRECTION_UNSPECIFIED FaultDirection = 0
+	// From the client toward the handler (the upstream of a forward).
+	FaultDirection_FAULT_DIRECTION_IN FaultDirection = 1
+	// From the handler toward the client.
+	FaultDirection_FAULT_DIRECTION_OUT FaultDirection = 2
+)
+
+// Enum value maps for FaultDirection.
+var (
+	FaultDirection_name = map[int32]string{
+		0: "FAULT_DIRECTION_UNSPECIFIED",
+		1: "FAULT_DIRECTION_IN",
+		2: "FAULT_DIRECTION_OUT",
+	}
+	FaultDirection_value = map[string]int32{
+		"FAULT_DIRECTION_UNSPECIFIED": 0,
+		"FAULT_DIRECTION_IN":          1,
+		"FAULT_DIRECTION_OUT":         2,
+	}
+)
+
+func (x FaultDirection) Enum() *FaultDirection {
+	p := new(FaultDirection)
+	*p = x
+	return p
+}
+
+func (x FaultDirection) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FaultDirection) Descriptor() protoreflect.EnumDescriptor {
+	return file_listenerd_v1_listenerd_proto_enumTypes[9].Descriptor()
+}
+
+func (FaultDirection) Type() protoreflect.EnumType {
+	return &file_listenerd_v1_listenerd_proto_enumTypes[9]
+}
+
+func (x FaultDirection) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FaultDirection.Descriptor instead.
+func (FaultDirection) EnumDescriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{9}
 }
 
 // Listener is a TCP listener hosted by the daemon.
@@ -690,7 +852,11 @@ type ListenerSpec struct {
 	NoDelay *bool `protobuf:"varint,10,opt,name=no_delay,json=noDelay,proto3,oneof" json:"no_delay,omitempty"`
 	// TCP keepalive probe interval on accepted connections. Unset means the
 	// default (15s); zero turns keepalive off.
-	Keepalive     *durationpb.Duration `protobuf:"bytes,11,opt,name=keepalive,proto3" json:"keepalive,omitempty"`
+	Keepalive *durationpb.Duration `protobuf:"bytes,11,opt,name=keepalive,proto3" json:"keepalive,omitempty"`
+	// Faults in force from the first accept, as if added with AddFault; names
+	// unique. They are not saved: a restarted daemon brings the listener back
+	// without them.
+	Faults        []*Fault `protobuf:"bytes,12,rep,name=faults,proto3" json:"faults,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -798,6 +964,13 @@ func (x *ListenerSpec) GetNoDelay() bool {
 func (x *ListenerSpec) GetKeepalive() *durationpb.Duration {
 	if x != nil {
 		return x.Keepalive
+	}
+	return nil
+}
+
+func (x *ListenerSpec) GetFaults() []*Fault {
+	if x != nil {
+		return x.Faults
 	}
 	return nil
 }
@@ -1465,7 +1638,10 @@ type Connection struct {
 	State ConnectionState `protobuf:"varint,7,opt,name=state,proto3,enum=listenerd.v1.ConnectionState" json:"state,omitempty"`
 	// How long it waited in the queue: so far while QUEUED, in all once OPEN
 	// (zero for a connection that never queued).
-	QueueWait     *durationpb.Duration `protobuf:"bytes,8,opt,name=queue_wait,json=queueWait,proto3" json:"queue_wait,omitempty"`
+	QueueWait *durationpb.Duration `protobuf:"bytes,8,opt,name=queue_wait,json=queueWait,proto3" json:"queue_wait,omitempty"`
+	// Output only. Its draw for each fault in force on the byte path, drawn
+	// once when it opened and never again.
+	Faults        []*ConnectionFault `protobuf:"bytes,9,rep,name=faults,proto3" json:"faults,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1552,6 +1728,13 @@ func (x *Connection) GetState() ConnectionState {
 func (x *Connection) GetQueueWait() *durationpb.Duration {
 	if x != nil {
 		return x.QueueWait
+	}
+	return nil
+}
+
+func (x *Connection) GetFaults() []*ConnectionFault {
+	if x != nil {
+		return x.Faults
 	}
 	return nil
 }
@@ -2375,6 +2558,9 @@ type Event struct {
 	//	*Event_HandlerAttached
 	//	*Event_HandlerDetached
 	//	*Event_ConnectionTaken
+	//	*Event_FaultAdded
+	//	*Event_FaultRemoved
+	//	*Event_FaultApplied
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2562,6 +2748,33 @@ func (x *Event) GetConnectionTaken() *ConnectionTaken {
 	return nil
 }
 
+func (x *Event) GetFaultAdded() *FaultAdded {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_FaultAdded); ok {
+			return x.FaultAdded
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetFaultRemoved() *FaultRemoved {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_FaultRemoved); ok {
+			return x.FaultRemoved
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetFaultApplied() *FaultApplied {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_FaultApplied); ok {
+			return x.FaultApplied
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -2631,6 +2844,21 @@ type Event_ConnectionTaken struct {
 	ConnectionTaken *ConnectionTaken `protobuf:"bytes,22,opt,name=connection_taken,json=connectionTaken,proto3,oneof"`
 }
 
+type Event_FaultAdded struct {
+	// A fault was added or changed.
+	FaultAdded *FaultAdded `protobuf:"bytes,23,opt,name=fault_added,json=faultAdded,proto3,oneof"`
+}
+
+type Event_FaultRemoved struct {
+	// A fault was removed or expired.
+	FaultRemoved *FaultRemoved `protobuf:"bytes,24,opt,name=fault_removed,json=faultRemoved,proto3,oneof"`
+}
+
+type Event_FaultApplied struct {
+	// A fault applied to a connection.
+	FaultApplied *FaultApplied `protobuf:"bytes,25,opt,name=fault_applied,json=faultApplied,proto3,oneof"`
+}
+
 func (*Event_ListenerStarted) isEvent_Kind() {}
 
 func (*Event_ConnectionOpened) isEvent_Kind() {}
@@ -2656,6 +2884,12 @@ func (*Event_HandlerAttached) isEvent_Kind() {}
 func (*Event_HandlerDetached) isEvent_Kind() {}
 
 func (*Event_ConnectionTaken) isEvent_Kind() {}
+
+func (*Event_FaultAdded) isEvent_Kind() {}
+
+func (*Event_FaultRemoved) isEvent_Kind() {}
+
+func (*Event_FaultApplied) isEvent_Kind() {}
 
 // ConnectionData carries bytes read from or written to a connection.
 type ConnectionData struct {
@@ -2856,7 +3090,9 @@ type ConnectionClosed struct {
 	// Why it closed.
 	Reason CloseReason `protobuf:"varint,6,opt,name=reason,proto3,enum=listenerd.v1.CloseReason" json:"reason,omitempty"`
 	// The error behind RESET or UPSTREAM_FAILED, if any.
-	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// The fault behind CLOSE_REASON_FAULT.
+	Fault         string `protobuf:"bytes,8,opt,name=fault,proto3" json:"fault,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2940,6 +3176,13 @@ func (x *ConnectionClosed) GetError() string {
 	return ""
 }
 
+func (x *ConnectionClosed) GetFault() string {
+	if x != nil {
+		return x.Fault
+	}
+	return ""
+}
+
 // ConnectionHalfClosed reports that the peer ended its side (sent FIN).
 type ConnectionHalfClosed struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2997,7 +3240,9 @@ type ConnectionRejected struct {
 	// The connection id it had in the queue; empty if it never queued.
 	ConnectionId string `protobuf:"bytes,3,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	// How long it waited in the queue; unset if it never queued.
-	QueueWait     *durationpb.Duration `protobuf:"bytes,4,opt,name=queue_wait,json=queueWait,proto3" json:"queue_wait,omitempty"`
+	QueueWait *durationpb.Duration `protobuf:"bytes,4,opt,name=queue_wait,json=queueWait,proto3" json:"queue_wait,omitempty"`
+	// The fault behind REJECT_REASON_FAULT.
+	Fault         string `protobuf:"bytes,5,opt,name=fault,proto3" json:"fault,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3058,6 +3303,13 @@ func (x *ConnectionRejected) GetQueueWait() *durationpb.Duration {
 		return x.QueueWait
 	}
 	return nil
+}
+
+func (x *ConnectionRejected) GetFault() string {
+	if x != nil {
+		return x.Fault
+	}
+	return ""
 }
 
 // ConnectionQueued reports a connection over max_connections held in the
@@ -4434,6 +4686,901 @@ func (x *UpgradeDaemonResponse) GetDrainingConnections() int64 {
 	return 0
 }
 
+// Fault is a fault of a listener (toxiproxy's toxics): it acts on the bytes
+// of the connections it picks, or on their accept. Each kind reads only its
+// own parameters: latency (latency, jitter), bandwidth (rate, burst),
+// slicer (slice_size, slice_variation, delay), slow_close (delay), timeout
+// (delay), blackhole (none), reset (delay or bytes), limit_data (bytes),
+// refuse (none), delay_accept (delay).
+type Fault struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Unique in the listener; 1-63 characters of [a-z0-9._-],
+	// starting with a letter or digit.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Required. What it does.
+	Kind FaultKind `protobuf:"varint,2,opt,name=kind,proto3,enum=listenerd.v1.FaultKind" json:"kind,omitempty"`
+	// Which way of the bytes it acts on. Unset means both.
+	Direction FaultDirection `protobuf:"varint,3,opt,name=direction,proto3,enum=listenerd.v1.FaultDirection" json:"direction,omitempty"`
+	// The share of connections it applies to, 0-1. Unset means 1. Each
+	// connection draws a number in [0, 1) for each fault once, when it opens;
+	// the fault applies when the draw is below the probability.
+	Probability *float64 `protobuf:"fixed64,4,opt,name=probability,proto3,oneof" json:"probability,omitempty"`
+	// Which connections it may apply to. Unset means every one.
+	Scope *FaultScope `protobuf:"bytes,5,opt,name=scope,proto3" json:"scope,omitempty"`
+	// Input only. Remove the fault this long after it is added (fault_removed
+	// with expired). Unset or zero means never.
+	Ttl *durationpb.Duration `protobuf:"bytes,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Output only. When it expires; unset if never.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// latency: the delay added to each chunk.
+	Latency *durationpb.Duration `protobuf:"bytes,8,opt,name=latency,proto3" json:"latency,omitempty"`
+	// latency: plus or minus this, uniformly drawn for each chunk.
+	Jitter *durationpb.Duration `protobuf:"bytes,9,opt,name=jitter,proto3" json:"jitter,omitempty"`
+	// bandwidth: bytes a second, in each direction it applies to.
+	Rate uint64 `protobuf:"varint,10,opt,name=rate,proto3" json:"rate,omitempty"`
+	// bandwidth: the token bucket's depth in bytes. Unset or zero means
+	// rate/50 (20 ms worth), at least 1.
+	Burst uint64 `protobuf:"varint,11,opt,name=burst,proto3" json:"burst,omitempty"`
+	// slicer: the average slice in bytes.
+	SliceSize uint32 `protobuf:"varint,12,opt,name=slice_size,json=sliceSize,proto3" json:"slice_size,omitempty"`
+	// slicer: plus or minus this many bytes.
+	SliceVariation uint32 `protobuf:"varint,13,opt,name=slice_variation,json=sliceVariation,proto3" json:"slice_variation,omitempty"`
+	// slicer: between slices; slow_close: before the half-close passes;
+	// timeout: close the connection (FIN) after this, unset means never;
+	// reset: after this (else after bytes, else at once); delay_accept: how
+	// long each connection is held before it is admitted.
+	Delay *durationpb.Duration `protobuf:"bytes,14,opt,name=delay,proto3" json:"delay,omitempty"`
+	// limit_data: exactly this many bytes pass, then the connection ends;
+	// reset: RST once this many bytes passed.
+	Bytes         uint64 `protobuf:"varint,15,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Fault) Reset() {
+	*x = Fault{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fault) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fault) ProtoMessage() {}
+
+func (x *Fault) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fault.ProtoReflect.Descriptor instead.
+func (*Fault) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *Fault) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Fault) GetKind() FaultKind {
+	if x != nil {
+		return x.Kind
+	}
+	return FaultKind_FAULT_KIND_UNSPECIFIED
+}
+
+func (x *Fault) GetDirection() FaultDirection {
+	if x != nil {
+		return x.Direction
+	}
+	return FaultDirection_FAULT_DIRECTION_UNSPECIFIED
+}
+
+func (x *Fault) GetProbability() float64 {
+	if x != nil && x.Probability != nil {
+		return *x.Probability
+	}
+	return 0
+}
+
+func (x *Fault) GetScope() *FaultScope {
+	if x != nil {
+		return x.Scope
+	}
+	return nil
+}
+
+func (x *Fault) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *Fault) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Fault) GetLatency() *durationpb.Duration {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *Fault) GetJitter() *durationpb.Duration {
+	if x != nil {
+		return x.Jitter
+	}
+	return nil
+}
+
+func (x *Fault) GetRate() uint64 {
+	if x != nil {
+		return x.Rate
+	}
+	return 0
+}
+
+func (x *Fault) GetBurst() uint64 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+func (x *Fault) GetSliceSize() uint32 {
+	if x != nil {
+		return x.SliceSize
+	}
+	return 0
+}
+
+func (x *Fault) GetSliceVariation() uint32 {
+	if x != nil {
+		return x.SliceVariation
+	}
+	return 0
+}
+
+func (x *Fault) GetDelay() *durationpb.Duration {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *Fault) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// FaultScope narrows the connections a fault may apply to; each field set
+// narrows it further.
+type FaultScope struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only connections opened after the fault was added.
+	NewOnly bool `protobuf:"varint,1,opt,name=new_only,json=newOnly,proto3" json:"new_only,omitempty"`
+	// Only these connections (ids).
+	ConnectionIds []string `protobuf:"bytes,2,rep,name=connection_ids,json=connectionIds,proto3" json:"connection_ids,omitempty"`
+	// Only connections from these source CIDRs (a bare address is one host).
+	SourceCidrs   []string `protobuf:"bytes,3,rep,name=source_cidrs,json=sourceCidrs,proto3" json:"source_cidrs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FaultScope) Reset() {
+	*x = FaultScope{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FaultScope) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FaultScope) ProtoMessage() {}
+
+func (x *FaultScope) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FaultScope.ProtoReflect.Descriptor instead.
+func (*FaultScope) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *FaultScope) GetNewOnly() bool {
+	if x != nil {
+		return x.NewOnly
+	}
+	return false
+}
+
+func (x *FaultScope) GetConnectionIds() []string {
+	if x != nil {
+		return x.ConnectionIds
+	}
+	return nil
+}
+
+func (x *FaultScope) GetSourceCidrs() []string {
+	if x != nil {
+		return x.SourceCidrs
+	}
+	return nil
+}
+
+// ConnectionFault is a connection's draw for one fault.
+type ConnectionFault struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fault's name.
+	Fault string `protobuf:"bytes,1,opt,name=fault,proto3" json:"fault,omitempty"`
+	// The connection's draw, in [0, 1).
+	Draw float64 `protobuf:"fixed64,2,opt,name=draw,proto3" json:"draw,omitempty"`
+	// Whether the fault applies: the draw is below its probability and the
+	// connection is in its scope.
+	Applies       bool `protobuf:"varint,3,opt,name=applies,proto3" json:"applies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionFault) Reset() {
+	*x = ConnectionFault{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionFault) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionFault) ProtoMessage() {}
+
+func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionFault.ProtoReflect.Descriptor instead.
+func (*ConnectionFault) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *ConnectionFault) GetFault() string {
+	if x != nil {
+		return x.Fault
+	}
+	return ""
+}
+
+func (x *ConnectionFault) GetDraw() float64 {
+	if x != nil {
+		return x.Draw
+	}
+	return 0
+}
+
+func (x *ConnectionFault) GetApplies() bool {
+	if x != nil {
+		return x.Applies
+	}
+	return false
+}
+
+// FaultAdded reports a fault added (or changed: same name).
+type FaultAdded struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fault.
+	Fault         *Fault `protobuf:"bytes,1,opt,name=fault,proto3" json:"fault,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FaultAdded) Reset() {
+	*x = FaultAdded{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FaultAdded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FaultAdded) ProtoMessage() {}
+
+func (x *FaultAdded) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FaultAdded.ProtoReflect.Descriptor instead.
+func (*FaultAdded) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *FaultAdded) GetFault() *Fault {
+	if x != nil {
+		return x.Fault
+	}
+	return nil
+}
+
+// FaultRemoved reports a fault removed.
+type FaultRemoved struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fault's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The fault's kind.
+	Kind FaultKind `protobuf:"varint,2,opt,name=kind,proto3,enum=listenerd.v1.FaultKind" json:"kind,omitempty"`
+	// Whether it expired (else RemoveFault took it).
+	Expired       bool `protobuf:"varint,3,opt,name=expired,proto3" json:"expired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FaultRemoved) Reset() {
+	*x = FaultRemoved{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FaultRemoved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FaultRemoved) ProtoMessage() {}
+
+func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FaultRemoved.ProtoReflect.Descriptor instead.
+func (*FaultRemoved) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *FaultRemoved) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FaultRemoved) GetKind() FaultKind {
+	if x != nil {
+		return x.Kind
+	}
+	return FaultKind_FAULT_KIND_UNSPECIFIED
+}
+
+func (x *FaultRemoved) GetExpired() bool {
+	if x != nil {
+		return x.Expired
+	}
+	return false
+}
+
+// FaultApplied reports a fault applied to a connection.
+type FaultApplied struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fault's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The fault's kind.
+	Kind FaultKind `protobuf:"varint,2,opt,name=kind,proto3,enum=listenerd.v1.FaultKind" json:"kind,omitempty"`
+	// Connection id; empty for an accept-side fault (the connection has no
+	// id yet).
+	ConnectionId string `protobuf:"bytes,3,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Its addresses.
+	Tuple *FiveTuple `protobuf:"bytes,4,opt,name=tuple,proto3" json:"tuple,omitempty"`
+	// The connection's draw (byte path faults).
+	Draw          float64 `protobuf:"fixed64,5,opt,name=draw,proto3" json:"draw,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FaultApplied) Reset() {
+	*x = FaultApplied{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FaultApplied) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FaultApplied) ProtoMessage() {}
+
+func (x *FaultApplied) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FaultApplied.ProtoReflect.Descriptor instead.
+func (*FaultApplied) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *FaultApplied) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FaultApplied) GetKind() FaultKind {
+	if x != nil {
+		return x.Kind
+	}
+	return FaultKind_FAULT_KIND_UNSPECIFIED
+}
+
+func (x *FaultApplied) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *FaultApplied) GetTuple() *FiveTuple {
+	if x != nil {
+		return x.Tuple
+	}
+	return nil
+}
+
+func (x *FaultApplied) GetDraw() float64 {
+	if x != nil {
+		return x.Draw
+	}
+	return 0
+}
+
+// AddFaultRequest adds a fault to a listener.
+type AddFaultRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Listener id or name.
+	ListenerId string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	// Required. The fault.
+	Fault         *Fault `protobuf:"bytes,2,opt,name=fault,proto3" json:"fault,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddFaultRequest) Reset() {
+	*x = AddFaultRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddFaultRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddFaultRequest) ProtoMessage() {}
+
+func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddFaultRequest.ProtoReflect.Descriptor instead.
+func (*AddFaultRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *AddFaultRequest) GetListenerId() string {
+	if x != nil {
+		return x.ListenerId
+	}
+	return ""
+}
+
+func (x *AddFaultRequest) GetFault() *Fault {
+	if x != nil {
+		return x.Fault
+	}
+	return nil
+}
+
+// AddFaultResponse carries the fault added.
+type AddFaultResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fault, with its expiry.
+	Fault         *Fault `protobuf:"bytes,1,opt,name=fault,proto3" json:"fault,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddFaultResponse) Reset() {
+	*x = AddFaultResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddFaultResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddFaultResponse) ProtoMessage() {}
+
+func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddFaultResponse.ProtoReflect.Descriptor instead.
+func (*AddFaultResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *AddFaultResponse) GetFault() *Fault {
+	if x != nil {
+		return x.Fault
+	}
+	return nil
+}
+
+// UpdateFaultRequest replaces a fault of a listener.
+type UpdateFaultRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Listener id or name.
+	ListenerId string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	// Required. The fault; its name selects the one it replaces.
+	Fault         *Fault `protobuf:"bytes,2,opt,name=fault,proto3" json:"fault,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateFaultRequest) Reset() {
+	*x = UpdateFaultRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateFaultRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateFaultRequest) ProtoMessage() {}
+
+func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateFaultRequest.ProtoReflect.Descriptor instead.
+func (*UpdateFaultRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *UpdateFaultRequest) GetListenerId() string {
+	if x != nil {
+		return x.ListenerId
+	}
+	return ""
+}
+
+func (x *UpdateFaultRequest) GetFault() *Fault {
+	if x != nil {
+		return x.Fault
+	}
+	return nil
+}
+
+// UpdateFaultResponse carries the fault as it is now.
+type UpdateFaultResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fault.
+	Fault         *Fault `protobuf:"bytes,1,opt,name=fault,proto3" json:"fault,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateFaultResponse) Reset() {
+	*x = UpdateFaultResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateFaultResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateFaultResponse) ProtoMessage() {}
+
+func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateFaultResponse.ProtoReflect.Descriptor instead.
+func (*UpdateFaultResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *UpdateFaultResponse) GetFault() *Fault {
+	if x != nil {
+		return x.Fault
+	}
+	return nil
+}
+
+// RemoveFaultRequest removes a fault from a listener.
+type RemoveFaultRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Listener id or name.
+	ListenerId string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	// Required. The fault's name.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveFaultRequest) Reset() {
+	*x = RemoveFaultRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveFaultRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveFaultRequest) ProtoMessage() {}
+
+func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveFaultRequest.ProtoReflect.Descriptor instead.
+func (*RemoveFaultRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *RemoveFaultRequest) GetListenerId() string {
+	if x != nil {
+		return x.ListenerId
+	}
+	return ""
+}
+
+func (x *RemoveFaultRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RemoveFaultResponse is empty: the fault_removed event reports it.
+type RemoveFaultResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveFaultResponse) Reset() {
+	*x = RemoveFaultResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveFaultResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveFaultResponse) ProtoMessage() {}
+
+func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveFaultResponse.ProtoReflect.Descriptor instead.
+func (*RemoveFaultResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
+}
+
+// ListFaultsRequest names a listener.
+type ListFaultsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Listener id or name.
+	ListenerId    string `protobuf:"bytes,1,opt,name=listener_id,json=listenerId,proto3" json:"listener_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFaultsRequest) Reset() {
+	*x = ListFaultsRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFaultsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFaultsRequest) ProtoMessage() {}
+
+func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFaultsRequest.ProtoReflect.Descriptor instead.
+func (*ListFaultsRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *ListFaultsRequest) GetListenerId() string {
+	if x != nil {
+		return x.ListenerId
+	}
+	return ""
+}
+
+// ListFaultsResponse carries a listener's faults in force.
+type ListFaultsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The faults, oldest first.
+	Faults        []*Fault `protobuf:"bytes,1,rep,name=faults,proto3" json:"faults,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFaultsResponse) Reset() {
+	*x = ListFaultsResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFaultsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFaultsResponse) ProtoMessage() {}
+
+func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFaultsResponse.ProtoReflect.Descriptor instead.
+func (*ListFaultsResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *ListFaultsResponse) GetFaults() []*Fault {
+	if x != nil {
+		return x.Faults
+	}
+	return nil
+}
+
 var File_listenerd_v1_listenerd_proto protoreflect.FileDescriptor
 
 const file_listenerd_v1_listenerd_proto_rawDesc = "" +
@@ -4443,7 +5590,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12.\n" +
 	"\x04spec\x18\x03 \x01(\v2\x1a.listenerd.v1.ListenerSpecR\x04spec\x124\n" +
-	"\x06status\x18\x04 \x01(\v2\x1c.listenerd.v1.ListenerStatusR\x06status\"\xb8\x03\n" +
+	"\x06status\x18\x04 \x01(\v2\x1c.listenerd.v1.ListenerStatusR\x06status\"\xe5\x03\n" +
 	"\fListenerSpec\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1d\n" +
@@ -4458,7 +5605,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"deny_cidrs\x18\t \x03(\tR\tdenyCidrs\x12\x1e\n" +
 	"\bno_delay\x18\n" +
 	" \x01(\bH\x01R\anoDelay\x88\x01\x01\x127\n" +
-	"\tkeepalive\x18\v \x01(\v2\x19.google.protobuf.DurationR\tkeepaliveB\n" +
+	"\tkeepalive\x18\v \x01(\v2\x19.google.protobuf.DurationR\tkeepalive\x12+\n" +
+	"\x06faults\x18\f \x03(\v2\x13.listenerd.v1.FaultR\x06faultsB\n" +
 	"\n" +
 	"\b_backlogB\v\n" +
 	"\t_no_delay\"\x88\x04\n" +
@@ -4511,7 +5659,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x06family\x18\x03 \x01(\x0e2\x14.listenerd.v1.FamilyR\x06family\x12#\n" +
 	"\rlocal_address\x18\x04 \x01(\tR\flocalAddress\x12\x1d\n" +
 	"\n" +
-	"local_port\x18\x05 \x01(\rR\tlocalPort\"\xcc\x02\n" +
+	"local_port\x18\x05 \x01(\rR\tlocalPort\"\x83\x03\n" +
 	"\n" +
 	"Connection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
@@ -4523,7 +5671,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\tbytes_out\x18\x06 \x01(\x04R\bbytesOut\x123\n" +
 	"\x05state\x18\a \x01(\x0e2\x1d.listenerd.v1.ConnectionStateR\x05state\x128\n" +
 	"\n" +
-	"queue_wait\x18\b \x01(\v2\x19.google.protobuf.DurationR\tqueueWait\"[\n" +
+	"queue_wait\x18\b \x01(\v2\x19.google.protobuf.DurationR\tqueueWait\x125\n" +
+	"\x06faults\x18\t \x03(\v2\x1d.listenerd.v1.ConnectionFaultR\x06faults\"[\n" +
 	"\x15CreateListenerRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.listenerd.v1.ListenerSpecR\x04spec\"L\n" +
@@ -4562,7 +5711,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x15RebindListenerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
 	"\x16RebindListenerResponse\x122\n" +
-	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\xfb\b\n" +
+	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\xbe\n" +
+	"\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
@@ -4582,7 +5732,11 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x11connection_queued\x18\x13 \x01(\v2\x1e.listenerd.v1.ConnectionQueuedH\x00R\x10connectionQueued\x12J\n" +
 	"\x10handler_attached\x18\x14 \x01(\v2\x1d.listenerd.v1.HandlerAttachedH\x00R\x0fhandlerAttached\x12J\n" +
 	"\x10handler_detached\x18\x15 \x01(\v2\x1d.listenerd.v1.HandlerDetachedH\x00R\x0fhandlerDetached\x12J\n" +
-	"\x10connection_taken\x18\x16 \x01(\v2\x1d.listenerd.v1.ConnectionTakenH\x00R\x0fconnectionTakenB\x06\n" +
+	"\x10connection_taken\x18\x16 \x01(\v2\x1d.listenerd.v1.ConnectionTakenH\x00R\x0fconnectionTaken\x12;\n" +
+	"\vfault_added\x18\x17 \x01(\v2\x18.listenerd.v1.FaultAddedH\x00R\n" +
+	"faultAdded\x12A\n" +
+	"\rfault_removed\x18\x18 \x01(\v2\x1a.listenerd.v1.FaultRemovedH\x00R\ffaultRemoved\x12A\n" +
+	"\rfault_applied\x18\x19 \x01(\v2\x1a.listenerd.v1.FaultAppliedH\x00R\ffaultAppliedB\x06\n" +
 	"\x04kind\"\x98\x01\n" +
 	"\x0eConnectionData\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x125\n" +
@@ -4594,7 +5748,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"f\n" +
 	"\x10ConnectionOpened\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12-\n" +
-	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\"\x9e\x02\n" +
+	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\"\xb4\x02\n" +
 	"\x10ConnectionClosed\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12-\n" +
 	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\x12\x19\n" +
@@ -4602,15 +5756,17 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\tbytes_out\x18\x04 \x01(\x04R\bbytesOut\x125\n" +
 	"\bduration\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bduration\x121\n" +
 	"\x06reason\x18\x06 \x01(\x0e2\x19.listenerd.v1.CloseReasonR\x06reason\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\";\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x14\n" +
+	"\x05fault\x18\b \x01(\tR\x05fault\";\n" +
 	"\x14ConnectionHalfClosed\x12#\n" +
-	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"\xd6\x01\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"\xec\x01\n" +
 	"\x12ConnectionRejected\x12-\n" +
 	"\x05tuple\x18\x01 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\x122\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x1a.listenerd.v1.RejectReasonR\x06reason\x12#\n" +
 	"\rconnection_id\x18\x03 \x01(\tR\fconnectionId\x128\n" +
 	"\n" +
-	"queue_wait\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tqueueWait\"\x82\x01\n" +
+	"queue_wait\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tqueueWait\x12\x14\n" +
+	"\x05fault\x18\x05 \x01(\tR\x05fault\"\x82\x01\n" +
 	"\x10ConnectionQueued\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12-\n" +
 	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\x12\x1a\n" +
@@ -4695,7 +5851,71 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\aboot_id\x18\x03 \x01(\tR\x06bootId\x12#\n" +
 	"\rhead_sequence\x18\x04 \x01(\x04R\fheadSequence\x12\x1c\n" +
 	"\tlisteners\x18\x05 \x01(\x05R\tlisteners\x121\n" +
-	"\x14draining_connections\x18\x06 \x01(\x03R\x13drainingConnections*\x85\x01\n" +
+	"\x14draining_connections\x18\x06 \x01(\x03R\x13drainingConnections\"\xf6\x04\n" +
+	"\x05Fault\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x17.listenerd.v1.FaultKindR\x04kind\x12:\n" +
+	"\tdirection\x18\x03 \x01(\x0e2\x1c.listenerd.v1.FaultDirectionR\tdirection\x12%\n" +
+	"\vprobability\x18\x04 \x01(\x01H\x00R\vprobability\x88\x01\x01\x12.\n" +
+	"\x05scope\x18\x05 \x01(\v2\x18.listenerd.v1.FaultScopeR\x05scope\x12+\n" +
+	"\x03ttl\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12;\n" +
+	"\vexpire_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x123\n" +
+	"\alatency\x18\b \x01(\v2\x19.google.protobuf.DurationR\alatency\x121\n" +
+	"\x06jitter\x18\t \x01(\v2\x19.google.protobuf.DurationR\x06jitter\x12\x12\n" +
+	"\x04rate\x18\n" +
+	" \x01(\x04R\x04rate\x12\x14\n" +
+	"\x05burst\x18\v \x01(\x04R\x05burst\x12\x1d\n" +
+	"\n" +
+	"slice_size\x18\f \x01(\rR\tsliceSize\x12'\n" +
+	"\x0fslice_variation\x18\r \x01(\rR\x0esliceVariation\x12/\n" +
+	"\x05delay\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12\x14\n" +
+	"\x05bytes\x18\x0f \x01(\x04R\x05bytesB\x0e\n" +
+	"\f_probability\"q\n" +
+	"\n" +
+	"FaultScope\x12\x19\n" +
+	"\bnew_only\x18\x01 \x01(\bR\anewOnly\x12%\n" +
+	"\x0econnection_ids\x18\x02 \x03(\tR\rconnectionIds\x12!\n" +
+	"\fsource_cidrs\x18\x03 \x03(\tR\vsourceCidrs\"U\n" +
+	"\x0fConnectionFault\x12\x14\n" +
+	"\x05fault\x18\x01 \x01(\tR\x05fault\x12\x12\n" +
+	"\x04draw\x18\x02 \x01(\x01R\x04draw\x12\x18\n" +
+	"\aapplies\x18\x03 \x01(\bR\aapplies\"7\n" +
+	"\n" +
+	"FaultAdded\x12)\n" +
+	"\x05fault\x18\x01 \x01(\v2\x13.listenerd.v1.FaultR\x05fault\"i\n" +
+	"\fFaultRemoved\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x17.listenerd.v1.FaultKindR\x04kind\x12\x18\n" +
+	"\aexpired\x18\x03 \x01(\bR\aexpired\"\xb7\x01\n" +
+	"\fFaultApplied\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x17.listenerd.v1.FaultKindR\x04kind\x12#\n" +
+	"\rconnection_id\x18\x03 \x01(\tR\fconnectionId\x12-\n" +
+	"\x05tuple\x18\x04 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\x12\x12\n" +
+	"\x04draw\x18\x05 \x01(\x01R\x04draw\"]\n" +
+	"\x0fAddFaultRequest\x12\x1f\n" +
+	"\vlistener_id\x18\x01 \x01(\tR\n" +
+	"listenerId\x12)\n" +
+	"\x05fault\x18\x02 \x01(\v2\x13.listenerd.v1.FaultR\x05fault\"=\n" +
+	"\x10AddFaultResponse\x12)\n" +
+	"\x05fault\x18\x01 \x01(\v2\x13.listenerd.v1.FaultR\x05fault\"`\n" +
+	"\x12UpdateFaultRequest\x12\x1f\n" +
+	"\vlistener_id\x18\x01 \x01(\tR\n" +
+	"listenerId\x12)\n" +
+	"\x05fault\x18\x02 \x01(\v2\x13.listenerd.v1.FaultR\x05fault\"@\n" +
+	"\x13UpdateFaultResponse\x12)\n" +
+	"\x05fault\x18\x01 \x01(\v2\x13.listenerd.v1.FaultR\x05fault\"I\n" +
+	"\x12RemoveFaultRequest\x12\x1f\n" +
+	"\vlistener_id\x18\x01 \x01(\tR\n" +
+	"listenerId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x15\n" +
+	"\x13RemoveFaultResponse\"4\n" +
+	"\x11ListFaultsRequest\x12\x1f\n" +
+	"\vlistener_id\x18\x01 \x01(\tR\n" +
+	"listenerId\"A\n" +
+	"\x12ListFaultsResponse\x12+\n" +
+	"\x06faults\x18\x01 \x03(\v2\x13.listenerd.v1.FaultR\x06faults*\x85\x01\n" +
 	"\x0eOverflowPolicy\x12\x1f\n" +
 	"\x1bOVERFLOW_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16OVERFLOW_POLICY_REJECT\x10\x01\x12\x1b\n" +
@@ -4714,7 +5934,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0fConnectionState\x12 \n" +
 	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CONNECTION_STATE_OPEN\x10\x01\x12\x1b\n" +
-	"\x17CONNECTION_STATE_QUEUED\x10\x02*\xd8\x03\n" +
+	"\x17CONNECTION_STATE_QUEUED\x10\x02*\xb0\x04\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12 \n" +
@@ -4730,7 +5950,10 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x12\x1f\n" +
 	"\x1bEVENT_KIND_HANDLER_ATTACHED\x10\v\x12\x1f\n" +
 	"\x1bEVENT_KIND_HANDLER_DETACHED\x10\f\x12\x1f\n" +
-	"\x1bEVENT_KIND_CONNECTION_TAKEN\x10\r*\xbb\x03\n" +
+	"\x1bEVENT_KIND_CONNECTION_TAKEN\x10\r\x12\x1a\n" +
+	"\x16EVENT_KIND_FAULT_ADDED\x10\x0e\x12\x1c\n" +
+	"\x18EVENT_KIND_FAULT_REMOVED\x10\x0f\x12\x1c\n" +
+	"\x18EVENT_KIND_FAULT_APPLIED\x10\x10*\xd3\x03\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x16\n" +
@@ -4746,7 +5969,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x12\x1d\n" +
 	"\x19CLOSE_REASON_HANDLER_GONE\x10\v\x12\x1e\n" +
 	"\x1aCLOSE_REASON_HANDLER_RESET\x10\f\x12\x1f\n" +
-	"\x1bCLOSE_REASON_HANDLER_CLOSED\x10\r*\xcf\x02\n" +
+	"\x1bCLOSE_REASON_HANDLER_CLOSED\x10\r\x12\x16\n" +
+	"\x12CLOSE_REASON_FAULT\x10\x0e*\xe8\x02\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dREJECT_REASON_MAX_CONNECTIONS\x10\x01\x12\x1f\n" +
@@ -4757,13 +5981,37 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x18REJECT_REASON_QUEUE_FULL\x10\x06\x12\x1f\n" +
 	"\x1bREJECT_REASON_QUEUE_TIMEOUT\x10\a\x12!\n" +
 	"\x1dREJECT_REASON_LISTENER_CLOSED\x10\b\x12\x18\n" +
-	"\x14REJECT_REASON_KICKED\x10\t*K\n" +
+	"\x14REJECT_REASON_KICKED\x10\t\x12\x17\n" +
+	"\x13REJECT_REASON_FAULT\x10\n" +
+	"*K\n" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDIRECTION_IN\x10\x01\x12\x11\n" +
-	"\rDIRECTION_OUT\x10\x022\xe0\b\n" +
+	"\rDIRECTION_OUT\x10\x02*\xa2\x02\n" +
+	"\tFaultKind\x12\x1a\n" +
+	"\x16FAULT_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12FAULT_KIND_LATENCY\x10\x01\x12\x18\n" +
+	"\x14FAULT_KIND_BANDWIDTH\x10\x02\x12\x15\n" +
+	"\x11FAULT_KIND_SLICER\x10\x03\x12\x19\n" +
+	"\x15FAULT_KIND_SLOW_CLOSE\x10\x04\x12\x16\n" +
+	"\x12FAULT_KIND_TIMEOUT\x10\x05\x12\x18\n" +
+	"\x14FAULT_KIND_BLACKHOLE\x10\x06\x12\x14\n" +
+	"\x10FAULT_KIND_RESET\x10\a\x12\x19\n" +
+	"\x15FAULT_KIND_LIMIT_DATA\x10\b\x12\x15\n" +
+	"\x11FAULT_KIND_REFUSE\x10\t\x12\x1b\n" +
+	"\x17FAULT_KIND_DELAY_ACCEPT\x10\n" +
+	"*b\n" +
+	"\x0eFaultDirection\x12\x1f\n" +
+	"\x1bFAULT_DIRECTION_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12FAULT_DIRECTION_IN\x10\x01\x12\x17\n" +
+	"\x13FAULT_DIRECTION_OUT\x10\x022\xa4\v\n" +
 	"\x0fListenerService\x12X\n" +
-	"\rUpgradeDaemon\x12\".listenerd.v1.UpgradeDaemonRequest\x1a#.listenerd.v1.UpgradeDaemonResponse\x12[\n" +
+	"\rUpgradeDaemon\x12\".listenerd.v1.UpgradeDaemonRequest\x1a#.listenerd.v1.UpgradeDaemonResponse\x12I\n" +
+	"\bAddFault\x12\x1d.listenerd.v1.AddFaultRequest\x1a\x1e.listenerd.v1.AddFaultResponse\x12R\n" +
+	"\vUpdateFault\x12 .listenerd.v1.UpdateFaultRequest\x1a!.listenerd.v1.UpdateFaultResponse\x12R\n" +
+	"\vRemoveFault\x12 .listenerd.v1.RemoveFaultRequest\x1a!.listenerd.v1.RemoveFaultResponse\x12O\n" +
+	"\n" +
+	"ListFaults\x12\x1f.listenerd.v1.ListFaultsRequest\x1a .listenerd.v1.ListFaultsResponse\x12[\n" +
 	"\x0eCreateListener\x12#.listenerd.v1.CreateListenerRequest\x1a$.listenerd.v1.CreateListenerResponse\x12R\n" +
 	"\vGetListener\x12 .listenerd.v1.GetListenerRequest\x1a!.listenerd.v1.GetListenerResponse\x12X\n" +
 	"\rListListeners\x12\".listenerd.v1.ListListenersRequest\x1a#.listenerd.v1.ListListenersResponse\x12[\n" +
@@ -4788,8 +6036,8 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 	return file_listenerd_v1_listenerd_proto_rawDescData
 }
 
-var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -4799,164 +6047,210 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(CloseReason)(0),                // 5: listenerd.v1.CloseReason
 	(RejectReason)(0),               // 6: listenerd.v1.RejectReason
 	(Direction)(0),                  // 7: listenerd.v1.Direction
-	(*Listener)(nil),                // 8: listenerd.v1.Listener
-	(*ListenerSpec)(nil),            // 9: listenerd.v1.ListenerSpec
-	(*Limits)(nil),                  // 10: listenerd.v1.Limits
-	(*Handler)(nil),                 // 11: listenerd.v1.Handler
-	(*DiscardHandler)(nil),          // 12: listenerd.v1.DiscardHandler
-	(*EchoHandler)(nil),             // 13: listenerd.v1.EchoHandler
-	(*ForwardHandler)(nil),          // 14: listenerd.v1.ForwardHandler
-	(*StreamHandler)(nil),           // 15: listenerd.v1.StreamHandler
-	(*ListenerStatus)(nil),          // 16: listenerd.v1.ListenerStatus
-	(*FiveTuple)(nil),               // 17: listenerd.v1.FiveTuple
-	(*Connection)(nil),              // 18: listenerd.v1.Connection
-	(*CreateListenerRequest)(nil),   // 19: listenerd.v1.CreateListenerRequest
-	(*CreateListenerResponse)(nil),  // 20: listenerd.v1.CreateListenerResponse
-	(*GetListenerRequest)(nil),      // 21: listenerd.v1.GetListenerRequest
-	(*GetListenerResponse)(nil),     // 22: listenerd.v1.GetListenerResponse
-	(*ListListenersRequest)(nil),    // 23: listenerd.v1.ListListenersRequest
-	(*ListListenersResponse)(nil),   // 24: listenerd.v1.ListListenersResponse
-	(*UpdateListenerRequest)(nil),   // 25: listenerd.v1.UpdateListenerRequest
-	(*UpdateListenerResponse)(nil),  // 26: listenerd.v1.UpdateListenerResponse
-	(*CloseListenerRequest)(nil),    // 27: listenerd.v1.CloseListenerRequest
-	(*CloseListenerResponse)(nil),   // 28: listenerd.v1.CloseListenerResponse
-	(*ListConnectionsRequest)(nil),  // 29: listenerd.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil), // 30: listenerd.v1.ListConnectionsResponse
-	(*CloseConnectionRequest)(nil),  // 31: listenerd.v1.CloseConnectionRequest
-	(*CloseConnectionResponse)(nil), // 32: listenerd.v1.CloseConnectionResponse
-	(*RebindListenerRequest)(nil),   // 33: listenerd.v1.RebindListenerRequest
-	(*RebindListenerResponse)(nil),  // 34: listenerd.v1.RebindListenerResponse
-	(*Event)(nil),                   // 35: listenerd.v1.Event
-	(*ConnectionData)(nil),          // 36: listenerd.v1.ConnectionData
-	(*ListenerStarted)(nil),         // 37: listenerd.v1.ListenerStarted
-	(*ConnectionOpened)(nil),        // 38: listenerd.v1.ConnectionOpened
-	(*ConnectionClosed)(nil),        // 39: listenerd.v1.ConnectionClosed
-	(*ConnectionHalfClosed)(nil),    // 40: listenerd.v1.ConnectionHalfClosed
-	(*ConnectionRejected)(nil),      // 41: listenerd.v1.ConnectionRejected
-	(*ConnectionQueued)(nil),        // 42: listenerd.v1.ConnectionQueued
-	(*AcceptError)(nil),             // 43: listenerd.v1.AcceptError
-	(*LimitsChanged)(nil),           // 44: listenerd.v1.LimitsChanged
-	(*ListenerClosed)(nil),          // 45: listenerd.v1.ListenerClosed
-	(*WatchEventsRequest)(nil),      // 46: listenerd.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 47: listenerd.v1.WatchEventsResponse
-	(*HandlerAttached)(nil),         // 48: listenerd.v1.HandlerAttached
-	(*HandlerDetached)(nil),         // 49: listenerd.v1.HandlerDetached
-	(*ConnectionTaken)(nil),         // 50: listenerd.v1.ConnectionTaken
-	(*AttachHandlerRequest)(nil),    // 51: listenerd.v1.AttachHandlerRequest
-	(*AttachHandlerResponse)(nil),   // 52: listenerd.v1.AttachHandlerResponse
-	(*Attached)(nil),                // 53: listenerd.v1.Attached
-	(*Offer)(nil),                   // 54: listenerd.v1.Offer
-	(*ServeConnectionRequest)(nil),  // 55: listenerd.v1.ServeConnectionRequest
-	(*Take)(nil),                    // 56: listenerd.v1.Take
-	(*End)(nil),                     // 57: listenerd.v1.End
-	(*Reset)(nil),                   // 58: listenerd.v1.Reset
-	(*ServeConnectionResponse)(nil), // 59: listenerd.v1.ServeConnectionResponse
-	(*UpgradeDaemonRequest)(nil),    // 60: listenerd.v1.UpgradeDaemonRequest
-	(*UpgradeDaemonResponse)(nil),   // 61: listenerd.v1.UpgradeDaemonResponse
-	(*durationpb.Duration)(nil),     // 62: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 63: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 64: google.protobuf.FieldMask
+	(FaultKind)(0),                  // 8: listenerd.v1.FaultKind
+	(FaultDirection)(0),             // 9: listenerd.v1.FaultDirection
+	(*Listener)(nil),                // 10: listenerd.v1.Listener
+	(*ListenerSpec)(nil),            // 11: listenerd.v1.ListenerSpec
+	(*Limits)(nil),                  // 12: listenerd.v1.Limits
+	(*Handler)(nil),                 // 13: listenerd.v1.Handler
+	(*DiscardHandler)(nil),          // 14: listenerd.v1.DiscardHandler
+	(*EchoHandler)(nil),             // 15: listenerd.v1.EchoHandler
+	(*ForwardHandler)(nil),          // 16: listenerd.v1.ForwardHandler
+	(*StreamHandler)(nil),           // 17: listenerd.v1.StreamHandler
+	(*ListenerStatus)(nil),          // 18: listenerd.v1.ListenerStatus
+	(*FiveTuple)(nil),               // 19: listenerd.v1.FiveTuple
+	(*Connection)(nil),              // 20: listenerd.v1.Connection
+	(*CreateListenerRequest)(nil),   // 21: listenerd.v1.CreateListenerRequest
+	(*CreateListenerResponse)(nil),  // 22: listenerd.v1.CreateListenerResponse
+	(*GetListenerRequest)(nil),      // 23: listenerd.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),     // 24: listenerd.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),    // 25: listenerd.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),   // 26: listenerd.v1.ListListenersResponse
+	(*UpdateListenerRequest)(nil),   // 27: listenerd.v1.UpdateListenerRequest
+	(*UpdateListenerResponse)(nil),  // 28: listenerd.v1.UpdateListenerResponse
+	(*CloseListenerRequest)(nil),    // 29: listenerd.v1.CloseListenerRequest
+	(*CloseListenerResponse)(nil),   // 30: listenerd.v1.CloseListenerResponse
+	(*ListConnectionsRequest)(nil),  // 31: listenerd.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil), // 32: listenerd.v1.ListConnectionsResponse
+	(*CloseConnectionRequest)(nil),  // 33: listenerd.v1.CloseConnectionRequest
+	(*CloseConnectionResponse)(nil), // 34: listenerd.v1.CloseConnectionResponse
+	(*RebindListenerRequest)(nil),   // 35: listenerd.v1.RebindListenerRequest
+	(*RebindListenerResponse)(nil),  // 36: listenerd.v1.RebindListenerResponse
+	(*Event)(nil),                   // 37: listenerd.v1.Event
+	(*ConnectionData)(nil),          // 38: listenerd.v1.ConnectionData
+	(*ListenerStarted)(nil),         // 39: listenerd.v1.ListenerStarted
+	(*ConnectionOpened)(nil),        // 40: listenerd.v1.ConnectionOpened
+	(*ConnectionClosed)(nil),        // 41: listenerd.v1.ConnectionClosed
+	(*ConnectionHalfClosed)(nil),    // 42: listenerd.v1.ConnectionHalfClosed
+	(*ConnectionRejected)(nil),      // 43: listenerd.v1.ConnectionRejected
+	(*ConnectionQueued)(nil),        // 44: listenerd.v1.ConnectionQueued
+	(*AcceptError)(nil),             // 45: listenerd.v1.AcceptError
+	(*LimitsChanged)(nil),           // 46: listenerd.v1.LimitsChanged
+	(*ListenerClosed)(nil),          // 47: listenerd.v1.ListenerClosed
+	(*WatchEventsRequest)(nil),      // 48: listenerd.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 49: listenerd.v1.WatchEventsResponse
+	(*HandlerAttached)(nil),         // 50: listenerd.v1.HandlerAttached
+	(*HandlerDetached)(nil),         // 51: listenerd.v1.HandlerDetached
+	(*ConnectionTaken)(nil),         // 52: listenerd.v1.ConnectionTaken
+	(*AttachHandlerRequest)(nil),    // 53: listenerd.v1.AttachHandlerRequest
+	(*AttachHandlerResponse)(nil),   // 54: listenerd.v1.AttachHandlerResponse
+	(*Attached)(nil),                // 55: listenerd.v1.Attached
+	(*Offer)(nil),                   // 56: listenerd.v1.Offer
+	(*ServeConnectionRequest)(nil),  // 57: listenerd.v1.ServeConnectionRequest
+	(*Take)(nil),                    // 58: listenerd.v1.Take
+	(*End)(nil),                     // 59: listenerd.v1.End
+	(*Reset)(nil),                   // 60: listenerd.v1.Reset
+	(*ServeConnectionResponse)(nil), // 61: listenerd.v1.ServeConnectionResponse
+	(*UpgradeDaemonRequest)(nil),    // 62: listenerd.v1.UpgradeDaemonRequest
+	(*UpgradeDaemonResponse)(nil),   // 63: listenerd.v1.UpgradeDaemonResponse
+	(*Fault)(nil),                   // 64: listenerd.v1.Fault
+	(*FaultScope)(nil),              // 65: listenerd.v1.FaultScope
+	(*ConnectionFault)(nil),         // 66: listenerd.v1.ConnectionFault
+	(*FaultAdded)(nil),              // 67: listenerd.v1.FaultAdded
+	(*FaultRemoved)(nil),            // 68: listenerd.v1.FaultRemoved
+	(*FaultApplied)(nil),            // 69: listenerd.v1.FaultApplied
+	(*AddFaultRequest)(nil),         // 70: listenerd.v1.AddFaultRequest
+	(*AddFaultResponse)(nil),        // 71: listenerd.v1.AddFaultResponse
+	(*UpdateFaultRequest)(nil),      // 72: listenerd.v1.UpdateFaultRequest
+	(*UpdateFaultResponse)(nil),     // 73: listenerd.v1.UpdateFaultResponse
+	(*RemoveFaultRequest)(nil),      // 74: listenerd.v1.RemoveFaultRequest
+	(*RemoveFaultResponse)(nil),     // 75: listenerd.v1.RemoveFaultResponse
+	(*ListFaultsRequest)(nil),       // 76: listenerd.v1.ListFaultsRequest
+	(*ListFaultsResponse)(nil),      // 77: listenerd.v1.ListFaultsResponse
+	(*durationpb.Duration)(nil),     // 78: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 79: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 80: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
-	9,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
-	16, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
-	10, // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
-	11, // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	62, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
-	0,  // 5: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	62, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	62, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	62, // 8: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
-	12, // 9: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
-	13, // 10: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
-	14, // 11: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
-	15, // 12: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
-	62, // 13: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	62, // 14: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
-	1,  // 15: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	63, // 16: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	63, // 17: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
-	2,  // 18: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
-	17, // 19: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	63, // 20: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
-	3,  // 21: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
-	62, // 22: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
-	9,  // 23: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
-	8,  // 24: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	8,  // 25: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
-	8,  // 26: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
-	8,  // 27: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	64, // 28: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
-	8,  // 29: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	62, // 30: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
-	8,  // 31: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
-	18, // 32: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
-	8,  // 33: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	63, // 34: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
-	37, // 35: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
-	38, // 36: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
-	39, // 37: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
-	41, // 38: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
-	43, // 39: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
-	44, // 40: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
-	45, // 41: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
-	40, // 42: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
-	36, // 43: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
-	42, // 44: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
-	48, // 45: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
-	49, // 46: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
-	50, // 47: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
-	7,  // 48: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
-	17, // 49: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
-	17, // 50: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	62, // 51: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
-	5,  // 52: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
-	17, // 53: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
-	6,  // 54: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	62, // 55: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
-	17, // 56: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
-	62, // 57: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
-	10, // 58: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
-	4,  // 59: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
-	35, // 60: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
-	53, // 61: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
-	54, // 62: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
-	17, // 63: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
-	56, // 64: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
-	57, // 65: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
-	58, // 66: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
-	38, // 67: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
-	57, // 68: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
-	39, // 69: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
-	60, // 70: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
-	19, // 71: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	21, // 72: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	23, // 73: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	25, // 74: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	27, // 75: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	29, // 76: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	31, // 77: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	33, // 78: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	46, // 79: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	51, // 80: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
-	55, // 81: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
-	61, // 82: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
-	20, // 83: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	22, // 84: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	24, // 85: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	26, // 86: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	28, // 87: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	30, // 88: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	32, // 89: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	34, // 90: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	47, // 91: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	52, // 92: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
-	59, // 93: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
-	82, // [82:94] is the sub-list for method output_type
-	70, // [70:82] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	11,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
+	18,  // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
+	12,  // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
+	13,  // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
+	78,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	64,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
+	0,   // 6: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
+	78,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	78,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	78,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	14,  // 10: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
+	15,  // 11: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
+	16,  // 12: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
+	17,  // 13: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
+	78,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	78,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
+	1,   // 16: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
+	79,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	2,   // 19: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
+	19,  // 20: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
+	79,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	3,   // 22: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
+	78,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	66,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
+	11,  // 25: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
+	10,  // 26: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
+	10,  // 27: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
+	10,  // 28: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
+	10,  // 29: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
+	80,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	10,  // 31: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
+	78,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	10,  // 33: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
+	20,  // 34: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
+	10,  // 35: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
+	79,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	39,  // 37: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
+	40,  // 38: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
+	41,  // 39: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
+	43,  // 40: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
+	45,  // 41: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
+	46,  // 42: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
+	47,  // 43: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
+	42,  // 44: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
+	38,  // 45: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
+	44,  // 46: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
+	50,  // 47: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
+	51,  // 48: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
+	52,  // 49: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
+	67,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
+	68,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
+	69,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
+	7,   // 53: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
+	19,  // 54: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
+	19,  // 55: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
+	78,  // 56: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	5,   // 57: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
+	19,  // 58: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
+	6,   // 59: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
+	78,  // 60: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	19,  // 61: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
+	78,  // 62: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	12,  // 63: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
+	4,   // 64: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
+	37,  // 65: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
+	55,  // 66: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
+	56,  // 67: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
+	19,  // 68: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
+	58,  // 69: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
+	59,  // 70: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
+	60,  // 71: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
+	40,  // 72: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
+	59,  // 73: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
+	41,  // 74: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
+	8,   // 75: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
+	9,   // 76: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
+	65,  // 77: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
+	78,  // 78: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
+	79,  // 79: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
+	78,  // 80: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
+	78,  // 81: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
+	78,  // 82: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
+	64,  // 83: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
+	8,   // 84: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
+	8,   // 85: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
+	19,  // 86: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
+	64,  // 87: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
+	64,  // 88: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
+	64,  // 89: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
+	64,  // 90: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
+	64,  // 91: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
+	62,  // 92: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
+	70,  // 93: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
+	72,  // 94: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
+	74,  // 95: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
+	76,  // 96: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
+	21,  // 97: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	23,  // 98: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	25,  // 99: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	27,  // 100: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	29,  // 101: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	31,  // 102: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	33,  // 103: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	35,  // 104: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	48,  // 105: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	53,  // 106: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
+	57,  // 107: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
+	63,  // 108: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
+	71,  // 109: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
+	73,  // 110: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
+	75,  // 111: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
+	77,  // 112: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
+	22,  // 113: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	24,  // 114: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	26,  // 115: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	28,  // 116: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	30,  // 117: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	32,  // 118: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	34,  // 119: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	36,  // 120: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	49,  // 121: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	54,  // 122: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
+	61,  // 123: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
+	108, // [108:124] is the sub-list for method output_type
+	92,  // [92:108] is the sub-list for method input_type
+	92,  // [92:92] is the sub-list for extension type_name
+	92,  // [92:92] is the sub-list for extension extendee
+	0,   // [0:92] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -4986,6 +6280,9 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Event_HandlerAttached)(nil),
 		(*Event_HandlerDetached)(nil),
 		(*Event_ConnectionTaken)(nil),
+		(*Event_FaultAdded)(nil),
+		(*Event_FaultRemoved)(nil),
+		(*Event_FaultApplied)(nil),
 	}
 	file_listenerd_v1_listenerd_proto_msgTypes[38].OneofWrappers = []any{}
 	file_listenerd_v1_listenerd_proto_msgTypes[44].OneofWrappers = []any{
@@ -5004,13 +6301,14 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*ServeConnectionResponse_End)(nil),
 		(*ServeConnectionResponse_Closed)(nil),
 	}
+	file_listenerd_v1_listenerd_proto_msgTypes[54].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   54,
+			NumEnums:      10,
+			NumMessages:   68,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

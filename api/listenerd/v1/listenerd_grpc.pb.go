@@ -20,6 +20,10 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ListenerService_UpgradeDaemon_FullMethodName   = "/listenerd.v1.ListenerService/UpgradeDaemon"
+	ListenerService_AddFault_FullMethodName        = "/listenerd.v1.ListenerService/AddFault"
+	ListenerService_UpdateFault_FullMethodName     = "/listenerd.v1.ListenerService/UpdateFault"
+	ListenerService_RemoveFault_FullMethodName     = "/listenerd.v1.ListenerService/RemoveFault"
+	ListenerService_ListFaults_FullMethodName      = "/listenerd.v1.ListenerService/ListFaults"
 	ListenerService_CreateListener_FullMethodName  = "/listenerd.v1.ListenerService/CreateListener"
 	ListenerService_GetListener_FullMethodName     = "/listenerd.v1.ListenerService/GetListener"
 	ListenerService_ListListeners_FullMethodName   = "/listenerd.v1.ListenerService/ListListeners"
@@ -61,6 +65,26 @@ type ListenerServiceClient interface {
 	// serving, and the message says why), ABORTED (an upgrade is under way),
 	// UNAVAILABLE (shutting down).
 	UpgradeDaemon(ctx context.Context, in *UpgradeDaemonRequest, opts ...grpc.CallOption) (*UpgradeDaemonResponse, error)
+	// AddFault puts a fault in force on a listener: on the open connections
+	// it picks (reset and timeout on any; the byte kinds on connections served
+	// since the listener's first fault) and on every connection opened from
+	// now on. A fault_added event follows.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS (a fault of that
+	// name), FAILED_PRECONDITION (the listener is closing).
+	AddFault(ctx context.Context, in *AddFaultRequest, opts ...grpc.CallOption) (*AddFaultResponse, error)
+	// UpdateFault replaces the listener's fault of the same name. Every
+	// connection keeps its draw for it, so raising a probability only adds
+	// connections, lowering one only frees some.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (listener or fault).
+	UpdateFault(ctx context.Context, in *UpdateFaultRequest, opts ...grpc.CallOption) (*UpdateFaultResponse, error)
+	// RemoveFault takes a fault out of force. Connections it held resume
+	// with every byte it held (timeout holds, it never drops); bytes a
+	// blackhole dropped are gone. A fault_removed event follows.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (listener or fault).
+	RemoveFault(ctx context.Context, in *RemoveFaultRequest, opts ...grpc.CallOption) (*RemoveFaultResponse, error)
+	// ListFaults returns a listener's faults in force.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND.
+	ListFaults(ctx context.Context, in *ListFaultsRequest, opts ...grpc.CallOption) (*ListFaultsResponse, error)
 	// CreateListener binds a new listener and starts accepting. The socket is
 	// bound before the reply, so a reply means the port is open; port 0 takes an
 	// ephemeral port and the reply's status reports the real address.
@@ -140,6 +164,46 @@ func (c *listenerServiceClient) UpgradeDaemon(ctx context.Context, in *UpgradeDa
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(UpgradeDaemonResponse)
 	err := c.cc.Invoke(ctx, ListenerService_UpgradeDaemon_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *listenerServiceClient) AddFault(ctx context.Context, in *AddFaultRequest, opts ...grpc.CallOption) (*AddFaultResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddFaultResponse)
+	err := c.cc.Invoke(ctx, ListenerService_AddFault_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *listenerServiceClient) UpdateFault(ctx context.Context, in *UpdateFaultRequest, opts ...grpc.CallOption) (*UpdateFaultResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateFaultResponse)
+	err := c.cc.Invoke(ctx, ListenerService_UpdateFault_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *listenerServiceClient) RemoveFault(ctx context.Context, in *RemoveFaultRequest, opts ...grpc.CallOption) (*RemoveFaultResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveFaultResponse)
+	err := c.cc.Invoke(ctx, ListenerService_RemoveFault_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *listenerServiceClient) ListFaults(ctx context.Context, in *ListFaultsRequest, opts ...grpc.CallOption) (*ListFaultsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFaultsResponse)
+	err := c.cc.Invoke(ctx, ListenerService_ListFaults_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -305,6 +369,26 @@ type ListenerServiceServer interface {
 	// serving, and the message says why), ABORTED (an upgrade is under way),
 	// UNAVAILABLE (shutting down).
 	UpgradeDaemon(context.Context, *UpgradeDaemonRequest) (*UpgradeDaemonResponse, error)
+	// AddFault puts a fault in force on a listener: on the open connections
+	// it picks (reset and timeout on any; the byte kinds on connections served
+	// since the listener's first fault) and on every connection opened from
+	// now on. A fault_added event follows.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS (a fault of that
+	// name), FAILED_PRECONDITION (the listener is closing).
+	AddFault(context.Context, *AddFaultRequest) (*AddFaultResponse, error)
+	// UpdateFault replaces the listener's fault of the same name. Every
+	// connection keeps its draw for it, so raising a probability only adds
+	// connections, lowering one only frees some.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (listener or fault).
+	UpdateFault(context.Context, *UpdateFaultRequest) (*UpdateFaultResponse, error)
+	// RemoveFault takes a fault out of force. Connections it held resume
+	// with every byte it held (timeout holds, it never drops); bytes a
+	// blackhole dropped are gone. A fault_removed event follows.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (listener or fault).
+	RemoveFault(context.Context, *RemoveFaultRequest) (*RemoveFaultResponse, error)
+	// ListFaults returns a listener's faults in force.
+	// Errors: INVALID_ARGUMENT, NOT_FOUND.
+	ListFaults(context.Context, *ListFaultsRequest) (*ListFaultsResponse, error)
 	// CreateListener binds a new listener and starts accepting. The socket is
 	// bound before the reply, so a reply means the port is open; port 0 takes an
 	// ephemeral port and the reply's status reports the real address.
@@ -383,6 +467,18 @@ type UnimplementedListenerServiceServer struct{}
 func (UnimplementedListenerServiceServer) UpgradeDaemon(context.Context, *UpgradeDaemonRequest) (*UpgradeDaemonResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpgradeDaemon not implemented")
 }
+func (UnimplementedListenerServiceServer) AddFault(context.Context, *AddFaultRequest) (*AddFaultResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddFault not implemented")
+}
+func (UnimplementedListenerServiceServer) UpdateFault(context.Context, *UpdateFaultRequest) (*UpdateFaultResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateFault not implemented")
+}
+func (UnimplementedListenerServiceServer) RemoveFault(context.Context, *RemoveFaultRequest) (*RemoveFaultResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveFault not implemented")
+}
+func (UnimplementedListenerServiceServer) ListFaults(context.Context, *ListFaultsRequest) (*ListFaultsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFaults not implemented")
+}
 func (UnimplementedListenerServiceServer) CreateListener(context.Context, *CreateListenerRequest) (*CreateListenerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateListener not implemented")
 }
@@ -451,6 +547,78 @@ func _ListenerService_UpgradeDaemon_Handler(srv interface{}, ctx context.Context
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ListenerServiceServer).UpgradeDaemon(ctx, req.(*UpgradeDaemonRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ListenerService_AddFault_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddFaultRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ListenerServiceServer).AddFault(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ListenerService_AddFault_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ListenerServiceServer).AddFault(ctx, req.(*AddFaultRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ListenerService_UpdateFault_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateFaultRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ListenerServiceServer).UpdateFault(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ListenerService_UpdateFault_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ListenerServiceServer).UpdateFault(ctx, req.(*UpdateFaultRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ListenerService_RemoveFault_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveFaultRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ListenerServiceServer).RemoveFault(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ListenerService_RemoveFault_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ListenerServiceServer).RemoveFault(ctx, req.(*RemoveFaultRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ListenerService_ListFaults_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFaultsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ListenerServiceServer).ListFaults(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ListenerService_ListFaults_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ListenerServiceServer).ListFaults(ctx, req.(*ListFaultsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -638,6 +806,22 @@ var ListenerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpgradeDaemon",
 			Handler:    _ListenerService_UpgradeDaemon_Handler,
+		},
+		{
+			MethodName: "AddFault",
+			Handler:    _ListenerService_AddFault_Handler,
+		},
+		{
+			MethodName: "UpdateFault",
+			Handler:    _ListenerService_UpdateFault_Handler,
+		},
+		{
+			MethodName: "RemoveFault",
+			Handler:    _ListenerService_RemoveFault_Handler,
+		},
+		{
+			MethodName: "ListFaults",
+			Handler:    _ListenerService_ListFaults_Handler,
 		},
 		{
 			MethodName: "CreateListener",
