@@ -54,14 +54,18 @@ func (c *Conn) close(reason events.CloseReason, reset bool) bool {
 		return first
 	}
 	c.closed = true
+	if c.handedOver {
+		// The handler holds the socket too: shut it down for both, before
+		// the kill wakes the connection's goroutine, which then reads its
+		// bytes and closes the daemon's copy (handover).
+		shutdown(c.c, reset)
+		if c.kill != nil {
+			close(c.kill)
+		}
+		return first
+	}
 	if c.kill != nil {
 		close(c.kill)
-	}
-	if c.handedOver {
-		// The handler holds the socket too: shut it down for both; the
-		// daemon's copy is closed once its bytes are read (handover).
-		shutdown(c.c, reset)
-		return first
 	}
 	if reset {
 		_ = c.c.SetLinger(0)
