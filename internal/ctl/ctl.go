@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
+	"github.com/listenerd/listenerd/api/listenerd"
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/paths"
 )
@@ -57,8 +57,8 @@ type app struct {
 	// RunE started; an error before that is a usage error.
 	running bool
 
-	conn   *grpc.ClientConn
-	client listenerdv1.ListenerServiceClient
+	// client is the daemon's, dialed on first use (dial).
+	client *listenerd.Client
 
 	// retry paces watch resumes after UNAVAILABLE or RESOURCE_EXHAUSTED.
 	retry retryPolicy
@@ -85,8 +85,8 @@ func (a *app) run(ctx context.Context, args []string) int {
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)
 	cmd, err := root.ExecuteContextC(ctx)
-	if a.conn != nil {
-		_ = a.conn.Close()
+	if a.client != nil {
+		_ = a.client.Close()
 	}
 	if err == nil {
 		return ExitOK
@@ -196,43 +196,34 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 	}
 }
 
-// dial returns the daemon's client, dialing the socket on first use. The
-// connection is closed when run ends.
-func (a *app) dial() (listenerdv1.ListenerServiceClient, error) {
+// dial returns the daemon's client, dialing it on first use, through
+// api/listenerd with the Options of ctl's flags (api.go). The connection
+// is closed when run ends.
+func (a *app) dial() (*listenerd.Client, error) {
 	if a.client != nil {
 		return a.client, nil
 	}
-	tgt, opts, err := a.endpoint()
+	o, err := a.options()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(tgt, append(opts,
-		// Reconnect about as fast as watch retries, instead of grpc's
-		// default of 1s growing to 2 minutes.
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff: backoff.Config{
-				BaseDelay:  defaultRetry.initial,
-				Multiplier: 2,
-				Jitter:     0.2,
-				MaxDelay:   defaultRetry.max,
-			},
-			MinConnectTimeout: 5 * time.Second,
-		}),
-	)...)
+	// Reconnect about as fast as watch retries, instead of grpc's default
+	// of 1s growing to 2 minutes.
+	o.DialOptions = []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff: backoff.Config{
+			BaseDelay:  defaultRetry.initial,
+			Multiplier: 2,
+			Jitter:     0.2,
+			MaxDelay:   defaultRetry.max,
+		},
+		MinConnectTimeout: 5 * time.Second,
+	})}
+	c, err := listenerd.Dial(o)
 	if err != nil {
 		return nil, usageErrorf("bad --socket or --api %q: %v", a.where(), err)
 	}
-	a.conn = conn
-	a.client = listenerdv1.NewListenerServiceClient(conn)
-	return a.client, nil
-}
-
-// target is the gRPC target of a unix socket path.
-func target(socket string) string {
-	if filepath.IsAbs(socket) {
-		return "unix://" + socket
-	}
-	return "unix:" + socket
+	a.client = c
+	return c, nil
 }
 
 // unary returns the context for one unary RPC, bounded by --timeout.
