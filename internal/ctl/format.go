@@ -545,6 +545,18 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 		d := k.ConnectionData
 		fmt.Fprintf(&b, "connection_data c=%s %s len=%d data=%q", d.GetConnectionId(),
 			enumWord(d.GetDirection().String(), "DIRECTION_"), d.GetLength(), d.GetData())
+	case *listenerdv1.Event_HandlerAttached:
+		h := k.HandlerAttached
+		fmt.Fprintf(&b, "handler_attached h=%s max=%d", h.GetHandlerId(), h.GetMaxConnections())
+		if l := h.GetLabel(); l != "" {
+			fmt.Fprintf(&b, " label=%q", l)
+		}
+	case *listenerdv1.Event_HandlerDetached:
+		h := k.HandlerDetached
+		fmt.Fprintf(&b, "handler_detached h=%s reason=%q", h.GetHandlerId(), h.GetReason())
+	case *listenerdv1.Event_ConnectionTaken:
+		c := k.ConnectionTaken
+		fmt.Fprintf(&b, "connection_taken c=%s h=%s", c.GetConnectionId(), c.GetHandlerId())
 	default:
 		b.WriteString("unknown_event")
 	}
