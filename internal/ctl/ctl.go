@@ -1,7 +1,8 @@
 // Package ctl implements ctl, the command-line client of listenerd. Its
 // commands are a pure gRPC client of the daemon (listen, ls, get, limit,
-// close, watch, conns, kick, rebind), plus connect, a plain TCP client to try a
-// listener out. Main is the whole program, so tests drive it like a user.
+// close, watch, conns, kick, rebind, and attach and serve, which serve a
+// stream listener's connections), plus connect, a plain TCP client to try
+// a listener out. Main is the whole program, so tests drive it like a user.
 package ctl
 
 import (
@@ -53,6 +54,9 @@ type app struct {
 	timeout   time.Duration
 	verbose   bool
 
+	// execArgs are the words after --exec CMD, for ctl serve (splitExec).
+	execArgs []string
+
 	// running is set once flags and arguments were accepted and a command's
 	// RunE started; an error before that is a usage error.
 	running bool
@@ -80,6 +84,9 @@ func newApp(stdout, stderr io.Writer) *app {
 // error as one line on stderr.
 func (a *app) run(ctx context.Context, args []string) int {
 	root := a.rootCmd()
+	if c, _, err := root.Find(args); err == nil && c.Annotations[execTail] != "" {
+		args, a.execArgs = splitExec(args)
+	}
 	root.SetArgs(args)
 	root.SetIn(a.stdin)
 	root.SetOut(a.stdout)
@@ -112,7 +119,7 @@ Output: -o text (tables for people, the default), -o wide (more columns),
 -o json (one JSON object a line, for scripts and streams).
 
 Exit codes:
-  0  success (and Ctrl-C on watch, listen --follow and connect)
+  0  success (and Ctrl-C on watch, listen --follow, attach, serve and connect)
   1  any other failure
   2  usage error or invalid input (bad flag or argument, INVALID_ARGUMENT)
   3  listener or connection not found (NOT_FOUND)
@@ -162,6 +169,8 @@ func (a *app) rootCmd() *cobra.Command {
 		a.connsCmd(),
 		a.kickCmd(),
 		a.rebindCmd(),
+		a.attachCmd(),
+		a.serveCmd(),
 		a.connectCmd(),
 	)
 	a.addCompletions(root)

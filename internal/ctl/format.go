@@ -588,12 +588,7 @@ func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
 	case *listenerdv1.Event_ConnectionClosed:
 		c := k.ConnectionClosed
 		delete(p.remotes, c.GetConnectionId())
-		why := strings.ReplaceAll(closeReasonWord(c.GetReason()), "_", " ")
-		if e := c.GetError(); e != "" {
-			why += ": " + e
-		}
-		return fmt.Sprintf("CLOSED: %s (%s, in %s, out %s, %s)", remote(c.GetTuple()), why,
-			humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut()), humanDuration(c.GetDuration().AsDuration())), false
+		return fmt.Sprintf("CLOSED: %s (%s)", remote(c.GetTuple()), closedSummary(c)), false
 	case *listenerdv1.Event_ConnectionQueued:
 		q := k.ConnectionQueued
 		r := remote(q.GetTuple())
@@ -632,6 +627,17 @@ func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
 	}
 	// listener_started: listen already printed the address.
 	return "", false
+}
+
+// closedSummary says how a connection ended: "peer closed, in 18 B, out
+// 18 B, 5ms".
+func closedSummary(c *listenerdv1.ConnectionClosed) string {
+	why := strings.ReplaceAll(closeReasonWord(c.GetReason()), "_", " ")
+	if e := c.GetError(); e != "" {
+		why += ": " + e
+	}
+	return fmt.Sprintf("%s, in %s, out %s, %s", why,
+		humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut()), humanDuration(c.GetDuration().AsDuration()))
 }
 
 // remoteOf is the remote address of an open connection, or its id when the
