@@ -146,6 +146,7 @@ type session struct {
 
 	mu     sync.Mutex
 	proc   *os.Process
+	stdin  *os.File // the command's stdin, our end
 	killed bool
 }
 
@@ -234,6 +235,9 @@ func (ss *session) kill() {
 	ss.killed = true
 	if ss.proc != nil {
 		killGroup(ss.proc)
+		// A write the command does not read is let go: what is left of
+		// its input goes nowhere now.
+		ss.stdin.Close()
 	}
 	ss.mu.Unlock()
 	_ = ss.c.Reset()
@@ -266,7 +270,7 @@ func (s *server) run(ss *session) {
 	if ss.killed {
 		err = errors.New("stopping")
 	} else if err = cmd.Start(); err == nil {
-		ss.proc = cmd.Process
+		ss.proc, ss.stdin = cmd.Process, stdinW
 	}
 	ss.mu.Unlock()
 	stdinR.Close()
@@ -300,8 +304,11 @@ func (s *server) run(ss *session) {
 		stdinW.Close()
 	}()
 	<-c.Done()
+	// The connection is gone: a command still writing gets EPIPE. Its stdin
+	// is left to fromPeer, which closes it once the peer's last bytes are
+	// written (a command that does not read them holds its session until
+	// it exits).
 	stdoutR.Close()
-	stdinW.Close()
 	copies.Wait()
 	werr := <-exited
 	ss.mu.Lock()
