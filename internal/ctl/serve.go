@@ -210,7 +210,7 @@ func (s *server) stop() {
 		<-done
 		return
 	}
-	s.a.note("stopped taking connections; waiting up to %s for %s", s.o.grace, plural(uint64(n), "running command"))
+	s.a.note("stopped taking connections; waiting up to %s for %s", humanDuration(s.o.grace), plural(uint64(n), "running command"))
 	t := time.NewTimer(s.o.grace)
 	defer t.Stop()
 	select {
@@ -224,7 +224,7 @@ func (s *server) stop() {
 		ss.kill()
 	}
 	s.mu.Unlock()
-	s.a.note("killed %s still running after --grace %s; their connections are reset", plural(uint64(n), "command"), s.o.grace)
+	s.a.note("killed %s still running after --grace %s; their connections are reset", plural(uint64(n), "command"), humanDuration(s.o.grace))
 	<-done
 }
 
