@@ -292,3 +292,70 @@ func TestCtlServeKilledResetsItsSockets(t *testing.T) {
 	serveReady(d, id, "--exec", "cat")
 	dialEcho(t, addr, "pong")
 }
+
+// ctl attach --keep serves one connection after another; Ctrl-C ends it
+// with 0. With stdin empty, each client gets our end at once and can
+// still send.
+func TestCtlAttachKeep(t *testing.T) {
+	d := startDaemon(t)
+	id, addr := streamListener(t, d)
+	a := d.startSctl("", "attach", id, "--keep")
+	a.waitStderr("waiting for a connection")
+	for i, msg := range []string{"first\n", "second\n"} {
+		c := dial(t, addr)
+		if got, err := io.ReadAll(c); err != nil || len(got) != 0 {
+			t.Fatalf("client %d read %q, %v; want our end at once", i, got, err)
+		}
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		a.waitStderr("connection " + id + "." + strconv.Itoa(i+1) + " closed (peer closed")
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGINT)
+	if code := a.exit(); code != 0 {
+		t.Fatalf("attach --keep after Ctrl-C: exit %d", code)
+	}
+	if out := a.stdout.String(); out != "first\nsecond\n" {
+		t.Errorf("attach --keep printed %q", out)
+	}
+}
+
+// SIGTERM stops ctl serve taking connections; it lets a running command
+// finish and exits 0. With --grace 0s, the command is killed and its
+// connection reset.
+func TestCtlServeStops(t *testing.T) {
+	d := startDaemon(t)
+	id, addr := streamListener(t, d)
+	s := serveReady(d, id, "-v", "--grace", "1m", "--exec", "sh", "-c", "read line; echo got $line")
+	c := dial(t, addr)
+	s.waitStderr("connection " + id + ".1 from 127.0.0.1:" + port(c) + ": sh runs as pid")
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	s.waitStderr("stopped taking connections; waiting up to 1m for 1 running command")
+	if _, err := c.Write([]byte("bye\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(c); err != nil || string(got) != "got bye\n" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	c.Close()
+	if code := s.exit(); code != 0 {
+		t.Fatalf("serve after SIGTERM: exit %d", code)
+	}
+
+	s = serveReady(d, id, "-v", "--grace", "0s", "--exec", "sleep", "600")
+	c = dial(t, addr)
+	s.waitStderr("connection " + id + ".2 from 127.0.0.1:" + port(c) + ": sleep runs as pid")
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	if code := s.exit(); code != 0 {
+		t.Fatalf("serve after SIGTERM with --grace 0s: exit %d", code)
+	}
+	if !strings.Contains(s.stderr.String(), "killed 1 command still running after --grace 0s") {
+		t.Errorf("serve said:\n%s", s.stderr.String())
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the client of a killed command read %v, want ECONNRESET", err)
+	}
+}
