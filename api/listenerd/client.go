@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -102,18 +103,14 @@ func (o Options) endpoint() (string, []grpc.DialOption, error) {
 		if sock == "" {
 			sock = DefaultSocket()
 		}
-		return "unix://" + sock, append(opts, grpc.WithTransportCredentials(insecure.NewCredentials())), nil
+		return unixTarget(sock), append(opts, grpc.WithTransportCredentials(insecure.NewCredentials())), nil
 	}
 	host, _, err := net.SplitHostPort(o.Addr)
 	if err != nil {
 		return "", nil, fmt.Errorf("listenerd: Addr %q: want host:port", o.Addr)
 	}
-	loopback := host == "localhost"
-	if ip, err := netip.ParseAddr(host); err == nil {
-		loopback = ip.Unmap().IsLoopback()
-	}
 	creds := insecure.NewCredentials()
-	secure := o.TLS != nil || !loopback
+	secure := o.TLS != nil || !loopbackHost(host)
 	if secure {
 		tc := o.TLS
 		if tc == nil {
@@ -129,6 +126,24 @@ func (o Options) endpoint() (string, []grpc.DialOption, error) {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: o.Token, secure: secure}))
 	}
 	return "passthrough:///" + o.Addr, opts, nil
+}
+
+// unixTarget is the gRPC target of a unix socket path: unix:///abs for an
+// absolute path, unix:rel for a relative one (unix://rel would read rel as
+// an authority).
+func unixTarget(socket string) string {
+	if filepath.IsAbs(socket) {
+		return "unix://" + socket
+	}
+	return "unix:" + socket
+}
+
+// loopbackHost says whether host is a loopback address or "localhost".
+func loopbackHost(host string) bool {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip.Unmap().IsLoopback()
+	}
+	return host == "localhost"
 }
 
 // bearer sends the token as "authorization: Bearer <token>" on every call.

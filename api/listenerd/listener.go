@@ -139,6 +139,9 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 		return nil, err
 	}
 	att := first.GetAttached()
+	if att.GetHandoverPath() == "" {
+		handover = false // a daemon that does not hand over: bytes, then
+	}
 	g, err := c.GetListener(ctx, &listenerdv1.GetListenerRequest{Id: att.GetListenerId()})
 	if err != nil {
 		cancel()

@@ -1,20 +1,15 @@
 package ctl
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
-	"net/netip"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/spf13/pflag"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/keepalive"
+
+	"github.com/listenerd/listenerd/api/listenerd"
 )
 
 // Environment variables that stand in for --api and --token-file.
@@ -33,12 +28,6 @@ type apiFlags struct {
 	tls       bool
 }
 
-// clientKeepalive pings the daemon every 30s while a stream (watch,
-// listen --follow) is open, and never on an idle connection: within the
-// daemon's enforcement policy (at most one ping every 20s, none without a
-// stream), so the daemon never answers with GOAWAY "too_many_pings".
-var clientKeepalive = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}
-
 func (a *app) addAPIFlags(pf *pflag.FlagSet) {
 	pf.StringVar(&a.api.addr, "api", os.Getenv(APIEnv), "host:port of the daemon's TCP API, instead of the socket (env "+APIEnv+")")
 	pf.StringVar(&a.api.tokenFile, "token-file", "", "file holding the TCP API's bearer token (env "+TokenFileEnv+")")
@@ -56,50 +45,50 @@ func (a *app) where() string {
 	return a.socket
 }
 
-// endpoint returns the gRPC target and the dial options for the socket or,
-// with --api, the TCP API. The TCP API is reached with TLS unless it is on
-// loopback and no TLS flag is given; the token goes only over TLS or
-// loopback.
-func (a *app) endpoint() (string, []grpc.DialOption, error) {
-	opts := []grpc.DialOption{grpc.WithKeepaliveParams(clientKeepalive)}
+// options turns --socket, --api and its credentials into the Options of
+// listenerd.Dial. The TCP API is reached with TLS unless it is on loopback
+// and no TLS flag is given; the token goes only over TLS or loopback (the
+// library sees to both). Every mistake is a usage error, found before
+// anything is sent.
+func (a *app) options() (listenerd.Options, error) {
 	f := a.api
 	if f.addr == "" {
 		if f.tokenFile != "" || f.ca != "" || f.cert != "" || f.key != "" || f.tls {
-			return "", nil, usageErrorf("--token-file, --ca, --cert, --key and --tls need --api (the socket needs no credentials)")
+			return listenerd.Options{}, usageErrorf("--token-file, --ca, --cert, --key and --tls need --api (the socket needs no credentials)")
 		}
-		return target(a.socket), append(opts, grpc.WithTransportCredentials(insecure.NewCredentials())), nil
+		if a.socket == "" {
+			return listenerd.Options{}, usageErrorf("--socket must not be empty")
+		}
+		return listenerd.Options{Socket: a.socket}, nil
 	}
-	host, _, err := net.SplitHostPort(f.addr)
-	if err != nil {
-		return "", nil, usageErrorf("bad --api %q: want host:port", f.addr)
+	if _, _, err := net.SplitHostPort(f.addr); err != nil {
+		return listenerd.Options{}, usageErrorf("bad --api %q: want host:port", f.addr)
 	}
 	if (f.cert == "") != (f.key == "") {
-		return "", nil, usageErrorf("--cert and --key go together")
+		return listenerd.Options{}, usageErrorf("--cert and --key go together")
 	}
-	useTLS := f.tls || f.ca != "" || f.cert != "" || !loopbackHost(host)
-	creds := insecure.NewCredentials()
-	if useTLS {
+	o := listenerd.Options{Addr: f.addr}
+	if f.tls || f.ca != "" || f.cert != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
 		if f.ca != "" {
 			pem, err := os.ReadFile(f.ca)
 			if err != nil {
-				return "", nil, usageErrorf("--ca: %v", err)
+				return listenerd.Options{}, usageErrorf("--ca: %v", err)
 			}
 			tc.RootCAs = x509.NewCertPool()
 			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return "", nil, usageErrorf("--ca %s: no PEM certificate in it", f.ca)
+				return listenerd.Options{}, usageErrorf("--ca %s: no PEM certificate in it", f.ca)
 			}
 		}
 		if f.cert != "" {
 			cert, err := tls.LoadX509KeyPair(f.cert, f.key)
 			if err != nil {
-				return "", nil, usageErrorf("--cert/--key: %v", err)
+				return listenerd.Options{}, usageErrorf("--cert/--key: %v", err)
 			}
 			tc.Certificates = []tls.Certificate{cert}
 		}
-		creds = credentials.NewTLS(tc)
+		o.TLS = tc
 	}
-	opts = append(opts, grpc.WithTransportCredentials(creds))
 	tokenFile := f.tokenFile
 	if tokenFile == "" {
 		tokenFile = os.Getenv(TokenFileEnv)
@@ -107,35 +96,13 @@ func (a *app) endpoint() (string, []grpc.DialOption, error) {
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
-			return "", nil, usageErrorf("--token-file: %v", err)
+			return listenerd.Options{}, usageErrorf("--token-file: %v", err)
 		}
 		tok := strings.TrimSpace(string(b))
 		if tok == "" || strings.ContainsAny(tok, "\r\n") {
-			return "", nil, usageErrorf("--token-file %s: want one line holding the token", tokenFile)
+			return listenerd.Options{}, usageErrorf("--token-file %s: want one line holding the token", tokenFile)
 		}
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: tok, secure: useTLS}))
+		o.Token = tok
 	}
-	return "passthrough:///" + f.addr, opts, nil
+	return o, nil
 }
-
-// loopbackHost says whether host is a loopback address or "localhost".
-func loopbackHost(host string) bool {
-	if ip, err := netip.ParseAddr(host); err == nil {
-		return ip.Unmap().IsLoopback()
-	}
-	return host == "localhost"
-}
-
-// bearer sends the token as "authorization: Bearer <token>" on every call.
-type bearer struct {
-	token  string
-	secure bool // TLS: grpc refuses to send it over anything else
-}
-
-// GetRequestMetadata implements credentials.PerRPCCredentials.
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + b.token}, nil
-}
-
-// RequireTransportSecurity implements credentials.PerRPCCredentials.
-func (b bearer) RequireTransportSecurity() bool { return b.secure }

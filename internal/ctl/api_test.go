@@ -171,13 +171,10 @@ func TestAPIFlagErrors(t *testing.T) {
 	}
 }
 
-func TestLoopbackHost(t *testing.T) {
-	for host, want := range map[string]bool{
-		"127.0.0.1": true, "127.1.2.3": true, "::1": true, "::ffff:127.0.0.1": true, "localhost": true,
-		"0.0.0.0": false, "10.0.0.1": false, "example.com": false, "": false,
-	} {
-		if got := loopbackHost(host); got != want {
-			t.Errorf("loopbackHost(%q) = %v", host, got)
-		}
+// An empty --socket is a mistake, not the default socket.
+func TestEmptySocket(t *testing.T) {
+	r := runCtl(t, "", "ls")
+	if r.code != ExitUsage || !strings.HasPrefix(r.stderr, "ctl: --socket must not be empty") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
 }

@@ -46,7 +46,7 @@ func (a *app) addCompletions(root *cobra.Command) {
 			c.Example = "  ctl help listen\n  ctl listen --help   # the same"
 		case "get", "close", "conns":
 			c.ValidArgsFunction = a.completeListeners(1, nil)
-		case "limit":
+		case "limit", "attach", "serve":
 			c.ValidArgsFunction = a.completeListeners(1, func(s listenerdv1.State) bool { return s == listenerdv1.State_STATE_LISTENING })
 		case "rebind":
 			c.ValidArgsFunction = a.completeListeners(1, func(s listenerdv1.State) bool { return s == listenerdv1.State_STATE_FAILED })

@@ -1,7 +1,8 @@
 // Package ctl implements ctl, the command-line client of listenerd. Its
 // commands are a pure gRPC client of the daemon (listen, ls, get, limit,
-// close, watch, conns, kick, rebind), plus connect, a plain TCP client to try a
-// listener out. Main is the whole program, so tests drive it like a user.
+// close, watch, conns, kick, rebind, and attach and serve, which serve a
+// stream listener's connections), plus connect, a plain TCP client to try
+// a listener out. Main is the whole program, so tests drive it like a user.
 package ctl
 
 import (
@@ -9,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
+	"github.com/listenerd/listenerd/api/listenerd"
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/paths"
 )
@@ -53,12 +54,15 @@ type app struct {
 	timeout   time.Duration
 	verbose   bool
 
+	// execArgs are the words after --exec CMD, for ctl serve (splitExec).
+	execArgs []string
+
 	// running is set once flags and arguments were accepted and a command's
 	// RunE started; an error before that is a usage error.
 	running bool
 
-	conn   *grpc.ClientConn
-	client listenerdv1.ListenerServiceClient
+	// client is the daemon's, dialed on first use (dial).
+	client *listenerd.Client
 
 	// retry paces watch resumes after UNAVAILABLE or RESOURCE_EXHAUSTED.
 	retry retryPolicy
@@ -80,13 +84,16 @@ func newApp(stdout, stderr io.Writer) *app {
 // error as one line on stderr.
 func (a *app) run(ctx context.Context, args []string) int {
 	root := a.rootCmd()
+	if c, _, err := root.Find(args); err == nil && c.Annotations[execTail] != "" {
+		args, a.execArgs = splitExec(args)
+	}
 	root.SetArgs(args)
 	root.SetIn(a.stdin)
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)
 	cmd, err := root.ExecuteContextC(ctx)
-	if a.conn != nil {
-		_ = a.conn.Close()
+	if a.client != nil {
+		_ = a.client.Close()
 	}
 	if err == nil {
 		return ExitOK
@@ -112,7 +119,7 @@ Output: -o text (tables for people, the default), -o wide (more columns),
 -o json (one JSON object a line, for scripts and streams).
 
 Exit codes:
-  0  success (and Ctrl-C on watch, listen --follow and connect)
+  0  success (and Ctrl-C on watch, listen --follow, attach, serve and connect)
   1  any other failure
   2  usage error or invalid input (bad flag or argument, INVALID_ARGUMENT)
   3  listener or connection not found (NOT_FOUND)
@@ -162,6 +169,8 @@ func (a *app) rootCmd() *cobra.Command {
 		a.connsCmd(),
 		a.kickCmd(),
 		a.rebindCmd(),
+		a.attachCmd(),
+		a.serveCmd(),
 		a.connectCmd(),
 		a.upgradeCmd(),
 		a.faultCmd(),
@@ -198,43 +207,34 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 	}
 }
 
-// dial returns the daemon's client, dialing the socket on first use. The
-// connection is closed when run ends.
-func (a *app) dial() (listenerdv1.ListenerServiceClient, error) {
+// dial returns the daemon's client, dialing it on first use, through
+// api/listenerd with the Options of ctl's flags (api.go). The connection
+// is closed when run ends.
+func (a *app) dial() (*listenerd.Client, error) {
 	if a.client != nil {
 		return a.client, nil
 	}
-	tgt, opts, err := a.endpoint()
+	o, err := a.options()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(tgt, append(opts,
-		// Reconnect about as fast as watch retries, instead of grpc's
-		// default of 1s growing to 2 minutes.
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff: backoff.Config{
-				BaseDelay:  defaultRetry.initial,
-				Multiplier: 2,
-				Jitter:     0.2,
-				MaxDelay:   defaultRetry.max,
-			},
-			MinConnectTimeout: 5 * time.Second,
-		}),
-	)...)
+	// Reconnect about as fast as watch retries, instead of grpc's default
+	// of 1s growing to 2 minutes.
+	o.DialOptions = []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff: backoff.Config{
+			BaseDelay:  defaultRetry.initial,
+			Multiplier: 2,
+			Jitter:     0.2,
+			MaxDelay:   defaultRetry.max,
+		},
+		MinConnectTimeout: 5 * time.Second,
+	})}
+	c, err := listenerd.Dial(o)
 	if err != nil {
 		return nil, usageErrorf("bad --socket or --api %q: %v", a.where(), err)
 	}
-	a.conn = conn
-	a.client = listenerdv1.NewListenerServiceClient(conn)
-	return a.client, nil
-}
-
-// target is the gRPC target of a unix socket path.
-func target(socket string) string {
-	if filepath.IsAbs(socket) {
-		return "unix://" + socket
-	}
-	return "unix:" + socket
+	a.client = c
+	return c, nil
 }
 
 // unary returns the context for one unary RPC, bounded by --timeout.

@@ -558,6 +558,18 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 		d := k.ConnectionData
 		fmt.Fprintf(&b, "connection_data c=%s %s len=%d data=%q", d.GetConnectionId(),
 			enumWord(d.GetDirection().String(), "DIRECTION_"), d.GetLength(), d.GetData())
+	case *listenerdv1.Event_HandlerAttached:
+		h := k.HandlerAttached
+		fmt.Fprintf(&b, "handler_attached h=%s max=%d", h.GetHandlerId(), h.GetMaxConnections())
+		if l := h.GetLabel(); l != "" {
+			fmt.Fprintf(&b, " label=%q", l)
+		}
+	case *listenerdv1.Event_HandlerDetached:
+		h := k.HandlerDetached
+		fmt.Fprintf(&b, "handler_detached h=%s reason=%q", h.GetHandlerId(), h.GetReason())
+	case *listenerdv1.Event_ConnectionTaken:
+		c := k.ConnectionTaken
+		fmt.Fprintf(&b, "connection_taken c=%s h=%s", c.GetConnectionId(), c.GetHandlerId())
 	default:
 		if !faultEventLine(&b, ev) {
 			b.WriteString("unknown_event")
@@ -591,15 +603,7 @@ func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
 	case *listenerdv1.Event_ConnectionClosed:
 		c := k.ConnectionClosed
 		delete(p.remotes, c.GetConnectionId())
-		why := strings.ReplaceAll(closeReasonWord(c.GetReason()), "_", " ")
-		if f := c.GetFault(); f != "" {
-			why += " " + f
-		}
-		if e := c.GetError(); e != "" {
-			why += ": " + e
-		}
-		return fmt.Sprintf("CLOSED: %s (%s, in %s, out %s, %s)", remote(c.GetTuple()), why,
-			humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut()), humanDuration(c.GetDuration().AsDuration())), false
+		return fmt.Sprintf("CLOSED: %s (%s)", remote(c.GetTuple()), closedSummary(c)), false
 	case *listenerdv1.Event_ConnectionQueued:
 		q := k.ConnectionQueued
 		r := remote(q.GetTuple())
@@ -641,6 +645,20 @@ func (p *followPrinter) line(ev *listenerdv1.Event) (line string, last bool) {
 	}
 	// listener_started: listen already printed the address.
 	return "", false
+}
+
+// closedSummary says how a connection ended: "peer closed, in 18 B, out
+// 18 B, 5ms".
+func closedSummary(c *listenerdv1.ConnectionClosed) string {
+	why := strings.ReplaceAll(closeReasonWord(c.GetReason()), "_", " ")
+	if f := c.GetFault(); f != "" {
+		why += " " + f
+	}
+	if e := c.GetError(); e != "" {
+		why += ": " + e
+	}
+	return fmt.Sprintf("%s, in %s, out %s, %s", why,
+		humanBytes(c.GetBytesIn()), humanBytes(c.GetBytesOut()), humanDuration(c.GetDuration().AsDuration()))
 }
 
 // remoteOf is the remote address of an open connection, or its id when the

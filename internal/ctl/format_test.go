@@ -130,6 +130,24 @@ var sampleEvents = []struct {
 		}}},
 		`seq=11 ln-1 connection_data c=ln-1.3 in len=300 data="hi\n"`, `DATA: [::1]:40000: "hi\n" (300 B in all)`,
 	},
+	{
+		&listenerdv1.Event{Sequence: 12, ListenerId: "ln-1", Kind: &listenerdv1.Event_HandlerAttached{HandlerAttached: &listenerdv1.HandlerAttached{
+			HandlerId: "h-0a0b0c0d", Label: "ctl serve (pid 42)", MaxConnections: 16,
+		}}},
+		`seq=12 ln-1 handler_attached h=h-0a0b0c0d max=16 label="ctl serve (pid 42)"`, "",
+	},
+	{
+		&listenerdv1.Event{Sequence: 13, ListenerId: "ln-1", Kind: &listenerdv1.Event_ConnectionTaken{ConnectionTaken: &listenerdv1.ConnectionTaken{
+			ConnectionId: "ln-1.4", HandlerId: "h-0a0b0c0d",
+		}}},
+		"seq=13 ln-1 connection_taken c=ln-1.4 h=h-0a0b0c0d", "",
+	},
+	{
+		&listenerdv1.Event{Sequence: 14, ListenerId: "ln-1", Kind: &listenerdv1.Event_HandlerDetached{HandlerDetached: &listenerdv1.HandlerDetached{
+			HandlerId: "h-0a0b0c0d", Reason: "detached",
+		}}},
+		`seq=14 ln-1 handler_detached h=h-0a0b0c0d reason="detached"`, "",
+	},
 }
 
 func TestEventLines(t *testing.T) {

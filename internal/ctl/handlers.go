@@ -3,8 +3,10 @@ package ctl
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 )
@@ -19,12 +21,13 @@ type handlerMode struct {
 	// flags are the string flags of this mode alone (forward's --upstream);
 	// giving one implies the mode.
 	flags []modeFlag
-	// build makes the Handler from the values of the mode's flags, by name;
-	// an error is a usage error.
+	// build makes the Handler from the values of the mode's flags given,
+	// by name; an error is a usage error.
 	build func(vals map[string]string) (*listenerdv1.Handler, error)
 	// is recognises a Handler of this mode.
 	is func(*listenerdv1.Handler) bool
-	// detail, when set, is what ctl get shows after the word.
+	// detail, when set, is what ctl get shows after the word ("" for
+	// nothing).
 	detail func(*listenerdv1.Handler) string
 }
 
@@ -65,6 +68,30 @@ var handlerModes = []handlerMode{
 		is:     func(h *listenerdv1.Handler) bool { return h.GetForward() != nil },
 		detail: func(h *listenerdv1.Handler) string { return "to " + h.GetForward().GetUpstream() },
 	},
+	{
+		word: "stream",
+		help: "hand each connection to a program attached with ctl serve, ctl attach or the API",
+		flags: []modeFlag{{"claim-timeout", "the `time` a connection waits, unread, for an attached program to take it, " +
+			"before it closes no_handler or claim_timeout (default: the daemon's, 10s)"}},
+		build: func(vals map[string]string) (*listenerdv1.Handler, error) {
+			sh := &listenerdv1.StreamHandler{}
+			if v, ok := vals["claim-timeout"]; ok {
+				d, err := time.ParseDuration(strings.TrimSpace(v))
+				if err != nil || d < 0 {
+					return nil, usageErrorf("invalid value %q for --claim-timeout: want a duration such as 500ms, 10s or 2m", v)
+				}
+				sh.ClaimTimeout = durationpb.New(d)
+			}
+			return &listenerdv1.Handler{Kind: &listenerdv1.Handler_Stream{Stream: sh}}, nil
+		},
+		is: func(h *listenerdv1.Handler) bool { return h.GetStream() != nil },
+		detail: func(h *listenerdv1.Handler) string {
+			if ct := h.GetStream().GetClaimTimeout(); ct != nil {
+				return "(claim timeout " + humanDuration(ct.AsDuration()) + ")"
+			}
+			return ""
+		},
+	},
 }
 
 // modeOf is the mode of h: the default for no handler (or one of no kind),
@@ -93,7 +120,7 @@ func modeWord(h *listenerdv1.Handler) string {
 // ("forward to 127.0.0.1:80").
 func modeLine(h *listenerdv1.Handler) string {
 	m := modeOf(h)
-	if m == nil || m.detail == nil {
+	if m == nil || m.detail == nil || m.detail(h) == "" {
 		return modeWord(h)
 	}
 	return m.word + " " + m.detail(h)
@@ -155,7 +182,9 @@ func (f *handlerFlags) handler(fs *pflag.FlagSet) (*listenerdv1.Handler, error) 
 		}
 		vals := make(map[string]string, len(m.flags))
 		for _, mf := range m.flags {
-			vals[mf.name] = *f.vals[mf.name]
+			if fs.Changed(mf.name) {
+				vals[mf.name] = *f.vals[mf.name]
+			}
 		}
 		return m.build(vals)
 	}

@@ -3,8 +3,10 @@ package ctl
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 )
@@ -16,10 +18,16 @@ func TestHandlerModesRoundTrip(t *testing.T) {
 		t.Fatalf("%d modes", len(handlerModes))
 	}
 	help := runCtl(t, "/nonexistent.sock", "listen", "--help").stdout
+	// A value for each mode's flag.
+	values := map[string]string{"upstream": "127.0.0.1:80", "claim-timeout": "1s"}
 	for _, m := range handlerModes {
 		args := []string{"--mode", strings.ToUpper(m.word)}
 		for _, f := range m.flags {
-			args = append(args, "--"+f.name, "127.0.0.1:80")
+			v, ok := values[f.name]
+			if !ok {
+				t.Fatalf("no test value for --%s", f.name)
+			}
+			args = append(args, "--"+f.name, v)
 		}
 		req, err := parseListen(t, args...)
 		if err != nil {
@@ -42,7 +50,7 @@ func TestHandlerModesRoundTrip(t *testing.T) {
 		}
 	}
 	if !strings.Contains(help, "discard  read and count the bytes, send nothing (the default)\n") ||
-		!strings.Contains(help, "what to do with connections: discard, echo or forward (default discard, or forward with --upstream)") ||
+		!strings.Contains(help, "what to do with connections: discard, echo, forward or stream (default discard, or forward with --upstream, or stream with --claim-timeout)") ||
 		!strings.Contains(help, "HOST:PORT to forward connections to (implies --mode forward)") {
 		t.Errorf("listen --help:\n%s", help)
 	}
@@ -53,7 +61,7 @@ func TestHandlerModesRoundTrip(t *testing.T) {
 			t.Errorf("completion %q has no description", c)
 		}
 	}
-	if got := strings.Join(words, " "); got != "discard echo forward" {
+	if got := strings.Join(words, " "); got != "discard echo forward stream" {
 		t.Errorf("completion words %q", got)
 	}
 }
@@ -93,15 +101,44 @@ func TestModeWordAndLine(t *testing.T) {
 
 func TestHandlerFlagErrors(t *testing.T) {
 	for args, want := range map[string]string{
-		"--mode bounce":                      `unknown --mode "bounce" (want discard, echo or forward)`,
+		"--mode bounce":                      `unknown --mode "bounce" (want discard, echo, forward or stream)`,
 		"--mode forward":                     "--mode forward needs --upstream HOST:PORT",
 		"--mode echo --upstream 127.0.0.1:1": `--upstream needs --mode forward, not "echo"`,
 		"--upstream=":                        "--mode forward needs --upstream HOST:PORT",
+		"--claim-timeout soon":               `invalid value "soon" for --claim-timeout: want a duration such as 500ms, 10s or 2m`,
+		"--claim-timeout=-1s":                `invalid value "-1s" for --claim-timeout: want a duration such as 500ms, 10s or 2m`,
+		"--claim-timeout=":                   `invalid value "" for --claim-timeout: want a duration such as 500ms, 10s or 2m`,
+		"--mode echo --claim-timeout 1s":     `--claim-timeout needs --mode stream, not "echo"`,
+		"--upstream h:1 --claim-timeout 1s":  "--upstream and --claim-timeout belong to different modes",
 	} {
 		_, err := parseListen(t, strings.Fields(args)...)
 		assertUsage(t, err)
 		if err.Error() != want {
 			t.Errorf("%s: %q, want %q", args, err, want)
+		}
+	}
+}
+
+// --mode stream, alone or implied by --claim-timeout, and how get shows it.
+func TestStreamMode(t *testing.T) {
+	for args, want := range map[string]*listenerdv1.StreamHandler{
+		"--mode stream":                       {},
+		"--claim-timeout 200ms":               {ClaimTimeout: durationpb.New(200 * time.Millisecond)},
+		"--mode stream --claim-timeout 0s":    {ClaimTimeout: durationpb.New(0)},
+		"--mode=Stream --claim-timeout=1m30s": {ClaimTimeout: durationpb.New(90 * time.Second)},
+	} {
+		req, err := parseListen(t, strings.Fields(args)...)
+		if err != nil {
+			t.Fatalf("%s: %v", args, err)
+		}
+		assertProto(t, req.GetSpec().GetHandler(), &listenerdv1.Handler{Kind: &listenerdv1.Handler_Stream{Stream: want}})
+	}
+	for h, line := range map[*listenerdv1.StreamHandler]string{
+		{}: "stream",
+		{ClaimTimeout: durationpb.New(200 * time.Millisecond)}: "stream (claim timeout 200ms)",
+	} {
+		if got := modeLine(&listenerdv1.Handler{Kind: &listenerdv1.Handler_Stream{Stream: h}}); got != line {
+			t.Errorf("modeLine = %q, want %q", got, line)
 		}
 	}
 }

@@ -148,6 +148,7 @@ with ctl close). Following ends by itself when the listener closes.`,
   ctl listen --port 7000 --no-delay=false --keepalive 1m
   ctl listen --host 0.0.0.0 --port 8080 --upstream 127.0.0.1:80 --allow 10.0.0.0/8
   ctl listen --port 8080 --upstream 127.0.0.1:80 --fault latency,latency=50ms,jitter=10ms,direction=out --fault reset,probability=0.01
+  ctl listen --port 7000 --mode stream --name svc --claim-timeout 30s   # then: ctl serve svc --exec cat
   ctl listen --port 6969 -o json`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -33,6 +33,7 @@ type fakeService struct {
 	conns   func(context.Context, *listenerdv1.ListConnectionsRequest) (*listenerdv1.ListConnectionsResponse, error)
 	kick    func(context.Context, *listenerdv1.CloseConnectionRequest) (*listenerdv1.CloseConnectionResponse, error)
 	watch   func(*listenerdv1.WatchEventsRequest, grpc.ServerStreamingServer[listenerdv1.WatchEventsResponse]) error
+	attach  func(*listenerdv1.AttachHandlerRequest, grpc.ServerStreamingServer[listenerdv1.AttachHandlerResponse]) error
 	watchMu sync.Mutex
 	watches []*listenerdv1.WatchEventsRequest
 }
@@ -94,6 +95,13 @@ func (f *fakeService) WatchEvents(r *listenerdv1.WatchEventsRequest, s grpc.Serv
 		return f.UnimplementedListenerServiceServer.WatchEvents(r, s)
 	}
 	return f.watch(r, s)
+}
+
+func (f *fakeService) AttachHandler(r *listenerdv1.AttachHandlerRequest, s grpc.ServerStreamingServer[listenerdv1.AttachHandlerResponse]) error {
+	if f.attach == nil {
+		return f.UnimplementedListenerServiceServer.AttachHandler(r, s)
+	}
+	return f.attach(r, s)
 }
 
 func (f *fakeService) watchRequests() []*listenerdv1.WatchEventsRequest {

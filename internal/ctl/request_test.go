@@ -240,12 +240,3 @@ func TestWatchRequest(t *testing.T) {
 		assertUsage(t, err)
 	}
 }
-
-func TestTarget(t *testing.T) {
-	if got := target("/run/user/1/listenerd/listenerd.sock"); got != "unix:///run/user/1/listenerd/listenerd.sock" {
-		t.Errorf("absolute: %q", got)
-	}
-	if got := target("api.sock"); got != "unix:api.sock" {
-		t.Errorf("relative: %q", got)
-	}
-}
