@@ -193,10 +193,10 @@ func (c *Conn) end(err error) {
 	case reason != 0:
 	case err == nil:
 		reason = events.ClosePeerClosed
+	case errors.Is(err, ErrUpstream): // before a deadline the upstream's error may wrap
+		reason, errText = events.CloseUpstreamFailed, err.Error()
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		reason = events.CloseIdleTimeout
-	case errors.Is(err, ErrUpstream):
-		reason, errText = events.CloseUpstreamFailed, err.Error()
 	default:
 		reason, errText = events.CloseReset, err.Error()
 	}

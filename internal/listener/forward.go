@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,6 +19,11 @@ import (
 // DefaultConnectTimeout bounds the forward handler's upstream dial when the
 // spec leaves it unset.
 const DefaultConnectTimeout = 10 * time.Second
+
+// MaxConnectTimeout is the longest connect_timeout a forward handler takes:
+// Linux gives up on an unanswered connect after about two minutes
+// (net.ipv4.tcp_syn_retries), so a longer wait would never be waited.
+const MaxConnectTimeout = 5 * time.Minute
 
 // ForwardOptions are the forward handler's options, as JSON in a
 // HandlerSpec.
@@ -47,6 +53,9 @@ var Forward = HandlerKind{Name: "forward", New: func(opts json.RawMessage) (Hand
 	}
 	if o.ConnectTimeout < 0 {
 		return nil, Invalid("connect_timeout", "must not be negative")
+	}
+	if d := time.Duration(o.ConnectTimeout); d > MaxConnectTimeout {
+		return nil, Invalid("connect_timeout", "%v is longer than the maximum, %v", d, MaxConnectTimeout)
 	}
 	return &forward{upstream: o.Upstream, timeout: cmp(time.Duration(o.ConnectTimeout), DefaultConnectTimeout)}, nil
 }}
@@ -259,6 +268,11 @@ func (f *forward) dial(c *Conn) (*net.TCPConn, error) {
 	nc, err := d.DialContext(ctx, "tcp", f.upstream)
 	cancel()
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+			// Said, not wrapped: a deadline is not the connection's idle
+			// timeout.
+			err = fmt.Errorf("no answer within the connect timeout (%v): %v", f.timeout, err)
+		}
 		return nil, UpstreamError(err)
 	}
 	up := nc.(*net.TCPConn)

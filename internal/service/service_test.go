@@ -135,6 +135,9 @@ func TestErrorMatrix(t *testing.T) {
 		{"upstream timeout past time.Duration", create("", &listenerdv1.ListenerSpec{Handler: &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{
 			Upstream: "127.0.0.1:9", ConnectTimeout: &durationpb.Duration{Seconds: 9223372036, Nanos: 854775808}}}}}), codes.InvalidArgument,
 			"spec.handler.forward.connect_timeout: 9223372036.854775808s is out of range"},
+		{"upstream timeout past the maximum", create("", &listenerdv1.ListenerSpec{Handler: &listenerdv1.Handler{Kind: &listenerdv1.Handler_Forward{Forward: &listenerdv1.ForwardHandler{
+			Upstream: "127.0.0.1:9", ConnectTimeout: durationpb.New(5*time.Minute + time.Second)}}}}), codes.InvalidArgument,
+			"spec.handler.forward.connect_timeout: 5m1s is longer than the maximum, 5m0s"},
 		{"negative past time.Duration by a nanosecond", create("", &listenerdv1.ListenerSpec{Limits: &listenerdv1.Limits{MaxLifetime: &durationpb.Duration{Seconds: -9223372036, Nanos: -854775809}}}),
 			codes.InvalidArgument, "got -9223372036.854775809s"},
 		{"backlog zero", create("", &listenerdv1.ListenerSpec{Backlog: u32(0)}), codes.InvalidArgument, "spec.backlog"},

@@ -1124,7 +1124,9 @@ type ForwardHandler struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required. Upstream "host:port".
 	Upstream string `protobuf:"bytes,1,opt,name=upstream,proto3" json:"upstream,omitempty"`
-	// Time allowed to connect to the upstream. Unset means 10s.
+	// Time allowed to connect to the upstream. Unset means 10s; at most 5m
+	// (INVALID_ARGUMENT beyond). A dial that runs out of time closes the
+	// connection UPSTREAM_FAILED.
 	ConnectTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=connect_timeout,json=connectTimeout,proto3" json:"connect_timeout,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
