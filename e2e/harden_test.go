@@ -43,3 +43,26 @@ func TestForwardBlackHoleUpstream(t *testing.T) {
 		t.Fatalf("closed event %v; want UPSTREAM_FAILED with the dial's error", &ev)
 	}
 }
+
+// Quiet acceptances, now said: an ACL prefix with host bits is refused
+// with the network it probably meant, and a FAILED listener that asked
+// for port 0 shows "host:*", not a port 0 it would seem bound to.
+func TestHostBitsAndFailedPortZero(t *testing.T) {
+	dir := testkit.ShortDir(t)
+	d := startDaemonIn(t, dir)
+	r := d.ctl("listen", "--port", "0", "--allow", "10.1.2.3/8")
+	if r.code != 2 || !strings.Contains(r.stderr, "spec.allow_cidrs[0]") || !strings.Contains(r.stderr, "did you mean the network 10.0.0.0/8") {
+		t.Fatalf("listen --allow 10.1.2.3/8: exit %d, stderr %q; want exit 2 naming 10.0.0.0/8", r.code, r.stderr)
+	}
+	d.mustCtl("listen", "--port", "0", "--name", "anyport")
+	d.stop()
+	// Restarted under a policy without port 0, it comes back FAILED.
+	d = startDaemonIn(t, dir, "--allow-ports", "8000")
+	ls := d.mustCtl("ls")
+	if !strings.Contains(ls, "127.0.0.1:*") || !strings.Contains(ls, "failed") || strings.Contains(ls, "127.0.0.1:0 ") {
+		t.Fatalf("ls of a FAILED port-0 listener:\n%s", ls)
+	}
+	if get := d.mustCtl("get", "anyport"); !strings.Contains(get, "address:          127.0.0.1:*\n") {
+		t.Fatalf("get of a FAILED port-0 listener:\n%s", get)
+	}
+}
