@@ -66,3 +66,28 @@ func TestHostBitsAndFailedPortZero(t *testing.T) {
 		t.Fatalf("get of a FAILED port-0 listener:\n%s", get)
 	}
 }
+
+// A half-open connection whose peer vanished is closed once keepalive
+// finds it gone, with no idle timeout set: the client ends its side, then
+// its socket disappears without a word (a short TCP_LINGER2), and the
+// daemon's next keepalive probe is answered with a reset.
+func TestHalfOpenPeerGone(t *testing.T) {
+	d := startDaemon(t, "--ephemeral")
+	l := listenJSON(t, d, "--port", "0", "--mode", "echo", "--allow-half-open", "--keepalive", "1s")
+	w := d.ctlStream("watch", "-o", "json", "--since", "0", "--kind", "connection_half_closed", "--kind", "connection_closed", l.GetId())
+	c := dial(t, l.GetStatus().GetBoundAddress())
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	var ev listenerdv1.Event
+	unmarshalLine(t, w.next(), &ev)
+	if ev.GetConnectionHalfClosed() == nil {
+		t.Fatalf("first event %v, want connection_half_closed", &ev)
+	}
+	testkit.Vanish(t, c)
+	unmarshalLine(t, w.next(), &ev)
+	cc := ev.GetConnectionClosed()
+	if cc.GetReason() != listenerdv1.CloseReason_CLOSE_REASON_RESET || !strings.Contains(cc.GetError(), "half-open connection lost") {
+		t.Fatalf("closed event %v; want RESET, half-open connection lost", &ev)
+	}
+}

@@ -21,7 +21,7 @@ func (discard) Serve(c *Conn) error {
 		err = c.pump(false, c.idle)
 	}
 	if err == nil && c.AllowHalfOpen() {
-		c.halfOpen()
+		err = c.halfOpen()
 	}
 	return err
 }

@@ -19,7 +19,7 @@ func (echo) Serve(c *Conn) error {
 		err = c.pump(true, c.idle)
 	}
 	if err == nil && c.AllowHalfOpen() {
-		c.halfOpen()
+		err = c.halfOpen()
 	}
 	return err
 }

@@ -43,3 +43,20 @@ func BlackHole(t testing.TB) string {
 	}, "the black hole's accept queue to fill")
 	return addr
 }
+
+// Vanish closes c, whose side has ended (CloseWrite), as a peer that
+// disappears: its orphaned socket lives about a second (TCP_LINGER2)
+// instead of a minute, then is gone without a word to the other end,
+// whose next packet (a keepalive probe) is answered with a reset.
+func Vanish(t testing.TB, c *net.TCPConn) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_LINGER2, 1) }); err != nil || serr != nil {
+		t.Fatalf("TCP_LINGER2: %v %v", err, serr)
+	}
+	c.Close()
+}
