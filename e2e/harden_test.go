@@ -1,6 +1,11 @@
 package e2e
 
 import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -90,4 +95,52 @@ func TestHalfOpenPeerGone(t *testing.T) {
 	if cc.GetReason() != listenerdv1.CloseReason_CLOSE_REASON_RESET || !strings.Contains(cc.GetError(), "half-open connection lost") {
 		t.Fatalf("closed event %v; want RESET, half-open connection lost", &ev)
 	}
+}
+
+// The daemon never takes a socket that answers: a foreign program's live
+// socket at its path is left alone and the daemon exits 1 naming it; with
+// the lock file gone (a temp cleaner), a second daemon refuses the first
+// one's live socket; and a daemon that exits leaves a second daemon's
+// socket in place.
+func TestSocketOwnership(t *testing.T) {
+	dir := testkit.ShortDir(t)
+	if err := os.Mkdir(filepath.Join(dir, "run"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "run", "listenerd.sock")
+	foreign, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runBin(t, daemonBin, nil, "", "--socket", path, "--ephemeral")
+	if want := fmt.Sprintf("%s is in use: pid %d", path, os.Getpid()); r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Fatalf("daemon over a live foreign socket: exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, want)
+	}
+	if c, err := net.Dial("unix", path); err != nil {
+		t.Fatalf("the foreign socket no longer answers: %v", err)
+	} else {
+		c.Close()
+	}
+	foreign.Close()
+
+	first := startDaemonIn(t, dir, "--ephemeral")
+	if err := os.Remove(first.socket + ".lock"); err != nil {
+		t.Fatal(err)
+	}
+	r = runBin(t, daemonBin, nil, "", "--socket", first.socket, "--ephemeral")
+	if want := fmt.Sprintf("is in use: pid %d (listenerd", first.cmd.Process.Pid); r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Fatalf("second daemon over the first one's live socket: exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, want)
+	}
+	// The cleaner takes the socket too: a second daemon serves there.
+	for _, f := range []string{first.socket, first.socket + ".lock"} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	second := startDaemonIn(t, dir, "--ephemeral")
+	first.stop()
+	if _, err := os.Lstat(second.socket); err != nil {
+		t.Fatalf("the first daemon's exit removed the second one's socket: %v", err)
+	}
+	second.mustCtl("ls")
 }

@@ -86,8 +86,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer unlock()
-	defer os.Remove(cfg.Socket)
-	defer ln.Close()
+	defer ln.Close() // removes the socket if it is still this daemon's (ownSocket)
 	var tcpLn net.Listener
 	if api != nil {
 		if tcpLn, err = listenTCP(api); err != nil {
@@ -378,8 +377,11 @@ func ownGroup(fi os.FileInfo) bool {
 
 // listenUnix opens the API socket: its directory 0700 (created if needed),
 // the socket 0600. A lock file beside the socket says whether a daemon owns
-// it: held, another daemon is serving and nothing is touched; free, a socket
-// file left behind is stale (its daemon died) and is removed.
+// it: held, another daemon is serving and nothing is touched. Free, a
+// socket file left behind is removed only if nothing answers on it (its
+// daemon died): the lock file may have been removed under a live daemon
+// (a temp cleaner), and a socket may be another program's. The listener
+// removes the socket when closed only if it is still the one it created.
 func listenUnix(path string, log *slog.Logger) (net.Listener, func(), error) {
 	dir := filepath.Dir(path)
 	// Made here, or found: checked either way, so that one made by someone
@@ -406,6 +408,10 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, func(), error) {
 			unlock()
 			return nil, nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
 		}
+		if err := checkStale(path); err != nil {
+			unlock()
+			return nil, nil, err
+		}
 		if err := os.Remove(path); err != nil {
 			unlock()
 			return nil, nil, fmt.Errorf("remove stale socket: %w", err)
@@ -416,10 +422,14 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, func(), error) {
 		unlock()
 		return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
+	own, err := claimSocket(ln.(*net.UnixListener), path)
+	if err == nil {
+		err = os.Chmod(path, 0o600)
+	}
+	if err != nil {
+		own.Close()
 		unlock()
 		return nil, nil, fmt.Errorf("socket mode: %w", err)
 	}
-	return ln, unlock, nil
+	return own, unlock, nil
 }
