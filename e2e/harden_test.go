@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -143,4 +144,54 @@ func TestSocketOwnership(t *testing.T) {
 		t.Fatalf("the first daemon's exit removed the second one's socket: %v", err)
 	}
 	second.mustCtl("ls")
+}
+
+// The event history holds to its byte budget under data watches: a data
+// watcher that never reads and one that does, echo connections with
+// data, and the history's bytes (metrics) never past --history-bytes,
+// which lets the oldest events go long before --history's count: a resume
+// from the start is OUT_OF_RANGE naming the oldest held.
+func TestHistoryByteBudget(t *testing.T) {
+	const budget = 1 << 20
+	d := startDaemon(t, "--ephemeral", "--history-bytes", strconv.Itoa(budget), "--metrics", "127.0.0.1:0")
+	url := metricsURL(t, d)
+	l := listenJSON(t, d, "--port", "0", "--mode", "echo", "--backlog", "1024")
+	stuck := listenerdv1.NewListenerServiceClient(testkit.DialGRPCUnix(t, d.socket))
+	if _, err := stuck.WatchEvents(testContext(t), &listenerdv1.WatchEventsRequest{IncludeData: true, DataMaxBytes: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	reader := d.ctlStream("watch", "--data", "--data-max", "4096", "-v", "--since", "0")
+	waitStderr(t, reader, "watching after seq=")
+	go func() {
+		for range reader.lines { // read as it comes
+		}
+	}()
+	msg := strings.Repeat("x", 1000)
+	evicted := false
+	for i := 0; i < 5000 && !evicted; i++ {
+		c := dialEcho(t, l.GetStatus().GetBoundAddress(), msg)
+		c.Close()
+		if i%50 != 49 {
+			continue
+		}
+		m := scrapeMetrics(t, url)
+		held, _ := m.find("listenerd_history_bytes")
+		limit, _ := m.find("listenerd_history_bytes_limit")
+		events, _ := m.find("listenerd_history_events")
+		published, _ := m.find("listenerd_events_published_total")
+		if limit != budget || held > limit {
+			t.Fatalf("after %d connections: history holds %.0f bytes, limit %.0f; want at most %d", i+1, held, limit, budget)
+		}
+		evicted = events < published
+	}
+	if !evicted {
+		t.Fatal("5,000 echo connections with data never filled a history of 1 MiB")
+	}
+	s, err := d.client.WatchEvents(testContext(t), &listenerdv1.WatchEventsRequest{AfterSequence: ptr(uint64(0))})
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if status.Code(err) != codes.OutOfRange || !strings.Contains(err.Error(), "history holds") {
+		t.Fatalf("resume from the start: %v; want OUT_OF_RANGE naming what the history holds", err)
+	}
 }

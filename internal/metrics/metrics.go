@@ -162,6 +162,12 @@ var (
 		"Watchers cut loose (RESOURCE_EXHAUSTED) for falling too far behind.", nil, nil)
 	descDropped = prometheus.NewDesc(namespace+"_watch_events_dropped_total",
 		"Events not sent to the watchers that were cut, counted at the cut; a client that resumes gets them from the history while it holds them.", nil, nil)
+	descHistoryEvents = prometheus.NewDesc(namespace+"_history_events",
+		"Events the history holds for watchers to resume from.", nil, nil)
+	descHistoryBytes = prometheus.NewDesc(namespace+"_history_bytes",
+		"Bytes the history holds, every event by its size and connection data by its length.", nil, nil)
+	descHistoryLimit = prometheus.NewDesc(namespace+"_history_bytes_limit",
+		"The history's byte budget (--history-bytes).", nil, nil)
 )
 
 // rejectReasons are the reason label values, indexed by events.RejectReason.
@@ -180,7 +186,7 @@ var rejectReasons = [events.NumRejectReasons]string{
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descActive, descQueued, descMax, descAccepted, descRejected, descBytes,
-		descDuration, descWatchers, descPublished, descCuts, descDropped} {
+		descDuration, descWatchers, descPublished, descCuts, descDropped, descHistoryEvents, descHistoryBytes, descHistoryLimit} {
 		ch <- d
 	}
 }
@@ -226,6 +232,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(st.Head))
 	ch <- prometheus.MustNewConstMetric(descCuts, prometheus.CounterValue, float64(st.SlowCuts))
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Unsent))
+	ch <- prometheus.MustNewConstMetric(descHistoryEvents, prometheus.GaugeValue, float64(st.Held))
+	ch <- prometheus.MustNewConstMetric(descHistoryBytes, prometheus.GaugeValue, float64(st.HeldBytes))
+	ch <- prometheus.MustNewConstMetric(descHistoryLimit, prometheus.GaugeValue, float64(st.Budget))
 }
 
 // durationOf returns the listener's duration histogram with its labels, or

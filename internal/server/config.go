@@ -15,6 +15,13 @@ const (
 	DefaultMaxWatchers = events.DefaultMaxWatchers
 )
 
+// DefaultHistoryBytes is the history's default byte budget, and
+// minHistoryBytes the smallest one: a few thousand events.
+const (
+	DefaultHistoryBytes = events.DefaultHistoryBytes
+	minHistoryBytes     = 1 << 20
+)
+
 // ParsePolicy reads the listener policy as the daemon's flags write it:
 // ports and ranges ("0,8000-8999"), addresses and prefixes
 // ("127.0.0.1,::1,10.0.0.0/8"), and whether privileged ports are allowed.
@@ -50,6 +57,8 @@ func (c Config) Check() error {
 		return fmt.Errorf("--history %d: must be positive", c.History)
 	case c.HistoryData <= 0:
 		return fmt.Errorf("--history-data %d: must be positive", c.HistoryData)
+	case c.HistoryBytes < minHistoryBytes:
+		return fmt.Errorf("--history-bytes %d: at least %d (1 MiB)", c.HistoryBytes, minHistoryBytes)
 	case c.WatcherLag <= 0:
 		return fmt.Errorf("--watch-queue %d: must be positive", c.WatcherLag)
 	case c.MaxWatchers <= 0:

@@ -42,6 +42,7 @@ type Config struct {
 	ShutdownTimeout time.Duration   // drain budget on SIGTERM/SIGINT
 	History         int             // events held for resume
 	HistoryData     int64           // bytes of connection data the history holds; 0: the default
+	HistoryBytes    int64           // bytes the history holds, events and data; 0: the default
 	WatcherLag      int             // events a watcher may fall behind before it is cut
 	MaxWatchers     int             // concurrent WatchEvents streams
 	StateDir        string          // where listener specs persist; "" with Ephemeral
@@ -129,7 +130,8 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		opts.Persister = store
 	}
-	bus := events.NewBus(events.Options{History: cfg.History, HistoryData: cfg.HistoryData, WatcherLag: cfg.WatcherLag, MaxWatchers: cfg.MaxWatchers})
+	bus := events.NewBus(events.Options{History: cfg.History, HistoryData: cfg.HistoryData, HistoryBytes: cfg.HistoryBytes,
+		WatcherLag: cfg.WatcherLag, MaxWatchers: cfg.MaxWatchers})
 	mgr := listener.NewManager(bus, log, opts)
 	if len(saved) > 0 {
 		up, failed, err := mgr.Restore(ctx, saved)
