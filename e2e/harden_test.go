@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -193,5 +194,80 @@ func TestHistoryByteBudget(t *testing.T) {
 	}
 	if status.Code(err) != codes.OutOfRange || !strings.Contains(err.Error(), "history holds") {
 		t.Fatalf("resume from the start: %v; want OUT_OF_RANGE naming what the history holds", err)
+	}
+}
+
+// slowClients opens n connections to addr that never finish a TLS
+// handshake (a record header, then nothing), from the sources given in
+// turn, and keeps them open until the test ends.
+func slowClients(t *testing.T, addr string, n int, sources ...string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(sources[i%len(sources)])}, Timeout: guard}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			_, _ = c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00}) // a ClientHello of 512 bytes is coming
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("slow client: %v", err)
+	}
+}
+
+// Token holders get in while the TCP API is flooded with connections
+// that never authenticate: 3,000 held open from the token holder's own
+// address and 250 others, and more coming from 250 more while ctl calls.
+func TestTokenHoldersServedDuringFlood(t *testing.T) {
+	dir := testkit.ShortDir(t)
+	ca, cert, key, _ := tlsFiles(t, dir)
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("e2e-token-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, addr := startTCPDaemon(t, "--api-listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--token-file", token, "--ephemeral")
+	others := make([]string, 250)
+	for i := range others {
+		others[i] = "127.0.1." + strconv.Itoa(i+1)
+	}
+	slowClients(t, addr, 1500, "127.0.0.1")
+	slowClients(t, addr, 1500, others...)
+	stop := make(chan struct{})
+	flooding := make(chan struct{})
+	go func() { // more, as fast as they come, until the calls are done
+		defer close(flooding)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.2." + strconv.Itoa(1+i%250))}, Timeout: guard}
+			if c, err := d.Dial("tcp", addr); err == nil {
+				_, _ = c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00})
+				defer c.Close()
+			}
+		}
+	}()
+	for i := range 5 {
+		// --timeout only bounds the test; the call is served at once.
+		if r := d.ctl("--api", addr, "--ca", ca, "--token-file", token, "--timeout", guard.String(), "ls"); r.code != 0 {
+			close(stop)
+			<-flooding
+			t.Fatalf("ctl ls %d with the token during the flood: exit %d, %s", i, r.code, r.stderr)
+		}
+	}
+	close(stop)
+	<-flooding
+	if !strings.Contains(d.stderr.String(), "closed a TCP API connection without credentials") {
+		t.Fatalf("no connection without credentials was closed: was there a flood?\n%s", d.stderr.String())
 	}
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/ratelimit"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
-	"golang.org/x/net/netutil"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -44,6 +43,12 @@ type APIConfig struct {
 	// the kernel's queue. 0: a quarter of the open-file limit, at most
 	// 1,024 (maxConns).
 	MaxConns int
+	// UnauthTimeout bounds a connection's TLS handshake and first
+	// authenticated call; UnauthPerSource caps the connections without
+	// one from a source (see gate). 0: DefaultUnauthTimeout,
+	// DefaultUnauthPerSource.
+	UnauthTimeout   time.Duration
+	UnauthPerSource int
 }
 
 // Limits of the gRPC servers, on both transports. Requests are tiny (the
@@ -86,6 +91,11 @@ type transport struct {
 	creds   credentials.TransportCredentials // nil: plaintext
 	auth    auth.AuthFunc                    // nil: no authentication
 	limiter ratelimit.Limiter                // nil: mutations are not limited
+	// gate, with auth, is told of each connection whose call passed
+	// authentication, and bounds the handshake; refusals rate-limits the
+	// log of calls refused for their credentials.
+	gate     *gate
+	refusals *refusalLog
 }
 
 // options returns the server options of the transport: the hardening shared
@@ -98,7 +108,7 @@ func (t transport) options() []grpc.ServerOption {
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second, MaxConnectionIdle: MaxIdle}),
-		grpc.ConnectionTimeout(ConnectionTimeout),
+		grpc.ConnectionTimeout(t.handshakeTimeout()),
 	}
 	if t.creds != nil {
 		opts = append(opts, grpc.Creds(t.creds))
@@ -112,8 +122,18 @@ func (t transport) options() []grpc.ServerOption {
 		open := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 			return c.Service != healthpb.Health_ServiceDesc.ServiceName
 		})
-		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(t.auth), open))
-		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(t.auth), open))
+		authFn := t.auth
+		if t.gate != nil {
+			authFn = func(ctx context.Context) (context.Context, error) {
+				ctx, err := t.auth(ctx)
+				if err == nil {
+					t.gate.trust(ctx)
+				}
+				return ctx, err
+			}
+		}
+		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authFn), open))
+		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(authFn), open))
 	}
 	if t.limiter != nil {
 		isMutation := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
@@ -128,6 +148,15 @@ func (t transport) options() []grpc.ServerOption {
 		opts = append(opts, grpc.ChainStreamInterceptor(stream...))
 	}
 	return opts
+}
+
+// handshakeTimeout bounds a connection's handshake: on the TCP API, the
+// time its gate gives it to authenticate.
+func (t transport) handshakeTimeout() time.Duration {
+	if t.gate != nil {
+		return t.gate.timeout
+	}
+	return ConnectionTimeout
 }
 
 // withReason gives the rate limiter's refusals (the calls it stops before
@@ -181,6 +210,11 @@ type tcpAPI struct {
 	mTLS     bool
 	token    bool
 	loopback bool
+
+	// unauthTimeout and unauthPerSource bound the connections without
+	// credentials (gate).
+	unauthTimeout   time.Duration
+	unauthPerSource int
 }
 
 // prepareAPI loads and checks the TCP API's TLS files and token. The TCP
@@ -194,9 +228,15 @@ func prepareAPI(ctx context.Context, cfg APIConfig, log *slog.Logger) (*tcpAPI, 
 		}
 		return nil, nil, nil
 	}
-	api := &tcpAPI{addr: cfg.Listen, maxConns: cfg.MaxConns}
+	api := &tcpAPI{addr: cfg.Listen, maxConns: cfg.MaxConns, unauthTimeout: cfg.UnauthTimeout, unauthPerSource: cfg.UnauthPerSource}
 	if api.maxConns <= 0 {
 		api.maxConns = maxConns()
+	}
+	if api.unauthTimeout <= 0 {
+		api.unauthTimeout = DefaultUnauthTimeout
+	}
+	if api.unauthPerSource <= 0 {
+		api.unauthPerSource = DefaultUnauthPerSource
 	}
 	loopback, err := isLoopback(ctx, cfg.Listen)
 	if err != nil {
@@ -353,8 +393,8 @@ func maxConns() int {
 }
 
 // listenTCP opens the TCP API's listener, capped at api.maxConns client
-// connections.
-func listenTCP(api *tcpAPI) (net.Listener, error) {
+// connections, of which those without credentials are bounded (gate).
+func listenTCP(api *tcpAPI, refusals *refusalLog) (*gate, error) {
 	ln, err := net.Listen(listener.ListenNetwork(api.addr), api.addr)
 	if err != nil {
 		return nil, fmt.Errorf("API listen on %s: %w", api.addr, err)
@@ -363,5 +403,5 @@ func listenTCP(api *tcpAPI) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("refusing to serve the API on %s without TLS: it is not a loopback address", ln.Addr())
 	}
-	return netutil.LimitListener(ln, api.maxConns), nil
+	return newGate(ln, api.maxConns, api.unauthPerSource, api.unauthTimeout, refusals), nil
 }

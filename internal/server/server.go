@@ -88,9 +88,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer unlock()
 	defer ln.Close() // removes the socket if it is still this daemon's (ownSocket)
-	var tcpLn net.Listener
+	var tcpLn *gate
+	tcpRefusals := newRefusalLog(log.With("api", "tcp"))
 	if api != nil {
-		if tcpLn, err = listenTCP(api); err != nil {
+		if tcpLn, err = listenTCP(api, tcpRefusals); err != nil {
 			return err
 		}
 		defer tcpLn.Close()
@@ -155,7 +156,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if api != nil {
 		tsrv, ths := newGRPCServer(svc, log, transport{name: "tcp", creds: api.creds, auth: apiAuth,
-			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met)
+			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst), gate: tcpLn, refusals: tcpRefusals}, met)
 		srvs, hss = append(srvs, tsrv), append(hss, ths)
 		go func() { errc <- tsrv.Serve(tcpLn) }()
 		log.Info("listenerd serving TCP API", "addr", tcpLn.Addr().String(), "tls", api.creds != nil,
@@ -218,6 +219,10 @@ func stopGRPC(srv *grpc.Server, limit time.Duration) {
 func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr transport, met *metrics.Metrics) (*grpc.Server, *health.Server) {
 	log = log.With("api", tr.name)
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		if tr.refusals != nil && refusedCall(fields) { // anyone may make these: rate-limited
+			tr.refusals.refused(slog.Level(lvl), msg, fields...)
+			return
+		}
 		log.Log(ctx, slog.Level(accessLevel(ctx, lvl, fields)), msg, fields...)
 	})
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
@@ -243,6 +248,17 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 	reflection.Register(srv)
 	met.InitServer(srv)
 	return srv, hs
+}
+
+// refusedCall reports whether a finished call's log fields say it was
+// refused for its credentials.
+func refusedCall(fields []any) bool {
+	for i := 0; i+1 < len(fields); i += 2 {
+		if fields[i] == "grpc.code" {
+			return fields[i+1] == codes.Unauthenticated.String()
+		}
+	}
+	return false
 }
 
 // accessLevel is the level of a finished call's log line: reads, watches
