@@ -244,6 +244,14 @@ func TestTokenHoldersServedDuringFlood(t *testing.T) {
 	flooding := make(chan struct{})
 	go func() { // more, as fast as they come, until the calls are done
 		defer close(flooding)
+		var held [1000]net.Conn // the newest, so that this process keeps descriptors for ctl
+		defer func() {
+			for _, c := range held {
+				if c != nil {
+					c.Close()
+				}
+			}
+		}()
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
@@ -253,7 +261,10 @@ func TestTokenHoldersServedDuringFlood(t *testing.T) {
 			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.2." + strconv.Itoa(1+i%250))}, Timeout: guard}
 			if c, err := d.Dial("tcp", addr); err == nil {
 				_, _ = c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00})
-				defer c.Close()
+				if old := held[i%len(held)]; old != nil {
+					old.Close()
+				}
+				held[i%len(held)] = c
 			}
 		}
 	}()
