@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -281,4 +282,56 @@ func TestTokenHoldersServedDuringFlood(t *testing.T) {
 	if !strings.Contains(d.stderr.String(), "closed a TCP API connection without credentials") {
 		t.Fatalf("no connection without credentials was closed: was there a flood?\n%s", d.stderr.String())
 	}
+}
+
+// Under an open-file limit of 64, 100 connections piling up on a
+// listener take the descriptors the listeners may have and no more: the
+// rest are rejected at once, ctl ls answers, and a create fails
+// RESOURCE_EXHAUSTED naming the descriptor limit; once connections go,
+// creates work again.
+func TestDescriptorReserveKeepsTheAPI(t *testing.T) {
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("prlimit not installed")
+	}
+	d := startDaemonWrapped(t, testkit.ShortDir(t), []string{"prlimit", "--nofile=64:64"}, "--ephemeral")
+	if !strings.Contains(d.stderr.String(), "open_files=64 fd_reserve=32 max_connections=32") {
+		t.Fatalf("the start line does not show the limit, the reserve and the cap:\n%s", d.stderr.String())
+	}
+	l := listenJSON(t, d, "--port", "0", "--backlog", "1024")
+	var conns []*net.TCPConn
+	for range 100 {
+		conns = append(conns, dial(t, l.GetStatus().GetBoundAddress()))
+	}
+	// The listener holds two of the 32: 30 are served, 70 rejected.
+	var got *listenerdv1.Listener
+	eventually(t, func() bool {
+		resp, err := d.client.GetListener(testContext(t), &listenerdv1.GetListenerRequest{Id: l.GetId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = resp.GetListener()
+		st := got.GetStatus()
+		return st.GetActiveConnections()+st.GetRejectedConnections() == 100
+	}, "every connection to be served or rejected")
+	if st := got.GetStatus(); st.GetActiveConnections() != 30 {
+		t.Fatalf("%d connections served, %d rejected; want 30 served", st.GetActiveConnections(), st.GetRejectedConnections())
+	}
+	if out := d.mustCtl("ls"); !strings.Contains(out, l.GetId()) {
+		t.Fatalf("ls:\n%s", out)
+	}
+	r := d.ctl("listen", "--port", "0")
+	if r.code != 1 || !strings.Contains(r.stderr, "limit reached") || !strings.Contains(r.stderr, "open-file limit (RLIMIT_NOFILE) of 64") {
+		t.Fatalf("listen with no descriptor free: exit %d, stderr %q", r.code, r.stderr)
+	}
+	_, err := d.client.CreateListener(testContext(t), &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("create with no descriptor free: %v; want RESOURCE_EXHAUSTED", err)
+	}
+	for _, c := range conns[:10] {
+		c.Close()
+	}
+	eventually(t, func() bool {
+		_, err := d.client.CreateListener(testContext(t), &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{}})
+		return err == nil
+	}, "a create to work once connections have gone")
 }

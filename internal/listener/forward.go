@@ -181,6 +181,10 @@ func (f *forward) target() string { return f.upstream }
 // through in each direction. On Linux pipeCopy splices without copying
 // through user space, holding a pipe only while bytes flow.
 func (f *forward) Serve(c *Conn) error {
+	if !c.l.host.takeFDs(1) {
+		return UpstreamError(errNoUpstreamFD)
+	}
+	defer c.l.host.giveFDs(1) // after up is closed
 	up, err := f.dial(c)
 	if up == nil {
 		return err
@@ -199,7 +203,7 @@ func (f *forward) Serve(c *Conn) error {
 	}
 	return both(c, up,
 		func() error {
-			n, err := pipeCopy(c.c, up, activity)
+			n, err := pipeCopy(c.l.host, c.c, up, activity)
 			c.AddOut(int(n))
 			if err == nil {
 				_ = c.c.CloseWrite()
@@ -207,7 +211,7 @@ func (f *forward) Serve(c *Conn) error {
 			return err
 		},
 		func() error {
-			n, err := pipeCopy(up, c.c, activity)
+			n, err := pipeCopy(c.l.host, up, c.c, activity)
 			c.AddIn(int(n))
 			if err == nil {
 				_ = up.CloseWrite()
@@ -215,6 +219,9 @@ func (f *forward) Serve(c *Conn) error {
 			return err
 		})
 }
+
+// errNoUpstreamFD: the descriptor budget has no room for the upstream.
+var errNoUpstreamFD = errors.New("not dialled: the daemon is out of file descriptors for listeners and connections")
 
 // both runs the two directions of a forwarded connection, toClient on a
 // goroutine of its own, and returns when both are done. Each copies until

@@ -168,7 +168,18 @@ var (
 		"Bytes the history holds, every event by its size and connection data by its length.", nil, nil)
 	descHistoryLimit = prometheus.NewDesc(namespace+"_history_bytes_limit",
 		"The history's byte budget (--history-bytes).", nil, nil)
+	descFDLimit = prometheus.NewDesc(namespace+"_descriptors_limit",
+		"The daemon's open-file limit (RLIMIT_NOFILE).", nil, nil)
+	descFDReserve = prometheus.NewDesc(namespace+"_descriptors_reserved",
+		"Descriptors kept for the API and the daemon, out of the listeners' reach (--fd-reserve).", nil, nil)
+	descFDHeld = prometheus.NewDesc(namespace+"_descriptors_held",
+		"Descriptors held by listeners, connections, upstreams and splice pipes, of the limit less the reserve.", nil, nil)
 )
+
+// descriptorSource is a Source that has a descriptor budget.
+type descriptorSource interface {
+	Descriptors() (limit, reserve, held int64)
+}
 
 // rejectReasons are the reason label values, indexed by events.RejectReason.
 var rejectReasons = [events.NumRejectReasons]string{
@@ -186,7 +197,7 @@ var rejectReasons = [events.NumRejectReasons]string{
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descActive, descQueued, descMax, descAccepted, descRejected, descBytes,
-		descDuration, descWatchers, descPublished, descCuts, descDropped, descHistoryEvents, descHistoryBytes, descHistoryLimit} {
+		descDuration, descWatchers, descPublished, descCuts, descDropped, descHistoryEvents, descHistoryBytes, descHistoryLimit, descFDLimit, descFDReserve, descFDHeld} {
 		ch <- d
 	}
 }
@@ -235,6 +246,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHistoryEvents, prometheus.GaugeValue, float64(st.Held))
 	ch <- prometheus.MustNewConstMetric(descHistoryBytes, prometheus.GaugeValue, float64(st.HeldBytes))
 	ch <- prometheus.MustNewConstMetric(descHistoryLimit, prometheus.GaugeValue, float64(st.Budget))
+	if ds, ok := c.src.(descriptorSource); ok {
+		if limit, reserve, held := ds.Descriptors(); limit > 0 {
+			ch <- prometheus.MustNewConstMetric(descFDLimit, prometheus.GaugeValue, float64(limit))
+			ch <- prometheus.MustNewConstMetric(descFDReserve, prometheus.GaugeValue, float64(reserve))
+			ch <- prometheus.MustNewConstMetric(descFDHeld, prometheus.GaugeValue, float64(held))
+		}
+	}
 }
 
 // durationOf returns the listener's duration histogram with its labels, or

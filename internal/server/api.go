@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
@@ -40,8 +39,8 @@ type APIConfig struct {
 	ClientCA  string // PEM CA bundle; enables mTLS: a client must present a certificate it signed
 	TokenFile string // file holding the bearer token clients must send
 	// MaxConns caps the client connections served at once; more wait in
-	// the kernel's queue. 0: a quarter of the open-file limit, at most
-	// 1,024 (maxConns).
+	// the kernel's queue. 0: half the descriptor reserve, at least 16, at
+	// most 1,024 (maxConns).
 	MaxConns int
 	// UnauthTimeout bounds a connection's TLS handshake and first
 	// authenticated call; UnauthPerSource caps the connections without
@@ -221,7 +220,7 @@ type tcpAPI struct {
 // API must authenticate (bearer token and/or client certificate), since
 // every local user can reach loopback; off loopback it must also use TLS.
 // The token itself is kept only as its SHA-256, so it cannot reach a log.
-func prepareAPI(ctx context.Context, cfg APIConfig, log *slog.Logger) (*tcpAPI, auth.AuthFunc, error) {
+func prepareAPI(ctx context.Context, cfg APIConfig, fdReserve int64, log *slog.Logger) (*tcpAPI, auth.AuthFunc, error) {
 	if cfg.Listen == "" {
 		if cfg.TLSCert != "" || cfg.TLSKey != "" || cfg.ClientCA != "" || cfg.TokenFile != "" {
 			return nil, nil, errors.New("--tls-cert, --tls-key, --client-ca and --token-file need --api-listen")
@@ -230,7 +229,7 @@ func prepareAPI(ctx context.Context, cfg APIConfig, log *slog.Logger) (*tcpAPI, 
 	}
 	api := &tcpAPI{addr: cfg.Listen, maxConns: cfg.MaxConns, unauthTimeout: cfg.UnauthTimeout, unauthPerSource: cfg.UnauthPerSource}
 	if api.maxConns <= 0 {
-		api.maxConns = maxConns()
+		api.maxConns = maxConns(fdReserve)
 	}
 	if api.unauthTimeout <= 0 {
 		api.unauthTimeout = DefaultUnauthTimeout
@@ -379,17 +378,13 @@ func isLoopback(ctx context.Context, addr string) (bool, error) {
 
 // listenTCP binds the TCP API and checks that a plaintext API really is on
 // loopback.
-// maxConns is the default cap of the TCP API's client connections. Anyone
-// who can reach the port may connect before being refused: the cap keeps
-// them from taking the descriptors the daemon needs for its socket and its
-// listeners.
-func maxConns() int {
-	n := 1024
-	var r syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err == nil {
-		n = min(n, max(16, int(r.Cur/4)))
-	}
-	return n
+// maxConns is the default cap of the TCP API's client connections: half
+// the descriptors kept from the listeners (fdReserve), at least 16, at
+// most 1,024. Anyone who can reach the port may connect before being
+// refused: the cap keeps them from taking the descriptors the daemon
+// needs for its socket, its state and its listeners.
+func maxConns(fdReserve int64) int {
+	return int(min(1024, max(16, fdReserve/2)))
 }
 
 // listenTCP opens the TCP API's listener, capped at api.maxConns client

@@ -69,6 +69,30 @@ func (c Config) Check() error {
 		return fmt.Errorf("--api-rate %g: must not be negative (0: no limit)", c.MutationRate)
 	case c.MutationBurst < 0:
 		return fmt.Errorf("--api-burst %d: must not be negative", c.MutationBurst)
+	case c.FDReserve < 0:
+		return fmt.Errorf("--fd-reserve %d: must not be negative (0: the default)", c.FDReserve)
+	}
+	return c.checkDescriptors()
+}
+
+// checkDescriptors refuses a reserve that leaves the listeners no
+// descriptors, and a --max-connections the descriptors cannot serve.
+func (c Config) checkDescriptors() error {
+	limit, reserve := descriptors(c.FDReserve)
+	if limit == 0 {
+		return nil
+	}
+	if reserve > limit-listenerBudgetMin {
+		return fmt.Errorf("--fd-reserve %d: the open-file limit is %d, which would leave the listeners fewer than %d; lower it, or raise the limit (ulimit -n)",
+			reserve, limit, listenerBudgetMin)
+	}
+	if c.MaxConnections > limit-reserve {
+		return fmt.Errorf("--max-connections %d: the open-file limit is %d, and %d are kept for the API (--fd-reserve): at most %d; raise the limit (ulimit -n, LimitNOFILE=)",
+			c.MaxConnections, limit, reserve, limit-reserve)
 	}
 	return nil
 }
+
+// listenerBudgetMin is the fewest descriptors the reserve must leave to
+// listeners: one listener (two) and a connection.
+const listenerBudgetMin = 3

@@ -48,7 +48,8 @@ type Config struct {
 	StateDir        string          // where listener specs persist; "" with Ephemeral
 	Ephemeral       bool            // keep no state: nothing persists or is restored
 	MaxListeners    int             // listeners at once; 0: unlimited
-	MaxConnections  int64           // open connections across listeners; 0: unlimited
+	MaxConnections  int64           // open connections across listeners; 0: as many as descriptors allow
+	FDReserve       int64           // descriptors kept from the listeners; 0: DefaultFDReserve
 	Policy          listener.Policy // ports and hosts listeners may bind
 	API             APIConfig       // the optional TCP API
 	MutationRate    float64         // mutating RPCs a second on each transport; 0: no limit
@@ -78,7 +79,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	api, apiAuth, err := prepareAPI(ctx, cfg.API, log)
+	fds, fdReserve := descriptors(cfg.FDReserve)
+	api, apiAuth, err := prepareAPI(ctx, cfg.API, fdReserve, log)
 	if err != nil {
 		return configError{err}
 	}
@@ -105,6 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections, Policy: cfg.Policy,
+		FDLimit: fds, FDReserve: fdReserve,
 		// The handlers listeners may name: a new handler is one more entry.
 		Handlers: []listener.HandlerKind{listener.Discard, listener.Echo, listener.Forward},
 	}
@@ -150,7 +153,8 @@ func Run(ctx context.Context, cfg Config) error {
 	metricsSrv := startMetrics(met, metricsLn, mgr, bus, log, cfg.Stdout)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID(), "policy", cfg.Policy.String())
+	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID(), "policy", cfg.Policy.String(),
+		"open_files", fds, "fd_reserve", fdReserve, "max_connections", maxConnections(cfg.MaxConnections, fds, fdReserve))
 	if cfg.Stdout != nil {
 		fmt.Fprintf(cfg.Stdout, "listenerd serving on unix://%s\n", cfg.Socket)
 	}
@@ -192,6 +196,19 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("listenerd stopped")
 	return nil
+}
+
+// maxConnections is the daemon-wide connection cap in force: the one
+// asked for, or the descriptors the listeners may use (fewer as listeners
+// and forwards take their own), or "unlimited".
+func maxConnections(asked, fds, reserve int64) string {
+	switch {
+	case asked > 0:
+		return strconv.FormatInt(asked, 10)
+	case fds > 0:
+		return strconv.FormatInt(fds-reserve, 10)
+	}
+	return "unlimited"
 }
 
 // stopGRPC stops gracefully, or at once when that takes longer than limit.
