@@ -319,6 +319,10 @@ func TestDescriptorReserveKeepsTheAPI(t *testing.T) {
 	if out := d.mustCtl("ls"); !strings.Contains(out, l.GetId()) {
 		t.Fatalf("ls:\n%s", out)
 	}
+	if out := d.mustCtl("status"); !strings.Contains(out, "open-file limit:  64\n") || !strings.Contains(out, "fd reserve:       32 ") ||
+		!strings.Contains(out, "descriptors held: 32 of 32 ") || !strings.Contains(out, "max connections:  32\n") {
+		t.Fatalf("status:\n%s", out)
+	}
 	r := d.ctl("listen", "--port", "0")
 	if r.code != 1 || !strings.Contains(r.stderr, "limit reached") || !strings.Contains(r.stderr, "open-file limit (RLIMIT_NOFILE) of 64") {
 		t.Fatalf("listen with no descriptor free: exit %d, stderr %q", r.code, r.stderr)

@@ -163,6 +163,7 @@ func (a *app) rootCmd() *cobra.Command {
 		a.kickCmd(),
 		a.rebindCmd(),
 		a.connectCmd(),
+		a.statusCmd(),
 	)
 	a.addCompletions(root)
 	markRunning(root, &a.running)

@@ -372,6 +372,12 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 		{"closed", a.when(st.GetCloseTime())},
 		{"last error", st.GetLastError()},
 	}...)
+	return writeRows(w, rows)
+}
+
+// writeRows prints "key: value" lines, the values aligned, "-" for an
+// empty one.
+func writeRows(w io.Writer, rows [][2]string) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 	for _, r := range rows {
 		v := r[1]

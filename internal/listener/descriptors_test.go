@@ -36,8 +36,8 @@ func TestDescriptorBudget(t *testing.T) {
 			t.Fatalf("rejected %v, want daemon_limit", e.Reject)
 		}
 	}
-	if limit, reserve, held := m.Descriptors(); limit != 16 || reserve != 8 || held != 8 {
-		t.Fatalf("descriptors %d, %d, %d; want 16, 8, 8", limit, reserve, held)
+	if c := m.Caps(); c != (Caps{MaxConnections: 8, Connections: 6, FDLimit: 16, FDReserve: 8, FDHeld: 8}) {
+		t.Fatalf("caps %+v; want 8 connections at most, 6 open, 8 of 16 descriptors kept, 8 held", c)
 	}
 	_, err := m.Create(context.Background(), "", Spec{})
 	if !errors.Is(err, ErrLimit) || !strings.Contains(err.Error(), "open-file limit (RLIMIT_NOFILE) of 16, 8 are kept for its API") {
@@ -49,7 +49,7 @@ func TestDescriptorBudget(t *testing.T) {
 	for _, c := range conns[:3] {
 		c.Close()
 	}
-	testkit.Eventually(t, func() bool { _, _, held := m.Descriptors(); return held == 5 }, "three connections to give their descriptors back")
+	testkit.Eventually(t, func() bool { return m.Caps().FDHeld == 5 }, "three connections to give their descriptors back")
 	fw := create(t, m, Spec{Handler: ForwardTo(l.Info().Bound, 0)})
 	fwatch := newWatch(t, m, fw.ID())
 	testkit.Dial(t, fw.Info().Bound)
@@ -64,5 +64,5 @@ func TestDescriptorBudget(t *testing.T) {
 	if _, err := m.Close(l.ID(), 0, true); err != nil {
 		t.Fatal(err)
 	}
-	testkit.Eventually(t, func() bool { _, _, held := m.Descriptors(); return held == 0 }, "every descriptor to be given back")
+	testkit.Eventually(t, func() bool { return m.Caps().FDHeld == 0 }, "every descriptor to be given back")
 }

@@ -204,11 +204,25 @@ func (m *Manager) takeFDs(n int64) bool {
 // giveFDs uncounts descriptors counted by takeFDs.
 func (m *Manager) giveFDs(n int64) { m.fds.Add(-n) }
 
-// Descriptors returns the descriptor budget: the open-file limit, the
-// descriptors kept for the rest of the daemon, and those listeners and
-// connections hold now (the limit is 0 without a budget).
-func (m *Manager) Descriptors() (limit, reserve, held int64) {
-	return m.fdLimit, m.fdReserve, m.fds.Load()
+// Caps are the daemon-wide caps and what is held against them.
+type Caps struct {
+	// MaxConnections is the cap on open and queued connections: the one
+	// asked for, or the descriptor budget; 0: unlimited.
+	MaxConnections int64
+	Connections    int64 // open or queued now
+	// FDLimit and FDReserve are Options'; FDHeld are the descriptors
+	// listeners and connections hold now.
+	FDLimit, FDReserve, FDHeld int64
+}
+
+// Caps returns the daemon-wide caps and what is held against them.
+func (m *Manager) Caps() Caps {
+	c := Caps{MaxConnections: m.maxConns, Connections: m.totalConns.Load(),
+		FDLimit: m.fdLimit, FDReserve: m.fdReserve, FDHeld: m.fds.Load()}
+	if c.MaxConnections <= 0 && m.fdLimit > 0 {
+		c.MaxConnections = m.fdLimit - m.fdReserve
+	}
+	return c
 }
 
 // errDescriptors is the error of a listener the budget has no room for.

@@ -176,9 +176,9 @@ var (
 		"Descriptors held by listeners, connections, upstreams and splice pipes, of the limit less the reserve.", nil, nil)
 )
 
-// descriptorSource is a Source that has a descriptor budget.
-type descriptorSource interface {
-	Descriptors() (limit, reserve, held int64)
+// capsSource is a Source that has daemon-wide caps (the manager).
+type capsSource interface {
+	Caps() listener.Caps
 }
 
 // rejectReasons are the reason label values, indexed by events.RejectReason.
@@ -246,11 +246,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHistoryEvents, prometheus.GaugeValue, float64(st.Held))
 	ch <- prometheus.MustNewConstMetric(descHistoryBytes, prometheus.GaugeValue, float64(st.HeldBytes))
 	ch <- prometheus.MustNewConstMetric(descHistoryLimit, prometheus.GaugeValue, float64(st.Budget))
-	if ds, ok := c.src.(descriptorSource); ok {
-		if limit, reserve, held := ds.Descriptors(); limit > 0 {
-			ch <- prometheus.MustNewConstMetric(descFDLimit, prometheus.GaugeValue, float64(limit))
-			ch <- prometheus.MustNewConstMetric(descFDReserve, prometheus.GaugeValue, float64(reserve))
-			ch <- prometheus.MustNewConstMetric(descFDHeld, prometheus.GaugeValue, float64(held))
+	if cs, ok := c.src.(capsSource); ok {
+		if caps := cs.Caps(); caps.FDLimit > 0 {
+			ch <- prometheus.MustNewConstMetric(descFDLimit, prometheus.GaugeValue, float64(caps.FDLimit))
+			ch <- prometheus.MustNewConstMetric(descFDReserve, prometheus.GaugeValue, float64(caps.FDReserve))
+			ch <- prometheus.MustNewConstMetric(descFDHeld, prometheus.GaugeValue, float64(caps.FDHeld))
 		}
 	}
 }

@@ -3447,6 +3447,215 @@ func (x *WatchEventsResponse) GetBootId() string {
 	return ""
 }
 
+// GetDaemonStatusRequest asks for the daemon's status. It has no fields.
+type GetDaemonStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDaemonStatusRequest) Reset() {
+	*x = GetDaemonStatusRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDaemonStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDaemonStatusRequest) ProtoMessage() {}
+
+func (x *GetDaemonStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDaemonStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetDaemonStatusRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{40}
+}
+
+// GetDaemonStatusResponse carries the daemon's status.
+type GetDaemonStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The daemon's limits and what it holds against them.
+	Status        *DaemonStatus `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDaemonStatusResponse) Reset() {
+	*x = GetDaemonStatusResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDaemonStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDaemonStatusResponse) ProtoMessage() {}
+
+func (x *GetDaemonStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDaemonStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetDaemonStatusResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetDaemonStatusResponse) GetStatus() *DaemonStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// DaemonStatus is the daemon's own limits and what it holds against them.
+// Output only.
+type DaemonStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// This daemon process's boot id, as in its events.
+	BootId string `protobuf:"bytes,1,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	// The open-file limit (RLIMIT_NOFILE). Zero when unknown or unlimited:
+	// then listeners have no descriptor budget.
+	OpenFileLimit uint64 `protobuf:"varint,2,opt,name=open_file_limit,json=openFileLimit,proto3" json:"open_file_limit,omitempty"`
+	// Descriptors kept for the API and the rest of the daemon, out of the
+	// listeners' reach (--fd-reserve).
+	DescriptorsReserved uint64 `protobuf:"varint,3,opt,name=descriptors_reserved,json=descriptorsReserved,proto3" json:"descriptors_reserved,omitempty"`
+	// Descriptors held now by listeners, their connections, forward
+	// upstreams and splice pipes, of open_file_limit less
+	// descriptors_reserved.
+	DescriptorsHeld uint64 `protobuf:"varint,4,opt,name=descriptors_held,json=descriptorsHeld,proto3" json:"descriptors_held,omitempty"`
+	// The daemon-wide cap on open and queued connections: --max-connections,
+	// or by default open_file_limit less descriptors_reserved. Unset means
+	// unlimited.
+	MaxConnections *uint64 `protobuf:"varint,5,opt,name=max_connections,json=maxConnections,proto3,oneof" json:"max_connections,omitempty"`
+	// Connections open or queued now, across listeners.
+	Connections uint64 `protobuf:"varint,6,opt,name=connections,proto3" json:"connections,omitempty"`
+	// Events the history holds for watchers to resume from.
+	HistoryEvents uint64 `protobuf:"varint,7,opt,name=history_events,json=historyEvents,proto3" json:"history_events,omitempty"`
+	// Bytes the history holds, every event by its size and connection data
+	// by its length.
+	HistoryBytes uint64 `protobuf:"varint,8,opt,name=history_bytes,json=historyBytes,proto3" json:"history_bytes,omitempty"`
+	// The history's byte budget (--history-bytes).
+	HistoryBytesLimit uint64 `protobuf:"varint,9,opt,name=history_bytes_limit,json=historyBytesLimit,proto3" json:"history_bytes_limit,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DaemonStatus) Reset() {
+	*x = DaemonStatus{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DaemonStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DaemonStatus) ProtoMessage() {}
+
+func (x *DaemonStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DaemonStatus.ProtoReflect.Descriptor instead.
+func (*DaemonStatus) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *DaemonStatus) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
+}
+
+func (x *DaemonStatus) GetOpenFileLimit() uint64 {
+	if x != nil {
+		return x.OpenFileLimit
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetDescriptorsReserved() uint64 {
+	if x != nil {
+		return x.DescriptorsReserved
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetDescriptorsHeld() uint64 {
+	if x != nil {
+		return x.DescriptorsHeld
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetMaxConnections() uint64 {
+	if x != nil && x.MaxConnections != nil {
+		return *x.MaxConnections
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetConnections() uint64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetHistoryEvents() uint64 {
+	if x != nil {
+		return x.HistoryEvents
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetHistoryBytes() uint64 {
+	if x != nil {
+		return x.HistoryBytes
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetHistoryBytesLimit() uint64 {
+	if x != nil {
+		return x.HistoryBytesLimit
+	}
+	return 0
+}
+
 // HandlerAttached reports a handler attached to a stream listener.
 type HandlerAttached struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3462,7 +3671,7 @@ type HandlerAttached struct {
 
 func (x *HandlerAttached) Reset() {
 	*x = HandlerAttached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3474,7 +3683,7 @@ func (x *HandlerAttached) String() string {
 func (*HandlerAttached) ProtoMessage() {}
 
 func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3487,7 +3696,7 @@ func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandlerAttached.ProtoReflect.Descriptor instead.
 func (*HandlerAttached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{40}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *HandlerAttached) GetHandlerId() string {
@@ -3524,7 +3733,7 @@ type HandlerDetached struct {
 
 func (x *HandlerDetached) Reset() {
 	*x = HandlerDetached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3536,7 +3745,7 @@ func (x *HandlerDetached) String() string {
 func (*HandlerDetached) ProtoMessage() {}
 
 func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3549,7 +3758,7 @@ func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandlerDetached.ProtoReflect.Descriptor instead.
 func (*HandlerDetached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{41}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *HandlerDetached) GetHandlerId() string {
@@ -3579,7 +3788,7 @@ type ConnectionTaken struct {
 
 func (x *ConnectionTaken) Reset() {
 	*x = ConnectionTaken{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3591,7 +3800,7 @@ func (x *ConnectionTaken) String() string {
 func (*ConnectionTaken) ProtoMessage() {}
 
 func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3604,7 +3813,7 @@ func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionTaken.ProtoReflect.Descriptor instead.
 func (*ConnectionTaken) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{42}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ConnectionTaken) GetConnectionId() string {
@@ -3637,7 +3846,7 @@ type AttachHandlerRequest struct {
 
 func (x *AttachHandlerRequest) Reset() {
 	*x = AttachHandlerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3649,7 +3858,7 @@ func (x *AttachHandlerRequest) String() string {
 func (*AttachHandlerRequest) ProtoMessage() {}
 
 func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3662,7 +3871,7 @@ func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachHandlerRequest.ProtoReflect.Descriptor instead.
 func (*AttachHandlerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *AttachHandlerRequest) GetListenerId() string {
@@ -3703,7 +3912,7 @@ type AttachHandlerResponse struct {
 
 func (x *AttachHandlerResponse) Reset() {
 	*x = AttachHandlerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3715,7 +3924,7 @@ func (x *AttachHandlerResponse) String() string {
 func (*AttachHandlerResponse) ProtoMessage() {}
 
 func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3728,7 +3937,7 @@ func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachHandlerResponse.ProtoReflect.Descriptor instead.
 func (*AttachHandlerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *AttachHandlerResponse) GetKind() isAttachHandlerResponse_Kind {
@@ -3787,7 +3996,7 @@ type Attached struct {
 
 func (x *Attached) Reset() {
 	*x = Attached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3799,7 +4008,7 @@ func (x *Attached) String() string {
 func (*Attached) ProtoMessage() {}
 
 func (x *Attached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3812,7 +4021,7 @@ func (x *Attached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attached.ProtoReflect.Descriptor instead.
 func (*Attached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Attached) GetHandlerId() string {
@@ -3842,7 +4051,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3854,7 +4063,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3867,7 +4076,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Offer) GetConnectionId() string {
@@ -3902,7 +4111,7 @@ type ServeConnectionRequest struct {
 
 func (x *ServeConnectionRequest) Reset() {
 	*x = ServeConnectionRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3914,7 +4123,7 @@ func (x *ServeConnectionRequest) String() string {
 func (*ServeConnectionRequest) ProtoMessage() {}
 
 func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3927,7 +4136,7 @@ func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionRequest.ProtoReflect.Descriptor instead.
 func (*ServeConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ServeConnectionRequest) GetKind() isServeConnectionRequest_Kind {
@@ -4019,7 +4228,7 @@ type Take struct {
 
 func (x *Take) Reset() {
 	*x = Take{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4031,7 +4240,7 @@ func (x *Take) String() string {
 func (*Take) ProtoMessage() {}
 
 func (x *Take) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4044,7 +4253,7 @@ func (x *Take) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Take.ProtoReflect.Descriptor instead.
 func (*Take) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Take) GetConnectionId() string {
@@ -4070,7 +4279,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4082,7 +4291,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4095,7 +4304,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{52}
 }
 
 // Reset is an abortive close.
@@ -4107,7 +4316,7 @@ type Reset struct {
 
 func (x *Reset) Reset() {
 	*x = Reset{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4119,7 +4328,7 @@ func (x *Reset) String() string {
 func (*Reset) ProtoMessage() {}
 
 func (x *Reset) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4132,7 +4341,7 @@ func (x *Reset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reset.ProtoReflect.Descriptor instead.
 func (*Reset) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
 }
 
 // ServeConnectionResponse is what the daemon sends on a connection's stream.
@@ -4153,7 +4362,7 @@ type ServeConnectionResponse struct {
 
 func (x *ServeConnectionResponse) Reset() {
 	*x = ServeConnectionResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4165,7 +4374,7 @@ func (x *ServeConnectionResponse) String() string {
 func (*ServeConnectionResponse) ProtoMessage() {}
 
 func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4178,7 +4387,7 @@ func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionResponse.ProtoReflect.Descriptor instead.
 func (*ServeConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ServeConnectionResponse) GetKind() isServeConnectionResponse_Kind {
@@ -4457,7 +4666,21 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12+\n" +
 	"\x06events\x18\x01 \x03(\v2\x13.listenerd.v1.EventR\x06events\x12#\n" +
 	"\rhead_sequence\x18\x02 \x01(\x04R\fheadSequence\x12\x17\n" +
-	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"o\n" +
+	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"\x18\n" +
+	"\x16GetDaemonStatusRequest\"M\n" +
+	"\x17GetDaemonStatusResponse\x122\n" +
+	"\x06status\x18\x01 \x01(\v2\x1a.listenerd.v1.DaemonStatusR\x06status\"\x8d\x03\n" +
+	"\fDaemonStatus\x12\x17\n" +
+	"\aboot_id\x18\x01 \x01(\tR\x06bootId\x12&\n" +
+	"\x0fopen_file_limit\x18\x02 \x01(\x04R\ropenFileLimit\x121\n" +
+	"\x14descriptors_reserved\x18\x03 \x01(\x04R\x13descriptorsReserved\x12)\n" +
+	"\x10descriptors_held\x18\x04 \x01(\x04R\x0fdescriptorsHeld\x12,\n" +
+	"\x0fmax_connections\x18\x05 \x01(\x04H\x00R\x0emaxConnections\x88\x01\x01\x12 \n" +
+	"\vconnections\x18\x06 \x01(\x04R\vconnections\x12%\n" +
+	"\x0ehistory_events\x18\a \x01(\x04R\rhistoryEvents\x12#\n" +
+	"\rhistory_bytes\x18\b \x01(\x04R\fhistoryBytes\x12.\n" +
+	"\x13history_bytes_limit\x18\t \x01(\x04R\x11historyBytesLimitB\x12\n" +
+	"\x10_max_connections\"o\n" +
 	"\x0fHandlerAttached\x12\x1d\n" +
 	"\n" +
 	"handler_id\x18\x01 \x01(\tR\thandlerId\x12\x14\n" +
@@ -4570,8 +4793,9 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDIRECTION_IN\x10\x01\x12\x11\n" +
-	"\rDIRECTION_OUT\x10\x022\x86\b\n" +
-	"\x0fListenerService\x12[\n" +
+	"\rDIRECTION_OUT\x10\x022\xe6\b\n" +
+	"\x0fListenerService\x12^\n" +
+	"\x0fGetDaemonStatus\x12$.listenerd.v1.GetDaemonStatusRequest\x1a%.listenerd.v1.GetDaemonStatusResponse\x12[\n" +
 	"\x0eCreateListener\x12#.listenerd.v1.CreateListenerRequest\x1a$.listenerd.v1.CreateListenerResponse\x12R\n" +
 	"\vGetListener\x12 .listenerd.v1.GetListenerRequest\x1a!.listenerd.v1.GetListenerResponse\x12X\n" +
 	"\rListListeners\x12\".listenerd.v1.ListListenersRequest\x1a#.listenerd.v1.ListListenersResponse\x12[\n" +
@@ -4597,7 +4821,7 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 }
 
 var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -4647,58 +4871,61 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(*ListenerClosed)(nil),          // 45: listenerd.v1.ListenerClosed
 	(*WatchEventsRequest)(nil),      // 46: listenerd.v1.WatchEventsRequest
 	(*WatchEventsResponse)(nil),     // 47: listenerd.v1.WatchEventsResponse
-	(*HandlerAttached)(nil),         // 48: listenerd.v1.HandlerAttached
-	(*HandlerDetached)(nil),         // 49: listenerd.v1.HandlerDetached
-	(*ConnectionTaken)(nil),         // 50: listenerd.v1.ConnectionTaken
-	(*AttachHandlerRequest)(nil),    // 51: listenerd.v1.AttachHandlerRequest
-	(*AttachHandlerResponse)(nil),   // 52: listenerd.v1.AttachHandlerResponse
-	(*Attached)(nil),                // 53: listenerd.v1.Attached
-	(*Offer)(nil),                   // 54: listenerd.v1.Offer
-	(*ServeConnectionRequest)(nil),  // 55: listenerd.v1.ServeConnectionRequest
-	(*Take)(nil),                    // 56: listenerd.v1.Take
-	(*End)(nil),                     // 57: listenerd.v1.End
-	(*Reset)(nil),                   // 58: listenerd.v1.Reset
-	(*ServeConnectionResponse)(nil), // 59: listenerd.v1.ServeConnectionResponse
-	(*durationpb.Duration)(nil),     // 60: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 61: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 62: google.protobuf.FieldMask
+	(*GetDaemonStatusRequest)(nil),  // 48: listenerd.v1.GetDaemonStatusRequest
+	(*GetDaemonStatusResponse)(nil), // 49: listenerd.v1.GetDaemonStatusResponse
+	(*DaemonStatus)(nil),            // 50: listenerd.v1.DaemonStatus
+	(*HandlerAttached)(nil),         // 51: listenerd.v1.HandlerAttached
+	(*HandlerDetached)(nil),         // 52: listenerd.v1.HandlerDetached
+	(*ConnectionTaken)(nil),         // 53: listenerd.v1.ConnectionTaken
+	(*AttachHandlerRequest)(nil),    // 54: listenerd.v1.AttachHandlerRequest
+	(*AttachHandlerResponse)(nil),   // 55: listenerd.v1.AttachHandlerResponse
+	(*Attached)(nil),                // 56: listenerd.v1.Attached
+	(*Offer)(nil),                   // 57: listenerd.v1.Offer
+	(*ServeConnectionRequest)(nil),  // 58: listenerd.v1.ServeConnectionRequest
+	(*Take)(nil),                    // 59: listenerd.v1.Take
+	(*End)(nil),                     // 60: listenerd.v1.End
+	(*Reset)(nil),                   // 61: listenerd.v1.Reset
+	(*ServeConnectionResponse)(nil), // 62: listenerd.v1.ServeConnectionResponse
+	(*durationpb.Duration)(nil),     // 63: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 64: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 65: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	9,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
 	16, // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
 	10, // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
 	11, // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	60, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	63, // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
 	0,  // 5: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	60, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	60, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	60, // 8: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	63, // 6: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	63, // 7: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	63, // 8: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
 	12, // 9: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
 	13, // 10: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
 	14, // 11: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
 	15, // 12: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
-	60, // 13: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	60, // 14: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
+	63, // 13: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	63, // 14: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
 	1,  // 15: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	61, // 16: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	61, // 17: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	64, // 16: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	64, // 17: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
 	2,  // 18: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
 	17, // 19: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	61, // 20: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	64, // 20: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
 	3,  // 21: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
-	60, // 22: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	63, // 22: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
 	9,  // 23: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
 	8,  // 24: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
 	8,  // 25: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
 	8,  // 26: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
 	8,  // 27: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	62, // 28: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	65, // 28: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
 	8,  // 29: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	60, // 30: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	63, // 30: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
 	8,  // 31: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
 	18, // 32: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
 	8,  // 33: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	61, // 34: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	64, // 34: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
 	37, // 35: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
 	38, // 36: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
 	39, // 37: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
@@ -4709,58 +4936,61 @@ var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	40, // 42: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
 	36, // 43: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
 	42, // 44: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
-	48, // 45: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
-	49, // 46: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
-	50, // 47: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
+	51, // 45: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
+	52, // 46: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
+	53, // 47: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
 	7,  // 48: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
 	17, // 49: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
 	17, // 50: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	60, // 51: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	63, // 51: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
 	5,  // 52: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
 	17, // 53: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
 	6,  // 54: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	60, // 55: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	63, // 55: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
 	17, // 56: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
-	60, // 57: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	63, // 57: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
 	10, // 58: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
 	4,  // 59: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
 	35, // 60: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
-	53, // 61: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
-	54, // 62: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
-	17, // 63: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
-	56, // 64: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
-	57, // 65: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
-	58, // 66: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
-	38, // 67: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
-	57, // 68: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
-	39, // 69: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
-	19, // 70: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	21, // 71: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	23, // 72: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	25, // 73: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	27, // 74: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	29, // 75: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	31, // 76: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	33, // 77: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	46, // 78: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	51, // 79: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
-	55, // 80: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
-	20, // 81: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	22, // 82: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	24, // 83: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	26, // 84: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	28, // 85: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	30, // 86: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	32, // 87: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	34, // 88: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	47, // 89: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	52, // 90: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
-	59, // 91: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
-	81, // [81:92] is the sub-list for method output_type
-	70, // [70:81] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	50, // 61: listenerd.v1.GetDaemonStatusResponse.status:type_name -> listenerd.v1.DaemonStatus
+	56, // 62: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
+	57, // 63: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
+	17, // 64: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
+	59, // 65: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
+	60, // 66: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
+	61, // 67: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
+	38, // 68: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
+	60, // 69: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
+	39, // 70: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
+	48, // 71: listenerd.v1.ListenerService.GetDaemonStatus:input_type -> listenerd.v1.GetDaemonStatusRequest
+	19, // 72: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	21, // 73: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	23, // 74: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	25, // 75: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	27, // 76: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	29, // 77: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	31, // 78: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	33, // 79: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	46, // 80: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	54, // 81: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
+	58, // 82: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
+	49, // 83: listenerd.v1.ListenerService.GetDaemonStatus:output_type -> listenerd.v1.GetDaemonStatusResponse
+	20, // 84: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	22, // 85: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	24, // 86: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	26, // 87: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	28, // 88: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	30, // 89: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	32, // 90: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	34, // 91: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	47, // 92: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	55, // 93: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
+	62, // 94: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
+	83, // [83:95] is the sub-list for method output_type
+	71, // [71:83] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -4792,17 +5022,18 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Event_ConnectionTaken)(nil),
 	}
 	file_listenerd_v1_listenerd_proto_msgTypes[38].OneofWrappers = []any{}
-	file_listenerd_v1_listenerd_proto_msgTypes[44].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[42].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[47].OneofWrappers = []any{
 		(*AttachHandlerResponse_Attached)(nil),
 		(*AttachHandlerResponse_Offer)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[47].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[50].OneofWrappers = []any{
 		(*ServeConnectionRequest_Take)(nil),
 		(*ServeConnectionRequest_Data)(nil),
 		(*ServeConnectionRequest_End)(nil),
 		(*ServeConnectionRequest_Reset_)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[51].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[54].OneofWrappers = []any{
 		(*ServeConnectionResponse_Opened)(nil),
 		(*ServeConnectionResponse_Data)(nil),
 		(*ServeConnectionResponse_End)(nil),
@@ -4814,7 +5045,7 @@ func file_listenerd_v1_listenerd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   52,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,6 +19,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	ListenerService_GetDaemonStatus_FullMethodName = "/listenerd.v1.ListenerService/GetDaemonStatus"
 	ListenerService_CreateListener_FullMethodName  = "/listenerd.v1.ListenerService/CreateListener"
 	ListenerService_GetListener_FullMethodName     = "/listenerd.v1.ListenerService/GetListener"
 	ListenerService_ListListeners_FullMethodName   = "/listenerd.v1.ListenerService/ListListeners"
@@ -46,6 +47,10 @@ const (
 // a privileged port, RESOURCE_EXHAUSTED a daemon-wide cap or a slow watcher,
 // OUT_OF_RANGE a watch resume point no longer held.
 type ListenerServiceClient interface {
+	// GetDaemonStatus returns the daemon's own limits and what it holds
+	// against them: its open-file limit and the descriptors kept for the API,
+	// the daemon-wide connection cap, and its event history.
+	GetDaemonStatus(ctx context.Context, in *GetDaemonStatusRequest, opts ...grpc.CallOption) (*GetDaemonStatusResponse, error)
 	// CreateListener binds a new listener and starts accepting. The socket is
 	// bound before the reply, so a reply means the port is open; port 0 takes an
 	// ephemeral port and the reply's status reports the real address.
@@ -119,6 +124,16 @@ type listenerServiceClient struct {
 
 func NewListenerServiceClient(cc grpc.ClientConnInterface) ListenerServiceClient {
 	return &listenerServiceClient{cc}
+}
+
+func (c *listenerServiceClient) GetDaemonStatus(ctx context.Context, in *GetDaemonStatusRequest, opts ...grpc.CallOption) (*GetDaemonStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDaemonStatusResponse)
+	err := c.cc.Invoke(ctx, ListenerService_GetDaemonStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *listenerServiceClient) CreateListener(ctx context.Context, in *CreateListenerRequest, opts ...grpc.CallOption) (*CreateListenerResponse, error) {
@@ -266,6 +281,10 @@ type ListenerService_ServeConnectionClient = grpc.BidiStreamingClient[ServeConne
 // a privileged port, RESOURCE_EXHAUSTED a daemon-wide cap or a slow watcher,
 // OUT_OF_RANGE a watch resume point no longer held.
 type ListenerServiceServer interface {
+	// GetDaemonStatus returns the daemon's own limits and what it holds
+	// against them: its open-file limit and the descriptors kept for the API,
+	// the daemon-wide connection cap, and its event history.
+	GetDaemonStatus(context.Context, *GetDaemonStatusRequest) (*GetDaemonStatusResponse, error)
 	// CreateListener binds a new listener and starts accepting. The socket is
 	// bound before the reply, so a reply means the port is open; port 0 takes an
 	// ephemeral port and the reply's status reports the real address.
@@ -341,6 +360,9 @@ type ListenerServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedListenerServiceServer struct{}
 
+func (UnimplementedListenerServiceServer) GetDaemonStatus(context.Context, *GetDaemonStatusRequest) (*GetDaemonStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDaemonStatus not implemented")
+}
 func (UnimplementedListenerServiceServer) CreateListener(context.Context, *CreateListenerRequest) (*CreateListenerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateListener not implemented")
 }
@@ -393,6 +415,24 @@ func RegisterListenerServiceServer(s grpc.ServiceRegistrar, srv ListenerServiceS
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&ListenerService_ServiceDesc, srv)
+}
+
+func _ListenerService_GetDaemonStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDaemonStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ListenerServiceServer).GetDaemonStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ListenerService_GetDaemonStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ListenerServiceServer).GetDaemonStatus(ctx, req.(*GetDaemonStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _ListenerService_CreateListener_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -575,6 +615,10 @@ var ListenerService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "listenerd.v1.ListenerService",
 	HandlerType: (*ListenerServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetDaemonStatus",
+			Handler:    _ListenerService_GetDaemonStatus_Handler,
+		},
 		{
 			MethodName: "CreateListener",
 			Handler:    _ListenerService_CreateListener_Handler,
