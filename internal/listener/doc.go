@@ -7,8 +7,9 @@
 //
 //   - manager.go: the table of listeners (create, find, change, close,
 //     shutdown) and the daemon-wide caps (connections, the descriptor
-//     budget: takeFDs, giveFDs); restore.go: restore and rebind; persist.go: saved records
-//     only; saver.go: one save for changes arriving together.
+//     budget: takeFDs, giveFDs); restore.go: restore and rebind;
+//     persist.go: saved records only; saver.go: one save for changes
+//     arriving together.
 //   - listener.go: one listener, its counters, drain and close;
 //     accept.go: the accept loop and admission (ACL, rate, limits);
 //     queue.go: the QUEUE overflow policy.
