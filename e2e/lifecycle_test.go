@@ -187,7 +187,9 @@ func TestAcceptBackoffOnEMFILE(t *testing.T) {
 		t.Skip("prlimit not installed")
 	}
 	const limit, clients = 128, 200
-	d := startDaemonWrapped(t, testkit.ShortDir(t), []string{"prlimit", "--nofile=" + strconv.Itoa(limit) + ":" + strconv.Itoa(limit)}, "--ephemeral")
+	// A reserve of 1 lets the connections take every descriptor, as the
+	// reserve (TestDescriptorReserveKeepsTheAPI) otherwise prevents.
+	d := startDaemonWrapped(t, testkit.ShortDir(t), []string{"prlimit", "--nofile=" + strconv.Itoa(limit) + ":" + strconv.Itoa(limit)}, "--ephemeral", "--fd-reserve", "1")
 	resp, err := d.client.CreateListener(testContext(t), &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{Backlog: ptr(uint32(1024))}})
 	if err != nil {
 		t.Fatal(err)

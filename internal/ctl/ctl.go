@@ -174,6 +174,7 @@ func (a *app) rootCmd() *cobra.Command {
 		a.connectCmd(),
 		a.upgradeCmd(),
 		a.faultCmd(),
+		a.statusCmd(),
 	)
 	a.addCompletions(root)
 	markRunning(root, &a.running)

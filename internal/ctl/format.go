@@ -247,7 +247,8 @@ func maxConnsWord(l *listenerdv1.Limits) string {
 }
 
 // address is where a listener is: its bound address, or what it asked for
-// when it never bound.
+// when it is not bound (FAILED), with port 0 written "*" (any port), which
+// is not mistaken for a port.
 func address(l *listenerdv1.Listener) string {
 	if a := l.GetStatus().GetBoundAddress(); a != "" {
 		return a
@@ -256,7 +257,11 @@ func address(l *listenerdv1.Listener) string {
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	return net.JoinHostPort(host, strconv.FormatUint(uint64(l.GetSpec().GetPort()), 10))
+	port := "*"
+	if p := l.GetSpec().GetPort(); p != 0 {
+		port = strconv.FormatUint(uint64(p), 10)
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func remote(t *listenerdv1.FiveTuple) string {
@@ -367,6 +372,12 @@ func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 		{"closed", a.when(st.GetCloseTime())},
 		{"last error", st.GetLastError()},
 	}...)
+	return writeRows(w, rows)
+}
+
+// writeRows prints "key: value" lines, the values aligned, "-" for an
+// empty one.
+func writeRows(w io.Writer, rows [][2]string) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 	for _, r := range rows {
 		v := r[1]

@@ -38,7 +38,7 @@ func (e *RangeError) Unwrap() error { return ErrCompacted }
 const (
 	DefaultHistory     = 640 * 1024 // a minute at 10,000 events a second
 	MaxHistory         = 1 << 26    // about 10 GiB of events; NewBus caps History here
-	DefaultHistoryData = 64 << 20   // bytes of connection data the history holds
+	DefaultHistoryData = 16 << 20   // bytes of connection data the history holds
 	DefaultWatcherLag  = 64 * 1024
 	DefaultMaxWatchers = 1024
 	chunkSize          = 4096
@@ -59,7 +59,16 @@ type Options struct {
 	HistoryData int64
 	WatcherLag  int // how far a watcher may fall behind the head before it is cut
 	MaxWatchers int // concurrent watchers: slots, held until each watcher's Close
+
+	// HistoryBytes bounds the bytes the history holds, its events counted
+	// by their size and connection data by its length. Past it, the oldest
+	// events go, as past History.
+	HistoryBytes int64
 }
+
+// DefaultHistoryBytes bounds the whole history: every event by its size
+// (144 bytes, 344 with details) and its connection data.
+const DefaultHistoryBytes = 32 << 20
 
 // Bus assigns every event a daemon-wide sequence, keeps the most recent ones
 // in a ring, and wakes watchers. Publish never blocks on a watcher.
@@ -71,11 +80,18 @@ type Bus struct {
 	maxWatchers int
 
 	mu      sync.Mutex
-	chunks  [][]Event // allocated on first use
+	chunks  [][]Event // allocated on first use, let go once nothing held is in them
+	spare   []Event   // a chunk let go, cleared, kept for the next one needed
 	head    uint64    // last sequence assigned; 0 before the first event
+	tail    uint64    // oldest sequence held (head+1 when none is, 1 at first)
 	closed  bool
 	data    dataQueue // the held events that carry data, oldest first
 	dataMax int64     // HistoryData
+	meta    int64     // bytes of the held events, their data aside (metaBytes)
+	budget  int64     // HistoryBytes
+
+	tailSeq atomic.Uint64 // tail, for publishers measuring a watcher's lag
+	pressed atomic.Bool   // the held events fill more than half of budget
 	// Upgrades (upgrade.go): the oldest sequence this bus holds when it
 	// continues another's history (Resume), and where Record sends events
 	// once this bus's history was handed over (Divert).
@@ -97,11 +113,20 @@ type Stats struct {
 	Watchers int    // watchers not yet closed by their readers, cut ones included
 	SlowCuts uint64 // watchers cut loose (ErrSlow) since the bus started
 	Unsent   uint64 // events those watchers had not been sent when cut
+	// Held is how many events the history holds, and HeldBytes their
+	// bytes as its budget counts them, of at most Budget.
+	Held      uint64
+	HeldBytes int64
+	Budget    int64
 }
 
 // Stats returns the bus's counters.
 func (b *Bus) Stats() Stats {
-	return Stats{Head: b.Head(), Watchers: b.Watchers(), SlowCuts: b.slowCuts.Load(), Unsent: b.unsent.Load()}
+	b.mu.Lock()
+	head, held, bytes := b.head, b.head+1-b.tail, b.meta+b.data.bytes
+	b.mu.Unlock()
+	return Stats{Head: head, Watchers: b.Watchers(), SlowCuts: b.slowCuts.Load(), Unsent: b.unsent.Load(),
+		Held: held, HeldBytes: bytes, Budget: b.budget}
 }
 
 // MaxDataBytes bounds the bytes one data event carries.
@@ -126,6 +151,9 @@ func NewBus(opts Options) *Bus {
 	if opts.HistoryData <= 0 {
 		opts.HistoryData = DefaultHistoryData
 	}
+	if opts.HistoryBytes <= 0 {
+		opts.HistoryBytes = DefaultHistoryBytes
+	}
 	n := (opts.History + chunkSize - 1) / chunkSize
 	size := uint64(n * chunkSize)
 	lag := uint64(opts.WatcherLag)
@@ -145,8 +173,11 @@ func NewBus(opts Options) *Bus {
 		lag:         lag,
 		maxWatchers: opts.MaxWatchers,
 		chunks:      make([][]Event, n),
-		dataMax:     opts.HistoryData,
+		tail:        1,
+		dataMax:     min(opts.HistoryData, opts.HistoryBytes),
+		budget:      opts.HistoryBytes,
 	}
+	b.tailSeq.Store(1)
 	b.setWatchersLocked(nil)
 	return b
 }

@@ -4,8 +4,8 @@
 //
 // The files: events.go holds the vocabulary (Kind, the reasons, Event);
 // bus.go the Bus, its Options, Stats, Wake and Close; ring.go the bounded
-// history (Record, Publish, slot, oldest) and its data budget
-// (holdDataLocked, dropData, dataQueue); watcher.go the watchers (Filter,
+// history (Record, Publish, slot, oldest), its byte budget (metaBytes,
+// evictLocked) and its data budget (holdDataLocked, dropData, dataQueue); watcher.go the watchers (Filter,
 // Watch, Watcher, notify, cut, cutSlow, match, remove, Close); batch.go how
 // a watcher's reader takes its events (Next, NextBatch, scan); connid.go
 // connection ids; upgrade.go how an upgrade hands the history to a new
@@ -49,8 +49,11 @@
 //
 // # Locks
 //
-// Bus.mu guards the ring: its chunks and the events in them, head, closed,
-// and the dataQueue of held data events. Bus.wmu serializes changes to the
+// Bus.mu guards the ring: its chunks (and the spare) and the events in
+// them, head, tail, closed, the bytes held (meta) and the dataQueue of
+// held data events; Record stores tail and whether the history is past
+// half its byte budget in atomics, for publishers measuring a watcher's
+// lag. Bus.wmu serializes changes to the
 // watcher list (the copy-on-write watchers pointer, slots and dataCap,
 // which setWatchersLocked stores; Wake reads the list without it), and makes
 // Watch's check of closed and its registration one step against Bus.Close.

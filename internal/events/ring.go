@@ -1,6 +1,9 @@
 package events
 
-import "time"
+import (
+	"time"
+	"unsafe"
+)
 
 // Publish assigns e the next sequence and the current time, records it and
 // wakes the watchers. It returns the sequence.
@@ -32,12 +35,66 @@ func (b *Bus) Record(e Event) uint64 {
 func (b *Bus) appendLocked(e Event) uint64 {
 	b.head++
 	seq := b.head
+	for b.head-b.tail+1 > b.held { // the event count, before a slot is reused
+		b.evictLocked()
+	}
 	e.Seq = seq
 	*b.slot(seq) = e
+	b.meta += metaBytes(&e)
 	if e.Detail != nil && len(e.Detail.Data) > 0 {
 		b.holdDataLocked(seq, e.Detail.Data)
 	}
+	for b.tail < b.head && b.meta+b.data.bytes > b.budget { // the bytes
+		b.evictLocked()
+	}
+	b.tailSeq.Store(b.tail)
+	b.pressed.Store(b.meta+b.data.bytes > b.budget/2)
 	return seq
+}
+
+// The sizes an event is counted by in the history's byte budget: its ring
+// slot, and its Detail with the strings it holds; connection data is
+// counted apart, by its length (dataQueue).
+var (
+	eventSize  = int64(unsafe.Sizeof(Event{}))
+	detailSize = int64(unsafe.Sizeof(Detail{}))
+)
+
+// metaBytes is what e costs the history besides its connection data.
+func metaBytes(e *Event) int64 {
+	n := eventSize
+	if d := e.Detail; d != nil {
+		n += detailSize + int64(len(d.Error)+len(d.Address)+len(d.Name))
+	}
+	return n
+}
+
+// evictLocked drops the oldest event held, and its data; b.mu must be
+// held, and the history must hold more than one event or the head must be
+// past it. Its slot is cleared, so that what it pointed to can go, and a
+// chunk left holding nothing is let go too (one is kept for reuse).
+func (b *Bus) evictLocked() {
+	seq := b.tail
+	i := seq % b.size
+	if c := b.chunks[i/chunkSize]; c != nil {
+		e := &c[i%chunkSize]
+		if e.Seq == seq {
+			b.meta -= metaBytes(e)
+		}
+		*e = Event{}
+		// The chunk's last slot: nothing held is in it unless the head
+		// came round into it.
+		if i%chunkSize == chunkSize-1 && (b.head%b.size)/chunkSize != i/chunkSize {
+			if b.spare == nil {
+				b.spare = c
+			}
+			b.chunks[i/chunkSize] = nil
+		}
+	}
+	b.tail++
+	for b.data.len() > 0 && b.data.front().seq < b.tail {
+		b.data.pop()
+	}
 }
 
 // holdDataLocked accounts for the bytes of data in the event seq, then
@@ -57,8 +114,7 @@ func (b *Bus) holdDataLocked(seq uint64, data []byte) {
 		}
 	}
 	b.data.push(seq, n)
-	oldest := b.oldest()
-	for b.data.bytes > b.dataMax || (b.data.len() > 0 && b.data.front().seq < oldest) {
+	for b.data.bytes > b.dataMax {
 		b.dropData(b.data.pop().seq)
 		// The events that only shared those bytes go with them.
 		for b.data.len() > 0 && b.data.front().n == 0 {
@@ -114,16 +170,14 @@ func (b *Bus) slot(seq uint64) *Event {
 	i := seq % b.size
 	c := b.chunks[i/chunkSize]
 	if c == nil {
-		c = make([]Event, chunkSize)
+		if c, b.spare = b.spare, nil; c == nil {
+			c = make([]Event, chunkSize)
+		}
 		b.chunks[i/chunkSize] = c
 	}
 	return &c[i%chunkSize]
 }
 
-// oldest returns the oldest sequence held; b.mu must be held.
-func (b *Bus) oldest() uint64 {
-	if b.head < b.held {
-		return max(1, b.floor)
-	}
-	return max(b.head-b.held+1, b.floor)
-}
+// oldest returns the oldest sequence held (1 before the first event);
+// b.mu must be held.
+func (b *Bus) oldest() uint64 { return b.tail }

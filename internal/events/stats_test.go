@@ -29,7 +29,7 @@ func TestStatsCountSlowCuts(t *testing.T) {
 		t.Fatalf("next: %v, want ErrSlow", err)
 	}
 	slow.Close()
-	if st := b.Stats(); st != (Stats{Head: 550, Watchers: 0, SlowCuts: 1, Unsent: 101}) {
+	if st := b.Stats(); st != (Stats{Head: 550, Watchers: 0, SlowCuts: 1, Unsent: 101, Held: 550, HeldBytes: 550 * eventSize, Budget: DefaultHistoryBytes}) {
 		t.Fatalf("after: %+v", st)
 	}
 }

@@ -129,7 +129,7 @@ func (b *Bus) Resume(bootID string, evs []Event, head uint64) error {
 		if first == 0 || first > head+1 {
 			return fmt.Errorf("history starts at %d, after its head %d", first, head)
 		}
-		b.head, b.floor = first-1, first
+		b.head, b.floor, b.tail = first-1, first, first
 	} else if bootID != b.bootID {
 		return fmt.Errorf("boot id %q, resuming %q", bootID, b.bootID)
 	}

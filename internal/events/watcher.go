@@ -115,16 +115,32 @@ type Watcher struct {
 	close sync.Once // Close gives the slot back once
 }
 
+// notify wakes the watcher for the events up to seq, or cuts it when it
+// is more than lag behind, or, while the history holds more than half its
+// byte budget, more than half of the events it holds behind: the other
+// half is the time a cut watcher has to resume in, whatever sizes the
+// events have.
 func (w *Watcher) notify(seq, lag uint64) {
 	from := max(w.cursor.Load(), w.start)
-	if seq > from && seq-from > lag {
-		w.cutSlow(seq - from)
+	if behind := seq - from; seq > from && (behind > lag || w.pastHalf(seq, behind)) {
+		w.cutSlow(behind)
 		return
 	}
 	select {
 	case w.wake <- struct{}{}:
 	default:
 	}
+}
+
+// pastHalf reports whether a watcher behind events short of seq is behind
+// more than half of the events held, while they fill more than half the
+// history's byte budget.
+func (w *Watcher) pastHalf(seq, behind uint64) bool {
+	if !w.bus.pressed.Load() {
+		return false
+	}
+	tail := w.bus.tailSeq.Load()
+	return seq >= tail && behind > (seq-tail+1)/2
 }
 
 func (w *Watcher) cut(err error) {

@@ -45,8 +45,14 @@ func bind(ctx context.Context, ip netip.Addr, port uint16, spec Spec) (*net.TCPL
 	addr := netip.AddrPortFrom(ip, port).String()
 	backlog := spec.Backlog
 	// KeepAlive applies to every accepted connection: 0 is Go's default
-	// (15s), negative turns it off.
+	// (15s), negative turns it off. Set, it is the probes' interval as well
+	// as the silence before the first (Go's KeepAlive alone leaves the
+	// interval at 15s), so that a vanished peer is found after about ten
+	// times it.
 	lc := net.ListenConfig{KeepAlive: spec.KeepAlive}
+	if spec.KeepAlive > 0 {
+		lc.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: spec.KeepAlive, Interval: spec.KeepAlive}
+	}
 	nl, err := lc.Listen(ctx, network(ip), addr)
 	if err != nil {
 		return nil, bindError(addr, err)

@@ -194,14 +194,20 @@ func (c *Conn) resume() bool {
 }
 
 // halfOpen holds a connection whose peer ended its side: ours stays open
-// until someone closes it.
+// until someone closes it, it sits idle for its idle timeout, or its
+// socket fails: the peer vanished (keepalive probes unanswered, or
+// answered with a reset). It returns the socket's error in that case.
 //
 // Not inlined: keeps the handler's frame small: see serve.
 //
 //go:noinline
-func (c *Conn) halfOpen() {
+func (c *Conn) halfOpen() error {
 	c.PeerEnded()
-	c.hold(c.idle)
+	if c.idle > 0 {
+		t := time.AfterFunc(c.idle, func() { c.close(events.CloseIdleTimeout, false) })
+		defer t.Stop()
+	}
+	return c.peerGone()
 }
 
 // end reports the connection closed with its reason.
@@ -221,10 +227,10 @@ func (c *Conn) end(err error) {
 		}
 	case err == nil:
 		reason = events.ClosePeerClosed
+	case errors.Is(err, ErrUpstream): // before a deadline the upstream's error may wrap
+		reason, errText = events.CloseUpstreamFailed, err.Error()
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		reason = events.CloseIdleTimeout
-	case errors.Is(err, ErrUpstream):
-		reason, errText = events.CloseUpstreamFailed, err.Error()
 	default:
 		reason, errText = events.CloseReset, err.Error()
 	}

@@ -21,8 +21,8 @@ func (*discard) Serve(c *Conn) error {
 	} else {
 		err = c.pump(false, c.idle)
 	}
-	if err == nil && c.l.spec.AllowHalfOpen {
-		c.halfOpen()
+	if err == nil && c.AllowHalfOpen() {
+		err = c.halfOpen()
 	}
 	return err
 }

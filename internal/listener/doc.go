@@ -6,14 +6,18 @@
 // # Files
 //
 //   - manager.go: the table of listeners (create, find, change, close,
-//     shutdown); restore.go: restore and rebind; persist.go: saved records
-//     only; saver.go: one save for changes arriving together; handoff.go:
-//     an upgrade's hand-off of the listening sockets to a new process
-//     (the old one drains, the new one adopts them).
+//     shutdown) and the daemon-wide caps (connections, the descriptor
+//     budget: takeFDs, giveFDs); restore.go: restore and rebind;
+//     persist.go: saved records only; saver.go: one save for changes
+//     arriving together; handoff.go: an upgrade's hand-off of the
+//     listening sockets to a new process (the old one drains, the new one
+//     adopts them).
 //   - listener.go: one listener, its counters, drain and close;
 //     accept.go: the accept loop and admission (ACL, rate, limits);
 //     queue.go: the QUEUE overflow policy.
 //   - conn.go: a connection's life (pause, serve, close, its reason);
+//     halfopen_*.go: a half-open one waits on its socket for its peer's
+//     loss;
 //     bytes.go and splice_*.go: the fast byte paths; filter.go: the
 //     filters a byte path admits; fault.go: a listener's faults, the
 //     filters they make and their draws (the accept side's in accept.go).

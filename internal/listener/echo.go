@@ -18,8 +18,8 @@ func (*echo) Serve(c *Conn) error {
 	} else {
 		err = c.pump(true, c.idle)
 	}
-	if err == nil && c.l.spec.AllowHalfOpen {
-		c.halfOpen()
+	if err == nil && c.AllowHalfOpen() {
+		err = c.halfOpen()
 	}
 	return err
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,6 +19,11 @@ import (
 // DefaultConnectTimeout bounds the forward handler's upstream dial when the
 // spec leaves it unset.
 const DefaultConnectTimeout = 10 * time.Second
+
+// MaxConnectTimeout is the longest connect_timeout a forward handler takes:
+// Linux gives up on an unanswered connect after about two minutes
+// (net.ipv4.tcp_syn_retries), so a longer wait would never be waited.
+const MaxConnectTimeout = 5 * time.Minute
 
 // ForwardOptions are the forward handler's options, as JSON in a
 // HandlerSpec.
@@ -47,6 +53,9 @@ var Forward = HandlerKind{Name: "forward", New: func(opts json.RawMessage) (Hand
 	}
 	if o.ConnectTimeout < 0 {
 		return nil, Invalid("connect_timeout", "must not be negative")
+	}
+	if d := time.Duration(o.ConnectTimeout); d > MaxConnectTimeout {
+		return nil, Invalid("connect_timeout", "%v is longer than the maximum, %v", d, MaxConnectTimeout)
 	}
 	return &forward{upstream: o.Upstream, timeout: cmp(time.Duration(o.ConnectTimeout), DefaultConnectTimeout)}, nil
 }}
@@ -172,6 +181,10 @@ func (f *forward) target() string { return f.upstream }
 // through in each direction. On Linux pipeCopy splices without copying
 // through user space, holding a pipe only while bytes flow.
 func (f *forward) Serve(c *Conn) error {
+	if !c.l.host.takeFDs(1) {
+		return UpstreamError(errNoUpstreamFD)
+	}
+	defer c.l.host.giveFDs(1) // after up is closed
 	up, err := f.dial(c)
 	if up == nil {
 		return err
@@ -190,7 +203,7 @@ func (f *forward) Serve(c *Conn) error {
 	}
 	return both(c, up,
 		func() error {
-			n, err := pipeCopy(c.c, up, activity)
+			n, err := pipeCopy(c.l.host, c.c, up, activity)
 			c.AddOut(int(n))
 			if err == nil {
 				_ = c.c.CloseWrite()
@@ -198,7 +211,7 @@ func (f *forward) Serve(c *Conn) error {
 			return err
 		},
 		func() error {
-			n, err := pipeCopy(up, c.c, activity)
+			n, err := pipeCopy(c.l.host, up, c.c, activity)
 			c.AddIn(int(n))
 			if err == nil {
 				_ = up.CloseWrite()
@@ -206,6 +219,9 @@ func (f *forward) Serve(c *Conn) error {
 			return err
 		})
 }
+
+// errNoUpstreamFD: the descriptor budget has no room for the upstream.
+var errNoUpstreamFD = errors.New("not dialled: the daemon is out of file descriptors for listeners and connections")
 
 // both runs the two directions of a forwarded connection, toClient on a
 // goroutine of its own, and returns when both are done. Each copies until
@@ -259,6 +275,11 @@ func (f *forward) dial(c *Conn) (*net.TCPConn, error) {
 	nc, err := d.DialContext(ctx, "tcp", f.upstream)
 	cancel()
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+			// Said, not wrapped: a deadline is not the connection's idle
+			// timeout.
+			err = fmt.Errorf("no answer within the connect timeout (%v): %v", f.timeout, err)
+		}
 		return nil, UpstreamError(err)
 	}
 	up := nc.(*net.TCPConn)

@@ -19,8 +19,9 @@ import (
 // and closed events, the idle and lifetime bounds' closes, joins.
 //
 // Serve returns nil when the peer ended the connection, or why it ended
-// otherwise: an error wrapping os.ErrDeadlineExceeded is an idle timeout,
-// one made by UpstreamError an upstream failure, anything else a reset. A
+// otherwise: one made by UpstreamError is an upstream failure (whatever it
+// wraps), any other error wrapping os.ErrDeadlineExceeded an idle timeout,
+// anything else a reset. A
 // close by the daemon (a kick, a drain, a lifetime) is recorded before
 // Serve sees its socket fail, and wins.
 type Handler interface {

@@ -32,6 +32,15 @@ type owner interface {
 	// checkLoop refuses a forward dial of from to target that leads back
 	// into this daemon's forward listeners.
 	checkLoop(ctx context.Context, from *Listener, target netip.AddrPort) error
+	fdBudget
+}
+
+// fdBudget counts descriptors against the daemon's budget (see
+// Options.FDLimit): takeFDs reports false, counting nothing, when n do not
+// fit; giveFDs gives back what takeFDs counted.
+type fdBudget interface {
+	takeFDs(n int64) bool
+	giveFDs(n int64)
 }
 
 // Listener is one bound TCP listener with its connections. Its accept loop
@@ -335,6 +344,7 @@ func (l *Listener) beginClose() (first bool) {
 		if l.ln != nil {
 			_ = l.ln.Close()
 			<-l.acceptDone
+			l.host.giveFDs(listenerFDs)
 		}
 		// Only now can no accept in flight add a connection: one accepted
 		// as the close began is drained like the others, not destroyed

@@ -32,6 +32,9 @@ type Manager struct {
 	maxConns     int64        // daemon-wide open connections; 0: unlimited
 	policy       Policy       // what listeners may bind; checked before every bind
 	totalConns   atomic.Int64 // open connections across listeners
+	fdLimit      int64        // Options.FDLimit
+	fdReserve    int64        // Options.FDReserve
+	fds          atomic.Int64 // descriptors held by listeners and connections (takeFDs)
 	handlers     handlerTable
 	onConnClosed func(listener string, d time.Duration)
 	onQueueLeft  func(listener string, wait time.Duration)
@@ -67,7 +70,19 @@ type Options struct {
 	// queue (served or rejected) with how long it waited. It must not
 	// block.
 	QueueLeft func(listener string, wait time.Duration)
+
+	// FDLimit is the daemon's open-file limit, of which FDReserve are kept
+	// for what is not a listener's (the API, the state file, logs): the
+	// listeners' sockets, their connections, forward's upstreams and the
+	// splice pipes take the rest, and beyond it a connection is rejected
+	// (DAEMON_LIMIT), a listener is not created (ErrLimit) and an
+	// upstream is not dialled. 0: no such budget.
+	FDLimit, FDReserve int64
 }
+
+// Descriptors a listener holds: its socket, and the one its accept loop
+// may hold a moment for a connection it rejects.
+const listenerFDs = 2
 
 // NewManager returns a manager that reports to bus.
 func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
@@ -76,7 +91,7 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 	}
 	m := &Manager{bus: bus, log: log, maxListeners: opts.MaxListeners,
 		maxConns: opts.MaxConnections, policy: opts.Policy, handlers: newHandlerTable(opts.Handlers),
-		onConnClosed: opts.ConnClosed, onQueueLeft: opts.QueueLeft,
+		onConnClosed: opts.ConnClosed, onQueueLeft: opts.QueueLeft, fdLimit: opts.FDLimit, fdReserve: opts.FDReserve,
 		byID: map[string]*Listener{}, byName: map[string]*Listener{},
 		sides: map[*sideConn]bool{}, secrets: map[string]*Attachment{}}
 	if opts.Persister != nil {
@@ -162,18 +177,67 @@ func (m *Manager) unwind(l *Listener) {
 	}
 }
 
-// reserve counts a connection against the daemon-wide cap. It returns
-// RejectDaemonLimit, or RejectUnspecified when counted.
+// reserve counts a connection against the daemon-wide cap and the
+// descriptor budget. It returns RejectDaemonLimit, or RejectUnspecified
+// when counted.
 func (m *Manager) reserve() events.RejectReason {
+	if !m.takeFDs(1) {
+		return events.RejectDaemonLimit
+	}
 	if n := m.totalConns.Add(1); m.maxConns > 0 && n > m.maxConns {
 		m.totalConns.Add(-1)
+		m.giveFDs(1)
 		return events.RejectDaemonLimit
 	}
 	return events.RejectUnspecified
 }
 
 // release uncounts a connection reserved with reserve.
-func (m *Manager) release() { m.totalConns.Add(-1) }
+func (m *Manager) release() {
+	m.totalConns.Add(-1)
+	m.giveFDs(1)
+}
+
+// takeFDs counts n descriptors against the budget (Options.FDLimit less
+// Options.FDReserve). It reports false, having counted nothing, when they
+// do not fit.
+func (m *Manager) takeFDs(n int64) bool {
+	if held := m.fds.Add(n); m.fdLimit > 0 && held > m.fdLimit-m.fdReserve {
+		m.fds.Add(-n)
+		return false
+	}
+	return true
+}
+
+// giveFDs uncounts descriptors counted by takeFDs.
+func (m *Manager) giveFDs(n int64) { m.fds.Add(-n) }
+
+// Caps are the daemon-wide caps and what is held against them.
+type Caps struct {
+	// MaxConnections is the cap on open and queued connections: the one
+	// asked for, or the descriptor budget; 0: unlimited.
+	MaxConnections int64
+	Connections    int64 // open or queued now
+	// FDLimit and FDReserve are Options'; FDHeld are the descriptors
+	// listeners and connections hold now.
+	FDLimit, FDReserve, FDHeld int64
+}
+
+// Caps returns the daemon-wide caps and what is held against them.
+func (m *Manager) Caps() Caps {
+	c := Caps{MaxConnections: m.maxConns, Connections: m.totalConns.Load(),
+		FDLimit: m.fdLimit, FDReserve: m.fdReserve, FDHeld: m.fds.Load()}
+	if c.MaxConnections <= 0 && m.fdLimit > 0 {
+		c.MaxConnections = m.fdLimit - m.fdReserve
+	}
+	return c
+}
+
+// errDescriptors is the error of a listener the budget has no room for.
+func (m *Manager) errDescriptors() error {
+	return fmt.Errorf("%w: out of file descriptors: of the daemon's open-file limit (RLIMIT_NOFILE) of %d, %d are kept for its API, and listeners and connections hold the other %d; close some, or raise the limit",
+		ErrLimit, m.fdLimit, m.fdReserve, m.fdLimit-m.fdReserve)
+}
 
 func (m *Manager) connClosed(listener string, d time.Duration) {
 	if m.onConnClosed != nil {

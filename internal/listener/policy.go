@@ -164,7 +164,10 @@ func ParseHosts(s string) ([]netip.Prefix, error) {
 			if err != nil {
 				return nil, fmt.Errorf("host %q: not a CIDR prefix: %v", item, err)
 			}
-			out = append(out, p.Masked())
+			if err := CheckNetwork(p); err != nil {
+				return nil, fmt.Errorf("host %w", err)
+			}
+			out = append(out, p)
 			continue
 		}
 		a, err := netip.ParseAddr(item)
@@ -174,6 +177,17 @@ func ParseHosts(s string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
+}
+
+// CheckNetwork refuses a prefix with host bits set ("10.1.2.3/8"), naming
+// the network it probably meant and the host it may have meant instead:
+// masking it quietly would keep another rule than the one written.
+func CheckNetwork(p netip.Prefix) error {
+	if m := p.Masked(); m != p {
+		return fmt.Errorf("%q has host bits set: did you mean the network %s (or %s, that one host)?",
+			p.String(), m, netip.PrefixFrom(p.Addr(), p.Addr().BitLen()))
+	}
+	return nil
 }
 
 func joinStrings[T fmt.Stringer](xs []T) string {

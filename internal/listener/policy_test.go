@@ -94,9 +94,14 @@ func TestParsePolicyFlags(t *testing.T) {
 			t.Errorf("ParseHosts(%q) accepted", bad)
 		}
 	}
-	hs, err := ParseHosts("127.0.0.1, 10.1.2.3/8 ,::1")
+	hs, err := ParseHosts("127.0.0.1, 10.0.0.0/8 ,::1")
 	if err != nil || len(hs) != 3 || hs[1].String() != "10.0.0.0/8" || !hs[0].IsSingleIP() {
 		t.Fatalf("ParseHosts: %v, %v", hs, err)
+	}
+	// Host bits are refused, not masked quietly.
+	if _, err := ParseHosts("127.0.0.1,10.1.2.3/8"); err == nil ||
+		err.Error() != `host "10.1.2.3/8" has host bits set: did you mean the network 10.0.0.0/8 (or 10.1.2.3/32, that one host)?` {
+		t.Fatalf("ParseHosts with host bits: %v", err)
 	}
 	if s := (Policy{}).String(); s != "any" {
 		t.Fatalf("zero policy reads %q", s)

@@ -126,16 +126,21 @@ func (m *Manager) bindLocked(ctx context.Context, id, name string, spec Spec, h 
 	if err := m.policy.Check(ip, spec.Port); err != nil {
 		return nil, err
 	}
+	if !m.takeFDs(listenerFDs) { // given back when its socket is closed (beginClose)
+		return nil, m.errDescriptors()
+	}
 	var ln *net.TCPListener
 	var err error
 	if spec.Port == 0 && lastPort != 0 {
 		ln, err = bind(ctx, ip, lastPort, spec)
 		if err != nil && !errors.Is(err, ErrAddressInUse) {
+			m.giveFDs(listenerFDs)
 			return nil, err
 		}
 	}
 	if ln == nil {
 		if ln, err = bind(ctx, ip, spec.Port, spec); err != nil {
+			m.giveFDs(listenerFDs)
 			return nil, err
 		}
 	}

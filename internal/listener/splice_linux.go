@@ -44,9 +44,14 @@ var errNoPipe = errors.New("no pipe free")
 // for tests.
 var splicedBytes atomic.Uint64
 
-type pipe struct{ r, w, size int }
+type pipe struct {
+	r, w, size int
+	budget     fdBudget // its two descriptors are counted there; nil: nowhere
+}
 
-func getPipe() (*pipe, error) {
+// getPipe takes a pipe from the pool, or makes one if maxPipes do not
+// exist yet and budget (nil: none) has room for its two descriptors.
+func getPipe(budget fdBudget) (*pipe, error) {
 	select {
 	case p := <-pipePool:
 		return p, nil
@@ -57,8 +62,15 @@ func getPipe() (*pipe, error) {
 	default:
 		return nil, errNoPipe
 	}
+	if budget != nil && !budget.takeFDs(2) {
+		<-pipeSem
+		return nil, errNoPipe
+	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		if budget != nil {
+			budget.giveFDs(2)
+		}
 		<-pipeSem
 		return nil, err
 	}
@@ -69,7 +81,7 @@ func getPipe() (*pipe, error) {
 	if err != nil || size <= 0 {
 		size = 64 << 10 // the kernel's default
 	}
-	return &pipe{r: fds[0], w: fds[1], size: size}, nil
+	return &pipe{r: fds[0], w: fds[1], size: size, budget: budget}, nil
 }
 
 // putPipe keeps an empty pipe for reuse; one that still holds bytes, or
@@ -84,6 +96,9 @@ func putPipe(p *pipe, empty bool) {
 	}
 	_ = unix.Close(p.r)
 	_ = unix.Close(p.w)
+	if p.budget != nil {
+		p.budget.giveFDs(2)
+	}
 	<-pipeSem
 }
 
@@ -96,7 +111,7 @@ func putPipe(p *pipe, empty bool) {
 //
 //go:noinline
 func (c *Conn) spliceEcho(rc syscall.RawConn, idle time.Duration) error {
-	p, err := getPipe()
+	p, err := getPipe(c.l.host)
 	if err != nil {
 		return nil
 	}
@@ -225,10 +240,11 @@ func splice(in, out, max int) (int, error) {
 // taken from the pool when data is there and given back when src drains.
 // io.Copy holds its pipe (two descriptors) for the connection's life, so
 // an idle forwarded connection cost six descriptors; it now costs two.
-// Past maxPipes a burst goes through a pooled buffer instead.
+// Past maxPipes, or past budget, a burst goes through a pooled buffer
+// instead.
 // With activity set, each read or write that moves bytes stores the time
 // in it. An error of dst's side is a writeError.
-func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
+func pipeCopy(budget fdBudget, dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -255,7 +271,7 @@ func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	defer release()
 	read := func(fd uintptr) bool {
 		if p == nil && r.buf == nil {
-			p, _ = getPipe()
+			p, _ = getPipe(budget)
 		}
 		if p == nil {
 			return bufRead(fd)

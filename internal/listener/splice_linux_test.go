@@ -20,19 +20,19 @@ func TestPipeCap(t *testing.T) {
 		}
 	}()
 	for len(held) < maxPipes {
-		p, err := getPipe()
+		p, err := getPipe(nil)
 		if err != nil {
 			t.Fatalf("pipe %d of %d: %v", len(held)+1, maxPipes, err)
 		}
 		held = append(held, p)
 	}
-	if p, err := getPipe(); err == nil {
+	if p, err := getPipe(nil); err == nil {
 		held = append(held, p)
 		t.Fatalf("got pipe %d, over the cap of %d", len(held), maxPipes)
 	}
 	putPipe(held[0], true) // into the pool, still counted
 	held = held[1:]
-	p, err := getPipe()
+	p, err := getPipe(nil)
 	if err != nil {
 		t.Fatalf("a pooled pipe: %v", err)
 	}
@@ -94,7 +94,7 @@ func TestBulkWithoutPipes(t *testing.T) {
 		}
 	}()
 	for {
-		p, err := getPipe()
+		p, err := getPipe(nil)
 		if err != nil {
 			break
 		}

@@ -20,7 +20,7 @@ func (c *Conn) spliceEcho(syscall.RawConn, time.Duration) error { return nil }
 // pipeCopy is io.Copy elsewhere. With activity set, each read or write
 // that moves bytes stores the time in it. An error of dst's side is a
 // writeError.
-func pipeCopy(dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
+func pipeCopy(_ fdBudget, dst, src *net.TCPConn, activity *atomic.Int64) (int64, error) {
 	return io.Copy(touching{dst, activity}, touching{src, activity})
 }
 

@@ -168,7 +168,24 @@ var (
 		"Watchers cut loose (RESOURCE_EXHAUSTED) for falling too far behind.", nil, nil)
 	descDropped = prometheus.NewDesc(namespace+"_watch_events_dropped_total",
 		"Events not sent to the watchers that were cut, counted at the cut; a client that resumes gets them from the history while it holds them.", nil, nil)
+	descHistoryEvents = prometheus.NewDesc(namespace+"_history_events",
+		"Events the history holds for watchers to resume from.", nil, nil)
+	descHistoryBytes = prometheus.NewDesc(namespace+"_history_bytes",
+		"Bytes the history holds, every event by its size and connection data by its length.", nil, nil)
+	descHistoryLimit = prometheus.NewDesc(namespace+"_history_bytes_limit",
+		"The history's byte budget (--history-bytes).", nil, nil)
+	descFDLimit = prometheus.NewDesc(namespace+"_descriptors_limit",
+		"The daemon's open-file limit (RLIMIT_NOFILE).", nil, nil)
+	descFDReserve = prometheus.NewDesc(namespace+"_descriptors_reserved",
+		"Descriptors kept for the API and the daemon, out of the listeners' reach (--fd-reserve).", nil, nil)
+	descFDHeld = prometheus.NewDesc(namespace+"_descriptors_held",
+		"Descriptors held by listeners, connections, upstreams and splice pipes, of the limit less the reserve.", nil, nil)
 )
+
+// capsSource is a Source that has daemon-wide caps (the manager).
+type capsSource interface {
+	Caps() listener.Caps
+}
 
 // rejectReasons are the reason label values, indexed by events.RejectReason.
 var rejectReasons = [events.NumRejectReasons]string{
@@ -187,7 +204,8 @@ var rejectReasons = [events.NumRejectReasons]string{
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInfo, descActive, descQueued, descMax, descAccepted, descRejected, descBytes,
-		descDuration, descWatchers, descPublished, descCuts, descDropped, descFaults, descFaultsApplied, descFaultCloses} {
+		descDuration, descWatchers, descPublished, descCuts, descDropped, descFaults, descFaultsApplied, descFaultCloses,
+		descHistoryEvents, descHistoryBytes, descHistoryLimit, descFDLimit, descFDReserve, descFDHeld} {
 		ch <- d
 	}
 }
@@ -236,6 +254,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(st.Head))
 	ch <- prometheus.MustNewConstMetric(descCuts, prometheus.CounterValue, float64(st.SlowCuts))
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Unsent))
+	ch <- prometheus.MustNewConstMetric(descHistoryEvents, prometheus.GaugeValue, float64(st.Held))
+	ch <- prometheus.MustNewConstMetric(descHistoryBytes, prometheus.GaugeValue, float64(st.HeldBytes))
+	ch <- prometheus.MustNewConstMetric(descHistoryLimit, prometheus.GaugeValue, float64(st.Budget))
+	if cs, ok := c.src.(capsSource); ok {
+		if caps := cs.Caps(); caps.FDLimit > 0 {
+			ch <- prometheus.MustNewConstMetric(descFDLimit, prometheus.GaugeValue, float64(caps.FDLimit))
+			ch <- prometheus.MustNewConstMetric(descFDReserve, prometheus.GaugeValue, float64(caps.FDReserve))
+			ch <- prometheus.MustNewConstMetric(descFDHeld, prometheus.GaugeValue, float64(caps.FDHeld))
+		}
+	}
 }
 
 // durationOf returns the listener's duration histogram with its labels, or

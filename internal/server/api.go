@@ -13,14 +13,12 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/ratelimit"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
-	"golang.org/x/net/netutil"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -41,9 +39,15 @@ type APIConfig struct {
 	ClientCA  string // PEM CA bundle; enables mTLS: a client must present a certificate it signed
 	TokenFile string // file holding the bearer token clients must send
 	// MaxConns caps the client connections served at once; more wait in
-	// the kernel's queue. 0: a quarter of the open-file limit, at most
-	// 1,024 (maxConns).
+	// the kernel's queue. 0: half the descriptor reserve, at least 16, at
+	// most 1,024 (maxConns).
 	MaxConns int
+	// UnauthTimeout bounds a connection's TLS handshake and first
+	// authenticated call; UnauthPerSource caps the connections without
+	// one from a source (see gate). 0: DefaultUnauthTimeout,
+	// DefaultUnauthPerSource.
+	UnauthTimeout   time.Duration
+	UnauthPerSource int
 }
 
 // Limits of the gRPC servers, on both transports. Requests are tiny (the
@@ -89,6 +93,11 @@ type transport struct {
 	creds   credentials.TransportCredentials // nil: plaintext
 	auth    auth.AuthFunc                    // nil: no authentication
 	limiter ratelimit.Limiter                // nil: mutations are not limited
+	// gate, with auth, is told of each connection whose call passed
+	// authentication, and bounds the handshake; refusals rate-limits the
+	// log of calls refused for their credentials.
+	gate     *gate
+	refusals *refusalLog
 }
 
 // options returns the server options of the transport: the hardening shared
@@ -101,7 +110,7 @@ func (t transport) options() []grpc.ServerOption {
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second, MaxConnectionIdle: MaxIdle}),
-		grpc.ConnectionTimeout(ConnectionTimeout),
+		grpc.ConnectionTimeout(t.handshakeTimeout()),
 	}
 	if t.creds != nil {
 		opts = append(opts, grpc.Creds(t.creds))
@@ -115,8 +124,18 @@ func (t transport) options() []grpc.ServerOption {
 		open := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 			return c.Service != healthpb.Health_ServiceDesc.ServiceName
 		})
-		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(t.auth), open))
-		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(t.auth), open))
+		authFn := t.auth
+		if t.gate != nil {
+			authFn = func(ctx context.Context) (context.Context, error) {
+				ctx, err := t.auth(ctx)
+				if err == nil {
+					t.gate.trust(ctx)
+				}
+				return ctx, err
+			}
+		}
+		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authFn), open))
+		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(authFn), open))
 	}
 	if t.limiter != nil {
 		isMutation := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
@@ -131,6 +150,15 @@ func (t transport) options() []grpc.ServerOption {
 		opts = append(opts, grpc.ChainStreamInterceptor(stream...))
 	}
 	return opts
+}
+
+// handshakeTimeout bounds a connection's handshake: on the TCP API, the
+// time its gate gives it to authenticate.
+func (t transport) handshakeTimeout() time.Duration {
+	if t.gate != nil {
+		return t.gate.timeout
+	}
+	return ConnectionTimeout
 }
 
 // withReason gives the rate limiter's refusals (the calls it stops before
@@ -184,22 +212,33 @@ type tcpAPI struct {
 	mTLS     bool
 	token    bool
 	loopback bool
+
+	// unauthTimeout and unauthPerSource bound the connections without
+	// credentials (gate).
+	unauthTimeout   time.Duration
+	unauthPerSource int
 }
 
 // prepareAPI loads and checks the TCP API's TLS files and token. The TCP
 // API must authenticate (bearer token and/or client certificate), since
 // every local user can reach loopback; off loopback it must also use TLS.
 // The token itself is kept only as its SHA-256, so it cannot reach a log.
-func prepareAPI(ctx context.Context, cfg APIConfig, log *slog.Logger) (*tcpAPI, auth.AuthFunc, error) {
+func prepareAPI(ctx context.Context, cfg APIConfig, fdReserve int64, log *slog.Logger) (*tcpAPI, auth.AuthFunc, error) {
 	if cfg.Listen == "" {
 		if cfg.TLSCert != "" || cfg.TLSKey != "" || cfg.ClientCA != "" || cfg.TokenFile != "" {
 			return nil, nil, errors.New("--tls-cert, --tls-key, --client-ca and --token-file need --api-listen")
 		}
 		return nil, nil, nil
 	}
-	api := &tcpAPI{addr: cfg.Listen, maxConns: cfg.MaxConns}
+	api := &tcpAPI{addr: cfg.Listen, maxConns: cfg.MaxConns, unauthTimeout: cfg.UnauthTimeout, unauthPerSource: cfg.UnauthPerSource}
 	if api.maxConns <= 0 {
-		api.maxConns = maxConns()
+		api.maxConns = maxConns(fdReserve)
+	}
+	if api.unauthTimeout <= 0 {
+		api.unauthTimeout = DefaultUnauthTimeout
+	}
+	if api.unauthPerSource <= 0 {
+		api.unauthPerSource = DefaultUnauthPerSource
 	}
 	loopback, err := isLoopback(ctx, cfg.Listen)
 	if err != nil {
@@ -342,22 +381,18 @@ func isLoopback(ctx context.Context, addr string) (bool, error) {
 
 // listenTCP binds the TCP API and checks that a plaintext API really is on
 // loopback.
-// maxConns is the default cap of the TCP API's client connections. Anyone
-// who can reach the port may connect before being refused: the cap keeps
-// them from taking the descriptors the daemon needs for its socket and its
-// listeners.
-func maxConns() int {
-	n := 1024
-	var r syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err == nil {
-		n = min(n, max(16, int(r.Cur/4)))
-	}
-	return n
+// maxConns is the default cap of the TCP API's client connections: half
+// the descriptors kept from the listeners (fdReserve), at least 16, at
+// most 1,024. Anyone who can reach the port may connect before being
+// refused: the cap keeps them from taking the descriptors the daemon
+// needs for its socket, its state and its listeners.
+func maxConns(fdReserve int64) int {
+	return int(min(1024, max(16, fdReserve/2)))
 }
 
 // listenTCP opens the TCP API's listener, capped at api.maxConns client
-// connections.
-func listenTCP(api *tcpAPI) (net.Listener, error) {
+// connections, of which those without credentials are bounded (gate).
+func listenTCP(api *tcpAPI, refusals *refusalLog) (*gate, error) {
 	ln, err := net.Listen(listener.ListenNetwork(api.addr), api.addr)
 	if err != nil {
 		return nil, fmt.Errorf("API listen on %s: %w", api.addr, err)
@@ -366,5 +401,5 @@ func listenTCP(api *tcpAPI) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("refusing to serve the API on %s without TLS: it is not a loopback address", ln.Addr())
 	}
-	return limitedListener{netutil.LimitListener(ln, api.maxConns), ln}, nil
+	return newGate(ln, api.maxConns, api.unauthPerSource, api.unauthTimeout, refusals), nil
 }

@@ -15,6 +15,13 @@ const (
 	DefaultMaxWatchers = events.DefaultMaxWatchers
 )
 
+// DefaultHistoryBytes is the history's default byte budget, and
+// minHistoryBytes the smallest one: a few thousand events.
+const (
+	DefaultHistoryBytes = events.DefaultHistoryBytes
+	minHistoryBytes     = 1 << 20
+)
+
 // ParsePolicy reads the listener policy as the daemon's flags write it:
 // ports and ranges ("0,8000-8999"), addresses and prefixes
 // ("127.0.0.1,::1,10.0.0.0/8"), and whether privileged ports are allowed.
@@ -50,6 +57,8 @@ func (c Config) Check() error {
 		return fmt.Errorf("--history %d: must be positive", c.History)
 	case c.HistoryData <= 0:
 		return fmt.Errorf("--history-data %d: must be positive", c.HistoryData)
+	case c.HistoryBytes < minHistoryBytes:
+		return fmt.Errorf("--history-bytes %d: at least %d (1 MiB)", c.HistoryBytes, minHistoryBytes)
 	case c.WatcherLag <= 0:
 		return fmt.Errorf("--watch-queue %d: must be positive", c.WatcherLag)
 	case c.MaxWatchers <= 0:
@@ -60,6 +69,30 @@ func (c Config) Check() error {
 		return fmt.Errorf("--api-rate %g: must not be negative (0: no limit)", c.MutationRate)
 	case c.MutationBurst < 0:
 		return fmt.Errorf("--api-burst %d: must not be negative", c.MutationBurst)
+	case c.FDReserve < 0:
+		return fmt.Errorf("--fd-reserve %d: must not be negative (0: the default)", c.FDReserve)
+	}
+	return c.checkDescriptors()
+}
+
+// checkDescriptors refuses a reserve that leaves the listeners no
+// descriptors, and a --max-connections the descriptors cannot serve.
+func (c Config) checkDescriptors() error {
+	limit, reserve := descriptors(c.FDReserve)
+	if limit == 0 {
+		return nil
+	}
+	if reserve > limit-listenerBudgetMin {
+		return fmt.Errorf("--fd-reserve %d: the open-file limit is %d, which would leave the listeners fewer than %d; lower it, or raise the limit (ulimit -n)",
+			reserve, limit, listenerBudgetMin)
+	}
+	if c.MaxConnections > limit-reserve {
+		return fmt.Errorf("--max-connections %d: the open-file limit is %d, and %d are kept for the API (--fd-reserve): at most %d; raise the limit (ulimit -n, LimitNOFILE=)",
+			c.MaxConnections, limit, reserve, limit-reserve)
 	}
 	return nil
 }
+
+// listenerBudgetMin is the fewest descriptors the reserve must leave to
+// listeners: one listener (two) and a connection.
+const listenerBudgetMin = 3

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/netutil"
-
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/state"
@@ -129,7 +127,7 @@ func (in *inheritance) fail(err error) {
 
 // tcpListener is the inherited TCP API socket, capped and checked as
 // listenTCP does; nil when none was handed over.
-func (in *inheritance) tcpListener(api *tcpAPI) (net.Listener, error) {
+func (in *inheritance) tcpListener(api *tcpAPI, refusals *refusalLog) (*gate, error) {
 	ln := in.tcp
 	in.tcp = nil
 	if ln == nil {
@@ -139,7 +137,7 @@ func (in *inheritance) tcpListener(api *tcpAPI) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("refusing to serve the API on %s without TLS: it is not a loopback address", ln.Addr())
 	}
-	return limitedListener{netutil.LimitListener(ln, api.maxConns), ln}, nil
+	return newGate(ln, api.maxConns, api.unauthPerSource, api.unauthTimeout, refusals), nil
 }
 
 // adopt takes the history, the listeners and, at the old daemon's
@@ -227,13 +225,3 @@ func (in *inheritance) stop() {
 	in.link.close()
 	in.wg.Wait()
 }
-
-// limitedListener is the capped TCP API listener that can still give its
-// socket to an upgrade.
-type limitedListener struct {
-	net.Listener
-	raw net.Listener
-}
-
-// File returns a copy of the socket.
-func (l limitedListener) File() (*os.File, error) { return fileOf(l.raw) }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/testkit"
 )
 
@@ -37,12 +38,17 @@ func TestHeadersAreCapped(t *testing.T) {
 	}
 }
 
-// The TCP API serves at most MaxConns client connections at once: one
-// more waits in the kernel's queue until another goes.
+// The TCP API serves at most MaxConns client connections at once: when
+// every one is authenticated, one more waits in the kernel's queue until
+// another goes.
 func TestTCPConnectionsAreCapped(t *testing.T) {
 	p := newPKI(t)
 	d := startRun(t, Config{Ephemeral: true, API: APIConfig{Listen: "127.0.0.1:0", TokenFile: p.tokenFile, MaxConns: 1}})
-	holder := testkit.Dial(t, d.addr) // takes the one slot, says nothing
+	holder := d.dial(t, insecure.NewCredentials())
+	authed := metadata.AppendToOutgoingContext(testContext(t), "authorization", "Bearer "+p.token)
+	if _, err := listenerdv1.NewListenerServiceClient(holder).ListListeners(authed, &listenerdv1.ListListenersRequest{}); err != nil {
+		t.Fatal(err) // authenticated: the connection keeps the one slot
+	}
 	h := healthpb.NewHealthClient(d.dial(t, insecure.NewCredentials()))
 	// Cannot be served while the slot is held, however long it waits: the
 	// deadline only bounds the test.

@@ -42,12 +42,14 @@ type Config struct {
 	ShutdownTimeout time.Duration   // drain budget on SIGTERM/SIGINT
 	History         int             // events held for resume
 	HistoryData     int64           // bytes of connection data the history holds; 0: the default
+	HistoryBytes    int64           // bytes the history holds, events and data; 0: the default
 	WatcherLag      int             // events a watcher may fall behind before it is cut
 	MaxWatchers     int             // concurrent WatchEvents streams
 	StateDir        string          // where listener specs persist; "" with Ephemeral
 	Ephemeral       bool            // keep no state: nothing persists or is restored
 	MaxListeners    int             // listeners at once; 0: unlimited
-	MaxConnections  int64           // open connections across listeners; 0: unlimited
+	MaxConnections  int64           // open connections across listeners; 0: as many as descriptors allow
+	FDReserve       int64           // descriptors kept from the listeners; 0: DefaultFDReserve
 	Policy          listener.Policy // ports and hosts listeners may bind
 	API             APIConfig       // the optional TCP API
 	MutationRate    float64         // mutating RPCs a second on each transport; 0: no limit
@@ -83,7 +85,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	api, apiAuth, err := prepareAPI(ctx, cfg.API, log)
+	fds, fdReserve := descriptors(cfg.FDReserve)
+	api, apiAuth, err := prepareAPI(ctx, cfg.API, fdReserve, log)
 	if err != nil {
 		return configError{err}
 	}
@@ -105,25 +108,28 @@ func Run(ctx context.Context, cfg Config) error {
 	if inh != nil {
 		defer inh.closeUnused()
 		ln, lock = inh.unixLn, inh.sockLock
+		if ul, ok := ln.(*net.UnixListener); ok {
+			if own, err := claimSocket(ul, cfg.Socket); err == nil {
+				ln = own // removed at exit only if still this daemon's, as listenUnix's
+			}
+		}
 	} else if ln, lock, err = listenUnix(cfg.Socket, log); err != nil {
 		return err
 	}
 	defer lock.Close()
-	defer func() {
-		if !shared {
-			os.Remove(cfg.Socket)
-		}
-	}()
+	// Removes the socket if it is still this daemon's (ownSocket), unless
+	// an upgrade handed it over (Keep).
 	defer ln.Close()
-	var tcpLn net.Listener
+	var tcpLn *gate
+	tcpRefusals := newRefusalLog(log.With("api", "tcp"))
 	if api != nil && inh != nil {
-		tcpLn, err = inh.tcpListener(api)
+		tcpLn, err = inh.tcpListener(api, tcpRefusals)
 		if err != nil {
 			return err
 		}
 	}
 	if api != nil && tcpLn == nil {
-		if tcpLn, err = listenTCP(api); err != nil {
+		if tcpLn, err = listenTCP(api, tcpRefusals); err != nil {
 			return err
 		}
 	}
@@ -142,6 +148,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	opts := listener.Options{MaxListeners: cfg.MaxListeners, MaxConnections: cfg.MaxConnections, Policy: cfg.Policy,
+		FDLimit: fds, FDReserve: fdReserve,
 		// The handlers listeners may name: a new handler is one more entry.
 		Handlers: []listener.HandlerKind{listener.Discard, listener.Echo, listener.Forward, listener.Stream},
 	}
@@ -176,7 +183,8 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		opts.Persister = store
 	}
-	bus := events.NewBus(events.Options{History: cfg.History, HistoryData: cfg.HistoryData, WatcherLag: cfg.WatcherLag, MaxWatchers: cfg.MaxWatchers})
+	bus := events.NewBus(events.Options{History: cfg.History, HistoryData: cfg.HistoryData, HistoryBytes: cfg.HistoryBytes,
+		WatcherLag: cfg.WatcherLag, MaxWatchers: cfg.MaxWatchers})
 	mgr := listener.NewManager(bus, log, opts)
 	if inh != nil {
 		if err := inh.adopt(ctx, bus, mgr, log); err != nil {
@@ -195,7 +203,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	svc := service.New(mgr, log)
 	up := &upgrader{log: log, self: self, args: os.Args[1:], timeout: cfg.UpgradeTimeout, bus: bus, mgr: mgr,
-		socket: cfg.Socket, unixLn: ln, sockLock: lock, store: store, tcpLn: tcpLn, metrics: metricsLn,
+		socket: cfg.Socket, unixLn: ln, sockLock: lock, store: store, tcpLn: listenerOf(tcpLn), metrics: metricsLn,
 		done: make(chan *handedOver, 1)}
 	if up.timeout <= 0 {
 		up.timeout = DefaultUpgradeTimeout
@@ -219,13 +227,14 @@ func Run(ctx context.Context, cfg Config) error {
 	metricsSrv := startMetrics(met, metricsLn, mgr, bus, log, cfg.Stdout)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID(), "policy", cfg.Policy.String())
+	log.Info("listenerd serving", "socket", cfg.Socket, "boot", bus.BootID(), "policy", cfg.Policy.String(),
+		"open_files", fds, "fd_reserve", fdReserve, "max_connections", maxConnections(cfg.MaxConnections, fds, fdReserve))
 	if cfg.Stdout != nil {
 		fmt.Fprintf(cfg.Stdout, "listenerd serving on unix://%s\n", cfg.Socket)
 	}
 	if api != nil {
 		tsrv, ths := newGRPCServer(svc, log, transport{name: "tcp", creds: api.creds, auth: apiAuth,
-			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met)
+			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst), gate: tcpLn, refusals: tcpRefusals}, met)
 		srvs, hss = append(srvs, tsrv), append(hss, ths)
 		go func() { errc <- tsrv.Serve(tcpLn) }()
 		log.Info("listenerd serving TCP API", "addr", tcpLn.Addr().String(), "tls", api.creds != nil,
@@ -301,6 +310,19 @@ wait:
 	return nil
 }
 
+// maxConnections is the daemon-wide connection cap in force: the one
+// asked for, or the descriptors the listeners may use (fewer as listeners
+// and forwards take their own), or "unlimited".
+func maxConnections(asked, fds, reserve int64) string {
+	switch {
+	case asked > 0:
+		return strconv.FormatInt(asked, 10)
+	case fds > 0:
+		return strconv.FormatInt(fds-reserve, 10)
+	}
+	return "unlimited"
+}
+
 // stopGRPC stops gracefully, or at once when that takes longer than limit.
 func stopGRPC(srv *grpc.Server, limit time.Duration) {
 	done := make(chan struct{})
@@ -326,6 +348,10 @@ func stopGRPC(srv *grpc.Server, limit time.Duration) {
 func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr transport, met *metrics.Metrics) (*grpc.Server, *health.Server) {
 	log = log.With("api", tr.name)
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		if tr.refusals != nil && refusedCall(fields) { // anyone may make these: rate-limited
+			tr.refusals.refused(slog.Level(lvl), msg, fields...)
+			return
+		}
 		log.Log(ctx, slog.Level(accessLevel(ctx, lvl, fields)), msg, fields...)
 	})
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
@@ -351,6 +377,17 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 	reflection.Register(srv)
 	met.InitServer(srv)
 	return srv, hs
+}
+
+// refusedCall reports whether a finished call's log fields say it was
+// refused for its credentials.
+func refusedCall(fields []any) bool {
+	for i := 0; i+1 < len(fields); i += 2 {
+		if fields[i] == "grpc.code" {
+			return fields[i+1] == codes.Unauthenticated.String()
+		}
+	}
+	return false
 }
 
 // accessLevel is the level of a finished call's log line: reads, watches
@@ -487,8 +524,12 @@ func ownGroup(fi os.FileInfo) bool {
 
 // listenUnix opens the API socket: its directory 0700 (created if needed),
 // the socket 0600. A lock file beside the socket says whether a daemon owns
-// it: held, another daemon is serving and nothing is touched; free, a socket
-// file left behind is stale (its daemon died) and is removed.
+// it: held, another daemon is serving and nothing is touched. Free, a
+// socket file left behind is removed only if nothing answers on it (its
+// daemon died): the lock file may have been removed under a live daemon
+// (a temp cleaner), and a socket may be another program's. The listener
+// removes the socket when closed only if it is still the one it created.
+// It returns the lock file too, which an upgrade hands over.
 func listenUnix(path string, log *slog.Logger) (net.Listener, *os.File, error) {
 	dir := filepath.Dir(path)
 	// Made here, or found: checked either way, so that one made by someone
@@ -515,6 +556,10 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, *os.File, error) {
 			unlock()
 			return nil, nil, fmt.Errorf("%s exists and is not a socket; not touching it", path)
 		}
+		if err := checkStale(path); err != nil {
+			unlock()
+			return nil, nil, err
+		}
 		if err := os.Remove(path); err != nil {
 			unlock()
 			return nil, nil, fmt.Errorf("remove stale socket: %w", err)
@@ -525,12 +570,16 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, *os.File, error) {
 		unlock()
 		return nil, nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
+	own, err := claimSocket(ln.(*net.UnixListener), path)
+	if err == nil {
+		err = os.Chmod(path, 0o600)
+	}
+	if err != nil {
+		own.Close()
 		unlock()
 		return nil, nil, fmt.Errorf("socket mode: %w", err)
 	}
-	return ln, lock, nil
+	return own, lock, nil
 }
 
 // listenHandover listens on the side socket of handover (SOCK_SEQPACKET,
@@ -552,4 +601,12 @@ func listenHandover(path string) (*net.UnixListener, error) {
 		return nil, err
 	}
 	return ln, nil
+}
+
+// listenerOf is g as a net.Listener, nil when g is.
+func listenerOf(g *gate) net.Listener {
+	if g == nil {
+		return nil
+	}
+	return g
 }

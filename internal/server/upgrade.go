@@ -107,8 +107,11 @@ func (u *upgrader) upgrade(_ context.Context, binary string) (service.Upgraded, 
 	if err := events.WriteEvents(&dbuf, delta); err != nil {
 		panic(err) // events always encode
 	}
-	if ul, ok := u.unixLn.(*net.UnixListener); ok {
-		ul.SetUnlinkOnClose(false) // the path is the new process's now
+	// The path is the new process's now.
+	if k, ok := u.unixLn.(interface{ Keep() }); ok {
+		k.Keep()
+	} else if ul, ok := u.unixLn.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
 	}
 	counters := h.Stop()
 	draining := int64(0)

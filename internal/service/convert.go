@@ -138,9 +138,12 @@ func cidrs(field string, in []string) ([]netip.Prefix, error) {
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
+		if err := listener.CheckNetwork(p); err != nil {
+			return nil, listener.Invalid(fmt.Sprintf("%s[%d]", field, i), "%v", err)
+		}
 		// Sources are unmapped before matching, so an IPv4 prefix also
 		// covers IPv4-mapped IPv6 peers of a dual-stack listener.
-		out = append(out, p.Masked())
+		out = append(out, p)
 	}
 	return out, nil
 }

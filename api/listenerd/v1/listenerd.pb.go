@@ -1301,7 +1301,9 @@ type ForwardHandler struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required. Upstream "host:port".
 	Upstream string `protobuf:"bytes,1,opt,name=upstream,proto3" json:"upstream,omitempty"`
-	// Time allowed to connect to the upstream. Unset means 10s.
+	// Time allowed to connect to the upstream. Unset means 10s; at most 5m
+	// (INVALID_ARGUMENT beyond). A dial that runs out of time closes the
+	// connection UPSTREAM_FAILED.
 	ConnectTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=connect_timeout,json=connectTimeout,proto3" json:"connect_timeout,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -3701,6 +3703,215 @@ func (x *WatchEventsResponse) GetBootId() string {
 	return ""
 }
 
+// GetDaemonStatusRequest asks for the daemon's status. It has no fields.
+type GetDaemonStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDaemonStatusRequest) Reset() {
+	*x = GetDaemonStatusRequest{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDaemonStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDaemonStatusRequest) ProtoMessage() {}
+
+func (x *GetDaemonStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDaemonStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetDaemonStatusRequest) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{40}
+}
+
+// GetDaemonStatusResponse carries the daemon's status.
+type GetDaemonStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The daemon's limits and what it holds against them.
+	Status        *DaemonStatus `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDaemonStatusResponse) Reset() {
+	*x = GetDaemonStatusResponse{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDaemonStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDaemonStatusResponse) ProtoMessage() {}
+
+func (x *GetDaemonStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDaemonStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetDaemonStatusResponse) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetDaemonStatusResponse) GetStatus() *DaemonStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// DaemonStatus is the daemon's own limits and what it holds against them.
+// Output only.
+type DaemonStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// This daemon process's boot id, as in its events.
+	BootId string `protobuf:"bytes,1,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	// The open-file limit (RLIMIT_NOFILE). Zero when unknown or unlimited:
+	// then listeners have no descriptor budget.
+	OpenFileLimit uint64 `protobuf:"varint,2,opt,name=open_file_limit,json=openFileLimit,proto3" json:"open_file_limit,omitempty"`
+	// Descriptors kept for the API and the rest of the daemon, out of the
+	// listeners' reach (--fd-reserve).
+	DescriptorsReserved uint64 `protobuf:"varint,3,opt,name=descriptors_reserved,json=descriptorsReserved,proto3" json:"descriptors_reserved,omitempty"`
+	// Descriptors held now by listeners, their connections, forward
+	// upstreams and splice pipes, of open_file_limit less
+	// descriptors_reserved.
+	DescriptorsHeld uint64 `protobuf:"varint,4,opt,name=descriptors_held,json=descriptorsHeld,proto3" json:"descriptors_held,omitempty"`
+	// The daemon-wide cap on open and queued connections: --max-connections,
+	// or by default open_file_limit less descriptors_reserved. Unset means
+	// unlimited.
+	MaxConnections *uint64 `protobuf:"varint,5,opt,name=max_connections,json=maxConnections,proto3,oneof" json:"max_connections,omitempty"`
+	// Connections open or queued now, across listeners.
+	Connections uint64 `protobuf:"varint,6,opt,name=connections,proto3" json:"connections,omitempty"`
+	// Events the history holds for watchers to resume from.
+	HistoryEvents uint64 `protobuf:"varint,7,opt,name=history_events,json=historyEvents,proto3" json:"history_events,omitempty"`
+	// Bytes the history holds, every event by its size and connection data
+	// by its length.
+	HistoryBytes uint64 `protobuf:"varint,8,opt,name=history_bytes,json=historyBytes,proto3" json:"history_bytes,omitempty"`
+	// The history's byte budget (--history-bytes).
+	HistoryBytesLimit uint64 `protobuf:"varint,9,opt,name=history_bytes_limit,json=historyBytesLimit,proto3" json:"history_bytes_limit,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DaemonStatus) Reset() {
+	*x = DaemonStatus{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DaemonStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DaemonStatus) ProtoMessage() {}
+
+func (x *DaemonStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DaemonStatus.ProtoReflect.Descriptor instead.
+func (*DaemonStatus) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *DaemonStatus) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
+}
+
+func (x *DaemonStatus) GetOpenFileLimit() uint64 {
+	if x != nil {
+		return x.OpenFileLimit
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetDescriptorsReserved() uint64 {
+	if x != nil {
+		return x.DescriptorsReserved
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetDescriptorsHeld() uint64 {
+	if x != nil {
+		return x.DescriptorsHeld
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetMaxConnections() uint64 {
+	if x != nil && x.MaxConnections != nil {
+		return *x.MaxConnections
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetConnections() uint64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetHistoryEvents() uint64 {
+	if x != nil {
+		return x.HistoryEvents
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetHistoryBytes() uint64 {
+	if x != nil {
+		return x.HistoryBytes
+	}
+	return 0
+}
+
+func (x *DaemonStatus) GetHistoryBytesLimit() uint64 {
+	if x != nil {
+		return x.HistoryBytesLimit
+	}
+	return 0
+}
+
 // HandlerAttached reports a handler attached to a stream listener.
 type HandlerAttached struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3716,7 +3927,7 @@ type HandlerAttached struct {
 
 func (x *HandlerAttached) Reset() {
 	*x = HandlerAttached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3728,7 +3939,7 @@ func (x *HandlerAttached) String() string {
 func (*HandlerAttached) ProtoMessage() {}
 
 func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3741,7 +3952,7 @@ func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandlerAttached.ProtoReflect.Descriptor instead.
 func (*HandlerAttached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{40}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *HandlerAttached) GetHandlerId() string {
@@ -3778,7 +3989,7 @@ type HandlerDetached struct {
 
 func (x *HandlerDetached) Reset() {
 	*x = HandlerDetached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3790,7 +4001,7 @@ func (x *HandlerDetached) String() string {
 func (*HandlerDetached) ProtoMessage() {}
 
 func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3803,7 +4014,7 @@ func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandlerDetached.ProtoReflect.Descriptor instead.
 func (*HandlerDetached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{41}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *HandlerDetached) GetHandlerId() string {
@@ -3833,7 +4044,7 @@ type ConnectionTaken struct {
 
 func (x *ConnectionTaken) Reset() {
 	*x = ConnectionTaken{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3845,7 +4056,7 @@ func (x *ConnectionTaken) String() string {
 func (*ConnectionTaken) ProtoMessage() {}
 
 func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3858,7 +4069,7 @@ func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionTaken.ProtoReflect.Descriptor instead.
 func (*ConnectionTaken) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{42}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ConnectionTaken) GetConnectionId() string {
@@ -3901,7 +4112,7 @@ type AttachHandlerRequest struct {
 
 func (x *AttachHandlerRequest) Reset() {
 	*x = AttachHandlerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3913,7 +4124,7 @@ func (x *AttachHandlerRequest) String() string {
 func (*AttachHandlerRequest) ProtoMessage() {}
 
 func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3926,7 +4137,7 @@ func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachHandlerRequest.ProtoReflect.Descriptor instead.
 func (*AttachHandlerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *AttachHandlerRequest) GetListenerId() string {
@@ -3974,7 +4185,7 @@ type AttachHandlerResponse struct {
 
 func (x *AttachHandlerResponse) Reset() {
 	*x = AttachHandlerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3986,7 +4197,7 @@ func (x *AttachHandlerResponse) String() string {
 func (*AttachHandlerResponse) ProtoMessage() {}
 
 func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3999,7 +4210,7 @@ func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachHandlerResponse.ProtoReflect.Descriptor instead.
 func (*AttachHandlerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *AttachHandlerResponse) GetKind() isAttachHandlerResponse_Kind {
@@ -4062,7 +4273,7 @@ type Attached struct {
 
 func (x *Attached) Reset() {
 	*x = Attached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4074,7 +4285,7 @@ func (x *Attached) String() string {
 func (*Attached) ProtoMessage() {}
 
 func (x *Attached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4087,7 +4298,7 @@ func (x *Attached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attached.ProtoReflect.Descriptor instead.
 func (*Attached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Attached) GetHandlerId() string {
@@ -4131,7 +4342,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4143,7 +4354,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4156,7 +4367,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Offer) GetConnectionId() string {
@@ -4191,7 +4402,7 @@ type ServeConnectionRequest struct {
 
 func (x *ServeConnectionRequest) Reset() {
 	*x = ServeConnectionRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4203,7 +4414,7 @@ func (x *ServeConnectionRequest) String() string {
 func (*ServeConnectionRequest) ProtoMessage() {}
 
 func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4216,7 +4427,7 @@ func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionRequest.ProtoReflect.Descriptor instead.
 func (*ServeConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ServeConnectionRequest) GetKind() isServeConnectionRequest_Kind {
@@ -4308,7 +4519,7 @@ type Take struct {
 
 func (x *Take) Reset() {
 	*x = Take{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4320,7 +4531,7 @@ func (x *Take) String() string {
 func (*Take) ProtoMessage() {}
 
 func (x *Take) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4333,7 +4544,7 @@ func (x *Take) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Take.ProtoReflect.Descriptor instead.
 func (*Take) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Take) GetConnectionId() string {
@@ -4359,7 +4570,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4371,7 +4582,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4384,7 +4595,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{52}
 }
 
 // Reset is an abortive close.
@@ -4396,7 +4607,7 @@ type Reset struct {
 
 func (x *Reset) Reset() {
 	*x = Reset{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4408,7 +4619,7 @@ func (x *Reset) String() string {
 func (*Reset) ProtoMessage() {}
 
 func (x *Reset) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4421,7 +4632,7 @@ func (x *Reset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reset.ProtoReflect.Descriptor instead.
 func (*Reset) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
 }
 
 // ServeConnectionResponse is what the daemon sends on a connection's stream.
@@ -4442,7 +4653,7 @@ type ServeConnectionResponse struct {
 
 func (x *ServeConnectionResponse) Reset() {
 	*x = ServeConnectionResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4454,7 +4665,7 @@ func (x *ServeConnectionResponse) String() string {
 func (*ServeConnectionResponse) ProtoMessage() {}
 
 func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4467,7 +4678,7 @@ func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionResponse.ProtoReflect.Descriptor instead.
 func (*ServeConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ServeConnectionResponse) GetKind() isServeConnectionResponse_Kind {
@@ -4558,7 +4769,7 @@ type UpgradeDaemonRequest struct {
 
 func (x *UpgradeDaemonRequest) Reset() {
 	*x = UpgradeDaemonRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4570,7 +4781,7 @@ func (x *UpgradeDaemonRequest) String() string {
 func (*UpgradeDaemonRequest) ProtoMessage() {}
 
 func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4583,7 +4794,7 @@ func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeDaemonRequest.ProtoReflect.Descriptor instead.
 func (*UpgradeDaemonRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{52}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *UpgradeDaemonRequest) GetBinary() string {
@@ -4616,7 +4827,7 @@ type UpgradeDaemonResponse struct {
 
 func (x *UpgradeDaemonResponse) Reset() {
 	*x = UpgradeDaemonResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4628,7 +4839,7 @@ func (x *UpgradeDaemonResponse) String() string {
 func (*UpgradeDaemonResponse) ProtoMessage() {}
 
 func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4641,7 +4852,7 @@ func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeDaemonResponse.ProtoReflect.Descriptor instead.
 func (*UpgradeDaemonResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *UpgradeDaemonResponse) GetPid() int64 {
@@ -4739,7 +4950,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4751,7 +4962,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4764,7 +4975,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *Fault) GetName() string {
@@ -4888,7 +5099,7 @@ type FaultScope struct {
 
 func (x *FaultScope) Reset() {
 	*x = FaultScope{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4900,7 +5111,7 @@ func (x *FaultScope) String() string {
 func (*FaultScope) ProtoMessage() {}
 
 func (x *FaultScope) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4913,7 +5124,7 @@ func (x *FaultScope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultScope.ProtoReflect.Descriptor instead.
 func (*FaultScope) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *FaultScope) GetNewOnly() bool {
@@ -4953,7 +5164,7 @@ type ConnectionFault struct {
 
 func (x *ConnectionFault) Reset() {
 	*x = ConnectionFault{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4965,7 +5176,7 @@ func (x *ConnectionFault) String() string {
 func (*ConnectionFault) ProtoMessage() {}
 
 func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4978,7 +5189,7 @@ func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionFault.ProtoReflect.Descriptor instead.
 func (*ConnectionFault) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ConnectionFault) GetFault() string {
@@ -5013,7 +5224,7 @@ type FaultAdded struct {
 
 func (x *FaultAdded) Reset() {
 	*x = FaultAdded{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5025,7 +5236,7 @@ func (x *FaultAdded) String() string {
 func (*FaultAdded) ProtoMessage() {}
 
 func (x *FaultAdded) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5038,7 +5249,7 @@ func (x *FaultAdded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultAdded.ProtoReflect.Descriptor instead.
 func (*FaultAdded) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *FaultAdded) GetFault() *Fault {
@@ -5063,7 +5274,7 @@ type FaultRemoved struct {
 
 func (x *FaultRemoved) Reset() {
 	*x = FaultRemoved{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5075,7 +5286,7 @@ func (x *FaultRemoved) String() string {
 func (*FaultRemoved) ProtoMessage() {}
 
 func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5088,7 +5299,7 @@ func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultRemoved.ProtoReflect.Descriptor instead.
 func (*FaultRemoved) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *FaultRemoved) GetName() string {
@@ -5132,7 +5343,7 @@ type FaultApplied struct {
 
 func (x *FaultApplied) Reset() {
 	*x = FaultApplied{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5144,7 +5355,7 @@ func (x *FaultApplied) String() string {
 func (*FaultApplied) ProtoMessage() {}
 
 func (x *FaultApplied) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5157,7 +5368,7 @@ func (x *FaultApplied) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultApplied.ProtoReflect.Descriptor instead.
 func (*FaultApplied) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *FaultApplied) GetName() string {
@@ -5208,7 +5419,7 @@ type AddFaultRequest struct {
 
 func (x *AddFaultRequest) Reset() {
 	*x = AddFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5220,7 +5431,7 @@ func (x *AddFaultRequest) String() string {
 func (*AddFaultRequest) ProtoMessage() {}
 
 func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5233,7 +5444,7 @@ func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFaultRequest.ProtoReflect.Descriptor instead.
 func (*AddFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *AddFaultRequest) GetListenerId() string {
@@ -5261,7 +5472,7 @@ type AddFaultResponse struct {
 
 func (x *AddFaultResponse) Reset() {
 	*x = AddFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5273,7 +5484,7 @@ func (x *AddFaultResponse) String() string {
 func (*AddFaultResponse) ProtoMessage() {}
 
 func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5286,7 +5497,7 @@ func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFaultResponse.ProtoReflect.Descriptor instead.
 func (*AddFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *AddFaultResponse) GetFault() *Fault {
@@ -5309,7 +5520,7 @@ type UpdateFaultRequest struct {
 
 func (x *UpdateFaultRequest) Reset() {
 	*x = UpdateFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5321,7 +5532,7 @@ func (x *UpdateFaultRequest) String() string {
 func (*UpdateFaultRequest) ProtoMessage() {}
 
 func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5334,7 +5545,7 @@ func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFaultRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *UpdateFaultRequest) GetListenerId() string {
@@ -5362,7 +5573,7 @@ type UpdateFaultResponse struct {
 
 func (x *UpdateFaultResponse) Reset() {
 	*x = UpdateFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5374,7 +5585,7 @@ func (x *UpdateFaultResponse) String() string {
 func (*UpdateFaultResponse) ProtoMessage() {}
 
 func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5387,7 +5598,7 @@ func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFaultResponse.ProtoReflect.Descriptor instead.
 func (*UpdateFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *UpdateFaultResponse) GetFault() *Fault {
@@ -5410,7 +5621,7 @@ type RemoveFaultRequest struct {
 
 func (x *RemoveFaultRequest) Reset() {
 	*x = RemoveFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5422,7 +5633,7 @@ func (x *RemoveFaultRequest) String() string {
 func (*RemoveFaultRequest) ProtoMessage() {}
 
 func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5435,7 +5646,7 @@ func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFaultRequest.ProtoReflect.Descriptor instead.
 func (*RemoveFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *RemoveFaultRequest) GetListenerId() string {
@@ -5461,7 +5672,7 @@ type RemoveFaultResponse struct {
 
 func (x *RemoveFaultResponse) Reset() {
 	*x = RemoveFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5473,7 +5684,7 @@ func (x *RemoveFaultResponse) String() string {
 func (*RemoveFaultResponse) ProtoMessage() {}
 
 func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5486,7 +5697,7 @@ func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFaultResponse.ProtoReflect.Descriptor instead.
 func (*RemoveFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{68}
 }
 
 // ListFaultsRequest names a listener.
@@ -5500,7 +5711,7 @@ type ListFaultsRequest struct {
 
 func (x *ListFaultsRequest) Reset() {
 	*x = ListFaultsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5512,7 +5723,7 @@ func (x *ListFaultsRequest) String() string {
 func (*ListFaultsRequest) ProtoMessage() {}
 
 func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5525,7 +5736,7 @@ func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFaultsRequest.ProtoReflect.Descriptor instead.
 func (*ListFaultsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListFaultsRequest) GetListenerId() string {
@@ -5546,7 +5757,7 @@ type ListFaultsResponse struct {
 
 func (x *ListFaultsResponse) Reset() {
 	*x = ListFaultsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5558,7 +5769,7 @@ func (x *ListFaultsResponse) String() string {
 func (*ListFaultsResponse) ProtoMessage() {}
 
 func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5571,7 +5782,7 @@ func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFaultsResponse.ProtoReflect.Descriptor instead.
 func (*ListFaultsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListFaultsResponse) GetFaults() []*Fault {
@@ -5791,7 +6002,21 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x13WatchEventsResponse\x12+\n" +
 	"\x06events\x18\x01 \x03(\v2\x13.listenerd.v1.EventR\x06events\x12#\n" +
 	"\rhead_sequence\x18\x02 \x01(\x04R\fheadSequence\x12\x17\n" +
-	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"o\n" +
+	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"\x18\n" +
+	"\x16GetDaemonStatusRequest\"M\n" +
+	"\x17GetDaemonStatusResponse\x122\n" +
+	"\x06status\x18\x01 \x01(\v2\x1a.listenerd.v1.DaemonStatusR\x06status\"\x8d\x03\n" +
+	"\fDaemonStatus\x12\x17\n" +
+	"\aboot_id\x18\x01 \x01(\tR\x06bootId\x12&\n" +
+	"\x0fopen_file_limit\x18\x02 \x01(\x04R\ropenFileLimit\x121\n" +
+	"\x14descriptors_reserved\x18\x03 \x01(\x04R\x13descriptorsReserved\x12)\n" +
+	"\x10descriptors_held\x18\x04 \x01(\x04R\x0fdescriptorsHeld\x12,\n" +
+	"\x0fmax_connections\x18\x05 \x01(\x04H\x00R\x0emaxConnections\x88\x01\x01\x12 \n" +
+	"\vconnections\x18\x06 \x01(\x04R\vconnections\x12%\n" +
+	"\x0ehistory_events\x18\a \x01(\x04R\rhistoryEvents\x12#\n" +
+	"\rhistory_bytes\x18\b \x01(\x04R\fhistoryBytes\x12.\n" +
+	"\x13history_bytes_limit\x18\t \x01(\x04R\x11historyBytesLimitB\x12\n" +
+	"\x10_max_connections\"o\n" +
 	"\x0fHandlerAttached\x12\x1d\n" +
 	"\n" +
 	"handler_id\x18\x01 \x01(\tR\thandlerId\x12\x14\n" +
@@ -6004,8 +6229,9 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0eFaultDirection\x12\x1f\n" +
 	"\x1bFAULT_DIRECTION_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FAULT_DIRECTION_IN\x10\x01\x12\x17\n" +
-	"\x13FAULT_DIRECTION_OUT\x10\x022\xa4\v\n" +
-	"\x0fListenerService\x12X\n" +
+	"\x13FAULT_DIRECTION_OUT\x10\x022\x84\f\n" +
+	"\x0fListenerService\x12^\n" +
+	"\x0fGetDaemonStatus\x12$.listenerd.v1.GetDaemonStatusRequest\x1a%.listenerd.v1.GetDaemonStatusResponse\x12X\n" +
 	"\rUpgradeDaemon\x12\".listenerd.v1.UpgradeDaemonRequest\x1a#.listenerd.v1.UpgradeDaemonResponse\x12I\n" +
 	"\bAddFault\x12\x1d.listenerd.v1.AddFaultRequest\x1a\x1e.listenerd.v1.AddFaultResponse\x12R\n" +
 	"\vUpdateFault\x12 .listenerd.v1.UpdateFaultRequest\x1a!.listenerd.v1.UpdateFaultResponse\x12R\n" +
@@ -6037,7 +6263,7 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 }
 
 var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -6089,76 +6315,79 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(*ListenerClosed)(nil),          // 47: listenerd.v1.ListenerClosed
 	(*WatchEventsRequest)(nil),      // 48: listenerd.v1.WatchEventsRequest
 	(*WatchEventsResponse)(nil),     // 49: listenerd.v1.WatchEventsResponse
-	(*HandlerAttached)(nil),         // 50: listenerd.v1.HandlerAttached
-	(*HandlerDetached)(nil),         // 51: listenerd.v1.HandlerDetached
-	(*ConnectionTaken)(nil),         // 52: listenerd.v1.ConnectionTaken
-	(*AttachHandlerRequest)(nil),    // 53: listenerd.v1.AttachHandlerRequest
-	(*AttachHandlerResponse)(nil),   // 54: listenerd.v1.AttachHandlerResponse
-	(*Attached)(nil),                // 55: listenerd.v1.Attached
-	(*Offer)(nil),                   // 56: listenerd.v1.Offer
-	(*ServeConnectionRequest)(nil),  // 57: listenerd.v1.ServeConnectionRequest
-	(*Take)(nil),                    // 58: listenerd.v1.Take
-	(*End)(nil),                     // 59: listenerd.v1.End
-	(*Reset)(nil),                   // 60: listenerd.v1.Reset
-	(*ServeConnectionResponse)(nil), // 61: listenerd.v1.ServeConnectionResponse
-	(*UpgradeDaemonRequest)(nil),    // 62: listenerd.v1.UpgradeDaemonRequest
-	(*UpgradeDaemonResponse)(nil),   // 63: listenerd.v1.UpgradeDaemonResponse
-	(*Fault)(nil),                   // 64: listenerd.v1.Fault
-	(*FaultScope)(nil),              // 65: listenerd.v1.FaultScope
-	(*ConnectionFault)(nil),         // 66: listenerd.v1.ConnectionFault
-	(*FaultAdded)(nil),              // 67: listenerd.v1.FaultAdded
-	(*FaultRemoved)(nil),            // 68: listenerd.v1.FaultRemoved
-	(*FaultApplied)(nil),            // 69: listenerd.v1.FaultApplied
-	(*AddFaultRequest)(nil),         // 70: listenerd.v1.AddFaultRequest
-	(*AddFaultResponse)(nil),        // 71: listenerd.v1.AddFaultResponse
-	(*UpdateFaultRequest)(nil),      // 72: listenerd.v1.UpdateFaultRequest
-	(*UpdateFaultResponse)(nil),     // 73: listenerd.v1.UpdateFaultResponse
-	(*RemoveFaultRequest)(nil),      // 74: listenerd.v1.RemoveFaultRequest
-	(*RemoveFaultResponse)(nil),     // 75: listenerd.v1.RemoveFaultResponse
-	(*ListFaultsRequest)(nil),       // 76: listenerd.v1.ListFaultsRequest
-	(*ListFaultsResponse)(nil),      // 77: listenerd.v1.ListFaultsResponse
-	(*durationpb.Duration)(nil),     // 78: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 79: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 80: google.protobuf.FieldMask
+	(*GetDaemonStatusRequest)(nil),  // 50: listenerd.v1.GetDaemonStatusRequest
+	(*GetDaemonStatusResponse)(nil), // 51: listenerd.v1.GetDaemonStatusResponse
+	(*DaemonStatus)(nil),            // 52: listenerd.v1.DaemonStatus
+	(*HandlerAttached)(nil),         // 53: listenerd.v1.HandlerAttached
+	(*HandlerDetached)(nil),         // 54: listenerd.v1.HandlerDetached
+	(*ConnectionTaken)(nil),         // 55: listenerd.v1.ConnectionTaken
+	(*AttachHandlerRequest)(nil),    // 56: listenerd.v1.AttachHandlerRequest
+	(*AttachHandlerResponse)(nil),   // 57: listenerd.v1.AttachHandlerResponse
+	(*Attached)(nil),                // 58: listenerd.v1.Attached
+	(*Offer)(nil),                   // 59: listenerd.v1.Offer
+	(*ServeConnectionRequest)(nil),  // 60: listenerd.v1.ServeConnectionRequest
+	(*Take)(nil),                    // 61: listenerd.v1.Take
+	(*End)(nil),                     // 62: listenerd.v1.End
+	(*Reset)(nil),                   // 63: listenerd.v1.Reset
+	(*ServeConnectionResponse)(nil), // 64: listenerd.v1.ServeConnectionResponse
+	(*UpgradeDaemonRequest)(nil),    // 65: listenerd.v1.UpgradeDaemonRequest
+	(*UpgradeDaemonResponse)(nil),   // 66: listenerd.v1.UpgradeDaemonResponse
+	(*Fault)(nil),                   // 67: listenerd.v1.Fault
+	(*FaultScope)(nil),              // 68: listenerd.v1.FaultScope
+	(*ConnectionFault)(nil),         // 69: listenerd.v1.ConnectionFault
+	(*FaultAdded)(nil),              // 70: listenerd.v1.FaultAdded
+	(*FaultRemoved)(nil),            // 71: listenerd.v1.FaultRemoved
+	(*FaultApplied)(nil),            // 72: listenerd.v1.FaultApplied
+	(*AddFaultRequest)(nil),         // 73: listenerd.v1.AddFaultRequest
+	(*AddFaultResponse)(nil),        // 74: listenerd.v1.AddFaultResponse
+	(*UpdateFaultRequest)(nil),      // 75: listenerd.v1.UpdateFaultRequest
+	(*UpdateFaultResponse)(nil),     // 76: listenerd.v1.UpdateFaultResponse
+	(*RemoveFaultRequest)(nil),      // 77: listenerd.v1.RemoveFaultRequest
+	(*RemoveFaultResponse)(nil),     // 78: listenerd.v1.RemoveFaultResponse
+	(*ListFaultsRequest)(nil),       // 79: listenerd.v1.ListFaultsRequest
+	(*ListFaultsResponse)(nil),      // 80: listenerd.v1.ListFaultsResponse
+	(*durationpb.Duration)(nil),     // 81: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 82: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 83: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	11,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
 	18,  // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
 	12,  // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
 	13,  // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	78,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
-	64,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
+	81,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	67,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
 	0,   // 6: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	78,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	78,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	78,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	81,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	81,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	81,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
 	14,  // 10: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
 	15,  // 11: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
 	16,  // 12: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
 	17,  // 13: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
-	78,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	78,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
+	81,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	81,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
 	1,   // 16: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	79,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	79,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	82,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	82,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
 	2,   // 19: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
 	19,  // 20: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	79,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	82,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
 	3,   // 22: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
-	78,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
-	66,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
+	81,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	69,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
 	11,  // 25: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
 	10,  // 26: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
 	10,  // 27: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
 	10,  // 28: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
 	10,  // 29: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	80,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	83,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
 	10,  // 31: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	78,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	81,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
 	10,  // 33: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
 	20,  // 34: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
 	10,  // 35: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	79,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	82,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
 	39,  // 37: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
 	40,  // 38: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
 	41,  // 39: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
@@ -6169,88 +6398,91 @@ var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	42,  // 44: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
 	38,  // 45: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
 	44,  // 46: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
-	50,  // 47: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
-	51,  // 48: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
-	52,  // 49: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
-	67,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
-	68,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
-	69,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
+	53,  // 47: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
+	54,  // 48: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
+	55,  // 49: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
+	70,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
+	71,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
+	72,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
 	7,   // 53: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
 	19,  // 54: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
 	19,  // 55: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	78,  // 56: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	81,  // 56: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
 	5,   // 57: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
 	19,  // 58: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
 	6,   // 59: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	78,  // 60: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	81,  // 60: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
 	19,  // 61: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
-	78,  // 62: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	81,  // 62: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
 	12,  // 63: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
 	4,   // 64: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
 	37,  // 65: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
-	55,  // 66: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
-	56,  // 67: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
-	19,  // 68: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
-	58,  // 69: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
-	59,  // 70: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
-	60,  // 71: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
-	40,  // 72: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
-	59,  // 73: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
-	41,  // 74: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
-	8,   // 75: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
-	9,   // 76: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
-	65,  // 77: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
-	78,  // 78: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
-	79,  // 79: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
-	78,  // 80: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
-	78,  // 81: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
-	78,  // 82: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
-	64,  // 83: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
-	8,   // 84: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
-	8,   // 85: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
-	19,  // 86: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
-	64,  // 87: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
-	64,  // 88: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
-	64,  // 89: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
-	64,  // 90: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
-	64,  // 91: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
-	62,  // 92: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
-	70,  // 93: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
-	72,  // 94: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
-	74,  // 95: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
-	76,  // 96: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
-	21,  // 97: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	23,  // 98: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	25,  // 99: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	27,  // 100: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	29,  // 101: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	31,  // 102: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	33,  // 103: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	35,  // 104: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	48,  // 105: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	53,  // 106: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
-	57,  // 107: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
-	63,  // 108: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
-	71,  // 109: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
-	73,  // 110: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
-	75,  // 111: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
-	77,  // 112: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
-	22,  // 113: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	24,  // 114: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	26,  // 115: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	28,  // 116: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	30,  // 117: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	32,  // 118: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	34,  // 119: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	36,  // 120: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	49,  // 121: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	54,  // 122: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
-	61,  // 123: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
-	108, // [108:124] is the sub-list for method output_type
-	92,  // [92:108] is the sub-list for method input_type
-	92,  // [92:92] is the sub-list for extension type_name
-	92,  // [92:92] is the sub-list for extension extendee
-	0,   // [0:92] is the sub-list for field type_name
+	52,  // 66: listenerd.v1.GetDaemonStatusResponse.status:type_name -> listenerd.v1.DaemonStatus
+	58,  // 67: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
+	59,  // 68: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
+	19,  // 69: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
+	61,  // 70: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
+	62,  // 71: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
+	63,  // 72: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
+	40,  // 73: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
+	62,  // 74: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
+	41,  // 75: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
+	8,   // 76: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
+	9,   // 77: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
+	68,  // 78: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
+	81,  // 79: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
+	82,  // 80: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
+	81,  // 81: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
+	81,  // 82: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
+	81,  // 83: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
+	67,  // 84: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
+	8,   // 85: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
+	8,   // 86: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
+	19,  // 87: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
+	67,  // 88: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
+	67,  // 89: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
+	67,  // 90: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
+	67,  // 91: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
+	67,  // 92: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
+	50,  // 93: listenerd.v1.ListenerService.GetDaemonStatus:input_type -> listenerd.v1.GetDaemonStatusRequest
+	65,  // 94: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
+	73,  // 95: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
+	75,  // 96: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
+	77,  // 97: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
+	79,  // 98: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
+	21,  // 99: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	23,  // 100: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	25,  // 101: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	27,  // 102: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	29,  // 103: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	31,  // 104: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	33,  // 105: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	35,  // 106: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	48,  // 107: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	56,  // 108: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
+	60,  // 109: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
+	51,  // 110: listenerd.v1.ListenerService.GetDaemonStatus:output_type -> listenerd.v1.GetDaemonStatusResponse
+	66,  // 111: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
+	74,  // 112: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
+	76,  // 113: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
+	78,  // 114: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
+	80,  // 115: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
+	22,  // 116: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	24,  // 117: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	26,  // 118: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	28,  // 119: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	30,  // 120: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	32,  // 121: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	34,  // 122: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	36,  // 123: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	49,  // 124: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	57,  // 125: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
+	64,  // 126: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
+	110, // [110:127] is the sub-list for method output_type
+	93,  // [93:110] is the sub-list for method input_type
+	93,  // [93:93] is the sub-list for extension type_name
+	93,  // [93:93] is the sub-list for extension extendee
+	0,   // [0:93] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -6285,30 +6517,31 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Event_FaultApplied)(nil),
 	}
 	file_listenerd_v1_listenerd_proto_msgTypes[38].OneofWrappers = []any{}
-	file_listenerd_v1_listenerd_proto_msgTypes[44].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[42].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[47].OneofWrappers = []any{
 		(*AttachHandlerResponse_Attached)(nil),
 		(*AttachHandlerResponse_Offer)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[47].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[50].OneofWrappers = []any{
 		(*ServeConnectionRequest_Take)(nil),
 		(*ServeConnectionRequest_Data)(nil),
 		(*ServeConnectionRequest_End)(nil),
 		(*ServeConnectionRequest_Reset_)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[51].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[54].OneofWrappers = []any{
 		(*ServeConnectionResponse_Opened)(nil),
 		(*ServeConnectionResponse_Data)(nil),
 		(*ServeConnectionResponse_End)(nil),
 		(*ServeConnectionResponse_Closed)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[54].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[57].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   68,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

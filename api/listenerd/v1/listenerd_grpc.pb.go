@@ -19,6 +19,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	ListenerService_GetDaemonStatus_FullMethodName = "/listenerd.v1.ListenerService/GetDaemonStatus"
 	ListenerService_UpgradeDaemon_FullMethodName   = "/listenerd.v1.ListenerService/UpgradeDaemon"
 	ListenerService_AddFault_FullMethodName        = "/listenerd.v1.ListenerService/AddFault"
 	ListenerService_UpdateFault_FullMethodName     = "/listenerd.v1.ListenerService/UpdateFault"
@@ -51,6 +52,10 @@ const (
 // a privileged port, RESOURCE_EXHAUSTED a daemon-wide cap or a slow watcher,
 // OUT_OF_RANGE a watch resume point no longer held.
 type ListenerServiceClient interface {
+	// GetDaemonStatus returns the daemon's own limits and what it holds
+	// against them: its open-file limit and the descriptors kept for the API,
+	// the daemon-wide connection cap, and its event history.
+	GetDaemonStatus(ctx context.Context, in *GetDaemonStatusRequest, opts ...grpc.CallOption) (*GetDaemonStatusResponse, error)
 	// UpgradeDaemon replaces the daemon process without refusing anyone: it
 	// starts the daemon binary (the running one's, or the one given) with the
 	// same arguments and hands it every listening socket, the API sockets, the
@@ -158,6 +163,16 @@ type listenerServiceClient struct {
 
 func NewListenerServiceClient(cc grpc.ClientConnInterface) ListenerServiceClient {
 	return &listenerServiceClient{cc}
+}
+
+func (c *listenerServiceClient) GetDaemonStatus(ctx context.Context, in *GetDaemonStatusRequest, opts ...grpc.CallOption) (*GetDaemonStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDaemonStatusResponse)
+	err := c.cc.Invoke(ctx, ListenerService_GetDaemonStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *listenerServiceClient) UpgradeDaemon(ctx context.Context, in *UpgradeDaemonRequest, opts ...grpc.CallOption) (*UpgradeDaemonResponse, error) {
@@ -355,6 +370,10 @@ type ListenerService_ServeConnectionClient = grpc.BidiStreamingClient[ServeConne
 // a privileged port, RESOURCE_EXHAUSTED a daemon-wide cap or a slow watcher,
 // OUT_OF_RANGE a watch resume point no longer held.
 type ListenerServiceServer interface {
+	// GetDaemonStatus returns the daemon's own limits and what it holds
+	// against them: its open-file limit and the descriptors kept for the API,
+	// the daemon-wide connection cap, and its event history.
+	GetDaemonStatus(context.Context, *GetDaemonStatusRequest) (*GetDaemonStatusResponse, error)
 	// UpgradeDaemon replaces the daemon process without refusing anyone: it
 	// starts the daemon binary (the running one's, or the one given) with the
 	// same arguments and hands it every listening socket, the API sockets, the
@@ -464,6 +483,9 @@ type ListenerServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedListenerServiceServer struct{}
 
+func (UnimplementedListenerServiceServer) GetDaemonStatus(context.Context, *GetDaemonStatusRequest) (*GetDaemonStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDaemonStatus not implemented")
+}
 func (UnimplementedListenerServiceServer) UpgradeDaemon(context.Context, *UpgradeDaemonRequest) (*UpgradeDaemonResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpgradeDaemon not implemented")
 }
@@ -531,6 +553,24 @@ func RegisterListenerServiceServer(s grpc.ServiceRegistrar, srv ListenerServiceS
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&ListenerService_ServiceDesc, srv)
+}
+
+func _ListenerService_GetDaemonStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDaemonStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ListenerServiceServer).GetDaemonStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ListenerService_GetDaemonStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ListenerServiceServer).GetDaemonStatus(ctx, req.(*GetDaemonStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _ListenerService_UpgradeDaemon_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -803,6 +843,10 @@ var ListenerService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "listenerd.v1.ListenerService",
 	HandlerType: (*ListenerServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetDaemonStatus",
+			Handler:    _ListenerService_GetDaemonStatus_Handler,
+		},
 		{
 			MethodName: "UpgradeDaemon",
 			Handler:    _ListenerService_UpgradeDaemon_Handler,
