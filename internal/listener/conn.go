@@ -57,8 +57,14 @@ func (c *Conn) close(reason events.CloseReason, reset bool) bool {
 	if c.handedOver {
 		// The handler holds the socket too: shut it down for both, before
 		// the kill wakes the connection's goroutine, which then reads its
-		// bytes and closes the daemon's copy (handover).
-		shutdown(c.c, reset)
+		// bytes and closes the daemon's copy (handover). A handler gone
+		// took its copies with it: the daemon's close is the last, and a
+		// reset then is an RST, as for a stream handler that died.
+		if reason == events.CloseHandlerGone && reset {
+			_ = c.c.SetLinger(0)
+		} else {
+			shutdown(c.c, reset)
+		}
 		if c.kill != nil {
 			close(c.kill)
 		}

@@ -152,7 +152,7 @@ func (s *sideConn) end() {
 	s.mu.Unlock()
 	_ = s.c.Close()
 	for _, x := range list {
-		x.c.close(events.CloseHandlerGone, false)
+		x.c.close(events.CloseHandlerGone, true) // its peer gets an RST
 	}
 	s.a.clearSide(s)
 }
