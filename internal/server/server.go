@@ -91,6 +91,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return configError{err}
 	}
 	self, _ := os.Executable() // as it is now: a binary replaced on disk is still found by its path
+	act, err := listenFDs(log)
+	if err != nil {
+		return err
+	}
+	defer act.close()
 	inh, err := inherit(cfg.Socket)
 	if err != nil {
 		return err
@@ -112,6 +117,10 @@ func Run(ctx context.Context, cfg Config) error {
 			if own, err := claimSocket(ul, cfg.Socket); err == nil {
 				ln = own // removed at exit only if still this daemon's, as listenUnix's
 			}
+		}
+	} else if act != nil && act.api != nil {
+		if ln, lock, err = act.activatedAPI(cfg.Socket, log); err != nil {
+			return err
 		}
 	} else if ln, lock, err = listenUnix(cfg.Socket, log); err != nil {
 		return err
