@@ -161,6 +161,10 @@ func Run(ctx context.Context, cfg Config) error {
 		// The handlers listeners may name: a new handler is one more entry.
 		Handlers: []listener.HandlerKind{listener.Discard, listener.Echo, listener.Forward, listener.Stream},
 	}
+	fdst := newFDStore(log)
+	if fdst != nil {
+		opts.Bound, opts.Closed = fdst.bound, fdst.closed
+	}
 	if met != nil {
 		opts.ConnClosed = met.ObserveConnection
 		opts.QueueLeft = met.ObserveQueueWait
@@ -202,8 +206,11 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("upgrade: %w", err)
 		}
 		defer inh.stop()
-	} else if len(saved) > 0 {
-		up, failed, err := mgr.Restore(ctx, saved)
+	} else if passed := act.takeListeners(); len(saved) > 0 || len(passed) > 0 {
+		if fdst != nil { // kept for no listener: the store lets them go
+			fdst.forget(unrestored(passed, saved))
+		}
+		up, failed, err := mgr.RestoreWith(ctx, saved, passed)
 		if err != nil {
 			mgr.Shutdown(0)
 			return fmt.Errorf("restore: %w", err)
