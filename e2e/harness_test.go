@@ -115,10 +115,21 @@ func startDaemonIn(t *testing.T, dir string, args ...string) *daemon {
 // prlimit) when wrap is not empty.
 func startDaemonWrapped(t *testing.T, dir string, wrap []string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonPrepared(t, dir, wrap, nil, args...)
+}
+
+// startDaemonPrepared is startDaemonWrapped, with prepare (when not nil)
+// called on the command before it starts (its environment, its extra
+// files).
+func startDaemonPrepared(t *testing.T, dir string, wrap []string, prepare func(*exec.Cmd), args ...string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, socket: filepath.Join(dir, "run", "listenerd.sock"), stderr: &testkit.Buffer{}, exited: make(chan struct{})}
 	argv := append(append(append([]string{}, wrap...), daemonBin, "--socket", d.socket, "--state-dir", filepath.Join(dir, "state")), args...)
 	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
+	if prepare != nil {
+		prepare(d.cmd)
+	}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

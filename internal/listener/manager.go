@@ -38,6 +38,8 @@ type Manager struct {
 	handlers     handlerTable
 	onConnClosed func(listener string, d time.Duration)
 	onQueueLeft  func(listener string, wait time.Duration)
+	onBound      func(id string, ln *net.TCPListener)
+	onClosed     func(id string)
 
 	// Handover: the side connections' listener and those open, the
 	// secrets of attachments not connected yet, and their goroutines.
@@ -78,6 +80,14 @@ type Options struct {
 	// (DAEMON_LIMIT), a listener is not created (ErrLimit) and an
 	// upstream is not dialled. 0: no such budget.
 	FDLimit, FDReserve int64
+
+	// Bound, when set, is called with each listening socket a listener
+	// binds (or restores on a socket passed in), under the manager's lock;
+	// Closed with the id of each listener a Close ends. The server keeps
+	// the sockets in systemd's descriptor store with them (FDSTORE=1). They
+	// must not block.
+	Bound  func(id string, ln *net.TCPListener)
+	Closed func(id string)
 }
 
 // Descriptors a listener holds: its socket, and the one its accept loop
@@ -91,7 +101,7 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 	}
 	m := &Manager{bus: bus, log: log, maxListeners: opts.MaxListeners,
 		maxConns: opts.MaxConnections, policy: opts.Policy, handlers: newHandlerTable(opts.Handlers),
-		onConnClosed: opts.ConnClosed, onQueueLeft: opts.QueueLeft, fdLimit: opts.FDLimit, fdReserve: opts.FDReserve,
+		onConnClosed: opts.ConnClosed, onQueueLeft: opts.QueueLeft, onBound: opts.Bound, onClosed: opts.Closed, fdLimit: opts.FDLimit, fdReserve: opts.FDReserve,
 		byID: map[string]*Listener{}, byName: map[string]*Listener{},
 		sides: map[*sideConn]bool{}, secrets: map[string]*Attachment{}}
 	if opts.Persister != nil {
@@ -412,7 +422,10 @@ func (m *Manager) Close(ref string, drain time.Duration, force bool) (Info, erro
 	if err != nil {
 		return Info{}, err
 	}
-	_, info := m.closeListener(l, drain, force, events.CloseListenerClosed)
+	began, info := m.closeListener(l, drain, force, events.CloseListenerClosed)
+	if began && m.onClosed != nil {
+		m.onClosed(l.id)
+	}
 	// A Rebind that raced this Close may have put a new listener under the
 	// same id: the id is what was asked to close.
 	m.mu.Lock()

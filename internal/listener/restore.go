@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
@@ -16,6 +17,19 @@ import (
 // that cannot bind comes back FAILED with its error, never dropped. It
 // returns how many are listening and how many failed.
 func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listening, failed int, err error) {
+	return m.RestoreWith(ctx, raws, nil)
+}
+
+// RestoreWith is Restore, where a listener whose id has a socket in files
+// (a listening TCP socket passed in, as systemd passes back its descriptor
+// store) takes that socket instead of binding, if it is on the listener's
+// address; RestoreWith closes every file.
+func (m *Manager) RestoreWith(ctx context.Context, raws []json.RawMessage, files map[string]*os.File) (listening, failed int, err error) {
+	defer func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	}()
 	if err := ValidateRecords(raws); err != nil {
 		return 0, 0, err
 	}
@@ -40,7 +54,10 @@ func (m *Manager) Restore(ctx context.Context, raws []json.RawMessage) (listenin
 	for _, sv := range all {
 		r, spec, err := sv.r, sv.spec, sv.err
 		var l *Listener
-		if err == nil {
+		if f := files[r.ID]; f != nil && err == nil {
+			l = m.takePassedLocked(f, r, spec, sv.h, sv.ip)
+		}
+		if l == nil && err == nil {
 			l, err = m.bindLocked(ctx, r.ID, r.Name, spec, sv.h, sv.ip, r.BoundPort, r.Created)
 		}
 		if err != nil {
@@ -144,8 +161,18 @@ func (m *Manager) bindLocked(ctx context.Context, id, name string, spec Spec, h 
 			return nil, err
 		}
 	}
+	return m.startLocked(id, name, spec, h, ln, created), nil
+}
+
+// startLocked makes a listener of a listening socket, inserts it (replacing
+// a FAILED one of the same id) and starts its accept loop; m.mu must be
+// held, and the socket's descriptors taken (takeFDs).
+func (m *Manager) startLocked(id, name string, spec Spec, h Handler, ln *net.TCPListener, created time.Time) *Listener {
 	l := m.newListener(id, name, spec, h, ln, created)
 	m.insertLocked(l)
+	if m.onBound != nil {
+		m.onBound(id, ln)
+	}
 	m.bus.Publish(events.Event{Listener: id, Kind: events.KindListenerStarted,
 		Detail: &events.Detail{Address: l.bound, Name: name}})
 	l.log.Info("listener started")
@@ -155,7 +182,7 @@ func (m *Manager) bindLocked(ctx context.Context, id, name string, spec Spec, h 
 		defer m.wg.Done()
 		l.acceptLoop()
 	}()
-	return l, nil
+	return l
 }
 
 func (m *Manager) insertLocked(l *Listener) {

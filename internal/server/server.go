@@ -91,6 +91,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return configError{err}
 	}
 	self, _ := os.Executable() // as it is now: a binary replaced on disk is still found by its path
+	act, err := listenFDs(log)
+	if err != nil {
+		return err
+	}
+	defer act.close()
 	inh, err := inherit(cfg.Socket)
 	if err != nil {
 		return err
@@ -112,6 +117,10 @@ func Run(ctx context.Context, cfg Config) error {
 			if own, err := claimSocket(ul, cfg.Socket); err == nil {
 				ln = own // removed at exit only if still this daemon's, as listenUnix's
 			}
+		}
+	} else if act != nil && act.api != nil {
+		if ln, lock, err = act.activatedAPI(cfg.Socket, log); err != nil {
+			return err
 		}
 	} else if ln, lock, err = listenUnix(cfg.Socket, log); err != nil {
 		return err
@@ -151,6 +160,10 @@ func Run(ctx context.Context, cfg Config) error {
 		FDLimit: fds, FDReserve: fdReserve,
 		// The handlers listeners may name: a new handler is one more entry.
 		Handlers: []listener.HandlerKind{listener.Discard, listener.Echo, listener.Forward, listener.Stream},
+	}
+	fdst := newFDStore(log)
+	if fdst != nil {
+		opts.Bound, opts.Closed = fdst.bound, fdst.closed
 	}
 	if met != nil {
 		opts.ConnClosed = met.ObserveConnection
@@ -193,8 +206,11 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("upgrade: %w", err)
 		}
 		defer inh.stop()
-	} else if len(saved) > 0 {
-		up, failed, err := mgr.Restore(ctx, saved)
+	} else if passed := act.takeListeners(); len(saved) > 0 || len(passed) > 0 {
+		if fdst != nil { // kept for no listener: the store lets them go
+			fdst.forget(unrestored(passed, saved))
+		}
+		up, failed, err := mgr.RestoreWith(ctx, saved, passed)
 		if err != nil {
 			mgr.Shutdown(0)
 			return fmt.Errorf("restore: %w", err)
