@@ -202,12 +202,18 @@ func (l *Listener) openLocked(c *Conn) uint64 {
 	return l.bus.Record(events.Event{Listener: l.id, Kind: events.KindConnectionOpened, Conn: c.n, Tuple: c.tuple})
 }
 
-// start serves c on its own goroutine.
+// start serves c on its own goroutine, joined by the listener's close.
 func (l *Listener) start(c *Conn) {
+	l.conWG.Add(1)
+	l.run(c)
+}
+
+// run serves c on its own goroutine; c already holds its count of conWG
+// (start's, or the queue's).
+func (l *Listener) run(c *Conn) {
 	if l.spec.Nagle {
 		_ = c.c.SetNoDelay(false)
 	}
-	l.conWG.Add(1)
 	go c.serve()
 }
 

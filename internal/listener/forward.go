@@ -57,10 +57,11 @@ var Forward = HandlerKind{Name: "forward", New: func(opts json.RawMessage) (Hand
 	if d := time.Duration(o.ConnectTimeout); d > MaxConnectTimeout {
 		return nil, Invalid("connect_timeout", "%v is longer than the maximum, %v", d, MaxConnectTimeout)
 	}
-	return &forward{upstream: o.Upstream, timeout: cmp(time.Duration(o.ConnectTimeout), DefaultConnectTimeout)}, nil
+	return &forward{upstream: o.Upstream, timeout: orDefault(time.Duration(o.ConnectTimeout), DefaultConnectTimeout)}, nil
 }}
 
-func cmp(d, def time.Duration) time.Duration {
+// orDefault is d, or def when d is not set.
+func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {
 		return d
 	}

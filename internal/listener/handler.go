@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -62,13 +63,7 @@ func (t handlerTable) make(h HandlerSpec) (Handler, error) {
 	name := h.Name()
 	k, ok := t[name]
 	if !ok {
-		names := slices.Sorted(func(yield func(string) bool) {
-			for n := range t {
-				if !yield(n) {
-					return
-				}
-			}
-		})
+		names := slices.Sorted(maps.Keys(t))
 		return nil, Invalid("spec.handler", "unknown handler %q (this daemon has %s)", Clip(name), strings.Join(names, ", "))
 	}
 	hd, err := k.New(h.Options)

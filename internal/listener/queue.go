@@ -113,10 +113,7 @@ func (l *Listener) startPromoted(cs []*Conn, seq uint64) {
 	}
 	for _, c := range cs {
 		l.host.queueLeft(l.id, c.queueWait)
-		if l.spec.Nagle {
-			_ = c.c.SetNoDelay(false)
-		}
-		go c.serve()
+		l.run(c)
 	}
 }
 

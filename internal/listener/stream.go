@@ -1,11 +1,13 @@
 package listener
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,7 +47,7 @@ var Stream = HandlerKind{Name: "stream", New: func(opts json.RawMessage) (Handle
 	if d < 0 || d > MaxClaimTimeout {
 		return nil, Invalid("claim_timeout", "%v is out of range 0-%v", d, MaxClaimTimeout)
 	}
-	return &streamHub{timeout: cmp(d, DefaultClaimTimeout), handlers: map[string]*Attachment{}, offered: map[uint64]*waiting{}}, nil
+	return &streamHub{timeout: orDefault(d, DefaultClaimTimeout), handlers: map[string]*Attachment{}, offered: map[uint64]*waiting{}}, nil
 }}
 
 // streamHub is a stream listener's attached handlers and the connections
@@ -142,7 +144,7 @@ func (a *Attachment) Detach(reason string) {
 		}
 	}
 	// Put back in arrival order, ahead of later arrivals.
-	sortByConn(back)
+	slices.SortFunc(back, func(a, b *waiting) int { return cmp.Compare(a.c.n, b.c.n) })
 	h.queue = append(back, h.queue...)
 	h.dispatchLocked()
 	h.mu.Unlock()
@@ -151,14 +153,6 @@ func (a *Attachment) Detach(reason string) {
 }
 
 func (a *Attachment) end() { a.once.Do(func() { close(a.done) }) }
-
-func sortByConn(ws []*waiting) {
-	for i := 1; i < len(ws); i++ {
-		for j := i; j > 0 && ws[j].c.n < ws[j-1].c.n; j-- {
-			ws[j], ws[j-1] = ws[j-1], ws[j]
-		}
-	}
-}
 
 func newHandlerID() string {
 	var b [4]byte
