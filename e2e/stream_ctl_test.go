@@ -177,13 +177,13 @@ func TestCtlServeExecCat(t *testing.T) {
 	}
 }
 
-// The command's end reaches the peer while the peer can still send: the
-// command closes its stdout after a line, then counts what the peer sends
-// until the peer's end.
+// Through the API (--no-handover), the command's end reaches the peer
+// while the peer can still send: the command closes its stdout after a
+// line, then counts what the peer sends until the peer's end.
 func TestCtlServeCommandEndsFirst(t *testing.T) {
 	d := startDaemon(t)
 	id, addr := streamListener(t, d)
-	s := serveReady(d, id, "--exec", "sh", "-c", `echo hi; exec 1>&-; echo "counted $(wc -c) bytes" >&2`)
+	s := serveReady(d, id, "--no-handover", "--exec", "sh", "-c", `echo hi; exec 1>&-; echo "counted $(wc -c) bytes" >&2`)
 	c := dial(t, addr)
 	got, err := io.ReadAll(c) // "hi", then the command's end
 	if err != nil || string(got) != "hi\n" {
@@ -196,6 +196,51 @@ func TestCtlServeCommandEndsFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.waitStderr("counted 5000 bytes")
+}
+
+// With the daemon on this host, the command's stdin and stdout are the
+// connection's socket itself, and its connection closes HANDLER_CLOSED
+// once it has exited; with --no-handover they are pipes, and the
+// connection ends as a stream handler's does.
+func TestCtlServeHandsTheSocketOver(t *testing.T) {
+	d := startDaemon(t)
+	id, addr := streamListener(t, d)
+	list, err := d.client.ListListeners(testContext(t), &listenerdv1.ListListenersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := d.ctlStream("watch", "-o", "json", "--since", strconv.FormatUint(list.GetSequence(), 10), id)
+	kind := `if [ -S /dev/stdin ] && [ -S /dev/stdout ]; then echo socket; else echo pipe; fi`
+	for _, tc := range []struct {
+		flags  []string
+		want   string
+		reason listenerdv1.CloseReason
+	}{
+		{nil, "socket\n", listenerdv1.CloseReason_CLOSE_REASON_HANDLER_CLOSED},
+		{[]string{"--no-handover"}, "pipe\n", listenerdv1.CloseReason_CLOSE_REASON_UNSPECIFIED},
+	} {
+		s := serveReady(d, id, append(tc.flags, "--exec", "sh", "-c", kind)...)
+		c := dial(t, addr)
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != tc.want {
+			t.Fatalf("serve %v: the client read %q, %v; want %q", tc.flags, got, err, tc.want)
+		}
+		c.Close()
+		for {
+			var e listenerdv1.Event
+			unmarshalLine(t, w.next(), &e)
+			if cl := e.GetConnectionClosed(); cl != nil {
+				if tc.reason != listenerdv1.CloseReason_CLOSE_REASON_UNSPECIFIED && cl.GetReason() != tc.reason {
+					t.Errorf("serve %v: closed %v, want %v", tc.flags, cl.GetReason(), tc.reason)
+				}
+				break
+			}
+		}
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		if code := s.exit(); code != 0 {
+			t.Fatalf("serve %v after SIGTERM: exit %d; stderr:\n%s", tc.flags, code, s.stderr.String())
+		}
+	}
 }
 
 // The command gets the five-tuple in its environment, as tcpserver names

@@ -180,6 +180,28 @@ func TestHandoverCloseConnection(t *testing.T) {
 	}
 }
 
+// A handler that closes with SetLinger(0), Go's way to reset a TCP
+// connection, resets the peer: the daemon, whose copy goes last, does not
+// end it gracefully first.
+func TestHandoverResetByTheHandler(t *testing.T) {
+	c := handoverClient(t)
+	l := listen(t, c)
+	peer := testkit.Dial(t, l.Addr().String())
+	h := acceptHanded(t, l)
+	if err := h.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the peer read %v after the handler's reset, want ECONNRESET", err)
+	}
+	if cl := closedEvent(t, c, l.ID(), h.ID()); cl.GetReason() != listenerdv1.CloseReason_CLOSE_REASON_HANDLER_CLOSED {
+		t.Fatalf("closed %v, want HANDLER_CLOSED", cl)
+	}
+}
+
 // handlerProcess is a handler in a process of its own: it attaches (with
 // handover), says "attached", then "accepted <id>" for each socket, and
 // holds them until it is killed.

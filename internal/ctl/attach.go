@@ -50,7 +50,7 @@ closes before a connection came, attach exits 1 (with --keep, 0).`,
 // attach is ctl attach: it serves the listener's connections one at a
 // time on stdin and stdout, the first only unless keep.
 func (a *app) attach(ctx context.Context, ref string, keep bool) error {
-	l, err := a.attachListener(ctx, ref, 1, "attach")
+	l, err := a.attachListener(ctx, ref, 1, "attach", false)
 	if err != nil {
 		return err
 	}

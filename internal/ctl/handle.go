@@ -25,17 +25,19 @@ const maxLabel = 128
 
 // attachListener attaches to the stream listener ref as a handler that
 // takes n connections at once, labelled with what it does.
-func (a *app) attachListener(ctx context.Context, ref string, n int, what string) (*listenerd.Listener, error) {
+func (a *app) attachListener(ctx context.Context, ref string, n int, what string, handover bool) (*listenerd.Listener, error) {
 	client, err := a.dial()
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := a.unary(ctx) // the attach outlives it: it bounds the answer
 	defer cancel()
-	// Through the API, not handover: attach and serve carry the bytes
-	// themselves (passing a handed-over socket to the command is not done
-	// yet).
-	return client.Attach(ctx, ref, listenerd.WithConcurrency(n), listenerd.WithLabel(handlerLabel(what)), listenerd.WithoutHandover())
+	opts := []listenerd.ListenOption{listenerd.WithConcurrency(n), listenerd.WithLabel(handlerLabel(what))}
+	if !handover {
+		// Through the API: the bytes go where ctl carries them.
+		opts = append(opts, listenerd.WithoutHandover())
+	}
+	return client.Attach(ctx, ref, opts...)
 }
 
 // handlerLabel names this process in the daemon's handler_attached events:

@@ -43,6 +43,7 @@ type serveOptions struct {
 	args        []string // the words after --exec CMD
 	concurrency int
 	grace       time.Duration
+	noHandover  bool
 }
 
 // check validates the flags and finds the command, before anything is
@@ -79,12 +80,22 @@ command reads the peer's bytes on its stdin and writes its reply on its
 stdout; its stderr is ctl's. Everything after --exec CMD is the command's
 own arguments, so ctl's flags and LISTENER go before --exec.
 
-Half-close is passed on both ways: when the command closes its stdout (or
-exits), the peer gets our end (FIN) and may still send; when the peer ends
-its side, the command's stdin ends. The connection closes once the command
-has exited and both sides have ended. A command that exits non-zero is
-reported on stderr and serving goes on; -v also says when each connection
-starts and ends.
+When the daemon is on this host (its unix socket), the command gets the
+connection's socket itself as its stdin and stdout, as inetd and systemd's
+Accept=yes give it: bytes go at the kernel's speed and getpeername works.
+Our end (FIN) then reaches the peer when the command exits, or when it
+shuts the socket down itself: closing stdout alone does not end it, since
+stdin is the same socket. The connection closes once the command has
+exited.
+
+With --no-handover, or with a daemon reached over TCP, the bytes come
+through the API on pipes, and half-close is passed on both ways: when the
+command closes its stdout (or exits), the peer gets our end (FIN) and may
+still send; when the peer ends its side, the command's stdin ends. The
+connection closes once the command has exited and both sides have ended.
+
+A command that exits non-zero is reported on stderr and serving goes on;
+-v also says when each connection starts and ends.
 
 The command's environment is ctl's with, as tcpserver sets them:
   PROTO=TCP  TCPREMOTEIP  TCPREMOTEPORT  TCPLOCALIP  TCPLOCALPORT
@@ -125,6 +136,7 @@ it held; the listener stays.`,
 	fs.StringVar(&o.exec, "exec", "", "the command to run for each connection; the words after it are its arguments")
 	fs.IntVar(&o.concurrency, "concurrency", o.concurrency, "how many connections are served at once, 1-65535")
 	fs.DurationVar(&o.grace, "grace", o.grace, "on Ctrl-C or SIGTERM, how long running commands may take to finish before they are killed")
+	fs.BoolVar(&o.noHandover, "no-handover", false, "give the command pipes carrying the bytes through the API, with half-close both ways, even when the daemon could hand the socket itself over")
 	return cmd
 }
 
@@ -140,9 +152,11 @@ type server struct {
 	wg      sync.WaitGroup
 }
 
-// session is one connection and the command serving it.
+// session is one connection and the command serving it: its bytes
+// through the API (c), or the socket itself handed over (tc).
 type session struct {
-	c *listenerd.Conn
+	c  *listenerd.Conn
+	tc *listenerd.TCPConn
 
 	mu     sync.Mutex
 	proc   *os.Process
@@ -153,7 +167,7 @@ type session struct {
 // serve is ctl serve: it takes the listener's connections and runs the
 // command for each, until ctx ends or the listener closes.
 func (a *app) serve(ctx context.Context, ref, path string, o serveOptions) error {
-	l, err := a.attachListener(ctx, ref, o.concurrency, "serve "+filepath.Base(o.exec))
+	l, err := a.attachListener(ctx, ref, o.concurrency, "serve "+filepath.Base(o.exec), !o.noHandover)
 	if err != nil {
 		return err
 	}
@@ -170,7 +184,12 @@ func (a *app) serve(ctx context.Context, ref, path string, o serveOptions) error
 			acceptErr = err
 			break
 		}
-		s.start(&session{c: conn.(*listenerd.Conn)})
+		switch c := conn.(type) {
+		case *listenerd.Conn:
+			s.start(&session{c: c})
+		case *listenerd.TCPConn:
+			s.start(&session{tc: c})
+		}
 	}
 	_ = l.Close()
 	closed, err := acceptEnd(ctx, acceptErr)
@@ -240,11 +259,97 @@ func (ss *session) kill() {
 		ss.stdin.Close()
 	}
 	ss.mu.Unlock()
-	_ = ss.c.Reset()
+	ss.reset()
+}
+
+// id is the connection's id.
+func (ss *session) id() string {
+	if ss.tc != nil {
+		return ss.tc.ID()
+	}
+	return ss.c.ID()
+}
+
+// reset resets the connection: through the API, or, handed over, with
+// SO_LINGER 0 on the socket before our copy goes (the daemon's goes with
+// it, and the last to go sends the RST).
+func (ss *session) reset() {
+	if ss.tc == nil {
+		_ = ss.c.Reset()
+		return
+	}
+	_ = ss.tc.SetLinger(0)
+	_ = ss.tc.Close()
+}
+
+// startCmd starts cmd for the session, unless it is being killed.
+func (ss *session) startCmd(cmd *exec.Cmd, stdin *os.File) error {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.killed {
+		return errors.New("stopping")
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	ss.proc, ss.stdin = cmd.Process, stdin
+	return nil
+}
+
+// command is the command for one connection, on stdin and stdout.
+func (s *server) command(stdin, stdout *os.File, id string, local, remote net.Addr) *exec.Cmd {
+	cmd := exec.Command(s.path, s.o.args...)
+	cmd.Args[0] = s.o.exec
+	cmd.Env = append(os.Environ(), connEnv(s.lid, id, local, remote)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, s.a.stderr
+	cmd.SysProcAttr = childProcAttr()
+	cmd.WaitDelay = time.Second // a stderr that is not a file is copied: a grandchild holding it does not hold Wait
+	return cmd
+}
+
+// ended says how the command ended, unless it was killed.
+func (s *server) ended(ss *session, werr error) {
+	ss.mu.Lock()
+	killed := ss.killed
+	ss.mu.Unlock()
+	if werr != nil && !killed {
+		s.a.note("connection %s: %s: %v", ss.id(), s.o.exec, werr)
+	}
+}
+
+// runHanded serves one handed-over connection: the socket itself is the
+// command's stdin and stdout. Our copy is kept until the command exits,
+// and its Close tells the daemon, whose copy goes then: the peer gets our
+// end once no process holds the socket.
+func (s *server) runHanded(ss *session) {
+	tc, a := ss.tc, s.a
+	f, err := tc.File() // a copy, in blocking mode for the command
+	if err == nil {
+		cmd := s.command(f, f, tc.ID(), tc.LocalAddr(), tc.RemoteAddr())
+		err = ss.startCmd(cmd, nil)
+		f.Close()
+		if err == nil {
+			if a.verbose {
+				a.note("connection %s from %s: %s runs as pid %d", tc.ID(), tc.RemoteAddr(), s.o.exec, cmd.Process.Pid)
+			}
+			s.ended(ss, cmd.Wait())
+			_ = tc.Close()
+			if a.verbose {
+				a.note("connection %s closed", tc.ID())
+			}
+			return
+		}
+	}
+	a.note("connection %s: cannot run %s: %v; resetting it", tc.ID(), s.o.exec, err)
+	ss.reset()
 }
 
 // run serves one connection with one run of the command.
 func (s *server) run(ss *session) {
+	if ss.tc != nil {
+		s.runHanded(ss)
+		return
+	}
 	c, a := ss.c, s.a
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
@@ -260,19 +365,8 @@ func (s *server) run(ss *session) {
 		_ = c.Reset()
 		return
 	}
-	cmd := exec.Command(s.path, s.o.args...)
-	cmd.Args[0] = s.o.exec
-	cmd.Env = append(os.Environ(), connEnv(s.lid, c)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, stdoutW, a.stderr
-	cmd.SysProcAttr = childProcAttr()
-	cmd.WaitDelay = time.Second // a stderr that is not a file is copied: a grandchild holding it does not hold Wait
-	ss.mu.Lock()
-	if ss.killed {
-		err = errors.New("stopping")
-	} else if err = cmd.Start(); err == nil {
-		ss.proc, ss.stdin = cmd.Process, stdinW
-	}
-	ss.mu.Unlock()
+	cmd := s.command(stdinR, stdoutW, c.ID(), c.LocalAddr(), c.RemoteAddr())
+	err = ss.startCmd(cmd, stdinW)
 	stdinR.Close()
 	stdoutW.Close()
 	if err != nil {
@@ -310,13 +404,7 @@ func (s *server) run(ss *session) {
 	// it exits).
 	stdoutR.Close()
 	copies.Wait()
-	werr := <-exited
-	ss.mu.Lock()
-	killed := ss.killed
-	ss.mu.Unlock()
-	if werr != nil && !killed {
-		a.note("connection %s: %s: %v", c.ID(), s.o.exec, werr)
-	}
+	s.ended(ss, <-exited)
 	if a.verbose || c.Closed() == nil {
 		a.note("%s", closedNote(c))
 	}
@@ -324,15 +412,15 @@ func (s *server) run(ss *session) {
 
 // connEnv is the connection's five-tuple and ids for the command's
 // environment, named as tcpserver names them.
-func connEnv(listenerID string, c *listenerd.Conn) []string {
+func connEnv(listenerID, id string, local, remote net.Addr) []string {
 	env := []string{"PROTO=TCP"}
 	for _, e := range []struct {
 		prefix string
 		addr   net.Addr
-	}{{"TCPLOCAL", c.LocalAddr()}, {"TCPREMOTE", c.RemoteAddr()}} {
+	}{{"TCPLOCAL", local}, {"TCPREMOTE", remote}} {
 		if ta, ok := e.addr.(*net.TCPAddr); ok {
 			env = append(env, e.prefix+"IP="+ta.IP.String(), e.prefix+"PORT="+strconv.Itoa(ta.Port))
 		}
 	}
-	return append(env, "LISTENERD_LISTENER_ID="+listenerID, "LISTENERD_CONNECTION_ID="+c.ID())
+	return append(env, "LISTENERD_LISTENER_ID="+listenerID, "LISTENERD_CONNECTION_ID="+id)
 }

@@ -58,9 +58,10 @@ func (c *Conn) close(reason events.CloseReason, reset bool) bool {
 		// The handler holds the socket too: shut it down for both, before
 		// the kill wakes the connection's goroutine, which then reads its
 		// bytes and closes the daemon's copy (handover). A handler gone
-		// took its copies with it: the daemon's close is the last, and a
-		// reset then is an RST, as for a stream handler that died.
-		if reason == events.CloseHandlerGone && reset {
+		// took its copies with it, and one that closed with SO_LINGER 0
+		// asked for a reset: the daemon's close is the last, and a reset
+		// then is an RST, as for a stream handler that died.
+		if (reason == events.CloseHandlerGone || reason == events.CloseHandlerClosed) && reset {
 			_ = c.c.SetLinger(0)
 		} else {
 			shutdown(c.c, reset)

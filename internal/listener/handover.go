@@ -129,7 +129,7 @@ func (m *Manager) serveSide(c *net.UnixConn) error {
 		s := side.sessions[num]
 		side.mu.Unlock()
 		if s != nil && s.c.ID() == id {
-			s.c.close(events.CloseHandlerClosed, false)
+			s.c.close(events.CloseHandlerClosed, abortive(s.c.c))
 		}
 	}
 }

@@ -90,3 +90,21 @@ func tcpBytes(c *net.TCPConn) (in, out uint64, ok bool) {
 	}
 	return in, out, true
 }
+
+// abortive says whether a handler set SO_LINGER to zero on the socket
+// before closing it, Go's SetLinger(0): it wants the peer reset, not
+// ended.
+func abortive(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var l *unix.Linger
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		l, gerr = unix.GetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER)
+	}); err != nil || gerr != nil {
+		return false
+	}
+	return l.Onoff != 0 && l.Linger == 0
+}

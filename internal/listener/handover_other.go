@@ -27,3 +27,5 @@ func shutdown(c *net.TCPConn, reset bool) {
 }
 
 func tcpBytes(*net.TCPConn) (in, out uint64, ok bool) { return 0, 0, false }
+
+func abortive(*net.TCPConn) bool { return false }
