@@ -223,10 +223,11 @@ type tcpAPI struct {
 // API must authenticate (bearer token and/or client certificate), since
 // every local user can reach loopback; off loopback it must also use TLS.
 // The token itself is kept only as its SHA-256, so it cannot reach a log.
-func prepareAPI(ctx context.Context, cfg APIConfig, fdReserve int64, log *slog.Logger) (*tcpAPI, auth.AuthFunc, error) {
+// withHTTP says the HTTP API (--http) uses the same files.
+func prepareAPI(ctx context.Context, cfg APIConfig, withHTTP bool, fdReserve int64, log *slog.Logger) (*tcpAPI, auth.AuthFunc, error) {
 	if cfg.Listen == "" {
-		if cfg.TLSCert != "" || cfg.TLSKey != "" || cfg.ClientCA != "" || cfg.TokenFile != "" {
-			return nil, nil, errors.New("--tls-cert, --tls-key, --client-ca and --token-file need --api-listen")
+		if !withHTTP && (cfg.TLSCert != "" || cfg.TLSKey != "" || cfg.ClientCA != "" || cfg.TokenFile != "") {
+			return nil, nil, errors.New("--tls-cert, --tls-key, --client-ca and --token-file need --api-listen or --http")
 		}
 		return nil, nil, nil
 	}
@@ -240,16 +241,15 @@ func prepareAPI(ctx context.Context, cfg APIConfig, fdReserve int64, log *slog.L
 	if api.unauthPerSource <= 0 {
 		api.unauthPerSource = DefaultUnauthPerSource
 	}
-	loopback, err := isLoopback(ctx, cfg.Listen)
+	loopback, err := isLoopback(ctx, "--api-listen", cfg.Listen)
 	if err != nil {
 		return nil, nil, err
 	}
 	api.loopback = loopback
+	if err := checkTLSFlags(cfg); err != nil {
+		return nil, nil, err
+	}
 	switch {
-	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
-		return nil, nil, errors.New("--tls-cert and --tls-key go together")
-	case cfg.TLSCert == "" && cfg.ClientCA != "":
-		return nil, nil, errors.New("--client-ca needs TLS (--tls-cert and --tls-key)")
 	case cfg.TLSCert == "" && !loopback:
 		return nil, nil, fmt.Errorf("refusing to serve the API on %s without TLS: it is not a loopback address (give --tls-cert and --tls-key)", cfg.Listen)
 	case cfg.TokenFile == "" && cfg.ClientCA == "":
@@ -263,21 +263,42 @@ func prepareAPI(ctx context.Context, cfg APIConfig, fdReserve int64, log *slog.L
 		api.creds = credentials.NewTLS(tc)
 		api.mTLS = cfg.ClientCA != ""
 	}
-	var tokenSum *[sha256.Size]byte
-	if cfg.TokenFile != "" {
-		sum, n, err := readToken(cfg.TokenFile)
-		if err != nil {
-			return nil, nil, err
-		}
-		if n < minTokenLen {
-			log.Warn("API token is short; use at least 32 random bytes", "file", cfg.TokenFile, "length", n)
-		}
-		if fi, err := os.Stat(cfg.TokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			log.Warn("API token file is readable by others; chmod 600 it", "file", cfg.TokenFile, "mode", fi.Mode().Perm())
-		}
-		tokenSum, api.token = &sum, true
+	tokenSum, err := loadToken(cfg.TokenFile, log)
+	if err != nil {
+		return nil, nil, err
 	}
+	api.token = tokenSum != nil
 	return api, authFunc(api.mTLS, tokenSum), nil
+}
+
+// checkTLSFlags checks the TLS flags against each other.
+func checkTLSFlags(cfg APIConfig) error {
+	switch {
+	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
+		return errors.New("--tls-cert and --tls-key go together")
+	case cfg.TLSCert == "" && cfg.ClientCA != "":
+		return errors.New("--client-ca needs TLS (--tls-cert and --tls-key)")
+	}
+	return nil
+}
+
+// loadToken reads the token file, when one is named, and returns the
+// token's SHA-256; it warns of a short token or a file others may read.
+func loadToken(file string, log *slog.Logger) (*[sha256.Size]byte, error) {
+	if file == "" {
+		return nil, nil
+	}
+	sum, n, err := readToken(file)
+	if err != nil {
+		return nil, err
+	}
+	if n < minTokenLen {
+		log.Warn("API token is short; use at least 32 random bytes", "file", file, "length", n)
+	}
+	if fi, err := os.Stat(file); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("API token file is readable by others; chmod 600 it", "file", file, "mode", fi.Mode().Perm())
+	}
+	return &sum, nil
 }
 
 // authFunc checks a call on the TCP API: a verified client certificate
@@ -352,12 +373,13 @@ func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 	return tc, nil
 }
 
-// isLoopback says whether addr ("host:port") names only loopback
-// addresses. An empty host (every interface) is not loopback.
-func isLoopback(ctx context.Context, addr string) (bool, error) {
+// isLoopback says whether addr ("host:port", the value of flag) names
+// only loopback addresses. An empty host (every interface) is not
+// loopback.
+func isLoopback(ctx context.Context, flag, addr string) (bool, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return false, fmt.Errorf("--api-listen %q: %v", addr, err)
+		return false, fmt.Errorf("%s %q: %v", flag, addr, err)
 	}
 	if host == "" {
 		return false, nil
@@ -369,7 +391,7 @@ func isLoopback(ctx context.Context, addr string) (bool, error) {
 	defer cancel()
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err != nil || len(ips) == 0 {
-		return false, fmt.Errorf("--api-listen %q: cannot resolve %s: %v", addr, host, err)
+		return false, fmt.Errorf("%s %q: cannot resolve %s: %v", flag, addr, host, err)
 	}
 	for _, ip := range ips {
 		if !ip.Unmap().IsLoopback() {

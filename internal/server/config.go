@@ -2,6 +2,8 @@ package server
 
 import (
 	"fmt"
+	"net"
+	"strconv"
 
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
@@ -71,6 +73,13 @@ func (c Config) Check() error {
 		return fmt.Errorf("--api-burst %d: must not be negative", c.MutationBurst)
 	case c.FDReserve < 0:
 		return fmt.Errorf("--fd-reserve %d: must not be negative (0: the default)", c.FDReserve)
+	}
+	if c.HTTP != "" {
+		if _, port, err := net.SplitHostPort(c.HTTP); err != nil {
+			return fmt.Errorf("--http %q: %v", c.HTTP, err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return fmt.Errorf("--http %q: bad port %q", c.HTTP, port)
+		}
 	}
 	return c.checkDescriptors()
 }

@@ -27,6 +27,7 @@ type inheritance struct {
 	stateLock *os.File // nil: none handed
 	tcp       net.Listener
 	metrics   net.Listener
+	http      net.Listener
 	listeners map[string]*os.File
 	readied   bool           // ready was sent
 	wg        sync.WaitGroup // the import of forwarded events
@@ -63,7 +64,7 @@ func (in *inheritance) read(socket string) error {
 	}
 	h := &in.hello
 	n := 2 + len(h.Listeners)
-	for _, b := range []bool{h.StateLock, h.TCP, h.Metrics} {
+	for _, b := range []bool{h.StateLock, h.TCP, h.Metrics, h.HTTP} {
 		if b {
 			n++
 		}
@@ -96,6 +97,11 @@ func (in *inheritance) read(socket string) error {
 			return fmt.Errorf("metrics socket: %w", err)
 		}
 	}
+	if h.HTTP {
+		if in.http, err = net.FileListener(next()); err != nil {
+			return fmt.Errorf("HTTP API socket: %w", err)
+		}
+	}
 	in.listeners = make(map[string]*os.File, len(h.Listeners))
 	for _, id := range h.Listeners {
 		in.listeners[id] = next()
@@ -113,6 +119,9 @@ func (in *inheritance) closeUnused() {
 	}
 	if in.metrics != nil {
 		in.metrics.Close()
+	}
+	if in.http != nil {
+		in.http.Close()
 	}
 	if in.stateLock != nil {
 		in.stateLock.Close()

@@ -52,6 +52,7 @@ type Config struct {
 	FDReserve       int64           // descriptors kept from the listeners; 0: DefaultFDReserve
 	Policy          listener.Policy // ports and hosts listeners may bind
 	API             APIConfig       // the optional TCP API
+	HTTP            string          // host:port of the optional HTTP/JSON API (--http); TLS and token from API
 	MutationRate    float64         // mutating RPCs a second on each transport; 0: no limit
 	MutationBurst   int             // burst of MutationRate
 	Metrics         MetricsConfig   // the optional Prometheus endpoint
@@ -77,8 +78,9 @@ func (e configError) Error() string   { return e.err.Error() }
 func (e configError) Unwrap() []error { return []error{e.err, ErrConfig} }
 
 // Run serves the API until ctx is done, then shuts down in order: health
-// NOT_SERVING, watch streams ended, gRPC stopped (gracefully, within a
-// bound), listeners drained within ShutdownTimeout, and the metrics
+// NOT_SERVING, watch streams ended (server-sent events too), the gRPC and
+// HTTP servers stopped (gracefully, within a bound) while listeners drain
+// within ShutdownTimeout, and the metrics
 // endpoint, when served, last, so that the drain can be watched.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Log
@@ -86,7 +88,11 @@ func Run(ctx context.Context, cfg Config) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	fds, fdReserve := descriptors(cfg.FDReserve)
-	api, apiAuth, err := prepareAPI(ctx, cfg.API, fdReserve, log)
+	api, apiAuth, err := prepareAPI(ctx, cfg.API, cfg.HTTP != "", fdReserve, log)
+	if err != nil {
+		return configError{err}
+	}
+	web, err := prepareHTTP(ctx, cfg, fdReserve, log)
 	if err != nil {
 		return configError{err}
 	}
@@ -144,6 +150,17 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if tcpLn != nil {
 		defer tcpLn.Close()
+	}
+	var httpLn net.Listener
+	if web != nil {
+		var handed net.Listener
+		if inh != nil {
+			handed, inh.http = inh.http, nil
+		}
+		if httpLn, err = listenHTTP(web, handed); err != nil {
+			return err
+		}
+		defer httpLn.Close()
 	}
 	var met *metrics.Metrics
 	var metricsLn net.Listener
@@ -220,7 +237,7 @@ func Run(ctx context.Context, cfg Config) error {
 	svc := service.New(mgr, log)
 	up := &upgrader{log: log, self: self, args: os.Args[1:], timeout: cfg.UpgradeTimeout, bus: bus, mgr: mgr,
 		socket: cfg.Socket, unixLn: ln, sockLock: lock, store: store, tcpLn: listenerOf(tcpLn), metrics: metricsLn,
-		done: make(chan *handedOver, 1)}
+		http: httpLn, done: make(chan *handedOver, 1)}
 	if up.timeout <= 0 {
 		up.timeout = DefaultUpgradeTimeout
 	}
@@ -240,6 +257,13 @@ func Run(ctx context.Context, cfg Config) error {
 		limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met)
 	srvs, hss := []*grpc.Server{srv}, []*health.Server{hs}
 
+	var webSrv *webServer
+	if web != nil {
+		if webSrv, err = startHTTP(web, httpLn, svc, transport{name: "http",
+			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met, log); err != nil {
+			return err
+		}
+	}
 	metricsSrv := startMetrics(met, metricsLn, mgr, bus, log, cfg.Stdout)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
@@ -257,6 +281,14 @@ func Run(ctx context.Context, cfg Config) error {
 			"mtls", api.mTLS, "token", api.token)
 		if cfg.Stdout != nil {
 			fmt.Fprintf(cfg.Stdout, "listenerd serving on tcp://%s\n", tcpLn.Addr())
+		}
+	}
+
+	if webSrv != nil {
+		log.Info("listenerd serving HTTP API", "addr", webSrv.addr.String(), "tls", web.tls != nil,
+			"token", web.auth != nil, "mtls", web.clientCert)
+		if cfg.Stdout != nil {
+			fmt.Fprintf(cfg.Stdout, "listenerd serving HTTP on %s\n", webSrv.url())
 		}
 	}
 
@@ -311,6 +343,9 @@ wait:
 	})
 	for _, srv := range srvs {
 		wg.Go(func() { stopGRPC(srv, cfg.ShutdownTimeout) })
+	}
+	if webSrv != nil {
+		wg.Go(func() { webSrv.stop(cfg.ShutdownTimeout) })
 	}
 	wg.Wait()
 	if metricsSrv != nil {

@@ -39,6 +39,7 @@ type upgrader struct {
 	store    *state.Store // nil when ephemeral
 	tcpLn    net.Listener // nil: no TCP API
 	metrics  net.Listener // nil: no metrics endpoint
+	http     net.Listener // nil: no HTTP API
 
 	mu     sync.Mutex // one upgrade at a time; held by Run once it shuts down
 	closed bool       // under mu: Run is shutting down, or handed over
@@ -230,6 +231,12 @@ func (u *upgrader) hello(h *listener.Handoff, hist []events.Event, head uint64) 
 	if u.metrics != nil {
 		m.Metrics = true
 		if err := add(u.metrics); err != nil {
+			return fail(err)
+		}
+	}
+	if u.http != nil {
+		m.HTTP = true
+		if err := add(u.http); err != nil {
 			return fail(err)
 		}
 	}

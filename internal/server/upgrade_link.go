@@ -51,6 +51,7 @@ type helloMsg struct {
 	Listeners     []string // ids of the listening sockets, in descriptor order
 	StateLock     bool     // a state directory lock follows the API socket
 	TCP, Metrics  bool     // their listeners follow, in this order
+	HTTP          bool     // the HTTP API's listener follows, after those
 	BootID        string
 	History       []byte // events.WriteEvents
 	Head          uint64
