@@ -40,7 +40,7 @@ func load(name, ctype string) file {
 
 // csp keeps the page to its own origin: its script, its style sheet and
 // the API; no inline script, no framing.
-const csp = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; " +
+const csp = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; " +
 	"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 // Handler serves the dashboard: the page at "/", its script and style
