@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -376,4 +377,47 @@ func (r *relay) serve(c net.Conn) {
 	<-done // either side ended: end both
 	r.untrack(c, up)
 	<-done
+}
+
+// TestDashboardToken serves the HTTP API with a token: the page is refused
+// until the token is given in its field, then sends it (Authorization:
+// Bearer, and ?access_token= on the event stream) and keeps it for the
+// tab's session.
+func TestDashboardToken(t *testing.T) {
+	tb := newTab(t)
+	dir := testkit.ShortDir(t)
+	const token = "dashboard-test-token"
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemonIn(t, dir, "--http", "127.0.0.1:0", "--token-file", tokenFile)
+	ctx := testContext(t)
+	l, err := d.client.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Name: "guarded", Spec: &listenerdv1.ListenerSpec{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tb.run("open the dashboard", chromedp.Navigate(httpURL(t, d)))
+	tb.until("the refusal", `document.querySelector('#conn-status').dataset.state === 'down'`)
+	if s := tb.textOf("#conn-status"); !strings.Contains(strings.ToLower(s), "token") && !strings.Contains(strings.ToLower(s), "auth") {
+		t.Errorf("status without a token: %q; want the API's authentication message", s)
+	}
+	if n := value(tb, "count the cards", chromedp.Evaluate[int](`document.querySelectorAll('article.listener').length`)); n != 0 {
+		t.Errorf("%d listeners shown without a token", n)
+	}
+
+	tb.run("give the token", fill("#token", token), click(`#token-form button`))
+	tb.until("the event stream", `document.querySelector('#conn-status').dataset.state === 'live'`)
+	guarded := card(l.GetListener().GetId())
+	tb.until("the listener", textIs(guarded+` [data-field="name"]`, "guarded"))
+	c := dial(t, l.GetListener().GetStatus().GetBoundAddress())
+	tb.visible("its connection, through the event stream", guarded+` tr[data-connection-id]`)
+	c.Close()
+	if kept := value(tb, "read the session", chromedp.Evaluate[string](`sessionStorage.getItem('listenerd.token')`)); kept != token {
+		t.Errorf("sessionStorage holds %q", kept)
+	}
+	if shown := value(tb, "read the field", chromedp.Evaluate[string](`document.querySelector('#token').value`)); shown != "" {
+		t.Errorf("the token stays in the field: %q", shown)
+	}
 }

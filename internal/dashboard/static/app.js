@@ -109,11 +109,18 @@ async function connect() {
     follow(page.bootId, list.sequence || '0');
     page.failures = 0;
   } catch (err) {
-    page.failures++;
-    const delay = Math.min(30000, 1000 * 2 ** Math.min(page.failures - 1, 5));
-    setStatus('down', `${err.message} (retrying in ${delay / 1000}s)`);
-    page.retry = setTimeout(connect, delay);
+    retryLater(err.status === 401 ? `${err.message}; give the API token` : err.message);
   }
+}
+
+// retryLater says why the page cannot follow the daemon and connects again
+// after a delay that doubles up to 30 s.
+function retryLater(why) {
+  closeSource();
+  page.failures++;
+  const delay = Math.min(30000, 1000 * 2 ** Math.min(page.failures - 1, 5));
+  setStatus('down', `${why} (retrying in ${delay / 1000}s)`);
+  page.retry = setTimeout(connect, delay);
 }
 
 // follow opens the event stream after sequence `after` of boot `bootId`.
@@ -134,18 +141,15 @@ function follow(bootId, after) {
     setStatus('live', 'live');
   });
   for (const kind of KINDS) es.addEventListener(kind, onEvent);
-  es.addEventListener('error', (e) => {
+  let ended = ''; // why the daemon ended the stream, from its "status" event
+  es.addEventListener('status', (e) => { ended = JSON.parse(e.data).message || ''; });
+  es.addEventListener('error', () => {
     if (es !== page.source) return;
-    if (e.data) setStatus('down', e.data);
     if (es.readyState === EventSource.CLOSED) {
       // Refused (an HTTP error, a proxy's page): the browser gave up.
-      page.failures++;
-      const delay = Math.min(30000, 1000 * 2 ** Math.min(page.failures - 1, 5));
-      setStatus('down', `event stream refused (retrying in ${delay / 1000}s)`);
-      closeSource();
-      page.retry = setTimeout(connect, delay);
+      retryLater('the event stream was refused');
     } else {
-      setStatus('reconnecting', 'reconnecting…');
+      setStatus('reconnecting', ended ? `reconnecting (${ended})…` : 'reconnecting…');
     }
   });
 }
