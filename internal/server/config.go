@@ -74,14 +74,25 @@ func (c Config) Check() error {
 	case c.FDReserve < 0:
 		return fmt.Errorf("--fd-reserve %d: must not be negative (0: the default)", c.FDReserve)
 	}
-	if c.HTTP != "" {
-		if _, port, err := net.SplitHostPort(c.HTTP); err != nil {
-			return fmt.Errorf("--http %q: %v", c.HTTP, err)
-		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-			return fmt.Errorf("--http %q: bad port %q", c.HTTP, port)
-		}
+	if err := checkHTTPAddr(c.HTTP); err != nil {
+		return err
 	}
 	return c.checkDescriptors()
+}
+
+// checkHTTPAddr checks --http is host:port, when given.
+func checkHTTPAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--http %q: %v", addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("--http %q: bad port %q", addr, port)
+	}
+	return nil
 }
 
 // checkDescriptors refuses a reserve that leaves the listeners no

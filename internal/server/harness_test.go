@@ -65,6 +65,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 type testDaemon struct {
 	socket string
 	addr   string // TCP API, "" without one
+	http   string // HTTP API's base URL (http://ADDR), "" without one
 	state  string // the state file
 	log    *testkit.Buffer
 	unix   listenerdv1.ListenerServiceClient
@@ -105,13 +106,19 @@ func startRun(t testing.TB, cfg Config) *testDaemon {
 	})
 	want := 1
 	if cfg.API.Listen != "" {
-		want = 2
+		want++
+	}
+	if cfg.HTTP != "" {
+		want++
 	}
 	for range want {
 		select {
 		case l := <-out.lines:
 			if a, ok := strings.CutPrefix(l, "listenerd serving on tcp://"); ok {
 				d.addr = a
+			}
+			if u, ok := strings.CutPrefix(l, "listenerd serving HTTP on "); ok {
+				d.http = strings.TrimSuffix(u, "/")
 			}
 		case err := <-done:
 			t.Fatalf("Run ended before serving: %v\n%s", err, d.log.String())
@@ -121,6 +128,9 @@ func startRun(t testing.TB, cfg Config) *testDaemon {
 	}
 	if cfg.API.Listen != "" && d.addr == "" {
 		t.Fatal("no tcp:// line")
+	}
+	if cfg.HTTP != "" && d.http == "" {
+		t.Fatal("no HTTP line")
 	}
 	d.unix = listenerdv1.NewListenerServiceClient(testkit.DialGRPCUnix(t, d.socket))
 	return d

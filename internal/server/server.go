@@ -263,6 +263,13 @@ func Run(ctx context.Context, cfg Config) error {
 			limiter: newMutationLimiter(cfg.MutationRate, cfg.MutationBurst)}, met, log); err != nil {
 			return err
 		}
+		// Announced before the API socket serves, as metrics are, so that
+		// the line is there once the daemon is healthy.
+		log.Info("listenerd serving HTTP API", "addr", webSrv.addr.String(), "tls", web.tls != nil,
+			"token", web.auth != nil, "mtls", web.clientCert)
+		if cfg.Stdout != nil {
+			fmt.Fprintf(cfg.Stdout, "listenerd serving HTTP on %s\n", webSrv.url())
+		}
 	}
 	metricsSrv := startMetrics(met, metricsLn, mgr, bus, log, cfg.Stdout)
 	errc := make(chan error, 2)
@@ -281,14 +288,6 @@ func Run(ctx context.Context, cfg Config) error {
 			"mtls", api.mTLS, "token", api.token)
 		if cfg.Stdout != nil {
 			fmt.Fprintf(cfg.Stdout, "listenerd serving on tcp://%s\n", tcpLn.Addr())
-		}
-	}
-
-	if webSrv != nil {
-		log.Info("listenerd serving HTTP API", "addr", webSrv.addr.String(), "tls", web.tls != nil,
-			"token", web.auth != nil, "mtls", web.clientCert)
-		if cfg.Stdout != nil {
-			fmt.Fprintf(cfg.Stdout, "listenerd serving HTTP on %s\n", webSrv.url())
 		}
 	}
 
