@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -26,19 +25,6 @@ import (
 // screenshotEnv names a file the dashboard test saves a screenshot to
 // (scripts/dashboard-screenshot sets it for the README's picture).
 const screenshotEnv = "LISTENERD_DASHBOARD_SCREENSHOT"
-
-var httpLine = regexp.MustCompile(`listenerd serving HTTP on (http://\S+/)`)
-
-// httpURL is the HTTP address the daemon announced on stdout.
-func httpURL(t *testing.T, d *daemon) string {
-	t.Helper()
-	var m []string
-	eventually(t, func() bool {
-		m = httpLine.FindStringSubmatch(d.stderr.String())
-		return m != nil
-	}, "the daemon's 'serving HTTP' line")
-	return m[1]
-}
 
 // card selects the dashboard's card of one listener.
 func card(id string) string {
@@ -78,7 +64,7 @@ func TestDashboard(t *testing.T) {
 	d := startDaemon(t, "--http", "127.0.0.1:0")
 	ctx := testContext(t)
 
-	tb.run("open the dashboard", chromedp.Navigate(httpURL(t, d)))
+	tb.run("open the dashboard", chromedp.Navigate(httpURL(t, d)+"/"))
 	tb.until("the event stream", `document.querySelector('#conn-status').dataset.state === 'live'`)
 	st, err := d.client.GetDaemonStatus(ctx, &listenerdv1.GetDaemonStatusRequest{})
 	if err != nil {
@@ -224,7 +210,7 @@ func TestDashboardDaemonRestart(t *testing.T) {
 	dir := testkit.ShortDir(t)
 	d1 := startDaemonIn(t, dir, "--http", "127.0.0.1:0")
 	ctx := testContext(t)
-	relay := newRelay(t, strings.TrimSuffix(strings.TrimPrefix(httpURL(t, d1), "http://"), "/"))
+	relay := newRelay(t, strings.TrimPrefix(httpURL(t, d1), "http://"))
 
 	tb.run("open the dashboard", chromedp.Navigate("http://"+relay.addr()+"/"))
 	tb.until("the event stream", `document.querySelector('#conn-status').dataset.state === 'live'`)
@@ -243,7 +229,7 @@ func TestDashboardDaemonRestart(t *testing.T) {
 	relay.retarget("") // refuse while no daemon serves
 	d1.stop()
 	d2 := startDaemonIn(t, dir, "--http", "127.0.0.1:0")
-	relay.retarget(strings.TrimSuffix(strings.TrimPrefix(httpURL(t, d2), "http://"), "/"))
+	relay.retarget(strings.TrimPrefix(httpURL(t, d2), "http://"))
 	st, err := d2.client.GetDaemonStatus(ctx, &listenerdv1.GetDaemonStatusRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -398,7 +384,7 @@ func TestDashboardToken(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tb.run("open the dashboard", chromedp.Navigate(httpURL(t, d)))
+	tb.run("open the dashboard", chromedp.Navigate(httpURL(t, d)+"/"))
 	tb.until("the refusal", `document.querySelector('#conn-status').dataset.state === 'down'`)
 	if s := tb.textOf("#conn-status"); !strings.Contains(strings.ToLower(s), "token") && !strings.Contains(strings.ToLower(s), "auth") {
 		t.Errorf("status without a token: %q; want the API's authentication message", s)
