@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -158,4 +159,29 @@ func TestHTTPAPI(t *testing.T) {
 			t.Fatalf("the stream ended without its status: %q", rest)
 		}
 	})
+}
+
+// TestHTTPUpgrade: POST /v1/daemon:upgrade starts the new process, which
+// takes the HTTP socket over: the same address answers once the old
+// process is gone.
+func TestHTTPUpgrade(t *testing.T) {
+	d := startDaemon(t, "--http", "127.0.0.1:0")
+	base := httpURL(t, d)
+	cl := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	code, m := call(t, cl, "POST", base+"/v1/daemon:upgrade", "{}")
+	if code != http.StatusOK {
+		t.Fatalf("upgrade: %d %v", code, m)
+	}
+	pid, err := strconv.Atoi(m["pid"].(string))
+	if err != nil || pid == d.cmd.Process.Pid {
+		t.Fatalf("upgrade reply %v (old pid %d)", m, d.cmd.Process.Pid)
+	}
+	t.Cleanup(func() { stopPid(t, pid) })
+	boot := m["bootId"]
+	eventually(t, func() bool { return gone(d.cmd.Process.Pid) }, "the old process exits")
+	// Port 0 was picked once: only the handed-over socket answers here.
+	code, m = call(t, cl, "GET", base+"/v1/status", "")
+	if st, _ := m["status"].(map[string]any); code != http.StatusOK || st["bootId"] != boot || boot == "" {
+		t.Fatalf("status after the upgrade: %d %v (the upgrade said boot %v)", code, m, boot)
+	}
 }
