@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/dashboard"
 	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/metrics"
 )
@@ -166,6 +167,8 @@ func startHTTP(web *webAPI, ln net.Listener, svc listenerdv1.ListenerServiceServ
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", s.gw) // the gateway's JSON errors for what no route takes
+	mux.Handle("GET /{$}", dashboard.Handler())
+	mux.Handle("GET /ui/", dashboard.Handler())
 	mux.HandleFunc("GET /v1/events", s.events)
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
