@@ -2,6 +2,7 @@ package listener
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -26,16 +27,46 @@ func TestForwardLoopRefused(t *testing.T) {
 		}
 		return localPortOf(l)
 	}
+	// at creates a forward on a port that was free a moment ago, whose
+	// upstream names that port; another process may take the port in
+	// between, so it tries again with another (a bounded number of times).
+	at := func(host string, upstream func(port uint16) string) (*Listener, error) {
+		var err error
+		for range 50 {
+			p := freePort()
+			var l *Listener
+			l, err = m.Create(context.Background(), "", Spec{Host: host, Port: p, Handler: ForwardTo(upstream(p), 0)})
+			if !errors.Is(err, ErrAddressInUse) {
+				return l, err
+			}
+		}
+		return nil, err
+	}
+	mustAt := func(host string, upstream func(port uint16) string) *Listener {
+		t.Helper()
+		l, err := at(host, upstream)
+		if err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		return l
+	}
 	forward := func(host string, port uint16, upstream string) *Listener {
 		return create(t, m, Spec{Host: host, Port: port, Handler: ForwardTo(upstream, 0)})
 	}
-	p := freePort()
-	self := forward("0.0.0.0", p, fmt.Sprintf("127.0.0.1:%d", p)) // the wildcard serves loopback
-	q := freePort()
-	a := forward("", 0, fmt.Sprintf("127.0.0.1:%d", q))
-	b := forward("", q, a.Info().Bound)
-	r := freePort()
-	unspec := forward("", r, fmt.Sprintf("0.0.0.0:%d", r)) // a dial to 0.0.0.0 reaches 127.0.0.1
+	// the wildcard serves loopback
+	self := mustAt("0.0.0.0", func(p uint16) string { return fmt.Sprintf("127.0.0.1:%d", p) })
+	var a *Listener
+	b := mustAt("", func(q uint16) string {
+		if a != nil {
+			if _, err := m.Close(a.ID(), 0, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a = forward("", 0, fmt.Sprintf("127.0.0.1:%d", q))
+		return a.Info().Bound
+	})
+	// a dial to 0.0.0.0 reaches 127.0.0.1
+	unspec := mustAt("", func(r uint16) string { return fmt.Sprintf("0.0.0.0:%d", r) })
 	type loop struct {
 		l    *Listener
 		path string
@@ -46,9 +77,7 @@ func TestForwardLoopRefused(t *testing.T) {
 		{unspec, unspec.ID() + " -> " + unspec.ID()},
 	}
 	accepted := map[*Listener]uint64{self: 1, a: 1, b: 0, unspec: 1}
-	r6 := freePort()
-	if v6, err := m.Create(context.Background(), "", Spec{Host: "::1", Port: r6, Limits: Limits{},
-		Handler: ForwardTo(fmt.Sprintf("[::]:%d", r6), 0)}); err == nil {
+	if v6, err := at("::1", func(r6 uint16) string { return fmt.Sprintf("[::]:%d", r6) }); err == nil {
 		loops = append(loops, loop{v6, v6.ID() + " -> " + v6.ID()}) // a dial to :: reaches ::1
 		accepted[v6] = 1
 	} else {
