@@ -179,13 +179,21 @@ func applyFile(fs *pflag.FlagSet, path, fileFlag string, src map[string]Setting)
 	return nil
 }
 
-// FlagError rewrites a command-line parse error about a flag's value in
-// the words of the others: the flag, the value, why, and an example.
-// Other errors are returned as they are.
-func FlagError(err error) error {
+// FlagError rewrites a command-line parse error of fs about a flag's value
+// in the words of the others: the flag, the value, why, and an example. A
+// long flag written with one dash (-socket, as Go's flag package took it)
+// is pointed at its two-dash form. Other errors are returned as they are.
+func FlagError(fs *pflag.FlagSet, err error) error {
 	var inv *pflag.InvalidValueError
 	if errors.As(err, &inv) {
 		return fmt.Errorf("--%s %q: %s", inv.GetFlag().Name, inv.GetValue(), reason(inv.GetFlag(), inv))
+	}
+	var ne *pflag.NotExistError
+	if errors.As(err, &ne) {
+		name, _, _ := strings.Cut(ne.GetSpecifiedShortnames(), "=")
+		if len(name) > 1 && fs.Lookup(name) != nil {
+			return fmt.Errorf("%w (long flags take two dashes: --%s)", err, name)
+		}
 	}
 	return err
 }

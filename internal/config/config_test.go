@@ -1,13 +1,14 @@
 package config
 
 import (
-	"os"
-	"path/filepath"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 type testFlags struct {
@@ -21,6 +22,7 @@ type testFlags struct {
 
 func newFlags() (*pflag.FlagSet, *testFlags) {
 	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	fs.SortFlags = false
 	v := &testFlags{}
 	fs.StringVar(&v.file, "config", "", "file")
@@ -34,15 +36,6 @@ func newFlags() (*pflag.FlagSet, *testFlags) {
 	return fs, v
 }
 
-func writeFile(t *testing.T, text string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "f.yaml")
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 func env(m map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
 }
@@ -51,7 +44,7 @@ func resolve(t *testing.T, args []string, vars map[string]string) (*testFlags, *
 	t.Helper()
 	fs, v := newFlags()
 	if err := fs.Parse(args); err != nil {
-		return v, nil, FlagError(err)
+		return v, nil, FlagError(fs, err)
 	}
 	eff, err := Resolve(fs, "LISTENERD", "config", env(vars))
 	return v, eff, err
@@ -60,7 +53,7 @@ func resolve(t *testing.T, args []string, vars map[string]string) (*testFlags, *
 // Flag over environment over file over default, each setting saying
 // which.
 func TestPrecedence(t *testing.T) {
-	path := writeFile(t, "shutdown-timeout: 1s\nhistory: 7\nallow-hosts:\n  - 127.0.0.1\n  - \"::1\"\nquiet: true\n")
+	path := testkit.WriteFile(t, "f.yaml", "shutdown-timeout: 1s\nhistory: 7\nallow-hosts:\n  - 127.0.0.1\n  - \"::1\"\nquiet: true\n")
 	v, eff, err := resolve(t, []string{"--config", path, "--shutdown-timeout=3s"},
 		map[string]string{"LISTENERD_SHUTDOWN_TIMEOUT": "2s", "LISTENERD_HISTORY": "8", "LISTENERD_OTHER": "x"})
 	if err != nil {
@@ -90,13 +83,13 @@ func TestPrecedence(t *testing.T) {
 // The file may come from the environment, and a variable set empty counts
 // as unset.
 func TestFileFromEnv(t *testing.T) {
-	path := writeFile(t, "# comment\nhistory: 5 # five\n")
+	path := testkit.WriteFile(t, "f.yaml", "# comment\nhistory: 5 # five\n")
 	v, _, err := resolve(t, nil, map[string]string{"LISTENERD_CONFIG": path, "LISTENERD_SHUTDOWN_TIMEOUT": ""})
 	if err != nil || v.history != 5 || v.timeout != 10*time.Second {
 		t.Fatalf("err %v, values %+v", err, *v)
 	}
 	for _, text := range []string{"", "# nothing\n", "---\n"} {
-		if _, _, err := resolve(t, []string{"--config", writeFile(t, text)}, nil); err != nil {
+		if _, _, err := resolve(t, []string{"--config", testkit.WriteFile(t, "f.yaml", text)}, nil); err != nil {
 			t.Errorf("%q: %v", text, err)
 		}
 	}
@@ -114,6 +107,8 @@ func TestErrors(t *testing.T) {
 		{"flag duration", []string{"--shutdown-timeout", "5"}, nil, "", `--shutdown-timeout "5": not a duration; for example 5s or 1m30s`},
 		{"flag int", []string{"--history=x"}, nil, "", `--history "x": not an integer; for example 10000`},
 		{"flag bool", []string{"--quiet=maybe"}, nil, "", `--quiet "maybe": not a boolean; for example true or false`},
+		{"one dash", []string{"-quiet"}, nil, "", `unknown shorthand flag: 'q' in -quiet (long flags take two dashes: --quiet)`},
+		{"one dash, equals", []string{"-shutdown-timeout=1s"}, nil, "", `unknown shorthand flag: 's' in -shutdown-timeout=1s (long flags take two dashes: --shutdown-timeout)`},
 		{"env", nil, map[string]string{"LISTENERD_SHUTDOWN_TIMEOUT": "5"}, "", `LISTENERD_SHUTDOWN_TIMEOUT="5": not a duration; for example 5s or 1m30s`},
 		{"file value", nil, nil, "history: 1\nquiet: false\nshutdown-timeout: 5\n", `F:3:19: shutdown-timeout: "5": not a duration; for example 5s or 1m30s`},
 		{"unknown key", nil, nil, "history: 1\nshutdown-timout: 5s\n", `F:2:1: unknown key "shutdown-timout"`},
@@ -132,7 +127,7 @@ func TestErrors(t *testing.T) {
 			args := tc.args
 			path := ""
 			if tc.file != "" {
-				path = writeFile(t, tc.file)
+				path = testkit.WriteFile(t, "f.yaml", tc.file)
 				args = append(args, "--config", path)
 			}
 			_, _, err := resolve(t, args, tc.env)
@@ -147,7 +142,7 @@ func TestErrors(t *testing.T) {
 // The printed configuration reads back as the same configuration, says
 // where each value came from, and masks secrets.
 func TestWriteYAML(t *testing.T) {
-	path := writeFile(t, "token-file: /etc/secret\nallow-hosts: 127.0.0.1,::1\n")
+	path := testkit.WriteFile(t, "f.yaml", "token-file: /etc/secret\nallow-hosts: 127.0.0.1,::1\n")
 	_, eff, err := resolve(t, []string{"--config", path, "--history", "9"}, map[string]string{"LISTENERD_QUIET": "true"})
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +161,7 @@ func TestWriteYAML(t *testing.T) {
 	if strings.Contains(out, "/etc/secret") {
 		t.Errorf("secret shown:\n%s", out)
 	}
-	v, _, err := resolve(t, []string{"--config", writeFile(t, out)}, nil)
+	v, _, err := resolve(t, []string{"--config", testkit.WriteFile(t, "f.yaml", out)}, nil)
 	if err != nil || v.history != 9 || !v.quiet || v.hosts != "127.0.0.1,::1" || v.timeout != 10*time.Second {
 		t.Errorf("read back: %v, %+v", err, *v)
 	}
