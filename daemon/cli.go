@@ -11,6 +11,7 @@ import (
 	"github.com/listenerd/listenerd/internal/config"
 	"github.com/listenerd/listenerd/internal/metrics"
 	"github.com/listenerd/listenerd/internal/server"
+	"github.com/listenerd/listenerd/internal/version"
 )
 
 // envPrefix is the prefix of the daemon's environment variables:
@@ -38,7 +39,7 @@ func execute(args []string, stdout, stderr io.Writer, lookupEnv func(string) (st
 			}
 			return nil
 		},
-		Version:           "", // set with internal/version
+		Version:           version.Get().String(),
 		SilenceErrors:     true,
 		SilenceUsage:      true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
@@ -52,6 +53,7 @@ func execute(args []string, stdout, stderr io.Writer, lookupEnv func(string) (st
 			return serve(&s)
 		},
 	}
+	root.SetVersionTemplate("listenerd {{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetArgs(args)

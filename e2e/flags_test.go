@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -67,5 +68,17 @@ func TestDaemonConfigSources(t *testing.T) {
 	d.mustCtl("status")
 	if _, err := os.Stat(filepath.Join(dir, "state")); !os.IsNotExist(err) {
 		t.Errorf("state directory made by an ephemeral daemon: %v", err)
+	}
+}
+
+// Both binaries say which build they are, the same for both: one
+// toolchain built them from one tree.
+func TestVersionFlags(t *testing.T) {
+	d := runBin(t, daemonBin, nil, "", "--version")
+	c := runBin(t, ctlBin, nil, "", "--version")
+	dv, _ := strings.CutPrefix(strings.TrimSpace(d.stdout), "listenerd ")
+	cv, _ := strings.CutPrefix(strings.TrimSpace(c.stdout), "ctl ")
+	if d.code != 0 || c.code != 0 || dv != cv || !strings.HasSuffix(dv, " "+runtime.Version()) || d.stderr != "" || c.stderr != "" {
+		t.Errorf("listenerd --version: exit %d, %q %q; ctl --version: exit %d, %q %q", d.code, d.stdout, d.stderr, c.code, c.stdout, c.stderr)
 	}
 }
