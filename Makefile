@@ -2,13 +2,21 @@
 # at the version pinned in tools/buf/go.mod.
 BUF := scripts/buf
 
-.PHONY: fuzz all build test generate lint breaking check-generated fmt vet ci bench
+.PHONY: fuzz all build install test generate lint breaking check-generated fmt vet ci bench
 
 all: build test
 
 build:
 	go build -o bin/listenerd ./daemon
 	go build -o bin/ctl ./ctl
+
+# The binaries as listenerd and ctl in BINDIR: $GOBIN, else $GOPATH/bin
+# (make install BINDIR=/usr/local/bin for another place).
+BINDIR ?= $(or $(shell go env GOBIN),$(shell go env GOPATH)/bin)
+
+install:
+	go build -o "$(BINDIR)/listenerd" ./daemon
+	go build -o "$(BINDIR)/ctl" ./ctl
 
 test:
 	go test -race -count=1 ./...

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -156,6 +157,7 @@ func TestMetricsEndpointFollowsConnections(t *testing.T) {
 	s.expect(t, 0, "listenerd_connection_duration_seconds_count", who...)
 	s.expect(t, 1, "grpc_server_handled_total", "grpc_method", "CreateListener", "grpc_code", "OK")
 	s.expect(t, 0, "grpc_server_handled_total", "grpc_method", "CreateListener", "grpc_code", "NotFound")
+	s.expect(t, 1, "listenerd_build_info", "goversion", runtime.Version()) // built by this test's toolchain
 
 	// A client comes: active 1, its bytes each way.
 	c := dial(t, addr)

@@ -20,6 +20,7 @@ import (
 	"github.com/listenerd/listenerd/api/listenerd"
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/paths"
+	"github.com/listenerd/listenerd/internal/version"
 )
 
 // Output formats accepted by -o/--output.
@@ -175,7 +176,10 @@ func (a *app) rootCmd() *cobra.Command {
 		a.upgradeCmd(),
 		a.faultCmd(),
 		a.statusCmd(),
+		a.versionCmd(),
 	)
+	root.Version = version.Get().String()
+	root.SetVersionTemplate("ctl {{.Version}}\n")
 	a.addCompletions(root)
 	markRunning(root, &a.running)
 	return root

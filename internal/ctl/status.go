@@ -8,13 +8,15 @@ import (
 	"github.com/spf13/cobra"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/version"
 )
 
 func (a *app) statusCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Show the daemon's own limits and what it holds against them",
-		Long: `Show the daemon's own limits and what it holds against them: its open-file
+		Short: "Show the daemon's version, its own limits and what it holds against them",
+		Long: `Show the daemon's version (ctl version compares it with ctl's), and its
+own limits and what it holds against them: its open-file
 limit, the descriptors it keeps for its API (--fd-reserve), those its
 listeners and connections hold, the daemon-wide connection cap they leave,
 and its event history against its byte budget (--history-bytes).`,
@@ -49,7 +51,12 @@ func writeStatus(w io.Writer, st *listenerdv1.DaemonStatus) error {
 	if st.MaxConnections != nil {
 		maxConns = count(st.GetMaxConnections())
 	}
+	build := "unknown (the daemon does not say: older than ctl)"
+	if st.GetBuild() != nil {
+		build = version.FromProto(st.GetBuild()).String()
+	}
 	rows := [][2]string{
+		{"version", build},
 		{"boot id", st.GetBootId()},
 		{"open-file limit", limit},
 		{"fd reserve", count(st.GetDescriptorsReserved()) + " (for the API and the daemon)"},

@@ -26,6 +26,7 @@ import (
 
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
+	"github.com/listenerd/listenerd/internal/version"
 )
 
 const namespace = "listenerd"
@@ -71,12 +72,24 @@ func New() *Metrics {
 			Buckets: DurationBuckets}),
 	}
 	m.reg.MustRegister(
+		buildInfo(version.Get()),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.grpc,
 		m.queueWait,
 	)
 	return m
+}
+
+// buildInfo is the gauge listenerd_build_info, 1, whose labels name the
+// build (Prometheus's convention for versions).
+func buildInfo(v version.Info) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "build_info",
+		Help: "Which build of listenerd runs: always 1, the build in the labels.",
+		ConstLabels: prometheus.Labels{"version": v.Version, "revision": v.Revision,
+			"dirty": strconv.FormatBool(v.Dirty), "goversion": v.GoVersion}})
+	g.Set(1)
+	return g
 }
 
 // Registry returns the registry, for tests and extra collectors.

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/testkit"
+	"github.com/listenerd/listenerd/internal/version"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -145,6 +148,14 @@ func (r *rig) expect(name string, labels map[string]string, want float64) {
 	if got := r.value(name, labels); got != want {
 		r.t.Errorf("%s%v = %v, want %v", name, labels, got, want)
 	}
+}
+
+// listenerd_build_info names the build in its labels.
+func TestBuildInfo(t *testing.T) {
+	r := newRig(t)
+	v := version.Get()
+	r.expect("listenerd_build_info", map[string]string{"version": v.Version, "revision": v.Revision,
+		"dirty": strconv.FormatBool(v.Dirty), "goversion": runtime.Version()}, 1)
 }
 
 // The per-listener series follow real connections: opened, echoed,

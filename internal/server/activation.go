@@ -6,9 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
+
+	sdactivation "github.com/coreos/go-systemd/v22/activation"
 
 	"github.com/listenerd/listenerd/internal/state"
 )
@@ -20,9 +21,6 @@ import (
 // listener-<id> is a listener's socket from systemd's descriptor store,
 // taken back by the saved listener of that id. Anything else is closed.
 
-// listenFDsStart is SD_LISTEN_FDS_START.
-const listenFDsStart = 3
-
 // fdStorePrefix names a listener's socket in the descriptor store.
 const fdStorePrefix = "listener-"
 
@@ -32,34 +30,19 @@ type activation struct {
 	listeners map[string]*os.File // by listener id
 }
 
-// listenFDs takes the descriptors passed by the service manager; nil when
-// none were (or they were meant for another process). The variables are
-// unset either way: they are not for this process's children.
-func listenFDs(log *slog.Logger) (*activation, error) {
-	pid, fdsV, names := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_FDNAMES")
-	os.Unsetenv("LISTEN_PID")
-	os.Unsetenv("LISTEN_FDS")
-	os.Unsetenv("LISTEN_FDNAMES")
-	if fdsV == "" || pid != strconv.Itoa(os.Getpid()) {
-		return nil, nil
-	}
-	n, err := strconv.Atoi(fdsV)
-	if err != nil || n < 0 {
-		return nil, fmt.Errorf("$LISTEN_FDS=%q: not a count", fdsV)
-	}
-	var nameOf []string
-	if names != "" {
-		nameOf = strings.Split(names, ":")
+// listenFDs takes the descriptors passed by the service manager
+// (go-systemd's activation.Files: close-on-exec, named by
+// $LISTEN_FDNAMES); nil when none were (or they were meant for another
+// process). The variables are unset either way: they are not for this
+// process's children.
+func listenFDs(log *slog.Logger) *activation {
+	files := sdactivation.Files(true)
+	if len(files) == 0 {
+		return nil
 	}
 	a := &activation{listeners: map[string]*os.File{}}
-	for i := range n {
-		fd := listenFDsStart + i
-		syscall.CloseOnExec(fd)
-		name := ""
-		if i < len(nameOf) {
-			name = nameOf[i]
-		}
-		f := os.NewFile(uintptr(fd), "listen-fd-"+name)
+	for _, f := range files {
+		name, fd := f.Name(), int(f.Fd())
 		if id, ok := strings.CutPrefix(name, fdStorePrefix); ok && id != "" {
 			if old := a.listeners[id]; old != nil {
 				old.Close() // one socket per listener: the last one stored
@@ -71,8 +54,8 @@ func listenFDs(log *slog.Logger) (*activation, error) {
 			ln, err := net.FileListener(f)
 			f.Close()
 			if err != nil {
-				a.close()
-				return nil, fmt.Errorf("passed API socket (fd %d): %w", fd, err)
+				log.Warn("passed API socket not used", "fd", fd, "err", err)
+				continue
 			}
 			a.api = ln
 			continue
@@ -80,7 +63,7 @@ func listenFDs(log *slog.Logger) (*activation, error) {
 		log.Warn("passed descriptor not used: neither a listening unix stream socket nor named listener-<id>", "fd", fd, "name", name)
 		f.Close()
 	}
-	return a, nil
+	return a
 }
 
 // isUnixStreamListener says whether fd is a listening unix stream socket.

@@ -6,6 +6,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 )
 
 // fdStore keeps the listeners' sockets in systemd's descriptor store, so
@@ -62,7 +64,8 @@ func (s *fdStore) send(state string, fds []int) {
 // an unbound datagram socket of its own.
 func sdNotifyFDs(state string, fds []int) error {
 	if len(fds) == 0 {
-		return sdNotify(state)
+		_, err := sddaemon.SdNotify(false, state)
+		return err
 	}
 	path := os.Getenv("NOTIFY_SOCKET")
 	if path == "" {

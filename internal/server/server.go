@@ -97,10 +97,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return configError{err}
 	}
 	self, _ := os.Executable() // as it is now: a binary replaced on disk is still found by its path
-	act, err := listenFDs(log)
-	if err != nil {
-		return err
-	}
+	act := listenFDs(log)
 	defer act.close()
 	inh, err := inherit(cfg.Socket)
 	if err != nil {
@@ -296,7 +293,23 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Error("upgrade: the old daemon did not hear this one is ready", "err", err)
 		}
 	}
-	notifyReady(log, inh != nil)
+	status := "serving on unix://" + cfg.Socket
+	if api != nil {
+		status += " and tcp://" + tcpLn.Addr().String()
+	}
+	notifyReady(log, inh != nil, status)
+	// Healthy: the API's health says SERVING and the listener table
+	// answers (a deadlock there stops the pings, and systemd restarts).
+	wd := startWatchdog(log, watchdogInterval(log, inh != nil), func() error {
+		resp, err := hs.Check(context.Background(), &healthpb.HealthCheckRequest{})
+		if err == nil && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			err = fmt.Errorf("health %v", resp.GetStatus())
+		}
+		if err == nil {
+			mgr.List()
+		}
+		return err
+	})
 
 	var serveErr error
 	var ho *handedOver
@@ -315,14 +328,22 @@ wait:
 			_, _ = up.upgrade(ctx, "")
 		}
 	}
+	wd.Stop() // no ping once stopping: a shutdown that hangs is killed at TimeoutStopSec=
 	if ho == nil {
 		ho = up.quiesce() // an upgrade under way finishes first
 	}
-	if ho != nil {
-		shared = ho.failed == nil
+	switch {
+	case ho != nil && ho.failed == nil:
+		// The new process is the service's main one now: the service
+		// is not stopping, and this process says nothing more.
+		shared = true
 		log.Info("listenerd handed over; draining", "new_pid", ho.pid, "timeout", cfg.ShutdownTimeout)
-	} else {
+	case ho != nil:
+		log.Info("listenerd handed over to a process that died; draining", "new_pid", ho.pid, "timeout", cfg.ShutdownTimeout)
+		notifyStopping(log, "exiting: an upgrade failed after this process stopped accepting")
+	default:
 		log.Info("listenerd shutting down", "timeout", cfg.ShutdownTimeout)
+		notifyStopping(log, fmt.Sprintf("shutting down: draining connections (up to %s)", cfg.ShutdownTimeout))
 	}
 	for _, hs := range hss {
 		hs.Shutdown()

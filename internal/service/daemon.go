@@ -4,6 +4,7 @@ import (
 	"context"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/version"
 )
 
 // GetDaemonStatus implements ListenerService.
@@ -19,6 +20,7 @@ func (s *Service) GetDaemonStatus(context.Context, *listenerdv1.GetDaemonStatusR
 		HistoryEvents:       st.Held,
 		HistoryBytes:        uint64(max(st.HeldBytes, 0)),
 		HistoryBytesLimit:   uint64(max(st.Budget, 0)),
+		Build:               version.Get().Proto(),
 	}
 	if caps.MaxConnections > 0 {
 		n := uint64(caps.MaxConnections)

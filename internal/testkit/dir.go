@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -21,4 +22,15 @@ func ShortDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// WriteFile writes text to a new file name in a temporary directory of
+// the test and returns its path.
+func WriteFile(t testing.TB, name, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -3815,8 +3815,10 @@ type DaemonStatus struct {
 	HistoryBytes uint64 `protobuf:"varint,8,opt,name=history_bytes,json=historyBytes,proto3" json:"history_bytes,omitempty"`
 	// The history's byte budget (--history-bytes).
 	HistoryBytesLimit uint64 `protobuf:"varint,9,opt,name=history_bytes_limit,json=historyBytesLimit,proto3" json:"history_bytes_limit,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Output only. Which build of listenerd this is.
+	Build         *BuildInfo `protobuf:"bytes,10,opt,name=build,proto3" json:"build,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DaemonStatus) Reset() {
@@ -3912,6 +3914,97 @@ func (x *DaemonStatus) GetHistoryBytesLimit() uint64 {
 	return 0
 }
 
+func (x *DaemonStatus) GetBuild() *BuildInfo {
+	if x != nil {
+		return x.Build
+	}
+	return nil
+}
+
+// BuildInfo identifies a build of listenerd, from the build information
+// the Go toolchain embeds in the binary.
+type BuildInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The main module's version: a release tag (v1.2.0), a pseudo-version,
+	// or "(devel)" for a build with no version stamped.
+	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The VCS revision the binary was built from; empty when not stamped.
+	Revision string `protobuf:"bytes,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The revision's commit time; unset when not stamped.
+	RevisionTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=revision_time,json=revisionTime,proto3" json:"revision_time,omitempty"`
+	// Whether the working tree had changes not committed.
+	Dirty bool `protobuf:"varint,4,opt,name=dirty,proto3" json:"dirty,omitempty"`
+	// The Go toolchain that built it (go1.26.8).
+	GoVersion     string `protobuf:"bytes,5,opt,name=go_version,json=goVersion,proto3" json:"go_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildInfo) Reset() {
+	*x = BuildInfo{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildInfo) ProtoMessage() {}
+
+func (x *BuildInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildInfo.ProtoReflect.Descriptor instead.
+func (*BuildInfo) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *BuildInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *BuildInfo) GetRevision() string {
+	if x != nil {
+		return x.Revision
+	}
+	return ""
+}
+
+func (x *BuildInfo) GetRevisionTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevisionTime
+	}
+	return nil
+}
+
+func (x *BuildInfo) GetDirty() bool {
+	if x != nil {
+		return x.Dirty
+	}
+	return false
+}
+
+func (x *BuildInfo) GetGoVersion() string {
+	if x != nil {
+		return x.GoVersion
+	}
+	return ""
+}
+
 // HandlerAttached reports a handler attached to a stream listener.
 type HandlerAttached struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3927,7 +4020,7 @@ type HandlerAttached struct {
 
 func (x *HandlerAttached) Reset() {
 	*x = HandlerAttached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3939,7 +4032,7 @@ func (x *HandlerAttached) String() string {
 func (*HandlerAttached) ProtoMessage() {}
 
 func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3952,7 +4045,7 @@ func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandlerAttached.ProtoReflect.Descriptor instead.
 func (*HandlerAttached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *HandlerAttached) GetHandlerId() string {
@@ -3989,7 +4082,7 @@ type HandlerDetached struct {
 
 func (x *HandlerDetached) Reset() {
 	*x = HandlerDetached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4001,7 +4094,7 @@ func (x *HandlerDetached) String() string {
 func (*HandlerDetached) ProtoMessage() {}
 
 func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4014,7 +4107,7 @@ func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandlerDetached.ProtoReflect.Descriptor instead.
 func (*HandlerDetached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *HandlerDetached) GetHandlerId() string {
@@ -4044,7 +4137,7 @@ type ConnectionTaken struct {
 
 func (x *ConnectionTaken) Reset() {
 	*x = ConnectionTaken{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4056,7 +4149,7 @@ func (x *ConnectionTaken) String() string {
 func (*ConnectionTaken) ProtoMessage() {}
 
 func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4069,7 +4162,7 @@ func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionTaken.ProtoReflect.Descriptor instead.
 func (*ConnectionTaken) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ConnectionTaken) GetConnectionId() string {
@@ -4112,7 +4205,7 @@ type AttachHandlerRequest struct {
 
 func (x *AttachHandlerRequest) Reset() {
 	*x = AttachHandlerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4124,7 +4217,7 @@ func (x *AttachHandlerRequest) String() string {
 func (*AttachHandlerRequest) ProtoMessage() {}
 
 func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4137,7 +4230,7 @@ func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachHandlerRequest.ProtoReflect.Descriptor instead.
 func (*AttachHandlerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *AttachHandlerRequest) GetListenerId() string {
@@ -4185,7 +4278,7 @@ type AttachHandlerResponse struct {
 
 func (x *AttachHandlerResponse) Reset() {
 	*x = AttachHandlerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4197,7 +4290,7 @@ func (x *AttachHandlerResponse) String() string {
 func (*AttachHandlerResponse) ProtoMessage() {}
 
 func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4210,7 +4303,7 @@ func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachHandlerResponse.ProtoReflect.Descriptor instead.
 func (*AttachHandlerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *AttachHandlerResponse) GetKind() isAttachHandlerResponse_Kind {
@@ -4273,7 +4366,7 @@ type Attached struct {
 
 func (x *Attached) Reset() {
 	*x = Attached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4285,7 +4378,7 @@ func (x *Attached) String() string {
 func (*Attached) ProtoMessage() {}
 
 func (x *Attached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4298,7 +4391,7 @@ func (x *Attached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attached.ProtoReflect.Descriptor instead.
 func (*Attached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Attached) GetHandlerId() string {
@@ -4342,7 +4435,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4354,7 +4447,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4367,7 +4460,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Offer) GetConnectionId() string {
@@ -4402,7 +4495,7 @@ type ServeConnectionRequest struct {
 
 func (x *ServeConnectionRequest) Reset() {
 	*x = ServeConnectionRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4414,7 +4507,7 @@ func (x *ServeConnectionRequest) String() string {
 func (*ServeConnectionRequest) ProtoMessage() {}
 
 func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4427,7 +4520,7 @@ func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionRequest.ProtoReflect.Descriptor instead.
 func (*ServeConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ServeConnectionRequest) GetKind() isServeConnectionRequest_Kind {
@@ -4519,7 +4612,7 @@ type Take struct {
 
 func (x *Take) Reset() {
 	*x = Take{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4531,7 +4624,7 @@ func (x *Take) String() string {
 func (*Take) ProtoMessage() {}
 
 func (x *Take) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4544,7 +4637,7 @@ func (x *Take) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Take.ProtoReflect.Descriptor instead.
 func (*Take) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *Take) GetConnectionId() string {
@@ -4570,7 +4663,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4582,7 +4675,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4595,7 +4688,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{52}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
 }
 
 // Reset is an abortive close.
@@ -4607,7 +4700,7 @@ type Reset struct {
 
 func (x *Reset) Reset() {
 	*x = Reset{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4619,7 +4712,7 @@ func (x *Reset) String() string {
 func (*Reset) ProtoMessage() {}
 
 func (x *Reset) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4632,7 +4725,7 @@ func (x *Reset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reset.ProtoReflect.Descriptor instead.
 func (*Reset) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
 }
 
 // ServeConnectionResponse is what the daemon sends on a connection's stream.
@@ -4653,7 +4746,7 @@ type ServeConnectionResponse struct {
 
 func (x *ServeConnectionResponse) Reset() {
 	*x = ServeConnectionResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4665,7 +4758,7 @@ func (x *ServeConnectionResponse) String() string {
 func (*ServeConnectionResponse) ProtoMessage() {}
 
 func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4678,7 +4771,7 @@ func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionResponse.ProtoReflect.Descriptor instead.
 func (*ServeConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ServeConnectionResponse) GetKind() isServeConnectionResponse_Kind {
@@ -4769,7 +4862,7 @@ type UpgradeDaemonRequest struct {
 
 func (x *UpgradeDaemonRequest) Reset() {
 	*x = UpgradeDaemonRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4781,7 +4874,7 @@ func (x *UpgradeDaemonRequest) String() string {
 func (*UpgradeDaemonRequest) ProtoMessage() {}
 
 func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4794,7 +4887,7 @@ func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeDaemonRequest.ProtoReflect.Descriptor instead.
 func (*UpgradeDaemonRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *UpgradeDaemonRequest) GetBinary() string {
@@ -4827,7 +4920,7 @@ type UpgradeDaemonResponse struct {
 
 func (x *UpgradeDaemonResponse) Reset() {
 	*x = UpgradeDaemonResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4839,7 +4932,7 @@ func (x *UpgradeDaemonResponse) String() string {
 func (*UpgradeDaemonResponse) ProtoMessage() {}
 
 func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4852,7 +4945,7 @@ func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeDaemonResponse.ProtoReflect.Descriptor instead.
 func (*UpgradeDaemonResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *UpgradeDaemonResponse) GetPid() int64 {
@@ -4950,7 +5043,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4962,7 +5055,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4975,7 +5068,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *Fault) GetName() string {
@@ -5099,7 +5192,7 @@ type FaultScope struct {
 
 func (x *FaultScope) Reset() {
 	*x = FaultScope{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5111,7 +5204,7 @@ func (x *FaultScope) String() string {
 func (*FaultScope) ProtoMessage() {}
 
 func (x *FaultScope) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5124,7 +5217,7 @@ func (x *FaultScope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultScope.ProtoReflect.Descriptor instead.
 func (*FaultScope) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *FaultScope) GetNewOnly() bool {
@@ -5164,7 +5257,7 @@ type ConnectionFault struct {
 
 func (x *ConnectionFault) Reset() {
 	*x = ConnectionFault{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5176,7 +5269,7 @@ func (x *ConnectionFault) String() string {
 func (*ConnectionFault) ProtoMessage() {}
 
 func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5189,7 +5282,7 @@ func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionFault.ProtoReflect.Descriptor instead.
 func (*ConnectionFault) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ConnectionFault) GetFault() string {
@@ -5224,7 +5317,7 @@ type FaultAdded struct {
 
 func (x *FaultAdded) Reset() {
 	*x = FaultAdded{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5236,7 +5329,7 @@ func (x *FaultAdded) String() string {
 func (*FaultAdded) ProtoMessage() {}
 
 func (x *FaultAdded) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5249,7 +5342,7 @@ func (x *FaultAdded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultAdded.ProtoReflect.Descriptor instead.
 func (*FaultAdded) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *FaultAdded) GetFault() *Fault {
@@ -5274,7 +5367,7 @@ type FaultRemoved struct {
 
 func (x *FaultRemoved) Reset() {
 	*x = FaultRemoved{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5286,7 +5379,7 @@ func (x *FaultRemoved) String() string {
 func (*FaultRemoved) ProtoMessage() {}
 
 func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5299,7 +5392,7 @@ func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultRemoved.ProtoReflect.Descriptor instead.
 func (*FaultRemoved) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *FaultRemoved) GetName() string {
@@ -5343,7 +5436,7 @@ type FaultApplied struct {
 
 func (x *FaultApplied) Reset() {
 	*x = FaultApplied{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5355,7 +5448,7 @@ func (x *FaultApplied) String() string {
 func (*FaultApplied) ProtoMessage() {}
 
 func (x *FaultApplied) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5368,7 +5461,7 @@ func (x *FaultApplied) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultApplied.ProtoReflect.Descriptor instead.
 func (*FaultApplied) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *FaultApplied) GetName() string {
@@ -5419,7 +5512,7 @@ type AddFaultRequest struct {
 
 func (x *AddFaultRequest) Reset() {
 	*x = AddFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5431,7 +5524,7 @@ func (x *AddFaultRequest) String() string {
 func (*AddFaultRequest) ProtoMessage() {}
 
 func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5444,7 +5537,7 @@ func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFaultRequest.ProtoReflect.Descriptor instead.
 func (*AddFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *AddFaultRequest) GetListenerId() string {
@@ -5472,7 +5565,7 @@ type AddFaultResponse struct {
 
 func (x *AddFaultResponse) Reset() {
 	*x = AddFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5484,7 +5577,7 @@ func (x *AddFaultResponse) String() string {
 func (*AddFaultResponse) ProtoMessage() {}
 
 func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5497,7 +5590,7 @@ func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFaultResponse.ProtoReflect.Descriptor instead.
 func (*AddFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *AddFaultResponse) GetFault() *Fault {
@@ -5520,7 +5613,7 @@ type UpdateFaultRequest struct {
 
 func (x *UpdateFaultRequest) Reset() {
 	*x = UpdateFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5532,7 +5625,7 @@ func (x *UpdateFaultRequest) String() string {
 func (*UpdateFaultRequest) ProtoMessage() {}
 
 func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5545,7 +5638,7 @@ func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFaultRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *UpdateFaultRequest) GetListenerId() string {
@@ -5573,7 +5666,7 @@ type UpdateFaultResponse struct {
 
 func (x *UpdateFaultResponse) Reset() {
 	*x = UpdateFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5585,7 +5678,7 @@ func (x *UpdateFaultResponse) String() string {
 func (*UpdateFaultResponse) ProtoMessage() {}
 
 func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5598,7 +5691,7 @@ func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFaultResponse.ProtoReflect.Descriptor instead.
 func (*UpdateFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *UpdateFaultResponse) GetFault() *Fault {
@@ -5621,7 +5714,7 @@ type RemoveFaultRequest struct {
 
 func (x *RemoveFaultRequest) Reset() {
 	*x = RemoveFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5633,7 +5726,7 @@ func (x *RemoveFaultRequest) String() string {
 func (*RemoveFaultRequest) ProtoMessage() {}
 
 func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5646,7 +5739,7 @@ func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFaultRequest.ProtoReflect.Descriptor instead.
 func (*RemoveFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RemoveFaultRequest) GetListenerId() string {
@@ -5672,7 +5765,7 @@ type RemoveFaultResponse struct {
 
 func (x *RemoveFaultResponse) Reset() {
 	*x = RemoveFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5684,7 +5777,7 @@ func (x *RemoveFaultResponse) String() string {
 func (*RemoveFaultResponse) ProtoMessage() {}
 
 func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5697,7 +5790,7 @@ func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFaultResponse.ProtoReflect.Descriptor instead.
 func (*RemoveFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{68}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{69}
 }
 
 // ListFaultsRequest names a listener.
@@ -5711,7 +5804,7 @@ type ListFaultsRequest struct {
 
 func (x *ListFaultsRequest) Reset() {
 	*x = ListFaultsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5723,7 +5816,7 @@ func (x *ListFaultsRequest) String() string {
 func (*ListFaultsRequest) ProtoMessage() {}
 
 func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5736,7 +5829,7 @@ func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFaultsRequest.ProtoReflect.Descriptor instead.
 func (*ListFaultsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{69}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListFaultsRequest) GetListenerId() string {
@@ -5757,7 +5850,7 @@ type ListFaultsResponse struct {
 
 func (x *ListFaultsResponse) Reset() {
 	*x = ListFaultsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5769,7 +5862,7 @@ func (x *ListFaultsResponse) String() string {
 func (*ListFaultsResponse) ProtoMessage() {}
 
 func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5782,7 +5875,7 @@ func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFaultsResponse.ProtoReflect.Descriptor instead.
 func (*ListFaultsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{70}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListFaultsResponse) GetFaults() []*Fault {
@@ -6005,7 +6098,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"\x18\n" +
 	"\x16GetDaemonStatusRequest\"M\n" +
 	"\x17GetDaemonStatusResponse\x122\n" +
-	"\x06status\x18\x01 \x01(\v2\x1a.listenerd.v1.DaemonStatusR\x06status\"\x8d\x03\n" +
+	"\x06status\x18\x01 \x01(\v2\x1a.listenerd.v1.DaemonStatusR\x06status\"\xbc\x03\n" +
 	"\fDaemonStatus\x12\x17\n" +
 	"\aboot_id\x18\x01 \x01(\tR\x06bootId\x12&\n" +
 	"\x0fopen_file_limit\x18\x02 \x01(\x04R\ropenFileLimit\x121\n" +
@@ -6015,8 +6108,17 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\vconnections\x18\x06 \x01(\x04R\vconnections\x12%\n" +
 	"\x0ehistory_events\x18\a \x01(\x04R\rhistoryEvents\x12#\n" +
 	"\rhistory_bytes\x18\b \x01(\x04R\fhistoryBytes\x12.\n" +
-	"\x13history_bytes_limit\x18\t \x01(\x04R\x11historyBytesLimitB\x12\n" +
-	"\x10_max_connections\"o\n" +
+	"\x13history_bytes_limit\x18\t \x01(\x04R\x11historyBytesLimit\x12-\n" +
+	"\x05build\x18\n" +
+	" \x01(\v2\x17.listenerd.v1.BuildInfoR\x05buildB\x12\n" +
+	"\x10_max_connections\"\xb7\x01\n" +
+	"\tBuildInfo\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\tR\brevision\x12?\n" +
+	"\rrevision_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\frevisionTime\x12\x14\n" +
+	"\x05dirty\x18\x04 \x01(\bR\x05dirty\x12\x1d\n" +
+	"\n" +
+	"go_version\x18\x05 \x01(\tR\tgoVersion\"o\n" +
 	"\x0fHandlerAttached\x12\x1d\n" +
 	"\n" +
 	"handler_id\x18\x01 \x01(\tR\thandlerId\x12\x14\n" +
@@ -6263,7 +6365,7 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 }
 
 var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -6318,76 +6420,77 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(*GetDaemonStatusRequest)(nil),  // 50: listenerd.v1.GetDaemonStatusRequest
 	(*GetDaemonStatusResponse)(nil), // 51: listenerd.v1.GetDaemonStatusResponse
 	(*DaemonStatus)(nil),            // 52: listenerd.v1.DaemonStatus
-	(*HandlerAttached)(nil),         // 53: listenerd.v1.HandlerAttached
-	(*HandlerDetached)(nil),         // 54: listenerd.v1.HandlerDetached
-	(*ConnectionTaken)(nil),         // 55: listenerd.v1.ConnectionTaken
-	(*AttachHandlerRequest)(nil),    // 56: listenerd.v1.AttachHandlerRequest
-	(*AttachHandlerResponse)(nil),   // 57: listenerd.v1.AttachHandlerResponse
-	(*Attached)(nil),                // 58: listenerd.v1.Attached
-	(*Offer)(nil),                   // 59: listenerd.v1.Offer
-	(*ServeConnectionRequest)(nil),  // 60: listenerd.v1.ServeConnectionRequest
-	(*Take)(nil),                    // 61: listenerd.v1.Take
-	(*End)(nil),                     // 62: listenerd.v1.End
-	(*Reset)(nil),                   // 63: listenerd.v1.Reset
-	(*ServeConnectionResponse)(nil), // 64: listenerd.v1.ServeConnectionResponse
-	(*UpgradeDaemonRequest)(nil),    // 65: listenerd.v1.UpgradeDaemonRequest
-	(*UpgradeDaemonResponse)(nil),   // 66: listenerd.v1.UpgradeDaemonResponse
-	(*Fault)(nil),                   // 67: listenerd.v1.Fault
-	(*FaultScope)(nil),              // 68: listenerd.v1.FaultScope
-	(*ConnectionFault)(nil),         // 69: listenerd.v1.ConnectionFault
-	(*FaultAdded)(nil),              // 70: listenerd.v1.FaultAdded
-	(*FaultRemoved)(nil),            // 71: listenerd.v1.FaultRemoved
-	(*FaultApplied)(nil),            // 72: listenerd.v1.FaultApplied
-	(*AddFaultRequest)(nil),         // 73: listenerd.v1.AddFaultRequest
-	(*AddFaultResponse)(nil),        // 74: listenerd.v1.AddFaultResponse
-	(*UpdateFaultRequest)(nil),      // 75: listenerd.v1.UpdateFaultRequest
-	(*UpdateFaultResponse)(nil),     // 76: listenerd.v1.UpdateFaultResponse
-	(*RemoveFaultRequest)(nil),      // 77: listenerd.v1.RemoveFaultRequest
-	(*RemoveFaultResponse)(nil),     // 78: listenerd.v1.RemoveFaultResponse
-	(*ListFaultsRequest)(nil),       // 79: listenerd.v1.ListFaultsRequest
-	(*ListFaultsResponse)(nil),      // 80: listenerd.v1.ListFaultsResponse
-	(*durationpb.Duration)(nil),     // 81: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 82: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 83: google.protobuf.FieldMask
+	(*BuildInfo)(nil),               // 53: listenerd.v1.BuildInfo
+	(*HandlerAttached)(nil),         // 54: listenerd.v1.HandlerAttached
+	(*HandlerDetached)(nil),         // 55: listenerd.v1.HandlerDetached
+	(*ConnectionTaken)(nil),         // 56: listenerd.v1.ConnectionTaken
+	(*AttachHandlerRequest)(nil),    // 57: listenerd.v1.AttachHandlerRequest
+	(*AttachHandlerResponse)(nil),   // 58: listenerd.v1.AttachHandlerResponse
+	(*Attached)(nil),                // 59: listenerd.v1.Attached
+	(*Offer)(nil),                   // 60: listenerd.v1.Offer
+	(*ServeConnectionRequest)(nil),  // 61: listenerd.v1.ServeConnectionRequest
+	(*Take)(nil),                    // 62: listenerd.v1.Take
+	(*End)(nil),                     // 63: listenerd.v1.End
+	(*Reset)(nil),                   // 64: listenerd.v1.Reset
+	(*ServeConnectionResponse)(nil), // 65: listenerd.v1.ServeConnectionResponse
+	(*UpgradeDaemonRequest)(nil),    // 66: listenerd.v1.UpgradeDaemonRequest
+	(*UpgradeDaemonResponse)(nil),   // 67: listenerd.v1.UpgradeDaemonResponse
+	(*Fault)(nil),                   // 68: listenerd.v1.Fault
+	(*FaultScope)(nil),              // 69: listenerd.v1.FaultScope
+	(*ConnectionFault)(nil),         // 70: listenerd.v1.ConnectionFault
+	(*FaultAdded)(nil),              // 71: listenerd.v1.FaultAdded
+	(*FaultRemoved)(nil),            // 72: listenerd.v1.FaultRemoved
+	(*FaultApplied)(nil),            // 73: listenerd.v1.FaultApplied
+	(*AddFaultRequest)(nil),         // 74: listenerd.v1.AddFaultRequest
+	(*AddFaultResponse)(nil),        // 75: listenerd.v1.AddFaultResponse
+	(*UpdateFaultRequest)(nil),      // 76: listenerd.v1.UpdateFaultRequest
+	(*UpdateFaultResponse)(nil),     // 77: listenerd.v1.UpdateFaultResponse
+	(*RemoveFaultRequest)(nil),      // 78: listenerd.v1.RemoveFaultRequest
+	(*RemoveFaultResponse)(nil),     // 79: listenerd.v1.RemoveFaultResponse
+	(*ListFaultsRequest)(nil),       // 80: listenerd.v1.ListFaultsRequest
+	(*ListFaultsResponse)(nil),      // 81: listenerd.v1.ListFaultsResponse
+	(*durationpb.Duration)(nil),     // 82: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 83: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 84: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	11,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
 	18,  // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
 	12,  // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
 	13,  // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	81,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
-	67,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
+	82,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	68,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
 	0,   // 6: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	81,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	81,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	81,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	82,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	82,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	82,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
 	14,  // 10: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
 	15,  // 11: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
 	16,  // 12: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
 	17,  // 13: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
-	81,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	81,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
+	82,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	82,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
 	1,   // 16: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	82,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	82,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	83,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	83,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
 	2,   // 19: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
 	19,  // 20: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	82,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	83,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
 	3,   // 22: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
-	81,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
-	69,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
+	82,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	70,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
 	11,  // 25: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
 	10,  // 26: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
 	10,  // 27: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
 	10,  // 28: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
 	10,  // 29: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	83,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	84,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
 	10,  // 31: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	81,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	82,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
 	10,  // 33: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
 	20,  // 34: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
 	10,  // 35: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	82,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	83,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
 	39,  // 37: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
 	40,  // 38: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
 	41,  // 39: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
@@ -6398,91 +6501,93 @@ var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	42,  // 44: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
 	38,  // 45: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
 	44,  // 46: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
-	53,  // 47: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
-	54,  // 48: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
-	55,  // 49: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
-	70,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
-	71,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
-	72,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
+	54,  // 47: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
+	55,  // 48: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
+	56,  // 49: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
+	71,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
+	72,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
+	73,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
 	7,   // 53: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
 	19,  // 54: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
 	19,  // 55: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	81,  // 56: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	82,  // 56: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
 	5,   // 57: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
 	19,  // 58: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
 	6,   // 59: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	81,  // 60: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	82,  // 60: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
 	19,  // 61: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
-	81,  // 62: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	82,  // 62: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
 	12,  // 63: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
 	4,   // 64: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
 	37,  // 65: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
 	52,  // 66: listenerd.v1.GetDaemonStatusResponse.status:type_name -> listenerd.v1.DaemonStatus
-	58,  // 67: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
-	59,  // 68: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
-	19,  // 69: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
-	61,  // 70: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
-	62,  // 71: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
-	63,  // 72: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
-	40,  // 73: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
-	62,  // 74: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
-	41,  // 75: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
-	8,   // 76: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
-	9,   // 77: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
-	68,  // 78: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
-	81,  // 79: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
-	82,  // 80: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
-	81,  // 81: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
-	81,  // 82: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
-	81,  // 83: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
-	67,  // 84: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
-	8,   // 85: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
-	8,   // 86: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
-	19,  // 87: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
-	67,  // 88: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
-	67,  // 89: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
-	67,  // 90: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
-	67,  // 91: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
-	67,  // 92: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
-	50,  // 93: listenerd.v1.ListenerService.GetDaemonStatus:input_type -> listenerd.v1.GetDaemonStatusRequest
-	65,  // 94: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
-	73,  // 95: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
-	75,  // 96: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
-	77,  // 97: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
-	79,  // 98: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
-	21,  // 99: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	23,  // 100: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	25,  // 101: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	27,  // 102: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	29,  // 103: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	31,  // 104: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	33,  // 105: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	35,  // 106: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	48,  // 107: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	56,  // 108: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
-	60,  // 109: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
-	51,  // 110: listenerd.v1.ListenerService.GetDaemonStatus:output_type -> listenerd.v1.GetDaemonStatusResponse
-	66,  // 111: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
-	74,  // 112: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
-	76,  // 113: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
-	78,  // 114: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
-	80,  // 115: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
-	22,  // 116: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	24,  // 117: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	26,  // 118: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	28,  // 119: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	30,  // 120: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	32,  // 121: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	34,  // 122: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	36,  // 123: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	49,  // 124: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	57,  // 125: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
-	64,  // 126: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
-	110, // [110:127] is the sub-list for method output_type
-	93,  // [93:110] is the sub-list for method input_type
-	93,  // [93:93] is the sub-list for extension type_name
-	93,  // [93:93] is the sub-list for extension extendee
-	0,   // [0:93] is the sub-list for field type_name
+	53,  // 67: listenerd.v1.DaemonStatus.build:type_name -> listenerd.v1.BuildInfo
+	83,  // 68: listenerd.v1.BuildInfo.revision_time:type_name -> google.protobuf.Timestamp
+	59,  // 69: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
+	60,  // 70: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
+	19,  // 71: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
+	62,  // 72: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
+	63,  // 73: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
+	64,  // 74: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
+	40,  // 75: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
+	63,  // 76: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
+	41,  // 77: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
+	8,   // 78: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
+	9,   // 79: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
+	69,  // 80: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
+	82,  // 81: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
+	83,  // 82: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
+	82,  // 83: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
+	82,  // 84: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
+	82,  // 85: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
+	68,  // 86: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
+	8,   // 87: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
+	8,   // 88: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
+	19,  // 89: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
+	68,  // 90: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
+	68,  // 91: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
+	68,  // 92: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
+	68,  // 93: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
+	68,  // 94: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
+	50,  // 95: listenerd.v1.ListenerService.GetDaemonStatus:input_type -> listenerd.v1.GetDaemonStatusRequest
+	66,  // 96: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
+	74,  // 97: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
+	76,  // 98: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
+	78,  // 99: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
+	80,  // 100: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
+	21,  // 101: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	23,  // 102: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	25,  // 103: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	27,  // 104: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	29,  // 105: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	31,  // 106: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	33,  // 107: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	35,  // 108: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	48,  // 109: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	57,  // 110: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
+	61,  // 111: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
+	51,  // 112: listenerd.v1.ListenerService.GetDaemonStatus:output_type -> listenerd.v1.GetDaemonStatusResponse
+	67,  // 113: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
+	75,  // 114: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
+	77,  // 115: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
+	79,  // 116: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
+	81,  // 117: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
+	22,  // 118: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	24,  // 119: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	26,  // 120: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	28,  // 121: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	30,  // 122: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	32,  // 123: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	34,  // 124: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	36,  // 125: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	49,  // 126: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	58,  // 127: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
+	65,  // 128: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
+	112, // [112:129] is the sub-list for method output_type
+	95,  // [95:112] is the sub-list for method input_type
+	95,  // [95:95] is the sub-list for extension type_name
+	95,  // [95:95] is the sub-list for extension extendee
+	0,   // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -6518,30 +6623,30 @@ func file_listenerd_v1_listenerd_proto_init() {
 	}
 	file_listenerd_v1_listenerd_proto_msgTypes[38].OneofWrappers = []any{}
 	file_listenerd_v1_listenerd_proto_msgTypes[42].OneofWrappers = []any{}
-	file_listenerd_v1_listenerd_proto_msgTypes[47].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[48].OneofWrappers = []any{
 		(*AttachHandlerResponse_Attached)(nil),
 		(*AttachHandlerResponse_Offer)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[50].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[51].OneofWrappers = []any{
 		(*ServeConnectionRequest_Take)(nil),
 		(*ServeConnectionRequest_Data)(nil),
 		(*ServeConnectionRequest_End)(nil),
 		(*ServeConnectionRequest_Reset_)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[54].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[55].OneofWrappers = []any{
 		(*ServeConnectionResponse_Opened)(nil),
 		(*ServeConnectionResponse_Data)(nil),
 		(*ServeConnectionResponse_End)(nil),
 		(*ServeConnectionResponse_Closed)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[57].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[58].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   71,
+			NumMessages:   72,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
