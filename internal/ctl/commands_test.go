@@ -132,7 +132,7 @@ func TestLsGetConnsKick(t *testing.T) {
 	assertProto(t, rec.get(), &listenerdv1.CloseConnectionRequest{Id: "ln-1.1", Reset_: true})
 
 	r = runCtl(t, sock, "kick", "ln-1.1", "-o", "json")
-	if r.code != ExitOK || r.stdout != `{"id":"ln-1.1"}`+"\n" {
+	if r.code != ExitOK || r.stdout != `{"id":"ln-1.1","reset":false}`+"\n" {
 		t.Errorf("kick json: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }

@@ -193,7 +193,7 @@ func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest
 	announce := func() error {
 		printed = true
 		if a.json() {
-			return writeJSON(a.stdout, l)
+			return writeDoc(a.stdout, l)
 		}
 		what := "id " + l.GetId()
 		if l.GetName() != "" {
