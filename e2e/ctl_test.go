@@ -488,7 +488,7 @@ func TestCtlErrors(t *testing.T) {
 		{[]string{"kick", l.GetId() + ".99"}, 3, nil},
 		// 2: usage, or the daemon's INVALID_ARGUMENT naming the field.
 		{[]string{"listen", "--port", "70000"}, 2, []string{"invalid input", "port"}},
-		{[]string{"listen", "--host", "256.1.1.1"}, 2, []string{"spec.host"}},
+		{[]string{"listen", "--host", "256.1.1.1"}, 2, []string{"--host"}},
 		{[]string{"listen", "--allow", "10.0.0.0/99"}, 2, []string{"allow"}},
 		{[]string{"listen", "--mode", "bogus"}, 2, []string{"--mode"}},
 		{[]string{"listen", "--port", "x"}, 2, []string{"--port", "whole number"}},

@@ -100,6 +100,8 @@ func (a *app) run(ctx context.Context, args []string) int {
 	}
 	if !a.running {
 		err = asUsage(err)
+	} else if cmd != nil {
+		err = flagError(cmd.Flags(), err)
 	}
 	msg, code := a.describe(err)
 	if code == ExitUsage && cmd != nil && isFlagOrArgError(err) {

@@ -123,7 +123,11 @@ func parseFaultSpec(spec string) (*listenerdv1.Fault, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErrorf("--fault %q: %v", spec, err)
 	}
-	return o.fault(parts[0], fs)
+	f, err := o.fault(parts[0], fs)
+	if err != nil {
+		return nil, usageErrorf("--fault %q: %v", spec, err)
+	}
+	return f, nil
 }
 
 func faultWord(k listenerdv1.FaultKind) string { return enumWord(k.String(), "FAULT_KIND_") }
