@@ -588,7 +588,7 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 	return b.String()
 }
 
-// followPrinter prints a listener's events like the seed's Node server log
+// followPrinter prints a listener's events like a Node.js server's log
 // (CONNECTED: 127.0.0.1:54321), for ctl listen --follow.
 type followPrinter struct {
 	// remotes maps open connection ids to their remote address, for events
