@@ -153,12 +153,16 @@ func TestCtlOutputFormats(t *testing.T) {
 	if out := d.mustCtl("ls", "-o", "wide", "--no-headers"); !strings.HasPrefix(out, id) || strings.Count(out, "\n") != 1 {
 		t.Errorf("ls -o wide --no-headers %q", out)
 	}
-	var got listenerdv1.Listener
+	// ls -o json is one document: the ListListenersResponse.
+	var list listenerdv1.ListListenersResponse
 	out := d.mustCtl("ls", "-o", "json")
-	unmarshalLine(t, strings.TrimSpace(out), &got)
-	if got.GetId() != id || got.GetStatus().GetActiveConnections() != 1 || strings.Count(out, "\n") != 1 {
+	unmarshalLine(t, strings.TrimSpace(out), &list)
+	if len(list.GetListeners()) != 1 || list.GetListeners()[0].GetId() != id ||
+		list.GetListeners()[0].GetStatus().GetActiveConnections() != 1 || strings.Count(out, "\n") != 1 {
 		t.Errorf("ls -o json %q", out)
 	}
+	checkJSONTool(t, out, `"rejectedConnections": "0"`)
+	var got listenerdv1.Listener
 
 	// get
 	out = d.mustCtl("get", "web")
@@ -191,10 +195,14 @@ func TestCtlOutputFormats(t *testing.T) {
 	if out := d.mustCtl("conns", "web", "--no-headers"); !strings.HasPrefix(out, connID+"  127.0.0.1:"+port(c)) {
 		t.Errorf("conns --no-headers %q", out)
 	}
-	var conn listenerdv1.Connection
-	unmarshalLine(t, strings.TrimSpace(d.mustCtl("conns", "web", "-o", "json")), &conn)
+	var conns listenerdv1.ListConnectionsResponse
+	unmarshalLine(t, strings.TrimSpace(d.mustCtl("conns", "web", "-o", "json")), &conns)
+	if len(conns.GetConnections()) != 1 {
+		t.Fatalf("conns -o json: %v", &conns)
+	}
+	conn := conns.GetConnections()[0]
 	if conn.GetId() != connID || conn.GetBytesIn() != 5 || conn.GetTuple().GetFamily() != listenerdv1.Family_FAMILY_IPV4 {
-		t.Errorf("conns -o json: %v", &conn)
+		t.Errorf("conns -o json: %v", conn)
 	}
 
 	// limit: text, json, the newer limits, and they hold.
@@ -480,7 +488,7 @@ func TestCtlErrors(t *testing.T) {
 		{[]string{"kick", l.GetId() + ".99"}, 3, nil},
 		// 2: usage, or the daemon's INVALID_ARGUMENT naming the field.
 		{[]string{"listen", "--port", "70000"}, 2, []string{"invalid input", "port"}},
-		{[]string{"listen", "--host", "256.1.1.1"}, 2, []string{"spec.host"}},
+		{[]string{"listen", "--host", "256.1.1.1"}, 2, []string{"--host"}},
 		{[]string{"listen", "--allow", "10.0.0.0/99"}, 2, []string{"allow"}},
 		{[]string{"listen", "--mode", "bogus"}, 2, []string{"--mode"}},
 		{[]string{"listen", "--port", "x"}, 2, []string{"--port", "whole number"}},

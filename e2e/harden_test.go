@@ -59,7 +59,7 @@ func TestHostBitsAndFailedPortZero(t *testing.T) {
 	dir := testkit.ShortDir(t)
 	d := startDaemonIn(t, dir)
 	r := d.ctl("listen", "--port", "0", "--allow", "10.1.2.3/8")
-	if r.code != 2 || !strings.Contains(r.stderr, "spec.allow_cidrs[0]") || !strings.Contains(r.stderr, "did you mean the network 10.0.0.0/8") {
+	if r.code != 2 || !strings.Contains(r.stderr, "--allow: ") || !strings.Contains(r.stderr, "did you mean the network 10.0.0.0/8") {
 		t.Fatalf("listen --allow 10.1.2.3/8: exit %d, stderr %q; want exit 2 naming 10.0.0.0/8", r.code, r.stderr)
 	}
 	d.mustCtl("listen", "--port", "0", "--name", "anyport")

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,27 +31,62 @@ import (
 
 const nodeNetTest = "../examples/node/test"
 
+// requireNodeEnv, set to 1, makes the Node tests fail where they would
+// be skipped: node or npm missing, or npm unable to install the packages
+// (no network). CI sets it, so that they run there.
+const requireNodeEnv = "LISTENERD_REQUIRE_NODE"
+
 // needNode returns node's path once examples/node's packages are
-// installed, and skips the test when node or npm is not on PATH.
-func needNode(t *testing.T) string {
+// installed (npm ci, the versions pinned in package-lock.json). Without
+// node or npm, or when npm cannot install (no network, no registry), it
+// skips the test (what, for the message), unless $LISTENERD_REQUIRE_NODE
+// is 1: then it fails.
+func needNode(t *testing.T, what string) string {
 	t.Helper()
+	skip := func(msg, detail string) {
+		t.Helper()
+		if os.Getenv(requireNodeEnv) == "1" {
+			t.Fatalf("%s (%s=1: the Node tests must run)\n%s", msg, requireNodeEnv, detail)
+		}
+		t.Skipf("%s: skipping %s (set %s=1 to make this a failure)\n%s", msg, what, requireNodeEnv, detail)
+	}
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skip("node is not on PATH: skipping the listenerd-net module (examples/node)")
+		skip("node is not on PATH", "")
 	}
 	npm, err := exec.LookPath("npm")
 	if err != nil {
-		t.Skip("npm is not on PATH: skipping the listenerd-net module (examples/node)")
+		skip("npm is not on PATH", "")
 	}
-	if _, err := os.Stat(filepath.Join(nodeExample, "node_modules", "@grpc", "grpc-js")); errors.Is(err, os.ErrNotExist) {
+	npmInstall.Do(func() {
+		if _, err := os.Stat(filepath.Join(nodeExample, "node_modules", "@grpc", "grpc-js")); !errors.Is(err, os.ErrNotExist) {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*guard)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--prefix", nodeExample)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci --prefix %s: %v\n%s", nodeExample, err, out)
+			npmFailed = fmt.Sprintf("npm ci --prefix %s: %v\n%s", nodeExample, err, lastLines(string(out), 5))
 		}
+	})
+	if npmFailed != "" {
+		skip("npm could not install examples/node's packages (no network, or the registry unreachable?)", npmFailed)
 	}
 	return node
+}
+
+// npmInstall runs npm ci once for every Node test; npmFailed is its
+// failure, the same for all (npm takes a minute to give up without a
+// network).
+var (
+	npmInstall sync.Once
+	npmFailed  string
+)
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // nodeProc is a node program whose stdout is read line by line.
@@ -275,7 +311,7 @@ func localPort(c net.Conn) string {
 // the client's 18 bytes reach the server's socket through the daemon.
 // The same two programs with Node's own net print the same lines.
 func TestNodeNetSeed(t *testing.T) {
-	node := needNode(t)
+	node := needNode(t, "the listenerd-net module (examples/node)")
 	seedServer := filepath.Join(nodeNetTest, "seed-server.js")
 	seedClient := filepath.Join(nodeNetTest, "seed-client.js")
 
@@ -358,7 +394,7 @@ func TestNodeNetSeed(t *testing.T) {
 
 // Half-close both ways, with Node's allowHalfOpen semantics.
 func TestNodeNetHalfClose(t *testing.T) {
-	node := needNode(t)
+	node := needNode(t, "the listenerd-net module (examples/node)")
 	d := startDaemon(t)
 
 	// The peer's FIN reaches the socket ('end') while it can still write:
@@ -436,7 +472,7 @@ func TestNodeNetHalfClose(t *testing.T) {
 // destroy() resets the peer (RST), and a peer's RST reaches the socket as
 // Node's ECONNRESET error.
 func TestNodeNetReset(t *testing.T) {
-	node := needNode(t)
+	node := needNode(t, "the listenerd-net module (examples/node)")
 	d := startDaemon(t)
 
 	t.Run("destroy", func(t *testing.T) {
@@ -488,7 +524,7 @@ func TestNodeNetReset(t *testing.T) {
 // already open live on, and lifting it serves again. close() then stops
 // accepting and calls back once the last socket is gone.
 func TestNodeNetMaxConnections(t *testing.T) {
-	node := needNode(t)
+	node := needNode(t, "the listenerd-net module (examples/node)")
 	d := startDaemon(t)
 	p, addr := scenario(t, node, d, "quiet")
 	id := listenerAt(t, d, addr).GetId()
@@ -583,7 +619,7 @@ func TestNodeNetMaxConnections(t *testing.T) {
 // it: a port held by another program, and a port held by another
 // listener of the daemon.
 func TestNodeNetAddressInUse(t *testing.T) {
-	node := needNode(t)
+	node := needNode(t, "the listenerd-net module (examples/node)")
 	d := startDaemon(t)
 	held, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -632,7 +668,7 @@ func mustSplit(t *testing.T, addr string) (string, string) {
 // it, not what the peer writes), while another socket of the same server
 // flows; resumed, it reads everything.
 func TestNodeNetBackpressure(t *testing.T) {
-	node := needNode(t)
+	node := needNode(t, "the listenerd-net module (examples/node)")
 	d := startDaemon(t)
 	p, addr := scenario(t, node, d, "pause")
 
@@ -688,7 +724,7 @@ func TestNodeNetBackpressure(t *testing.T) {
 
 // pauseOnConnect: the socket reads nothing until resume().
 func TestNodeNetPauseOnConnect(t *testing.T) {
-	node := needNode(t)
+	node := needNode(t, "the listenerd-net module (examples/node)")
 	d := startDaemon(t)
 	p, addr := scenario(t, node, d, "quiet", "--pause-on-connect")
 	id := listenerAt(t, d, addr).GetId()
@@ -722,7 +758,7 @@ func TestNodeNetPauseOnConnect(t *testing.T) {
 // sockets close with the daemon's reason, the server gets an 'error' and
 // then 'close', and the program exits by itself.
 func TestNodeNetClosedElsewhere(t *testing.T) {
-	node := needNode(t)
+	node := needNode(t, "the listenerd-net module (examples/node)")
 	d := startDaemon(t)
 	p, addr := scenario(t, node, d, "quiet")
 	c := dial(t, addr)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -19,25 +18,12 @@ const nodeExample = "../examples/node"
 
 // The Node example runs green against a fresh daemon: it creates an echo
 // listener, sees a TCP client's opened and closed events, and closes it.
-// It needs node and npm; without them the test is skipped.
+// It needs node and npm, and npm's registry; without them the test is
+// skipped, unless $LISTENERD_REQUIRE_NODE is 1 (needNode).
 func TestNodeExample(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not on PATH: skipping the Node.js example (examples/node)")
-	}
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Skip("npm is not on PATH: skipping the Node.js example (examples/node)")
-	}
+	node := needNode(t, "the Node.js example (examples/node)")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*guard)
 	defer cancel()
-	if _, err := os.Stat(filepath.Join(nodeExample, "node_modules", "@grpc", "grpc-js")); errors.Is(err, os.ErrNotExist) {
-		// The versions pinned in package-lock.json, from the npm registry.
-		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--prefix", nodeExample)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci --prefix %s: %v\n%s", nodeExample, err, out)
-		}
-	}
 
 	d := startDaemon(t)
 	cmd := exec.CommandContext(ctx, node, filepath.Join(nodeExample, "client.js"), "--socket", d.socket)

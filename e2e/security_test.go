@@ -161,7 +161,7 @@ func TestCtlOverTCPAPI(t *testing.T) {
 	oneLineFailure("wrong token", d.ctl("--api", addr, "--ca", ca, "--token-file", wrong, "ls"), "not authorized")
 	oneLineFailure("no token", d.ctl("--api", addr, "--ca", ca, "close", "remote"), "not authorized")
 	oneLineFailure("plaintext against TLS", d.ctl("--api", addr, "--token-file", token, "--timeout", "5s", "ls"), "it may serve TLS there: give --ca")
-	oneLineFailure("privileged port by policy", d.ctl("--api", addr, "--ca", ca, "--token-file", token, "listen", "--port", "80"), "permission denied: spec.port")
+	oneLineFailure("privileged port by policy", d.ctl("--api", addr, "--ca", ca, "--token-file", token, "listen", "--port", "80"), "permission denied: --port")
 
 	// Health answers without a token on the TCP API.
 	conn := testkit.DialGRPC(t, "passthrough:///"+addr, credentials.NewTLS(&tls.Config{RootCAs: pool}))

@@ -63,14 +63,8 @@ func (d *daemon) startSctl(stdin string, args ...string) *sctl {
 // waitStderr waits until ctl's stderr holds text.
 func (s *sctl) waitStderr(text string) {
 	s.t.Helper()
-	seen := make(chan struct{})
-	s.stderr.OnOutput(text, func() { close(seen) })
-	select {
-	case <-seen:
-	case <-s.done:
+	if !awaitOutput(s.t, s.stderr, s.done, text) {
 		s.t.Fatalf("ctl exited (%v) before saying %q; stderr:\n%s", s.err, text, s.stderr.String())
-	case <-time.After(guard):
-		s.t.Fatalf("ctl never said %q; stderr:\n%s", text, s.stderr.String())
 	}
 }
 

@@ -45,7 +45,7 @@ func (a *app) closeAndWait(ctx context.Context, client listenerdv1.ListenerServi
 		// A name is given up at close: resume by id.
 		watchReq.ListenerIds = []string{closed.GetId()}
 		if a.json() {
-			return writeJSON(a.stdout, closed)
+			return writeDoc(a.stdout, closed)
 		}
 		_, err = fmt.Fprintln(a.stdout, closedLine(closed, req))
 		return err

@@ -21,12 +21,15 @@ func (a *app) lsCmd() *cobra.Command {
 		Long: `List every listener the daemon holds, oldest first, including closed ones
 still draining. MAX is max-connections ("-" for unlimited); a QUEUED column
 follows ACTIVE when a listener queues (--overflow queue). -o wide adds bytes
-in and out and the creation time; -o json prints one Listener object a line.
+in and out and the creation time; -o json prints one JSON document, the
+ListListenersResponse: {"listeners": [...], "sequence": "N"}, zero counts
+included.
 -v also says on stderr which event sequence the list reflects, for
 ctl watch --since SEQ to go on from it without missing or repeating an event.`,
 		Example: `  ctl ls
   ctl ls -o wide
-  ctl ls -o json | jq -r .id
+  ctl ls -o json | jq -r '.listeners[].id'
+  ctl ls -o json | python3 -m json.tool
   ctl ls -v    # ctl: as of seq=120: ctl watch --since 120 goes on from here`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -40,6 +43,9 @@ ctl watch --since SEQ to go on from it without missing or repeating an event.`,
 				return err
 			}
 			a.asOf(resp.GetSequence())
+			if a.json() {
+				return writeDoc(a.stdout, resp)
+			}
 			return a.writeListeners(a.stdout, resp.GetListeners())
 		},
 	}
@@ -51,7 +57,8 @@ func (a *app) getCmd() *cobra.Command {
 		Short: "Show one listener",
 		Long: `Show one listener, by id or name: its spec and its status, one "key: value"
 line each. A listener that queues (--overflow queue) also shows its queue's
-length and timeout, and how many connections wait in it.`,
+length and timeout, and how many connections wait in it. -o json prints the
+Listener object, one JSON document, zero counts included.`,
 		Example: `  ctl get ln-1a2b3c4d
   ctl get web -o json`,
 		Args: exactArgs(1, "a listener id or name"),
@@ -140,7 +147,7 @@ Prints the limits now in force.`,
 			}
 			l := resp.GetListener()
 			if a.json() {
-				return writeJSON(a.stdout, l)
+				return writeDoc(a.stdout, l)
 			}
 			_, err = fmt.Fprintf(a.stdout, "limits of %s: %s\n", l.GetId(), limitsLine(l.GetSpec().GetLimits()))
 			return err
@@ -180,7 +187,7 @@ destroys them now.
 
 --wait then waits until the last connection is gone (the listener_closed
 event) and says how many drained and how many were destroyed; with -o json it
-prints that event as a second line. Ctrl-C stops waiting (exit 1); the
+prints that event as a second line (JSON lines: the Listener, then the Event). Ctrl-C stops waiting (exit 1); the
 listener goes on draining.`,
 		Example: `  ctl close web
   ctl close ln-1a2b3c4d --drain 5s
@@ -207,7 +214,7 @@ listener goes on draining.`,
 			}
 			l := resp.GetListener()
 			if a.json() {
-				return writeJSON(a.stdout, l)
+				return writeDoc(a.stdout, l)
 			}
 			_, err = fmt.Fprintln(a.stdout, closedLine(l, req))
 			return err
@@ -251,7 +258,8 @@ func (a *app) connsCmd() *cobra.Command {
 connection id with ctl kick. When a connection waits in the listener's queue
 (--overflow queue), or waited there, STATE (open or queued) and WAIT (how long
 it waited) follow AGE. -o wide adds the family and the opening time; -o json
-prints one Connection object a line.`,
+prints one JSON document, the ListConnectionsResponse:
+{"connections": [...], "sequence": "N"}.`,
 		Example: `  ctl conns web
   ctl conns ln-1a2b3c4d -o json`,
 		Args: exactArgs(1, "a listener id or name"),
@@ -266,6 +274,9 @@ prints one Connection object a line.`,
 				return err
 			}
 			a.asOf(resp.GetSequence())
+			if a.json() {
+				return writeDoc(a.stdout, resp)
+			}
 			return a.writeConnections(a.stdout, resp.GetConnections())
 		},
 	}
@@ -294,7 +305,7 @@ the reason kicked. -o json prints the request that was carried out.`,
 				return err
 			}
 			if a.json() {
-				return writeJSON(a.stdout, req)
+				return writeDoc(a.stdout, req)
 			}
 			verb := "kicked"
 			if reset {

@@ -132,7 +132,7 @@ func TestLsGetConnsKick(t *testing.T) {
 	assertProto(t, rec.get(), &listenerdv1.CloseConnectionRequest{Id: "ln-1.1", Reset_: true})
 
 	r = runCtl(t, sock, "kick", "ln-1.1", "-o", "json")
-	if r.code != ExitOK || r.stdout != `{"id":"ln-1.1"}`+"\n" {
+	if r.code != ExitOK || r.stdout != `{"id":"ln-1.1","reset":false}`+"\n" {
 		t.Errorf("kick json: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }
@@ -210,7 +210,7 @@ func TestWatchResumes(t *testing.T) {
 		}
 	}
 	sock := startFake(t, svc)
-	stdout, stderr, code := runCtlUntil(sock, "seq=9 ", "watch", "ln-1", "--kind", "connection_opened")
+	stdout, stderr, code := runCtlUntil(sock, "seq=9 ", "watch", "ln-00000001", "--kind", "connection_opened")
 	if code != ExitOK {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
@@ -231,13 +231,14 @@ func TestWatchResumes(t *testing.T) {
 	if len(reqs) != 4 {
 		t.Fatalf("%d watch requests", len(reqs))
 	}
-	kinds := []listenerdv1.EventKind{listenerdv1.EventKind_EVENT_KIND_CONNECTION_OPENED}
+	// A watch of ids also asks for listener_closed, to end when they close.
+	kinds := []listenerdv1.EventKind{listenerdv1.EventKind_EVENT_KIND_CONNECTION_OPENED, listenerdv1.EventKind_EVENT_KIND_LISTENER_CLOSED}
 	after := func(n uint64) *uint64 { return &n }
 	for i, want := range []*listenerdv1.WatchEventsRequest{
-		{ListenerIds: []string{"ln-1"}, Kinds: kinds},
-		{ListenerIds: []string{"ln-1"}, Kinds: kinds, AfterSequence: after(7), BootId: "b1"},
-		{ListenerIds: []string{"ln-1"}, Kinds: kinds, AfterSequence: after(8), BootId: "b1"},
-		{ListenerIds: []string{"ln-1"}, Kinds: kinds, AfterSequence: after(8), BootId: "b1"},
+		{ListenerIds: []string{"ln-00000001"}, Kinds: kinds},
+		{ListenerIds: []string{"ln-00000001"}, Kinds: kinds, AfterSequence: after(7), BootId: "b1"},
+		{ListenerIds: []string{"ln-00000001"}, Kinds: kinds, AfterSequence: after(8), BootId: "b1"},
+		{ListenerIds: []string{"ln-00000001"}, Kinds: kinds, AfterSequence: after(8), BootId: "b1"},
 	} {
 		if !proto.Equal(reqs[i], want) {
 			t.Errorf("request %d: %v, want %v", i, reqs[i], want)
@@ -404,9 +405,12 @@ func TestWatchEnds(t *testing.T) {
 				}
 				return send(s, 0, "b2")
 			},
-			exit: ExitError,
+			// Without --since the watch goes on with the new daemon's
+			// events; this one then ends its stream.
+			exit: ExitOK,
 			stderr: "ctl: lost the connection to listenerd; reconnecting to resume after seq=6\n" +
-				"ctl: listenerd restarted (boot b1, now b2): the events after seq=6 are gone; re-list with 'ctl ls' and watch from now with 'ctl watch'\n",
+				"ctl: listenerd restarted (boot b1, now b2): events after seq=6 were missed; watching the new daemon's events from now\n" +
+				"ctl: listenerd ended the event stream\n",
 		},
 		{
 			name: "daemon ends the stream",
@@ -418,7 +422,7 @@ func TestWatchEnds(t *testing.T) {
 		},
 		{
 			name: "other errors end the watch",
-			args: []string{"nope"},
+			args: []string{"ln-0000dead"},
 			watch: func(*listenerdv1.WatchEventsRequest, grpc.ServerStreamingServer[listenerdv1.WatchEventsResponse]) error {
 				return status.Error(codes.NotFound, `listener "nope" not found`)
 			},

@@ -22,6 +22,16 @@ const completionExample = `  source <(ctl completion bash)                      
   ctl completion fish > ~/.config/fish/completions/ctl.fish
   ctl get <TAB>                                         # listener ids and names`
 
+// completionNeeds is what bash completion needs that a fresh machine may
+// not have.
+const completionNeeds = `
+
+TAB completion in bash needs the bash-completion package (on Debian and
+Ubuntu: apt install bash-completion; macOS with Homebrew: brew install
+bash-completion@2), loaded by the shell's startup files; without it, TAB
+after source <(ctl completion bash) says "_get_comp_words_by_ref: command
+not found".`
+
 // addCompletions turns on cobra's completion command (ctl completion bash
 // and the others) with examples, and completes arguments from the daemon:
 // listener ids and names for the commands that take one, connection ids for
@@ -36,6 +46,7 @@ func (a *app) addCompletions(root *cobra.Command) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "completion":
+			c.Long = strings.TrimRight(c.Long, "\n") + completionNeeds
 			c.Example = completionExample
 			for _, sh := range c.Commands() {
 				if sh.Example == "" {

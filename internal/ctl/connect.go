@@ -28,15 +28,16 @@ func (a *app) connectCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "connect HOST:PORT [--send TEXT] [--once]",
 		Short: "Connect to a TCP address as a plain client (the daemon is not involved)",
-		Long: `Connect to HOST:PORT like the Node client of net.Socket: look the host up
-(printing the addresses found), connect, print "CONNECTED TO:" and the
+		Long: `Connect to HOST:PORT like a Node.js net.Socket client, or nc: look the host
+up (printing the addresses found), connect, print "CONNECTED TO:" and the
 connection's five-tuple, send --send TEXT or else everything read from stdin,
-and print what comes back.
+and print what comes back. Nothing else needs installing to try a listener.
 
 The bytes received go to stdout as they are; everything else goes to stderr,
 so the output can be piped. When the input ends, connect half-closes its side
 (FIN) and keeps reading until the server closes. --once closes after the first
-reply instead (the seed client's client.destroy()). Ctrl-C closes and exits 0.`,
+reply instead, as a Node client calling client.destroy() on its first 'data'
+event does. Ctrl-C closes and exits 0.`,
 		Example: `  ctl connect 127.0.0.1:6969 --send 'I am Chuck Norris!' --once
   echo hello | ctl connect localhost:6969
   ctl connect [::1]:6969 < request.bin > reply.bin`,

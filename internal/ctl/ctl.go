@@ -101,6 +101,8 @@ func (a *app) run(ctx context.Context, args []string) int {
 	}
 	if !a.running {
 		err = asUsage(err)
+	} else if cmd != nil {
+		err = flagError(cmd.Flags(), err)
 	}
 	msg, code := a.describe(err)
 	if code == ExitUsage && cmd != nil && isFlagOrArgError(err) {
@@ -117,7 +119,9 @@ connects to listeners as a plain TCP client.
 An id or a name works wherever a listener id is asked for.
 
 Output: -o text (tables for people, the default), -o wide (more columns),
--o json (one JSON object a line, for scripts and streams).
+-o json (for scripts: one JSON document, protojson with zero values written
+out; the streams — watch, listen --follow, close --wait — print JSON lines,
+one object a line).
 
 Exit codes:
   0  success (and Ctrl-C on watch, listen --follow, attach, serve and connect)

@@ -123,7 +123,11 @@ func parseFaultSpec(spec string) (*listenerdv1.Fault, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErrorf("--fault %q: %v", spec, err)
 	}
-	return o.fault(parts[0], fs)
+	f, err := o.fault(parts[0], fs)
+	if err != nil {
+		return nil, usageErrorf("--fault %q: %v", spec, err)
+	}
+	return f, nil
 }
 
 func faultWord(k listenerdv1.FaultKind) string { return enumWord(k.String(), "FAULT_KIND_") }
@@ -202,7 +206,7 @@ ECONNRESET).`,
 				f = resp.GetFault()
 			}
 			if a.json() {
-				return writeJSON(a.stdout, f)
+				return writeDoc(a.stdout, f)
 			}
 			_, err = fmt.Fprintf(a.stdout, "fault %s on %s: %s\n", f.GetName(), args[0], faultLine(f))
 			return err
@@ -219,7 +223,7 @@ func (a *app) faultLsCmd() *cobra.Command {
 		Short: "List a listener's faults",
 		Long: `List the faults in force on a listener, oldest first: NAME, KIND,
 DIRECTION, PROBABILITY, SCOPE, what the kind does, and when it expires.
--o json prints one Fault object a line.`,
+-o json prints one JSON document, the ListFaultsResponse: {"faults": [...]}.`,
 		Example: `  ctl fault ls web
   ctl fault ls web -o json`,
 		Args: exactArgs(1, "a listener id or name"),
@@ -234,12 +238,7 @@ DIRECTION, PROBABILITY, SCOPE, what the kind does, and when it expires.
 				return err
 			}
 			if a.json() {
-				for _, f := range resp.GetFaults() {
-					if err := writeJSON(a.stdout, f); err != nil {
-						return err
-					}
-				}
-				return nil
+				return writeDoc(a.stdout, resp)
 			}
 			t := newTable(a.stdout, a.noHeaders, "NAME", "KIND", "DIRECTION", "PROBABILITY", "SCOPE", "DOES", "EXPIRES")
 			for _, f := range resp.GetFaults() {

@@ -24,9 +24,23 @@ import (
 // timeLayout is how tables show a point in time (local time).
 const timeLayout = "2006-01-02 15:04:05"
 
-// writeJSON writes m as protojson on exactly one line.
+// writeJSON writes m as protojson on exactly one line, zero values left
+// out as protojson does by default: the lines of streams (events), which
+// writeEventJSON spells the same way on its fast path.
 func writeJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{}.Marshal(m)
+	return writeProtoJSON(w, m, protojson.MarshalOptions{})
+}
+
+// writeDoc writes m, the whole answer of a command, as one JSON document on
+// one line: protojson with its zero values written out (a count of 0 is
+// "0", not left out), so that scripts find every field. Unset optional
+// fields (max_connections when unlimited) and unset messages stay out.
+func writeDoc(w io.Writer, m proto.Message) error {
+	return writeProtoJSON(w, m, protojson.MarshalOptions{EmitDefaultValues: true})
+}
+
+func writeProtoJSON(w io.Writer, m proto.Message, opts protojson.MarshalOptions) error {
+	b, err := opts.Marshal(m)
 	if err != nil {
 		return err
 	}
@@ -278,17 +292,9 @@ func local(t *listenerdv1.FiveTuple) string {
 	return net.JoinHostPort(t.GetLocalAddress(), strconv.FormatUint(uint64(t.GetLocalPort()), 10))
 }
 
-// writeListeners prints listeners as a table (text, wide) or one JSON object
-// a line.
+// writeListeners prints listeners as a table (text, wide); ctl ls -o json
+// prints the ListListenersResponse instead (writeDoc).
 func (a *app) writeListeners(w io.Writer, ls []*listenerdv1.Listener) error {
-	if a.json() {
-		for _, l := range ls {
-			if err := writeJSON(w, l); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
 	// A QUEUED column after ACTIVE when a listener queues.
 	const queuedAt = 5
 	queued := slices.ContainsFunc(ls, queues)
@@ -335,7 +341,7 @@ func queues(l *listenerdv1.Listener) bool {
 // writeListener prints one listener as "key: value" lines, or as JSON.
 func (a *app) writeListener(w io.Writer, l *listenerdv1.Listener) error {
 	if a.json() {
-		return writeJSON(w, l)
+		return writeDoc(w, l)
 	}
 	spec, st := l.GetSpec(), l.GetStatus()
 	backlog := "system default"
@@ -457,16 +463,9 @@ func limitsLine(l *listenerdv1.Limits) string {
 	return strings.Join(parts, " ")
 }
 
-// writeConnections prints connections as a table, or one JSON object a line.
+// writeConnections prints connections as a table; ctl conns -o json prints
+// the ListConnectionsResponse instead (writeDoc).
 func (a *app) writeConnections(w io.Writer, cs []*listenerdv1.Connection) error {
-	if a.json() {
-		for _, c := range cs {
-			if err := writeJSON(w, c); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
 	// STATE and WAIT columns after AGE when a connection is or was queued.
 	const queueAt = 4
 	queued := slices.ContainsFunc(cs, queuedOnce)
@@ -589,7 +588,7 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 	return b.String()
 }
 
-// followPrinter prints a listener's events like the seed's Node server log
+// followPrinter prints a listener's events like a Node.js server's log
 // (CONNECTED: 127.0.0.1:54321), for ctl listen --follow.
 type followPrinter struct {
 	// remotes maps open connection ids to their remote address, for events

@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"bytes"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -215,31 +214,6 @@ ln-5e6f7a8b  -    [::1]:80        failed     0  0   0  -  discard  0 B      0 B 
 `
 	if b.String() != want {
 		t.Errorf("wide, no headers:\n%s\nwant\n%s", b.String(), want)
-	}
-
-	b.Reset()
-	a.output = outputJSON
-	if err := a.writeListeners(&b, sampleListeners()); err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("json: %d lines: %q", len(lines), b.String())
-	}
-	var obj struct {
-		ID     string `json:"id"`
-		Status struct {
-			State string `json:"state"`
-		} `json:"status"`
-	}
-	if err := json.Unmarshal([]byte(lines[0]), &obj); err != nil {
-		t.Fatal(err)
-	}
-	if obj.ID != "ln-1a2b3c4d" || obj.Status.State != "STATE_LISTENING" {
-		t.Errorf("json: %+v from %s", obj, lines[0])
-	}
-	if strings.Contains(lines[0], " ") {
-		t.Errorf("json not compact: %s", lines[0])
 	}
 }
 

@@ -31,9 +31,10 @@ type handlerMode struct {
 	detail func(*listenerdv1.Handler) string
 }
 
-// modeFlag is a flag of one mode.
+// modeFlag is a flag of one mode, and the field of the mode's handler
+// message it sets.
 type modeFlag struct {
-	name, usage string
+	name, usage, field string
 }
 
 // handlerModes are ctl's handlers; the first is the daemon's default, the
@@ -58,7 +59,7 @@ var handlerModes = []handlerMode{
 	{
 		word:  "forward",
 		help:  "proxy each connection to --upstream HOST:PORT",
-		flags: []modeFlag{{"upstream", "HOST:PORT to forward connections to"}},
+		flags: []modeFlag{{"upstream", "HOST:PORT to forward connections to", "upstream"}},
 		build: func(vals map[string]string) (*listenerdv1.Handler, error) {
 			if vals["upstream"] == "" {
 				return nil, usageErrorf("--mode forward needs --upstream HOST:PORT")
@@ -72,7 +73,7 @@ var handlerModes = []handlerMode{
 		word: "stream",
 		help: "hand each connection to a program attached with ctl serve, ctl attach or the API",
 		flags: []modeFlag{{"claim-timeout", "the `time` a connection waits, unread, for an attached program to take it, " +
-			"before it closes no_handler or claim_timeout (default: the daemon's, 10s)"}},
+			"before it closes no_handler or claim_timeout (default: the daemon's, 10s)", "claim_timeout"}},
 		build: func(vals map[string]string) (*listenerdv1.Handler, error) {
 			sh := &listenerdv1.StreamHandler{}
 			if v, ok := vals["claim-timeout"]; ok {
@@ -147,10 +148,12 @@ func (f *handlerFlags) addFlags(fs *pflag.FlagSet) {
 	for _, m := range handlerModes {
 		for _, mf := range m.flags {
 			f.vals[mf.name] = fs.String(mf.name, "", fmt.Sprintf("%s (implies --mode %s)", mf.usage, m.word))
+			annotateField(fs, mf.name, "spec.handler."+m.word+"."+mf.field)
 			def += fmt.Sprintf(", or %s with --%s", m.word, mf.name)
 		}
 	}
 	fs.StringVar(&f.mode, "mode", "", "what to do with connections: "+orList(modeChoices().words())+" ("+def+")")
+	annotateField(fs, "mode", "spec.handler")
 }
 
 // handler turns --mode and the modes' flags given in fs into a Handler;

@@ -35,6 +35,9 @@ func (f *limitFlags) addFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&f.acceptRate, "accept-rate", 0, "most connections accepted a second (token bucket); over it a connection is rejected; 0 means no limit (default)")
 	fs.Uint32Var(&f.acceptBurst, "accept-burst", 0, "burst of --accept-rate; 0 means the rate, at least 1 (default)")
 	fs.Uint32Var(&f.maxPerSource, "max-per-source", 0, "most open connections from one source address; 0 means no limit (default)")
+	for _, s := range limitSetters {
+		annotateField(fs, s.flag, s.path)
+	}
 }
 
 // limitSetter is one limit flag: the Limits field it sets and the update

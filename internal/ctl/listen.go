@@ -52,6 +52,14 @@ func (o *listenOptions) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVarP(&o.follow, "follow", "f", false, "after creating, print the listener's events until Ctrl-C or until it closes")
 	fs.BoolVar(&o.data, "data", false, "with --follow, also print the bytes each client sends (DATA: lines)")
 	fs.StringArrayVar(&o.faults, "fault", nil, "a fault in force from the first accept: KIND[,key=value…], the keys being ctl fault add's flags; repeat for more")
+	for flag, field := range map[string]string{
+		"port": "spec.port", "host": "spec.host", "name": "name",
+		"allow-half-open": "spec.allow_half_open", "pause-on-connect": "spec.pause_on_connect",
+		"backlog": "spec.backlog", "allow": "spec.allow_cidrs", "deny": "spec.deny_cidrs",
+		"no-delay": "spec.no_delay", "keepalive": "spec.keepalive", "fault": "spec.faults",
+	} {
+		annotateField(fs, flag, field)
+	}
 }
 
 // request builds the CreateListenerRequest from the parsed flags in fs.
@@ -193,7 +201,7 @@ func (a *app) listen(ctx context.Context, req *listenerdv1.CreateListenerRequest
 	announce := func() error {
 		printed = true
 		if a.json() {
-			return writeJSON(a.stdout, l)
+			return writeDoc(a.stdout, l)
 		}
 		what := "id " + l.GetId()
 		if l.GetName() != "" {

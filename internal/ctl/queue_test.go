@@ -268,8 +268,7 @@ ln-1.5  127.0.0.1:54323  127.0.0.1:6969  1m     queued  1m    0 B      0 B
 		t.Errorf("conns -o wide:\n%q\nwant\n%q", b.String(), want)
 	}
 	b.Reset()
-	a.output = outputJSON
-	if err := a.writeConnections(&b, cs[2:]); err != nil {
+	if err := writeDoc(&b, &listenerdv1.ListConnectionsResponse{Connections: cs[2:]}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(b.String(), `"state":"CONNECTION_STATE_QUEUED","queueWait":"60s"`) {

@@ -33,7 +33,7 @@ ctl ls shows FAILED listeners, and ctl get their last error.`,
 			}
 			l := resp.GetListener()
 			if a.json() {
-				return writeJSON(a.stdout, l)
+				return writeDoc(a.stdout, l)
 			}
 			_, err = fmt.Fprintf(a.stdout, "listening on %s (id %s, rebound)\n", address(l), l.GetId())
 			return err

@@ -34,7 +34,7 @@ and its event history against its byte budget (--history-bytes).`,
 				return err
 			}
 			if a.json() {
-				return writeJSON(a.stdout, resp.GetStatus())
+				return writeDoc(a.stdout, resp.GetStatus())
 			}
 			return writeStatus(a.stdout, resp.GetStatus())
 		},

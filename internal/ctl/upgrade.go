@@ -52,7 +52,7 @@ says why. SIGUSR2 to the daemon does the same, for init systems.`,
 				return err
 			}
 			if a.json() {
-				return writeJSON(a.stdout, resp)
+				return writeDoc(a.stdout, resp)
 			}
 			_, err = fmt.Fprintf(a.stdout, "upgraded: pid %d serves (%s); %s handed over at seq=%d (boot %s); %s draining in the old process\n",
 				resp.GetPid(), resp.GetBinary(), plural(uint64(resp.GetListeners()), "listener"),

@@ -13,10 +13,10 @@ import (
 	"github.com/listenerd/listenerd/internal/version"
 )
 
-// startDaemon runs a real daemon (server.Run, ephemeral) in this process
+// runDaemon runs a real daemon (server.Run, ephemeral) in this process
 // on a temporary socket until the test ends, and returns the socket once
 // it serves.
-func startDaemon(t *testing.T) string {
+func runDaemon(t *testing.T) string {
 	t.Helper()
 	sock := filepath.Join(testkit.ShortDir(t), "run", "listenerd.sock")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -42,7 +42,7 @@ func startDaemon(t *testing.T) string {
 // ctl version names ctl's build and the daemon's, in text and in one JSON
 // document; the daemon's is the one it reports in its status.
 func TestVersionAgainstDaemon(t *testing.T) {
-	sock := startDaemon(t)
+	sock := runDaemon(t)
 	want := version.Get().String() // one binary: the daemon's build is this test's
 	r := runCtl(t, sock, "version")
 	if r.code != 0 || r.stdout != "client: "+want+"\ndaemon: "+want+"\n" || r.stderr != "" {

@@ -31,7 +31,9 @@ type retryPolicy struct {
 var defaultRetry = retryPolicy{
 	initial: 100 * time.Millisecond,
 	max:     2 * time.Second,
-	giveUp:  30 * time.Second,
+	// Generous: a daemon restarting drains its connections first (30s by
+	// default) before the new one serves.
+	giveUp: 2 * time.Minute,
 }
 
 // watcher follows WatchEvents and resumes it after a slow-watcher cut
@@ -67,6 +69,22 @@ type watcher struct {
 	// reached: a stream has opened at least once; a lost connection is
 	// resumed only then.
 	reached bool
+
+	// restarted, when set, makes the watch carry on across a daemon
+	// restart (a new boot): it is called with the old and the new boot id,
+	// and the watch goes on from the new daemon's head. Unset, a restart
+	// ends the watch with an error.
+	restarted func(ctx context.Context, oldBoot, newBoot string) error
+}
+
+// errRestarted is a resume refused because the daemon restarted: the
+// events after the resume point are gone.
+type errRestarted struct {
+	oldBoot, newBoot string
+}
+
+func (e *errRestarted) Error() string {
+	return fmt.Sprintf("listenerd restarted (boot %s, now %s)", e.oldBoot, e.newBoot)
 }
 
 func (a *app) newWatcher(client listenerdv1.ListenerServiceClient, req *listenerdv1.WatchEventsRequest,
@@ -102,6 +120,15 @@ func (w *watcher) run(ctx context.Context) error {
 		}
 		if progressed {
 			failingSince, delay, announced, failures = time.Time{}, w.retry.initial, false, 0
+		}
+		if rs := w.restart(err); rs != nil && w.restarted != nil {
+			if err := w.restarted(ctx, rs.oldBoot, rs.newBoot); err != nil {
+				return err
+			}
+			// From the new daemon's head: its sequences start again.
+			w.last, w.bootID = nil, ""
+			failingSince, delay, announced, failures = time.Time{}, w.retry.initial, false, 0
+			continue
 		}
 		st, _ := grpcStatus(err)
 		if !w.reached && st.Code() == codes.Unavailable {
@@ -148,6 +175,20 @@ func (w *watcher) run(ctx context.Context) error {
 	}
 }
 
+// restart returns the boots of a resume the daemon refused because it
+// restarted, nil for any other error.
+func (w *watcher) restart(err error) *errRestarted {
+	var rs *errRestarted
+	if errors.As(err, &rs) {
+		return rs
+	}
+	st, ok := grpcStatus(err)
+	if !ok || st.Code() != codes.OutOfRange || errorInfo(st).GetReason() != "BOOT_MISMATCH" {
+		return nil
+	}
+	return &errRestarted{oldBoot: w.bootID, newBoot: errorInfo(st).GetMetadata()["boot_id"]}
+}
+
 func (w *watcher) resumePoint() uint64 {
 	if w.last == nil {
 		return 0
@@ -183,6 +224,9 @@ func (w *watcher) attempt(ctx context.Context) (progressed, done bool, err error
 		if first {
 			first, progressed, w.reached = false, true, true
 			if w.bootID != "" && resp.GetBootId() != "" && resp.GetBootId() != w.bootID {
+				if w.restarted != nil {
+					return progressed, false, &errRestarted{oldBoot: w.bootID, newBoot: resp.GetBootId()}
+				}
 				return progressed, false, &messageError{code: ExitError, msg: fmt.Sprintf(
 					"listenerd restarted (boot %s, now %s): the events after seq=%d are gone; "+
 						"re-list with 'ctl ls' and watch from now with 'ctl watch'",
@@ -315,6 +359,7 @@ func (a *app) watchCmd() *cobra.Command {
 		kinds   []string
 		data    bool
 		dataMax uint32
+		keep    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "watch [ID...]",
@@ -323,6 +368,10 @@ func (a *app) watchCmd() *cobra.Command {
 
 With IDs (ids or names), only the events of those listeners; with --kind, only
 those kinds (repeatable): ` + strings.Join(kindWords(), ", ") + `.
+A name follows the name: when its listener closes and a new one is created
+with that name (a new id), the new one's events follow too. A watch of ids
+only ends by itself (exit 0) once each of those listeners has closed, after
+printing its listener_closed event; --keep watches on.
 --since SEQ first replays the events after SEQ that the daemon still holds.
 --data adds connection_data events: the bytes moved each way, cut to
 --data-max bytes an event (default 256, at most 65536; len= says how many
@@ -330,15 +379,21 @@ moved). The daemon records data only while a watcher asks for it.
 
 When the daemon cuts a watcher that falls behind, or the connection is lost,
 watch resumes by itself after the last event it printed, so nothing the daemon
-still holds is missed, and says so on stderr. It gives up after 30s without
-the daemon (exit 4), and at once when it never reached it. When the events
-needed are no longer held it exits 1:
-re-list with ctl ls and watch from now.
+still holds is missed, and says so on stderr. When the daemon restarted in
+the meantime (a new boot id), the events in between are gone: watch says so
+in one line on stderr ("listenerd restarted …: events … were missed") and
+goes on with the new daemon's events; with --since it exits 1 instead. It
+gives up after 2m without the daemon (exit 4), and at once when it never
+reached it. When the events needed are no longer held it exits 1: re-list
+with ctl ls and watch from now.
 
--o json prints one Event object a line; -o wide prefixes the time.`,
+-o json prints JSON lines (NDJSON): one Event object a line, nothing else on
+stdout (each event carries its daemon's bootId, which changes at a restart);
+-o wide prefixes the time.`,
 		Example: `  ctl watch
   ctl watch ln-1a2b3c4d web --kind connection_opened --kind connection_closed
   ctl watch --since 120 -o json
+  ctl watch ln-1a2b3c4d        # ends once that listener has closed
   ctl watch web --data --data-max 1024`,
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			req, err := watchRequest(ids, kinds)
@@ -360,19 +415,33 @@ re-list with ctl ls and watch from now.
 			if slices.Contains(req.Kinds, listenerdv1.EventKind_EVENT_KIND_CONNECTION_DATA) {
 				req.IncludeData = true // asking for the kind is asking for data
 			}
+			scope := newWatchScope(ids, keep, req)
 			client, err := a.dial()
 			if err != nil {
 				return err
 			}
+			if err := scope.resolve(cmd.Context(), a, client, false); err != nil {
+				return err
+			}
 			w := a.newWatcher(client, req, func(out *bufio.Writer, ev *listenerdv1.Event) (bool, error) {
+				show, done := scope.take(ev)
+				if !show {
+					return done, nil
+				}
 				if a.json() {
-					return false, writeEventJSON(out, ev)
+					return done, writeEventJSON(out, ev)
 				}
 				_, err := fmt.Fprintln(out, eventLine(ev, a.wide()))
-				return false, err
+				return done, err
 			})
 			if cmd.Flags().Changed("since") {
 				w.last = &since
+			} else {
+				w.restarted = func(ctx context.Context, oldBoot, newBoot string) error {
+					a.note("listenerd restarted (boot %s, now %s): events after seq=%d were missed; watching the new daemon's events from now",
+						oldBoot, newBoot, w.resumePoint())
+					return scope.resolve(ctx, a, client, true)
+				}
 			}
 			return w.run(cmd.Context())
 		},
@@ -380,6 +449,7 @@ re-list with ctl ls and watch from now.
 	cmd.Flags().Uint64Var(&since, "since", 0, "replay the events after this sequence number first")
 	cmd.Flags().StringArrayVar(&kinds, "kind", nil, "only events of this kind (repeatable)")
 	cmd.Flags().BoolVar(&data, "data", false, "also stream connection_data events (the bytes moved)")
+	cmd.Flags().BoolVar(&keep, "keep", false, "with ids only: watch on after those listeners have closed")
 	cmd.Flags().Uint32Var(&dataMax, "data-max", 0, "bytes of data kept per data event, 1-65536 (default 256; implies --data)")
 	return cmd
 }
