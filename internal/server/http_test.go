@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -318,6 +319,27 @@ func TestHTTPToken(t *testing.T) {
 		}
 		s.close()
 	}
+}
+
+// TestHTTPClientCertOnly: --client-ca alone is authentication enough for
+// --http on loopback (no token): a client with a certificate the CA
+// signed is served, one without is refused 401.
+func TestHTTPClientCertOnly(t *testing.T) {
+	p := newPKI(t)
+	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0",
+		API: APIConfig{TLSCert: p.serverCert, TLSKey: p.srvKey, ClientCA: p.caFile}})
+	if !strings.HasPrefix(d.http, "https://") {
+		t.Fatalf("HTTP API at %s, want https", d.http)
+	}
+	client := func(certs ...tls.Certificate) *http.Client {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool, Certificates: certs, MinVersion: tls.VersionTLS12}}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
+	if r := d.do(t, client(p.client), httpCall{method: "GET", path: "/v1/listeners"}); r.status != http.StatusOK {
+		t.Fatalf("with the client certificate: %d %s", r.status, r.raw)
+	}
+	d.do(t, client(), httpCall{method: "GET", path: "/v1/listeners"}).wantError(t, 401, 16, "client certificate")
 }
 
 // TestOpenAPI: the document is served, is JSON, and names the routes.
