@@ -54,6 +54,22 @@ func readEnd(t *testing.T, c net.Conn, what string) {
 	}
 }
 
+// openWithToken opens the dashboard at base with the token in the
+// address's fragment (base/#token=TOKEN, as the README says), waits for the
+// event stream, and checks the page kept the token for the tab's session
+// and took it out of the address.
+func openWithToken(tb *tab, base, token string) {
+	tb.t.Helper()
+	tb.run("open the dashboard", chromedp.Navigate(base+"/#token="+token))
+	tb.until("the event stream", `document.querySelector('#conn-status').dataset.state === 'live'`)
+	if href := value(tb, "read the address", chromedp.Evaluate[string](`location.href`)); href != base+"/" {
+		tb.t.Errorf("the address after load is %q, want %q (the token taken out)", href, base+"/")
+	}
+	if kept := value(tb, "read the session", chromedp.Evaluate[string](`sessionStorage.getItem('listenerd.token')`)); kept != token {
+		tb.t.Errorf("sessionStorage holds %q, want the fragment's token %q", kept, token)
+	}
+}
+
 // TestDashboard drives the embedded dashboard in a headless Chromium
 // against the real daemon: a listener created in the page, a connection
 // from a plain TCP client shown live, a limit changed, the API's
@@ -61,11 +77,10 @@ func readEnd(t *testing.T, c net.Conn, what string) {
 // the listener closed, each checked against the daemon over gRPC.
 func TestDashboard(t *testing.T) {
 	tb := newTab(t)
-	d := startDaemon(t, "--http", "127.0.0.1:0")
+	d, token := startWebDaemon(t, testkit.ShortDir(t))
 	ctx := testContext(t)
 
-	tb.run("open the dashboard", chromedp.Navigate(httpURL(t, d)+"/"))
-	tb.until("the event stream", `document.querySelector('#conn-status').dataset.state === 'live'`)
+	openWithToken(tb, httpURL(t, d), token)
 	st, err := d.client.GetDaemonStatus(ctx, &listenerdv1.GetDaemonStatusRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -208,12 +223,11 @@ func TestDashboard(t *testing.T) {
 func TestDashboardDaemonRestart(t *testing.T) {
 	tb := newTab(t)
 	dir := testkit.ShortDir(t)
-	d1 := startDaemonIn(t, dir, "--http", "127.0.0.1:0")
+	d1, token := startWebDaemon(t, dir)
 	ctx := testContext(t)
 	relay := newRelay(t, strings.TrimPrefix(httpURL(t, d1), "http://"))
 
-	tb.run("open the dashboard", chromedp.Navigate("http://"+relay.addr()+"/"))
-	tb.until("the event stream", `document.querySelector('#conn-status').dataset.state === 'live'`)
+	openWithToken(tb, "http://"+relay.addr(), token)
 	boot1 := tb.textOf("#boot-id")
 	created, err := d1.client.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Name: "kept", Spec: &listenerdv1.ListenerSpec{}})
 	if err != nil {
@@ -228,7 +242,7 @@ func TestDashboardDaemonRestart(t *testing.T) {
 
 	relay.retarget("") // refuse while no daemon serves
 	d1.stop()
-	d2 := startDaemonIn(t, dir, "--http", "127.0.0.1:0")
+	d2 := startDaemonIn(t, dir, "--http", "127.0.0.1:0", "--token-file", filepath.Join(dir, "token")) // the same token
 	relay.retarget(strings.TrimPrefix(httpURL(t, d2), "http://"))
 	st, err := d2.client.GetDaemonStatus(ctx, &listenerdv1.GetDaemonStatusRequest{})
 	if err != nil {
@@ -372,11 +386,7 @@ func (r *relay) serve(c net.Conn) {
 func TestDashboardToken(t *testing.T) {
 	tb := newTab(t)
 	dir := testkit.ShortDir(t)
-	const token = "dashboard-test-token"
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	token, tokenFile := writeToken(t, dir)
 	d := startDaemonIn(t, dir, "--http", "127.0.0.1:0", "--token-file", tokenFile)
 	ctx := testContext(t)
 	l, err := d.client.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Name: "guarded", Spec: &listenerdv1.ListenerSpec{}})

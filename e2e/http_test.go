@@ -2,14 +2,20 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 var httpLine = regexp.MustCompile(`listenerd serving HTTP on (http://\S+)/`)
@@ -25,12 +31,44 @@ func httpURL(t *testing.T, d *daemon) string {
 	return m[1]
 }
 
-// call sends one request (a body as JSON) and decodes the JSON answer.
-func call(t *testing.T, cl *http.Client, method, url, body string) (int, map[string]any) {
+// writeToken writes a fresh API token to dir/token (mode 0600) as the
+// README makes one (32 random bytes in base64, so with '+', '/' and '=' as
+// a browser's address and a shell must carry them) and returns it and the
+// file; --http refuses to serve without one (or a client CA).
+func writeToken(t *testing.T, dir string) (token, file string) {
+	t.Helper()
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)     // crypto/rand.Read never fails
+	b[0], b[1] = 0xfb, 0xff // "+/..." always, not by chance
+	token, file = base64.StdEncoding.EncodeToString(b), filepath.Join(dir, "token")
+	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return token, file
+}
+
+// startWebDaemon starts a daemon in dir serving the HTTP API on loopback
+// with a token of its own; it returns the daemon and the token.
+func startWebDaemon(t *testing.T, dir string) (*daemon, string) {
+	t.Helper()
+	token, file := writeToken(t, dir)
+	d := startDaemonIn(t, dir, "--http", "127.0.0.1:0", "--token-file", file)
+	if strings.Contains(d.stderr.String(), token) {
+		t.Fatalf("the daemon's output shows the token:\n%s", d.stderr.String())
+	}
+	return d, token
+}
+
+// call sends one request (a body as JSON) with token as its bearer token
+// (none when "") and decodes the JSON answer.
+func call(t *testing.T, cl *http.Client, token, method, url, body string) (int, map[string]any) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(testContext(t), method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
@@ -63,16 +101,17 @@ func listenerOf(t *testing.T, m map[string]any) map[string]any {
 }
 
 // TestHTTPAPI drives the real daemon's --http with net/http and curl:
-// create, list, close; and its event stream ends cleanly on SIGTERM.
+// create, list, close, each with the token (refused without it); and its
+// event stream ends cleanly on SIGTERM.
 func TestHTTPAPI(t *testing.T) {
-	d := startDaemon(t, "--http", "127.0.0.1:0")
+	d, token := startWebDaemon(t, testkit.ShortDir(t))
 	base := httpURL(t, d)
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	cl := &http.Client{Transport: tr}
 
 	t.Run("net/http", func(t *testing.T) {
-		code, m := call(t, cl, "POST", base+"/v1/listeners", `{"name":"web","spec":{"port":0,"handler":{"echo":{}}}}`)
+		code, m := call(t, cl, token, "POST", base+"/v1/listeners", `{"name":"web","spec":{"port":0,"handler":{"echo":{}}}}`)
 		if code != http.StatusOK {
 			t.Fatalf("create: %d %v", code, m)
 		}
@@ -84,16 +123,21 @@ func TestHTTPAPI(t *testing.T) {
 		if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
 			t.Fatal(err)
 		}
-		code, m = call(t, cl, "GET", base+"/v1/listeners", "")
+		code, m = call(t, cl, token, "GET", base+"/v1/listeners", "")
 		if ls, _ := m["listeners"].([]any); code != http.StatusOK || len(ls) != 1 {
 			t.Fatalf("list: %d %v", code, m)
 		}
-		code, m = call(t, cl, "DELETE", base+"/v1/listeners/web?force=true", "")
+		code, m = call(t, cl, token, "DELETE", base+"/v1/listeners/web?force=true", "")
 		if code != http.StatusOK || listenerOf(t, m)["name"] != "web" {
 			t.Fatalf("close: %d %v", code, m)
 		}
-		if code, m = call(t, cl, "GET", base+"/v1/listeners/nope", ""); code != http.StatusNotFound || m["code"] != float64(5) {
+		if code, m = call(t, cl, token, "GET", base+"/v1/listeners/nope", ""); code != http.StatusNotFound || m["code"] != float64(5) {
 			t.Fatalf("get an unknown id: %d %v", code, m)
+		}
+		for _, tok := range []string{"", "wrong-" + token} {
+			if code, m = call(t, cl, tok, "POST", base+"/v1/listeners", `{"spec":{"port":0}}`); code != http.StatusUnauthorized || m["code"] != float64(16) {
+				t.Fatalf("create with token %q: %d %v", tok, code, m)
+			}
 		}
 	})
 
@@ -102,9 +146,11 @@ func TestHTTPAPI(t *testing.T) {
 		if err != nil {
 			t.Skip("curl is not on PATH")
 		}
+		// As the README shows: the token file read by the shell.
+		auth := "Authorization: Bearer " + token
 		run := func(args ...string) map[string]any {
 			t.Helper()
-			out, err := exec.CommandContext(testContext(t), curl, append([]string{"-sS", "--fail-with-body"}, args...)...).Output()
+			out, err := exec.CommandContext(testContext(t), curl, append([]string{"-sS", "--fail-with-body", "-H", auth}, args...)...).Output()
 			if err != nil {
 				t.Fatalf("curl %v: %v\n%s", args, err, out)
 			}
@@ -127,9 +173,15 @@ func TestHTTPAPI(t *testing.T) {
 		}
 		// A form post, as a web page could send across sites, is refused.
 		out, err := exec.CommandContext(testContext(t), curl, "-s", "-o", "/dev/null", "-w", "%{http_code}",
-			"-d", "name=x", base+"/v1/listeners").Output()
+			"-H", auth, "-d", "name=x", base+"/v1/listeners").Output()
 		if err != nil || string(out) != "415" {
 			t.Fatalf("form post: %q %v", out, err)
+		}
+		// Without the token: 401.
+		out, err = exec.CommandContext(testContext(t), curl, "-s", "-o", "/dev/null", "-w", "%{http_code}",
+			base+"/v1/listeners").Output()
+		if err != nil || string(out) != "401" {
+			t.Fatalf("without the token: %q %v", out, err)
 		}
 	})
 
@@ -138,6 +190,7 @@ func TestHTTPAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -162,13 +215,13 @@ func TestHTTPAPI(t *testing.T) {
 }
 
 // TestHTTPUpgrade: POST /v1/daemon:upgrade starts the new process, which
-// takes the HTTP socket over: the same address answers once the old
-// process is gone.
+// takes the HTTP socket over: the same address answers, with the same
+// token required, once the old process is gone.
 func TestHTTPUpgrade(t *testing.T) {
-	d := startDaemon(t, "--http", "127.0.0.1:0")
+	d, token := startWebDaemon(t, testkit.ShortDir(t))
 	base := httpURL(t, d)
 	cl := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	code, m := call(t, cl, "POST", base+"/v1/daemon:upgrade", "{}")
+	code, m := call(t, cl, token, "POST", base+"/v1/daemon:upgrade", "{}")
 	if code != http.StatusOK {
 		t.Fatalf("upgrade: %d %v", code, m)
 	}
@@ -180,8 +233,11 @@ func TestHTTPUpgrade(t *testing.T) {
 	boot := m["bootId"]
 	eventually(t, func() bool { return gone(d.cmd.Process.Pid) }, "the old process exits")
 	// Port 0 was picked once: only the handed-over socket answers here.
-	code, m = call(t, cl, "GET", base+"/v1/status", "")
+	code, m = call(t, cl, token, "GET", base+"/v1/status", "")
 	if st, _ := m["status"].(map[string]any); code != http.StatusOK || st["bootId"] != boot || boot == "" {
 		t.Fatalf("status after the upgrade: %d %v (the upgrade said boot %v)", code, m, boot)
+	}
+	if code, m = call(t, cl, "", "GET", base+"/v1/status", ""); code != http.StatusUnauthorized {
+		t.Fatalf("status after the upgrade without the token: %d %v", code, m)
 	}
 }

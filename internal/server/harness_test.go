@@ -66,6 +66,7 @@ type testDaemon struct {
 	socket string
 	addr   string // TCP API, "" without one
 	http   string // HTTP API's base URL (http://ADDR), "" without one
+	token  string // the bearer token the HTTP helpers send, "" for none
 	state  string // the state file
 	log    *testkit.Buffer
 	unix   listenerdv1.ListenerServiceClient

@@ -42,10 +42,12 @@ type webAPI struct {
 	maxConns   int
 }
 
-// prepareHTTP checks --http against the TCP API's files: off loopback, the
-// HTTP API needs TLS (--tls-cert, --tls-key) and a token (--token-file);
-// with a token it requires it on loopback too, and with --client-ca a
-// client certificate. nil when --http is not given.
+// prepareHTTP checks --http against the TCP API's files, by the TCP API's
+// rules: it must authenticate (--token-file and/or --client-ca), since
+// every local user can reach loopback and the daemon often runs as root;
+// off loopback it needs TLS (--tls-cert, --tls-key) and a token. With a
+// token every call needs it, and with --client-ca a client certificate.
+// nil when --http is not given.
 func prepareHTTP(ctx context.Context, cfg Config, fdReserve int64, log *slog.Logger) (*webAPI, error) {
 	if cfg.HTTP == "" {
 		return nil, nil
@@ -58,8 +60,11 @@ func prepareHTTP(ctx context.Context, cfg Config, fdReserve int64, log *slog.Log
 	if err := checkTLSFlags(a); err != nil {
 		return nil, err
 	}
-	if !loopback && (a.TLSCert == "" || a.TokenFile == "") {
+	switch {
+	case !loopback && (a.TLSCert == "" || a.TokenFile == ""):
 		return nil, fmt.Errorf("refusing to serve HTTP on %s: it is not a loopback address, so it needs TLS (--tls-cert and --tls-key) and a token (--token-file)", cfg.HTTP)
+	case a.TokenFile == "" && a.ClientCA == "":
+		return nil, fmt.Errorf("refusing to serve HTTP on %s without authentication (give --token-file and/or --client-ca): every local user could call it otherwise", cfg.HTTP)
 	}
 	host, _, _ := net.SplitHostPort(cfg.HTTP)
 	web := &webAPI{addr: cfg.HTTP, host: strings.ToLower(host), clientCert: a.ClientCA != "", maxConns: maxConns(fdReserve)}
@@ -78,8 +83,6 @@ func prepareHTTP(ctx context.Context, cfg Config, fdReserve int64, log *slog.Log
 	}
 	if sum != nil {
 		web.auth = authFunc(false, sum) // the certificate is checked by guard
-	} else {
-		log.Warn("the HTTP API has no token: every local user may call it (give --token-file)", "addr", cfg.HTTP)
 	}
 	return web, nil
 }

@@ -3,6 +3,8 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -28,11 +30,45 @@ func httpClient(t *testing.T) *http.Client {
 	return &http.Client{Transport: tr}
 }
 
+// startWeb runs a daemon serving the HTTP API on loopback with a token
+// (--http refuses to serve without authentication), which do and openSSE
+// then send.
+func startWeb(t *testing.T) *testDaemon {
+	t.Helper()
+	token := "web-" + rand.Text()
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0", API: APIConfig{TokenFile: file}})
+	d.token = token
+	return d
+}
+
+// bearer is the Authorization header carrying tok.
+func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
+
+// withToken sets the daemon's token as req's bearer token, unless h names
+// an Authorization of its own (a nil one: none), then h's headers.
+func (d *testDaemon) withToken(req *http.Request, h http.Header) {
+	if _, own := h["Authorization"]; !own && d.token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.token)
+	}
+	for k, v := range h {
+		if v != nil {
+			req.Header[k] = v
+		}
+	}
+}
+
+// noToken is a header sending no Authorization at all.
+var noToken = http.Header{"Authorization": nil}
+
 // httpCall is one request and what came back.
 type httpCall struct {
 	method, path, body string
-	header             http.Header
-	host               string // the Host header, when not the address
+	header             http.Header // added to the daemon's token; see withToken
+	host               string      // the Host header, when not the address
 }
 
 type httpReply struct {
@@ -42,8 +78,9 @@ type httpReply struct {
 	raw    string
 }
 
-// do sends c to the daemon's HTTP API; a body is sent as JSON unless
-// the call sets its own Content-Type.
+// do sends c to the daemon's HTTP API with the daemon's token unless c
+// says otherwise; a body is sent as JSON unless the call sets its own
+// Content-Type.
 func (d *testDaemon) do(t *testing.T, cl *http.Client, c httpCall) httpReply {
 	t.Helper()
 	var body io.Reader
@@ -57,9 +94,7 @@ func (d *testDaemon) do(t *testing.T, cl *http.Client, c httpCall) httpReply {
 	if c.body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	for k, v := range c.header {
-		req.Header[k] = v
-	}
+	d.withToken(req, c.header)
 	if c.host != "" {
 		req.Host = c.host
 	}
@@ -113,7 +148,7 @@ func (r httpReply) wantError(t *testing.T, status, code int, says string) {
 // TestHTTPListeners drives the listeners' life through HTTP/JSON: each
 // call, its status for bad input, and what the daemon then holds.
 func TestHTTPListeners(t *testing.T) {
-	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0"})
+	d := startWeb(t)
 	cl := httpClient(t)
 	ctx := testContext(t)
 
@@ -206,7 +241,7 @@ func TestHTTPListeners(t *testing.T) {
 // rebinding), a body that is not JSON (a cross-site form) and a
 // preflight are refused, nothing changes, and no CORS header is sent.
 func TestHTTPBrowserSafety(t *testing.T) {
-	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0"})
+	d := startWeb(t)
 	cl := httpClient(t)
 	create := `{"name":"x","spec":{"port":0}}`
 
@@ -249,38 +284,67 @@ func TestHTTPBrowserSafety(t *testing.T) {
 	}
 }
 
-// TestHTTPToken: with --token-file, every call needs the bearer token,
-// on loopback too; the event stream also takes it as ?access_token=.
+// TestHTTPToken: every call needs the bearer token, on loopback too; the
+// event stream also takes it as ?access_token= (EventSource cannot send
+// headers), and nothing else does.
 func TestHTTPToken(t *testing.T) {
 	p := newPKI(t)
 	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0", API: APIConfig{TokenFile: p.tokenFile}})
+	d.token = p.token
 	cl := httpClient(t)
-	bearer := func(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
 
-	d.do(t, cl, httpCall{method: "GET", path: "/v1/listeners"}).wantError(t, 401, 16, "bearer token")
+	d.do(t, cl, httpCall{method: "GET", path: "/v1/listeners", header: noToken}).wantError(t, 401, 16, "bearer token")
 	d.do(t, cl, httpCall{method: "GET", path: "/v1/listeners", header: bearer(p.wrongToken)}).wantError(t, 401, 16, "invalid bearer token")
-	d.do(t, cl, httpCall{method: "POST", path: "/v1/listeners", body: `{"spec":{"port":0}}`}).wantError(t, 401, 16, "bearer token")
-	d.do(t, cl, httpCall{method: "GET", path: "/v1/listeners?access_token=" + url.QueryEscape(p.token)}).wantError(t, 401, 16, "bearer token")
-	d.do(t, cl, httpCall{method: "GET", path: "/v1/events"}).wantError(t, 401, 16, "bearer token")
-	d.do(t, cl, httpCall{method: "GET", path: "/v1/events?access_token=" + url.QueryEscape(p.wrongToken)}).wantError(t, 401, 16, "invalid")
-	if r := d.do(t, cl, httpCall{method: "POST", path: "/v1/listeners", body: `{"spec":{"port":0}}`, header: bearer(p.token)}); r.status != http.StatusOK {
+	d.do(t, cl, httpCall{method: "POST", path: "/v1/listeners", body: `{"spec":{"port":0}}`, header: noToken}).wantError(t, 401, 16, "bearer token")
+	d.do(t, cl, httpCall{method: "GET", path: "/v1/listeners?access_token=" + url.QueryEscape(p.token), header: noToken}).wantError(t, 401, 16, "bearer token")
+	d.do(t, cl, httpCall{method: "GET", path: "/v1/events", header: noToken}).wantError(t, 401, 16, "bearer token")
+	d.do(t, cl, httpCall{method: "GET", path: "/v1/events?access_token=" + url.QueryEscape(p.wrongToken), header: noToken}).wantError(t, 401, 16, "invalid")
+	d.do(t, cl, httpCall{method: "GET", path: "/v1/events", header: bearer(p.wrongToken)}).wantError(t, 401, 16, "invalid")
+	if r := d.do(t, cl, httpCall{method: "POST", path: "/v1/listeners", body: `{"spec":{"port":0}}`}); r.status != http.StatusOK {
 		t.Fatalf("with the token: %d %s", r.status, r.raw)
 	}
 	if strings.Contains(d.log.String(), p.token) {
 		t.Fatal("the log shows the token")
 	}
-	for _, q := range []string{"access_token=" + url.QueryEscape(p.token), ""} {
-		s := openSSE(t, cl, d.http+"/v1/events?"+q, "", bearer(p.token))
+	for _, tc := range []struct {
+		query  string
+		header http.Header
+	}{
+		{"access_token=" + url.QueryEscape(p.token), noToken},
+		{"", nil}, // the Authorization header
+	} {
+		s := d.openSSE(t, cl, d.http+"/v1/events?"+tc.query, "", tc.header)
 		if h := s.next(t); h.event != "hello" {
-			t.Fatalf("first event %q, want hello", h.event)
+			t.Fatalf("%q: first event %q, want hello", tc.query, h.event)
 		}
 		s.close()
 	}
 }
 
+// TestHTTPClientCertOnly: --client-ca alone is authentication enough for
+// --http on loopback (no token): a client with a certificate the CA
+// signed is served, one without is refused 401.
+func TestHTTPClientCertOnly(t *testing.T) {
+	p := newPKI(t)
+	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0",
+		API: APIConfig{TLSCert: p.serverCert, TLSKey: p.srvKey, ClientCA: p.caFile}})
+	if !strings.HasPrefix(d.http, "https://") {
+		t.Fatalf("HTTP API at %s, want https", d.http)
+	}
+	client := func(certs ...tls.Certificate) *http.Client {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool, Certificates: certs, MinVersion: tls.VersionTLS12}}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
+	if r := d.do(t, client(p.client), httpCall{method: "GET", path: "/v1/listeners"}); r.status != http.StatusOK {
+		t.Fatalf("with the client certificate: %d %s", r.status, r.raw)
+	}
+	d.do(t, client(), httpCall{method: "GET", path: "/v1/listeners"}).wantError(t, 401, 16, "client certificate")
+}
+
 // TestOpenAPI: the document is served, is JSON, and names the routes.
 func TestOpenAPI(t *testing.T) {
-	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0"})
+	d := startWeb(t)
 	r := d.do(t, httpClient(t), httpCall{method: "GET", path: "/openapi.json"})
 	if r.status != http.StatusOK || r.header.Get("Content-Type") != "application/json" {
 		t.Fatalf("%d %v", r.status, r.header)
@@ -306,18 +370,17 @@ type sseStream struct {
 	cancel context.CancelFunc
 }
 
-// openSSE opens url with Last-Event-ID when lastID is set; the stream
-// must answer 200 text/event-stream.
-func openSSE(t *testing.T, cl *http.Client, url, lastID string, h http.Header) *sseStream {
+// openSSE opens url with the daemon's token (see withToken) and
+// Last-Event-ID when lastID is set; the stream must answer 200
+// text/event-stream.
+func (d *testDaemon) openSSE(t *testing.T, cl *http.Client, url, lastID string, h http.Header) *sseStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(testContext(t))
 	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, v := range h {
-		req.Header[k] = v
-	}
+	d.withToken(req, h)
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
 	}
@@ -375,7 +438,7 @@ func (s *sseStream) close() {
 // client that disconnects, misses events and reconnects with
 // Last-Event-ID gets each event exactly once across the two streams.
 func TestHTTPEventsResume(t *testing.T) {
-	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0"})
+	d := startWeb(t)
 	cl := httpClient(t)
 	ctx := testContext(t)
 	created, err := d.unix.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Name: "sse",
@@ -430,7 +493,7 @@ func TestHTTPEventsResume(t *testing.T) {
 	}
 
 	url := d.http + "/v1/events?listener_ids=sse&kinds=CONNECTION_OPENED&kinds=EVENT_KIND_CONNECTION_CLOSED"
-	s := openSSE(t, cl, url, "", nil)
+	s := d.openSSE(t, cl, url, "", nil)
 	hello := s.next(t)
 	var h struct {
 		BootID   string `json:"bootId"`
@@ -443,7 +506,7 @@ func TestHTTPEventsResume(t *testing.T) {
 	first := readUntil(s, 3)
 	s.close()
 	connect(4) // while nobody watches
-	s = openSSE(t, cl, url, strconv.FormatUint(first[len(first)-1], 10), nil)
+	s = d.openSSE(t, cl, url, strconv.FormatUint(first[len(first)-1], 10), nil)
 	if e := s.next(t); e.event != "hello" {
 		t.Fatalf("after reconnecting, first event %+v, want hello", e)
 	}
@@ -482,7 +545,7 @@ func TestHTTPEventsResume(t *testing.T) {
 // (beyond its head, or with a boot_id not its own) starts the stream from
 // the first event held; a bad query or Last-Event-ID is a 400.
 func TestHTTPEventsOtherBoot(t *testing.T) {
-	d := startRun(t, Config{Ephemeral: true, HTTP: "127.0.0.1:0"})
+	d := startWeb(t)
 	cl := httpClient(t)
 	ctx := testContext(t)
 	if _, err := d.unix.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{}}); err != nil {
@@ -492,7 +555,7 @@ func TestHTTPEventsOtherBoot(t *testing.T) {
 		{"", "999"},
 		{"?boot_id=an-earlier-boot", "1"},
 	} {
-		s := openSSE(t, cl, d.http+"/v1/events"+tc.query, tc.lastID, nil)
+		s := d.openSSE(t, cl, d.http+"/v1/events"+tc.query, tc.lastID, nil)
 		if e := s.next(t); e.event != "hello" {
 			t.Fatalf("%+v: first event %+v", tc, e)
 		}
@@ -505,8 +568,9 @@ func TestHTTPEventsOtherBoot(t *testing.T) {
 	d.do(t, cl, httpCall{method: "GET", path: "/v1/events", header: http.Header{"Last-Event-Id": {"x"}}}).wantError(t, 400, 3, "Last-Event-ID")
 }
 
-// TestHTTPConfigRefused: --http off loopback needs TLS and a token, and a
-// bad address is named; nothing is created.
+// TestHTTPConfigRefused: --http needs authentication, on loopback too;
+// off loopback it needs TLS and a token; a bad address is named; nothing
+// is created.
 func TestHTTPConfigRefused(t *testing.T) {
 	p := newPKI(t)
 	withTLS := func(a APIConfig) APIConfig { a.TLSCert, a.TLSKey = p.serverCert, p.srvKey; return a }
@@ -519,6 +583,10 @@ func TestHTTPConfigRefused(t *testing.T) {
 		{"empty host", ":0", APIConfig{TokenFile: p.tokenFile}, "not a loopback address"},
 		{"TLS without a token", "[::]:0", withTLS(APIConfig{}), "--token-file"},
 		{"client CA without TLS", "127.0.0.1:0", APIConfig{ClientCA: p.caFile}, "needs TLS"},
+		{"loopback without authentication", "127.0.0.1:0", APIConfig{},
+			"refusing to serve HTTP on 127.0.0.1:0 without authentication (give --token-file and/or --client-ca)"},
+		{"localhost without authentication", "localhost:0", APIConfig{}, "--token-file and/or --client-ca"},
+		{"loopback TLS without authentication", "[::1]:0", withTLS(APIConfig{}), "--token-file and/or --client-ca"},
 		{"no port", "127.0.0.1", APIConfig{}, "--http"},
 		{"bad port", "127.0.0.1:http", APIConfig{}, "--http"},
 	} {

@@ -40,6 +40,35 @@ function token() {
   return sessionStorage.getItem(TOKEN_KEY) || '';
 }
 
+// setToken keeps t for the tab's session ('' forgets it).
+function setToken(t) {
+  if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  $('#token').placeholder = t ? 'set' : 'none';
+}
+
+// takeFragmentToken keeps the token given in the address's fragment
+// (http://ADDR/#token=SECRET), then removes it from the address bar and the
+// history entry. A browser never sends the fragment, so the token is in no
+// request line or log. Parsed by hand, not with URLSearchParams, which
+// would turn a base64 token's '+' into a space. True when there was one.
+function takeFragmentToken() {
+  const parts = location.hash.replace(/^#/, '').split('&');
+  const i = parts.findIndex((p) => p.startsWith('token='));
+  if (i < 0) return false;
+  let t = parts[i].slice('token='.length);
+  try {
+    t = decodeURIComponent(t);
+  } catch {
+    // a stray '%': the token as written
+  }
+  parts.splice(i, 1);
+  const rest = parts.filter((p) => p !== '').join('&');
+  history.replaceState(history.state, '', `${location.pathname}${location.search}${rest ? `#${rest}` : ''}`);
+  if (t.trim()) setToken(t.trim());
+  return true;
+}
+
 // api calls the HTTP/JSON API and returns the decoded reply, or throws an
 // APIError carrying the daemon's message as it was returned.
 async function api(method, path, body) {
@@ -109,7 +138,7 @@ async function connect() {
     follow(page.bootId, list.sequence || '0');
     page.failures = 0;
   } catch (err) {
-    retryLater(err.status === 401 ? `${err.message}; give the API token` : err.message);
+    retryLater(err.status === 401 ? `${err.message}; give the API token (above, or open the page as /#token=…)` : err.message);
   }
 }
 
@@ -438,16 +467,18 @@ $('#listeners').addEventListener('click', (e) => {
 
 $('#token-form').addEventListener('submit', (e) => {
   e.preventDefault();
-  const t = $('#token').value.trim();
-  if (t) sessionStorage.setItem(TOKEN_KEY, t);
-  else sessionStorage.removeItem(TOKEN_KEY);
+  setToken($('#token').value.trim());
   $('#token').value = '';
-  $('#token').placeholder = t ? 'set' : 'none';
   connect();
 });
 
 $('#missed-dismiss').addEventListener('click', () => { $('#missed').hidden = true; });
 $('#events-clear').addEventListener('click', () => { $('#events').replaceChildren(); });
 
+// A #token= pasted into the address of an open page: the page does not
+// reload, so take it here.
+window.addEventListener('hashchange', () => { if (takeFragmentToken()) connect(); });
+
+takeFragmentToken();
 $('#token').placeholder = token() ? 'set' : 'none';
 connect();
