@@ -135,7 +135,7 @@ type webServer struct {
 // every field, zeros included (so counts of 0 are there); it reads proto
 // and JSON names alike and refuses unknown fields.
 var jsonMarshaler = &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
-	MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
+	MarshalOptions:   protojson.MarshalOptions{EmitDefaultValues: true},
 	UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 }}
 

@@ -27,7 +27,7 @@ import (
 var eventPayload = (&listenerdv1.Event{}).ProtoReflect().Descriptor().Oneofs().ByName("kind")
 
 // sseJSON writes an event's data: protojson on one line, zeros included.
-var sseJSON = protojson.MarshalOptions{EmitUnpopulated: true}
+var sseJSON = protojson.MarshalOptions{EmitDefaultValues: true}
 
 // events serves WatchEvents as server-sent events (GET /v1/events): first
 // an "hello" event with the daemon's boot id and head sequence, then each
