@@ -192,3 +192,48 @@ func TestFDStoreRestartKeepsSocket(t *testing.T) {
 	d2.mustCtl("close", id)
 	awaitNotify(t, ch, "FDSTOREREMOVE=1\nFDNAME=listener-"+id)
 }
+
+// awaitNotifyLine reads datagrams until one has the line want, and returns
+// the datagram; the descriptors of the others are closed.
+func awaitNotifyLine(t *testing.T, ch <-chan notifyMsg, want string) string {
+	t.Helper()
+	timeout := time.After(guard)
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				t.Fatalf("notify socket closed before %q", want)
+			}
+			for _, f := range m.files {
+				f.Close()
+			}
+			for _, line := range strings.Split(m.state, "\n") {
+				if line == want {
+					return m.state
+				}
+			}
+		case <-timeout:
+			t.Fatalf("no %q on the notify socket", want)
+		}
+	}
+}
+
+// Under systemd's notify protocol with the watchdog on, the real daemon
+// says READY=1 once it serves, pings WATCHDOG=1 while it is healthy, and
+// says STOPPING=1 when it is told to stop.
+func TestSystemdNotifyAndWatchdog(t *testing.T) {
+	notify, ch := playNotify(t)
+	// $WATCHDOG_PID is the daemon's own: the shell execs it.
+	wrap := []string{"sh", "-c", `WATCHDOG_PID=$$ exec "$@"`, "sh"}
+	d := startDaemonPrepared(t, testkit.ShortDir(t), wrap, func(c *exec.Cmd) {
+		c.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify, "WATCHDOG_USEC=200000")
+	}, "--ephemeral")
+	if ready := awaitNotifyLine(t, ch, "READY=1"); !strings.Contains(ready, "STATUS=") {
+		t.Errorf("READY=1 came without a STATUS= line: %q", ready)
+	}
+	for range 3 {
+		awaitNotifyLine(t, ch, "WATCHDOG=1")
+	}
+	d.stop()
+	awaitNotifyLine(t, ch, "STOPPING=1")
+}
