@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -105,21 +106,37 @@ func playNotify(t *testing.T) (string, <-chan notifyMsg) {
 // the descriptors of the others are closed.
 func awaitNotify(t *testing.T, ch <-chan notifyMsg, state string) notifyMsg {
 	t.Helper()
+	return awaitNotifyMatch(t, ch, state, func(m notifyMsg) bool { return m.state == state })
+}
+
+// awaitNotifyLine reads datagrams until one has the line want, and returns
+// its state.
+func awaitNotifyLine(t *testing.T, ch <-chan notifyMsg, want string) string {
+	t.Helper()
+	return awaitNotifyMatch(t, ch, want, func(m notifyMsg) bool {
+		return slices.Contains(strings.Split(m.state, "\n"), want)
+	}).state
+}
+
+// awaitNotifyMatch reads datagrams until match says yes to one, and
+// returns it; the descriptors of the others are closed.
+func awaitNotifyMatch(t *testing.T, ch <-chan notifyMsg, what string, match func(notifyMsg) bool) notifyMsg {
+	t.Helper()
 	timeout := time.After(guard)
 	for {
 		select {
 		case m, ok := <-ch:
 			if !ok {
-				t.Fatal("notify socket closed")
+				t.Fatalf("notify socket closed before %q", what)
 			}
-			if m.state == state {
+			if match(m) {
 				return m
 			}
 			for _, f := range m.files {
 				f.Close()
 			}
 		case <-timeout:
-			t.Fatalf("no %q on the notify socket", state)
+			t.Fatalf("no %q on the notify socket", what)
 		}
 	}
 }
@@ -191,31 +208,6 @@ func TestFDStoreRestartKeepsSocket(t *testing.T) {
 	// Closing the listener takes it out of the store.
 	d2.mustCtl("close", id)
 	awaitNotify(t, ch, "FDSTOREREMOVE=1\nFDNAME=listener-"+id)
-}
-
-// awaitNotifyLine reads datagrams until one has the line want, and returns
-// the datagram; the descriptors of the others are closed.
-func awaitNotifyLine(t *testing.T, ch <-chan notifyMsg, want string) string {
-	t.Helper()
-	timeout := time.After(guard)
-	for {
-		select {
-		case m, ok := <-ch:
-			if !ok {
-				t.Fatalf("notify socket closed before %q", want)
-			}
-			for _, f := range m.files {
-				f.Close()
-			}
-			for _, line := range strings.Split(m.state, "\n") {
-				if line == want {
-					return m.state
-				}
-			}
-		case <-timeout:
-			t.Fatalf("no %q on the notify socket", want)
-		}
-	}
 }
 
 // Under systemd's notify protocol with the watchdog on, the real daemon
