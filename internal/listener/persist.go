@@ -28,6 +28,9 @@ type record struct {
 	// gets the same port back after a restart when it is free.
 	BoundPort uint16     `json:"bound_port,omitempty"`
 	Spec      recordSpec `json:"spec"`
+	// Declared: the listener is the declared listeners' (--listeners), so
+	// a reconcile after a restart closes it when the file no longer has it.
+	Declared bool `json:"declared,omitempty"`
 }
 
 type recordSpec struct {
@@ -71,7 +74,7 @@ func toRecord(l *Listener) record {
 	if lim.Overflow != OverflowReject {
 		rs.Overflow = lim.Overflow.String()
 	}
-	return record{ID: l.id, Name: l.name, Created: l.created, BoundPort: l.boundPort, Spec: rs}
+	return record{ID: l.id, Name: l.name, Created: l.created, BoundPort: l.boundPort, Spec: rs, Declared: l.declared.Load()}
 }
 
 // fromRecord decodes a saved record. Its error means the record cannot be
