@@ -272,11 +272,13 @@ func equalScalar(fd protoreflect.FieldDescriptor, a, b protoreflect.Value) bool 
 // formatValue writes a field's value for people: "unset" when not set,
 // durations as 5s, enums by their short name, lists in brackets.
 func formatValue(fd protoreflect.FieldDescriptor, v protoreflect.Value, has bool) string {
-	if !has {
-		if fd.IsList() {
-			return "[]"
-		}
+	switch {
+	case !has && fd.IsList():
+		return "[]"
+	case !has && fd.HasPresence():
 		return "unset"
+	case !has:
+		return formatScalar(fd, fd.Default()) // proto3's zero: 0, false, ""
 	}
 	if fd.IsList() {
 		l := v.List()

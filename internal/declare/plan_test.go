@@ -71,7 +71,7 @@ listeners:
 		{"limit removed", []*listenerdv1.Listener{web(L, true), chat}, strings.Replace(base, ", limits: {maxConnections: 10}", "", 1), daemon,
 			[]string{"update web: max_connections 10 -> unset", "unchanged chat"}},
 		{"durations and policy", []*listenerdv1.Listener{web(L, true)}, strings.Replace(base, "maxConnections: 10}", "maxConnections: 10, overflow: OVERFLOW_POLICY_QUEUE, idleTimeout: 1m30s}", 1), daemon,
-			[]string{"update web: overflow reject -> queue, idle_timeout unset -> 1m30s, queue_length unset -> 128", "create chat"}},
+			[]string{"update web: overflow reject -> queue, idle_timeout unset -> 1m30s, queue_length 0 -> 128", "create chat"}},
 		{"port moved", []*listenerdv1.Listener{web(L, true), chat}, strings.Replace(base, "port: 8080", "port: 8081", 1), daemon,
 			[]string{"rebind web: port 8080 -> 8081 (a new socket: closed and created again, with a new id)", "unchanged chat"}},
 		{"host and limit", []*listenerdv1.Listener{web(L, true), chat}, strings.Replace(strings.Replace(base, "port: 8080", "host: 0.0.0.0, port: 8080", 1), "maxConnections: 10", "maxConnections: 5", 1), daemon,
