@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
@@ -142,23 +144,61 @@ type apiTarget struct {
 }
 
 func (t *apiTarget) Create(ctx context.Context, name string, spec *listenerdv1.ListenerSpec) (string, error) {
-	ctx, cancel := t.a.unary(ctx)
-	defer cancel()
-	resp, err := t.c.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Name: name, Spec: spec})
+	var resp *listenerdv1.CreateListenerResponse
+	err := t.paced(ctx, func(ctx context.Context) (err error) {
+		resp, err = t.c.CreateListener(ctx, &listenerdv1.CreateListenerRequest{Name: name, Spec: spec})
+		return err
+	})
 	return resp.GetListener().GetId(), err
+}
+
+// paced makes one call (--timeout each try), and tries again while the
+// daemon refuses it for its mutation rate limit (--api-rate), waiting
+// 20 ms, doubling up to 1 s: a large file is applied at the rate the
+// daemon allows, not refused.
+func (t *apiTarget) paced(ctx context.Context, call func(context.Context) error) error {
+	wait := 20 * time.Millisecond
+	for try := 0; ; try++ {
+		cctx, cancel := t.a.unary(ctx)
+		err := call(cctx)
+		cancel()
+		if err == nil || try >= 200 || !rateLimited(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// rateLimited reports whether err is the daemon's RATE_LIMITED refusal.
+func rateLimited(err error) bool {
+	st, ok := grpcStatus(err)
+	if !ok || st.Code() != codes.ResourceExhausted {
+		return false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == "RATE_LIMITED" {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *apiTarget) Update(ctx context.Context, id string, spec *listenerdv1.ListenerSpec, limits bool) error {
 	if !limits {
 		return nil // only the daemon's own reconcile declares
 	}
-	ctx, cancel := t.a.unary(ctx)
-	defer cancel()
-	_, err := t.c.UpdateListener(ctx, &listenerdv1.UpdateListenerRequest{
-		Listener:   &listenerdv1.Listener{Id: id, Spec: &listenerdv1.ListenerSpec{Limits: spec.GetLimits()}},
-		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"spec.limits"}},
+	return t.paced(ctx, func(ctx context.Context) error {
+		_, err := t.c.UpdateListener(ctx, &listenerdv1.UpdateListenerRequest{
+			Listener:   &listenerdv1.Listener{Id: id, Spec: &listenerdv1.ListenerSpec{Limits: spec.GetLimits()}},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"spec.limits"}},
+		})
+		return err
 	})
-	return err
 }
 
 // Rebind closes the listener (its name is free at once) and creates it
@@ -184,7 +224,10 @@ func (t *apiTarget) close(ctx context.Context, id string, drain time.Duration) (
 	if id == "" {
 		return nil, errors.New("no listener id")
 	}
-	ctx, cancel := t.a.unary(ctx)
-	defer cancel()
-	return t.c.CloseListener(ctx, &listenerdv1.CloseListenerRequest{Id: id, DrainTimeout: durationpb.New(drain)})
+	var resp *listenerdv1.CloseListenerResponse
+	err := t.paced(ctx, func(ctx context.Context) (err error) {
+		resp, err = t.c.CloseListener(ctx, &listenerdv1.CloseListenerRequest{Id: id, DrainTimeout: durationpb.New(drain)})
+		return err
+	})
+	return resp, err
 }
