@@ -105,7 +105,7 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 		byID: map[string]*Listener{}, byName: map[string]*Listener{},
 		sides: map[*sideConn]bool{}, secrets: map[string]*Attachment{}}
 	if opts.Persister != nil {
-		m.saver = newSaver(opts.Persister)
+		m.saver = newSaver(opts.Persister, m.snapshot)
 	}
 	return m
 }
