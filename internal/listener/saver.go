@@ -27,9 +27,9 @@ type saver struct {
 	cond    sync.Cond
 	staged  uint64 // newest version staged
 	tried   uint64 // newest version a finished save covered
-	good    uint64            // newest version a successful save covered
-	err     error             // the last failed save's error
-	writing bool              // a caller is saving now
+	good    uint64 // newest version a successful save covered
+	err     error  // the last failed save's error
+	writing bool   // a caller is saving now
 }
 
 func newSaver(p Persister, snap func() (uint64, []json.RawMessage, error)) *saver {
