@@ -3059,9 +3059,11 @@ func (x *ListenerStarted) GetName() string {
 // the new one); empty when the reconcile failed before any listener.
 type ListenerReconciled struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// What was done: "create", "update" (limits in place), "rebind" (a new
-	// socket: the listener was closed and created again, with a new id),
-	// "close", or "failed" (error says why; nothing was changed for it).
+	// What was done, or tried when error is set: "create", "update" (limits
+	// in place, or a listener of that name taken as declared), "rebind" (a
+	// new socket: the listener was closed and created again, with a new id),
+	// "close"; or "failed" when the file could not be read or parsed, and
+	// nothing was changed.
 	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
 	// The listener's name in the file.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
