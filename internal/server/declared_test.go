@@ -226,3 +226,35 @@ func TestDeclaredListenersMalformedAtStart(t *testing.T) {
 		t.Fatalf("Run: %v; want a configuration error at the file's place", err)
 	}
 }
+
+// A Kubernetes ConfigMap volume updates by swapping a symbolic link: the
+// file's name never changes, only where ..data points.
+func TestDeclaredListenersConfigMapSwap(t *testing.T) {
+	dir := t.TempDir()
+	version := func(name, text string) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "listeners.yaml"), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", "listeners:\n  a: {spec: {}}\n")
+	file := filepath.Join(dir, "listeners.yaml")
+	if err := os.Symlink(filepath.Join("..data", "listeners.yaml"), file); err != nil {
+		t.Fatal(err)
+	}
+	d := startRun(t, Config{Listeners: file, History: 1000, MaxWatchers: 8, ShutdownTimeout: guard})
+	ev := watchAll(t, d.unix)
+	ev.expect("create", "a", "")
+	version("..v2", "listeners:\n  b: {spec: {}}\n")
+	ev.expect("close", "a", "")
+	ev.expect("create", "b", "")
+}
