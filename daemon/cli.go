@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/listenerd/listenerd/internal/config"
+	"github.com/listenerd/listenerd/internal/declare"
 	"github.com/listenerd/listenerd/internal/metrics"
 	"github.com/listenerd/listenerd/internal/server"
 	"github.com/listenerd/listenerd/internal/version"
@@ -109,6 +110,11 @@ func resolve(fs *pflag.FlagSet, s *settings, lookupEnv func(string) (string, boo
 	}
 	if err := s.cfg.Check(); err != nil {
 		return nil, eff.Explain(err)
+	}
+	if s.cfg.Listeners != "" {
+		if _, err := declare.ReadFile(s.cfg.Listeners); err != nil {
+			return nil, eff.Explain(fmt.Errorf("--listeners: %w", err))
+		}
 	}
 	return eff, nil
 }

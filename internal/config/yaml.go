@@ -64,7 +64,7 @@ func Parse(path string, data []byte) ([]Entry, error) {
 	case *ast.MappingValueNode:
 		pairs = []*ast.MappingValueNode{body}
 	default:
-		return nil, posError(path, body, "want a mapping of keys to values (key: value), not a %s", kind(body))
+		return nil, posError(path, body, "want a mapping of keys to values (key: value), not a %s", NodeKind(body))
 	}
 	entries := make([]Entry, 0, len(pairs))
 	for _, p := range pairs {
@@ -127,11 +127,11 @@ func scalar(n ast.Node) (string, *nodeError) {
 	case *ast.IntegerNode, *ast.FloatNode, *ast.BoolNode, *ast.InfinityNode, *ast.NanNode:
 		return n.GetToken().Value, nil
 	}
-	return "", &nodeError{n, "want a value, not a " + kind(n)}
+	return "", &nodeError{n, "want a value, not a " + NodeKind(n)}
 }
 
-// kind names a node's type for an error.
-func kind(n ast.Node) string {
+// NodeKind names a YAML node's type for an error: mapping, list, anchor (&)...
+func NodeKind(n ast.Node) string {
 	switch n.Type() {
 	case ast.MappingType, ast.MappingValueType:
 		return "mapping"

@@ -48,7 +48,7 @@ func TestCompletion(t *testing.T) {
 		{[]string{"kick", ""}, "ln-00000001."},
 		{[]string{"kick", "ln-00000001."}, "ln-00000001.4"},
 		{[]string{"listen", "--mode", ""}, "discard echo forward stream"},
-		{[]string{"watch", "--kind", "listener_c"}, "listener_started connection_opened connection_closed connection_rejected accept_error limits_changed listener_closed connection_half_closed connection_data connection_queued handler_attached handler_detached connection_taken fault_added fault_removed fault_applied"},
+		{[]string{"watch", "--kind", "listener_c"}, "listener_started connection_opened connection_closed connection_rejected accept_error limits_changed listener_closed connection_half_closed connection_data connection_queued handler_attached handler_detached connection_taken fault_added fault_removed fault_applied listener_reconciled"},
 		{[]string{"ls", "-o", ""}, "text wide json"},
 	} {
 		if got := strings.Join(complete(tt.args...), " "); got != tt.want {

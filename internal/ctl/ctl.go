@@ -174,6 +174,7 @@ func (a *app) rootCmd() *cobra.Command {
 		a.connsCmd(),
 		a.kickCmd(),
 		a.rebindCmd(),
+		a.applyCmd(),
 		a.attachCmd(),
 		a.serveCmd(),
 		a.connectCmd(),

@@ -564,6 +564,19 @@ func eventLine(ev *listenerdv1.Event, wide bool) string {
 	case *listenerdv1.Event_ListenerClosed:
 		c := k.ListenerClosed
 		fmt.Fprintf(&b, "listener_closed drained=%d destroyed=%d", c.GetDrained(), c.GetDestroyed())
+	case *listenerdv1.Event_ListenerReconciled:
+		r := k.ListenerReconciled
+		fmt.Fprintf(&b, "listener_reconciled action=%s", r.GetAction())
+		if n := r.GetName(); n != "" {
+			fmt.Fprintf(&b, " name=%s", n)
+		}
+		if c := r.GetChange(); c != "" {
+			fmt.Fprintf(&b, " change=%q", c)
+		}
+		if e := r.GetError(); e != "" {
+			fmt.Fprintf(&b, " error=%q", e)
+		}
+		fmt.Fprintf(&b, " source=%q", r.GetSource())
 	case *listenerdv1.Event_ConnectionData:
 		d := k.ConnectionData
 		fmt.Fprintf(&b, "connection_data c=%s %s len=%d data=%q", d.GetConnectionId(),

@@ -28,6 +28,7 @@ const (
 	KindFaultAdded
 	KindFaultRemoved
 	KindFaultApplied
+	KindListenerReconciled // Detail.Reconcile says what
 	kindCount
 )
 
@@ -184,6 +185,15 @@ type Detail struct {
 	Position  int           // connection queued: connections ahead of it
 	Handler   string        // handler attached, detached; connection taken: the handler's id
 	Fault     *FaultEvent   // fault events; closes and rejects by a fault
+	Reconcile *Reconcile    // listener reconciled
+}
+
+// Reconcile is what a reconcile of the declared listeners did to one
+// listener (Detail.Name names it), or that it failed (Detail.Error).
+type Reconcile struct {
+	Action string // create, update, rebind, close, failed
+	Change string // what changed, for people
+	Source string // where the desired state came from
 }
 
 // Event is one thing that happened on a listener. The bus sets Seq and Time.

@@ -65,6 +65,9 @@ func metaBytes(e *Event) int64 {
 	n := eventSize
 	if d := e.Detail; d != nil {
 		n += detailSize + int64(len(d.Error)+len(d.Address)+len(d.Name))
+		if r := d.Reconcile; r != nil {
+			n += int64(unsafe.Sizeof(*r)) + int64(len(r.Action)+len(r.Change)+len(r.Source))
+		}
 	}
 	return n
 }

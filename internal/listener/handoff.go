@@ -212,6 +212,7 @@ func (m *Manager) Adopt(ctx context.Context, raws []json.RawMessage, files map[s
 			err = errors.New("failed before the upgrade")
 		}
 		l := m.newListener(r.ID, r.Name, spec, h, ln, r.Created)
+		l.declared.Store(r.Declared)
 		if ln == nil {
 			l.boundPort = r.BoundPort
 			l.state.Store(int32(StateFailed))

@@ -58,6 +58,8 @@ type Listener struct {
 	host    owner
 	// boundPort is the port bound (or last bound, when FAILED).
 	boundPort uint16
+	// declared: the declared listeners' reconcile owns it (declared.go).
+	declared atomic.Bool
 
 	limits  atomic.Pointer[Limits]
 	limiter atomic.Pointer[rate.Limiter] // nil: no accept rate limit
@@ -114,6 +116,7 @@ type Info struct {
 	Created   time.Time
 	Closed    time.Time // zero while accepting
 	LastError string
+	Declared  bool // owned by the declared listeners' reconcile
 	// RejectedBy splits Rejected by reason.
 	RejectedBy [events.NumRejectReasons]uint64
 	Faults     FaultCounts
@@ -145,6 +148,7 @@ func (l *Listener) Info() Info {
 		Created:   l.created,
 		Closed:    closed,
 		LastError: lastErr,
+		Declared:  l.declared.Load(),
 
 		RejectedBy: by,
 		Faults:     l.faultCounts(),

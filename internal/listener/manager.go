@@ -105,7 +105,7 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 		byID: map[string]*Listener{}, byName: map[string]*Listener{},
 		sides: map[*sideConn]bool{}, secrets: map[string]*Attachment{}}
 	if opts.Persister != nil {
-		m.saver = newSaver(opts.Persister)
+		m.saver = newSaver(opts.Persister, m.snapshot)
 	}
 	return m
 }
@@ -124,6 +124,12 @@ func newID() string {
 // saved; nothing is left behind when it fails. The listener is listed
 // (and accepts) from the moment it is bound, while its save is in flight.
 func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener, error) {
+	return m.create(ctx, name, spec, false)
+}
+
+// create is Create; declared marks the listener the declared listeners'
+// (declared.go) before it is saved.
+func (m *Manager) create(ctx context.Context, name string, spec Spec, declared bool) (*Listener, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -139,6 +145,7 @@ func (m *Manager) Create(ctx context.Context, name string, spec Spec) (*Listener
 	l, err := m.createLocked(ctx, name, spec, h, ip)
 	var v uint64
 	if err == nil {
+		l.declared.Store(declared)
 		v, err = m.stageLocked()
 	}
 	m.mu.Unlock()

@@ -28,6 +28,9 @@ type record struct {
 	// gets the same port back after a restart when it is free.
 	BoundPort uint16     `json:"bound_port,omitempty"`
 	Spec      recordSpec `json:"spec"`
+	// Declared: the listener is the declared listeners' (--listeners), so
+	// a reconcile after a restart closes it when the file no longer has it.
+	Declared bool `json:"declared,omitempty"`
 }
 
 type recordSpec struct {
@@ -71,7 +74,7 @@ func toRecord(l *Listener) record {
 	if lim.Overflow != OverflowReject {
 		rs.Overflow = lim.Overflow.String()
 	}
-	return record{ID: l.id, Name: l.name, Created: l.created, BoundPort: l.boundPort, Spec: rs}
+	return record{ID: l.id, Name: l.name, Created: l.created, BoundPort: l.boundPort, Spec: rs, Declared: l.declared.Load()}
 }
 
 // fromRecord decodes a saved record. Its error means the record cannot be
@@ -241,11 +244,22 @@ func (m *Manager) stageLocked() (uint64, error) {
 		// this change is not saved, and its caller must not be told it was.
 		return 0, fmt.Errorf("%w: the change was not saved, and the next start will not have it", ErrShuttingDown)
 	}
-	recs, err := m.recordsLocked()
-	if err != nil {
-		return 0, err
+	return m.saver.stage(), nil
+}
+
+// snapshot is the saver's: the records of every listener that is not
+// closing, and the newest version they cover. Once Shutdown has begun it
+// fails with ErrShuttingDown: every listener is closing then, and the
+// saved state must keep them for the next start.
+func (m *Manager) snapshot() (uint64, []json.RawMessage, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v := m.saver.version()
+	if m.shutting {
+		return v, nil, fmt.Errorf("%w: the change was not saved, and the next start will not have it", ErrShuttingDown)
 	}
-	return m.saver.stage(recs), nil
+	recs, err := m.recordsLocked()
+	return v, recs, err
 }
 
 // recordsLocked returns the records of every listener that is not

@@ -62,6 +62,7 @@ func (m *Manager) RestoreWith(ctx context.Context, raws []json.RawMessage, files
 		}
 		if err != nil {
 			l = m.newListener(r.ID, r.Name, spec, sv.h, nil, r.Created)
+			l.declared.Store(r.Declared)
 			l.boundPort = r.BoundPort
 			l.state.Store(int32(StateFailed))
 			l.lastErr = err.Error()
@@ -71,6 +72,7 @@ func (m *Manager) RestoreWith(ctx context.Context, raws []json.RawMessage, files
 			failed++
 			continue
 		}
+		l.declared.Store(r.Declared)
 		listening++
 	}
 	m.mu.Unlock()
@@ -132,6 +134,7 @@ func (m *Manager) rebindLocked(ctx context.Context, old *Listener, h Handler, ip
 		old.setLastError(err)
 		return nil, err
 	}
+	l.declared.Store(old.declared.Load())
 	return l, nil
 }
 

@@ -49,6 +49,8 @@ func (c Config) Check() error {
 		return fmt.Errorf("--socket must not be empty")
 	case c.ShutdownTimeout < 0:
 		return fmt.Errorf("--shutdown-timeout must not be negative")
+	case c.ListenersResync < 0:
+		return fmt.Errorf("--listeners-resync must not be negative (0: only when the file changes)")
 	case !c.Ephemeral && c.StateDir == "":
 		return fmt.Errorf("--state-dir must not be empty (or use --ephemeral)")
 	case c.MaxListeners < 0:

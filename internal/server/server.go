@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/declare"
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/metrics"
@@ -47,6 +48,8 @@ type Config struct {
 	MaxWatchers     int             // concurrent WatchEvents streams
 	StateDir        string          // where listener specs persist; "" with Ephemeral
 	Ephemeral       bool            // keep no state: nothing persists or is restored
+	Listeners       string          // the declared listeners' file; "": none
+	ListenersResync time.Duration   // reconcile the file this often even unchanged; 0: only on changes
 	MaxListeners    int             // listeners at once; 0: unlimited
 	MaxConnections  int64           // open connections across listeners; 0: as many as descriptors allow
 	FDReserve       int64           // descriptors kept from the listeners; 0: DefaultFDReserve
@@ -232,6 +235,24 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("listeners restored", "listening", up, "failed", failed, "state", cfg.StateDir)
 	}
 	svc := service.New(mgr, log)
+	var decl *declare.Reconciler
+	if cfg.Listeners != "" {
+		decl = newReconciler(cfg, mgr, log)
+		if err := decl.Reconcile(ctx); err != nil && !errors.Is(err, declare.ErrNotApplied) {
+			mgr.Shutdown(0)
+			return configError{fmt.Errorf("--listeners: %w", err)}
+		}
+	}
+	declCtx, declStop := context.WithCancel(ctx)
+	defer declStop()
+	var declWG sync.WaitGroup
+	if decl != nil {
+		declWG.Go(func() {
+			if err := decl.Run(declCtx); err != nil {
+				log.Error("declared listeners: the file is no longer watched", "file", cfg.Listeners, "err", err)
+			}
+		})
+	}
 	up := &upgrader{log: log, self: self, args: os.Args[1:], timeout: cfg.UpgradeTimeout, bus: bus, mgr: mgr,
 		socket: cfg.Socket, unixLn: ln, sockLock: lock, store: store, tcpLn: listenerOf(tcpLn), metrics: metricsLn,
 		http: httpLn, done: make(chan *handedOver, 1)}
@@ -328,7 +349,9 @@ wait:
 			_, _ = up.upgrade(ctx, "")
 		}
 	}
-	wd.Stop() // no ping once stopping: a shutdown that hangs is killed at TimeoutStopSec=
+	wd.Stop()  // no ping once stopping: a shutdown that hangs is killed at TimeoutStopSec=
+	declStop() // no reconcile once stopping: the state saved is what the next start restores
+	declWG.Wait()
 	if ho == nil {
 		ho = up.quiesce() // an upgrade under way finishes first
 	}

@@ -293,6 +293,7 @@ func listenerToProto(in listener.Info) *listenerdv1.Listener {
 			CreateTime:          timestamp(in.Created),
 			LastError:           in.LastError,
 			CloseTime:           timestamp(in.Closed),
+			Declared:            in.Declared,
 		},
 	}
 }
@@ -401,6 +402,12 @@ func eventToProto(e *events.Event, boot string, dataMax int) *listenerdv1.Event 
 			ConnectionId: e.ConnID(), Direction: dir, Data: data, Length: e.BytesIn}}
 	case events.KindFaultAdded, events.KindFaultRemoved, events.KindFaultApplied:
 		faultEventToProto(p, e, d)
+	case events.KindListenerReconciled:
+		r := &listenerdv1.ListenerReconciled{Name: d.Name, Error: d.Error}
+		if d.Reconcile != nil {
+			r.Action, r.Change, r.Source = d.Reconcile.Action, d.Reconcile.Change, d.Reconcile.Source
+		}
+		p.Kind = &listenerdv1.Event_ListenerReconciled{ListenerReconciled: r}
 	case events.KindListenerClosed:
 		p.Kind = &listenerdv1.Event_ListenerClosed{ListenerClosed: &listenerdv1.ListenerClosed{Drained: d.Drained, Destroyed: d.Destroyed}}
 	}

@@ -292,6 +292,8 @@ const (
 	EventKind_EVENT_KIND_FAULT_REMOVED EventKind = 15
 	// A fault applied to a connection (or to an accept).
 	EventKind_EVENT_KIND_FAULT_APPLIED EventKind = 16
+	// A reconcile of the declared listeners changed a listener, or failed.
+	EventKind_EVENT_KIND_LISTENER_RECONCILED EventKind = 17
 )
 
 // Enum value maps for EventKind.
@@ -314,6 +316,7 @@ var (
 		14: "EVENT_KIND_FAULT_ADDED",
 		15: "EVENT_KIND_FAULT_REMOVED",
 		16: "EVENT_KIND_FAULT_APPLIED",
+		17: "EVENT_KIND_LISTENER_RECONCILED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":            0,
@@ -333,6 +336,7 @@ var (
 		"EVENT_KIND_FAULT_ADDED":            14,
 		"EVENT_KIND_FAULT_REMOVED":          15,
 		"EVENT_KIND_FAULT_APPLIED":          16,
+		"EVENT_KIND_LISTENER_RECONCILED":    17,
 	}
 )
 
@@ -1428,8 +1432,12 @@ type ListenerStatus struct {
 	CloseTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=close_time,json=closeTime,proto3" json:"close_time,omitempty"`
 	// Connections waiting in the queue now (OVERFLOW_POLICY_QUEUE).
 	QueuedConnections uint64 `protobuf:"varint,11,opt,name=queued_connections,json=queuedConnections,proto3" json:"queued_connections,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The listener is declared in the daemon's listeners file (--listeners):
+	// the daemon creates, changes and closes it to match the file, and puts
+	// back a change made through the API at its next reconcile.
+	Declared      bool `protobuf:"varint,12,opt,name=declared,proto3" json:"declared,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListenerStatus) Reset() {
@@ -1537,6 +1545,13 @@ func (x *ListenerStatus) GetQueuedConnections() uint64 {
 		return x.QueuedConnections
 	}
 	return 0
+}
+
+func (x *ListenerStatus) GetDeclared() bool {
+	if x != nil {
+		return x.Declared
+	}
+	return false
 }
 
 // FiveTuple identifies a TCP connection (the protocol is always TCP).
@@ -2563,6 +2578,7 @@ type Event struct {
 	//	*Event_FaultAdded
 	//	*Event_FaultRemoved
 	//	*Event_FaultApplied
+	//	*Event_ListenerReconciled
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2777,6 +2793,15 @@ func (x *Event) GetFaultApplied() *FaultApplied {
 	return nil
 }
 
+func (x *Event) GetListenerReconciled() *ListenerReconciled {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_ListenerReconciled); ok {
+			return x.ListenerReconciled
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -2861,6 +2886,11 @@ type Event_FaultApplied struct {
 	FaultApplied *FaultApplied `protobuf:"bytes,25,opt,name=fault_applied,json=faultApplied,proto3,oneof"`
 }
 
+type Event_ListenerReconciled struct {
+	// A reconcile of the declared listeners changed a listener, or failed.
+	ListenerReconciled *ListenerReconciled `protobuf:"bytes,26,opt,name=listener_reconciled,json=listenerReconciled,proto3,oneof"`
+}
+
 func (*Event_ListenerStarted) isEvent_Kind() {}
 
 func (*Event_ConnectionOpened) isEvent_Kind() {}
@@ -2892,6 +2922,8 @@ func (*Event_FaultAdded) isEvent_Kind() {}
 func (*Event_FaultRemoved) isEvent_Kind() {}
 
 func (*Event_FaultApplied) isEvent_Kind() {}
+
+func (*Event_ListenerReconciled) isEvent_Kind() {}
 
 // ConnectionData carries bytes read from or written to a connection.
 type ConnectionData struct {
@@ -3021,6 +3053,98 @@ func (x *ListenerStarted) GetName() string {
 	return ""
 }
 
+// ListenerReconciled reports what a reconcile of the declared listeners
+// (--listeners) did to one listener, or that the reconcile failed. The
+// event's listener_id is the listener changed (for a create or a rebind,
+// the new one); empty when the reconcile failed before any listener.
+type ListenerReconciled struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was done, or tried when error is set: "create", "update" (limits
+	// in place, or a listener of that name taken as declared), "rebind" (a
+	// new socket: the listener was closed and created again, with a new id),
+	// "close"; or "failed" when the file could not be read or parsed, and
+	// nothing was changed.
+	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	// The listener's name in the file.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// What changed, for people: "max_connections 10 -> 100", "port 8080 ->
+	// 8081". For a listener put back after a change through the API, what
+	// was put back.
+	Change string `protobuf:"bytes,3,opt,name=change,proto3" json:"change,omitempty"`
+	// Where the desired state came from: "file PATH".
+	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// Why it failed: the file's path:line:column and what is wrong, or the
+	// error of the change. Empty when it succeeded.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListenerReconciled) Reset() {
+	*x = ListenerReconciled{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListenerReconciled) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListenerReconciled) ProtoMessage() {}
+
+func (x *ListenerReconciled) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListenerReconciled.ProtoReflect.Descriptor instead.
+func (*ListenerReconciled) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListenerReconciled) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ListenerReconciled) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ListenerReconciled) GetChange() string {
+	if x != nil {
+		return x.Change
+	}
+	return ""
+}
+
+func (x *ListenerReconciled) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ListenerReconciled) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // ConnectionOpened reports an accepted connection.
 type ConnectionOpened struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3034,7 +3158,7 @@ type ConnectionOpened struct {
 
 func (x *ConnectionOpened) Reset() {
 	*x = ConnectionOpened{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3170,7 @@ func (x *ConnectionOpened) String() string {
 func (*ConnectionOpened) ProtoMessage() {}
 
 func (x *ConnectionOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[30]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3183,7 @@ func (x *ConnectionOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionOpened.ProtoReflect.Descriptor instead.
 func (*ConnectionOpened) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{30}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConnectionOpened) GetConnectionId() string {
@@ -3101,7 +3225,7 @@ type ConnectionClosed struct {
 
 func (x *ConnectionClosed) Reset() {
 	*x = ConnectionClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3113,7 +3237,7 @@ func (x *ConnectionClosed) String() string {
 func (*ConnectionClosed) ProtoMessage() {}
 
 func (x *ConnectionClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[31]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3126,7 +3250,7 @@ func (x *ConnectionClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionClosed.ProtoReflect.Descriptor instead.
 func (*ConnectionClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{31}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ConnectionClosed) GetConnectionId() string {
@@ -3196,7 +3320,7 @@ type ConnectionHalfClosed struct {
 
 func (x *ConnectionHalfClosed) Reset() {
 	*x = ConnectionHalfClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3208,7 +3332,7 @@ func (x *ConnectionHalfClosed) String() string {
 func (*ConnectionHalfClosed) ProtoMessage() {}
 
 func (x *ConnectionHalfClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[32]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3221,7 +3345,7 @@ func (x *ConnectionHalfClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionHalfClosed.ProtoReflect.Descriptor instead.
 func (*ConnectionHalfClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{32}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ConnectionHalfClosed) GetConnectionId() string {
@@ -3251,7 +3375,7 @@ type ConnectionRejected struct {
 
 func (x *ConnectionRejected) Reset() {
 	*x = ConnectionRejected{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3263,7 +3387,7 @@ func (x *ConnectionRejected) String() string {
 func (*ConnectionRejected) ProtoMessage() {}
 
 func (x *ConnectionRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[33]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3276,7 +3400,7 @@ func (x *ConnectionRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionRejected.ProtoReflect.Descriptor instead.
 func (*ConnectionRejected) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{33}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ConnectionRejected) GetTuple() *FiveTuple {
@@ -3331,7 +3455,7 @@ type ConnectionQueued struct {
 
 func (x *ConnectionQueued) Reset() {
 	*x = ConnectionQueued{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3343,7 +3467,7 @@ func (x *ConnectionQueued) String() string {
 func (*ConnectionQueued) ProtoMessage() {}
 
 func (x *ConnectionQueued) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[34]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3356,7 +3480,7 @@ func (x *ConnectionQueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionQueued.ProtoReflect.Descriptor instead.
 func (*ConnectionQueued) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{34}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ConnectionQueued) GetConnectionId() string {
@@ -3395,7 +3519,7 @@ type AcceptError struct {
 
 func (x *AcceptError) Reset() {
 	*x = AcceptError{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3407,7 +3531,7 @@ func (x *AcceptError) String() string {
 func (*AcceptError) ProtoMessage() {}
 
 func (x *AcceptError) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[35]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3420,7 +3544,7 @@ func (x *AcceptError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptError.ProtoReflect.Descriptor instead.
 func (*AcceptError) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{35}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AcceptError) GetError() string {
@@ -3455,7 +3579,7 @@ type LimitsChanged struct {
 
 func (x *LimitsChanged) Reset() {
 	*x = LimitsChanged{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3591,7 @@ func (x *LimitsChanged) String() string {
 func (*LimitsChanged) ProtoMessage() {}
 
 func (x *LimitsChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[36]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3604,7 @@ func (x *LimitsChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitsChanged.ProtoReflect.Descriptor instead.
 func (*LimitsChanged) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{36}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LimitsChanged) GetLimits() *Limits {
@@ -3503,7 +3627,7 @@ type ListenerClosed struct {
 
 func (x *ListenerClosed) Reset() {
 	*x = ListenerClosed{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3515,7 +3639,7 @@ func (x *ListenerClosed) String() string {
 func (*ListenerClosed) ProtoMessage() {}
 
 func (x *ListenerClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[37]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3528,7 +3652,7 @@ func (x *ListenerClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerClosed.ProtoReflect.Descriptor instead.
 func (*ListenerClosed) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{37}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListenerClosed) GetDrained() uint64 {
@@ -3569,7 +3693,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3581,7 +3705,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[38]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3594,7 +3718,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{38}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchEventsRequest) GetListenerIds() []string {
@@ -3654,7 +3778,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[39]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3666,7 +3790,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[39]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3679,7 +3803,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{39}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchEventsResponse) GetEvents() []*Event {
@@ -3712,7 +3836,7 @@ type GetDaemonStatusRequest struct {
 
 func (x *GetDaemonStatusRequest) Reset() {
 	*x = GetDaemonStatusRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3724,7 +3848,7 @@ func (x *GetDaemonStatusRequest) String() string {
 func (*GetDaemonStatusRequest) ProtoMessage() {}
 
 func (x *GetDaemonStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[40]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3737,7 +3861,7 @@ func (x *GetDaemonStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDaemonStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetDaemonStatusRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{40}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{41}
 }
 
 // GetDaemonStatusResponse carries the daemon's status.
@@ -3751,7 +3875,7 @@ type GetDaemonStatusResponse struct {
 
 func (x *GetDaemonStatusResponse) Reset() {
 	*x = GetDaemonStatusResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3763,7 +3887,7 @@ func (x *GetDaemonStatusResponse) String() string {
 func (*GetDaemonStatusResponse) ProtoMessage() {}
 
 func (x *GetDaemonStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[41]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3776,7 +3900,7 @@ func (x *GetDaemonStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDaemonStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetDaemonStatusResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{41}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetDaemonStatusResponse) GetStatus() *DaemonStatus {
@@ -3823,7 +3947,7 @@ type DaemonStatus struct {
 
 func (x *DaemonStatus) Reset() {
 	*x = DaemonStatus{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3835,7 +3959,7 @@ func (x *DaemonStatus) String() string {
 func (*DaemonStatus) ProtoMessage() {}
 
 func (x *DaemonStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[42]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3848,7 +3972,7 @@ func (x *DaemonStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DaemonStatus.ProtoReflect.Descriptor instead.
 func (*DaemonStatus) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{42}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DaemonStatus) GetBootId() string {
@@ -3942,7 +4066,7 @@ type BuildInfo struct {
 
 func (x *BuildInfo) Reset() {
 	*x = BuildInfo{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3954,7 +4078,7 @@ func (x *BuildInfo) String() string {
 func (*BuildInfo) ProtoMessage() {}
 
 func (x *BuildInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[43]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3967,7 +4091,7 @@ func (x *BuildInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildInfo.ProtoReflect.Descriptor instead.
 func (*BuildInfo) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{43}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *BuildInfo) GetVersion() string {
@@ -4020,7 +4144,7 @@ type HandlerAttached struct {
 
 func (x *HandlerAttached) Reset() {
 	*x = HandlerAttached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4032,7 +4156,7 @@ func (x *HandlerAttached) String() string {
 func (*HandlerAttached) ProtoMessage() {}
 
 func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[44]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4045,7 +4169,7 @@ func (x *HandlerAttached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandlerAttached.ProtoReflect.Descriptor instead.
 func (*HandlerAttached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{44}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *HandlerAttached) GetHandlerId() string {
@@ -4082,7 +4206,7 @@ type HandlerDetached struct {
 
 func (x *HandlerDetached) Reset() {
 	*x = HandlerDetached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4094,7 +4218,7 @@ func (x *HandlerDetached) String() string {
 func (*HandlerDetached) ProtoMessage() {}
 
 func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[45]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4107,7 +4231,7 @@ func (x *HandlerDetached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandlerDetached.ProtoReflect.Descriptor instead.
 func (*HandlerDetached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{45}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *HandlerDetached) GetHandlerId() string {
@@ -4137,7 +4261,7 @@ type ConnectionTaken struct {
 
 func (x *ConnectionTaken) Reset() {
 	*x = ConnectionTaken{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4149,7 +4273,7 @@ func (x *ConnectionTaken) String() string {
 func (*ConnectionTaken) ProtoMessage() {}
 
 func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[46]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4162,7 +4286,7 @@ func (x *ConnectionTaken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionTaken.ProtoReflect.Descriptor instead.
 func (*ConnectionTaken) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{46}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ConnectionTaken) GetConnectionId() string {
@@ -4205,7 +4329,7 @@ type AttachHandlerRequest struct {
 
 func (x *AttachHandlerRequest) Reset() {
 	*x = AttachHandlerRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4217,7 +4341,7 @@ func (x *AttachHandlerRequest) String() string {
 func (*AttachHandlerRequest) ProtoMessage() {}
 
 func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[47]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4230,7 +4354,7 @@ func (x *AttachHandlerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachHandlerRequest.ProtoReflect.Descriptor instead.
 func (*AttachHandlerRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{47}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *AttachHandlerRequest) GetListenerId() string {
@@ -4278,7 +4402,7 @@ type AttachHandlerResponse struct {
 
 func (x *AttachHandlerResponse) Reset() {
 	*x = AttachHandlerResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4290,7 +4414,7 @@ func (x *AttachHandlerResponse) String() string {
 func (*AttachHandlerResponse) ProtoMessage() {}
 
 func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[48]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4303,7 +4427,7 @@ func (x *AttachHandlerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachHandlerResponse.ProtoReflect.Descriptor instead.
 func (*AttachHandlerResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{48}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *AttachHandlerResponse) GetKind() isAttachHandlerResponse_Kind {
@@ -4366,7 +4490,7 @@ type Attached struct {
 
 func (x *Attached) Reset() {
 	*x = Attached{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4378,7 +4502,7 @@ func (x *Attached) String() string {
 func (*Attached) ProtoMessage() {}
 
 func (x *Attached) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[49]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4391,7 +4515,7 @@ func (x *Attached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attached.ProtoReflect.Descriptor instead.
 func (*Attached) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{49}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Attached) GetHandlerId() string {
@@ -4435,7 +4559,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4447,7 +4571,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[50]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4460,7 +4584,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{50}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Offer) GetConnectionId() string {
@@ -4495,7 +4619,7 @@ type ServeConnectionRequest struct {
 
 func (x *ServeConnectionRequest) Reset() {
 	*x = ServeConnectionRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4507,7 +4631,7 @@ func (x *ServeConnectionRequest) String() string {
 func (*ServeConnectionRequest) ProtoMessage() {}
 
 func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[51]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4520,7 +4644,7 @@ func (x *ServeConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionRequest.ProtoReflect.Descriptor instead.
 func (*ServeConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{51}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ServeConnectionRequest) GetKind() isServeConnectionRequest_Kind {
@@ -4612,7 +4736,7 @@ type Take struct {
 
 func (x *Take) Reset() {
 	*x = Take{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4624,7 +4748,7 @@ func (x *Take) String() string {
 func (*Take) ProtoMessage() {}
 
 func (x *Take) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[52]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4637,7 +4761,7 @@ func (x *Take) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Take.ProtoReflect.Descriptor instead.
 func (*Take) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{52}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *Take) GetConnectionId() string {
@@ -4663,7 +4787,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4675,7 +4799,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4688,7 +4812,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
 }
 
 // Reset is an abortive close.
@@ -4700,7 +4824,7 @@ type Reset struct {
 
 func (x *Reset) Reset() {
 	*x = Reset{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4712,7 +4836,7 @@ func (x *Reset) String() string {
 func (*Reset) ProtoMessage() {}
 
 func (x *Reset) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4725,7 +4849,7 @@ func (x *Reset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reset.ProtoReflect.Descriptor instead.
 func (*Reset) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
 }
 
 // ServeConnectionResponse is what the daemon sends on a connection's stream.
@@ -4746,7 +4870,7 @@ type ServeConnectionResponse struct {
 
 func (x *ServeConnectionResponse) Reset() {
 	*x = ServeConnectionResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4758,7 +4882,7 @@ func (x *ServeConnectionResponse) String() string {
 func (*ServeConnectionResponse) ProtoMessage() {}
 
 func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4771,7 +4895,7 @@ func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionResponse.ProtoReflect.Descriptor instead.
 func (*ServeConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ServeConnectionResponse) GetKind() isServeConnectionResponse_Kind {
@@ -4862,7 +4986,7 @@ type UpgradeDaemonRequest struct {
 
 func (x *UpgradeDaemonRequest) Reset() {
 	*x = UpgradeDaemonRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4874,7 +4998,7 @@ func (x *UpgradeDaemonRequest) String() string {
 func (*UpgradeDaemonRequest) ProtoMessage() {}
 
 func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4887,7 +5011,7 @@ func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeDaemonRequest.ProtoReflect.Descriptor instead.
 func (*UpgradeDaemonRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *UpgradeDaemonRequest) GetBinary() string {
@@ -4920,7 +5044,7 @@ type UpgradeDaemonResponse struct {
 
 func (x *UpgradeDaemonResponse) Reset() {
 	*x = UpgradeDaemonResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4932,7 +5056,7 @@ func (x *UpgradeDaemonResponse) String() string {
 func (*UpgradeDaemonResponse) ProtoMessage() {}
 
 func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4945,7 +5069,7 @@ func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeDaemonResponse.ProtoReflect.Descriptor instead.
 func (*UpgradeDaemonResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *UpgradeDaemonResponse) GetPid() int64 {
@@ -5043,7 +5167,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5055,7 +5179,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5068,7 +5192,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *Fault) GetName() string {
@@ -5192,7 +5316,7 @@ type FaultScope struct {
 
 func (x *FaultScope) Reset() {
 	*x = FaultScope{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5204,7 +5328,7 @@ func (x *FaultScope) String() string {
 func (*FaultScope) ProtoMessage() {}
 
 func (x *FaultScope) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5217,7 +5341,7 @@ func (x *FaultScope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultScope.ProtoReflect.Descriptor instead.
 func (*FaultScope) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *FaultScope) GetNewOnly() bool {
@@ -5257,7 +5381,7 @@ type ConnectionFault struct {
 
 func (x *ConnectionFault) Reset() {
 	*x = ConnectionFault{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5269,7 +5393,7 @@ func (x *ConnectionFault) String() string {
 func (*ConnectionFault) ProtoMessage() {}
 
 func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5282,7 +5406,7 @@ func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionFault.ProtoReflect.Descriptor instead.
 func (*ConnectionFault) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ConnectionFault) GetFault() string {
@@ -5317,7 +5441,7 @@ type FaultAdded struct {
 
 func (x *FaultAdded) Reset() {
 	*x = FaultAdded{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5329,7 +5453,7 @@ func (x *FaultAdded) String() string {
 func (*FaultAdded) ProtoMessage() {}
 
 func (x *FaultAdded) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5342,7 +5466,7 @@ func (x *FaultAdded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultAdded.ProtoReflect.Descriptor instead.
 func (*FaultAdded) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *FaultAdded) GetFault() *Fault {
@@ -5367,7 +5491,7 @@ type FaultRemoved struct {
 
 func (x *FaultRemoved) Reset() {
 	*x = FaultRemoved{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5379,7 +5503,7 @@ func (x *FaultRemoved) String() string {
 func (*FaultRemoved) ProtoMessage() {}
 
 func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5392,7 +5516,7 @@ func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultRemoved.ProtoReflect.Descriptor instead.
 func (*FaultRemoved) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *FaultRemoved) GetName() string {
@@ -5436,7 +5560,7 @@ type FaultApplied struct {
 
 func (x *FaultApplied) Reset() {
 	*x = FaultApplied{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5448,7 +5572,7 @@ func (x *FaultApplied) String() string {
 func (*FaultApplied) ProtoMessage() {}
 
 func (x *FaultApplied) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5461,7 +5585,7 @@ func (x *FaultApplied) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultApplied.ProtoReflect.Descriptor instead.
 func (*FaultApplied) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *FaultApplied) GetName() string {
@@ -5512,7 +5636,7 @@ type AddFaultRequest struct {
 
 func (x *AddFaultRequest) Reset() {
 	*x = AddFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5524,7 +5648,7 @@ func (x *AddFaultRequest) String() string {
 func (*AddFaultRequest) ProtoMessage() {}
 
 func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5537,7 +5661,7 @@ func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFaultRequest.ProtoReflect.Descriptor instead.
 func (*AddFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *AddFaultRequest) GetListenerId() string {
@@ -5565,7 +5689,7 @@ type AddFaultResponse struct {
 
 func (x *AddFaultResponse) Reset() {
 	*x = AddFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5577,7 +5701,7 @@ func (x *AddFaultResponse) String() string {
 func (*AddFaultResponse) ProtoMessage() {}
 
 func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5590,7 +5714,7 @@ func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFaultResponse.ProtoReflect.Descriptor instead.
 func (*AddFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *AddFaultResponse) GetFault() *Fault {
@@ -5613,7 +5737,7 @@ type UpdateFaultRequest struct {
 
 func (x *UpdateFaultRequest) Reset() {
 	*x = UpdateFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5625,7 +5749,7 @@ func (x *UpdateFaultRequest) String() string {
 func (*UpdateFaultRequest) ProtoMessage() {}
 
 func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5638,7 +5762,7 @@ func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFaultRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *UpdateFaultRequest) GetListenerId() string {
@@ -5666,7 +5790,7 @@ type UpdateFaultResponse struct {
 
 func (x *UpdateFaultResponse) Reset() {
 	*x = UpdateFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5678,7 +5802,7 @@ func (x *UpdateFaultResponse) String() string {
 func (*UpdateFaultResponse) ProtoMessage() {}
 
 func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5691,7 +5815,7 @@ func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFaultResponse.ProtoReflect.Descriptor instead.
 func (*UpdateFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *UpdateFaultResponse) GetFault() *Fault {
@@ -5714,7 +5838,7 @@ type RemoveFaultRequest struct {
 
 func (x *RemoveFaultRequest) Reset() {
 	*x = RemoveFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5726,7 +5850,7 @@ func (x *RemoveFaultRequest) String() string {
 func (*RemoveFaultRequest) ProtoMessage() {}
 
 func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5739,7 +5863,7 @@ func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFaultRequest.ProtoReflect.Descriptor instead.
 func (*RemoveFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{68}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RemoveFaultRequest) GetListenerId() string {
@@ -5765,7 +5889,7 @@ type RemoveFaultResponse struct {
 
 func (x *RemoveFaultResponse) Reset() {
 	*x = RemoveFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5777,7 +5901,7 @@ func (x *RemoveFaultResponse) String() string {
 func (*RemoveFaultResponse) ProtoMessage() {}
 
 func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5790,7 +5914,7 @@ func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFaultResponse.ProtoReflect.Descriptor instead.
 func (*RemoveFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{69}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{70}
 }
 
 // ListFaultsRequest names a listener.
@@ -5804,7 +5928,7 @@ type ListFaultsRequest struct {
 
 func (x *ListFaultsRequest) Reset() {
 	*x = ListFaultsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5816,7 +5940,7 @@ func (x *ListFaultsRequest) String() string {
 func (*ListFaultsRequest) ProtoMessage() {}
 
 func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5829,7 +5953,7 @@ func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFaultsRequest.ProtoReflect.Descriptor instead.
 func (*ListFaultsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{70}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListFaultsRequest) GetListenerId() string {
@@ -5850,7 +5974,7 @@ type ListFaultsResponse struct {
 
 func (x *ListFaultsResponse) Reset() {
 	*x = ListFaultsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5862,7 +5986,7 @@ func (x *ListFaultsResponse) String() string {
 func (*ListFaultsResponse) ProtoMessage() {}
 
 func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5875,7 +5999,7 @@ func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFaultsResponse.ProtoReflect.Descriptor instead.
 func (*ListFaultsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{71}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ListFaultsResponse) GetFaults() []*Fault {
@@ -5939,7 +6063,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\bupstream\x18\x01 \x01(\tR\bupstream\x12B\n" +
 	"\x0fconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\"O\n" +
 	"\rStreamHandler\x12>\n" +
-	"\rclaim_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fclaimTimeout\"\xf3\x03\n" +
+	"\rclaim_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fclaimTimeout\"\x8f\x04\n" +
 	"\x0eListenerStatus\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.listenerd.v1.StateR\x05state\x12#\n" +
 	"\rbound_address\x18\x02 \x01(\tR\fboundAddress\x12-\n" +
@@ -5955,7 +6079,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\n" +
 	"close_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tcloseTime\x12-\n" +
-	"\x12queued_connections\x18\v \x01(\x04R\x11queuedConnections\"\xc5\x01\n" +
+	"\x12queued_connections\x18\v \x01(\x04R\x11queuedConnections\x12\x1a\n" +
+	"\bdeclared\x18\f \x01(\bR\bdeclared\"\xc5\x01\n" +
 	"\tFiveTuple\x12%\n" +
 	"\x0eremote_address\x18\x01 \x01(\tR\rremoteAddress\x12\x1f\n" +
 	"\vremote_port\x18\x02 \x01(\rR\n" +
@@ -6015,8 +6140,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x15RebindListenerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
 	"\x16RebindListenerResponse\x122\n" +
-	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\xbe\n" +
-	"\n" +
+	"\blistener\x18\x01 \x01(\v2\x16.listenerd.v1.ListenerR\blistener\"\x93\v\n" +
 	"\x05Event\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
@@ -6040,7 +6164,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\vfault_added\x18\x17 \x01(\v2\x18.listenerd.v1.FaultAddedH\x00R\n" +
 	"faultAdded\x12A\n" +
 	"\rfault_removed\x18\x18 \x01(\v2\x1a.listenerd.v1.FaultRemovedH\x00R\ffaultRemoved\x12A\n" +
-	"\rfault_applied\x18\x19 \x01(\v2\x1a.listenerd.v1.FaultAppliedH\x00R\ffaultAppliedB\x06\n" +
+	"\rfault_applied\x18\x19 \x01(\v2\x1a.listenerd.v1.FaultAppliedH\x00R\ffaultApplied\x12S\n" +
+	"\x13listener_reconciled\x18\x1a \x01(\v2 .listenerd.v1.ListenerReconciledH\x00R\x12listenerReconciledB\x06\n" +
 	"\x04kind\"\x98\x01\n" +
 	"\x0eConnectionData\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x125\n" +
@@ -6049,7 +6174,13 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x06length\x18\x04 \x01(\x04R\x06length\"J\n" +
 	"\x0fListenerStarted\x12#\n" +
 	"\rbound_address\x18\x01 \x01(\tR\fboundAddress\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"f\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x86\x01\n" +
+	"\x12ListenerReconciled\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06change\x18\x03 \x01(\tR\x06change\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"f\n" +
 	"\x10ConnectionOpened\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12-\n" +
 	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\"\xb4\x02\n" +
@@ -6261,7 +6392,7 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0fConnectionState\x12 \n" +
 	"\x1cCONNECTION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CONNECTION_STATE_OPEN\x10\x01\x12\x1b\n" +
-	"\x17CONNECTION_STATE_QUEUED\x10\x02*\xb0\x04\n" +
+	"\x17CONNECTION_STATE_QUEUED\x10\x02*\xd4\x04\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEVENT_KIND_LISTENER_STARTED\x10\x01\x12 \n" +
@@ -6280,7 +6411,8 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x1bEVENT_KIND_CONNECTION_TAKEN\x10\r\x12\x1a\n" +
 	"\x16EVENT_KIND_FAULT_ADDED\x10\x0e\x12\x1c\n" +
 	"\x18EVENT_KIND_FAULT_REMOVED\x10\x0f\x12\x1c\n" +
-	"\x18EVENT_KIND_FAULT_APPLIED\x10\x10*\xd3\x03\n" +
+	"\x18EVENT_KIND_FAULT_APPLIED\x10\x10\x12\"\n" +
+	"\x1eEVENT_KIND_LISTENER_RECONCILED\x10\x11*\xd3\x03\n" +
 	"\vCloseReason\x12\x1c\n" +
 	"\x18CLOSE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CLOSE_REASON_PEER_CLOSED\x10\x01\x12\x16\n" +
@@ -6365,7 +6497,7 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 }
 
 var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -6407,187 +6539,189 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(*Event)(nil),                   // 37: listenerd.v1.Event
 	(*ConnectionData)(nil),          // 38: listenerd.v1.ConnectionData
 	(*ListenerStarted)(nil),         // 39: listenerd.v1.ListenerStarted
-	(*ConnectionOpened)(nil),        // 40: listenerd.v1.ConnectionOpened
-	(*ConnectionClosed)(nil),        // 41: listenerd.v1.ConnectionClosed
-	(*ConnectionHalfClosed)(nil),    // 42: listenerd.v1.ConnectionHalfClosed
-	(*ConnectionRejected)(nil),      // 43: listenerd.v1.ConnectionRejected
-	(*ConnectionQueued)(nil),        // 44: listenerd.v1.ConnectionQueued
-	(*AcceptError)(nil),             // 45: listenerd.v1.AcceptError
-	(*LimitsChanged)(nil),           // 46: listenerd.v1.LimitsChanged
-	(*ListenerClosed)(nil),          // 47: listenerd.v1.ListenerClosed
-	(*WatchEventsRequest)(nil),      // 48: listenerd.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 49: listenerd.v1.WatchEventsResponse
-	(*GetDaemonStatusRequest)(nil),  // 50: listenerd.v1.GetDaemonStatusRequest
-	(*GetDaemonStatusResponse)(nil), // 51: listenerd.v1.GetDaemonStatusResponse
-	(*DaemonStatus)(nil),            // 52: listenerd.v1.DaemonStatus
-	(*BuildInfo)(nil),               // 53: listenerd.v1.BuildInfo
-	(*HandlerAttached)(nil),         // 54: listenerd.v1.HandlerAttached
-	(*HandlerDetached)(nil),         // 55: listenerd.v1.HandlerDetached
-	(*ConnectionTaken)(nil),         // 56: listenerd.v1.ConnectionTaken
-	(*AttachHandlerRequest)(nil),    // 57: listenerd.v1.AttachHandlerRequest
-	(*AttachHandlerResponse)(nil),   // 58: listenerd.v1.AttachHandlerResponse
-	(*Attached)(nil),                // 59: listenerd.v1.Attached
-	(*Offer)(nil),                   // 60: listenerd.v1.Offer
-	(*ServeConnectionRequest)(nil),  // 61: listenerd.v1.ServeConnectionRequest
-	(*Take)(nil),                    // 62: listenerd.v1.Take
-	(*End)(nil),                     // 63: listenerd.v1.End
-	(*Reset)(nil),                   // 64: listenerd.v1.Reset
-	(*ServeConnectionResponse)(nil), // 65: listenerd.v1.ServeConnectionResponse
-	(*UpgradeDaemonRequest)(nil),    // 66: listenerd.v1.UpgradeDaemonRequest
-	(*UpgradeDaemonResponse)(nil),   // 67: listenerd.v1.UpgradeDaemonResponse
-	(*Fault)(nil),                   // 68: listenerd.v1.Fault
-	(*FaultScope)(nil),              // 69: listenerd.v1.FaultScope
-	(*ConnectionFault)(nil),         // 70: listenerd.v1.ConnectionFault
-	(*FaultAdded)(nil),              // 71: listenerd.v1.FaultAdded
-	(*FaultRemoved)(nil),            // 72: listenerd.v1.FaultRemoved
-	(*FaultApplied)(nil),            // 73: listenerd.v1.FaultApplied
-	(*AddFaultRequest)(nil),         // 74: listenerd.v1.AddFaultRequest
-	(*AddFaultResponse)(nil),        // 75: listenerd.v1.AddFaultResponse
-	(*UpdateFaultRequest)(nil),      // 76: listenerd.v1.UpdateFaultRequest
-	(*UpdateFaultResponse)(nil),     // 77: listenerd.v1.UpdateFaultResponse
-	(*RemoveFaultRequest)(nil),      // 78: listenerd.v1.RemoveFaultRequest
-	(*RemoveFaultResponse)(nil),     // 79: listenerd.v1.RemoveFaultResponse
-	(*ListFaultsRequest)(nil),       // 80: listenerd.v1.ListFaultsRequest
-	(*ListFaultsResponse)(nil),      // 81: listenerd.v1.ListFaultsResponse
-	(*durationpb.Duration)(nil),     // 82: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 83: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 84: google.protobuf.FieldMask
+	(*ListenerReconciled)(nil),      // 40: listenerd.v1.ListenerReconciled
+	(*ConnectionOpened)(nil),        // 41: listenerd.v1.ConnectionOpened
+	(*ConnectionClosed)(nil),        // 42: listenerd.v1.ConnectionClosed
+	(*ConnectionHalfClosed)(nil),    // 43: listenerd.v1.ConnectionHalfClosed
+	(*ConnectionRejected)(nil),      // 44: listenerd.v1.ConnectionRejected
+	(*ConnectionQueued)(nil),        // 45: listenerd.v1.ConnectionQueued
+	(*AcceptError)(nil),             // 46: listenerd.v1.AcceptError
+	(*LimitsChanged)(nil),           // 47: listenerd.v1.LimitsChanged
+	(*ListenerClosed)(nil),          // 48: listenerd.v1.ListenerClosed
+	(*WatchEventsRequest)(nil),      // 49: listenerd.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 50: listenerd.v1.WatchEventsResponse
+	(*GetDaemonStatusRequest)(nil),  // 51: listenerd.v1.GetDaemonStatusRequest
+	(*GetDaemonStatusResponse)(nil), // 52: listenerd.v1.GetDaemonStatusResponse
+	(*DaemonStatus)(nil),            // 53: listenerd.v1.DaemonStatus
+	(*BuildInfo)(nil),               // 54: listenerd.v1.BuildInfo
+	(*HandlerAttached)(nil),         // 55: listenerd.v1.HandlerAttached
+	(*HandlerDetached)(nil),         // 56: listenerd.v1.HandlerDetached
+	(*ConnectionTaken)(nil),         // 57: listenerd.v1.ConnectionTaken
+	(*AttachHandlerRequest)(nil),    // 58: listenerd.v1.AttachHandlerRequest
+	(*AttachHandlerResponse)(nil),   // 59: listenerd.v1.AttachHandlerResponse
+	(*Attached)(nil),                // 60: listenerd.v1.Attached
+	(*Offer)(nil),                   // 61: listenerd.v1.Offer
+	(*ServeConnectionRequest)(nil),  // 62: listenerd.v1.ServeConnectionRequest
+	(*Take)(nil),                    // 63: listenerd.v1.Take
+	(*End)(nil),                     // 64: listenerd.v1.End
+	(*Reset)(nil),                   // 65: listenerd.v1.Reset
+	(*ServeConnectionResponse)(nil), // 66: listenerd.v1.ServeConnectionResponse
+	(*UpgradeDaemonRequest)(nil),    // 67: listenerd.v1.UpgradeDaemonRequest
+	(*UpgradeDaemonResponse)(nil),   // 68: listenerd.v1.UpgradeDaemonResponse
+	(*Fault)(nil),                   // 69: listenerd.v1.Fault
+	(*FaultScope)(nil),              // 70: listenerd.v1.FaultScope
+	(*ConnectionFault)(nil),         // 71: listenerd.v1.ConnectionFault
+	(*FaultAdded)(nil),              // 72: listenerd.v1.FaultAdded
+	(*FaultRemoved)(nil),            // 73: listenerd.v1.FaultRemoved
+	(*FaultApplied)(nil),            // 74: listenerd.v1.FaultApplied
+	(*AddFaultRequest)(nil),         // 75: listenerd.v1.AddFaultRequest
+	(*AddFaultResponse)(nil),        // 76: listenerd.v1.AddFaultResponse
+	(*UpdateFaultRequest)(nil),      // 77: listenerd.v1.UpdateFaultRequest
+	(*UpdateFaultResponse)(nil),     // 78: listenerd.v1.UpdateFaultResponse
+	(*RemoveFaultRequest)(nil),      // 79: listenerd.v1.RemoveFaultRequest
+	(*RemoveFaultResponse)(nil),     // 80: listenerd.v1.RemoveFaultResponse
+	(*ListFaultsRequest)(nil),       // 81: listenerd.v1.ListFaultsRequest
+	(*ListFaultsResponse)(nil),      // 82: listenerd.v1.ListFaultsResponse
+	(*durationpb.Duration)(nil),     // 83: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 84: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 85: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	11,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
 	18,  // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
 	12,  // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
 	13,  // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	82,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
-	68,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
+	83,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	69,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
 	0,   // 6: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	82,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	82,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	82,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	83,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	83,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	83,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
 	14,  // 10: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
 	15,  // 11: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
 	16,  // 12: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
 	17,  // 13: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
-	82,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	82,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
+	83,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	83,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
 	1,   // 16: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	83,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	83,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	84,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	84,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
 	2,   // 19: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
 	19,  // 20: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	83,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	84,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
 	3,   // 22: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
-	82,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
-	70,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
+	83,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	71,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
 	11,  // 25: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
 	10,  // 26: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
 	10,  // 27: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
 	10,  // 28: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
 	10,  // 29: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	84,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	85,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
 	10,  // 31: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	82,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	83,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
 	10,  // 33: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
 	20,  // 34: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
 	10,  // 35: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	83,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	84,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
 	39,  // 37: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
-	40,  // 38: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
-	41,  // 39: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
-	43,  // 40: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
-	45,  // 41: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
-	46,  // 42: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
-	47,  // 43: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
-	42,  // 44: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
+	41,  // 38: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
+	42,  // 39: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
+	44,  // 40: listenerd.v1.Event.connection_rejected:type_name -> listenerd.v1.ConnectionRejected
+	46,  // 41: listenerd.v1.Event.accept_error:type_name -> listenerd.v1.AcceptError
+	47,  // 42: listenerd.v1.Event.limits_changed:type_name -> listenerd.v1.LimitsChanged
+	48,  // 43: listenerd.v1.Event.listener_closed:type_name -> listenerd.v1.ListenerClosed
+	43,  // 44: listenerd.v1.Event.connection_half_closed:type_name -> listenerd.v1.ConnectionHalfClosed
 	38,  // 45: listenerd.v1.Event.connection_data:type_name -> listenerd.v1.ConnectionData
-	44,  // 46: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
-	54,  // 47: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
-	55,  // 48: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
-	56,  // 49: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
-	71,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
-	72,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
-	73,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
-	7,   // 53: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
-	19,  // 54: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
-	19,  // 55: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	82,  // 56: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
-	5,   // 57: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
-	19,  // 58: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
-	6,   // 59: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	82,  // 60: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
-	19,  // 61: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
-	82,  // 62: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
-	12,  // 63: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
-	4,   // 64: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
-	37,  // 65: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
-	52,  // 66: listenerd.v1.GetDaemonStatusResponse.status:type_name -> listenerd.v1.DaemonStatus
-	53,  // 67: listenerd.v1.DaemonStatus.build:type_name -> listenerd.v1.BuildInfo
-	83,  // 68: listenerd.v1.BuildInfo.revision_time:type_name -> google.protobuf.Timestamp
-	59,  // 69: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
-	60,  // 70: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
-	19,  // 71: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
-	62,  // 72: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
-	63,  // 73: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
-	64,  // 74: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
-	40,  // 75: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
-	63,  // 76: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
-	41,  // 77: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
-	8,   // 78: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
-	9,   // 79: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
-	69,  // 80: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
-	82,  // 81: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
-	83,  // 82: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
-	82,  // 83: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
-	82,  // 84: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
-	82,  // 85: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
-	68,  // 86: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
-	8,   // 87: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
-	8,   // 88: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
-	19,  // 89: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
-	68,  // 90: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
-	68,  // 91: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
-	68,  // 92: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
-	68,  // 93: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
-	68,  // 94: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
-	50,  // 95: listenerd.v1.ListenerService.GetDaemonStatus:input_type -> listenerd.v1.GetDaemonStatusRequest
-	66,  // 96: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
-	74,  // 97: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
-	76,  // 98: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
-	78,  // 99: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
-	80,  // 100: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
-	21,  // 101: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	23,  // 102: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	25,  // 103: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	27,  // 104: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	29,  // 105: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	31,  // 106: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	33,  // 107: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	35,  // 108: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	48,  // 109: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	57,  // 110: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
-	61,  // 111: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
-	51,  // 112: listenerd.v1.ListenerService.GetDaemonStatus:output_type -> listenerd.v1.GetDaemonStatusResponse
-	67,  // 113: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
-	75,  // 114: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
-	77,  // 115: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
-	79,  // 116: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
-	81,  // 117: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
-	22,  // 118: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	24,  // 119: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	26,  // 120: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	28,  // 121: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	30,  // 122: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	32,  // 123: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	34,  // 124: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	36,  // 125: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	49,  // 126: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	58,  // 127: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
-	65,  // 128: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
-	112, // [112:129] is the sub-list for method output_type
-	95,  // [95:112] is the sub-list for method input_type
-	95,  // [95:95] is the sub-list for extension type_name
-	95,  // [95:95] is the sub-list for extension extendee
-	0,   // [0:95] is the sub-list for field type_name
+	45,  // 46: listenerd.v1.Event.connection_queued:type_name -> listenerd.v1.ConnectionQueued
+	55,  // 47: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
+	56,  // 48: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
+	57,  // 49: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
+	72,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
+	73,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
+	74,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
+	40,  // 53: listenerd.v1.Event.listener_reconciled:type_name -> listenerd.v1.ListenerReconciled
+	7,   // 54: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
+	19,  // 55: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
+	19,  // 56: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
+	83,  // 57: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	5,   // 58: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
+	19,  // 59: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
+	6,   // 60: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
+	83,  // 61: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	19,  // 62: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
+	83,  // 63: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	12,  // 64: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
+	4,   // 65: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
+	37,  // 66: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
+	53,  // 67: listenerd.v1.GetDaemonStatusResponse.status:type_name -> listenerd.v1.DaemonStatus
+	54,  // 68: listenerd.v1.DaemonStatus.build:type_name -> listenerd.v1.BuildInfo
+	84,  // 69: listenerd.v1.BuildInfo.revision_time:type_name -> google.protobuf.Timestamp
+	60,  // 70: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
+	61,  // 71: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
+	19,  // 72: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
+	63,  // 73: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
+	64,  // 74: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
+	65,  // 75: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
+	41,  // 76: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
+	64,  // 77: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
+	42,  // 78: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
+	8,   // 79: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
+	9,   // 80: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
+	70,  // 81: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
+	83,  // 82: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
+	84,  // 83: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
+	83,  // 84: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
+	83,  // 85: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
+	83,  // 86: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
+	69,  // 87: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
+	8,   // 88: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
+	8,   // 89: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
+	19,  // 90: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
+	69,  // 91: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
+	69,  // 92: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
+	69,  // 93: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
+	69,  // 94: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
+	69,  // 95: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
+	51,  // 96: listenerd.v1.ListenerService.GetDaemonStatus:input_type -> listenerd.v1.GetDaemonStatusRequest
+	67,  // 97: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
+	75,  // 98: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
+	77,  // 99: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
+	79,  // 100: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
+	81,  // 101: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
+	21,  // 102: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	23,  // 103: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	25,  // 104: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	27,  // 105: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	29,  // 106: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	31,  // 107: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	33,  // 108: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	35,  // 109: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	49,  // 110: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	58,  // 111: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
+	62,  // 112: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
+	52,  // 113: listenerd.v1.ListenerService.GetDaemonStatus:output_type -> listenerd.v1.GetDaemonStatusResponse
+	68,  // 114: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
+	76,  // 115: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
+	78,  // 116: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
+	80,  // 117: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
+	82,  // 118: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
+	22,  // 119: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	24,  // 120: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	26,  // 121: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	28,  // 122: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	30,  // 123: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	32,  // 124: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	34,  // 125: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	36,  // 126: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	50,  // 127: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	59,  // 128: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
+	66,  // 129: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
+	113, // [113:130] is the sub-list for method output_type
+	96,  // [96:113] is the sub-list for method input_type
+	96,  // [96:96] is the sub-list for extension type_name
+	96,  // [96:96] is the sub-list for extension extendee
+	0,   // [0:96] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -6620,33 +6754,34 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*Event_FaultAdded)(nil),
 		(*Event_FaultRemoved)(nil),
 		(*Event_FaultApplied)(nil),
+		(*Event_ListenerReconciled)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[38].OneofWrappers = []any{}
-	file_listenerd_v1_listenerd_proto_msgTypes[42].OneofWrappers = []any{}
-	file_listenerd_v1_listenerd_proto_msgTypes[48].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[39].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[43].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[49].OneofWrappers = []any{
 		(*AttachHandlerResponse_Attached)(nil),
 		(*AttachHandlerResponse_Offer)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[51].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[52].OneofWrappers = []any{
 		(*ServeConnectionRequest_Take)(nil),
 		(*ServeConnectionRequest_Data)(nil),
 		(*ServeConnectionRequest_End)(nil),
 		(*ServeConnectionRequest_Reset_)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[55].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[56].OneofWrappers = []any{
 		(*ServeConnectionResponse_Opened)(nil),
 		(*ServeConnectionResponse_Data)(nil),
 		(*ServeConnectionResponse_End)(nil),
 		(*ServeConnectionResponse_Closed)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[58].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[59].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   72,
+			NumMessages:   73,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
