@@ -63,6 +63,9 @@ func (p *probe) badCallTable(c listenerdv1.ListenerServiceClient, id, port, conn
 		add(fmt.Sprintf("create: port %d", port), inval, "spec.port", create("", &listenerdv1.ListenerSpec{Port: port}))
 	}
 	for _, h := range []string{"bad host!", "192.0.2.7", "256.0.0.1", "::ffff:zz", strings.Repeat("a", 300), "10.0.0.1/8", "host.invalid"} {
+		if h == "host.invalid" && p.cfg.quick {
+			continue // a resolver may take its full timeout to say no
+		}
 		add(fmt.Sprintf("create: host %.20q", h), inval, "spec.host", create("", &listenerdv1.ListenerSpec{Host: h}))
 	}
 	add("create: allow 10.0.0.0/33", inval, "spec.allow_cidrs[0]", create("", &listenerdv1.ListenerSpec{AllowCidrs: []string{"10.0.0.0/33"}}))

@@ -63,6 +63,7 @@ type config struct {
 	timeout     time.Duration
 	only        string
 	verbose     bool
+	quick       bool
 	out         io.Writer
 }
 
@@ -83,8 +84,7 @@ func main() {
 	flag.BoolVar(&cfg.verbose, "v", false, "print progress")
 	flag.Parse()
 	if *quick {
-		cfg.connections, cfg.listeners, cfg.events, cfg.kills, cfg.resumes = 2000, 40, 20_000, 2, 3
-		cfg.clients = 16
+		cfg = quickConfig(cfg)
 	}
 	cfg.out = os.Stdout
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -118,6 +118,15 @@ func run(ctx context.Context, cfg config) (ok bool, err error) {
 	if cfg.verbose {
 		p.logw = os.Stderr
 	}
+	defer func() { // whatever phases ran or stopped half-way
+		if p.st != nil {
+			p.st.cancelW()
+			<-p.st.wDone
+		}
+		if p.persist != nil {
+			_, _ = p.persist.d.stop()
+		}
+	}()
 	want := map[string]bool{}
 	for ph := range strings.SplitSeq(cfg.only, ",") {
 		want[strings.TrimSpace(ph)] = true
@@ -166,6 +175,13 @@ func run(ctx context.Context, cfg config) (ok bool, err error) {
 		results = append(results, r)
 	}
 	return summary(cfg.out, results), nil
+}
+
+// quickConfig is cfg scaled down to a smoke run of a few seconds.
+func quickConfig(cfg config) config {
+	cfg.connections, cfg.listeners, cfg.events, cfg.kills, cfg.resumes = 2000, 40, 20_000, 2, 3
+	cfg.clients, cfg.quick = 16, true
+	return cfg
 }
 
 // build builds the daemon and ctl from the module this command is run in.
