@@ -117,7 +117,9 @@ func Decode(name string, data []byte) ([]json.RawMessage, int, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, 0, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
 	}
-	if dec.More() {
+	// Anything but white space after the object is damage (dec.More
+	// would not see a stray '}' or ']').
+	if len(bytes.TrimSpace(data[dec.InputOffset():])) > 0 {
 		return nil, 0, fmt.Errorf("%w: %s: trailing data", ErrCorrupt, name)
 	}
 	if f.Version < MinVersion || f.Version > Version {

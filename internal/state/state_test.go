@@ -108,6 +108,8 @@ func TestCorruptFilesNameTheFile(t *testing.T) {
 		"other version":   []byte(`{"version": 99, "listeners": []}`),
 		"unknown field":   []byte(`{"version": 1, "listeners": [], "x": 1}`),
 		"trailing":        append(append([]byte{}, full...), []byte("{}")...),
+		"trailing brace":  append(append([]byte{}, full...), []byte("}{")...),
+		"trailing ]":      append(append([]byte{}, full...), []byte("\n]")...),
 		"not json at all": []byte("\x00\x01garbage"),
 	} {
 		if err := os.WriteFile(s.Path(), data, 0o600); err != nil {
