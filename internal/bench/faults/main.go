@@ -5,6 +5,7 @@
 //
 //	go run ./internal/bench/faults                      # 1,000 round trips at 50 ms, 10 s at 1 MB/s
 //	go run ./internal/bench/faults -n 200 -seconds 3    # quicker
+//	go run ./internal/bench/faults -reps 3 -toxiproxy "$(go env GOPATH)/bin/server"   # and toxiproxy's toxics, same load
 //
 // Latency: 1,000 round trips of 64 bytes through an echo listener with a
 // latency fault on its out direction, and through the same listener's twin
