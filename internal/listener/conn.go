@@ -35,9 +35,13 @@ type Conn struct {
 	mu         sync.Mutex
 	closed     bool
 	handedOver bool // its descriptor is the handler's too: a close shuts it down
-	kill       chan struct{}
-	take       chan struct{} // paused: closed when a handler takes it
-	peer       *net.TCPConn  // forward: the upstream connection
+	// aborted: a reset of a handed-over socket, whose byte counts (read
+	// just before, as the reset clears them) are abortedIn and abortedOut.
+	aborted               bool
+	abortedIn, abortedOut uint64
+	kill                  chan struct{}
+	take                  chan struct{} // paused: closed when a handler takes it
+	peer                  *net.TCPConn  // forward: the upstream connection
 
 	queueTimer *time.Timer // queued: its queue_timeout; guarded by l.mu
 
@@ -61,9 +65,20 @@ func (c *Conn) close(reason events.CloseReason, reset bool) bool {
 		// took its copies with it, and one that closed with SO_LINGER 0
 		// asked for a reset: the daemon's close is the last, and a reset
 		// then is an RST, as for a stream handler that died.
-		if (reason == events.CloseHandlerGone || reason == events.CloseHandlerClosed) && reset {
+		//
+		// Any other reset (a reset fault, a kick with reset) disconnects
+		// the socket under every holder: an RST to the peer at once, and
+		// ECONNRESET to the handler's next read (abort). The counts are
+		// read first: the disconnect clears them.
+		switch {
+		case (reason == events.CloseHandlerGone || reason == events.CloseHandlerClosed) && reset:
 			_ = c.c.SetLinger(0)
-		} else {
+		case reset:
+			c.abortedIn, c.abortedOut, c.aborted = tcpBytes(c.c)
+			if !abort(c.c) {
+				shutdown(c.c, reset) // refused (a thread blocked on it): a FIN, then the RST at the last close
+			}
+		default:
 			shutdown(c.c, reset)
 		}
 		if c.kill != nil {

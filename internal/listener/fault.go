@@ -271,10 +271,7 @@ func (l *Listener) applyToLiveLocked(e *faultEntry) {
 		return
 	}
 	for _, c := range l.conns {
-		fc := c.faultConn()
-		if fc.filtered.Load() || e.f.Kind == events.FaultReset || e.f.Kind == events.FaultTimeout {
-			fc.apply(e)
-		}
+		c.faultConn().apply(e)
 	}
 }
 
@@ -321,8 +318,12 @@ type faultConn struct {
 	c        *Conn
 	kill     <-chan struct{}
 	filtered atomic.Bool // its byte path goes through the fault stages
-	limited  atomic.Bool // a limit_data fault ended it: nothing more passes
-	name     atomic.Pointer[string]
+	// socketOnly: the daemon may never see its bytes (a stream listener's
+	// connection until a handler takes it through the API, and for good
+	// once handed over): only a reset by its timer can act on it.
+	socketOnly atomic.Bool
+	limited    atomic.Bool // a limit_data fault ended it: nothing more passes
+	name       atomic.Pointer[string]
 
 	mu      sync.Mutex
 	applied map[uint64]bool        // fault serials applied (fault_applied sent)
@@ -357,7 +358,11 @@ func (c *Conn) faultFilters(base *Filters) *Filters {
 		return base
 	}
 	fc := c.faultConn()
-	fc.filtered.Store(true)
+	if _, ok := l.handler.(*streamHub); ok {
+		fc.socketOnly.Store(true) // until taken through the API: see streamHub.Serve
+	} else {
+		fc.filtered.Store(true)
+	}
 	f := &Filters{
 		In:  []Filter{fc.filter(events.FaultIn)},
 		Out: []Filter{},
@@ -373,11 +378,39 @@ func (c *Conn) faultFilters(base *Filters) *Filters {
 	return f
 }
 
-// apply records fault e on the connection when it picks it: the
-// fault_applied event, once, and the timers of reset and timeout.
+// may says whether fault e can act on the connection as it is served: any
+// fault on the fault path; on a socket the daemon does not read (see
+// socketOnly) a reset by its timer (at once or after delay); on a
+// connection served on its fast path, before the listener's first fault,
+// reset and timeout, which close it.
+func (fc *faultConn) may(e *faultEntry) bool {
+	k := e.f.Kind
+	switch {
+	case k.AcceptSide():
+		return false
+	case fc.filtered.Load():
+		return true
+	case fc.socketOnly.Load():
+		return k == events.FaultReset && (e.f.Bytes == 0 || e.f.Delay > 0)
+	default:
+		return k == events.FaultReset || k == events.FaultTimeout
+	}
+}
+
+// served puts a stream connection, taken through the API, on the fault
+// path: every fault that picks it applies from now on.
+func (fc *faultConn) served() {
+	fc.filtered.Store(true)
+	for _, e := range fc.c.l.faults.load().faults {
+		fc.apply(e)
+	}
+}
+
+// apply records fault e on the connection when it picks it and can act on
+// it: the fault_applied event, once, and the timers of reset and timeout.
 func (fc *faultConn) apply(e *faultEntry) {
 	c, l := fc.c, fc.c.l
-	if e.f.Kind.AcceptSide() || !l.picks(e, c) {
+	if !fc.may(e) || !l.picks(e, c) {
 		return
 	}
 	fc.mu.Lock()
@@ -474,12 +507,13 @@ func (l *Listener) connFaults(fs *faultSet, c *Conn) []ConnFault {
 	if len(fs.faults) == 0 {
 		return nil
 	}
+	fc := c.fc.Load()
 	out := make([]ConnFault, 0, len(fs.faults))
 	for _, e := range fs.faults {
 		if e.f.Kind.AcceptSide() {
 			continue
 		}
-		out = append(out, ConnFault{Fault: e.f.Name, Draw: l.draw(c.n, e.id), Applies: l.picks(e, c)})
+		out = append(out, ConnFault{Fault: e.f.Name, Draw: l.draw(c.n, e.id), Applies: l.picks(e, c) && (fc == nil || fc.may(e))})
 	}
 	return out
 }

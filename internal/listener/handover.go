@@ -185,6 +185,7 @@ func (a *Attachment) clearSide(s *sideConn) {
 // daemon closes it), then reads the bytes each way from TCP_INFO.
 func (s *Session) handover(side *sideConn) error {
 	c := s.c
+	c.faultConn().socketOnly.Store(true) // the daemon never sees its bytes: of the faults, only a reset acts on it
 	c.mu.Lock()
 	c.handedOver = true // from now on a close shuts the socket down: the handler holds it too
 	c.mu.Unlock()
@@ -206,7 +207,13 @@ func (s *Session) handover(side *sideConn) error {
 	side.mu.Lock()
 	delete(side.sessions, c.n)
 	side.mu.Unlock()
-	if in, out, ok := tcpBytes(c.c); ok {
+	c.mu.Lock()
+	in, out, ok := c.abortedIn, c.abortedOut, c.aborted
+	c.mu.Unlock()
+	if !ok {
+		in, out, ok = tcpBytes(c.c)
+	}
+	if ok {
 		c.in.Store(in)
 		c.out.Store(out)
 		c.l.bytesIn.Add(in)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -60,6 +61,29 @@ func shutdown(c *net.TCPConn, reset bool) {
 		return
 	}
 	_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+}
+
+// abort resets a handed-over socket for every holder of it: a connect to
+// AF_UNSPEC disconnects a TCP socket (the kernel's tcp_disconnect), which
+// sends the peer an RST from any state that has one to send and fails
+// every holder's next read with ECONNRESET. Closing the daemon's copy
+// with SO_LINGER 0 would not: the handler's copy keeps the socket, and
+// shutdown sends a FIN. It reports false when the kernel refused (since
+// Linux 6.6, EBUSY while a thread of the handler is blocked in a read of
+// it).
+func abort(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		sa := unix.RawSockaddr{Family: unix.AF_UNSPEC}
+		_, _, errno = unix.Syscall(unix.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	}); err != nil {
+		return false
+	}
+	return errno == 0
 }
 
 // tcpBytes reads the bytes a socket received and the bytes its peer

@@ -26,6 +26,8 @@ func shutdown(c *net.TCPConn, reset bool) {
 	_ = c.CloseWrite()
 }
 
+func abort(*net.TCPConn) bool { return false }
+
 func tcpBytes(*net.TCPConn) (in, out uint64, ok bool) { return 0, 0, false }
 
 func abortive(*net.TCPConn) bool { return false }

@@ -300,7 +300,10 @@ func (h *streamHub) Serve(c *Conn) error {
 	defer h.ended(s)
 	if s.side != nil {
 		c.session = s
-		return s.handover(s.side)
+		return s.handover(s.side) // the bytes go past the daemon: see faultConn.may
+	}
+	if fc := c.fc.Load(); fc != nil && fc.socketOnly.Load() {
+		fc.served()
 	}
 	return s.pump()
 }

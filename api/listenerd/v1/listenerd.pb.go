@@ -5372,8 +5372,9 @@ type ConnectionFault struct {
 	Fault string `protobuf:"bytes,1,opt,name=fault,proto3" json:"fault,omitempty"`
 	// The connection's draw, in [0, 1).
 	Draw float64 `protobuf:"fixed64,2,opt,name=draw,proto3" json:"draw,omitempty"`
-	// Whether the fault applies: the draw is below its probability and the
-	// connection is in its scope.
+	// Whether the fault applies: the draw is below its probability, the
+	// connection is in its scope, and the fault can act on it (on a socket
+	// handed over to its handler only a reset at once or after delay can).
 	Applies       bool `protobuf:"varint,3,opt,name=applies,proto3" json:"applies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -5,6 +5,7 @@
 //
 //	go run ./internal/bench/faults                      # 1,000 round trips at 50 ms, 10 s at 1 MB/s
 //	go run ./internal/bench/faults -n 200 -seconds 3    # quicker
+//	go run ./internal/bench/faults -reps 3 -toxiproxy "$(go env GOPATH)/bin/server"   # and toxiproxy's toxics, same load
 //
 // Latency: 1,000 round trips of 64 bytes through an echo listener with a
 // latency fault on its out direction, and through the same listener's twin
@@ -22,6 +23,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
@@ -34,58 +36,165 @@ func main() {
 	rate := flag.Int64("rate", 1_000_000, "the bandwidth fault, bytes a second")
 	burst := flag.Int64("burst", 0, "the bandwidth fault's burst (0: rate/50)")
 	seconds := flag.Int("seconds", 10, "how long to measure bandwidth")
+	reps := flag.Int("reps", 1, "repetitions of the whole measurement")
+	toxi := flag.String("toxiproxy", "", "path of toxiproxy's server binary: measure it too, on the same load, in the same run")
 	flag.Parse()
-	if err := run(*n, *latency, *rate, *burst, *seconds); err != nil {
+	cfg := config{n: *n, latency: *latency, rate: *rate, burst: *burst, seconds: *seconds, reps: *reps, toxiproxy: *toxi}
+	if err := cfg.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, latency time.Duration, rate, burst int64, seconds int) error {
+type config struct {
+	n             int
+	latency       time.Duration
+	rate, burst   int64
+	seconds, reps int
+	toxiproxy     string
+}
+
+func (c config) check() error {
+	switch {
+	case c.n < 1:
+		return fmt.Errorf("-n: %d, want at least 1", c.n)
+	case c.latency <= 0:
+		return fmt.Errorf("-latency: %v, want more than 0", c.latency)
+	case c.rate < 1:
+		return fmt.Errorf("-rate: %d, want at least 1", c.rate)
+	case c.toxiproxy != "" && c.rate%1000 != 0:
+		return fmt.Errorf("-rate: %d, toxiproxy's rate is in KB/s: want a multiple of 1000", c.rate)
+	case c.toxiproxy != "" && c.latency%time.Millisecond != 0:
+		return fmt.Errorf("-latency: %v, toxiproxy's latency is in ms: want whole milliseconds", c.latency)
+	case c.burst < 0:
+		return fmt.Errorf("-burst: %d, want 0 or more", c.burst)
+	case c.seconds < 1:
+		return fmt.Errorf("-seconds: %d, want at least 1", c.seconds)
+	case c.reps < 1:
+		return fmt.Errorf("-reps: %d, want at least 1", c.reps)
+	}
+	return nil
+}
+
+// result is one tool's figures in one repetition.
+type result struct {
+	addedP50, addedP99 time.Duration
+	avg, worst         float64 // average rate's error and worst window's, as fractions
+}
+
+func run(cfg config) error {
 	m := listener.NewManager(events.NewBus(events.Options{}), nil, listener.Options{})
 	defer m.Shutdown(0)
 	echo := listener.HandlerSpec{Kind: "echo"}
 	// The baseline takes the fault path too (a fault that never applies),
 	// so the difference is the fault's delay alone.
 	plain, err := m.Create(context.Background(), "", listener.Spec{Handler: echo,
-		Faults: []listener.Fault{{Name: "never", Kind: events.FaultLatency, Latency: latency, Probability: 0}}})
+		Faults: []listener.Fault{{Name: "never", Kind: events.FaultLatency, Latency: cfg.latency, Probability: 0}}})
 	if err != nil {
 		return err
 	}
 	slow, err := m.Create(context.Background(), "", listener.Spec{Handler: echo,
-		Faults: []listener.Fault{{Name: "lat", Kind: events.FaultLatency, Latency: latency, Direction: events.FaultOut, Probability: 1}}})
+		Faults: []listener.Fault{{Name: "lat", Kind: events.FaultLatency, Latency: cfg.latency, Direction: events.FaultOut, Probability: 1}}})
 	if err != nil {
 		return err
 	}
-	base, faulted, timer, err := roundTrips(plain.Info().Bound, slow.Info().Bound, n, latency)
+	bw, err := m.Create(context.Background(), "", listener.Spec{Handler: echo,
+		Faults: []listener.Fault{{Name: "bw", Kind: events.FaultBandwidth, Rate: cfg.rate, Burst: cfg.burst, Direction: events.FaultOut, Probability: 1}}})
 	if err != nil {
 		return err
+	}
+	// The same load for both: round trips interleaved, listenerd's pair
+	// then toxiproxy's pair, each tool against its own no-fault twin; the
+	// bandwidths one after the other.
+	addrs := []string{plain.Info().Bound, slow.Info().Bound}
+	bwAddrs := []string{bw.Info().Bound}
+	names := []string{"listenerd"}
+	if cfg.toxiproxy != "" {
+		tp, err := startToxiproxy(cfg.toxiproxy)
+		if err != nil {
+			return err
+		}
+		defer tp.stop()
+		up := plain.Info().Bound // the same upstream: the echo without a fault
+		tPlain, err := tp.proxy("plain", up)
+		if err != nil {
+			return err
+		}
+		tLat, err := tp.proxy("lat", up)
+		if err != nil {
+			return err
+		}
+		if err := tp.toxic("lat", "latency", map[string]int64{"latency": cfg.latency.Milliseconds(), "jitter": 0}); err != nil {
+			return err
+		}
+		tBw, err := tp.proxy("bw", up)
+		if err != nil {
+			return err
+		}
+		if err := tp.toxic("bw", "bandwidth", map[string]int64{"rate": cfg.rate / 1000}); err != nil {
+			return err
+		}
+		addrs = append(addrs, tPlain, tLat)
+		bwAddrs = append(bwAddrs, tBw)
+		fmt.Printf("toxiproxy %s (its /version; a go install build says \"git\"), API %s\n", tp.version, tp.api)
+		names = append(names, "toxiproxy")
 	}
 	p := func(vs []time.Duration, q float64) time.Duration { return vs[min(len(vs)-1, int(q*float64(len(vs))))] }
-	fmt.Printf("latency fault %v, %d round trips of 64 B, interleaved with the same listener without it:\n", latency, n)
-	fmt.Printf("  without: p50 %v  p99 %v\n", p(base, 0.5), p(base, 0.99))
-	fmt.Printf("  with:    p50 %v  p99 %v  max %v; %d of %d over 1.5x the latency\n", p(faulted, 0.5), p(faulted, 0.99),
-		faulted[len(faulted)-1], over(faulted, latency*3/2), len(faulted))
-	fmt.Printf("  added:   p50 %v (%+v off)  p99 %v (%+v off)\n", p(faulted, 0.5)-p(base, 0.5), p(faulted, 0.5)-p(base, 0.5)-latency,
-		p(faulted, 0.99)-p(base, 0.99), p(faulted, 0.99)-p(base, 0.99)-latency)
-	fmt.Printf("  control, a bare timer of %v in this process, interleaved: p50 %v  p99 %v late\n", latency, p(timer, 0.5)-latency, p(timer, 0.99)-latency)
-
-	bw, err := m.Create(context.Background(), "", listener.Spec{Handler: echo,
-		Faults: []listener.Fault{{Name: "bw", Kind: events.FaultBandwidth, Rate: rate, Burst: burst, Direction: events.FaultOut, Probability: 1}}})
-	if err != nil {
-		return err
+	all := make([][]result, len(names))
+	for rep := range cfg.reps {
+		fmt.Printf("repetition %d of %d, load average %s\n", rep+1, cfg.reps, loadavg())
+		rts, timer, err := roundTrips(addrs, cfg.n, cfg.latency)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("  latency %v, %d round trips of 64 B each, interleaved; bare timer of %v late: p50 %v  p99 %v\n",
+			cfg.latency, cfg.n, cfg.latency, p(timer, 0.5)-cfg.latency, p(timer, 0.99)-cfg.latency)
+		for i, name := range names {
+			base, faulted := rts[2*i], rts[2*i+1]
+			r := result{addedP50: p(faulted, 0.5) - p(base, 0.5), addedP99: p(faulted, 0.99) - p(base, 0.99)}
+			fmt.Printf("  %-18s without: p50 %v p99 %v; with: p50 %v p99 %v max %v, %d over 1.5x; added p50 %v (%+v) p99 %v (%+v)\n",
+				name, p(base, 0.5), p(base, 0.99), p(faulted, 0.5), p(faulted, 0.99), faulted[len(faulted)-1],
+				over(faulted, cfg.latency*3/2), r.addedP50, r.addedP50-cfg.latency, r.addedP99, r.addedP99-cfg.latency)
+			all[i] = append(all[i], r)
+		}
+		for i, name := range names {
+			windows, avg, err := bandwidth(bwAddrs[i], time.Duration(cfg.seconds)*time.Second)
+			if err != nil {
+				return fmt.Errorf("%s bandwidth: %w", name, err)
+			}
+			worst := 0.0
+			for _, w := range windows {
+				worst = max(worst, abs(w*10/float64(cfg.rate)-1))
+			}
+			all[i][rep].avg, all[i][rep].worst = avg/float64(cfg.rate)-1, worst
+			fmt.Printf("  %-18s bandwidth %d B/s, %d s: average %.0f B/s (%+.2f%%); %d windows of 100 ms, worst %.1f%% off\n",
+				name, cfg.rate, cfg.seconds, avg, (avg/float64(cfg.rate)-1)*100, len(windows), worst*100)
+		}
 	}
-	windows, avg, err := bandwidth(bw.Info().Bound, time.Duration(seconds)*time.Second)
-	if err != nil {
-		return err
+	fmt.Printf("load average at the end %s\n\n", loadavg())
+	fmt.Printf("| tool | rep | added p50 | added p99 | %d s average | worst 100 ms window |\n", cfg.seconds)
+	fmt.Println("| --- | --- | --- | --- | --- | --- |")
+	ms := func(d time.Duration) string {
+		return fmt.Sprintf("%.2f ms (%+.2f)", float64(d)/1e6, float64(d-cfg.latency)/1e6)
 	}
-	worst := 0.0
-	for _, w := range windows {
-		worst = max(worst, abs(w*10/float64(rate)-1))
+	for i, name := range names {
+		for rep, r := range all[i] {
+			fmt.Printf("| %s | %d | %s | %s | %+.2f %% | %.1f %% |\n", name, rep+1, ms(r.addedP50), ms(r.addedP99), r.avg*100, r.worst*100)
+		}
 	}
-	fmt.Printf("bandwidth fault %d B/s (burst %d), %d s:\n", rate, burst, seconds)
-	fmt.Printf("  average %.0f B/s (%+.2f%%); %d windows of 100 ms, worst %.1f%% off\n", avg, (avg/float64(rate)-1)*100, len(windows), worst*100)
 	return nil
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
 }
 
 // over counts the durations (sorted) above d.
@@ -101,19 +210,18 @@ func abs(f float64) float64 {
 	return f
 }
 
-// roundTrips times n round trips on each address, alternating, and as
-// many bare timers of d: how late this machine wakes a sleeper.
-func roundTrips(a, b string, n int, d time.Duration) (da, db, dt []time.Duration, err error) {
-	ca, err := net.Dial("tcp", a)
-	if err != nil {
-		return nil, nil, nil, err
+// roundTrips times n round trips on each address, in turn, and as many
+// bare timers of d: how late this machine wakes a sleeper.
+func roundTrips(addrs []string, n int, d time.Duration) (ds [][]time.Duration, dt []time.Duration, err error) {
+	conns := make([]net.Conn, len(addrs))
+	for i, a := range addrs {
+		c, err := net.Dial("tcp", a)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer c.Close()
+		conns[i] = c
 	}
-	defer ca.Close()
-	cb, err := net.Dial("tcp", b)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	defer cb.Close()
 	msg, buf := make([]byte, 64), make([]byte, 64)
 	one := func(c net.Conn) (time.Duration, error) {
 		t0 := time.Now()
@@ -123,23 +231,24 @@ func roundTrips(a, b string, n int, d time.Duration) (da, db, dt []time.Duration
 		_, err := io.ReadFull(c, buf)
 		return time.Since(t0), err
 	}
+	ds = make([][]time.Duration, len(conns))
 	for range n {
-		x, err := one(ca)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		y, err := one(cb)
-		if err != nil {
-			return nil, nil, nil, err
+		for i, c := range conns {
+			x, err := one(c)
+			if err != nil {
+				return nil, nil, fmt.Errorf("round trip to %s: %w", addrs[i], err)
+			}
+			ds[i] = append(ds[i], x)
 		}
 		t0 := time.Now()
 		time.Sleep(d)
-		da, db, dt = append(da, x), append(db, y), append(dt, time.Since(t0))
+		dt = append(dt, time.Since(t0))
 	}
-	slices.Sort(da)
-	slices.Sort(db)
+	for _, x := range ds {
+		slices.Sort(x)
+	}
 	slices.Sort(dt)
-	return da, db, dt, nil
+	return ds, dt, nil
 }
 
 // bandwidth feeds an echo at full speed and counts what comes back in each
