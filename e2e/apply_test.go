@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -63,9 +65,31 @@ func TestCtlApply(t *testing.T) {
 		t.Fatalf("extra after --prune: exit %d, %s", r.code, r.stdout)
 	}
 
+	// A change that fails is one line on stderr in ctl's words, and a
+	// last line counts the failures; the others are made.
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	port := strconv.Itoa(held.Addr().(*net.TCPAddr).Port)
+	write(strings.Replace(web, "%s", "100", 1) + "  busy: {spec: {host: 127.0.0.1, port: " + port + "}}\n  more: {spec: {port: 0}}\n")
+	r := d.ctl("apply", "-f", file)
+	lines := strings.Split(strings.TrimSuffix(r.stderr, "\n"), "\n")
+	if r.code != 1 || len(lines) != 2 || !strings.HasPrefix(lines[0], "ctl: create busy: address in use") ||
+		strings.Contains(r.stderr, "rpc error") || lines[1] != "ctl: 1 of 4 changes failed" {
+		t.Fatalf("a failed change: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	if r := d.ctl("get", "more"); r.code != 0 {
+		t.Fatalf("the change after a failed one was not made: exit %d, %s", r.code, r.stderr)
+	}
+	if r := d.ctl("apply", "-f", file, "--dry-run"); r.stderr != "ctl: dry run: nothing was changed\n" {
+		t.Fatalf("a dry run said %q", r.stderr)
+	}
+
 	// A malformed file: exit 2, the place named, nothing changed.
 	write("listeners:\n  web: {spec: {port: 1, limits: {maxConection: 5}}}\n")
-	r := d.ctl("apply", "-f", file)
+	r = d.ctl("apply", "-f", file)
 	if r.code != 2 || !strings.Contains(r.stderr, file+`:2:15: listener "web": spec: unknown field "maxConection"`) {
 		t.Fatalf("malformed: exit %d, stderr %s", r.code, r.stderr)
 	}

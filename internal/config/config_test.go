@@ -119,7 +119,7 @@ func TestErrors(t *testing.T) {
 		{"syntax", nil, nil, "history: [1\n", `F:1:`},
 		{"config in config", nil, nil, "config: other.yaml\n", `F:1:1: config: a config file cannot name another`},
 		{"help", nil, nil, "help: true\n", `F:1:1: unknown key "help"`},
-		{"anchor", nil, nil, "history: &h 1\n", `F:1:10: history: want a value, not a anchor (&)`},
+		{"anchor", nil, nil, "history: &h 1\n", `F:1:10: history: want a value, not an anchor (&)`},
 		{"two documents", nil, nil, "history: 1\n---\nquiet: true\n", `F:3:`},
 		{"missing file", []string{"--config", "/nonexistent/f.yaml"}, nil, "", `--config /nonexistent/f.yaml: no such file`},
 	} {

@@ -64,7 +64,7 @@ func Parse(path string, data []byte) ([]Entry, error) {
 	case *ast.MappingValueNode:
 		pairs = []*ast.MappingValueNode{body}
 	default:
-		return nil, posError(path, body, "want a mapping of keys to values (key: value), not a %s", NodeKind(body))
+		return nil, posError(path, body, "want a mapping of keys to values (key: value), not %s", WithArticle(NodeKind(body)))
 	}
 	entries := make([]Entry, 0, len(pairs))
 	for _, p := range pairs {
@@ -127,7 +127,15 @@ func scalar(n ast.Node) (string, *nodeError) {
 	case *ast.IntegerNode, *ast.FloatNode, *ast.BoolNode, *ast.InfinityNode, *ast.NanNode:
 		return n.GetToken().Value, nil
 	}
-	return "", &nodeError{n, "want a value, not a " + NodeKind(n)}
+	return "", &nodeError{n, "want a value, not " + WithArticle(NodeKind(n))}
+}
+
+// WithArticle puts "a" or "an" before a word.
+func WithArticle(w string) string {
+	if w != "" && strings.ContainsRune("aeiou", rune(w[0])) {
+		return "an " + w
+	}
+	return "a " + w
 }
 
 // NodeKind names a YAML node's type for an error: mapping, list, anchor (&)...

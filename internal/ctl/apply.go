@@ -71,11 +71,15 @@ next reconcile if this changes them.`,
 				}
 			}
 			var results []declare.Result
+			if dryRun && !a.json() {
+				a.note("dry run: nothing was changed")
+			}
 			if !dryRun {
 				t := &apiTarget{a: a, c: client}
 				results = declare.Apply(cmd.Context(), t, plan, declare.DefaultParallel, func(r declare.Result) {
 					if r.Err != nil && !a.json() {
-						a.note("%s %s: %v", r.Action, r.Name, r.Err)
+						msg, _ := a.describe(r.Err)
+						a.note("%s %s: %s", r.Action, r.Name, msg)
 					}
 				})
 			}
@@ -95,7 +99,8 @@ next reconcile if this changes them.`,
 				}
 			}
 			if first != nil {
-				return fmt.Errorf("%d of %d changes failed; the first: %w", failed, len(plan), first)
+				_, code := a.describe(first)
+				return &messageError{code: code, msg: fmt.Sprintf("%d of %d changes failed", failed, len(plan))}
 			}
 			return nil
 		},
@@ -129,12 +134,9 @@ func writeApplyJSON(a *app, plan []declare.Change, results []declare.Result, dry
 			}
 		}
 	}
-	b, err := json.Marshal(doc)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(a.stdout, "%s\n", b)
-	return err
+	enc := json.NewEncoder(a.stdout)
+	enc.SetEscapeHTML(false) // "port 80 -> 8080", not "-\u003e"
+	return enc.Encode(doc)
 }
 
 // apiTarget carries a plan out through the API.

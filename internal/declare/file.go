@@ -301,7 +301,7 @@ func nodeKind(n ast.Node) string {
 	if n.Type() == ast.NullType {
 		return "nothing"
 	}
-	return "a " + config.NodeKind(n)
+	return config.WithArticle(config.NodeKind(n))
 }
 
 // goDurations rewrites, in v (a spec decoded from YAML), the durations

@@ -148,8 +148,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 }
 
+// reconcileLogged reconciles and logs a failure Failed was not told of.
 func (r *Reconciler) reconcileLogged(ctx context.Context) {
-	if err := r.Reconcile(ctx); err != nil && r.Log != nil {
+	err := r.Reconcile(ctx)
+	if err != nil && r.Log != nil && (r.Failed == nil || errors.Is(err, ErrNotApplied)) {
 		r.Log.Warn("declared listeners not reconciled", "err", err)
 	}
 }
