@@ -56,6 +56,7 @@ type Config struct {
 	MutationRate    float64         // mutating RPCs a second on each transport; 0: no limit
 	MutationBurst   int             // burst of MutationRate
 	Metrics         MetricsConfig   // the optional Prometheus endpoint
+	Fleet           FleetConfig     // the optional publishing of events to NATS JetStream
 	Log             *slog.Logger
 	Stdout          io.Writer // where the "serving on" line goes
 	// Upgrade, when it receives, upgrades the daemon to its own binary
@@ -231,6 +232,13 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		log.Info("listeners restored", "listening", up, "failed", failed, "state", cfg.StateDir)
 	}
+	stopFleet, err := startFleet(cfg.Fleet, bus, met, log)
+	if err != nil {
+		mgr.Shutdown(0)
+		return err
+	}
+	// After the listeners closed: their last events are published too.
+	defer stopFleet()
 	svc := service.New(mgr, log)
 	up := &upgrader{log: log, self: self, args: os.Args[1:], timeout: cfg.UpgradeTimeout, bus: bus, mgr: mgr,
 		socket: cfg.Socket, unixLn: ln, sockLock: lock, store: store, tcpLn: listenerOf(tcpLn), metrics: metricsLn,
