@@ -21,8 +21,8 @@ import (
 
 func (a *app) fleetCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "fleet",
-		Short: "Read the events daemons publish to NATS JetStream (listenerd --nats)",
+		Use:     "fleet",
+		Short:   "Read the events daemons publish to NATS JetStream (listenerd --nats)",
 		Example: `  ctl fleet watch --nats nats://127.0.0.1:4222 --host web-1`,
 	}
 	cmd.AddCommand(a.fleetWatchCmd())
