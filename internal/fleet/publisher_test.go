@@ -521,3 +521,50 @@ func streamLeader(t *testing.T, url string) string {
 	}
 	return info.Cluster.Leader
 }
+
+// After an upgrade (the new process's bus goes on with the old one's boot
+// id and history), the new publisher goes on after the last event of the
+// boot the stream holds: nothing is published twice or skipped.
+func TestUpgradeResumesAfterTheStreamsLast(t *testing.T) {
+	s := startNATS(t, t.TempDir())
+	defer natstest.Stop(s)
+	encode := func(bus *events.Bus) func(*events.Event) ([]byte, error) {
+		return func(e *events.Event) ([]byte, error) { return service.EventJSON(e, bus.BootID()) }
+	}
+	start := func(bus *events.Bus) (*fleet.Publisher, *nats.Conn) {
+		nc, err := fleet.ConnConfig{URL: s.ClientURL()}.Connect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := fleet.Start(nc, bus, fleet.Options{Host: "zeta", Encode: encode(bus)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pub, nc
+	}
+	old := events.NewBus(events.Options{})
+	pub, nc := start(old)
+	for range 10 {
+		old.Publish(events.Event{Kind: events.KindLimitsChanged, Listener: "ln-1"})
+	}
+	testkit.EventuallyWithin(t, guard, func() bool { return pub.Acked() == 10 }, "the old process's events acknowledged")
+	pub.Stop(10 * time.Second)
+	nc.Close()
+
+	evs, head := old.Snapshot()
+	fresh := events.NewBus(events.Options{})
+	if err := fresh.Resume(old.BootID(), evs, head); err != nil {
+		t.Fatal(err)
+	}
+	pub, nc = start(fresh)
+	defer nc.Close()
+	defer pub.Stop(10 * time.Second)
+	for range 5 {
+		fresh.Publish(events.Event{Kind: events.KindLimitsChanged, Listener: "ln-1"})
+	}
+	testkit.EventuallyWithin(t, guard, func() bool { return pub.Acked() == 15 }, "the new process's events acknowledged")
+	checkOnce(t, waitStream(t, s.ClientURL(), 15), "zeta", old.BootID(), 15)
+	if st := pub.Stats(); st.Published != 5 {
+		t.Fatalf("the new process published %d messages, want its 5 events alone", st.Published)
+	}
+}
