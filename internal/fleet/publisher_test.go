@@ -415,6 +415,7 @@ func TestClusterNodeLostUnderLoad(t *testing.T) {
 	// The load: connections one after another until told to stop.
 	stopLoad := make(chan struct{})
 	loadDone := make(chan int)
+	loadStart, loadBase := time.Now(), r.bus.Head()
 	go func() {
 		n := 0
 		defer func() { loadDone <- n }()
@@ -457,6 +458,9 @@ func TestClusterNodeLostUnderLoad(t *testing.T) {
 	t.Logf("%v: load stopped", time.Now().Format("15:04:05.000"))
 	testkit.EventuallyWithin(t, guard, func() bool { return r.ln.Info().Active == 0 }, "the load's connections closed")
 	head := r.bus.Head()
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == head }, "every event acknowledged")
+	t.Logf("%.0f events a second published and acknowledged, from the load's start to the last ack",
+		float64(head-loadBase)/time.Since(loadStart).Seconds())
 	var rest []*server.Server
 	for s := range up {
 		rest = append(rest, s)
