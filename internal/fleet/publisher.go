@@ -19,7 +19,7 @@ import (
 // Defaults of Options.
 const (
 	DefaultMaxPending = 1024
-	DefaultAckTimeout = 5 * time.Second
+	DefaultAckTimeout = 10 * time.Second
 	batchSize         = 512
 	maxBackoff        = 2 * time.Second
 )
