@@ -3,12 +3,14 @@ package main
 import (
 	"errors"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/listenerd/listenerd/internal/config"
+	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/paths"
 	"github.com/listenerd/listenerd/internal/server"
 )
@@ -55,15 +57,37 @@ func declareFlags(fs *pflag.FlagSet, s *settings) {
 	fs.StringVar(&cfg.API.TokenFile, "token-file", "", "file holding the bearer token TCP and HTTP API clients must send (trimmed; never logged)")
 	fs.Float64Var(&cfg.MutationRate, "api-rate", server.DefaultMutationRate, "mutating RPCs (create, update, close, kick, rebind) a second on each transport, beyond which they fail with RESOURCE_EXHAUSTED (0: no limit)")
 	fs.IntVar(&cfg.MutationBurst, "api-burst", server.DefaultMutationBurst, "burst of --api-rate")
+	fs.StringVar(&cfg.Fleet.URL, "nats", "", "publish every event to NATS JetStream at this URL (nats://HOST:PORT, or a comma-separated list; off loopback TLS: --nats-ca or tls://), stream "+fleet.Stream+", subjects "+fleet.Prefix+".<host>.<listener>.<kind>")
+	fs.StringVar(&cfg.Fleet.Creds, "nats-creds", "", "NATS credentials file (JWT and NKey seed) for --nats")
+	fs.StringVar(&cfg.Fleet.TokenFile, "nats-token-file", "", "file holding the NATS token for --nats (trimmed; never logged)")
+	fs.StringVar(&cfg.Fleet.CA, "nats-ca", "", "PEM CA bundle: --nats over TLS to servers it signed")
+	fs.StringVar(&cfg.Fleet.Host, "host-name", defaultHostName(), "this daemon's name in the fleet's subjects (one NATS subject token: no '.', '*', '>' or spaces; default: the host name up to its first dot)")
+	fs.IntVar(&cfg.Fleet.Replicas, "nats-replicas", 1, "replicas of the events stream when listenerd creates it (1-5)")
+	fs.DurationVar(&cfg.Fleet.MaxAge, "nats-max-age", fleet.DefaultMaxAge, "how long the events stream keeps an event, when listenerd creates it")
 	fs.StringVar(&s.ports, "allow-ports", "", "ports listeners may bind, as a list of ports and ranges (e.g. 0,8000-8999; 0 allows ephemeral ports); empty: any")
 	fs.StringVar(&s.hosts, "allow-hosts", "", "addresses listeners may bind, as a list of IPs and CIDRs (e.g. 127.0.0.1,::1,10.0.0.0/8); 0.0.0.0 and :: only when listed; empty: any")
 	fs.BoolVar(&s.allowPrivileged, "allow-privileged", true, "allow ports below 1024 when the process may bind them (false refuses them whatever the rights)")
 
 	config.Secret(fs, "token-file")
 	config.Secret(fs, "tls-key")
+	config.Secret(fs, "nats-creds")
+	config.Secret(fs, "nats-token-file")
+	config.Example(fs, "nats", "nats://127.0.0.1:4222")
+	config.Example(fs, "host-name", "web-1")
 	config.List(fs, "allow-ports")
 	config.List(fs, "allow-hosts")
 	config.Example(fs, "log-level", "debug, info, warn or error")
+}
+
+// defaultHostName is the host name up to its first dot, "localhost" when
+// the system has none.
+func defaultHostName() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	h, _, _ = strings.Cut(h, ".")
+	return h
 }
 
 // levelValue is a slog.Level as a flag: debug, info, warn, error.

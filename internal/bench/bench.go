@@ -42,6 +42,8 @@ type bench struct {
 	saving                 *daemonProc // f: a daemon that saves its state, as by default
 	node                   *server
 	handler                *server            // h, i: the Go stream handler serving a listener of d
+	natsD                  *daemonProc        // k: a daemon publishing to NATS (--nats)
+	natsAddr               string             // its echo listener
 	forwarders             map[string]*server // c's peers by column: node, socat, haproxy, toxiproxy
 
 	metrics  map[string]*metric
@@ -135,13 +137,13 @@ func (b *bench) setup(ctx context.Context) error {
 		b.peerBins[fp.col] = lookPeer(b.cfg.peers[fp.col], fp.bin)
 	}
 
-	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfghi")
+	needDaemon := strings.ContainsAny(b.cfg.cases, "abcdfghik")
 	if needDaemon {
 		if b.d, err = b.startKept(ctx, "main", ""); err != nil {
 			return err
 		}
 	}
-	if strings.ContainsAny(b.cfg.cases, "abdg") {
+	if strings.ContainsAny(b.cfg.cases, "abdgk") {
 		if b.echoID, b.echoAddr, err = b.d.createListener(ctx, echoHandler()); err != nil {
 			return err
 		}
@@ -165,6 +167,11 @@ func (b *bench) setup(ctx context.Context) error {
 				return err
 			}
 			b.cleanups = append(b.cleanups, func() { _ = b.node.closeStdin(10 * time.Second) })
+		}
+	}
+	if b.has('k') {
+		if err := b.startNATS(ctx); err != nil {
+			return fmt.Errorf("k: %w", err)
 		}
 	}
 	if b.has('f') {
@@ -296,6 +303,8 @@ func (b *bench) defineMetrics() {
 			unit: "µs", target: 10, noNode: true, baseIs: "net.Listen+Close in the client"},
 		{key: "g", label: fmt.Sprintf("accept rate with %d watchers (a's load)", sz.watchers),
 			unit: "conn/s", higher: true, target: 0.90, noNode: true, baseIs: "listenerd with no watcher", cpuUnit: "µs/conn"},
+		{key: "k", label: "accept rate publishing every event to NATS JetStream (a's load, no watcher)",
+			unit: "conn/s", higher: true, target: 0.90, noNode: true, baseIs: "listenerd without --nats", cpuUnit: "µs/conn"},
 		{key: "h", label: fmt.Sprintf("%s, bulk echo: %d conns x %s", handler, sz.bulkConns, mib(sz.bulkBytes)),
 			unit: "MiB/s", higher: true, target: hTarget, noNode: true, baseIs: "Go goroutine/conn io.Copy echo", cpuUnit: "ms/GiB"},
 		{key: "i", label: fmt.Sprintf("%s, short conns: %d x %d B echo, %d at a time", handler, sz.shortConns, sz.msg, sz.shortConc),
@@ -434,6 +443,8 @@ func (b *bench) runCase(ctx context.Context, c byte, rep int) error {
 		return b.runStreamShort(ctx, rep)
 	case 'j':
 		return b.runStreamHold(ctx, rep)
+	case 'k':
+		return b.runShortCase(ctx, "k", rep, []string{colDaemon, colBase}, 0)
 	}
 	return fmt.Errorf("unknown case %c", c)
 }
@@ -447,9 +458,14 @@ func (b *bench) runShortCase(ctx context.Context, key string, rep int, cols []st
 	for _, col := range rotate(cols, rep) {
 		var addr string
 		var pid int
-		if key == "g" { // both columns are the daemon: no other server runs
+		switch {
+		case key == "g": // both columns are the daemon: no other server runs
 			addr, pid = b.echoAddr, b.d.pid()
-		} else {
+		case key == "k" && col == colDaemon:
+			addr, pid = b.natsAddr, b.natsD.pid()
+		case key == "k":
+			addr, pid = b.echoAddr, b.d.pid()
+		default:
 			addr, pid = b.addrOf(col)
 		}
 		var ws []*watcher

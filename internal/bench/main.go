@@ -19,7 +19,9 @@
 // with 10 watchers against none. Cases (issue 15), through a Go stream
 // handler (this binary as "serve --mode stream") against the bare Go echo
 // server: h bulk echo; i connection rate and round trip; j memory per
-// held connection.
+// held connection. Case k, the accept rate of a daemon publishing every
+// event to NATS JetStream (--nats, to a JetStream server embedded in this
+// process) against the same load on a daemon without --nats.
 package main
 
 import (
@@ -129,7 +131,7 @@ func quickSizes() sizes {
 	}
 }
 
-const allCases = "abcdefghij"
+const allCases = "abcdefghijk"
 
 func benchMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -137,7 +139,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	var cfg config
 	fs.IntVar(&cfg.reps, "reps", 5, "repetitions of every case (medians are taken over them)")
 	fs.BoolVar(&cfg.quick, "quick", false, "tiny sizes and 1 repetition: proves the bench works, measures nothing")
-	fs.StringVar(&cfg.cases, "cases", allCases, "cases to run, e.g. \"a,e\" (a-g: issue 7; h-j: the stream handler, issue 15)")
+	fs.StringVar(&cfg.cases, "cases", allCases, "cases to run, e.g. \"a,e\" (a-g: issue 7; h-j: the stream handler, issue 15; k: publishing to NATS JetStream)")
 	fs.StringVar(&cfg.daemon, "daemon", "", "use this daemon binary instead of building ./daemon")
 	fs.StringVar(&cfg.rev, "rev", "", "build the daemon from this git `revision` (git archive into the temporary directory) instead of the working tree")
 	fs.StringVar(&cfg.node, "node", "", "node binary for the Node peer (default: node on PATH; \"off\": no Node peer)")

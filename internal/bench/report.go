@@ -40,7 +40,7 @@ func ratios(num, den []float64) []float64 {
 }
 
 // order of the rows.
-var metricOrder = []string{"a", "b", "c", "d50", "d99", "e", "f", "g", "h", "i", "i50", "j", "jd", "jh"}
+var metricOrder = []string{"a", "b", "c", "d50", "d99", "e", "f", "g", "h", "i", "i50", "j", "jd", "jh", "k"}
 
 // report prints the table: medians per column and the median of the
 // per-repetition ratios, against the targets.

@@ -171,6 +171,7 @@ func (a *app) rootCmd() *cobra.Command {
 		a.limitCmd(),
 		a.closeCmd(),
 		a.watchCmd(),
+		a.fleetCmd(),
 		a.connsCmd(),
 		a.kickCmd(),
 		a.rebindCmd(),

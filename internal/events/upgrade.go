@@ -192,3 +192,23 @@ func (c *Cap) UnmarshalBinary(b []byte) error {
 	c.n, c.set = n, b[k] == 1
 	return nil
 }
+
+// Since copies up to max events after seq after from the history, oldest
+// first, whether or not the bus is closed: for a reader that must take
+// the last events of a shutdown, after Close ended the watchers. A
+// sequence no longer held is a *RangeError.
+func (b *Bus) Since(after uint64, max int) ([]Event, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if after > b.head || after+1 < b.oldest() {
+		return nil, &RangeError{Asked: after, Oldest: b.oldest(), Newest: b.head}
+	}
+	if n := uint64(max); n > 0 && b.head-after > n {
+		out := make([]Event, 0, n)
+		for seq := after + 1; seq <= after+n; seq++ {
+			out = append(out, *b.slot(seq))
+		}
+		return out, nil
+	}
+	return b.copyLocked(after), nil
+}

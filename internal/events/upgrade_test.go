@@ -155,3 +155,27 @@ func TestEventsWireRoundTrip(t *testing.T) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, evs)
 	}
 }
+
+func TestSinceAfterClose(t *testing.T) {
+	b := NewBus(Options{History: 8})
+	for range 3 {
+		b.Publish(Event{Kind: KindListenerStarted, Listener: "ln-1"})
+	}
+	b.Close()
+	b.Publish(Event{Kind: KindListenerClosed, Listener: "ln-1"}) // recorded after Close
+	evs, err := b.Since(1, 2)
+	if err != nil || len(evs) != 2 || evs[0].Seq != 2 || evs[1].Seq != 3 {
+		t.Fatalf("Since(1, 2) = %v, %v; want 2 and 3", evs, err)
+	}
+	evs, err = b.Since(2, 0)
+	if err != nil || len(evs) != 2 || evs[1].Seq != 4 || evs[1].Kind != KindListenerClosed {
+		t.Fatalf("Since(2, 0) = %v, %v; want 3 and 4", evs, err)
+	}
+	for range 10 {
+		b.Publish(Event{Kind: KindListenerStarted, Listener: "ln-1"})
+	}
+	var re *RangeError
+	if _, err := b.Since(1, 0); !errors.As(err, &re) || re.Oldest <= 2 {
+		t.Fatalf("Since(1) past the history = %v; want a RangeError", err)
+	}
+}

@@ -79,6 +79,9 @@ func (c Config) Check() error {
 	if err := checkHTTPAddr(c.HTTP); err != nil {
 		return err
 	}
+	if err := c.Fleet.check(); err != nil {
+		return err
+	}
 	return c.checkDescriptors()
 }
 

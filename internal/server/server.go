@@ -59,6 +59,7 @@ type Config struct {
 	MutationRate    float64         // mutating RPCs a second on each transport; 0: no limit
 	MutationBurst   int             // burst of MutationRate
 	Metrics         MetricsConfig   // the optional Prometheus endpoint
+	Fleet           FleetConfig     // the optional publishing of events to NATS JetStream
 	Log             *slog.Logger
 	Stdout          io.Writer // where the "serving on" line goes
 	// Upgrade, when it receives, upgrades the daemon to its own binary
@@ -234,6 +235,13 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		log.Info("listeners restored", "listening", up, "failed", failed, "state", cfg.StateDir)
 	}
+	stopFleet, err := startFleet(cfg.Fleet, bus, met, log)
+	if err != nil {
+		mgr.Shutdown(0)
+		return err
+	}
+	// After the listeners closed: their last events are published too.
+	defer stopFleet()
 	svc := service.New(mgr, log)
 	var decl *declare.Reconciler
 	if cfg.Listeners != "" {

@@ -1,0 +1,213 @@
+package ctl
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/fleet"
+)
+
+func (a *app) fleetCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "fleet",
+		Short:   "Read the events daemons publish to NATS JetStream (listenerd --nats)",
+		Example: `  ctl fleet watch --nats nats://127.0.0.1:4222 --host web-1`,
+	}
+	cmd.AddCommand(a.fleetWatchCmd())
+	return cmd
+}
+
+// fleetWatch is what ctl fleet watch asks for.
+type fleetWatch struct {
+	conn     fleet.ConnConfig
+	since    time.Duration
+	sinceSeq uint64
+	host     string
+	listener string
+}
+
+func (a *app) fleetWatchCmd() *cobra.Command {
+	fw := &fleetWatch{}
+	cmd := &cobra.Command{
+		Use:   "watch",
+		Short: "Stream the events of every daemon, or of one host or listener, from NATS JetStream",
+		Long: `Stream the events that listenerd daemons started with --nats publish to the
+JetStream stream ` + fleet.Stream + `, one line each as ctl watch prints them, each
+prefixed with host=NAME, until Ctrl-C (exit 0). It reads NATS directly: no
+daemon is asked.
+
+Without --since or --since-seq it starts from now; --since 1h first replays
+the last hour the stream still holds, --since-seq N from the stream's message N.
+--host and --listener keep one host's or one listener's events.
+
+When a daemon could not reach NATS for longer than its event history lasts,
+the stream holds a gap record in place of the events lost, printed as one
+line: host=H boot=B gap: seq=F..T lost.
+
+-o json prints each event as ctl watch -o json does with "host" added first,
+and gap records as {"gap":{...}}.
+
+--nats, --nats-creds, --nats-token-file and --nats-ca default to
+LISTENERD_NATS, LISTENERD_NATS_CREDS, LISTENERD_NATS_TOKEN_FILE and
+LISTENERD_NATS_CA.`,
+		Example: `  ctl fleet watch --nats nats://127.0.0.1:4222
+  ctl fleet watch --host web-1 --since 10m
+  ctl fleet watch --listener ln-1a2b3c4d --since-seq 1 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if fw.conn.URL == "" {
+				return usageErrorf("--nats (or LISTENERD_NATS) is required")
+			}
+			if err := fw.conn.Check(); err != nil {
+				return usageErrorf("%v", err)
+			}
+			if fw.since < 0 {
+				return usageErrorf("--since must not be negative")
+			}
+			if fw.since > 0 && cmd.Flags().Changed("since-seq") {
+				return usageErrorf("--since and --since-seq: give one of them")
+			}
+			if cmd.Flags().Changed("since-seq") && fw.sinceSeq == 0 {
+				return usageErrorf("--since-seq counts from 1")
+			}
+			for _, f := range []struct{ flag, v string }{{"--host", fw.host}, {"--listener", fw.listener}} {
+				if f.v != "" {
+					if err := fleet.CheckToken(f.flag, f.v); err != nil {
+						return usageErrorf("%v", err)
+					}
+				}
+			}
+			return a.runFleetWatch(cmd.Context(), fw)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&fw.conn.URL, "nats", os.Getenv("LISTENERD_NATS"), "NATS URL (nats://HOST:PORT or tls://; off loopback TLS is required)")
+	f.StringVar(&fw.conn.Creds, "nats-creds", os.Getenv("LISTENERD_NATS_CREDS"), "NATS credentials file")
+	f.StringVar(&fw.conn.TokenFile, "nats-token-file", os.Getenv("LISTENERD_NATS_TOKEN_FILE"), "file holding the NATS token")
+	f.StringVar(&fw.conn.CA, "nats-ca", os.Getenv("LISTENERD_NATS_CA"), "PEM CA bundle of the NATS servers (TLS)")
+	f.DurationVar(&fw.since, "since", 0, "first replay the events of this last while (e.g. 10m)")
+	f.Uint64Var(&fw.sinceSeq, "since-seq", 0, "first replay from this stream sequence (1: all the stream holds)")
+	f.StringVar(&fw.host, "host", "", "only this host's events (its --host-name)")
+	f.StringVar(&fw.listener, "listener", "", "only this listener's events (its id)")
+	return cmd
+}
+
+// filters are the subjects fleet watch reads: the events asked for, and
+// the gap records of the hosts asked for.
+func (fw *fleetWatch) filters() []string {
+	host, ln := fw.host, fw.listener
+	if host == "" {
+		host = "*"
+	}
+	if ln == "" {
+		ln = "*"
+	}
+	return []string{fleet.Prefix + "." + host + "." + ln + ".*", fleet.GapSubject(host)}
+}
+
+func (a *app) runFleetWatch(ctx context.Context, fw *fleetWatch) error {
+	fw.conn.Name = "ctl fleet watch"
+	nc, err := fw.conn.Connect()
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "nats: %v", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: fw.filters(), DeliverPolicy: jetstream.DeliverNewPolicy}
+	switch {
+	case fw.since > 0:
+		t := time.Now().Add(-fw.since)
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+	case fw.sinceSeq > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, fw.sinceSeq
+	}
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cons, err := js.OrderedConsumer(octx, fleet.Stream, cfg)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("stream %s not found: no daemon has published yet (listenerd --nats)", fleet.Stream)
+		}
+		return status.Errorf(codes.Unavailable, "nats: %v", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	out := bufio.NewWriterSize(a.stdout, 64<<10)
+	defer out.Flush()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return err
+		}
+		if err := a.printFleetMsg(out, m); err != nil {
+			return err
+		}
+		if err := out.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// printFleetMsg prints one message of the stream: an event or a gap record.
+func (a *app) printFleetMsg(out *bufio.Writer, m jetstream.Msg) error {
+	rest := strings.TrimPrefix(m.Subject(), fleet.Prefix+".")
+	host, _, _ := strings.Cut(rest, ".")
+	if strings.HasSuffix(m.Subject(), "."+fleet.GapToken) {
+		g, err := fleet.ParseGap(m.Data())
+		if err != nil {
+			a.note("skipped a malformed gap record on %s: %v", m.Subject(), err)
+			return nil
+		}
+		if a.json() {
+			_, err = fmt.Fprintf(out, "%s\n", m.Data())
+			return err
+		}
+		_, err = fmt.Fprintln(out, g.Line())
+		return err
+	}
+	data := m.Data()
+	if a.json() {
+		if len(data) < 2 || data[0] != '{' {
+			a.note("skipped a malformed event on %s", m.Subject())
+			return nil
+		}
+		sep := ","
+		if string(data) == "{}" {
+			sep = ""
+		}
+		_, err := fmt.Fprintf(out, "{\"host\":%q%s%s\n", host, sep, data[1:])
+		return err
+	}
+	var ev listenerdv1.Event
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &ev); err != nil {
+		a.note("skipped a malformed event on %s: %v", m.Subject(), err)
+		return nil
+	}
+	_, err := fmt.Fprintf(out, "host=%s %s\n", host, eventLine(&ev, a.wide()))
+	return err
+}

@@ -1,0 +1,123 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/fleet"
+	"github.com/listenerd/listenerd/internal/fleet/natstest"
+	"github.com/listenerd/listenerd/internal/listener"
+	"github.com/listenerd/listenerd/internal/service"
+	"github.com/listenerd/listenerd/internal/testkit"
+)
+
+// fleetDaemon is a daemon's engine in the test's process, publishing as
+// listenerd --nats URL --host-name host does, with one listener that took
+// one connection.
+func fleetDaemon(t *testing.T, url, host string) (lnID string) {
+	t.Helper()
+	bus := events.NewBus(events.Options{})
+	mgr := listener.NewManager(bus, nil, listener.Options{})
+	t.Cleanup(func() { mgr.Shutdown(0) })
+	nc, err := fleet.ConnConfig{URL: url}.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	pub, err := fleet.Start(nc, bus, fleet.Options{Host: host,
+		Encode: func(e *events.Event) ([]byte, error) { return service.EventJSON(e, bus.BootID()) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Stop(10 * time.Second) })
+	ln, err := mgr.Create(context.Background(), "", listener.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", ln.Info().Bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	testkit.Eventually(t, func() bool { return pub.Acked() == 3 }, host+"'s three events acknowledged")
+	return ln.ID()
+}
+
+// runFleetUntil runs ctl fleet watch until its stdout holds stop.
+func runFleetUntil(t *testing.T, stop string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a guard
+	defer cancel()
+	stdout, stderr := &testkit.Buffer{}, &testkit.Buffer{}
+	stdout.OnOutput(stop, cancel)
+	if code := runCtlWith(ctx, "/nonexistent", stdout, stderr, append([]string{"fleet", "watch"}, args...)...); code != ExitOK {
+		t.Fatalf("fleet watch %v: exit %d, stderr %q", args, code, stderr)
+	}
+	if !strings.Contains(stdout.String(), stop) {
+		t.Fatalf("fleet watch %v stopped before printing %q: %q", args, stop, stdout)
+	}
+	return stdout.String()
+}
+
+// ctl fleet watch prints two daemons' events from the stream, and one
+// host's alone with --host.
+func TestFleetWatch(t *testing.T) {
+	s, err := natstest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer natstest.Stop(s)
+	url := s.ClientURL()
+	a := fleetDaemon(t, url, "alpha")
+	b := fleetDaemon(t, url, "beta")
+
+	out := runFleetUntil(t, "host=beta seq=3 "+b+" connection_closed", "--nats", url, "--since-seq", "1")
+	for _, want := range []string{"host=alpha seq=1 " + a + " listener_started 127.0.0.1:", "host=alpha seq=3 " + a + " connection_closed",
+		"host=beta seq=1 " + b + " listener_started"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("fleet watch printed %q, without %q", out, want)
+		}
+	}
+	if n := strings.Count(out, "\n"); n != 6 {
+		t.Errorf("fleet watch printed %d lines, want 6: %q", n, out)
+	}
+
+	out = runFleetUntil(t, `"sequence":"3"`, "--nats", url, "--since", "1h", "--host", "alpha", "-o", "json")
+	if strings.Contains(out, "beta") || strings.Count(out, `{"host":"alpha","sequence":"`) != 3 {
+		t.Errorf("fleet watch --host alpha -o json printed %q", out)
+	}
+
+	// A gap record, as a daemon that lost events publishes it, is one line.
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	g := fleet.Gap{Host: "alpha", BootID: "b00t", From: 4, To: 9}
+	data, _ := json.Marshal(fleet.GapRecord{Gap: &g})
+	if err := nc.Publish(fleet.GapSubject("alpha"), data); err != nil {
+		t.Fatal(err)
+	}
+	runFleetUntil(t, "host=alpha boot=b00t gap: seq=4..9 lost", "--nats", url, "--since-seq", "1", "--host", "alpha")
+}
+
+func TestFleetWatchUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"fleet", "watch"},
+		{"fleet", "watch", "--nats", "nats://10.0.0.1:4222"},
+		{"fleet", "watch", "--nats", "nats://127.0.0.1:4222", "--host", "a.b"},
+		{"fleet", "watch", "--nats", "nats://127.0.0.1:4222", "--since", "1m", "--since-seq", "3"},
+	} {
+		r := runCtl(t, "/nonexistent", args...)
+		if r.code != ExitUsage || !strings.Contains(r.stderr, "--") {
+			t.Errorf("%v: exit %d, stderr %q; want a usage error naming the flag", args, r.code, r.stderr)
+		}
+	}
+}

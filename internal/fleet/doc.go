@@ -1,0 +1,30 @@
+// Package fleet publishes the daemon's events to NATS JetStream, so that
+// one stream holds the events of every host, and names what readers of
+// that stream rely on: the subjects (wire.go: Subject, GapSubject,
+// HostSubjects), the message ids (MsgID: boot id and sequence, which
+// JetStream's duplicate window turns into exactly-once storage across
+// reconnects) and the gap records (Gap). conn.go is how the daemon and
+// ctl reach NATS (ConnConfig: URL, credentials, TLS off loopback).
+//
+// # The publisher
+//
+// publisher.go: a Publisher is one more watcher of the bus's history
+// (events.Bus.Watch), so the listeners never wait on it: when it falls
+// behind, the bus cuts it like any watcher. Its run goroutine reads
+// batches and publishes them asynchronously (jetstream PublishMsgAsync,
+// at most Options.MaxPending awaiting their acks); a flight's reaper
+// goroutine takes the acks in publishing order and advances Acked, the
+// last sequence up to which everything is in the stream. The first
+// failure (no ack within AckTimeout, a disconnect, a refusal) ends the
+// flight: the run goroutine waits for its remaining acks, then watches
+// again from Acked once NATS answers, and if the history no longer holds
+// the next event, publishes one gap record and goes on from the oldest
+// held. At shutdown, after Bus.Close ended its watcher, Stop makes it
+// publish what the history holds past Acked (events.Bus.Since), within a
+// bound.
+//
+// Goroutines: run (one per Publisher, ended by Stop) and one reaper per
+// flight, which run joins (flight.end) before it starts another or
+// returns. Acked is written by the reaper while a flight is under way and
+// by run only between flights (gap, locate).
+package fleet

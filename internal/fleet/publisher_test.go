@@ -1,0 +1,582 @@
+package fleet_test
+
+import (
+	stdcmp "cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/fleet"
+	"github.com/listenerd/listenerd/internal/fleet/natstest"
+	"github.com/listenerd/listenerd/internal/listener"
+	"github.com/listenerd/listenerd/internal/service"
+	"github.com/listenerd/listenerd/internal/testkit"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// guard bounds every wait: a safety net, never a timing.
+const guard = 2 * time.Minute
+
+// rig is a daemon's engine (a bus and a listener manager with one
+// listener) publishing to NATS.
+type rig struct {
+	t    *testing.T
+	bus  *events.Bus
+	mgr  *listener.Manager
+	ln   *listener.Listener
+	addr string
+	nc   *nats.Conn
+	pub  *fleet.Publisher
+}
+
+func newRig(t *testing.T, url, host string, busOpts events.Options) *rig {
+	t.Helper()
+	return newRigWith(t, url, host, busOpts, fleet.Options{})
+}
+
+func newRigWith(t *testing.T, url, host string, busOpts events.Options, opts fleet.Options) *rig {
+	t.Helper()
+	r := &rig{t: t, bus: events.NewBus(busOpts)}
+	r.mgr = listener.NewManager(r.bus, nil, listener.Options{})
+	t.Cleanup(func() { r.mgr.Shutdown(0) })
+	ln, err := r.mgr.Create(context.Background(), "", listener.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ln, r.addr = ln, ln.Info().Bound
+	r.nc, err = fleet.ConnConfig{URL: url, Name: host}.Connect(nats.RetryOnFailedConnect(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.nc.Close)
+	opts.Host = host
+	t.Cleanup(func() {
+		if t.Failed() && r.pub != nil {
+			t.Logf("publisher: acked %d of %d, stats %+v", r.pub.Acked(), r.bus.Head(), r.pub.Stats())
+		}
+	})
+	opts.Encode = func(e *events.Event) ([]byte, error) { return service.EventJSON(e, r.bus.BootID()) }
+	r.pub, err = fleet.Start(r.nc, r.bus, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.pub.Stop(10 * time.Second) })
+	return r
+}
+
+// connect opens n connections to the listener one after another, each
+// closed at once, and waits until the listener has seen all of them end:
+// 2n events (opened, closed).
+func (r *rig) connect(n int) {
+	r.t.Helper()
+	before := r.ln.Info().Accepted
+	for range n {
+		c, err := net.Dial("tcp", r.addr)
+		if err != nil {
+			r.t.Fatalf("dial %s: %v", r.addr, err)
+		}
+		c.Close()
+	}
+	testkit.EventuallyWithin(r.t, guard, func() bool {
+		i := r.ln.Info()
+		return i.Accepted == before+uint64(n) && i.Active == 0
+	}, fmt.Sprintf("%d connections accepted and closed", n))
+}
+
+// stored is one message of the stream.
+type stored struct {
+	subject, id string
+	seq         uint64 // the event's, from the payload
+	listener    string
+	gap         *fleet.Gap
+}
+
+// waitStream waits until the stream holds want messages, then reads them
+// all.
+func waitStream(t *testing.T, url string, want uint64) []stored {
+	t.Helper()
+	return readStream(t, url, want, true)
+}
+
+// readStream is waitStream that reads what is there once the stream holds
+// at least want messages, when exact is false.
+func readStream(t *testing.T, url string, want uint64, exact bool) []stored {
+	t.Helper()
+	js := jsClient(t, url)
+	var st jetstream.Stream
+	var have uint64
+	testkit.EventuallyWithin(t, guard, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if st == nil {
+			st, _ = js.Stream(ctx, fleet.Stream)
+			if st == nil {
+				return false
+			}
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			return false
+		}
+		have = info.State.Msgs
+		return have >= want
+	}, fmt.Sprintf("%d messages in the stream", want))
+	if have != want && exact {
+		t.Fatalf("the stream holds %d messages, want %d", have, want)
+	}
+	want = have
+	var out []stored
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, fleet.Stream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tries := 0; uint64(len(out)) < want; tries++ {
+		if tries > 10000 || ctx.Err() != nil {
+			t.Fatalf("read %d of %d messages", len(out), want)
+		}
+		batch, err := cons.Fetch(int(min(1000, want-uint64(len(out)))), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			out = append(out, parseStored(t, m))
+		}
+	}
+	return out
+}
+
+func parseStored(t *testing.T, m jetstream.Msg) stored {
+	t.Helper()
+	s := stored{subject: m.Subject(), id: m.Headers().Get(jetstream.MsgIDHeader)}
+	if strings.HasSuffix(s.subject, "."+fleet.GapToken) {
+		var err error
+		if s.gap, err = fleet.ParseGap(m.Data()); err != nil {
+			t.Fatalf("gap record %s: %v", m.Data(), err)
+		}
+		return s
+	}
+	var ev struct {
+		Sequence   string `json:"sequence"`
+		ListenerID string `json:"listenerId"`
+	}
+	if err := json.Unmarshal(m.Data(), &ev); err != nil {
+		t.Fatalf("payload %s: %v", m.Data(), err)
+	}
+	fmt.Sscan(ev.Sequence, &s.seq)
+	s.listener = ev.ListenerID
+	return s
+}
+
+// checkOnce checks that msgs carry the events 1 to head of boot on host,
+// each once and in order, with their subject and message id, gap records
+// standing for the ranges they name; it returns the gap records.
+func checkOnce(t *testing.T, msgs []stored, host, boot string, head uint64) []*fleet.Gap {
+	t.Helper()
+	return check(t, msgs, host, boot, head)
+}
+
+// checkSet is checkOnce without the order: after a failover, publishes
+// that were in flight behind a failed one may be stored before it is
+// published again.
+func checkSet(t *testing.T, msgs []stored, host, boot string, head uint64) []*fleet.Gap {
+	t.Helper()
+	slices.SortStableFunc(msgs, func(a, b stored) int { return stdcmp.Compare(a.seq, b.seq) })
+	return check(t, msgs, host, boot, head)
+}
+
+func check(t *testing.T, msgs []stored, host, boot string, head uint64) []*fleet.Gap {
+	t.Helper()
+	var gaps []*fleet.Gap
+	next := uint64(1)
+	for i, m := range msgs {
+		if m.gap != nil {
+			if m.gap.From != next || m.gap.To < m.gap.From || m.gap.BootID != boot || m.gap.Host != host ||
+				m.subject != fleet.GapSubject(host) {
+				t.Fatalf("message %d: gap record %+v on %s, want one from %d of boot %s on %s", i+1, m.gap, m.subject, next, boot, host)
+			}
+			gaps = append(gaps, m.gap)
+			next = m.gap.To + 1
+			continue
+		}
+		if m.seq != next {
+			for j := max(0, i-3); j < min(len(msgs), i+3); j++ {
+				t.Logf("message %d: %+v", j+1, msgs[j])
+			}
+			t.Fatalf("message %d carries event %d, want %d (lost or duplicated)", i+1, m.seq, next)
+		}
+		if want := fleet.MsgID(boot, m.seq); m.id != want {
+			t.Fatalf("message %d: id %q, want %q", i+1, m.id, want)
+		}
+		lid := m.listener
+		if lid == "" {
+			lid = fleet.NoListener
+		}
+		if pre := fleet.Prefix + "." + host + "." + lid + "."; !strings.HasPrefix(m.subject, pre) {
+			t.Fatalf("message %d: subject %s, want %s<kind>", i+1, m.subject, pre)
+		}
+		next++
+	}
+	if next != head+1 {
+		t.Fatalf("the stream ends at event %d, the daemon's head is %d", next-1, head)
+	}
+	return gaps
+}
+
+// fronted is a NATS server that stops and starts again on its store,
+// behind a front whose address its clients keep.
+type fronted struct {
+	t     *testing.T
+	dir   string
+	front *natstest.Front
+	s     *server.Server
+}
+
+func startFronted(t *testing.T, dir string) *fronted {
+	t.Helper()
+	front, err := natstest.NewFront()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &fronted{t: t, dir: dir, front: front}
+	t.Cleanup(func() {
+		n.stop()
+		front.Close()
+	})
+	n.start()
+	return n
+}
+
+func (n *fronted) start() {
+	n.s = startNATS(n.t, n.dir)
+	n.front.Point(n.s.Addr().String())
+}
+
+func (n *fronted) stop() {
+	n.front.Point("")
+	if n.s != nil {
+		natstest.Stop(n.s)
+		n.s = nil
+	}
+}
+
+func startNATS(t *testing.T, dir string) *server.Server {
+	t.Helper()
+	s, err := natstest.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Events from real connections reach the stream once each, in order,
+// under their subjects and message ids.
+func TestPublishesEveryEventOnce(t *testing.T) {
+	s := startNATS(t, t.TempDir())
+	defer natstest.Stop(s)
+	r := newRig(t, s.ClientURL(), "alpha", events.Options{})
+	r.connect(50)
+	head := r.bus.Head()
+	if head != 101 { // listener started, then opened and closed for each
+		t.Fatalf("head %d, want 101", head)
+	}
+	msgs := waitStream(t, s.ClientURL(), head)
+	checkOnce(t, msgs, "alpha", r.bus.BootID(), head)
+	if want := fleet.Prefix + ".alpha." + r.ln.ID() + ".listener_started"; msgs[0].subject != want {
+		t.Fatalf("first subject %s, want %s", msgs[0].subject, want)
+	}
+	kinds := map[string]int{}
+	for _, m := range msgs[1:] {
+		kinds[strings.TrimPrefix(m.subject, fleet.Prefix+".alpha."+r.ln.ID()+".")]++
+	}
+	if kinds["connection_opened"] != 50 || kinds["connection_closed"] != 50 {
+		t.Fatalf("subjects by kind %v, want 50 connection_opened and 50 connection_closed", kinds)
+	}
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == head }, "every event acknowledged")
+	st := r.pub.Stats()
+	if st.Acked != head || st.Lag != 0 || st.Gaps != 0 {
+		t.Fatalf("stats %+v, want %d acked, no lag, no gap", st, head)
+	}
+}
+
+// NATS stops while connections go on, and starts again on its store: the
+// events it missed are published, none lost or duplicated.
+func TestResumesAfterNATSRestart(t *testing.T) {
+	dir := t.TempDir()
+	n := startFronted(t, dir)
+	r := newRig(t, n.front.URL(), "beta", events.Options{})
+	r.connect(20)
+	waitStream(t, n.s.ClientURL(), r.bus.Head())
+
+	n.stop()
+	r.connect(30)
+	n.start()
+	r.connect(10)
+	head := r.bus.Head()
+	if head != 121 {
+		t.Fatalf("head %d, want 121", head)
+	}
+	gaps := checkOnce(t, waitStream(t, n.s.ClientURL(), head), "beta", r.bus.BootID(), head)
+	if len(gaps) != 0 {
+		t.Fatalf("gap records %+v: the history held every missed event", gaps)
+	}
+	t.Logf("stats after the restart: %+v", r.pub.Stats())
+}
+
+// With a history too small to hold what NATS missed, one gap record names
+// the lost events, and the gap counter says 1.
+func TestGapRecordWhenHistoryLost(t *testing.T) {
+	dir := t.TempDir()
+	n := startFronted(t, dir)
+	r := newRig(t, n.front.URL(), "gamma", events.Options{History: 16})
+	r.connect(5)
+	acked := r.bus.Head()
+	waitStream(t, n.s.ClientURL(), acked)
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == acked }, "the first events acknowledged")
+
+	n.stop()
+	r.connect(40) // 80 events: the history keeps the last 16
+	n.start()
+	head := r.bus.Head()
+	oldest := head - 16 + 1
+	// acked events, the gap record, and the 16 held events
+	msgs := waitStream(t, n.s.ClientURL(), acked+1+16)
+	gaps := checkOnce(t, msgs, "gamma", r.bus.BootID(), head)
+	if len(gaps) != 1 || gaps[0].From != acked+1 || gaps[0].To != oldest-1 {
+		t.Fatalf("gap records %+v, want one naming %d to %d", gaps, acked+1, oldest-1)
+	}
+	if st := r.pub.Stats(); st.Gaps != 1 {
+		t.Fatalf("stats %+v, want one gap", st)
+	}
+	t.Logf("gap record: %s", gaps[0].Line())
+}
+
+// With NATS down, the listener still accepts every connection: the
+// publisher holds nothing up.
+func TestNATSDownNeverStallsAccepts(t *testing.T) {
+	n := startFronted(t, t.TempDir())
+	r := newRig(t, n.front.URL(), "delta", events.Options{History: 64})
+	r.connect(2)
+	n.stop()
+	const conns = 2000 // far more events than the history holds
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < conns; i += 8 {
+				c, err := net.Dial("tcp", r.addr)
+				if err != nil {
+					errs <- err
+					return
+				}
+				c.Close()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("dial with NATS down: %v", err)
+	}
+	testkit.EventuallyWithin(t, guard, func() bool { return r.ln.Info().Accepted == conns+2 }, "every connection accepted")
+	if st := r.pub.Stats(); st.Acked > 5 {
+		t.Fatalf("stats %+v: acks with NATS down", st)
+	}
+}
+
+// A three-node cluster loses a node, the stream's leader, while
+// connections go on: the stream (three replicas) has every event once.
+func TestClusterNodeLostUnderLoad(t *testing.T) {
+	ss, err := natstest.Cluster(t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := map[*server.Server]bool{ss[0]: true, ss[1]: true, ss[2]: true}
+	defer func() {
+		for s := range up {
+			natstest.Stop(s)
+		}
+	}()
+	url := natstest.URLs(ss...)
+	t.Logf("%v: cluster up", time.Now().Format("15:04:05.000"))
+	r := newRigWith(t, url, "epsilon", events.Options{}, fleet.Options{Replicas: 3})
+	r.connect(20)
+	waitStream(t, url, r.bus.Head())
+
+	// The load: connections one after another until told to stop.
+	stopLoad := make(chan struct{})
+	loadDone := make(chan int)
+	loadStart, loadBase := time.Now(), r.bus.Head()
+	var loadEnded atomic.Bool
+	go func() {
+		n := 0
+		defer func() { loadEnded.Store(true); loadDone <- n }()
+		for range 30000 { // bounded: the test stops it, or it ends here
+			select {
+			case <-stopLoad:
+				return
+			default:
+			}
+			c, err := net.Dial("tcp", r.addr)
+			if err != nil {
+				return
+			}
+			c.Close()
+			n++
+		}
+	}()
+	// Let the load reach the stream, then take its leader down.
+	base := r.bus.Head()
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() > base+200 }, "events of the load acknowledged")
+	leader := streamLeader(t, url)
+	var victim *server.Server
+	for _, s := range ss {
+		if s.Name() == leader {
+			victim = s
+		}
+	}
+	if victim == nil {
+		t.Fatalf("stream leader %q is none of the servers", leader)
+	}
+	t.Logf("%v: stopping %s, the stream's leader", time.Now().Format("15:04:05.000"), leader)
+	natstest.Stop(victim)
+	delete(up, victim)
+	t.Logf("%v: stopped", time.Now().Format("15:04:05.000"))
+	// The load goes on through the election, then stops.
+	after := r.bus.Head()
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() > after+200 || loadEnded.Load() },
+		"events acknowledged after the node went")
+	close(stopLoad)
+	conns := <-loadDone
+	t.Logf("%v: load stopped", time.Now().Format("15:04:05.000"))
+	testkit.EventuallyWithin(t, guard, func() bool { return r.ln.Info().Active == 0 }, "the load's connections closed")
+	head := r.bus.Head()
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == head }, "every event acknowledged")
+	t.Logf("%.0f events a second published and acknowledged, from the load's start to the last ack",
+		float64(head-loadBase)/time.Since(loadStart).Seconds())
+	var rest []*server.Server
+	for s := range up {
+		rest = append(rest, s)
+	}
+	// JetStream stores a publish once per message id within its duplicate
+	// window, except across a change of stream leader: a publish the old
+	// leader proposed and the new one had not applied yet when the
+	// publisher sent it again can be stored twice. So: nothing lost, and
+	// at most as many duplicates as publishes failed at the failover, each
+	// with the message id of its original (readers drop them by id).
+	msgs := readStream(t, natstest.URLs(rest...), head, false)
+	seen := map[string]bool{}
+	var once []stored
+	for _, m := range msgs {
+		if !seen[m.id] {
+			seen[m.id] = true
+			once = append(once, m)
+		}
+	}
+	dups := len(msgs) - len(once)
+	if gaps := checkSet(t, once, "epsilon", r.bus.BootID(), head); len(gaps) != 0 {
+		t.Fatalf("gap records %+v", gaps)
+	}
+	if st := r.pub.Stats(); uint64(dups) > st.Failed {
+		t.Fatalf("%d duplicates stored, more than the %d publishes that failed", dups, st.Failed)
+	}
+	t.Logf("duplicates stored (same message id): %d", dups)
+	t.Logf("%d connections, %d events once each in the stream; leader %s went down; stats %+v", conns+20, head, leader, r.pub.Stats())
+}
+
+// jsClient connects to url for the test's duration.
+func jsClient(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// streamLeader names the server leading the stream's replicas.
+func streamLeader(t *testing.T, url string) string {
+	t.Helper()
+	js := jsClient(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	st, err := js.Stream(ctx, fleet.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		t.Fatalf("stream info: %v, %+v", err, info)
+	}
+	if n := len(info.Cluster.Replicas) + 1; n != 3 {
+		t.Fatalf("the stream has %d replicas, want 3", n)
+	}
+	return info.Cluster.Leader
+}
+
+// After an upgrade (the new process's bus goes on with the old one's boot
+// id and history), the new publisher goes on after the last event of the
+// boot the stream holds: nothing is published twice or skipped.
+func TestUpgradeResumesAfterTheStreamsLast(t *testing.T) {
+	s := startNATS(t, t.TempDir())
+	defer natstest.Stop(s)
+	encode := func(bus *events.Bus) func(*events.Event) ([]byte, error) {
+		return func(e *events.Event) ([]byte, error) { return service.EventJSON(e, bus.BootID()) }
+	}
+	start := func(bus *events.Bus) (*fleet.Publisher, *nats.Conn) {
+		nc, err := fleet.ConnConfig{URL: s.ClientURL()}.Connect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := fleet.Start(nc, bus, fleet.Options{Host: "zeta", Encode: encode(bus)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pub, nc
+	}
+	old := events.NewBus(events.Options{})
+	pub, nc := start(old)
+	for range 10 {
+		old.Publish(events.Event{Kind: events.KindLimitsChanged, Listener: "ln-1"})
+	}
+	testkit.EventuallyWithin(t, guard, func() bool { return pub.Acked() == 10 }, "the old process's events acknowledged")
+	pub.Stop(10 * time.Second)
+	nc.Close()
+
+	evs, head := old.Snapshot()
+	fresh := events.NewBus(events.Options{})
+	if err := fresh.Resume(old.BootID(), evs, head); err != nil {
+		t.Fatal(err)
+	}
+	pub, nc = start(fresh)
+	defer nc.Close()
+	defer pub.Stop(10 * time.Second)
+	for range 5 {
+		fresh.Publish(events.Event{Kind: events.KindLimitsChanged, Listener: "ln-1"})
+	}
+	testkit.EventuallyWithin(t, guard, func() bool { return pub.Acked() == 15 }, "the new process's events acknowledged")
+	checkOnce(t, waitStream(t, s.ClientURL(), 15), "zeta", old.BootID(), 15)
+	if st := pub.Stats(); st.Published != 5 {
+		t.Fatalf("the new process published %d messages, want its 5 events alone", st.Published)
+	}
+}

@@ -1,0 +1,72 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/fleet"
+	"github.com/listenerd/listenerd/internal/metrics"
+	"github.com/listenerd/listenerd/internal/service"
+)
+
+// FleetConfig is the optional publishing of events to NATS JetStream.
+type FleetConfig struct {
+	fleet.ConnConfig               // --nats and its credentials; URL "" publishes nothing
+	Host             string        // --host-name: the subjects' host token
+	Replicas         int           // --nats-replicas of the stream when it is created
+	MaxAge           time.Duration // --nats-max-age of the stream when it is created
+}
+
+// fleetFlush bounds how long a shutdown waits for the last events'
+// acknowledgements.
+const fleetFlush = 5 * time.Second
+
+func (c FleetConfig) check() error {
+	if err := c.ConnConfig.Check(); err != nil || !c.Enabled() {
+		return err
+	}
+	if err := fleet.CheckToken("--host-name", c.Host); err != nil {
+		return err
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return fmt.Errorf("--nats-replicas %d: 1 to 5", c.Replicas)
+	}
+	if c.MaxAge < 0 {
+		return fmt.Errorf("--nats-max-age %v: must not be negative (0: %v)", c.MaxAge, fleet.DefaultMaxAge)
+	}
+	return nil
+}
+
+// fleetPublisher publishes bus's events when --nats asks for it; stop
+// flushes and closes, and is a no-op when nothing was started. A NATS
+// that is down does not keep the daemon from starting: the publisher
+// catches up when it comes.
+func startFleet(cfg FleetConfig, bus *events.Bus, met *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
+	if !cfg.Enabled() {
+		return func() {}, nil
+	}
+	cfg.Name = "listenerd " + cfg.Host
+	nc, err := cfg.Connect(nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return nil, fmt.Errorf("--nats: %w", err)
+	}
+	boot := bus.BootID()
+	pub, err := fleet.Start(nc, bus, fleet.Options{Host: cfg.Host, Replicas: cfg.Replicas, MaxAge: cfg.MaxAge, Log: log,
+		Encode: func(e *events.Event) ([]byte, error) { return service.EventJSON(e, boot) }})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if met != nil {
+		met.CollectFleet(pub.Stats)
+	}
+	log.Info("listenerd publishing events to NATS JetStream", "stream", fleet.Stream, "subjects", fleet.HostSubjects(cfg.Host))
+	return func() {
+		pub.Stop(fleetFlush)
+		nc.Close()
+	}, nil
+}
