@@ -12,6 +12,7 @@ const KINDS = [
   'ACCEPT_ERROR', 'LIMITS_CHANGED', 'LISTENER_CLOSED', 'CONNECTION_HALF_CLOSED',
   'CONNECTION_DATA', 'CONNECTION_QUEUED', 'HANDLER_ATTACHED', 'HANDLER_DETACHED',
   'CONNECTION_TAKEN', 'FAULT_ADDED', 'FAULT_REMOVED', 'FAULT_APPLIED',
+  'LISTENER_RECONCILED',
 ];
 
 const page = {
@@ -333,6 +334,7 @@ const SUMMARIES = {
   faultAdded: (d) => (d.fault ? d.fault.name : ''),
   faultRemoved: (d) => d.name,
   faultApplied: (d) => `${d.name} on ${d.connectionId}`,
+  listenerReconciled: (d) => [d.action, d.name, d.change, d.error].filter(Boolean).join(' '),
 };
 
 function tailEvent(kind, ev) {
