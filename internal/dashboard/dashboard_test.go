@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -107,6 +109,34 @@ func TestScriptFindsItsElements(t *testing.T) {
 	for _, m := range fields {
 		if !strings.Contains(page, `data-field="`+m[1]+`"`) {
 			t.Errorf("app.js uses data-field %q; the listener template lacks it", m[1])
+		}
+	}
+}
+
+// The page listens to every kind of event the API has, and sums up each
+// one's detail in the tail: a kind added to the proto without the page
+// would go unseen.
+func TestScriptKnowsEveryEventKind(t *testing.T) {
+	js := string(files["/ui/app.js"].body)
+	list := regexp.MustCompile(`(?s)const KINDS = \[(.*?)\];`).FindStringSubmatch(js)
+	if list == nil {
+		t.Fatal("no KINDS list in app.js; the pattern is stale")
+	}
+	for n, name := range listenerdv1.EventKind_name {
+		if n == 0 {
+			continue
+		}
+		kind := strings.TrimPrefix(name, "EVENT_KIND_")
+		if !strings.Contains(list[1], "'"+kind+"'") {
+			t.Errorf("app.js's KINDS lacks %s", kind)
+		}
+		// ConnectionClosed's detail is the Event's field connectionClosed.
+		words := strings.Split(strings.ToLower(kind), "_")
+		for i := 1; i < len(words); i++ {
+			words[i] = strings.ToUpper(words[i][:1]) + words[i][1:]
+		}
+		if detail := strings.Join(words, ""); !strings.Contains(js, "  "+detail+": (d) =>") {
+			t.Errorf("app.js's SUMMARIES lacks %s", detail)
 		}
 	}
 }
