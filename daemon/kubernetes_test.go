@@ -226,3 +226,44 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 }
+
+// The systemd drop-in of contrib/systemd sets variables the daemon takes,
+// with values it accepts.
+func TestSystemdFleetDropIn(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "contrib", "systemd", "fleet.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	env := map[string]string{"LISTENERD_SOCKET": filepath.Join(dir, "api.sock"), "LISTENERD_STATE_DIR": dir}
+	for _, line := range strings.Split(string(data), "\n") {
+		kv, ok := strings.CutPrefix(line, "Environment=")
+		if !ok {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	// The files it names, made here.
+	for _, k := range []string{"LISTENERD_LISTENERS", "LISTENERD_NATS_CREDS"} {
+		if env[k] == "" {
+			t.Fatalf("the drop-in sets no %s", k)
+		}
+		local := filepath.Join(dir, path.Base(env[k]))
+		content := "listeners:\n  web: {spec: {port: 8080}}\n"
+		if k == "LISTENERD_NATS_CREDS" {
+			content = "not read before the daemon connects\n"
+		}
+		if err := os.WriteFile(local, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env[k] = local
+	}
+	code, s, _, stderr := run(t, env)
+	if code != 0 {
+		t.Fatalf("the drop-in's environment: exit %d: %s", code, stderr)
+	}
+	if s.cfg.Fleet.Host != "web-1" || !strings.HasPrefix(s.cfg.Fleet.URL, "tls://") || s.cfg.Fleet.Replicas != 3 || s.cfg.Listeners != env["LISTENERD_LISTENERS"] {
+		t.Errorf("config %+v", s.cfg.Fleet)
+	}
+}
