@@ -32,6 +32,7 @@ type contextKey struct {
 	env   string
 	group string
 	bool  bool
+	path  bool // a file's path: relative in the file means from the file's directory
 }
 
 const (
@@ -41,17 +42,17 @@ const (
 
 // contextKeys are the settings of a context, in the order they are written.
 var contextKeys = []contextKey{
-	{name: "socket", env: paths.SocketEnv, group: groupDaemon},
+	{name: "socket", path: true, env: paths.SocketEnv, group: groupDaemon},
 	{name: "api", env: APIEnv, group: groupDaemon},
 	{name: "tls", group: groupDaemon, bool: true},
-	{name: "ca", group: groupDaemon},
-	{name: "cert", group: groupDaemon},
-	{name: "key", group: groupDaemon},
-	{name: "token-file", env: TokenFileEnv, group: groupDaemon},
+	{name: "ca", path: true, group: groupDaemon},
+	{name: "cert", path: true, group: groupDaemon},
+	{name: "key", path: true, group: groupDaemon},
+	{name: "token-file", path: true, env: TokenFileEnv, group: groupDaemon},
 	{name: "nats", env: "LISTENERD_NATS", group: groupNATS},
-	{name: "nats-creds", env: "LISTENERD_NATS_CREDS", group: groupNATS},
-	{name: "nats-token-file", env: "LISTENERD_NATS_TOKEN_FILE", group: groupNATS},
-	{name: "nats-ca", env: "LISTENERD_NATS_CA", group: groupNATS},
+	{name: "nats-creds", path: true, env: "LISTENERD_NATS_CREDS", group: groupNATS},
+	{name: "nats-token-file", path: true, env: "LISTENERD_NATS_TOKEN_FILE", group: groupNATS},
+	{name: "nats-ca", path: true, env: "LISTENERD_NATS_CA", group: groupNATS},
 }
 
 // secretKeys are keys a context refuses: it names files that hold secrets,
@@ -329,6 +330,9 @@ func (a *app) useContext(cmd *cobra.Command) error {
 		f := fs.Lookup(k.name)
 		if !ok || f == nil || aside[k.group] || explicit(fs, k) {
 			continue
+		}
+		if k.path && !filepath.IsAbs(v) {
+			v = filepath.Join(filepath.Dir(path), v)
 		}
 		// Value.Set, not FlagSet.Set: the flag stays unchanged for the
 		// checks that ask whether the user gave it.

@@ -3,6 +3,7 @@ package ctl
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 
 	"github.com/spf13/cobra"
@@ -117,6 +118,11 @@ Setting --socket removes the TCP API keys and setting --api removes socket.`,
 				v := f.Value.String()
 				if err := checkContextValue(name, k.name, v); err != nil {
 					return usageErrorf("--%s: %v", k.name, err)
+				}
+				if k.path {
+					if v, err = filepath.Abs(v); err != nil {
+						return usageErrorf("--%s: %v", k.name, err)
+					}
 				}
 				settings[k.name] = v
 				changed = true

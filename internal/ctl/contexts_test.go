@@ -350,3 +350,40 @@ func TestContextPrecedence(t *testing.T) {
 	mustCtl(t, "config", "delete-context", "c")
 	check("no context", flags([]string{"ls"}, daemon...), map[string]string{"api": "", "ca": "", "token-file": ""})
 }
+
+// Paths that set-context is given are stored absolute; a relative path
+// written in the file is taken from the file's directory, as kubectl does.
+func TestContextRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ctl.yaml")
+	t.Setenv(CtlConfigEnv, path)
+	t.Setenv("LISTENERD_SOCKET", "")
+	t.Chdir(dir)
+	mustCtl(t, "config", "set-context", "rel", "--socket", "api.sock")
+	c, err := loadContexts(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.contexts["rel"]["socket"]; got != filepath.Join(dir, "api.sock") {
+		t.Errorf("stored socket %q, want it absolute", got)
+	}
+	if err := os.WriteFile(path, []byte("current-context: rel\ncontexts:\n  rel:\n    socket: sub/api.sock\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	a := newApp(&testkit.Buffer{}, &testkit.Buffer{})
+	root := a.rootCmd()
+	cmd, _, err := root.Find([]string{"ls"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.ParseFlags(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.useContext(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if a.socket != filepath.Join(dir, "sub", "api.sock") {
+		t.Errorf("socket %q, want it from the file's directory", a.socket)
+	}
+}
