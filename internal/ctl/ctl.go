@@ -131,6 +131,9 @@ connects to listeners as a plain TCP client.
 
 An id or a name works wherever a listener id is asked for.
 
+Contexts (ctl config) keep connection settings by name, as kubectl's do:
+ctl --context NAME, or ctl config use-context NAME.
+
 Output: -o text (tables for people, the default), -o wide (more columns),
 -o json (for scripts: one JSON document, protojson with zero values written
 out; the streams — watch, listen --follow, close --wait — print JSON lines,
