@@ -46,6 +46,8 @@ func (a *app) addCompletions(root *cobra.Command) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "completion":
+			// Writing the script needs no daemon, nor a readable contexts file.
+			c.Annotations = map[string]string{noContext: "true"}
 			c.Long = strings.TrimRight(c.Long, "\n") + completionNeeds
 			c.Example = completionExample
 			for _, sh := range c.Commands() {

@@ -188,12 +188,16 @@ func TestConfigCommands(t *testing.T) {
 	if r := ctlIn(t, "config", "current-context"); r.code != ExitNotFound {
 		t.Errorf("the current context deleted: current-context exit %d", r.code)
 	}
-	// A broken file stops every command, with an error naming it.
+	// A broken file stops every command, with an error naming it...
 	if err := os.WriteFile(path, []byte("contexts:\n  web:\n    token: x\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if r := ctlIn(t, "ls"); r.code != ExitUsage || !strings.Contains(r.stderr, path+":3:5") {
 		t.Errorf("broken file: exit %d, stderr %q", r.code, r.stderr)
+	}
+	// ... but the completion script, which asks no daemon.
+	if r := ctlIn(t, "completion", "bash"); r.code != ExitOK || !strings.Contains(r.stdout, "bash completion") {
+		t.Errorf("completion bash beside a broken file: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 
