@@ -321,9 +321,13 @@ func (a *app) useContext(cmd *cobra.Command) error {
 		return usageErrorf("--context %q: no such context in %s (ctl config get-contexts)", name, path)
 	}
 	fs := cmd.Flags()
+	given := func(name string) bool {
+		k, _ := lookupKey(name)
+		return explicit(fs, k)
+	}
 	aside := map[string]bool{
-		groupDaemon: explicit(fs, contextKeys[0]) || explicit(fs, contextKeys[1]),
-		groupNATS:   explicit(fs, contextKeys[7]),
+		groupDaemon: given("socket") || given("api"),
+		groupNATS:   given("nats"),
 	}
 	for _, k := range contextKeys {
 		v, ok := settings[k.name]
