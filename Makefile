@@ -2,7 +2,7 @@
 # at the version pinned in tools/buf/go.mod.
 BUF := scripts/buf
 
-.PHONY: fuzz all build install test generate lint breaking check-generated fmt vet ci bench
+.PHONY: fuzz all build install test generate lint breaking check-generated fmt vet ci bench k8scheck
 
 all: build test
 
@@ -41,6 +41,11 @@ vet:
 
 ci:
 	bash .ci/run
+
+# contrib/kubernetes decoded strictly into the k8s.io/api types (a module of
+# its own, tools/k8scheck, so listenerd's go.mod does not carry k8s.io/api).
+k8scheck:
+	cd tools/k8scheck && go run . ../../contrib/kubernetes
 
 # The performance bench of issue 7 (BENCHMARKS.md): listenerd against a bare
 # Go server and Node, side by side, medians and ratios. A full run takes

@@ -36,6 +36,17 @@ func ReadFile(path string) ([]Entry, error) {
 
 // Parse is ReadFile of data, named path in errors.
 func Parse(path string, data []byte) ([]Entry, error) {
+	body, err := Document(path, data)
+	if err != nil || body == nil {
+		return nil, err
+	}
+	return Mapping(path, body)
+}
+
+// Document parses data, named path in errors, as one YAML document and
+// returns its body: nil when there is none (an empty file, or comments
+// only). Duplicate keys are errors, anywhere in the document.
+func Document(path string, data []byte) (ast.Node, error) {
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		var ye yaml.Error
@@ -55,22 +66,36 @@ func Parse(path string, data []byte) ([]Entry, error) {
 	case len(docs) == 0:
 		return nil, nil
 	case len(docs) > 1:
-		return nil, posError(path, docs[1].Body, "one YAML document only")
+		return nil, PosError(path, docs[1].Body, "one YAML document only")
 	}
-	var pairs []*ast.MappingValueNode
-	switch body := docs[0].Body.(type) {
+	return docs[0].Body, nil
+}
+
+// Pairs are the key: value pairs of a mapping node, or an error naming
+// what n is instead.
+func Pairs(path string, n ast.Node) ([]*ast.MappingValueNode, error) {
+	switch n := n.(type) {
 	case *ast.MappingNode:
-		pairs = body.Values
+		return n.Values, nil
 	case *ast.MappingValueNode:
-		pairs = []*ast.MappingValueNode{body}
-	default:
-		return nil, posError(path, body, "want a mapping of keys to values (key: value), not %s", WithArticle(NodeKind(body)))
+		return []*ast.MappingValueNode{n}, nil
+	}
+	return nil, PosError(path, n, "want a mapping of keys to values (key: value), not %s", WithArticle(NodeKind(n)))
+}
+
+// Mapping reads n, a mapping of keys to scalars or sequences of scalars,
+// strictly: a nested mapping, an anchor, an alias or a tag is an error.
+// Errors start with path:line:column.
+func Mapping(path string, n ast.Node) ([]Entry, error) {
+	pairs, err := Pairs(path, n)
+	if err != nil {
+		return nil, err
 	}
 	entries := make([]Entry, 0, len(pairs))
 	for _, p := range pairs {
 		key, ok := p.Key.(ast.ScalarNode)
 		if !ok || key.Type() == ast.NullType {
-			return nil, posError(path, p.Key, "a key must be a name")
+			return nil, PosError(path, p.Key, "a key must be a name")
 		}
 		name := fmt.Sprint(key.GetValue())
 		e := Entry{Key: name}
@@ -78,7 +103,7 @@ func Parse(path string, data []byte) ([]Entry, error) {
 		e.KeyLine, e.KeyCol = kp.Line, kp.Column
 		v, list, err := value(p.Value)
 		if err != nil {
-			return nil, posError(path, err.node, "%s: %s", name, err.msg)
+			return nil, PosError(path, err.node, "%s: %s", name, err.msg)
 		}
 		e.Value, e.List = v, list
 		e.Line, e.Col = e.KeyLine, e.KeyCol
@@ -155,7 +180,19 @@ func NodeKind(n ast.Node) string {
 	return strings.ToLower(n.Type().String())
 }
 
-func posError(path string, n ast.Node, format string, args ...any) error {
+// PosError is an error about node n of the file path, starting
+// path:line:column.
+func PosError(path string, n ast.Node, format string, args ...any) error {
 	p := n.GetToken().Position
 	return fmt.Errorf("%s:%d:%d: %s", path, p.Line, p.Column, fmt.Sprintf(format, args...))
+}
+
+// Scalar is the text of n, the value of key, which must be a scalar (""
+// for null); errors start with path:line:column.
+func Scalar(path, key string, n ast.Node) (string, error) {
+	s, err := scalar(n)
+	if err != nil {
+		return "", PosError(path, err.node, "%s: %s", key, err.msg)
+	}
+	return s, nil
 }

@@ -46,6 +46,8 @@ func (a *app) addCompletions(root *cobra.Command) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "completion":
+			// Writing the script needs no daemon, nor a readable contexts file.
+			c.Annotations = map[string]string{noContext: "true"}
 			c.Long = strings.TrimRight(c.Long, "\n") + completionNeeds
 			c.Example = completionExample
 			for _, sh := range c.Commands() {
@@ -73,6 +75,7 @@ func (a *app) addCompletions(root *cobra.Command) {
 		return cobra.FixedCompletions(ws, cobra.ShellCompDirectiveNoFileComp)
 	}
 	_ = root.RegisterFlagCompletionFunc("output", words(outputText, outputWide, outputJSON))
+	_ = root.RegisterFlagCompletionFunc("context", a.completeContexts)
 	for _, c := range root.Commands() {
 		switch c.Name() {
 		case "listen":
@@ -92,6 +95,9 @@ func (a *app) addCompletions(root *cobra.Command) {
 func (a *app) completeListeners(nargs int, keep func(listenerdv1.State) bool) cobra.CompletionFunc {
 	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
 		if nargs >= 0 && len(args) >= nargs {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		if a.useContext(cmd) != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
 		ls := a.completionListeners(cmd.Context())
@@ -116,7 +122,7 @@ func (a *app) completeListeners(nargs int, keep func(listenerdv1.State) bool) co
 // id followed by a dot, then, once the dot is typed, that listener's open
 // connections.
 func (a *app) completeConnections(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
-	if len(args) > 0 {
+	if len(args) > 0 || a.useContext(cmd) != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 	if i := strings.LastIndexByte(toComplete, '.'); i > 0 {

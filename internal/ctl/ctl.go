@@ -55,6 +55,18 @@ type app struct {
 	timeout   time.Duration
 	verbose   bool
 
+	// ctlConfig (--ctl-config) and contextName (--context) choose the
+	// contexts file and the context in it (contexts.go); contextUsed is
+	// set once the context filled the flags.
+	ctlConfig   string
+	contextName string
+	contextUsed bool
+	// contextKeys are the flags the context set, and contextFrom names
+	// the context and its file, for errors about them.
+	contextKeys []string
+	contextFrom string
+	contextAddr string // the socket or API address the context gave
+
 	// execArgs are the words after --exec CMD, for ctl serve (splitExec).
 	execArgs []string
 
@@ -105,6 +117,7 @@ func (a *app) run(ctx context.Context, args []string) int {
 		err = flagError(cmd.Flags(), err)
 	}
 	msg, code := a.describe(err)
+	msg += a.blameContext(msg)
 	if code == ExitUsage && cmd != nil && isFlagOrArgError(err) {
 		msg += fmt.Sprintf(" (see '%s --help')", cmd.CommandPath())
 	}
@@ -117,6 +130,9 @@ API on a unix socket (or its TCP API, with --api and credentials), and
 connects to listeners as a plain TCP client.
 
 An id or a name works wherever a listener id is asked for.
+
+Contexts (ctl config) keep connection settings by name, as kubectl's do:
+ctl --context NAME, or ctl config use-context NAME.
 
 Output: -o text (tables for people, the default), -o wide (more columns),
 -o json (for scripts: one JSON document, protojson with zero values written
@@ -163,6 +179,8 @@ func (a *app) rootCmd() *cobra.Command {
 	pf.BoolVar(&a.noHeaders, "no-headers", false, "omit the header row of tables")
 	pf.DurationVar(&a.timeout, "timeout", defaultTimeout, "time allowed for each request to the daemon (0: no limit; streams are not limited)")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "say more on stderr (stream positions, error details)")
+	pf.StringVar(&a.contextName, "context", "", "use this context's connection settings (ctl config; default: the current-context)")
+	pf.StringVar(&a.ctlConfig, "ctl-config", "", "the contexts file (env "+CtlConfigEnv+"; default listenerd/ctl.yaml in the user's config directory)")
 
 	root.AddCommand(
 		a.listenCmd(),
@@ -183,11 +201,13 @@ func (a *app) rootCmd() *cobra.Command {
 		a.faultCmd(),
 		a.statusCmd(),
 		a.versionCmd(),
+		a.configCmd(),
 	)
 	root.Version = version.Get().String()
 	root.SetVersionTemplate("ctl {{.Version}}\n")
 	a.addCompletions(root)
 	markRunning(root, &a.running)
+	a.withContext(root)
 	return root
 }
 

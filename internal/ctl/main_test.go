@@ -3,6 +3,7 @@ package ctl
 import (
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +18,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// No test reads the user's contexts file; the contexts tests name
+	// their own.
+	if err := os.Setenv(CtlConfigEnv, "/nonexistent/listenerd/ctl.yaml"); err != nil {
+		panic(err)
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -186,8 +186,10 @@ func TestWatchAcrossRestart(t *testing.T) {
 	d.stop()
 	d2 := serveDaemon(t, d.sock)
 	t.Cleanup(d2.stop)
+	// The gap line, then the line saying the watch of the new daemon is
+	// open: a listener created before that would not be watched.
 	gap := make(chan struct{})
-	w.stderr.OnOutput("were missed", func() { close(gap) })
+	w.stderr.OnOutput("were missed; watching the new daemon's events from now\nctl: watching from now", func() { close(gap) })
 	select {
 	case <-gap:
 	case <-time.After(testkit.Guard):
