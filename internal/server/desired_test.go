@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -17,13 +18,13 @@ import (
 
 // bucketClient is the test's own connection to the fleet's bucket.
 type bucketClient struct {
-	t      *testing.T
+	t      testing.TB
 	kv     jetstream.KeyValue
 	w      jetstream.KeyWatcher
 	latest map[string]*fleet.Status // status key -> its last value; nil: deleted
 }
 
-func openBucket(t *testing.T, url string) *bucketClient {
+func openBucket(t testing.TB, url string) *bucketClient {
 	t.Helper()
 	kv, err := fleet.OpenBucket(testContext(t), natstest.JetStream(t, url), 1)
 	if err != nil {
@@ -89,7 +90,7 @@ func (b *bucketClient) reconciledAt(host, name string, rev uint64) *fleet.Status
 	})
 }
 
-func fleetDaemon(t *testing.T, url, host string, stateDir string) *testDaemon {
+func fleetDaemon(t testing.TB, url, host string, stateDir string) *testDaemon {
 	return startRun(t, Config{Ephemeral: stateDir == "", StateDir: stateDir, History: 1000, ShutdownTimeout: guard,
 		Fleet: FleetConfig{ConnConfig: fleet.ConnConfig{URL: url}, Host: host, Replicas: 1, Desired: true}})
 }
@@ -233,5 +234,39 @@ func TestDesiredWithListenersFileRefused(t *testing.T) {
 	cfg.Fleet.Desired = false
 	if err := cfg.checkDeclaredSource(); err != nil {
 		t.Fatalf("check with --nats-desired=false: %v", err)
+	}
+}
+
+// BenchmarkDesiredReconcile200: 200 desired keys put for a host, until
+// the daemon reports all 200 listening (and, untimed, deleted again).
+func BenchmarkDesiredReconcile200(b *testing.B) {
+	s, err := natstest.Start(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { natstest.Stop(s) })
+	bc := openBucket(b, s.ClientURL())
+	fleetDaemon(b, s.ClientURL(), "bench", "")
+	const n = 200
+	for i := 0; b.Loop(); i++ {
+		start := time.Now()
+		revs := make([]uint64, n)
+		for j := range n {
+			revs[j] = bc.put("bench", fmt.Sprintf("l%d-%d", i, j), fmt.Sprintf(echoEntry, 0, 10))
+		}
+		for j := range n {
+			bc.reconciledAt("bench", fmt.Sprintf("l%d-%d", i, j), revs[j])
+		}
+		b.Logf("round %d: %d keys put to all listening in %v", i, n, time.Since(start))
+		b.StopTimer()
+		for j := range n {
+			if err := bc.kv.Delete(testContext(b), fleet.DesiredKey("bench", fmt.Sprintf("l%d-%d", i, j))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for j := range n {
+			bc.status("bench", fmt.Sprintf("l%d-%d", i, j), func(st *fleet.Status) bool { return st == nil })
+		}
+		b.StartTimer()
 	}
 }
