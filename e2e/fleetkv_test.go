@@ -155,3 +155,27 @@ func containsRow(table string, cells ...string) bool {
 	}
 	return false
 }
+
+// --listeners and --nats at once are refused at start, naming the way
+// out; --nats-desired=false lets the file declare while events go to NATS.
+func TestDaemonListenersFileAndNATSDesired(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "l.yaml")
+	if err := os.WriteFile(file, []byte("listeners: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	r := runBin(t, daemonBin, nil, "", "--ephemeral", "--socket", filepath.Join(dir, "s.sock"), "--listeners", file,
+		"--nats", "nats://127.0.0.1:4222", "--host-name", "h")
+	if r.code != 2 || !strings.Contains(r.stderr, "--listeners and --nats") || !strings.Contains(r.stderr, "--nats-desired=false") {
+		t.Fatalf("exit %d, stderr %s", r.code, r.stderr)
+	}
+	s, err := natstest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { natstest.Stop(s) })
+	d := startDaemon(t, "--listeners", file, "--nats", s.ClientURL(), "--host-name", "h", "--nats-desired=false")
+	if out := d.mustCtl("ls"); strings.Count(out, "\n") > 1 {
+		t.Fatalf("ls: %q", out)
+	}
+}
