@@ -253,8 +253,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	declCtx, declStop := context.WithCancel(ctx)
-	defer declStop()
 	var declWG sync.WaitGroup
+	defer func() { // on every return: no reconcile outlives Run
+		declStop()
+		declWG.Wait()
+	}()
 	if nc != nil && cfg.Fleet.Desired {
 		desired := newDesired(cfg.Fleet, nc, mgr, log)
 		declWG.Go(func() { desired.Run(declCtx) })
