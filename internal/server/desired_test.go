@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
@@ -203,6 +204,12 @@ func TestDesiredListenersNATSDownAtStart(t *testing.T) {
 	natstest.Stop(s)
 	front.Point("")
 
+	var again *natsserver.Server
+	t.Cleanup(func() { // after the daemon's: its last events flush to it
+		if again != nil {
+			natstest.Stop(again)
+		}
+	})
 	d := fleetDaemon(t, front.URL(), "h", stateDir)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	echoes(t, addr)
@@ -211,13 +218,11 @@ func TestDesiredListenersNATSDownAtStart(t *testing.T) {
 	}
 	ev := watchAll(t, d.unix)
 
-	s, err = natstest.Start(store)
-	if err != nil {
+	if again, err = natstest.Start(store); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { natstest.Stop(s) })
-	front.Point(s.Addr().String())
-	b := openBucket(t, s.ClientURL())
+	front.Point(again.Addr().String())
+	b := openBucket(t, again.ClientURL())
 	rev := b.put("h", "web", fmt.Sprintf(echoEntry, port, 30))
 	ev.expect("update", "web", "max_connections 10 -> 30")
 	if st := b.reconciledAt("h", "web", rev); st.ID != id {
