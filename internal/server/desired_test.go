@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -164,6 +165,24 @@ func TestDesiredListenersFromTheBucket(t *testing.T) {
 	}
 	ev.expect("failed", "", "invalid value for uint32 field port")
 
+	// A create that fails: the status says so, and the next change
+	// tries again.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	busyPort := taken.Addr().(*net.TCPAddr).Port
+	rev = b.put("west", "busy", fmt.Sprintf(echoEntry, busyPort, 10))
+	busy := b.status("west", "busy", func(st *fleet.Status) bool { return st != nil && st.Revision >= rev })
+	if busy.State != "missing" || busy.ID != "" || !strings.Contains(busy.Error, "in use") {
+		t.Fatalf("status of a create that failed: %+v", busy)
+	}
+	taken.Close()
+	rev = b.put("west", "busy", fmt.Sprintf(echoEntry, busyPort, 11))
+	if st := b.reconciledAt("west", "busy", rev); st.Error != "" || st.Address != taken.Addr().String() {
+		t.Fatalf("busy once free: %+v", st)
+	}
+
 	// The key deleted: the listener closes, its status goes.
 	if err := b.kv.Delete(testContext(t), fleet.DesiredKey("east", "web")); err != nil {
 		t.Fatal(err)
@@ -173,8 +192,8 @@ func TestDesiredListenersFromTheBucket(t *testing.T) {
 	if got := names(t, east); len(got) != 0 {
 		t.Fatalf("east still listens as %v", got)
 	}
-	if got := names(t, west); strings.Join(got, ",") != "api" {
-		t.Errorf("west listens as %v, want api", got)
+	if got := names(t, west); strings.Join(got, ",") != "api,busy" {
+		t.Errorf("west listens as %v, want api and busy", got)
 	}
 }
 
