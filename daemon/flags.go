@@ -42,7 +42,7 @@ func declareFlags(fs *pflag.FlagSet, s *settings) {
 	fs.StringVar(&cfg.StateDir, "state-dir", paths.StateDir(), "directory where listener specs persist")
 	fs.BoolVar(&cfg.Ephemeral, "ephemeral", false, "keep no state: listeners are neither saved nor restored")
 	fs.StringVar(&cfg.Listeners, "listeners", "", "declared listeners: a YAML file of the listeners this daemon must have, by name, made true at start and whenever it changes (see README, Declared listeners)")
-	fs.DurationVar(&cfg.ListenersResync, "listeners-resync", time.Minute, "reconcile the --listeners file this often even when it does not change, putting back changes made through the API (0: only when it changes)")
+	fs.DurationVar(&cfg.ListenersResync, "listeners-resync", time.Minute, "reconcile the --listeners file (or the NATS bucket's desired listeners) this often even when it does not change, putting back changes made through the API and retrying failed ones (0: only when it changes)")
 	fs.IntVar(&cfg.MaxListeners, "max-listeners", 0, "listeners at once (0: unlimited)")
 	fs.Int64Var(&cfg.MaxConnections, "max-connections", 0, "open connections across all listeners (0: as many as the open-file limit less --fd-reserve allows)")
 	fs.Int64Var(&cfg.FDReserve, "fd-reserve", server.DefaultFDReserve(), "file descriptors kept for the API and the daemon, out of the listeners' reach (an eighth of the open-file limit, at least 32, at most half)")

@@ -34,6 +34,10 @@ type Desired struct {
 	// Invalid is told of a desired value that does not read; the
 	// listener's last value that did stays in force.
 	Invalid func(err error)
+	// Resync reconciles this often even when no key changes, putting
+	// back changes made through the API and trying failed changes again;
+	// 0: only on changes.
+	Resync time.Duration
 	// Quiet is how long the watch must be still before a burst of changes
 	// is reconciled (at most ten times it from the burst's start); 0:
 	// declare.DefaultQuiet.
@@ -113,6 +117,12 @@ func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status) error
 	settle := time.NewTimer(time.Hour)
 	settle.Stop()
 	defer settle.Stop()
+	var resync <-chan time.Time
+	if d.Resync > 0 {
+		t := time.NewTicker(d.Resync)
+		defer t.Stop()
+		resync = t.C
+	}
 	var first time.Time
 	keys := map[string]*keyState{}
 	gone := map[string]bool{} // names whose status key is to be deleted
@@ -144,6 +154,10 @@ func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status) error
 		case <-settle.C:
 			first = time.Time{}
 			d.reconcile(ctx, kv, keys, gone)
+		case <-resync:
+			if !initial {
+				d.reconcile(ctx, kv, keys, gone)
+			}
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -62,11 +63,11 @@ func reconcileEvents(bus *events.Bus, log *slog.Logger) (applied func(r declare.
 // newDesired returns the reconcile of this host's desired listeners in
 // the fleet's bucket (--nats): the same reconcile as the file's, and the
 // listeners' status written back.
-func newDesired(cfg FleetConfig, nc *nats.Conn, mgr *listener.Manager, log *slog.Logger) *fleet.Desired {
+func newDesired(cfg FleetConfig, resync time.Duration, nc *nats.Conn, mgr *listener.Manager, log *slog.Logger) *fleet.Desired {
 	d := service.NewDeclared(mgr)
 	log = log.With("bucket", fleet.Bucket)
 	applied, failed := reconcileEvents(mgr.Bus(), log)
-	return &fleet.Desired{Conn: nc, Host: cfg.Host, Replicas: cfg.Replicas, Log: log,
+	return &fleet.Desired{Conn: nc, Host: cfg.Host, Replicas: cfg.Replicas, Log: log, Resync: resync,
 		Invalid: func(err error) { failed(err, fleet.BucketSource) },
 		Reconcile: func(ctx context.Context, set *declare.Set) map[string]fleet.Status {
 			errs := map[string]error{}

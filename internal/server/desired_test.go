@@ -94,6 +94,7 @@ func (b *bucketClient) reconciledAt(host, name string, rev uint64) *fleet.Status
 
 func fleetDaemon(t testing.TB, url, host string, stateDir string) *testDaemon {
 	return startRun(t, Config{Ephemeral: stateDir == "", StateDir: stateDir, History: 1000, ShutdownTimeout: guard,
+		ListenersResync: 200 * time.Millisecond, // retries a failed create without a change
 		Fleet: FleetConfig{ConnConfig: fleet.ConnConfig{URL: url}, Host: host, Replicas: 1, Desired: true}})
 }
 
@@ -165,8 +166,7 @@ func TestDesiredListenersFromTheBucket(t *testing.T) {
 	}
 	ev.expect("failed", "", "invalid value for uint32 field port")
 
-	// A create that fails: the status says so, and the next change
-	// tries again.
+	// A create that fails: the status says so, and a resync tries again.
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +178,6 @@ func TestDesiredListenersFromTheBucket(t *testing.T) {
 		t.Fatalf("status of a create that failed: %+v", busy)
 	}
 	taken.Close()
-	rev = b.put("west", "busy", fmt.Sprintf(echoEntry, busyPort, 11))
 	if st := b.reconciledAt("west", "busy", rev); st.Error != "" || st.Address != taken.Addr().String() {
 		t.Fatalf("busy once free: %+v", st)
 	}

@@ -259,7 +259,7 @@ func Run(ctx context.Context, cfg Config) error {
 		declWG.Wait()
 	}()
 	if nc != nil && cfg.Fleet.Desired {
-		desired := newDesired(cfg.Fleet, nc, mgr, log)
+		desired := newDesired(cfg.Fleet, cfg.ListenersResync, nc, mgr, log)
 		declWG.Go(func() { desired.Run(declCtx) })
 		log.Info("listenerd reconciling this host's desired listeners from NATS", "bucket", fleet.Bucket,
 			"keys", fleet.HostKeys(fleet.DesiredPrefix, cfg.Fleet.Host))
