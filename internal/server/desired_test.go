@@ -95,7 +95,7 @@ func (b *bucketClient) reconciledAt(host, name string, rev uint64) *fleet.Status
 func fleetDaemon(t testing.TB, url, host string, stateDir string) *testDaemon {
 	return startRun(t, Config{Ephemeral: stateDir == "", StateDir: stateDir, History: 1000, ShutdownTimeout: guard,
 		ListenersResync: 200 * time.Millisecond, // retries a failed create without a change
-		Fleet: FleetConfig{ConnConfig: fleet.ConnConfig{URL: url}, Host: host, Replicas: 1, Desired: true}})
+		Fleet:           FleetConfig{ConnConfig: fleet.ConnConfig{URL: url}, Host: host, Replicas: 1, Desired: true}})
 }
 
 // names lists the open listeners of d by name.
