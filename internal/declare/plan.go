@@ -138,7 +138,7 @@ func Plan(current []*listenerdv1.Listener, set *Set, opts Options) []Change {
 		out = append(out, c)
 	}
 	for _, l := range current {
-		if !open(l) || named[l.GetName()] {
+		if !open(l) || named[l.GetName()] || set.Keep[l.GetName()] {
 			continue
 		}
 		c := Change{Name: l.GetName(), ID: l.GetId(), Drain: set.Drain}

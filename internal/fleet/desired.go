@@ -32,7 +32,8 @@ type Desired struct {
 	// listeners, by name; Desired fills in Revision and Updated.
 	Reconcile func(ctx context.Context, set *declare.Set) map[string]Status
 	// Invalid is told of a desired value that does not read; the
-	// listener's last value that did stays in force.
+	// listener's last value that did stays in force, and without one (a
+	// daemon started since) the listener is left as it is.
 	Invalid func(err error)
 	// Resync reconciles this often even when no key changes, putting
 	// back changes made through the API and trying failed changes again;
@@ -195,8 +196,13 @@ func (d *Desired) take(keys map[string]*keyState, gone map[string]bool, e jetstr
 func (d *Desired) reconcile(ctx context.Context, kv jetstream.KeyValue, keys map[string]*keyState, gone map[string]bool) {
 	set := &declare.Set{Source: BucketSource, Drain: listener.DefaultDrainTimeout}
 	for _, name := range slices.Sorted(maps.Keys(keys)) {
-		if ks := keys[name]; ks.good != nil {
+		switch ks := keys[name]; {
+		case ks.good != nil:
 			set.Entries = append(set.Entries, *ks.good)
+		case set.Keep == nil:
+			set.Keep = map[string]bool{name: true}
+		default:
+			set.Keep[name] = true
 		}
 	}
 	sts := d.Reconcile(ctx, set)
