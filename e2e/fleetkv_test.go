@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,11 +10,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/fleet/natstest"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // loopbacks returns the addresses if each is bindable, or skips.
@@ -46,17 +49,31 @@ func TestFleetApplyCluster(t *testing.T) {
 		}
 	})
 	url := natstest.URLs(ss...)
+	// A cluster on a loaded machine may take long to elect its JetStream
+	// leader and place a replicated bucket: a longer guard, and the
+	// bucket made before the daemons start.
+	const clusterGuard = 2 * time.Minute
+	testkit.EventuallyWithin(t, clusterGuard, func() bool {
+		return ss[0].JetStreamIsLeader() || ss[1].JetStreamIsLeader() || ss[2].JetStreamIsLeader()
+	}, "a JetStream meta leader")
+	js := natstest.JetStream(t, url)
+	var kv jetstream.KeyValue
+	testkit.EventuallyWithin(t, clusterGuard, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if kv, err = fleet.OpenBucket(ctx, js, 3); err != nil {
+			t.Logf("bucket: %v", err)
+		}
+		return err == nil
+	}, "the bucket "+fleet.Bucket)
+	slow, cancel := context.WithTimeout(context.Background(), clusterGuard)
+	defer cancel()
 	hosts := []string{"h2", "h3", "h4"}
 	var d *daemon
 	for _, h := range hosts {
 		d = startDaemon(t, "--nats", url, "--host-name", h, "--nats-replicas", "3")
 	}
-	js := natstest.JetStream(t, url)
-	kv, err := fleet.OpenBucket(testContext(t), js, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := kv.Watch(testContext(t), fleet.HostKeys(fleet.StatusPrefix, "*"))
+	w, err := kv.Watch(slow, fleet.HostKeys(fleet.StatusPrefix, "*"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +103,7 @@ func TestFleetApplyCluster(t *testing.T) {
 				t.Fatalf("%s: %s (%v)", e.Key(), e.Value(), err)
 			}
 			statuses[e.Key()] = st
-		case <-testContext(t).Done():
+		case <-slow.Done():
 			t.Fatalf("statuses %v, want h2's and h3's web listening", statuses)
 		}
 	}
@@ -117,6 +134,12 @@ func TestFleetApplyCluster(t *testing.T) {
 
 	// Each connection in fleet watch once: read until both closed, then
 	// count the opened in the stream.
+	testkit.EventuallyWithin(t, clusterGuard, func() bool { // the daemons create it, retrying
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := js.Stream(ctx, fleet.Stream)
+		return err == nil
+	}, "the stream "+fleet.Stream)
 	watch := d.ctlStream("fleet", "watch", "--nats", url, "--since-seq", "1")
 	closed := map[string]bool{}
 	for len(closed) < 2 {
@@ -127,11 +150,11 @@ func TestFleetApplyCluster(t *testing.T) {
 			}
 		}
 	}
-	st, err := js.Stream(testContext(t), fleet.Stream)
+	st, err := js.Stream(slow, fleet.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(testContext(t), jetstream.WithSubjectFilter(fleet.Prefix+".*.*.connection_opened"))
+	info, err := st.Info(slow, jetstream.WithSubjectFilter(fleet.Prefix+".*.*.connection_opened"))
 	if err != nil {
 		t.Fatal(err)
 	}
