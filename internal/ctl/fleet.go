@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -21,11 +22,13 @@ import (
 
 func (a *app) fleetCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:     "fleet",
-		Short:   "Read the events daemons publish to NATS JetStream (listenerd --nats)",
-		Example: `  ctl fleet watch --nats nats://127.0.0.1:4222 --host web-1`,
+		Use:   "fleet",
+		Short: "The fleet in NATS JetStream: the daemons' events, their desired listeners and status (listenerd --nats)",
+		Example: `  ctl fleet watch --nats nats://127.0.0.1:4222 --host web-1
+  ctl fleet apply -f fleet.yaml --dry-run
+  ctl fleet ls --host web-1`,
 	}
-	cmd.AddCommand(a.fleetWatchCmd())
+	cmd.AddCommand(a.fleetWatchCmd(), a.fleetApplyCmd(), a.fleetLsCmd())
 	return cmd
 }
 
@@ -67,11 +70,8 @@ LISTENERD_NATS_CA.`,
   ctl fleet watch --listener ln-1a2b3c4d --since-seq 1 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if fw.conn.URL == "" {
-				return usageErrorf("--nats (or LISTENERD_NATS) is required")
-			}
-			if err := fw.conn.Check(); err != nil {
-				return usageErrorf("%v", err)
+			if err := checkNATS(fw.conn); err != nil {
+				return err
 			}
 			if fw.since < 0 {
 				return usageErrorf("--since must not be negative")
@@ -93,10 +93,7 @@ LISTENERD_NATS_CA.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&fw.conn.URL, "nats", os.Getenv("LISTENERD_NATS"), "NATS URL (nats://HOST:PORT or tls://; off loopback TLS is required)")
-	f.StringVar(&fw.conn.Creds, "nats-creds", os.Getenv("LISTENERD_NATS_CREDS"), "NATS credentials file")
-	f.StringVar(&fw.conn.TokenFile, "nats-token-file", os.Getenv("LISTENERD_NATS_TOKEN_FILE"), "file holding the NATS token")
-	f.StringVar(&fw.conn.CA, "nats-ca", os.Getenv("LISTENERD_NATS_CA"), "PEM CA bundle of the NATS servers (TLS)")
+	natsFlags(f, &fw.conn)
 	f.DurationVar(&fw.since, "since", 0, "first replay the events of this last while (e.g. 10m)")
 	f.Uint64Var(&fw.sinceSeq, "since-seq", 0, "first replay from this stream sequence (1: all the stream holds)")
 	f.StringVar(&fw.host, "host", "", "only this host's events (its --host-name)")
@@ -210,4 +207,24 @@ func (a *app) printFleetMsg(out *bufio.Writer, m jetstream.Msg) error {
 	}
 	_, err := fmt.Fprintf(out, "host=%s %s\n", host, eventLine(&ev, a.wide()))
 	return err
+}
+
+// natsFlags declares ctl's NATS flags, defaulting to their environment
+// variables.
+func natsFlags(f *pflag.FlagSet, c *fleet.ConnConfig) {
+	f.StringVar(&c.URL, "nats", os.Getenv("LISTENERD_NATS"), "NATS URL (nats://HOST:PORT or tls://; off loopback TLS is required)")
+	f.StringVar(&c.Creds, "nats-creds", os.Getenv("LISTENERD_NATS_CREDS"), "NATS credentials file")
+	f.StringVar(&c.TokenFile, "nats-token-file", os.Getenv("LISTENERD_NATS_TOKEN_FILE"), "file holding the NATS token")
+	f.StringVar(&c.CA, "nats-ca", os.Getenv("LISTENERD_NATS_CA"), "PEM CA bundle of the NATS servers (TLS)")
+}
+
+// checkNATS refuses NATS flags that cannot work, as a usage error.
+func checkNATS(c fleet.ConnConfig) error {
+	if c.URL == "" {
+		return usageErrorf("--nats (or LISTENERD_NATS) is required")
+	}
+	if err := c.Check(); err != nil {
+		return usageErrorf("%v", err)
+	}
+	return nil
 }

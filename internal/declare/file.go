@@ -46,6 +46,9 @@ type Set struct {
 	// Drain is the drain timeout of listeners closed because the set no
 	// longer names them.
 	Drain time.Duration
+	// Keep names listeners left as they are although the set does not
+	// name them: those whose desired value does not read (a bucket's).
+	Keep map[string]bool
 }
 
 // Names of the file's keys: the spec is protojson, so the file's own keys
@@ -98,6 +101,16 @@ func (p *fileParser) errAt(n ast.Node, format string, args ...any) error {
 }
 
 func (p *fileParser) parse(data []byte) (*Set, error) {
+	body, err := p.document(data)
+	if err != nil || body == nil {
+		return &Set{Drain: listener.DefaultDrainTimeout}, err
+	}
+	return p.set(body, "the file")
+}
+
+// document parses data as one YAML document and returns its body; nil
+// when there is none.
+func (p *fileParser) document(data []byte) (ast.Node, error) {
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		var ye yaml.Error
@@ -107,7 +120,6 @@ func (p *fileParser) parse(data []byte) (*Set, error) {
 		}
 		return nil, fmt.Errorf("%s: %w", p.path, err)
 	}
-	set := &Set{Drain: listener.DefaultDrainTimeout}
 	var body ast.Node
 	for _, d := range f.Docs {
 		if d == nil || d.Body == nil || d.Body.Type() == ast.CommentType {
@@ -118,10 +130,17 @@ func (p *fileParser) parse(data []byte) (*Set, error) {
 		}
 		body = d.Body
 	}
-	if body == nil {
+	return body, nil
+}
+
+// set reads a listeners mapping (listeners:, drainTimeout:), what the
+// whole file is, or one host's part of a fleet file.
+func (p *fileParser) set(body ast.Node, what string) (*Set, error) {
+	set := &Set{Drain: listener.DefaultDrainTimeout}
+	if body.Type() == ast.NullType {
 		return set, nil
 	}
-	top, err := p.mapping(body, "the file")
+	top, err := p.mapping(body, what)
 	if err != nil {
 		return nil, err
 	}
@@ -204,18 +223,26 @@ func (p *fileParser) duration(n ast.Node, what string) (time.Duration, error) {
 
 // entry reads one listener: name: {spec: ..., drainTimeout: ...}.
 func (p *fileParser) entry(kv *ast.MappingValueNode) (Entry, error) {
-	name := p.key(kv)
+	return p.entryAt(p.key(kv), kv.Key, kv.Value)
+}
+
+// entryAt reads one listener's value (spec:, drainTimeout:) named name;
+// at is where errors about the whole of it point.
+func (p *fileParser) entryAt(name string, at, value ast.Node) (Entry, error) {
 	e := Entry{Name: name, Drain: -1}
-	pos := kv.Key.GetToken().Position
+	pos := at.GetToken().Position
 	e.Where = fmt.Sprintf("%s:%d:%d", p.path, pos.Line, pos.Column)
-	if err := listener.ValidateName(name); err != nil {
-		return e, p.errAt(kv.Key, "listener %q: %v", name, err)
+	if err := listener.ValidateName(name); err != nil || name == "" {
+		if err == nil {
+			err = errors.New("a name is required")
+		}
+		return e, p.errAt(at, "listener %q: %v", name, err)
 	}
 	what := fmt.Sprintf("listener %q", name)
-	if kv.Value == nil || kv.Value.Type() == ast.NullType {
-		return e, p.errAt(kv.Key, "%s: no spec (want spec: {...})", what)
+	if value == nil || value.Type() == ast.NullType {
+		return e, p.errAt(at, "%s: no spec (want spec: {...})", what)
 	}
-	fields, err := p.mapping(kv.Value, what)
+	fields, err := p.mapping(value, what)
 	if err != nil {
 		return e, err
 	}
@@ -233,7 +260,7 @@ func (p *fileParser) entry(kv *ast.MappingValueNode) (Entry, error) {
 		}
 	}
 	if spec == nil || spec.Type() == ast.NullType {
-		return e, p.errAt(kv.Key, "%s: no spec (want spec: {...})", what)
+		return e, p.errAt(at, "%s: no spec (want spec: {...})", what)
 	}
 	if e.Spec, err = p.spec(spec, what); err != nil {
 		return e, err

@@ -138,7 +138,7 @@ func Plan(current []*listenerdv1.Listener, set *Set, opts Options) []Change {
 		out = append(out, c)
 	}
 	for _, l := range current {
-		if !open(l) || named[l.GetName()] {
+		if !open(l) || named[l.GetName()] || set.Keep[l.GetName()] {
 			continue
 		}
 		c := Change{Name: l.GetName(), ID: l.GetId(), Drain: set.Drain}
@@ -328,4 +328,19 @@ func camelToSnake(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// DiffEntries says what changes from one entry to another, one item a
+// field, as a plan's Diff does (faults included, by name only), and the
+// drain timeout as drain_timeout.
+func DiffEntries(old, want Entry) []string {
+	rebind, limits := diffSpecs(old.Spec, want.Spec)
+	out := append(rebind, limits...)
+	if !proto.Equal(&listenerdv1.ListenerSpec{Faults: old.Spec.GetFaults()}, &listenerdv1.ListenerSpec{Faults: want.Spec.GetFaults()}) {
+		out = append(out, "faults")
+	}
+	if old.Drain != want.Drain {
+		out = append(out, fmt.Sprintf("drain_timeout %v -> %v", old.Drain, want.Drain))
+	}
+	return out
 }

@@ -126,3 +126,15 @@ func TestPlanCarriesSpecAndDrain(t *testing.T) {
 		t.Errorf("c: %+v, want a close of its id draining 7s", c)
 	}
 }
+
+// A name the set keeps is not closed though the set does not name it.
+func TestPlanKeep(t *testing.T) {
+	const text = "listeners:\n  web: {spec: {port: 8080, handler: {echo: {}}}}\n  chat: {spec: {port: 7000, handler: {echo: {}}}}\n"
+	L := listenerdv1.State_STATE_LISTENING
+	cur := []*listenerdv1.Listener{running(t, "ln-00000001", text, "web", L, true), running(t, "ln-00000002", text, "chat", L, true)}
+	set := &Set{Source: "nats bucket B", Keep: map[string]bool{"chat": true}}
+	got := lines(Plan(cur, set, Options{Prune: true, Owned: declared, Adopt: true}))
+	if want := []string{"close web (not in nats bucket B)"}; !slices.Equal(got, want) {
+		t.Fatalf("plan %q, want %q", got, want)
+	}
+}

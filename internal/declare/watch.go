@@ -65,21 +65,36 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 		return err
 	}
 	putBack := r.last != nil && bytes.Equal(data, r.last)
-	plan := Plan(r.List(), set, Options{Prune: true, Owned: declared, Adopt: true})
-	failed := 0
-	Apply(ctx, r.Target, plan, DefaultParallel, func(res Result) {
-		if res.Err != nil {
-			failed++
-		}
+	_, err = ReconcileSet(ctx, r.Target, r.List, set, func(res Result) {
 		if r.Applied != nil {
 			r.Applied(res, source, putBack)
 		}
 	})
 	r.last = data
+	return err
+}
+
+// ReconcileSet makes set true through t, the one reconcile of every
+// source of declared listeners (a file, a key-value bucket): the
+// declared listeners set does not name are closed, those it names are
+// created, changed or adopted. list returns the listeners there are;
+// report, when not nil, is told of each change carried out or failed.
+// The error counts the failed changes (ErrNotApplied).
+func ReconcileSet(ctx context.Context, t Target, list func() []*listenerdv1.Listener, set *Set, report func(Result)) ([]Result, error) {
+	plan := Plan(list(), set, Options{Prune: true, Owned: declared, Adopt: true})
+	failed := 0
+	results := Apply(ctx, t, plan, DefaultParallel, func(res Result) {
+		if res.Err != nil {
+			failed++
+		}
+		if report != nil {
+			report(res)
+		}
+	})
 	if failed > 0 {
-		return fmt.Errorf("%s: %d of %d changes: %w (the next reconcile tries again)", source, failed, len(plan), ErrNotApplied)
+		return results, fmt.Errorf("%s: %d of %d changes: %w (the next reconcile tries again)", set.Source, failed, len(plan), ErrNotApplied)
 	}
-	return nil
+	return results, nil
 }
 
 func declared(l *listenerdv1.Listener) bool { return l.GetStatus().GetDeclared() }

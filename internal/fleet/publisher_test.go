@@ -500,19 +500,7 @@ func TestClusterNodeLostUnderLoad(t *testing.T) {
 }
 
 // jsClient connects to url for the test's duration.
-func jsClient(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
+func jsClient(t *testing.T, url string) jetstream.JetStream { return natstest.JetStream(t, url) }
 
 // streamLeader names the server leading the stream's replicas.
 func streamLeader(t *testing.T, url string) string {

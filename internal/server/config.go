@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/listener"
 )
 
@@ -82,6 +83,9 @@ func (c Config) Check() error {
 	if err := c.Fleet.check(); err != nil {
 		return err
 	}
+	if err := c.checkDeclaredSource(); err != nil {
+		return err
+	}
 	return c.checkDescriptors()
 }
 
@@ -121,3 +125,13 @@ func (c Config) checkDescriptors() error {
 // listenerBudgetMin is the fewest descriptors the reserve must leave to
 // listeners: one listener (two) and a connection.
 const listenerBudgetMin = 3
+
+// checkDeclaredSource refuses two sources of declared listeners at once:
+// each would close the listeners the other declares.
+func (c Config) checkDeclaredSource() error {
+	if c.Listeners != "" && c.Fleet.Enabled() && c.Fleet.Desired {
+		return fmt.Errorf("--listeners and --nats: the declared listeners come from one source, the file or the NATS bucket %s; "+
+			"give --nats-desired=false to publish events to NATS while the file declares the listeners", fleet.Bucket)
+	}
+	return nil
+}

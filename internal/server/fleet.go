@@ -19,6 +19,9 @@ type FleetConfig struct {
 	Host             string        // --host-name: the subjects' host token
 	Replicas         int           // --nats-replicas of the stream when it is created
 	MaxAge           time.Duration // --nats-max-age of the stream when it is created
+	// Desired: reconcile this host's desired listeners in the bucket
+	// (--nats-desired).
+	Desired bool
 }
 
 // fleetFlush bounds how long a shutdown waits for the last events'
@@ -45,27 +48,27 @@ func (c FleetConfig) check() error {
 // flushes and closes, and is a no-op when nothing was started. A NATS
 // that is down does not keep the daemon from starting: the publisher
 // catches up when it comes.
-func startFleet(cfg FleetConfig, bus *events.Bus, met *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
+func startFleet(cfg FleetConfig, bus *events.Bus, met *metrics.Metrics, log *slog.Logger) (nc *nats.Conn, stop func(), err error) {
 	if !cfg.Enabled() {
-		return func() {}, nil
+		return nil, func() {}, nil
 	}
 	cfg.Name = "listenerd " + cfg.Host
-	nc, err := cfg.Connect(nats.RetryOnFailedConnect(true))
+	nc, err = cfg.Connect(nats.RetryOnFailedConnect(true))
 	if err != nil {
-		return nil, fmt.Errorf("--nats: %w", err)
+		return nil, nil, fmt.Errorf("--nats: %w", err)
 	}
 	boot := bus.BootID()
 	pub, err := fleet.Start(nc, bus, fleet.Options{Host: cfg.Host, Replicas: cfg.Replicas, MaxAge: cfg.MaxAge, Log: log,
 		Encode: func(e *events.Event) ([]byte, error) { return service.EventJSON(e, boot) }})
 	if err != nil {
 		nc.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if met != nil {
 		met.CollectFleet(pub.Stats)
 	}
 	log.Info("listenerd publishing events to NATS JetStream", "stream", fleet.Stream, "subjects", fleet.HostSubjects(cfg.Host))
-	return func() {
+	return nc, func() {
 		pub.Stop(fleetFlush)
 		nc.Close()
 	}, nil

@@ -83,7 +83,9 @@ func startRun(t testing.TB, cfg Config) *testDaemon {
 		cfg.Socket = filepath.Join(dir, "run", "listenerd.sock")
 	}
 	d := &testDaemon{socket: cfg.Socket, log: &testkit.Buffer{}}
-	cfg.StateDir = filepath.Join(dir, "state")
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join(dir, "state")
+	}
 	d.state = filepath.Join(cfg.StateDir, state.FileName)
 	cfg.Log = slog.New(slog.NewTextHandler(d.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	out := &lineWriter{lines: make(chan string, 8)}

@@ -31,6 +31,7 @@ import (
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/declare"
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/metrics"
 	"github.com/listenerd/listenerd/internal/service"
@@ -235,7 +236,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		log.Info("listeners restored", "listening", up, "failed", failed, "state", cfg.StateDir)
 	}
-	stopFleet, err := startFleet(cfg.Fleet, bus, met, log)
+	nc, stopFleet, err := startFleet(cfg.Fleet, bus, met, log)
 	if err != nil {
 		mgr.Shutdown(0)
 		return err
@@ -252,8 +253,17 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	declCtx, declStop := context.WithCancel(ctx)
-	defer declStop()
 	var declWG sync.WaitGroup
+	defer func() { // on every return: no reconcile outlives Run
+		declStop()
+		declWG.Wait()
+	}()
+	if nc != nil && cfg.Fleet.Desired {
+		desired := newDesired(cfg.Fleet, cfg.ListenersResync, nc, mgr, log)
+		declWG.Go(func() { desired.Run(declCtx) })
+		log.Info("listenerd reconciling this host's desired listeners from NATS", "bucket", fleet.Bucket,
+			"keys", fleet.HostKeys(fleet.DesiredPrefix, cfg.Fleet.Host))
+	}
 	if decl != nil {
 		declWG.Go(func() {
 			if err := decl.Run(declCtx); err != nil {

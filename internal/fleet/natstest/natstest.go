@@ -15,9 +15,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // readyWait bounds a server's start: a guard, not a timing.
@@ -227,4 +230,20 @@ func (f *Front) pipe(dst, src net.Conn) {
 	delete(f.conns, dst)
 	delete(f.conns, src)
 	f.mu.Unlock()
+}
+
+// JetStream connects to url for the test's duration (reconnecting for as
+// long as it lasts) and returns its JetStream.
+func JetStream(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }

@@ -1,0 +1,144 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/listenerd/listenerd/internal/fleet"
+	"github.com/listenerd/listenerd/internal/fleet/natstest"
+)
+
+func writeFleetFile(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "fleet.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// ctl fleet apply plans against the bucket's desired keys, writes nothing
+// on --dry-run, writes the plan, deletes with --prune on the hosts the
+// file names only; ctl fleet ls joins the desired keys with their status.
+func TestFleetApplyAndLs(t *testing.T) {
+	s, err := natstest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer natstest.Stop(s)
+	url := s.ClientURL()
+	first := writeFleetFile(t, `hosts:
+  east:
+    listeners:
+      web: {spec: {port: 8080, handler: {echo: {}}, limits: {maxConnections: 10}}}
+      old: {spec: {port: 8081, handler: {echo: {}}}}
+    drainTimeout: 5s
+  west:
+    listeners:
+      api: {spec: {port: 9090, handler: {discard: {}}}, drainTimeout: 1s}
+`)
+	r := runCtl(t, "/nonexistent", "fleet", "apply", "--nats", url, "-f", first, "--dry-run")
+	want := "host east:\n  create old\n  create web\nhost west:\n  create api\n"
+	if r.code != ExitOK || r.stdout != want || !strings.Contains(r.stderr, "dry run: nothing was changed") {
+		t.Fatalf("dry run: exit %d, stdout %q (want %q), stderr %q", r.code, r.stdout, want, r.stderr)
+	}
+	r = runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url)
+	if r.code != ExitOK || strings.Count(r.stdout, "\n") != 1 {
+		t.Fatalf("ls after a dry run: exit %d, %q %q; want the header alone", r.code, r.stdout, r.stderr)
+	}
+
+	r = runCtl(t, "/nonexistent", "fleet", "apply", "--nats", url, "-f", first)
+	if r.code != ExitOK || r.stdout != want {
+		t.Fatalf("apply: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	js := natstest.JetStream(t, url)
+	kv, err := js.KeyValue(context.Background(), fleet.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), "desired.west.api")
+	if err != nil || !strings.HasPrefix(string(e.Value()), `{"spec":{`) || !strings.Contains(string(e.Value()), `"port":9090`) ||
+		!strings.HasSuffix(string(e.Value()), `"drainTimeout":"1s"}`) {
+		t.Fatalf("desired.west.api: %s, %v", e.Value(), err)
+	}
+
+	// The daemon's report, as it writes it.
+	st, _ := json.Marshal(fleet.Status{State: "listening", Address: "127.0.0.1:8080", ID: "ln-1", Revision: 100})
+	if _, err := kv.Put(context.Background(), fleet.StatusKey("east", "web"), st); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("desired.west.api: %s", e.Value())
+	r = runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != ExitOK || len(lines) != 4 || strings.Fields(lines[0])[0] != "HOST" ||
+		strings.Join(strings.Fields(lines[2]), " ") != "east web listening 127.0.0.1:8080 -" ||
+		strings.Join(strings.Fields(lines[3]), " ") != "west api pending - -" {
+		t.Fatalf("ls: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
+	r = runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url, "--host", "west", "-o", "json")
+	var doc struct {
+		Listeners []lsRow `json:"listeners"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || len(doc.Listeners) != 1 || doc.Listeners[0].Name != "api" ||
+		!doc.Listeners[0].Pending || doc.Listeners[0].Status != nil {
+		t.Fatalf("ls -o json: %q (%v)", r.stdout, err)
+	}
+
+	// A limit changed, a listener gone from the file: updated; deleted
+	// only with --prune, and only on the file's hosts.
+	second := writeFleetFile(t, `hosts:
+  east:
+    listeners:
+      web: {spec: {port: 8080, handler: {echo: {}}, limits: {maxConnections: 20}}}
+    drainTimeout: 5s
+`)
+	r = runCtl(t, "/nonexistent", "fleet", "apply", "--nats", url, "-f", second)
+	if want := "host east:\n  update web: max_connections 10 -> 20\n"; r.code != ExitOK || r.stdout != want {
+		t.Fatalf("apply without --prune: exit %d, %q (want %q) %q", r.code, r.stdout, want, r.stderr)
+	}
+	r = runCtl(t, "/nonexistent", "fleet", "apply", "--nats", url, "-f", second, "--prune", "--dry-run", "-o", "json")
+	var plan struct {
+		DryRun bool       `json:"dryRun"`
+		Hosts  []hostPlan `json:"hosts"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &plan); err != nil || !plan.DryRun || len(plan.Hosts) != 1 ||
+		len(plan.Hosts[0].Changes) != 2 || plan.Hosts[0].Changes[0].Action != "delete" || plan.Hosts[0].Changes[0].Key != "desired.east.old" {
+		t.Fatalf("prune dry run -o json: %q (%v)", r.stdout, err)
+	}
+	if _, err := kv.Get(context.Background(), "desired.east.old"); err != nil {
+		t.Fatalf("desired.east.old after a dry run: %v", err)
+	}
+	r = runCtl(t, "/nonexistent", "fleet", "apply", "--nats", url, "-f", second, "--prune")
+	if want := "host east:\n  delete old (not in " + second + ")\n  unchanged web\n"; r.code != ExitOK || r.stdout != want {
+		t.Fatalf("apply --prune: exit %d, %q (want %q) %q", r.code, r.stdout, want, r.stderr)
+	}
+	r = runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url, "-o", "json")
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || len(doc.Listeners) != 2 ||
+		doc.Listeners[0].Name != "web" || doc.Listeners[1].Host != "west" {
+		t.Fatalf("ls after --prune: %q (%v)", r.stdout, err)
+	}
+}
+
+func TestFleetApplyErrors(t *testing.T) {
+	bad := writeFleetFile(t, "hosts:\n  a.b:\n    listeners: {}\n")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"fleet", "apply", "--nats", "nats://127.0.0.1:4222"}, "-f FILE is required"},
+		{[]string{"fleet", "apply", "-f", bad}, "--nats"},
+		{[]string{"fleet", "apply", "--nats", "nats://127.0.0.1:4222", "-f", bad}, `host "a.b"`},
+		{[]string{"fleet", "apply", "--nats", "nats://127.0.0.1:4222", "-f", bad, "--nats-replicas", "9"}, "--nats-replicas"},
+		{[]string{"fleet", "ls", "--nats", "nats://127.0.0.1:4222", "--host", "a.b"}, "--host"},
+	} {
+		t.Setenv("LISTENERD_NATS", "")
+		r := runCtl(t, "/nonexistent", tc.args...)
+		if r.code != ExitUsage || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want a usage error with %q", tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+}
