@@ -61,24 +61,18 @@ func (c *Conn) close(reason events.CloseReason, reset bool) bool {
 	if c.handedOver {
 		// The handler holds the socket too: shut it down for both, before
 		// the kill wakes the connection's goroutine, which then reads its
-		// bytes and closes the daemon's copy (handover). A handler gone
-		// took its copies with it, and one that closed with SO_LINGER 0
-		// asked for a reset: the daemon's close is the last, and a reset
-		// then is an RST, as for a stream handler that died.
-		//
-		// Any other reset (a reset fault, a kick with reset) disconnects
-		// the socket under every holder: an RST to the peer at once, and
-		// ECONNRESET to the handler's next read (abort). The counts are
-		// read first: the disconnect clears them.
-		switch {
-		case (reason == events.CloseHandlerGone || reason == events.CloseHandlerClosed) && reset:
-			_ = c.c.SetLinger(0)
-		case reset:
+		// bytes and closes the daemon's copy (handover). A reset (a handler
+		// gone or one that closed with SO_LINGER 0, a reset fault, a kick
+		// with reset) disconnects the socket under every holder: an RST to
+		// the peer at once, and ECONNRESET to a holder's next read
+		// (abort). The counts are read first: the disconnect clears them.
+		if reset {
 			c.abortedIn, c.abortedOut, c.aborted = tcpBytes(c.c)
-			if !abort(c.c) {
-				shutdown(c.c, reset) // refused (a thread blocked on it): a FIN, then the RST at the last close
-			}
-		default:
+		}
+		if !reset || !abort(c.c) {
+			// No reset, or the disconnect refused (a thread blocked on
+			// it): shut down for both; with reset, a FIN, then the RST at
+			// the last close.
 			shutdown(c.c, reset)
 		}
 		if c.kill != nil {
