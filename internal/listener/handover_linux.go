@@ -12,21 +12,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// peerAllowed says whether c's peer is this process's user or root.
-func peerAllowed(c *net.UnixConn) error {
+// PeerCred is the process at the other end of c (SO_PEERCRED).
+func PeerCred(c *net.UnixConn) (*unix.Ucred, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := rc.Control(func(fd uintptr) {
 		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
-		return err
+		return nil, err
 	}
-	if cerr != nil {
-		return cerr
+	return cred, cerr
+}
+
+// peerAllowed says whether c's peer is this process's user or root.
+func peerAllowed(c *net.UnixConn) error {
+	cred, err := PeerCred(c)
+	if err != nil {
+		return err
 	}
 	if cred.Uid != 0 && cred.Uid != uint32(os.Getuid()) {
 		return fmt.Errorf("%w: peer uid %d is neither the daemon's (%d) nor root", ErrHandoverRefused, cred.Uid, os.Getuid())
