@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,77 +49,25 @@ func TestSystemdSocketActivation(t *testing.T) {
 	}
 }
 
-// notifyMsg is one datagram to the notify socket and the descriptors it
-// carried, this process's now.
-type notifyMsg struct {
-	state string
-	files []*os.File
-}
-
-// playNotify plays systemd's end of $NOTIFY_SOCKET: the datagrams sent to
-// the returned path come out of the channel. What is never read is closed
-// at the end of the test.
-func playNotify(t *testing.T) (string, <-chan notifyMsg) {
-	t.Helper()
-	path := filepath.Join(testkit.ShortDir(t), "notify")
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := make(chan notifyMsg, 256)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(ch)
-		buf, oob := make([]byte, 4096), make([]byte, 1024)
-		for {
-			n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-			if err != nil {
-				return
-			}
-			m := notifyMsg{state: string(buf[:n])}
-			if cms, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
-				for _, cm := range cms {
-					fds, _ := syscall.ParseUnixRights(&cm)
-					for _, fd := range fds {
-						m.files = append(m.files, os.NewFile(uintptr(fd), "stored"))
-					}
-				}
-			}
-			ch <- m
-		}
-	}()
-	t.Cleanup(func() {
-		c.Close()
-		<-done
-		for m := range ch {
-			for _, f := range m.files {
-				f.Close()
-			}
-		}
-	})
-	return path, ch
-}
-
 // awaitNotify reads datagrams until one says state, and returns it;
 // the descriptors of the others are closed.
-func awaitNotify(t *testing.T, ch <-chan notifyMsg, state string) notifyMsg {
+func awaitNotify(t *testing.T, ch <-chan testkit.NotifyMsg, state string) testkit.NotifyMsg {
 	t.Helper()
-	return awaitNotifyMatch(t, ch, state, func(m notifyMsg) bool { return m.state == state })
+	return awaitNotifyMatch(t, ch, state, func(m testkit.NotifyMsg) bool { return m.State == state })
 }
 
 // awaitNotifyLine reads datagrams until one has the line want, and returns
 // its state.
-func awaitNotifyLine(t *testing.T, ch <-chan notifyMsg, want string) string {
+func awaitNotifyLine(t *testing.T, ch <-chan testkit.NotifyMsg, want string) string {
 	t.Helper()
-	return awaitNotifyMatch(t, ch, want, func(m notifyMsg) bool {
-		return slices.Contains(strings.Split(m.state, "\n"), want)
-	}).state
+	return awaitNotifyMatch(t, ch, want, func(m testkit.NotifyMsg) bool {
+		return slices.Contains(strings.Split(m.State, "\n"), want)
+	}).State
 }
 
 // awaitNotifyMatch reads datagrams until match says yes to one, and
 // returns it; the descriptors of the others are closed.
-func awaitNotifyMatch(t *testing.T, ch <-chan notifyMsg, what string, match func(notifyMsg) bool) notifyMsg {
+func awaitNotifyMatch(t *testing.T, ch <-chan testkit.NotifyMsg, what string, match func(testkit.NotifyMsg) bool) testkit.NotifyMsg {
 	t.Helper()
 	timeout := time.After(guard)
 	for {
@@ -132,7 +79,7 @@ func awaitNotifyMatch(t *testing.T, ch <-chan notifyMsg, what string, match func
 			if match(m) {
 				return m
 			}
-			for _, f := range m.files {
+			for _, f := range m.Files {
 				f.Close()
 			}
 		case <-timeout:
@@ -148,17 +95,17 @@ func awaitNotifyMatch(t *testing.T, ch <-chan notifyMsg, what string, match func
 // the listener on that very socket and serves the waiting connection. A
 // stored socket no saved listener has is removed from the store.
 func TestFDStoreRestartKeepsSocket(t *testing.T) {
-	notify, ch := playNotify(t)
+	notify, ch := testkit.PlayNotify(t)
 	dir := testkit.ShortDir(t)
 	withNotify := func(c *exec.Cmd) { c.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify) }
 	d1 := startDaemonPrepared(t, dir, nil, withNotify)
 	l := listenJSON(t, d1, "--port", "0", "--mode", "echo", "--name", "kept")
 	id, addr := l.GetId(), l.GetStatus().GetBoundAddress()
 	m := awaitNotify(t, ch, "FDSTORE=1\nFDNAME=listener-"+id)
-	if len(m.files) != 1 {
-		t.Fatalf("FDSTORE carried %d descriptors, want 1", len(m.files))
+	if len(m.Files) != 1 {
+		t.Fatalf("FDSTORE carried %d descriptors, want 1", len(m.Files))
 	}
-	stored := m.files[0]
+	stored := m.Files[0]
 	defer stored.Close()
 	d1.stop()
 
@@ -198,7 +145,7 @@ func TestFDStoreRestartKeepsSocket(t *testing.T) {
 	c.Close()
 	awaitNotify(t, ch, "FDSTOREREMOVE=1\nFDNAME=listener-gone")
 	m = awaitNotify(t, ch, "FDSTORE=1\nFDNAME=listener-"+id)
-	for _, f := range m.files {
+	for _, f := range m.Files {
 		f.Close()
 	}
 	out := d2.mustCtl("ls", "-o", "wide")
@@ -214,7 +161,7 @@ func TestFDStoreRestartKeepsSocket(t *testing.T) {
 // says READY=1 once it serves, pings WATCHDOG=1 while it is healthy, and
 // says STOPPING=1 when it is told to stop.
 func TestSystemdNotifyAndWatchdog(t *testing.T) {
-	notify, ch := playNotify(t)
+	notify, ch := testkit.PlayNotify(t)
 	// $WATCHDOG_PID is the daemon's own: the shell execs it.
 	wrap := []string{"sh", "-c", `WATCHDOG_PID=$$ exec "$@"`, "sh"}
 	d := startDaemonPrepared(t, testkit.ShortDir(t), wrap, func(c *exec.Cmd) {

@@ -2,7 +2,6 @@ package server
 
 import (
 	"net"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -13,60 +12,17 @@ import (
 	"github.com/listenerd/listenerd/internal/testkit"
 )
 
-// notifyMsg is one datagram to the notify socket, with the descriptors it
-// carried (SCM_RIGHTS), this process's now.
-type notifyMsg struct {
-	state string
-	fds   []int
-}
-
-// playNotify plays systemd's side of $NOTIFY_SOCKET: a unixgram socket
-// whose datagrams come out of the channel. $NOTIFY_SOCKET is set for the
-// test; descriptors never read are closed at the end.
-func playNotify(t *testing.T) <-chan notifyMsg {
+// playNotify plays systemd's side of $NOTIFY_SOCKET for the test
+// (testkit.PlayNotify), and sets $NOTIFY_SOCKET to it.
+func playNotify(t *testing.T) <-chan testkit.NotifyMsg {
 	t.Helper()
-	path := filepath.Join(testkit.ShortDir(t), "notify")
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, ch := testkit.PlayNotify(t)
 	t.Setenv("NOTIFY_SOCKET", path)
-	ch := make(chan notifyMsg, 64)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(ch)
-		buf, oob := make([]byte, 4096), make([]byte, 1024)
-		for {
-			n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-			if err != nil {
-				return
-			}
-			m := notifyMsg{state: string(buf[:n])}
-			if cms, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
-				for _, cm := range cms {
-					if fds, err := syscall.ParseUnixRights(&cm); err == nil {
-						m.fds = append(m.fds, fds...)
-					}
-				}
-			}
-			ch <- m
-		}
-	}()
-	t.Cleanup(func() {
-		c.Close()
-		<-done
-		for m := range ch {
-			for _, fd := range m.fds {
-				syscall.Close(fd)
-			}
-		}
-	})
 	return ch
 }
 
 // nextNotify returns the next datagram.
-func nextNotify(t *testing.T, ch <-chan notifyMsg) notifyMsg {
+func nextNotify(t *testing.T, ch <-chan testkit.NotifyMsg) testkit.NotifyMsg {
 	t.Helper()
 	select {
 	case m, ok := <-ch:
@@ -77,7 +33,7 @@ func nextNotify(t *testing.T, ch <-chan notifyMsg) notifyMsg {
 	case <-time.After(guard):
 		t.Fatal("no datagram on the notify socket")
 	}
-	return notifyMsg{}
+	return testkit.NotifyMsg{}
 }
 
 // Each listener's socket goes to systemd's descriptor store (FDSTORE=1,
@@ -86,7 +42,7 @@ func nextNotify(t *testing.T, ch <-chan notifyMsg) notifyMsg {
 func TestFDStoreNotify(t *testing.T) {
 	ch := playNotify(t)
 	d := startRun(t, Config{Ephemeral: true})
-	if m := nextNotify(t, ch); !strings.HasPrefix(m.state, "READY=1\n") || len(m.fds) != 0 {
+	if m := nextNotify(t, ch); !strings.HasPrefix(m.State, "READY=1\n") || len(m.Files) != 0 {
 		t.Fatalf("first datagram %+v, want READY=1", m)
 	}
 	ctx := testContext(t)
@@ -96,15 +52,15 @@ func TestFDStoreNotify(t *testing.T) {
 	}
 	id, addr := r.GetListener().GetId(), r.GetListener().GetStatus().GetBoundAddress()
 	name := "FDNAME=listener-" + id
-	if m := nextNotify(t, ch); m.state != "FDSTOREREMOVE=1\n"+name || len(m.fds) != 0 {
-		t.Fatalf("datagram %q with %d fds, want FDSTOREREMOVE of %s", m.state, len(m.fds), name)
+	if m := nextNotify(t, ch); m.State != "FDSTOREREMOVE=1\n"+name || len(m.Files) != 0 {
+		t.Fatalf("datagram %q with %d fds, want FDSTOREREMOVE of %s", m.State, len(m.Files), name)
 	}
 	m := nextNotify(t, ch)
-	if m.state != "FDSTORE=1\n"+name || len(m.fds) != 1 {
-		t.Fatalf("datagram %q with %d fds, want FDSTORE of %s with one", m.state, len(m.fds), name)
+	if m.State != "FDSTORE=1\n"+name || len(m.Files) != 1 {
+		t.Fatalf("datagram %q with %d fds, want FDSTORE of %s with one", m.State, len(m.Files), name)
 	}
-	fd := m.fds[0]
-	defer syscall.Close(fd)
+	defer m.Files[0].Close()
+	fd := int(m.Files[0].Fd())
 	if acc, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err != nil || acc == 0 {
 		t.Fatalf("stored descriptor is not a listening socket: %v %d", err, acc)
 	}
@@ -119,7 +75,7 @@ func TestFDStoreNotify(t *testing.T) {
 	if _, err := d.unix.CloseListener(ctx, &listenerdv1.CloseListenerRequest{Id: id, Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	if m := nextNotify(t, ch); m.state != "FDSTOREREMOVE=1\n"+name || len(m.fds) != 0 {
-		t.Fatalf("after close: datagram %q with %d fds, want FDSTOREREMOVE of %s", m.state, len(m.fds), name)
+	if m := nextNotify(t, ch); m.State != "FDSTOREREMOVE=1\n"+name || len(m.Files) != 0 {
+		t.Fatalf("after close: datagram %q with %d fds, want FDSTOREREMOVE of %s", m.State, len(m.Files), name)
 	}
 }

@@ -43,21 +43,21 @@ func TestWatchdogNotify(t *testing.T) {
 	go func() {
 		done <- Run(ctx, Config{Socket: sock, Ephemeral: true, Log: slog.New(slog.NewTextHandler(log, nil))})
 	}()
-	if m := nextNotify(t, ch); m.state != "READY=1\nSTATUS=serving on unix://"+sock {
-		t.Fatalf("first datagram %q, want READY=1 and the status", m.state)
+	if m := nextNotify(t, ch); m.State != "READY=1\nSTATUS=serving on unix://"+sock {
+		t.Fatalf("first datagram %q, want READY=1 and the status", m.State)
 	}
 	for range 3 {
-		if m := nextNotify(t, ch); m.state != "WATCHDOG=1" {
-			t.Fatalf("datagram %q while serving, want WATCHDOG=1", m.state)
+		if m := nextNotify(t, ch); m.State != "WATCHDOG=1" {
+			t.Fatalf("datagram %q while serving, want WATCHDOG=1", m.State)
 		}
 	}
 	cancel()
 	var states []string
 	for m := nextNotify(t, ch); ; m = nextNotify(t, ch) {
-		if strings.HasPrefix(m.state, "STOPPING=1\n") {
+		if strings.HasPrefix(m.State, "STOPPING=1\n") {
 			break
 		}
-		states = append(states, m.state)
+		states = append(states, m.State)
 	}
 	select {
 	case err := <-done:
@@ -70,8 +70,8 @@ func TestWatchdogNotify(t *testing.T) {
 	if err := sendNotify("TEST=end"); err != nil {
 		t.Fatal(err)
 	}
-	for m := nextNotify(t, ch); m.state != "TEST=end"; m = nextNotify(t, ch) {
-		t.Errorf("datagram %q after STOPPING=1", m.state)
+	for m := nextNotify(t, ch); m.State != "TEST=end"; m = nextNotify(t, ch) {
+		t.Errorf("datagram %q after STOPPING=1", m.State)
 	}
 	for _, s := range states {
 		if s != "WATCHDOG=1" {
@@ -98,12 +98,12 @@ func TestWatchdogUnhealthy(t *testing.T) {
 		return nil
 	})
 	for i := 1; i <= 4; i++ {
-		if m := nextNotify(t, ch); m.state != "TEST=check"+strconv.Itoa(i) {
-			t.Fatalf("datagram %q, want check %d (no ping while unhealthy)", m.state, i)
+		if m := nextNotify(t, ch); m.State != "TEST=check"+strconv.Itoa(i) {
+			t.Fatalf("datagram %q, want check %d (no ping while unhealthy)", m.State, i)
 		}
 	}
-	if m := nextNotify(t, ch); m.state != "WATCHDOG=1" {
-		t.Fatalf("datagram %q once healthy, want WATCHDOG=1", m.state)
+	if m := nextNotify(t, ch); m.State != "WATCHDOG=1" {
+		t.Fatalf("datagram %q once healthy, want WATCHDOG=1", m.State)
 	}
 	w.Stop()
 }
