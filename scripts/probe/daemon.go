@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/proc"
 )
 
 // guard bounds every wait on the daemon; it is a safety net, never a
@@ -226,22 +227,7 @@ func (d *daemon) fdSet() map[string]int {
 }
 
 // rss is the daemon's VmRSS and VmHWM.
-func (d *daemon) rss() string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.pid()))
-	if err != nil {
-		return err.Error()
-	}
-	var rss, hwm string
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			rss = strings.TrimSpace(v)
-		}
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			hwm = strings.TrimSpace(v)
-		}
-	}
-	return "VmRSS " + rss + " (peak " + hwm + ")"
-}
+func (d *daemon) rss() string { return proc.Memory(d.pid()) }
 
 // noKeepAlive scrapes without keeping a connection in the daemon between
 // scrapes, so the daemon's descriptor count is not the probe's doing.

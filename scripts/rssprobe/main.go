@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/proc"
 )
 
 func main() {
@@ -148,32 +149,14 @@ func run(bin string, extra []string, target uint64, stuck, clients, payload int,
 	defer tick.Stop()
 	for head.Load() < target {
 		<-tick.C
-		fmt.Printf("%6.0fs events %9d  %s\n", time.Since(start).Seconds(), head.Load(), memory(pid))
+		fmt.Printf("%6.0fs events %9d  %s\n", time.Since(start).Seconds(), head.Load(), proc.Memory(pid))
 	}
 	close(stop)
 	wg.Wait()
 	fmt.Printf("load stopped after %.0fs at %d events\n", time.Since(start).Seconds(), head.Load())
 	time.Sleep(settle)
-	fmt.Printf("settled (%v later): %s\n", settle, memory(pid))
+	fmt.Printf("settled (%v later): %s\n", settle, proc.Memory(pid))
 	return nil
-}
-
-// memory reads the process's resident size and its peak.
-func memory(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return err.Error()
-	}
-	var rss, hwm string
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			rss = strings.TrimSpace(v)
-		}
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			hwm = strings.TrimSpace(v)
-		}
-	}
-	return "VmRSS " + rss + ", VmHWM " + hwm
 }
 
 func ptr[T any](v T) *T { return &v }
