@@ -41,7 +41,8 @@ type bench struct {
 	bareGRPC               *server     // f: a bare grpc-go health server; addr is its socket
 	saving                 *daemonProc // f: a daemon that saves its state, as by default
 	node                   *server
-	handler                *server            // h, i: the Go stream handler serving a listener of d
+	handler                *server            // h, i: the Go stream handler serving a listener of d (--floor: the relay)
+	floorEcho              *server            // h, i with --floor: the relay's echo end
 	natsD                  *daemonProc        // k: a daemon publishing to NATS (--nats)
 	natsAddr               string             // its echo listener
 	forwarders             map[string]*server // c's peers by column: node, socat, haproxy, toxiproxy
@@ -156,10 +157,16 @@ func (b *bench) setup(ctx context.Context) error {
 	if strings.ContainsAny(b.cfg.cases, "hi") {
 		// One client connection, taking up to streamPer connections at
 		// once: more than a's 64 at a time.
-		if b.handler, err = b.startHandler(ctx, b.d, b.sz.streamPer); err != nil {
-			return fmt.Errorf("the Go stream handler: %w", err)
+		if b.cfg.floor {
+			if err := b.startFloor(ctx); err != nil {
+				return err
+			}
+		} else {
+			if b.handler, err = b.startHandler(ctx, b.d, b.sz.streamPer); err != nil {
+				return fmt.Errorf("the Go stream handler: %w", err)
+			}
+			b.cleanups = append(b.cleanups, func() { _ = b.handler.closeStdin(30 * time.Second) })
 		}
-		b.cleanups = append(b.cleanups, func() { _ = b.handler.closeStdin(30 * time.Second) })
 	}
 	if strings.ContainsAny(b.cfg.cases, "abd") {
 		if b.nodeBin != "" {
@@ -284,8 +291,11 @@ func (b *bench) defineMetrics() {
 	// --handover the sockets themselves (issue 16's: 0.95x bulk, 0.7x
 	// connection rate).
 	handler, hTarget, iTarget := "stream handler", 0.5, 0.5
-	if b.cfg.handover {
+	switch {
+	case b.cfg.handover:
 		handler, hTarget, iTarget = "handover handler", 0.95, 0.7
+	case b.cfg.floor:
+		handler = "bare grpc-go relay (floor)"
 	}
 	defs := []*metric{
 		{key: "a", label: fmt.Sprintf("short conns: %d x %d B echo, %d at a time, 1 watcher", sz.shortConns, sz.msg, sz.shortConc),

@@ -72,6 +72,7 @@ type config struct {
 	peers    map[string]string // case c's forwardPeers by column, as node
 	profile  string            // directory for pprof profiles of cases a and e
 	handover bool              // cases h-j: the handler takes the sockets (handover), not their bytes
+	floor    bool              // cases h, i: a bare grpc-go relay in listenerd's place (floor.go)
 	timeout  time.Duration
 	keep     bool
 	progress bool
@@ -147,6 +148,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	for _, fp := range forwardPeers {
 		peerFlags[fp.col] = fs.String(fp.col, "", fmt.Sprintf("%s binary for case c's %s peer (default: %s on PATH; \"off\": none)", fp.bin, fp.col, fp.bin))
 	}
+	fs.BoolVar(&cfg.floor, "floor", false, "cases h and i: in listenerd's column, the floor of the stream handler's design: a bare grpc-go relay, a stream a socket, and an echo at its other end (two processes of this binary, nothing else)")
 	fs.BoolVar(&cfg.handover, "handover", false, "cases h, i and j: the Go handler takes the sockets themselves (issue 16's handover) instead of their bytes through the API")
 	fs.StringVar(&cfg.profile, "profile", "", "after measuring, profile a variant of the daemon (same source, plus a pprof endpoint) under cases a, e and g, next to the Go baseline, and write the profiles to `DIR`")
 	fs.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "bound on the whole run")

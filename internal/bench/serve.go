@@ -30,9 +30,11 @@ import (
 //	stream   the Go stream handler: a listener on the daemon at --socket,
 //	         each connection echoed with io.Copy(c, c)  cases h, i, j
 //	         (not a bare server: listenerd's column of those cases)
+//	relay, relayecho  with --floor, the floor of the stream handler's
+//	         design in listenerd's column of h and i (floor.go)
 func serveMain(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	mode := fs.String("mode", "echo", "echo, echo4k, forward, grpc or stream")
+	mode := fs.String("mode", "echo", "echo, echo4k, forward, grpc, stream, relay or relayecho")
 	upstream := fs.String("upstream", "", "forward: upstream host:port")
 	socket := fs.String("socket", "", "grpc: the unix socket to serve on; stream: the daemon's socket")
 	clients := fs.Int("clients", 1, "stream: client connections to the daemon, each attached to the listener")
@@ -48,6 +50,10 @@ func serveMain(args []string) int {
 		return serveGRPC(*socket)
 	case "stream":
 		return serveStream(*socket, *clients, *per, *handover)
+	case "relay":
+		return serveRelay(*socket)
+	case "relayecho":
+		return serveRelayEcho(*socket)
 	case "echo":
 		handle = func(c *net.TCPConn) { _, _ = io.Copy(c, c) }
 	case "echo4k":

@@ -96,6 +96,9 @@ func (b *bench) startHandler(ctx context.Context, d *daemonProc, conns int) (*se
 // Go echo server.
 func (b *bench) streamAddr(col string) (addr string, pids []int) {
 	if col == colDaemon {
+		if b.cfg.floor {
+			return b.handler.addr, []int{b.handler.pid(), b.floorEcho.pid()}
+		}
 		return b.handler.addr, []int{b.d.pid(), b.handler.pid()}
 	}
 	return b.goEcho.addr, []int{b.goEcho.pid()}

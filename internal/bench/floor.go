@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/listenerd/listenerd/api/listenerd"
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+)
+
+// With --floor, listenerd's column of cases h and i is the floor of the
+// stream handler's design instead: the least a socket's bytes can cost on
+// one grpc-go stream a socket. Two processes of this binary stand in for
+// the daemon and the handler and do nothing else:
+//
+//	relay      a TCP listener; each socket gets a stream to relayecho over
+//	           one client connection on a unix socket: its bytes go out in
+//	           data frames of at most listenerd.MaxFrame bytes, its FIN as
+//	           end, and what comes back is written to it
+//	relayecho  a grpc-go server on that unix socket sending each data
+//	           frame back, and end after end
+//
+// No events, limits, interceptors, offers or takes: the messages are the
+// stream handler's own (ServeConnectionRequest one way,
+// ServeConnectionResponse the other), on a service of the bench's.
+
+// floorMethod is the bench's relay stream.
+const floorMethod = "/listenerd.bench.Relay/Pipe"
+
+var floorDesc = grpc.StreamDesc{StreamName: "Pipe", ServerStreams: true, ClientStreams: true}
+
+// serveRelayEcho serves the echo end of the floor on the unix socket.
+func serveRelayEcho(socket string) int {
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	srv := grpc.NewServer()
+	srv.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "listenerd.bench.Relay",
+		HandlerType: (*any)(nil),
+		Streams: []grpc.StreamDesc{{StreamName: "Pipe", ServerStreams: true, ClientStreams: true,
+			Handler: func(_ any, ss grpc.ServerStream) error { return relayEcho(ss) }}},
+	}, struct{}{})
+	fmt.Println(socket)
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		srv.Stop()
+	}()
+	if err := srv.Serve(ln); err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	return 0
+}
+
+// relayEcho sends every data frame back, and end after end.
+func relayEcho(ss grpc.ServerStream) error {
+	for {
+		m := new(listenerdv1.ServeConnectionRequest)
+		if err := ss.RecvMsg(m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		var out listenerdv1.ServeConnectionResponse
+		switch k := m.GetKind().(type) {
+		case *listenerdv1.ServeConnectionRequest_Data:
+			out.Kind = &listenerdv1.ServeConnectionResponse_Data{Data: k.Data}
+		case *listenerdv1.ServeConnectionRequest_End:
+			out.Kind = &listenerdv1.ServeConnectionResponse_End{End: &listenerdv1.End{}}
+		default:
+			continue
+		}
+		if err := ss.SendMsg(&out); err != nil {
+			return err
+		}
+	}
+}
+
+// serveRelay serves the socket end of the floor: a TCP listener whose
+// sockets are relayed to relayecho at socket.
+func serveRelay(socket string) int {
+	cc, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	defer cc.Close()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
+	}
+	fmt.Println(ln.Addr())
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		_ = ln.Close()
+	}()
+	acceptLoop(ln.AcceptTCP, func(c *net.TCPConn) { relay(cc, c) })
+	return 0
+}
+
+var frames = sync.Pool{New: func() any { b := make([]byte, listenerd.MaxFrame); return &b }}
+
+// relay carries c's bytes both ways on one stream until both sides ended.
+func relay(cc *grpc.ClientConn, c *net.TCPConn) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := cc.NewStream(ctx, &floorDesc, floorMethod)
+	if err != nil {
+		return
+	}
+	back := make(chan struct{})
+	go func() { // what comes back, to the socket
+		defer close(back)
+		for {
+			m := new(listenerdv1.ServeConnectionResponse)
+			if s.RecvMsg(m) != nil {
+				return
+			}
+			switch k := m.GetKind().(type) {
+			case *listenerdv1.ServeConnectionResponse_Data:
+				if _, err := c.Write(k.Data); err != nil {
+					cancel()
+					return
+				}
+			case *listenerdv1.ServeConnectionResponse_End:
+				_ = c.CloseWrite()
+			}
+		}
+	}()
+	bp := frames.Get().(*[]byte)
+	defer frames.Put(bp)
+	for {
+		n, err := c.Read(*bp)
+		if n > 0 {
+			if s.SendMsg(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Data{Data: (*bp)[:n]}}) != nil {
+				break
+			}
+		}
+		if err != nil {
+			_ = s.SendMsg(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}})
+			_ = s.CloseSend()
+			break
+		}
+	}
+	<-back
+}
+
+// startFloor starts relayecho and relay: listenerd's column of h and i
+// under --floor (relay in the daemon's place, relayecho in the handler's).
+func (b *bench) startFloor(ctx context.Context) error {
+	sock := filepath.Join(b.tmp, "floor.sock")
+	echo, err := startGoServer(ctx, b.self, nil, b.log, "relayecho", "--socket", sock)
+	if err != nil {
+		return fmt.Errorf("relayecho: %w", err)
+	}
+	b.cleanups = append(b.cleanups, func() { _ = echo.closeStdin(30 * time.Second) })
+	r, err := startGoServer(ctx, b.self, nil, b.log, "relay", "--socket", sock)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	b.cleanups = append(b.cleanups, func() { _ = r.closeStdin(30 * time.Second) })
+	b.handler, b.floorEcho = r, echo
+	return nil
+}
