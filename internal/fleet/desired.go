@@ -455,8 +455,8 @@ func (d *Desired) listStatus(ctx context.Context, kv jetstream.KeyValue, keys ma
 }
 
 // current returns the status of every named listener there is, by name:
-// one listening or failed before one draining (a rebind's old one),
-// those closed left out.
+// the newest listening or failed one before any draining one (a rebind's
+// old one), those closed left out.
 func (d *Desired) current(ch *changes) map[string]Status {
 	out := map[string]Status{}
 	listed := map[string]bool{}
@@ -472,8 +472,8 @@ func (d *Desired) current(ch *changes) map[string]Status {
 		default:
 			continue
 		}
-		if prev, ok := out[l.GetName()]; ok && (prev.State != StateDraining || state == listenerdv1.State_STATE_DRAINING) {
-			continue
+		if _, ok := out[l.GetName()]; ok && state == listenerdv1.State_STATE_DRAINING {
+			continue // the name's oldest draining one, unless one is open: the newest open one
 		}
 		out[l.GetName()] = Status{State: StateName(state), Address: st.GetBoundAddress(), Error: st.GetLastError(), ID: l.GetId()}
 	}
