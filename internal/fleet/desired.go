@@ -229,12 +229,16 @@ func (d *Desired) watchEvents(ctx context.Context, ch *changes) {
 // keyState is what the watch knows of one name: its desired key, and its
 // status key.
 type keyState struct {
-	desired bool           // its desired key holds a value
-	rev     uint64         // the desired key's revision (of its deletion, when deleted)
-	good    *declare.Entry // its last value that read, while desired
-	drain   *time.Duration // deleted: the drain timeout of its last value that read
-	invalid error          // why its value does not read
-	err     error          // why the last reconcile could not make it true
+	desired bool   // its desired key holds a value
+	rev     uint64 // the desired key's revision (of its deletion, when deleted)
+	// The two as the last reconcile took them: while they differ from
+	// desired and rev, a reconcile is due and no status is written.
+	recDesired bool
+	recRev     uint64
+	good       *declare.Entry // its last value that read, while desired
+	drain      *time.Duration // deleted: the drain timeout of its last value that read
+	invalid    error          // why its value does not read
+	err        error          // why the last reconcile could not make it true
 	// stored: a status key of the name is (or may be) in the bucket;
 	// reported is its value, nil when not known.
 	stored   bool
@@ -419,7 +423,7 @@ func (d *Desired) reconcile(ctx context.Context, keys map[string]*keyState) {
 		d.Log.Warn("declared listeners not reconciled", "err", err)
 	}
 	for _, ks := range keys {
-		ks.err = nil
+		ks.err, ks.recDesired, ks.recRev = nil, ks.desired, ks.rev
 	}
 	for _, r := range results {
 		if ks := keys[r.Name]; ks != nil && r.Err != nil {
@@ -490,8 +494,9 @@ func StateName(s listenerdv1.State) string {
 // writeStatus writes each name's status as it is now, where it differs
 // from what was written: a desired key's, with the reconcile's error or
 // why its value does not read; a deleted key's while its listener
-// drains; and deletes the status key of a name with neither. It stops at
-// the first failure.
+// drains; and deletes the status key of a name with neither. A key
+// changed since the last reconcile waits for the next one: a status
+// names the revision reconciled. It stops at the first failure.
 func (d *Desired) writeStatus(ctx context.Context, kv jetstream.KeyValue, keys map[string]*keyState, ch *changes) error {
 	if !d.Conn.IsConnected() {
 		return nats.ErrDisconnected // the watch after the reconnect writes them
@@ -500,6 +505,9 @@ func (d *Desired) writeStatus(ctx context.Context, kv jetstream.KeyValue, keys m
 	now := time.Now().UTC()
 	for _, name := range slices.Sorted(maps.Keys(keys)) {
 		ks := keys[name]
+		if ks.desired != ks.recDesired || ks.rev != ks.recRev {
+			continue // changed since the reconcile: the next one writes it
+		}
 		st, present := cur[name]
 		switch {
 		case !ks.desired && (!present || !ks.stored):

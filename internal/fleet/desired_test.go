@@ -260,9 +260,15 @@ func TestStatusFollowsTheListener(t *testing.T) {
 		t.Fatalf("status of the closed listener: %+v", missing)
 	}
 
-	// The key written again: put back.
+	// The key written again: put back. No status is written for the new
+	// revision before it is reconciled.
 	rev = sw.put("h", "web", fmt.Sprintf(echoDesired, 0, `, "drainTimeout": "2s"`))
 	sw.wait("h", "web", listeningAt(rev))
+	for _, v := range sw.seen[fleet.StatusKey("h", "web")] {
+		if v != nil && v.Revision >= rev && v.State != "listening" {
+			t.Fatalf("status values: %s; one of revision %d before its reconcile", statusList(sw.seen[fleet.StatusKey("h", "web")]), rev)
+		}
+	}
 }
 
 // A deleted key's listener drains for the key's own drain timeout, its
