@@ -1,12 +1,14 @@
 package ctl
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -325,6 +327,9 @@ type lsRow struct {
 	Status *fleet.Status `json:"status"`
 	// Pending: the status is of an older revision than the desired key's.
 	Pending bool `json:"pending"`
+	// Deleted: the desired key is deleted, and the daemon still reports
+	// the listener (it drains); Desired is null.
+	Deleted bool `json:"deleted"`
 }
 
 func (a *app) fleetLsCmd() *cobra.Command {
@@ -341,8 +346,11 @@ bucket ` + fleet.Bucket + `, with what each host's daemon last reported of them:
   west  api   pending    -                -
 
 STATE is the listener's state as its daemon reported it: listening,
-failed, missing (its create failed: see ERROR), or pending when the daemon
-has not yet reported the key's latest revision (it is down, or busy). It
+failed, draining (closing: its connections drain), missing (its create
+failed: see ERROR; or it was closed through the API, and the next
+reconcile puts it back), or pending when the daemon has not yet reported
+the key's latest revision (it is down, or busy). A listener whose desired
+key was deleted is listed, draining, until its daemon has closed it. It
 reads NATS directly: no daemon is asked. -o json prints one document.
 
 --nats and its credentials as for ctl fleet watch.`,
@@ -373,12 +381,23 @@ reads NATS directly: no daemon is asked. -o json prints one document.
 }
 
 // fleetRows joins the desired keys with their status keys, by host and
-// name.
+// name; a status key without a desired key (its listener drains after
+// the key's deletion) is a row of its own.
 func fleetRows(keys map[string]bucketKey, only string) []lsRow {
 	rows := []lsRow{}
 	for _, key := range slices.Sorted(maps.Keys(keys)) {
 		kind, host, name, ok := fleet.SplitKey(key)
-		if !ok || kind != fleet.DesiredPrefix || (only != "" && host != only) {
+		if !ok || (only != "" && host != only) {
+			continue
+		}
+		if kind == fleet.StatusPrefix {
+			if _, desired := keys[fleet.DesiredKey(host, name)]; desired {
+				continue // the desired key's row has it
+			}
+			var st fleet.Status
+			if json.Unmarshal(keys[key].value, &st) == nil {
+				rows = append(rows, lsRow{Host: host, Name: name, Revision: st.Revision, Status: &st, Deleted: true})
+			}
 			continue
 		}
 		k := keys[key]
@@ -395,6 +414,9 @@ func fleetRows(keys map[string]bucketKey, only string) []lsRow {
 		r.Pending = r.Status == nil || r.Status.Revision < k.revision
 		rows = append(rows, r)
 	}
+	slices.SortStableFunc(rows, func(a, b lsRow) int {
+		return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Name, b.Name))
+	})
 	return rows
 }
 

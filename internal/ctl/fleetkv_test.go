@@ -142,3 +142,45 @@ func TestFleetApplyErrors(t *testing.T) {
 		}
 	}
 }
+
+// A status key whose desired key is deleted (its listener drains) is a
+// row of its own, marked deleted, in its place by host and name.
+func TestFleetLsListsDrainingDeleted(t *testing.T) {
+	s, err := natstest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer natstest.Stop(s)
+	url := s.ClientURL()
+	kv, err := fleet.OpenBucket(context.Background(), natstest.JetStream(t, url), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	web, _ := json.Marshal(fleet.Status{State: "listening", Address: "127.0.0.1:8080", ID: "ln-1", Revision: 1})
+	old, _ := json.Marshal(fleet.Status{State: "draining", Address: "127.0.0.1:8081", ID: "ln-2", Revision: 3})
+	for key, v := range map[string][]byte{
+		fleet.DesiredKey("east", "web"): []byte(`{"spec":{"port":8080,"handler":{"echo":{}}}}`),
+		fleet.StatusKey("east", "web"):  web,
+		fleet.StatusKey("east", "old"):  old,
+	} {
+		if _, err := kv.Put(ctx, key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != ExitOK || len(lines) != 3 ||
+		strings.Join(strings.Fields(lines[1]), " ") != "east old draining 127.0.0.1:8081 -" ||
+		strings.Join(strings.Fields(lines[2]), " ") != "east web listening 127.0.0.1:8080 -" {
+		t.Fatalf("ls: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
+	r = runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url, "-o", "json")
+	var doc struct {
+		Listeners []lsRow `json:"listeners"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || len(doc.Listeners) != 2 || !doc.Listeners[0].Deleted ||
+		doc.Listeners[0].Pending || doc.Listeners[0].Revision != 3 || string(doc.Listeners[0].Desired) != "null" || doc.Listeners[1].Deleted {
+		t.Fatalf("ls -o json: %q (%v)", r.stdout, err)
+	}
+}

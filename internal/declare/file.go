@@ -46,6 +46,9 @@ type Set struct {
 	// Drain is the drain timeout of listeners closed because the set no
 	// longer names them.
 	Drain time.Duration
+	// Drains, by name, overrides Drain for a listener closed because the
+	// set no longer names it: a bucket's deleted key's last drain timeout.
+	Drains map[string]time.Duration
 	// Keep names listeners left as they are although the set does not
 	// name them: those whose desired value does not read (a bucket's).
 	Keep map[string]bool

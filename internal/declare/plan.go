@@ -142,6 +142,9 @@ func Plan(current []*listenerdv1.Listener, set *Set, opts Options) []Change {
 			continue
 		}
 		c := Change{Name: l.GetName(), ID: l.GetId(), Drain: set.Drain}
+		if d, ok := set.Drains[l.GetName()]; ok {
+			c.Drain = d
+		}
 		switch {
 		case opts.Prune && (opts.Owned == nil || opts.Owned(l)):
 			c.Action = Close

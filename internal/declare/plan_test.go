@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -124,6 +125,28 @@ func TestPlanCarriesSpecAndDrain(t *testing.T) {
 	}
 	if c := got["c"]; c.Action != Close || c.Drain.String() != "7s" || c.ID != "ln-0000000c" {
 		t.Errorf("c: %+v, want a close of its id draining 7s", c)
+	}
+}
+
+// A listener closed because the set no longer names it drains for its own
+// timeout when the set has one for it (a bucket's deleted key's), else
+// for the set's.
+func TestPlanCloseDrainByName(t *testing.T) {
+	L := listenerdv1.State_STATE_LISTENING
+	cur := []*listenerdv1.Listener{
+		{Id: "ln-00000001", Name: "a", Status: &listenerdv1.ListenerStatus{State: L, Declared: true}},
+		{Id: "ln-00000002", Name: "b", Status: &listenerdv1.ListenerStatus{State: L, Declared: true}},
+	}
+	set := &Set{Source: "nats bucket B", Drain: 30 * time.Second, Drains: map[string]time.Duration{"a": 5 * time.Second}}
+	got := map[string]time.Duration{}
+	for _, c := range Plan(cur, set, Options{Prune: true, Owned: declared}) {
+		if c.Action != Close {
+			t.Fatalf("plan: %v, want closes only", c)
+		}
+		got[c.Name] = c.Drain
+	}
+	if got["a"] != 5*time.Second || got["b"] != 30*time.Second {
+		t.Fatalf("drains %v, want a 5s (its own) and b 30s (the set's)", got)
 	}
 }
 

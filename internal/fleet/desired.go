@@ -8,61 +8,120 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/declare"
+	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/listener"
 )
 
 // Desired makes one host's desired listeners in the bucket true: it
 // watches the host's desired keys (their values first, then each change)
-// and, once it has them all and after each burst of changes, hands the
-// set to Reconcile and writes the status of each listener back under its
-// status key. When NATS goes and comes back, it watches again from the
-// start and reconciles then: what changed meanwhile is caught up.
+// and, once it has them all and after each burst of changes, reconciles
+// them (declare.ReconcileSet) and writes the status of each listener
+// back under its status key. When NATS goes and comes back, it watches
+// again from the start and reconciles then: what changed meanwhile is
+// caught up, and every status is written as it is now.
+//
+// # Statuses
+//
+// A status follows its listener between reconciles too: a listener-level
+// event on Bus (started, accept error, closed) or a close beginning
+// (Closing) has the statuses computed again after Quiet, and those that
+// changed written. Connection events are not watched, and a burst of
+// changes is one pass, so a storm of connections writes nothing. While
+// NATS is away nothing is written; once it is back the watch starts
+// again and writes each status as it is then (the latest, not each step).
+//
+// A listener whose desired key is deleted is closed, draining for the
+// key's last drain timeout (declare.Set.Drains; the default 30 s when the
+// daemon did not see the key's value, after a restart). Its status key
+// says "draining" while its connections drain and is deleted once it is
+// closed. At each start of the watch, status keys of this host that name
+// no desired key and no listener are deleted: what a daemon stopped, or
+// cut off from NATS, left behind.
 type Desired struct {
 	Conn     *nats.Conn
 	Host     string
 	Replicas int // of the bucket, when Desired creates it
 	Log      *slog.Logger
-	// Reconcile makes set true and returns the status of each of its
-	// listeners, by name; Desired fills in Revision and Updated.
-	Reconcile func(ctx context.Context, set *declare.Set) map[string]Status
+	// Target carries the changes out, and List returns the listeners
+	// there are, as ListListeners does (service.Declared).
+	Target declare.Target
+	List   func() []*listenerdv1.Listener
+	// Applied, when set, is told of each change carried out or failed.
+	Applied func(r declare.Result)
 	// Invalid is told of a desired value that does not read; the
 	// listener's last value that did stays in force, and without one (a
 	// daemon started since) the listener is left as it is.
 	Invalid func(err error)
+	// Bus, when set, is the daemon's event bus: its listener-level events
+	// have the statuses written again.
+	Bus *events.Bus
+	// Closing, when set, receives when a listener's close begins (its
+	// connections drain, and no event says so until it is closed): the
+	// statuses are written again.
+	Closing <-chan struct{}
 	// Resync reconciles this often even when no key changes, putting
 	// back changes made through the API and trying failed changes again;
 	// 0: only on changes.
 	Resync time.Duration
 	// Quiet is how long the watch must be still before a burst of changes
-	// is reconciled (at most ten times it from the burst's start); 0:
-	// declare.DefaultQuiet.
+	// is reconciled (at most ten times it from the burst's start), and how
+	// long a burst of listener changes is gathered before the statuses
+	// are written; 0: declare.DefaultQuiet.
 	Quiet time.Duration
 }
 
 // desiredRetry is how long Run waits to watch again after a failure while
 // NATS stays connected (a bucket not created yet in a cluster electing its
-// leader, say).
+// leader, say), and to write statuses again after a write failed.
 const desiredRetry = time.Second
 
 // opWait bounds each request to NATS (open the bucket, write a status).
 const opWait = 10 * time.Second
 
+// Status states besides the listener's own (listening, failed, draining).
+const (
+	// StateMissing: no listener has the name: its create failed (Error
+	// says why), or it was closed through the API and the next reconcile
+	// puts it back.
+	StateMissing = "missing"
+	// StateDraining: the listener is closing, its connections draining;
+	// with its desired key deleted, its status key goes once it is
+	// closed.
+	StateDraining = "draining"
+)
+
 var errReconnected = errors.New("reconnected to NATS")
+
+// statusKinds are the events after which statuses are written again: a
+// listener bound (created, rebound, put back), its accept failing, its
+// close ended.
+var statusKinds = []events.Kind{events.KindListenerStarted, events.KindAcceptError, events.KindListenerClosed}
 
 // Run watches and reconciles until ctx ends.
 func (d *Desired) Run(ctx context.Context) {
 	connected := d.Conn.StatusChanged(nats.CONNECTED)
 	defer d.Conn.RemoveStatusListener(connected)
+	ch := &changes{poke: make(chan struct{}, 1), closed: map[string]bool{}}
+	if d.Bus != nil {
+		ectx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { d.watchEvents(ectx, ch) })
+		defer wg.Wait()
+		defer cancel()
+	}
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
 	for ctx.Err() == nil {
-		err := d.watch(ctx, connected)
+		err := d.watch(ctx, connected, ch)
 		if ctx.Err() != nil {
 			return
 		}
@@ -82,17 +141,113 @@ func (d *Desired) Run(ctx context.Context) {
 	}
 }
 
-// keyState is what the watch knows of one desired key.
+// changes is what the events goroutine tells the watch: poke, that
+// listeners changed, and closed, the ids of listeners whose
+// listener_closed event was published (one may still be listed a moment
+// after it).
+type changes struct {
+	poke   chan struct{}
+	mu     sync.Mutex
+	closed map[string]bool
+}
+
+func (c *changes) changed() {
+	select {
+	case c.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (c *changes) close(id string) {
+	c.mu.Lock()
+	c.closed[id] = true
+	c.mu.Unlock()
+}
+
+// isClosed reports whether id's listener_closed event was seen.
+func (c *changes) isClosed(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed[id]
+}
+
+// forget drops the closed ids no longer listed: they are not again.
+func (c *changes) forget(listed map[string]bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.closed {
+		if !listed[id] {
+			delete(c.closed, id)
+		}
+	}
+}
+
+// watchEvents watches the bus's listener-level events until ctx ends or
+// the bus closes, and tells ch of each batch. Cut loose (it is never
+// slow, but a full history is possible), it watches again from the head
+// and tells ch: the statuses are computed from the listeners, not from
+// the events, so nothing is lost but the ids of listeners closed
+// meanwhile, which are gone from the list a moment after.
+func (d *Desired) watchEvents(ctx context.Context, ch *changes) {
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	buf := make([]events.Event, 0, 64)
+	for ctx.Err() == nil {
+		w, _, err := d.Bus.Watch(events.Filter{Kinds: statusKinds}, nil)
+		if errors.Is(err, events.ErrClosed) {
+			return
+		}
+		if err != nil { // too many watchers: try again
+			if d.Log != nil {
+				d.Log.Warn("desired listeners: events not watched; statuses follow reconciles only until they are", "err", err)
+			}
+			retry.Reset(desiredRetry)
+			select {
+			case <-ctx.Done():
+				return
+			case <-retry.C:
+			}
+			continue
+		}
+		ch.changed()
+		for {
+			evs, _, err := w.Next(ctx, buf)
+			if err != nil {
+				break
+			}
+			for _, e := range evs {
+				if e.Kind == events.KindListenerClosed {
+					ch.close(e.Listener)
+				}
+			}
+			ch.changed()
+		}
+		w.Close()
+	}
+}
+
+// keyState is what the watch knows of one name: its desired key, and its
+// status key.
 type keyState struct {
-	entry    jetstream.KeyValueEntry
-	good     *declare.Entry // its last value that read
-	invalid  error          // why its value does not read
-	reported *Status        // the status last written
+	desired bool   // its desired key holds a value
+	rev     uint64 // the desired key's revision (of its deletion, when deleted)
+	// The two as the last reconcile took them: while they differ from
+	// desired and rev, a reconcile is due and no status is written.
+	recDesired bool
+	recRev     uint64
+	good       *declare.Entry // its last value that read, while desired
+	drain      *time.Duration // deleted: the drain timeout of its last value that read
+	invalid    error          // why its value does not read
+	err        error          // why the last reconcile could not make it true
+	// stored: a status key of the name is (or may be) in the bucket;
+	// reported is its value, nil when not known.
+	stored   bool
+	reported *Status
 }
 
 // watch watches the desired keys until ctx ends, NATS reconnects
 // (errReconnected) or the watch fails.
-func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status) error {
+func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status, ch *changes) error {
 	if !d.Conn.IsConnected() {
 		return nats.ErrConnectionClosed
 	}
@@ -115,9 +270,13 @@ func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status) error
 	if quiet <= 0 {
 		quiet = declare.DefaultQuiet
 	}
-	settle := time.NewTimer(time.Hour)
-	settle.Stop()
+	settle := stoppedTimer()
 	defer settle.Stop()
+	status := stoppedTimer() // a pass over the statuses, after listeners changed
+	defer status.Stop()
+	statusArmed := false
+	retry := stoppedTimer() // writing statuses again, after a write failed
+	defer retry.Stop()
 	var resync <-chan time.Time
 	if d.Resync > 0 {
 		t := time.NewTicker(d.Resync)
@@ -126,8 +285,24 @@ func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status) error
 	}
 	var first time.Time
 	keys := map[string]*keyState{}
-	gone := map[string]bool{} // names whose status key is to be deleted
 	initial := true
+	failing := false // a write failed: said once, tried again every desiredRetry
+	write := func() {
+		err := d.writeStatus(ctx, kv, keys, ch)
+		switch {
+		case err == nil:
+			failing = false
+		case !d.Conn.IsConnected():
+			// NATS is away: the watch after the reconnect writes each
+			// status as it is then.
+		default:
+			if !failing {
+				d.warnStatus(err)
+			}
+			failing = true
+			retry.Reset(desiredRetry)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -140,10 +315,12 @@ func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status) error
 			}
 			if e == nil { // every value is in: reconcile them
 				initial = false
-				d.reconcile(ctx, kv, keys, gone)
+				d.reconcile(ctx, keys)
+				d.listStatus(ctx, kv, keys)
+				write()
 				continue
 			}
-			d.take(keys, gone, e)
+			d.take(keys, e)
 			if initial {
 				continue
 			}
@@ -154,24 +331,46 @@ func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status) error
 			settle.Reset(min(quiet, max(0, first.Add(10*quiet).Sub(now))))
 		case <-settle.C:
 			first = time.Time{}
-			d.reconcile(ctx, kv, keys, gone)
+			d.reconcile(ctx, keys)
+			write()
 		case <-resync:
 			if !initial {
-				d.reconcile(ctx, kv, keys, gone)
+				d.reconcile(ctx, keys)
+				write()
+			}
+		case <-ch.poke:
+			if !statusArmed {
+				statusArmed = true
+				status.Reset(quiet)
+			}
+		case <-d.Closing:
+			if !statusArmed {
+				statusArmed = true
+				status.Reset(quiet)
+			}
+		case <-status.C:
+			statusArmed = false
+			if !initial {
+				write()
+			}
+		case <-retry.C:
+			if !initial {
+				write()
 			}
 		}
 	}
 }
 
+func stoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}
+
 // take notes a change of a desired key.
-func (d *Desired) take(keys map[string]*keyState, gone map[string]bool, e jetstream.KeyValueEntry) {
+func (d *Desired) take(keys map[string]*keyState, e jetstream.KeyValueEntry) {
 	_, _, name, ok := SplitKey(e.Key())
 	if !ok {
-		return
-	}
-	if e.Operation() != jetstream.KeyValuePut {
-		delete(keys, name)
-		gone[name] = true
 		return
 	}
 	ks := keys[name]
@@ -179,8 +378,15 @@ func (d *Desired) take(keys map[string]*keyState, gone map[string]bool, e jetstr
 		ks = &keyState{}
 		keys[name] = ks
 	}
-	delete(gone, name)
-	ks.entry = e
+	ks.rev = e.Revision()
+	if e.Operation() != jetstream.KeyValuePut {
+		if ks.good != nil {
+			ks.drain = &ks.good.Drain
+		}
+		ks.desired, ks.good, ks.invalid, ks.err = false, nil, nil, nil
+		return
+	}
+	ks.desired, ks.drain = true, nil
 	ent, err := declare.ParseEntry(e.Key(), name, e.Value(), listener.DefaultDrainTimeout)
 	ks.invalid = err
 	if err != nil {
@@ -192,12 +398,19 @@ func (d *Desired) take(keys map[string]*keyState, gone map[string]bool, e jetstr
 	ks.good = &ent
 }
 
-// reconcile makes the keys true and writes their status.
-func (d *Desired) reconcile(ctx context.Context, kv jetstream.KeyValue, keys map[string]*keyState, gone map[string]bool) {
+// reconcile makes the desired keys true and notes each one's error.
+func (d *Desired) reconcile(ctx context.Context, keys map[string]*keyState) {
 	set := &declare.Set{Source: BucketSource, Drain: listener.DefaultDrainTimeout}
 	for _, name := range slices.Sorted(maps.Keys(keys)) {
 		switch ks := keys[name]; {
-		case ks.good != nil:
+		case !ks.desired:
+			if ks.drain != nil { // deleted: closed, draining for its last drain timeout
+				if set.Drains == nil {
+					set.Drains = map[string]time.Duration{}
+				}
+				set.Drains[name] = *ks.drain
+			}
+		case ks.good != nil: // its last value that read stays in force
 			set.Entries = append(set.Entries, *ks.good)
 		case set.Keep == nil:
 			set.Keep = map[string]bool{name: true}
@@ -205,37 +418,131 @@ func (d *Desired) reconcile(ctx context.Context, kv jetstream.KeyValue, keys map
 			set.Keep[name] = true
 		}
 	}
-	sts := d.Reconcile(ctx, set)
-	now := time.Now().UTC()
-	for name, ks := range keys {
-		st, ok := sts[name]
+	results, err := declare.ReconcileSet(ctx, d.Target, d.List, set, d.Applied)
+	if err != nil && d.Log != nil {
+		d.Log.Warn("declared listeners not reconciled", "err", err)
+	}
+	for _, ks := range keys {
+		ks.err, ks.recDesired, ks.recRev = nil, ks.desired, ks.rev
+	}
+	for _, r := range results {
+		if ks := keys[r.Name]; ks != nil && r.Err != nil {
+			ks.err = r.Err
+		}
+	}
+}
+
+// listStatus notes the status keys of this host in the bucket: those that
+// name neither a desired key nor a listener are deleted by the next
+// writeStatus. A failure is logged; the next watch lists them again.
+func (d *Desired) listStatus(ctx context.Context, kv jetstream.KeyValue, keys map[string]*keyState) {
+	octx, cancel := context.WithTimeout(ctx, opWait)
+	defer cancel()
+	l, err := kv.ListKeysFiltered(octx, HostKeys(StatusPrefix, d.Host))
+	if err != nil {
+		d.warnStatus(err)
+		return
+	}
+	defer func() { _ = l.Stop() }()
+	for key := range l.Keys() {
+		_, _, name, ok := SplitKey(key)
 		if !ok {
-			st = Status{State: "missing"}
+			continue
+		}
+		ks := keys[name]
+		if ks == nil {
+			ks = &keyState{}
+			keys[name] = ks
+		}
+		ks.stored = true
+	}
+}
+
+// current returns the status of every named listener there is, by name:
+// the newest listening or failed one before any draining one (a rebind's
+// old one), those closed left out.
+func (d *Desired) current(ch *changes) map[string]Status {
+	out := map[string]Status{}
+	listed := map[string]bool{}
+	for _, l := range d.List() {
+		listed[l.GetId()] = true
+		st := l.GetStatus()
+		state := st.GetState()
+		if l.GetName() == "" || ch.isClosed(l.GetId()) {
+			continue
+		}
+		switch state {
+		case listenerdv1.State_STATE_LISTENING, listenerdv1.State_STATE_FAILED, listenerdv1.State_STATE_DRAINING:
+		default:
+			continue
+		}
+		if _, ok := out[l.GetName()]; ok && state == listenerdv1.State_STATE_DRAINING {
+			continue // the name's oldest draining one, unless one is open: the newest open one
+		}
+		out[l.GetName()] = Status{State: StateName(state), Address: st.GetBoundAddress(), Error: st.GetLastError(), ID: l.GetId()}
+	}
+	ch.forget(listed)
+	return out
+}
+
+// StateName is a listener's state as a status and ctl say it: listening,
+// failed, draining.
+func StateName(s listenerdv1.State) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "STATE_"))
+}
+
+// writeStatus writes each name's status as it is now, where it differs
+// from what was written: a desired key's, with the reconcile's error or
+// why its value does not read; a deleted key's while its listener
+// drains; and deletes the status key of a name with neither. A key
+// changed since the last reconcile waits for the next one: a status
+// names the revision reconciled. It stops at the first failure.
+func (d *Desired) writeStatus(ctx context.Context, kv jetstream.KeyValue, keys map[string]*keyState, ch *changes) error {
+	if !d.Conn.IsConnected() {
+		return nats.ErrDisconnected // the watch after the reconnect writes them
+	}
+	cur := d.current(ch)
+	now := time.Now().UTC()
+	for _, name := range slices.Sorted(maps.Keys(keys)) {
+		ks := keys[name]
+		if ks.desired != ks.recDesired || ks.rev != ks.recRev {
+			continue // changed since the reconcile: the next one writes it
+		}
+		st, present := cur[name]
+		switch {
+		case !ks.desired && (!present || !ks.stored):
+			// No desired key, and no listener of the name draining (or
+			// open) under a status key written before: no status.
+			if ks.stored {
+				octx, cancel := context.WithTimeout(ctx, opWait)
+				err := kv.Delete(octx, StatusKey(d.Host, name))
+				cancel()
+				if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+					return err
+				}
+			}
+			delete(keys, name)
+			continue
+		case !present:
+			st = Status{State: StateMissing}
+		}
+		if ks.err != nil {
+			st.Error = ks.err.Error()
 		}
 		if ks.invalid != nil {
 			st.Error = ks.invalid.Error()
 		}
-		st.Revision = ks.entry.Revision()
+		st.Revision = ks.rev
 		if ks.reported != nil && ks.reported.same(st) {
 			continue
 		}
 		st.Updated = now
 		if err := d.put(ctx, kv, StatusKey(d.Host, name), st); err != nil {
-			d.warnStatus(err)
-			return // the next reconcile (or the watch after a reconnect) writes it
+			return err
 		}
-		ks.reported = &st
+		ks.reported, ks.stored = &st, true
 	}
-	for name := range gone {
-		octx, cancel := context.WithTimeout(ctx, opWait)
-		err := kv.Delete(octx, StatusKey(d.Host, name))
-		cancel()
-		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			d.warnStatus(err)
-			return
-		}
-		delete(gone, name)
-	}
+	return nil
 }
 
 func (d *Desired) put(ctx context.Context, kv jetstream.KeyValue, key string, st Status) error {

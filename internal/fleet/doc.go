@@ -27,4 +27,13 @@
 // flight, which run joins (flight.end) before it starts another or
 // returns. Acked is written by the reaper while a flight is under way and
 // by run only between flights (gap, locate).
+//
+// # The desired listeners
+//
+// desired.go: a Desired watches its host's desired keys in the bucket
+// (kv.go), reconciles them (declare.ReconcileSet) and writes each
+// listener's status back. Its Run goroutine does all the watching,
+// reconciling and writing; one more goroutine, which Run joins, watches
+// the bus's listener-level events and tells Run that listeners changed
+// (a poke and the ids of listeners closed, under a mutex).
 package fleet

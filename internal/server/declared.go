@@ -1,14 +1,11 @@
 package server
 
 import (
-	"context"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
-
-	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 
 	"github.com/listenerd/listenerd/internal/declare"
 	"github.com/listenerd/listenerd/internal/events"
@@ -62,49 +59,15 @@ func reconcileEvents(bus *events.Bus, log *slog.Logger) (applied func(r declare.
 
 // newDesired returns the reconcile of this host's desired listeners in
 // the fleet's bucket (--nats): the same reconcile as the file's, and the
-// listeners' status written back.
-func newDesired(cfg FleetConfig, resync time.Duration, nc *nats.Conn, mgr *listener.Manager, log *slog.Logger) *fleet.Desired {
+// listeners' status written back, again after each listener-level event
+// and each close that begins (closing).
+func newDesired(cfg FleetConfig, resync time.Duration, nc *nats.Conn, mgr *listener.Manager, closing <-chan struct{}, log *slog.Logger) *fleet.Desired {
 	d := service.NewDeclared(mgr)
 	log = log.With("bucket", fleet.Bucket)
 	applied, failed := reconcileEvents(mgr.Bus(), log)
 	return &fleet.Desired{Conn: nc, Host: cfg.Host, Replicas: cfg.Replicas, Log: log, Resync: resync,
+		Target: d, List: d.List, Bus: mgr.Bus(), Closing: closing,
+		Applied: func(r declare.Result) { applied(r, fleet.BucketSource, false) },
 		Invalid: func(err error) { failed(err, fleet.BucketSource) },
-		Reconcile: func(ctx context.Context, set *declare.Set) map[string]fleet.Status {
-			errs := map[string]error{}
-			results, err := declare.ReconcileSet(ctx, d, d.List, set, func(r declare.Result) { applied(r, set.Source, false) })
-			if err != nil {
-				log.Warn("declared listeners not reconciled", "err", err)
-			}
-			for _, r := range results {
-				if r.Err != nil {
-					errs[r.Name] = r.Err
-				}
-			}
-			out := map[string]fleet.Status{}
-			for _, l := range d.List() {
-				st := l.GetStatus()
-				if st.GetState() != listenerdv1.State_STATE_LISTENING && st.GetState() != listenerdv1.State_STATE_FAILED {
-					continue
-				}
-				out[l.GetName()] = fleet.Status{State: stateName(st.GetState()), Address: st.GetBoundAddress(),
-					Error: st.GetLastError(), ID: l.GetId()}
-			}
-			for _, e := range set.Entries {
-				if err := errs[e.Name]; err != nil {
-					st := out[e.Name]
-					if st.State == "" {
-						st.State = "missing"
-					}
-					st.Error = err.Error()
-					out[e.Name] = st
-				}
-			}
-			return out
-		},
 	}
-}
-
-// stateName is a state as ctl prints it: listening, failed.
-func stateName(s listenerdv1.State) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "STATE_"))
 }

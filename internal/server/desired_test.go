@@ -182,12 +182,27 @@ func TestDesiredListenersFromTheBucket(t *testing.T) {
 		t.Fatalf("busy once free: %+v", st)
 	}
 
-	// The key deleted: the listener closes, its status goes.
+	// The key deleted: the listener closes; its status says it drains
+	// (the test's connections are open, for the default 30 s) and goes
+	// once its connections are gone.
 	if err := b.kv.Delete(testContext(t), fleet.DesiredKey("east", "web")); err != nil {
 		t.Fatal(err)
 	}
-	b.status("east", "web", func(st *fleet.Status) bool { return st == nil })
+	draining := b.status("east", "web", func(st *fleet.Status) bool { return st != nil && st.State == "draining" })
+	if draining.ID != web.ID || draining.Revision <= rev {
+		t.Fatalf("status of the deleted key's listener: %+v, want web %s draining at the deletion's revision", draining, web.ID)
+	}
 	ev.expect("close", "web", "nats bucket")
+	conns, err := east.unix.ListConnections(testContext(t), &listenerdv1.ListConnectionsRequest{ListenerId: web.ID})
+	if err != nil || len(conns.GetConnections()) == 0 {
+		t.Fatalf("web's connections: %v, %v", conns, err)
+	}
+	for _, c := range conns.GetConnections() {
+		if _, err := east.unix.CloseConnection(testContext(t), &listenerdv1.CloseConnectionRequest{Id: c.GetId()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.status("east", "web", func(st *fleet.Status) bool { return st == nil })
 	if got := names(t, east); len(got) != 0 {
 		t.Fatalf("east still listens as %v", got)
 	}

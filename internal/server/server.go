@@ -182,7 +182,19 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	fdst := newFDStore(log)
 	if fdst != nil {
-		opts.Bound, opts.Closed = fdst.bound, fdst.closed
+		opts.Bound = fdst.bound
+	}
+	// A close that begins, for the desired listeners' statuses: the
+	// listener drains, and no event says so until it is closed.
+	closing := make(chan struct{}, 1)
+	opts.Closed = func(id string) {
+		if fdst != nil {
+			fdst.closed(id)
+		}
+		select {
+		case closing <- struct{}{}:
+		default:
+		}
 	}
 	if met != nil {
 		opts.ConnClosed = met.ObserveConnection
@@ -259,7 +271,7 @@ func Run(ctx context.Context, cfg Config) error {
 		declWG.Wait()
 	}()
 	if nc != nil && cfg.Fleet.Desired {
-		desired := newDesired(cfg.Fleet, cfg.ListenersResync, nc, mgr, log)
+		desired := newDesired(cfg.Fleet, cfg.ListenersResync, nc, mgr, closing, log)
 		declWG.Go(func() { desired.Run(declCtx) })
 		log.Info("listenerd reconciling this host's desired listeners from NATS", "bucket", fleet.Bucket,
 			"keys", fleet.HostKeys(fleet.DesiredPrefix, cfg.Fleet.Host))
