@@ -69,7 +69,9 @@ func newRigWith(t *testing.T, url, host string, busOpts events.Options, opts fle
 			t.Logf("publisher: acked %d of %d, stats %+v", r.pub.Acked(), r.bus.Head(), r.pub.Stats())
 		}
 	})
-	opts.Encode = func(e *events.Event) ([]byte, error) { return service.EventJSON(e, r.bus.BootID()) }
+	opts.Encode = func(dst []byte, e *events.Event) ([]byte, error) {
+		return service.AppendEventJSON(dst, e, r.bus.BootID())
+	}
 	r.pub, err = fleet.Start(r.nc, r.bus, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -533,8 +535,10 @@ func streamLeader(t *testing.T, url string) string {
 func TestUpgradeResumesAfterTheStreamsLast(t *testing.T) {
 	s := startNATS(t, t.TempDir())
 	defer natstest.Stop(s)
-	encode := func(bus *events.Bus) func(*events.Event) ([]byte, error) {
-		return func(e *events.Event) ([]byte, error) { return service.EventJSON(e, bus.BootID()) }
+	encode := func(bus *events.Bus) func([]byte, *events.Event) ([]byte, error) {
+		return func(dst []byte, e *events.Event) ([]byte, error) {
+			return service.AppendEventJSON(dst, e, bus.BootID())
+		}
 	}
 	start := func(bus *events.Bus) (*fleet.Publisher, *nats.Conn) {
 		nc, err := fleet.ConnConfig{URL: s.ClientURL()}.Connect()
