@@ -25,7 +25,12 @@ const (
 	DefaultMaxPending = 1024
 	DefaultAckTimeout = 10 * time.Second
 	batchSize         = 512
-	maxBackoff        = 2 * time.Second
+	// publishLinger is how long the publisher lets events gather after a
+	// batch of less than half batchSize: under load it publishes a batch
+	// every publishLinger or so, and the first event after a quiet spell
+	// goes out at once.
+	publishLinger = 5 * time.Millisecond
+	maxBackoff    = 2 * time.Second
 )
 
 // Options configure a Publisher.
@@ -617,6 +622,7 @@ func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
 	next, cancel := context.WithCancel(f.ctx) // Stop ends the watch; the acks are still awaited
 	defer cancel()
 	defer context.AfterFunc(p.stopping, cancel)()
+	var linger *time.Timer
 	for {
 		evs, through, werr := w.NextBatch(next, buf, 0)
 		if len(evs) > 0 || werr == nil {
@@ -629,6 +635,23 @@ func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
 				err = werr
 			}
 			break
+		}
+		if len(evs) < batchSize/2 {
+			// Let more events gather before the next batch (at most linger
+			// late): one wake-up of this goroutine, one write to NATS and
+			// one read for the server per batch rather than per event.
+			// Meanwhile the listeners' Records find the watcher awake
+			// and wake no one.
+			if linger == nil {
+				linger = time.NewTimer(publishLinger)
+				defer linger.Stop()
+			} else {
+				linger.Reset(publishLinger)
+			}
+			select {
+			case <-linger.C:
+			case <-next.Done():
+			}
 		}
 	}
 	ferr := f.end()
