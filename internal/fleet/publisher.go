@@ -544,11 +544,12 @@ func (f *flight) publish(seq uint64, subject, id string, data []byte) error {
 		f.mu.Unlock()
 		select {
 		case <-f.room:
-		case <-f.ctx.Done():
+		case <-f.ctx.Done(): // failed, or Stop gave up
+			return context.Cause(f.ctx)
 		}
 		f.mu.Lock()
 	}
-	if f.failed {
+	if f.failed || f.ctx.Err() != nil {
 		f.mu.Unlock()
 		return context.Cause(f.ctx)
 	}
@@ -637,11 +638,11 @@ func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
 			break
 		}
 		if len(evs) < batchSize/2 {
-			// Let more events gather before the next batch (at most linger
-			// late): one wake-up of this goroutine, one write to NATS and
-			// one read for the server per batch rather than per event.
-			// Meanwhile the listeners' Records find the watcher awake
-			// and wake no one.
+			// Let more events gather before the next batch (at most
+			// publishLinger late): one wake-up of this goroutine, one
+			// write to NATS and one read for the server per batch rather
+			// than per event. Meanwhile no one waits on the watcher's
+			// channel, so the listeners' Records wake no goroutine.
 			if linger == nil {
 				linger = time.NewTimer(publishLinger)
 				defer linger.Stop()

@@ -577,3 +577,33 @@ func TestUpgradeResumesAfterTheStreamsLast(t *testing.T) {
 		t.Fatalf("the new process published %d messages, want its 5 events alone", st.Published)
 	}
 }
+
+// A stream that refuses the publishes (here: every payload is over its
+// message size) answers each with an error: none counts as acknowledged,
+// they count as failed, and once the stream takes them again the
+// publisher resumes and every event lands once.
+func TestRefusedPublishesResume(t *testing.T) {
+	s := startNATS(t, t.TempDir())
+	defer natstest.Stop(s)
+	js := jsClient(t, s.ClientURL())
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	cfg := fleet.Options{}.StreamConfig()
+	cfg.MaxMsgSize = 8 // smaller than any event
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, s.ClientURL(), "eta", events.Options{})
+	r.connect(5)
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Stats().Failed >= 3 }, "refused publishes counted")
+	if st := r.pub.Stats(); st.Acked != 0 || r.pub.Acked() != 0 {
+		t.Fatalf("stats %+v, acked %d: refused publishes counted as acknowledged", st, r.pub.Acked())
+	}
+	cfg.MaxMsgSize = -1
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	head := r.bus.Head()
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == head }, "every event acknowledged")
+	checkOnce(t, waitStream(t, s.ClientURL(), head), "eta", r.bus.BootID(), head)
+}
