@@ -17,8 +17,10 @@
 // back to the flight's inbox subscription, whose goroutine advances Acked,
 // the last sequence up to which everything is in the stream, over the
 // acknowledged prefix. The first failure (an error answer, no answer
-// within AckTimeout, a disconnect) ends the flight: the run goroutine
-// watches again from Acked once NATS answers, and if the history no
+// within AckTimeout, a disconnect) ends the flight; the run goroutine
+// takes the answers still in flight (events acknowledged behind the failed
+// one are not published again), then watches again from Acked once NATS
+// answers, and if the history no
 // longer holds the next event, publishes one gap record and goes on from
 // the oldest held. At shutdown, after Bus.Close ended its watcher, Stop
 // makes it publish what the history holds past Acked (events.Bus.Since),

@@ -94,6 +94,11 @@ type Publisher struct {
 	// the run goroutine's own
 	buf      []byte // the payload being sent
 	subjects map[subjectKey]string
+	// stored holds the events past acked that JetStream acknowledged
+	// after an earlier publish of their flight failed: the next flight
+	// does not publish them again (a copy sent after the stream's
+	// duplicate window would be stored twice).
+	stored map[uint64]bool
 
 	cancel context.CancelFunc
 	// stopping is done once Stop is called: publish the rest of the
@@ -273,13 +278,15 @@ func (p *Publisher) locate(ctx context.Context) error {
 // subject is the flight's inbox followed by the event's sequence: the
 // stream's ack comes back there. The acks are taken in the inbox
 // subscription's goroutine, in whatever order they come, and acked
-// advances over the run's acknowledged prefix while none has failed. The
-// first failure (an error or no-responders answer, no ack within the ack
-// timeout, a disconnect) ends the run. This is what jetstream's
+// advances over the run's acknowledged prefix. The first failure (an error
+// or no-responders answer, no ack within the ack timeout, a disconnect)
+// ends the run; the events acknowledged behind the failed publish are
+// kept in Publisher.stored, not to be published again. This is what jetstream's
 // PublishMsgAsync did for the publisher, without its future, timer and
 // JSON decoding for each message.
 type flight struct {
 	p      *Publisher
+	parent context.Context // the run's: Stop gave up when it ends
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	inbox  string // the reply subjects' prefix, ending in '.'
@@ -293,8 +300,10 @@ type flight struct {
 	waiting int           // publishes awaiting their answer
 	room    chan struct{} // signalled when a slot of the MaxPending frees
 	empty   chan struct{} // signalled when q empties
+	idle    chan struct{} // signalled when waiting falls to 0
+	lost    bool          // the connection went: what awaits an answer gets none
 	tick    uint64        // the watchdog's clock, in quarters of the ack timeout
-	failed  bool          // acked no longer advances
+	failed  bool          // no more publishes
 	ended   bool          // answers that come now are dropped
 
 	// send's own, reused from one publish to the next
@@ -327,8 +336,8 @@ const (
 
 func (p *Publisher) newFlight(ctx context.Context) (*flight, error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	f := &flight{p: p, ctx: fctx, cancel: cancel, inbox: p.nc.NewInbox() + ".", done: make(chan struct{}),
-		room: make(chan struct{}, 1), empty: make(chan struct{}, 1), id: make([]string, 1)}
+	f := &flight{p: p, parent: ctx, ctx: fctx, cancel: cancel, inbox: p.nc.NewInbox() + ".", done: make(chan struct{}),
+		room: make(chan struct{}, 1), empty: make(chan struct{}, 1), idle: make(chan struct{}, 1), id: make([]string, 1)}
 	f.msg.Header = nats.Header{jetstream.MsgIDHeader: f.id}
 	f.reply = append(make([]byte, 0, len(f.inbox)+20), f.inbox...)
 	sub, err := p.nc.Subscribe(f.inbox+"*", f.answer)
@@ -355,6 +364,7 @@ func (f *flight) watchdog() {
 			return
 		case st := <-f.status:
 			f.mu.Lock()
+			f.lost = true
 			f.failLocked(fmt.Errorf("connection %v: %w", st, nats.ErrDisconnected))
 			f.mu.Unlock()
 		case <-t.C:
@@ -403,6 +413,9 @@ func (f *flight) answer(m *nats.Msg) {
 	if f.waiting == f.p.opts.MaxPending-1 {
 		signal(f.room)
 	}
+	if f.waiting == 0 {
+		signal(f.idle)
+	}
 	if aerr != nil {
 		f.q[i].state = refused
 		f.p.failed.Add(1)
@@ -417,7 +430,8 @@ func (f *flight) answer(m *nats.Msg) {
 }
 
 // advanceLocked moves past the acknowledged publishes and the marks at the
-// head, and unless the flight failed, advances acked to the last of them.
+// head and advances acked to the last of them: everything up to it is in
+// the stream, failure or not (a refused or unanswered publish stops it).
 // f.mu is held.
 func (f *flight) advanceLocked() {
 	var through uint64
@@ -425,7 +439,7 @@ func (f *flight) advanceLocked() {
 		through = f.q[f.head].seq
 		f.head++
 	}
-	if !f.failed && through > 0 {
+	if through > 0 {
 		f.p.acked.Store(max(f.p.acked.Load(), through))
 	}
 	if f.head == len(f.q) {
@@ -482,8 +496,11 @@ func signal(c chan struct{}) {
 }
 
 // end waits for every answer of the flight (each comes, or fails, within
-// the ack timeout) and returns why it failed, if it did. A failed flight
-// ends at once: the publishes not answered by then count as failed.
+// the ack timeout) and returns why it failed, if it did. After a failure it
+// still takes the answers of the publishes in flight, for up to an ack
+// timeout (unless the connection went, which they do not survive): those
+// acknowledged are not published again. What is not answered by then
+// counts as failed.
 func (f *flight) end() error {
 	for {
 		f.mu.Lock()
@@ -497,11 +514,45 @@ func (f *flight) end() error {
 		case <-f.ctx.Done():
 		}
 	}
+	var t *time.Timer
+	for {
+		f.mu.Lock()
+		wait := f.failed && !f.lost && f.waiting > 0
+		f.mu.Unlock()
+		if !wait {
+			break
+		}
+		if t == nil {
+			t = time.NewTimer(f.p.opts.AckTimeout)
+			defer t.Stop()
+		}
+		select {
+		case <-f.idle: // looked at again: it may be from before
+			continue
+		case <-t.C:
+		case <-f.parent.Done():
+		}
+		break
+	}
 	err := context.Cause(f.ctx)
 	f.mu.Lock()
 	f.ended = true
 	f.p.failed.Add(uint64(f.waiting))
 	f.cancel(nil)
+	p := f.p
+	for seq := range p.stored {
+		if seq <= p.acked.Load() {
+			delete(p.stored, seq)
+		}
+	}
+	for _, it := range f.q[f.head:] {
+		if !it.mark && it.state == acked { // acknowledged behind a failed one
+			if p.stored == nil {
+				p.stored = map[uint64]bool{}
+			}
+			p.stored[it.seq] = true
+		}
+	}
 	f.mu.Unlock()
 	_ = f.sub.Unsubscribe()
 	f.p.nc.RemoveStatusListener(f.status)
@@ -516,6 +567,9 @@ func (f *flight) send(evs []events.Event, through uint64) error {
 	boot := p.bus.BootID()
 	for i := range evs {
 		e := &evs[i]
+		if p.stored[e.Seq] { // acknowledged already, in a flight that failed
+			continue
+		}
 		data, err := p.opts.Encode(p.buf[:0], e)
 		if err != nil { // never so for the daemon's own events: skip it, loudly
 			p.log.Error("fleet: event not encodable; skipped", "seq", e.Seq, "err", err)
