@@ -367,6 +367,7 @@ func (f *flight) watchdog() {
 			f.lost = true
 			f.failLocked(fmt.Errorf("connection %v: %w", st, nats.ErrDisconnected))
 			f.mu.Unlock()
+			signal(f.idle) // end need not wait for answers
 		case <-t.C:
 			f.mu.Lock()
 			f.tick++
@@ -517,7 +518,7 @@ func (f *flight) end() error {
 	var t *time.Timer
 	for {
 		f.mu.Lock()
-		wait := f.failed && !f.lost && f.waiting > 0
+		wait := f.failed && !f.lost && f.waiting > 0 && f.p.nc.IsConnected()
 		f.mu.Unlock()
 		if !wait {
 			break
@@ -528,6 +529,11 @@ func (f *flight) end() error {
 		}
 		select {
 		case <-f.idle: // looked at again: it may be from before
+			continue
+		case <-f.status: // the watchdog no longer runs: the connection went
+			f.mu.Lock()
+			f.lost = true
+			f.mu.Unlock()
 			continue
 		case <-t.C:
 		case <-f.parent.Done():
