@@ -17,9 +17,10 @@
 // last sequence up to which everything is in the stream. The first
 // failure (no ack within AckTimeout, a disconnect, a refusal) ends the
 // flight: the run goroutine waits for its remaining acks, then watches
-// again from Acked once NATS answers, and if the history no longer holds
-// the next event, publishes one gap record and goes on from the oldest
-// held. At shutdown, after Bus.Close ended its watcher, Stop makes it
+// again from Acked once NATS answers, skipping the events acknowledged
+// after the failure (Publisher.stored: only a failed publish is sent
+// again), and if the history no longer holds the next event, publishes
+// one gap record and goes on from the oldest held. At shutdown, after Bus.Close ended its watcher, Stop makes it
 // publish what the history holds past Acked (events.Bus.Since), within a
 // bound.
 //

@@ -81,6 +81,12 @@ type Publisher struct {
 
 	acked                            atomic.Uint64 // every event up to it is in the stream, or in a gap record
 	published, ackedN, failed, gapsN atomic.Uint64
+	// stored holds the events past acked that JetStream acknowledged
+	// after an earlier publish of their flight failed: the next flight
+	// does not publish them again (a copy sent after the stream's
+	// duplicate window would be stored twice). Only run uses it, between
+	// flights.
+	stored map[uint64]bool
 
 	cancel context.CancelFunc
 	// stopping is done once Stop is called: publish the rest of the
@@ -273,6 +279,7 @@ type flight struct {
 	cancel context.CancelCauseFunc
 	items  chan item
 	done   chan struct{}
+	stored []uint64 // acknowledged after the flight's first failure; read after done
 }
 
 func (p *Publisher) newFlight(ctx context.Context) *flight {
@@ -297,6 +304,8 @@ func (f *flight) reap(ctx context.Context) {
 			f.p.ackedN.Add(1)
 			if !failed {
 				f.p.acked.Store(max(f.p.acked.Load(), it.seq))
+			} else {
+				f.stored = append(f.stored, it.seq)
 			}
 		case err := <-it.f.Err():
 			f.p.failed.Add(1)
@@ -318,6 +327,18 @@ func (f *flight) end() error {
 	<-f.done
 	err := context.Cause(f.ctx)
 	f.cancel(nil)
+	p := f.p
+	for seq := range p.stored {
+		if seq <= p.acked.Load() {
+			delete(p.stored, seq)
+		}
+	}
+	for _, seq := range f.stored {
+		if p.stored == nil {
+			p.stored = map[uint64]bool{}
+		}
+		p.stored[seq] = true
+	}
 	return err
 }
 
@@ -328,6 +349,9 @@ func (f *flight) send(evs []events.Event, through uint64) error {
 	boot := p.bus.BootID()
 	for i := range evs {
 		e := &evs[i]
+		if p.stored[e.Seq] { // acknowledged already, in a flight that failed
+			continue
+		}
 		data, err := p.opts.Encode(e)
 		if err != nil { // never so for the daemon's own events: skip it, loudly
 			p.log.Error("fleet: event not encodable; skipped", "seq", e.Seq, "err", err)
@@ -342,9 +366,11 @@ func (f *flight) send(evs []events.Event, through uint64) error {
 			return context.Cause(f.ctx)
 		}
 		p.published.Add(1)
-		select {
-		case f.items <- item{seq: e.Seq, f: fut}:
-		case <-f.ctx.Done():
+		// Always to the reaper, even once the flight failed: an ack it
+		// takes is an event not to publish again. It takes every item
+		// until end, each within the ack timeout.
+		f.items <- item{seq: e.Seq, f: fut}
+		if f.ctx.Err() != nil {
 			return context.Cause(f.ctx)
 		}
 	}
