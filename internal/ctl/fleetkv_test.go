@@ -159,12 +159,17 @@ func TestFleetLsListsDrainingDeleted(t *testing.T) {
 	ctx := context.Background()
 	web, _ := json.Marshal(fleet.Status{State: "listening", Address: "127.0.0.1:8080", ID: "ln-1", Revision: 1})
 	old, _ := json.Marshal(fleet.Status{State: "draining", Address: "127.0.0.1:8081", ID: "ln-2", Revision: 3})
-	for key, v := range map[string][]byte{
-		fleet.DesiredKey("east", "web"): []byte(`{"spec":{"port":8080,"handler":{"echo":{}}}}`),
-		fleet.StatusKey("east", "web"):  web,
-		fleet.StatusKey("east", "old"):  old,
+	// In this order: the desired key is revision 1, which web's status
+	// reports as reconciled (a map's order would make it pending at times).
+	for _, kv1 := range []struct {
+		key string
+		v   []byte
+	}{
+		{fleet.DesiredKey("east", "web"), []byte(`{"spec":{"port":8080,"handler":{"echo":{}}}}`)},
+		{fleet.StatusKey("east", "web"), web},
+		{fleet.StatusKey("east", "old"), old},
 	} {
-		if _, err := kv.Put(ctx, key, v); err != nil {
+		if _, err := kv.Put(ctx, kv1.key, kv1.v); err != nil {
 			t.Fatal(err)
 		}
 	}
