@@ -39,30 +39,15 @@ const floorMethod = "/listenerd.bench.Relay/Pipe"
 
 var floorDesc = grpc.StreamDesc{StreamName: "Pipe", ServerStreams: true, ClientStreams: true}
 
-// serveRelayEcho serves the echo end of the floor on the unix socket.
-func serveRelayEcho(socket string) int {
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "serve:", err)
-		return 1
-	}
-	srv := grpc.NewServer()
+// registerRelayEcho registers the echo end of the floor (served by
+// serveGRPC on the unix socket).
+func registerRelayEcho(srv *grpc.Server) {
 	srv.RegisterService(&grpc.ServiceDesc{
 		ServiceName: "listenerd.bench.Relay",
 		HandlerType: (*any)(nil),
 		Streams: []grpc.StreamDesc{{StreamName: "Pipe", ServerStreams: true, ClientStreams: true,
 			Handler: func(_ any, ss grpc.ServerStream) error { return relayEcho(ss) }}},
 	}, struct{}{})
-	fmt.Println(socket)
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		srv.Stop()
-	}()
-	if err := srv.Serve(ln); err != nil {
-		fmt.Fprintln(os.Stderr, "serve:", err)
-		return 1
-	}
-	return 0
 }
 
 // relayEcho sends every data frame back, and end after end.

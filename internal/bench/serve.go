@@ -47,13 +47,13 @@ func serveMain(args []string) int {
 	var handle func(*net.TCPConn)
 	switch *mode {
 	case "grpc":
-		return serveGRPC(*socket)
+		return serveGRPC(*socket, func(srv *grpc.Server) { healthpb.RegisterHealthServer(srv, health.NewServer()) })
 	case "stream":
 		return serveStream(*socket, *clients, *per, *handover)
 	case "relay":
 		return serveRelay(*socket)
 	case "relayecho":
-		return serveRelayEcho(*socket)
+		return serveGRPC(*socket, registerRelayEcho)
 	case "echo":
 		handle = func(c *net.TCPConn) { _, _ = io.Copy(c, c) }
 	case "echo4k":
@@ -157,12 +157,13 @@ func forward(c *net.TCPConn, upstream string) {
 	wg.Wait()
 }
 
-// serveGRPC is a bare grpc-go server with the health service only and no
-// options, on a unix socket: the floor of any RPC on this machine, next to
-// which case f's calls to the daemon are judged. It prints the socket.
-func serveGRPC(socket string) int {
+// serveGRPC is a bare grpc-go server with no options on a unix socket,
+// serving what register registers: the health service alone for case f's
+// floor of any RPC on this machine, or the floor's relay echo (floor.go).
+// It prints the socket.
+func serveGRPC(socket string, register func(*grpc.Server)) int {
 	if socket == "" {
-		fmt.Fprintln(os.Stderr, "serve: --mode grpc needs --socket")
+		fmt.Fprintln(os.Stderr, "serve: --mode grpc and relayecho need --socket")
 		return 2
 	}
 	ln, err := net.Listen("unix", socket)
@@ -171,7 +172,7 @@ func serveGRPC(socket string) int {
 		return 1
 	}
 	srv := grpc.NewServer()
-	healthpb.RegisterHealthServer(srv, health.NewServer())
+	register(srv)
 	fmt.Println(socket)
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
