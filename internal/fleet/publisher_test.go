@@ -103,6 +103,7 @@ func (r *rig) connect(n int) {
 type stored struct {
 	subject, id string
 	seq         uint64 // the event's, from the payload
+	streamSeq   uint64 // the stream's
 	listener    string
 	gap         *fleet.Gap
 }
@@ -157,7 +158,11 @@ func readStream(t *testing.T, url string, want uint64, exact bool) []stored {
 			t.Fatal(err)
 		}
 		for m := range batch.Messages() {
-			out = append(out, parseStored(t, m))
+			s := parseStored(t, m)
+			if len(out) > 0 && s.streamSeq <= out[len(out)-1].streamSeq {
+				continue // the consumer delivered it again: one message of the stream
+			}
+			out = append(out, s)
 		}
 	}
 	return out
@@ -166,8 +171,12 @@ func readStream(t *testing.T, url string, want uint64, exact bool) []stored {
 func parseStored(t *testing.T, m jetstream.Msg) stored {
 	t.Helper()
 	s := stored{subject: m.Subject(), id: m.Headers().Get(jetstream.MsgIDHeader)}
+	md, err := m.Metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.streamSeq = md.Sequence.Stream
 	if strings.HasSuffix(s.subject, "."+fleet.GapToken) {
-		var err error
 		if s.gap, err = fleet.ParseGap(m.Data()); err != nil {
 			t.Fatalf("gap record %s: %v", m.Data(), err)
 		}
@@ -481,26 +490,32 @@ func TestClusterNodeLostUnderLoad(t *testing.T) {
 		rest = append(rest, s)
 	}
 	// JetStream stores a publish once per message id within its duplicate
-	// window, except across a change of stream leader: a publish the old
-	// leader proposed and the new one had not applied yet when the
-	// publisher sent it again can be stored twice. So: nothing lost, and
-	// at most as many duplicates as publishes failed at the failover, each
-	// with the message id of its original (readers drop them by id).
+	// window, across a change of stream leader too (the new leader takes
+	// writes once it applied its whole log). What the test can hold the
+	// publisher to: nothing lost, and a copy stored twice only of a publish
+	// that failed (only those are sent again), so never more copies than
+	// failures. Copies are counted and logged with their stream sequences.
 	msgs := readStream(t, natstest.URLs(rest...), head, false)
-	seen := map[string]bool{}
+	seen := map[string]stored{}
 	var once []stored
 	for _, m := range msgs {
-		if !seen[m.id] {
-			seen[m.id] = true
-			once = append(once, m)
+		if first, ok := seen[m.id]; ok {
+			t.Logf("message id %s stored twice: stream sequences %d and %d", m.id, first.streamSeq, m.streamSeq)
+			continue
 		}
+		seen[m.id] = m
+		once = append(once, m)
 	}
 	dups := len(msgs) - len(once)
 	if gaps := checkSet(t, once, "epsilon", r.bus.BootID(), head); len(gaps) != 0 {
 		t.Fatalf("gap records %+v", gaps)
 	}
-	if st := r.pub.Stats(); uint64(dups) > st.Failed {
+	st := r.pub.Stats()
+	if uint64(dups) > st.Failed {
 		t.Fatalf("%d duplicates stored, more than the %d publishes that failed", dups, st.Failed)
+	}
+	if st.Published > head+st.Failed {
+		t.Fatalf("stats %+v: %d publishes for %d events, more than one more per failure", st, st.Published, head)
 	}
 	t.Logf("duplicates stored (same message id): %d", dups)
 	t.Logf("%d connections, %d events once each in the stream; leader %s went down; stats %+v", conns+20, head, leader, r.pub.Stats())
@@ -606,4 +621,65 @@ func TestRefusedPublishesResume(t *testing.T) {
 	head := r.bus.Head()
 	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == head }, "every event acknowledged")
 	checkOnce(t, waitStream(t, s.ClientURL(), head), "eta", r.bus.BootID(), head)
+}
+
+// An event JetStream refuses (here: over the stream's message size) fails
+// its flight while the later events of the flight are stored and
+// acknowledged; the publisher then publishes the refused one again until
+// it is stored, but never the acknowledged ones: a copy of them would
+// rely on the stream's duplicate window (and be stored twice past it).
+func TestNeverRepublishesAcknowledged(t *testing.T) {
+	s := startNATS(t, t.TempDir())
+	defer natstest.Stop(s)
+	url := s.ClientURL()
+	js := jsClient(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	cfg := fleet.Options{}.StreamConfig()
+	cfg.MaxMsgSize = 2048
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	bus := events.NewBus(events.Options{})
+	const before, after = 5, 40
+	for range before {
+		bus.Publish(events.Event{Kind: events.KindLimitsChanged, Listener: "ln-1"})
+	}
+	bus.Publish(events.Event{Kind: events.KindListenerReconciled, Listener: "ln-1", Detail: &events.Detail{Name: "web",
+		Reconcile: &events.Reconcile{Action: "update", Change: strings.Repeat("x", 4096), Source: "test"}}})
+	for range after {
+		bus.Publish(events.Event{Kind: events.KindLimitsChanged, Listener: "ln-1"})
+	}
+	head := bus.Head()
+	nc, err := fleet.ConnConfig{URL: url}.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	pub, err := fleet.Start(nc, bus, fleet.Options{Host: "eta",
+		Encode: func(dst []byte, e *events.Event) ([]byte, error) {
+			return service.AppendEventJSON(dst, e, bus.BootID())
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Stop(10 * time.Second)
+	testkit.EventuallyWithin(t, guard, func() bool { return pub.Stats().Failed >= 2 }, "the big event refused twice")
+	if a := pub.Acked(); a != before {
+		t.Fatalf("acknowledged through %d, want %d: the refused event holds it", a, before)
+	}
+	cfg.MaxMsgSize = -1
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	testkit.EventuallyWithin(t, guard, func() bool { return pub.Acked() == head }, "every event acknowledged")
+	msgs := waitStream(t, url, head)
+	at := slices.IndexFunc(msgs, func(m stored) bool { return m.seq == before+1 }) + 1
+	checkSet(t, msgs, "eta", bus.BootID(), head)
+	st := pub.Stats()
+	t.Logf("stats %+v; the refused event %d stored as message %d", st, before+1, at)
+	if st.Published != head+st.Failed {
+		t.Fatalf("stats %+v: %d publishes for %d events and %d failures, want one more publish per failure only",
+			st, st.Published, head, st.Failed)
+	}
 }

@@ -65,7 +65,7 @@ func startFleet(cfg FleetConfig, bus *events.Bus, met *metrics.Metrics, log *slo
 		return nil, nil, err
 	}
 	if met != nil {
-		met.CollectFleet(pub.Stats)
+		met.CollectFleet(pub)
 	}
 	log.Info("listenerd publishing events to NATS JetStream", "stream", fleet.Stream, "subjects", fleet.HostSubjects(cfg.Host))
 	return nc, func() {
