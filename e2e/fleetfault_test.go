@@ -665,8 +665,9 @@ func TestFleetDaemonKilledAndRestarted(t *testing.T) {
 		cn.Close()
 	}
 	var boot2 string
+	before := uint64(len(msgs)) // msgs is read again below: the count to wait for is fixed here
 	testkit.EventuallyWithin(t, clusterGuard, func() bool {
-		if n, ok := c.msgs(); !ok || n < uint64(len(msgs)+2*len(made)) {
+		if n, ok := c.msgs(); !ok || n < before+uint64(2*len(made)) {
 			return false // not yet: read the stream once it may be there
 		}
 		msgs = c.readFleet(fleet.HostSubjects("h2"))
@@ -713,8 +714,9 @@ func TestFleetDaemonKilledAndRestarted(t *testing.T) {
 		t.Fatalf("api does not answer at %s", api.Address)
 	}
 	var boot3 string
+	before = uint64(len(msgs))
 	testkit.EventuallyWithin(t, clusterGuard, func() bool {
-		if n, ok := c.msgs(); !ok || n < uint64(len(msgs)+2*len(made)) {
+		if n, ok := c.msgs(); !ok || n < before+uint64(2*len(made)) {
 			return false
 		}
 		msgs = c.readFleet(fleet.HostSubjects("h2"))
