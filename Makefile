@@ -19,7 +19,7 @@ install:
 	go build -o "$(BINDIR)/ctl" ./ctl
 
 test:
-	go test -race -count=1 ./...
+	go test -race -count=1 -timeout 30m ./...
 
 generate:
 	$(BUF) generate

@@ -10,13 +10,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/fleet/natstest"
-	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // loopbacks returns the addresses if each is bindable, or skips.
@@ -39,33 +37,8 @@ func loopbacks(t *testing.T, addrs ...string) []string {
 // ctl fleet watch exactly once.
 func TestFleetApplyCluster(t *testing.T) {
 	ips := loopbacks(t, "127.0.0.2", "127.0.0.3", "127.0.0.4")
-	ss, err := natstest.Cluster(t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // after the daemons, which flush to it
-		for _, s := range ss {
-			natstest.Stop(s)
-		}
-	})
-	url := natstest.URLs(ss...)
-	// A cluster on a loaded machine may take long to elect its JetStream
-	// leader and place a replicated bucket: a longer guard, and the
-	// bucket made before the daemons start.
-	const clusterGuard = 2 * time.Minute
-	testkit.EventuallyWithin(t, clusterGuard, func() bool {
-		return ss[0].JetStreamIsLeader() || ss[1].JetStreamIsLeader() || ss[2].JetStreamIsLeader()
-	}, "a JetStream meta leader")
-	js := natstest.JetStream(t, url)
-	var kv jetstream.KeyValue
-	testkit.EventuallyWithin(t, clusterGuard, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if kv, err = fleet.OpenBucket(ctx, js, 3); err != nil {
-			t.Logf("bucket: %v", err)
-		}
-		return err == nil
-	}, "the bucket "+fleet.Bucket)
+	cl := startNATSCluster(t)
+	url, js, kv := cl.url, cl.js, cl.kv
 	slow, cancel := context.WithTimeout(context.Background(), clusterGuard)
 	defer cancel()
 	hosts := []string{"h2", "h3", "h4"}
@@ -134,12 +107,7 @@ func TestFleetApplyCluster(t *testing.T) {
 
 	// Each connection in fleet watch once: read until both closed, then
 	// count the opened in the stream.
-	testkit.EventuallyWithin(t, clusterGuard, func() bool { // the daemons create it, retrying
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_, err := js.Stream(ctx, fleet.Stream)
-		return err == nil
-	}, "the stream "+fleet.Stream)
+	cl.waitStream() // the daemons create it, retrying
 	watch := d.ctlStream("fleet", "watch", "--nats", url, "--since-seq", "1")
 	closed := map[string]bool{}
 	for len(closed) < 2 {

@@ -45,6 +45,7 @@ type bench struct {
 	floorEcho              *server            // h, i with --floor: the relay's echo end
 	natsD                  *daemonProc        // k: a daemon publishing to NATS (--nats)
 	natsAddr               string             // its echo listener
+	natsEnv                []string           // the environment that points a daemon at k's NATS server
 	forwarders             map[string]*server // c's peers by column: node, socat, haproxy, toxiproxy
 
 	metrics  map[string]*metric
@@ -507,6 +508,11 @@ func (b *bench) runShortCase(ctx context.Context, key string, rep int, cols []st
 			// The watchers' client side (this process) shares the machine.
 			b.logf("            %d watchers: %.1f events a response, client cpu %.1f µs/conn",
 				len(ws), float64(events)/float64(max(resps, 1)), us(self1-self0)/conns)
+		}
+		if key == "k" && col == colDaemon && b.cfg.progress {
+			// k's NATS server runs in this process and shares the machine;
+			// the server CPU above is the daemon's alone.
+			b.logf("            NATS server (this process): cpu %.1f µs/conn", us(self1-self0)/conns)
 		}
 	}
 	return errors.Join(errs...)

@@ -16,8 +16,8 @@ func (b *bench) startNATS(ctx context.Context) error {
 		return err
 	}
 	b.cleanups = append(b.cleanups, func() { natstest.Stop(s) })
-	env := []string{"LISTENERD_NATS=" + s.ClientURL(), "LISTENERD_HOST_NAME=bench"}
-	if b.natsD, err = startDaemon(ctx, b.daemonBin, b.tmp, "nats", env, ""); err != nil {
+	b.natsEnv = []string{"LISTENERD_NATS=" + s.ClientURL(), "LISTENERD_HOST_NAME=bench"}
+	if b.natsD, err = startDaemon(ctx, b.daemonBin, b.tmp, "nats", b.natsEnv, ""); err != nil {
 		return err
 	}
 	b.cleanups = append(b.cleanups, func() { _ = b.natsD.stop() })

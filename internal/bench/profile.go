@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -78,7 +79,7 @@ func (b *bench) profileRun(ctx context.Context) error {
 	if err := copyFile(b.self, filepath.Join(dir, "bench")); err != nil {
 		return err
 	}
-	for _, key := range []byte("ag") {
+	for _, key := range []byte("agk") {
 		if b.has(key) {
 			if err := b.profileShort(ctx, dir, bin, key); err != nil {
 				return err
@@ -137,14 +138,19 @@ func (b *bench) startProfiled(ctx context.Context, col, mode, bin, name string, 
 // profileShort takes a CPU profile of the servers while case a's load
 // runs against them, over and over, for the profile's duration: in case a
 // the daemon with one watcher and the Go baseline, in case g the daemon
-// with g's watchers.
+// with g's watchers, in case k the daemon publishing to k's NATS server
+// (with no watcher), and this process, which runs that server.
 func (b *bench) profileShort(ctx context.Context, dir, bin string, key byte) error {
 	cols := []string{colDaemon, colBase}
-	if key == 'g' {
+	var env []string
+	switch key {
+	case 'g':
 		cols = cols[:1]
+	case 'k':
+		cols, env = cols[:1], b.natsEnv
 	}
 	for _, col := range cols {
-		p, err := b.startProfiled(ctx, col, "echo", bin, "prof-"+string(key))
+		p, err := b.startProfiled(ctx, col, "echo", bin, "prof-"+string(key), env...)
 		if err != nil {
 			return err
 		}
@@ -158,7 +164,7 @@ func (b *bench) profileShort(ctx context.Context, dir, bin string, key byte) err
 }
 
 func (b *bench) profileShortOne(ctx context.Context, dir string, p *profiled, key byte) error {
-	if p.name == "daemon" {
+	if p.name == "daemon" && key != 'k' {
 		n := 1
 		if key == 'g' {
 			n = b.sz.watchers
@@ -171,6 +177,23 @@ func (b *bench) profileShortOne(ctx context.Context, dir string, p *profiled, ke
 	}
 	secs := b.sz.profileSeconds
 	cpuPath := filepath.Join(dir, fmt.Sprintf("%s-%c.cpu.pprof", p.name, key))
+	if key == 'k' {
+		// This process runs k's NATS server: its profile is the server's
+		// side of publishing (and the bench's own loop, which is idle).
+		self, err := os.Create(filepath.Join(dir, "bench-k.cpu.pprof"))
+		if err != nil {
+			return err
+		}
+		defer self.Close()
+		if err := pprof.StartCPUProfile(self); err != nil {
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			_ = b.pprofTop(ctx, dir, &profiled{name: "bench (NATS server)", bin: b.self}, self.Name(), "k",
+				"-top", "-cum", "-nodecount=40")
+		}()
+	}
 	got := make(chan error, 1)
 	go func() {
 		got <- fetch(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.pprof, secs), cpuPath, time.Duration(secs+60)*time.Second)

@@ -32,7 +32,9 @@ func fleetDaemon(t *testing.T, url, host string) (lnID string) {
 	}
 	t.Cleanup(nc.Close)
 	pub, err := fleet.Start(nc, bus, fleet.Options{Host: host,
-		Encode: func(e *events.Event) ([]byte, error) { return service.EventJSON(e, bus.BootID()) }})
+		Encode: func(dst []byte, e *events.Event) ([]byte, error) {
+			return service.AppendEventJSON(dst, e, bus.BootID())
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,22 +11,27 @@
 // publisher.go: a Publisher is one more watcher of the bus's history
 // (events.Bus.Watch), so the listeners never wait on it: when it falls
 // behind, the bus cuts it like any watcher. Its run goroutine reads
-// batches and publishes them asynchronously (jetstream PublishMsgAsync,
-// at most Options.MaxPending awaiting their acks); a flight's reaper
-// goroutine takes the acks in publishing order and advances Acked, the
-// last sequence up to which everything is in the stream. The first
-// failure (no ack within AckTimeout, a disconnect, a refusal) ends the
-// flight: the run goroutine waits for its remaining acks, then watches
-// again from Acked once NATS answers, and if the history no longer holds
-// the next event, publishes one gap record and goes on from the oldest
-// held. At shutdown, after Bus.Close ended its watcher, Stop makes it
-// publish what the history holds past Acked (events.Bus.Since), within a
-// bound.
+// batches and publishes each event as a core NATS message with a reply
+// subject of its own (the flight's inbox and the event's sequence), at
+// most Options.MaxPending awaiting their answers. The stream's acks come
+// back to the flight's inbox subscription, whose goroutine advances Acked,
+// the last sequence up to which everything is in the stream, over the
+// acknowledged prefix. The first failure (an error answer, no answer
+// within AckTimeout, a disconnect) ends the flight; the run goroutine
+// takes the answers still in flight (events acknowledged behind the failed
+// one are not published again), then watches again from Acked once NATS
+// answers, and if the history no
+// longer holds the next event, publishes one gap record and goes on from
+// the oldest held. At shutdown, after Bus.Close ended its watcher, Stop
+// makes it publish what the history holds past Acked (events.Bus.Since),
+// within a bound.
 //
-// Goroutines: run (one per Publisher, ended by Stop) and one reaper per
-// flight, which run joins (flight.end) before it starts another or
-// returns. Acked is written by the reaper while a flight is under way and
-// by run only between flights (gap, locate).
+// Goroutines: run (one per Publisher, ended by Stop), and for each flight
+// a watchdog (the ack timeout and the connection's status) and the inbox
+// subscription's, both ended by flight.end, which run calls before it
+// starts another flight or returns. Acked is written by the inbox
+// subscription's goroutine and by send while a flight is under way, and by
+// run only between flights (gap, locate).
 //
 // # The desired listeners
 //

@@ -1,12 +1,16 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,7 +25,12 @@ const (
 	DefaultMaxPending = 1024
 	DefaultAckTimeout = 10 * time.Second
 	batchSize         = 512
-	maxBackoff        = 2 * time.Second
+	// publishLinger is how long the publisher lets events gather after a
+	// batch of less than half batchSize: under load it publishes a batch
+	// every publishLinger or so, and the first event after a quiet spell
+	// goes out at once.
+	publishLinger = 5 * time.Millisecond
+	maxBackoff    = 2 * time.Second
 )
 
 // Options configure a Publisher.
@@ -32,9 +41,9 @@ type Options struct {
 	Duplicates time.Duration // the stream's duplicate window; 0: DefaultDuplicates
 	MaxPending int           // publishes awaiting their ack at most; 0: DefaultMaxPending
 	AckTimeout time.Duration // a publish not acknowledged by then is retried; 0: DefaultAckTimeout
-	// Encode turns an event into its payload (the API's Event as
-	// protojson).
-	Encode func(*events.Event) ([]byte, error)
+	// Encode appends an event's payload (the API's Event as protojson)
+	// to dst. The publisher reuses dst once the message is sent.
+	Encode func(dst []byte, e *events.Event) ([]byte, error)
 	Log    *slog.Logger
 }
 
@@ -82,6 +91,15 @@ type Publisher struct {
 	acked                            atomic.Uint64 // every event up to it is in the stream, or in a gap record
 	published, ackedN, failed, gapsN atomic.Uint64
 
+	// the run goroutine's own
+	buf      []byte // the payload being sent
+	subjects map[subjectKey]string
+	// stored holds the events past acked that JetStream acknowledged
+	// after an earlier publish of their flight failed: the next flight
+	// does not publish them again (a copy sent after the stream's
+	// duplicate window would be stored twice).
+	stored map[uint64]bool
+
 	cancel context.CancelFunc
 	// stopping is done once Stop is called: publish the rest of the
 	// history, then return.
@@ -104,8 +122,7 @@ func Start(nc *nats.Conn, bus *events.Bus, opts Options) (*Publisher, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(opts.MaxPending),
-		jetstream.WithPublishAsyncTimeout(opts.AckTimeout))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
@@ -257,117 +274,391 @@ func (p *Publisher) locate(ctx context.Context) error {
 	return nil
 }
 
-// item is a publish awaiting its ack, or with no future, the sequence
-// reached once every publish before it is acknowledged.
-type item struct {
-	seq uint64
-	f   jetstream.PubAckFuture
-}
-
-// flight is one run of publishes: a reaper goroutine takes their acks in
-// order, advancing acked while none has failed. The first failure cancels
-// the run.
+// flight is one run of publishes. Each is a core NATS publish whose reply
+// subject is the flight's inbox followed by the event's sequence: the
+// stream's ack comes back there. The acks are taken in the inbox
+// subscription's goroutine, in whatever order they come, and acked
+// advances over the run's acknowledged prefix. The first failure (an error
+// or no-responders answer, no ack within the ack timeout, a disconnect)
+// ends the run; the events acknowledged behind the failed publish are
+// kept in Publisher.stored, not to be published again. This is what jetstream's
+// PublishMsgAsync did for the publisher, without its future, timer and
+// JSON decoding for each message.
 type flight struct {
 	p      *Publisher
+	parent context.Context // the run's: Stop gave up when it ends
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	items  chan item
-	done   chan struct{}
+	inbox  string // the reply subjects' prefix, ending in '.'
+	sub    *nats.Subscription
+	status chan nats.Status
+	done   chan struct{} // the watchdog returned
+
+	mu      sync.Mutex
+	q       []pending // q[head:]: publishes and marks in sequence order, from the oldest not acknowledged
+	head    int
+	waiting int           // publishes awaiting their answer
+	room    chan struct{} // signalled when a slot of the MaxPending frees
+	empty   chan struct{} // signalled when q empties
+	idle    chan struct{} // signalled when waiting falls to 0
+	lost    bool          // the connection went: what awaits an answer gets none
+	tick    uint64        // the watchdog's clock, in quarters of the ack timeout
+	failed  bool          // no more publishes
+	ended   bool          // answers that come now are dropped
+
+	// send's own, reused from one publish to the next
+	msg   nats.Msg
+	id    []string // msg.Header's Nats-Msg-Id
+	reply []byte
 }
 
-func (p *Publisher) newFlight(ctx context.Context) *flight {
+// pending is a publish, or with mark, the sequence reached once every
+// publish before it is acknowledged.
+type pending struct {
+	seq   uint64
+	tick  uint64 // when it was sent, on the watchdog's clock
+	mark  bool
+	state uint8 // awaiting, acked or refused
+}
+
+const (
+	awaiting = iota
+	acked
+	refused
+)
+
+// Ticks of the watchdog's clock in an ack timeout: a publish not answered
+// within timeoutTicks (1 to 1.25 ack timeouts) fails.
+const (
+	ticksPerTimeout = 4
+	timeoutTicks    = ticksPerTimeout + 1
+)
+
+func (p *Publisher) newFlight(ctx context.Context) (*flight, error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	f := &flight{p: p, ctx: fctx, cancel: cancel, items: make(chan item, p.opts.MaxPending+batchSize), done: make(chan struct{})}
-	go f.reap(ctx)
-	return f
+	f := &flight{p: p, parent: ctx, ctx: fctx, cancel: cancel, inbox: p.nc.NewInbox() + ".", done: make(chan struct{}),
+		room: make(chan struct{}, 1), empty: make(chan struct{}, 1), idle: make(chan struct{}, 1), id: make([]string, 1)}
+	f.msg.Header = nats.Header{jetstream.MsgIDHeader: f.id}
+	f.reply = append(make([]byte, 0, len(f.inbox)+20), f.inbox...)
+	sub, err := p.nc.Subscribe(f.inbox+"*", f.answer)
+	if err != nil {
+		cancel(nil)
+		return nil, fmt.Errorf("ack inbox: %w", err)
+	}
+	f.sub = sub
+	f.status = p.nc.StatusChanged(nats.RECONNECTING, nats.CLOSED)
+	go f.watchdog()
+	return f, nil
 }
 
-func (f *flight) reap(ctx context.Context) {
+// watchdog fails the flight when its oldest publish waits longer than the
+// ack timeout for its answer, or when the connection is lost (what was in
+// flight may never be answered).
+func (f *flight) watchdog() {
 	defer close(f.done)
-	failed := false
-	for it := range f.items {
-		if it.f == nil {
-			if !failed {
-				f.p.acked.Store(max(f.p.acked.Load(), it.seq))
-			}
-			continue
-		}
+	t := time.NewTicker(f.p.opts.AckTimeout / ticksPerTimeout)
+	defer t.Stop()
+	for {
 		select {
-		case <-it.f.Ok():
-			f.p.ackedN.Add(1)
-			if !failed {
-				f.p.acked.Store(max(f.p.acked.Load(), it.seq))
+		case <-f.ctx.Done():
+			return
+		case st := <-f.status:
+			f.mu.Lock()
+			f.lost = true
+			f.failLocked(fmt.Errorf("connection %v: %w", st, nats.ErrDisconnected))
+			f.mu.Unlock()
+			signal(f.idle) // end need not wait for answers
+		case <-t.C:
+			f.mu.Lock()
+			f.tick++
+			if f.head < len(f.q) && f.q[f.head].tick+timeoutTicks <= f.tick {
+				f.failLocked(fmt.Errorf("publish of seq %d: %w", f.q[f.head].seq, jetstream.ErrAsyncPublishTimeout))
 			}
-		case err := <-it.f.Err():
-			f.p.failed.Add(1)
-			if !failed {
-				failed = true
-				f.cancel(fmt.Errorf("publish of seq %d: %w", it.seq, err))
-			}
-		case <-ctx.Done(): // Stop gave up: the acks no longer matter
-			failed = true
-			f.cancel(ctx.Err())
+			f.mu.Unlock()
 		}
 	}
 }
 
-// end waits for every ack of the flight (each comes, or fails, within the
-// ack timeout) and returns why it failed, if it did.
+// failLocked ends the flight for err, unless it failed already. f.mu is
+// held.
+func (f *flight) failLocked(err error) {
+	if !f.failed {
+		f.failed = true
+		f.cancel(err)
+	}
+}
+
+// Acks as the server writes them start so, and say nothing else:
+// {"stream":"NAME","seq":N} (an error answer starts with its "error").
+// Anything else is decoded.
+var (
+	ackStart = []byte(`{"stream":`)
+	ackError = []byte(`"error"`)
+)
+
+// answer takes JetStream's answer to one publish, in the inbox
+// subscription's goroutine.
+func (f *flight) answer(m *nats.Msg) {
+	seq, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, f.inbox), 10, 64)
+	if err != nil {
+		return
+	}
+	aerr := ackErr(m)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, ok := f.find(seq)
+	if !ok || f.ended {
+		return
+	}
+	f.waiting--
+	if f.waiting == f.p.opts.MaxPending-1 {
+		signal(f.room)
+	}
+	if f.waiting == 0 {
+		signal(f.idle)
+	}
+	if aerr != nil {
+		f.q[i].state = refused
+		f.p.failed.Add(1)
+		f.failLocked(fmt.Errorf("publish of seq %d: %w", seq, aerr))
+		return
+	}
+	f.q[i].state = acked
+	f.p.ackedN.Add(1)
+	if i == f.head {
+		f.advanceLocked()
+	}
+}
+
+// advanceLocked moves past the acknowledged publishes and the marks at the
+// head and advances acked to the last of them: everything up to it is in
+// the stream, failure or not (a refused or unanswered publish stops it).
+// f.mu is held.
+func (f *flight) advanceLocked() {
+	var through uint64
+	for f.head < len(f.q) && (f.q[f.head].mark || f.q[f.head].state == acked) {
+		through = f.q[f.head].seq
+		f.head++
+	}
+	if through > 0 {
+		f.p.acked.Store(max(f.p.acked.Load(), through))
+	}
+	if f.head == len(f.q) {
+		f.q, f.head = f.q[:0], 0
+		signal(f.empty)
+	} else if f.head >= 1024 && f.head >= len(f.q)/2 {
+		f.q, f.head = f.q[:copy(f.q, f.q[f.head:])], 0
+	}
+}
+
+// ackErr is why m does not acknowledge its publish, or nil.
+func ackErr(m *nats.Msg) error {
+	if len(m.Data) == 0 { // a status: no responders (no stream), ...
+		return fmt.Errorf("%w (status %s)", jetstream.ErrNoStreamResponse, m.Header.Get("Status"))
+	}
+	if bytes.HasPrefix(m.Data, ackStart) && !bytes.Contains(m.Data, ackError) {
+		return nil
+	}
+	var r struct {
+		Error  *jetstream.APIError `json:"error"`
+		Stream string              `json:"stream"`
+	}
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return jetstream.ErrInvalidJSAck
+	}
+	if r.Error != nil {
+		return r.Error
+	}
+	if r.Stream == "" {
+		return jetstream.ErrInvalidJSAck
+	}
+	return nil
+}
+
+// find is the index of seq's publish if it awaits its answer. f.mu is
+// held.
+func (f *flight) find(seq uint64) (int, bool) {
+	q := f.q[f.head:]
+	i := 0
+	if len(q) == 0 || q[0].seq != seq { // answers mostly come in order
+		i = sort.Search(len(q), func(i int) bool { return q[i].seq >= seq })
+	}
+	if i == len(q) || q[i].seq != seq || q[i].mark || q[i].state != awaiting {
+		return 0, false
+	}
+	return f.head + i, true
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// end waits for every answer of the flight (each comes, or fails, within
+// the ack timeout) and returns why it failed, if it did. After a failure it
+// still takes the answers of the publishes in flight, for up to an ack
+// timeout (unless the connection went, which they do not survive): those
+// acknowledged are not published again. What is not answered by then
+// counts as failed.
 func (f *flight) end() error {
-	close(f.items)
-	<-f.done
+	for {
+		f.mu.Lock()
+		empty := f.head == len(f.q)
+		f.mu.Unlock()
+		if empty || f.ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-f.empty: // looked at again: it may be from before
+		case <-f.ctx.Done():
+		}
+	}
+	var t *time.Timer
+	for {
+		f.mu.Lock()
+		wait := f.failed && !f.lost && f.waiting > 0 && f.p.nc.IsConnected()
+		f.mu.Unlock()
+		if !wait {
+			break
+		}
+		if t == nil {
+			t = time.NewTimer(f.p.opts.AckTimeout)
+			defer t.Stop()
+		}
+		select {
+		case <-f.idle: // looked at again: it may be from before
+			continue
+		case <-f.status: // the watchdog no longer runs: the connection went
+			f.mu.Lock()
+			f.lost = true
+			f.mu.Unlock()
+			continue
+		case <-t.C:
+		case <-f.parent.Done():
+		}
+		break
+	}
 	err := context.Cause(f.ctx)
+	f.mu.Lock()
+	f.ended = true
+	f.p.failed.Add(uint64(f.waiting))
 	f.cancel(nil)
+	p := f.p
+	for seq := range p.stored {
+		if seq <= p.acked.Load() {
+			delete(p.stored, seq)
+		}
+	}
+	for _, it := range f.q[f.head:] {
+		if !it.mark && it.state == acked { // acknowledged behind a failed one
+			if p.stored == nil {
+				p.stored = map[uint64]bool{}
+			}
+			p.stored[it.seq] = true
+		}
+	}
+	f.mu.Unlock()
+	_ = f.sub.Unsubscribe()
+	f.p.nc.RemoveStatusListener(f.status)
+	<-f.done
 	return err
 }
 
-// send publishes evs asynchronously, then marks through as reached once
-// they are acknowledged. It stops at the first failure.
+// send publishes evs, then marks through as reached once they are
+// acknowledged. It stops at the first failure.
 func (f *flight) send(evs []events.Event, through uint64) error {
 	p := f.p
 	boot := p.bus.BootID()
 	for i := range evs {
 		e := &evs[i]
-		data, err := p.opts.Encode(e)
+		if p.stored[e.Seq] { // acknowledged already, in a flight that failed
+			continue
+		}
+		data, err := p.opts.Encode(p.buf[:0], e)
 		if err != nil { // never so for the daemon's own events: skip it, loudly
 			p.log.Error("fleet: event not encodable; skipped", "seq", e.Seq, "err", err)
 			continue
 		}
-		m := &nats.Msg{Subject: Subject(p.opts.Host, e.Listener, e.Kind), Data: data, Header: nats.Header{}}
-		m.Header.Set(jetstream.MsgIDHeader, MsgID(boot, e.Seq))
-		fut, err := f.publish(m)
-		if err != nil {
-			p.failed.Add(1)
-			f.cancel(fmt.Errorf("publish of seq %d: %w", e.Seq, err))
-			return context.Cause(f.ctx)
-		}
-		p.published.Add(1)
-		select {
-		case f.items <- item{seq: e.Seq, f: fut}:
-		case <-f.ctx.Done():
-			return context.Cause(f.ctx)
+		p.buf = data
+		if err := f.publish(e.Seq, p.subject(e), MsgID(boot, e.Seq), data); err != nil {
+			return err
 		}
 	}
-	select {
-	case f.items <- item{seq: through}:
-	case <-f.ctx.Done():
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.q = append(f.q, pending{seq: through, mark: true})
+	if f.head == len(f.q)-1 { // nothing awaited before it
+		f.advanceLocked()
+	}
+	return context.Cause(f.ctx)
+}
+
+// publish sends one event, waiting while MaxPending publishes await their
+// answers. NATS copies the message into its buffer: data is free again
+// when it returns.
+func (f *flight) publish(seq uint64, subject, id string, data []byte) error {
+	f.mu.Lock()
+	for f.waiting >= f.p.opts.MaxPending && !f.failed {
+		f.mu.Unlock()
+		select {
+		case <-f.room:
+		case <-f.ctx.Done(): // failed, or Stop gave up
+			return context.Cause(f.ctx)
+		}
+		f.mu.Lock()
+	}
+	if f.failed || f.ctx.Err() != nil {
+		f.mu.Unlock()
+		return context.Cause(f.ctx)
+	}
+	f.q = append(f.q, pending{seq: seq, tick: f.tick})
+	f.waiting++
+	f.mu.Unlock()
+
+	f.reply = strconv.AppendUint(f.reply[:len(f.inbox)], seq, 10)
+	f.msg.Subject, f.msg.Reply, f.msg.Data = subject, string(f.reply), data
+	f.id[0] = id
+	err := f.p.nc.PublishMsg(&f.msg)
+	f.msg.Data = nil
+	f.p.published.Add(1)
+	if err != nil {
+		f.mu.Lock()
+		if i, ok := f.find(seq); ok {
+			f.q[i].state = refused
+			f.waiting--
+			f.p.failed.Add(1)
+		}
+		f.failLocked(fmt.Errorf("publish of seq %d: %w", seq, err))
+		f.mu.Unlock()
 		return context.Cause(f.ctx)
 	}
 	return nil
 }
 
-// publish sends m, waiting while MaxPending publishes await their acks.
-func (f *flight) publish(m *nats.Msg) (jetstream.PubAckFuture, error) {
-	for {
-		fut, err := f.p.js.PublishMsgAsync(m)
-		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
-			return fut, err
-		}
-		if err := f.ctx.Err(); err != nil {
-			return nil, context.Cause(f.ctx)
-		}
-	}
+type subjectKey struct {
+	listener string
+	kind     events.Kind
 }
+
+// subject is Subject for e, from a cache: most events go to a few
+// subjects.
+func (p *Publisher) subject(e *events.Event) string {
+	k := subjectKey{e.Listener, e.Kind}
+	if s, ok := p.subjects[k]; ok {
+		return s
+	}
+	if p.subjects == nil || len(p.subjects) >= maxSubjects {
+		p.subjects = make(map[subjectKey]string)
+	}
+	s := Subject(p.opts.Host, e.Listener, e.Kind)
+	p.subjects[k] = s
+	return s
+}
+
+// maxSubjects bounds the subject cache: past it, it starts again.
+const maxSubjects = 4096
 
 // watch publishes from a watcher of the history, from the last
 // acknowledged sequence, until it fails, is cut, or the bus closes.
@@ -384,11 +675,15 @@ func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	defer w.Close()
-	f := p.newFlight(ctx)
+	f, err := p.newFlight(ctx)
+	if err != nil {
+		return false, err
+	}
 	buf := make([]events.Event, 0, batchSize)
 	next, cancel := context.WithCancel(f.ctx) // Stop ends the watch; the acks are still awaited
 	defer cancel()
 	defer context.AfterFunc(p.stopping, cancel)()
+	var linger *time.Timer
 	for {
 		evs, through, werr := w.NextBatch(next, buf, 0)
 		if len(evs) > 0 || werr == nil {
@@ -401,6 +696,23 @@ func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
 				err = werr
 			}
 			break
+		}
+		if len(evs) < batchSize/2 {
+			// Let more events gather before the next batch (at most
+			// publishLinger late): one wake-up of this goroutine, one
+			// write to NATS and one read for the server per batch rather
+			// than per event. Meanwhile no one waits on the watcher's
+			// channel, so the listeners' Records wake no goroutine.
+			if linger == nil {
+				linger = time.NewTimer(publishLinger)
+				defer linger.Stop()
+			} else {
+				linger.Reset(publishLinger)
+			}
+			select {
+			case <-linger.C:
+			case <-next.Done():
+			}
 		}
 	}
 	ferr := f.end()
@@ -460,7 +772,10 @@ func (p *Publisher) drain(ctx context.Context) {
 		if err != nil || len(evs) == 0 {
 			return
 		}
-		f := p.newFlight(ctx)
+		f, err := p.newFlight(ctx)
+		if err != nil {
+			return
+		}
 		var keep []events.Event
 		for _, e := range evs {
 			if e.Kind != events.KindConnectionData { // as the watcher's filter

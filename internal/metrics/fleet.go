@@ -17,24 +17,35 @@ var (
 		"Gap records published: events the history no longer held when NATS came back.", nil, nil)
 	descFleetLag = prometheus.NewDesc(namespace+"_fleet_lag_events",
 		"Events recorded and not yet acknowledged by JetStream.", nil, nil)
+	descFleetAckedSeq = prometheus.NewDesc(namespace+"_fleet_acked_sequence",
+		"The last event sequence of this boot JetStream acknowledged: every event up to it is in the stream (or named by a gap record), and stays there if the daemon dies.", nil, nil)
 )
 
-// CollectFleet registers the fleet publisher's counters, read from stats
-// at scrape time. Call it once.
-func (m *Metrics) CollectFleet(stats func() fleet.Stats) {
-	m.reg.MustRegister(fleetCollector(stats))
+// FleetPublisher is what the fleet metrics read at scrape time: a
+// *fleet.Publisher.
+type FleetPublisher interface {
+	Stats() fleet.Stats
+	Acked() uint64
 }
 
-type fleetCollector func() fleet.Stats
+// CollectFleet registers the fleet publisher's counters, read from pub
+// at scrape time. Call it once.
+func (m *Metrics) CollectFleet(pub FleetPublisher) {
+	m.reg.MustRegister(fleetCollector{pub})
+}
+
+type fleetCollector struct{ pub FleetPublisher }
 
 func (c fleetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFleetPublished, descFleetAcked, descFleetFailed, descFleetGaps, descFleetLag} {
+	for _, d := range []*prometheus.Desc{descFleetPublished, descFleetAcked, descFleetFailed, descFleetGaps, descFleetLag,
+		descFleetAckedSeq} {
 		ch <- d
 	}
 }
 
 func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c()
+	s := c.pub.Stats()
+	ch <- prometheus.MustNewConstMetric(descFleetAckedSeq, prometheus.GaugeValue, float64(c.pub.Acked()))
 	ch <- prometheus.MustNewConstMetric(descFleetPublished, prometheus.CounterValue, float64(s.Published))
 	ch <- prometheus.MustNewConstMetric(descFleetAcked, prometheus.CounterValue, float64(s.Acked))
 	ch <- prometheus.MustNewConstMetric(descFleetFailed, prometheus.CounterValue, float64(s.Failed))

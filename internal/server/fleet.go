@@ -59,13 +59,13 @@ func startFleet(cfg FleetConfig, bus *events.Bus, met *metrics.Metrics, log *slo
 	}
 	boot := bus.BootID()
 	pub, err := fleet.Start(nc, bus, fleet.Options{Host: cfg.Host, Replicas: cfg.Replicas, MaxAge: cfg.MaxAge, Log: log,
-		Encode: func(e *events.Event) ([]byte, error) { return service.EventJSON(e, boot) }})
+		Encode: func(dst []byte, e *events.Event) ([]byte, error) { return service.AppendEventJSON(dst, e, boot) }})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
 	if met != nil {
-		met.CollectFleet(pub.Stats)
+		met.CollectFleet(pub)
 	}
 	log.Info("listenerd publishing events to NATS JetStream", "stream", fleet.Stream, "subjects", fleet.HostSubjects(cfg.Host))
 	return nc, func() {

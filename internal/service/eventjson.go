@@ -5,9 +5,18 @@ import (
 	"github.com/listenerd/listenerd/internal/events"
 )
 
-// EventJSON is e as the API's Event in compact protojson, one line without
-// its newline: what ctl watch -o json prints for it, and the payload of
-// the fleet's JetStream messages. Connection data is left out.
-func EventJSON(e *events.Event, boot string) ([]byte, error) {
-	return eventjson.Marshal(eventToProto(e, boot, 0))
+// AppendEventJSON appends e as the API's Event in compact protojson, one
+// line without its newline, to dst: what ctl watch -o json prints for it,
+// and the payload of the fleet's JetStream messages. Connection data is
+// left out.
+func AppendEventJSON(dst []byte, e *events.Event, boot string) ([]byte, error) {
+	ev := eventToProto(e, boot, 0)
+	if b, ok := eventjson.Append(dst, ev); ok {
+		return b, nil
+	}
+	b, err := eventjson.Marshal(ev)
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, b...), nil
 }
