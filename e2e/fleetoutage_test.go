@@ -87,8 +87,9 @@ func sum(m map[string]int) (n int) {
 // bucket (a listener added on h2, h3's limit changed, one of h4's
 // removed). Then the fronts point at the restarted servers: each daemon
 // reconciles the changes, h2's and h3's every connection is in the stream
-// exactly once (those in flight at the stop too), and h4 publishes exactly one gap record, naming the
-// sequences its history lost, and every other event of its once.
+// exactly once (those in flight at the stop too), and h4 publishes
+// exactly one gap record, naming the sequences its history lost, and
+// every other event of its once.
 func TestFleetNATSStoppedEntirely(t *testing.T) {
 	ips := loopbacks(t, "127.0.0.2", "127.0.0.3", "127.0.0.4")
 	c := startNATSCluster(t)
@@ -191,6 +192,11 @@ func TestFleetNATSStoppedEntirely(t *testing.T) {
 		return true
 	}
 	c.waitMsgs(stored+500, "the load's first events in the stream", busyDone)
+	const failedLog = "fleet: publishing to NATS failed"
+	failedLogs := map[string]int{}
+	for _, h := range busy {
+		failedLogs[h] = strings.Count(ds[h].stderr.String(), failedLog)
+	}
 	down := time.Now()
 	old := c.stopAll()
 	for _, f := range fronts {
@@ -210,7 +216,13 @@ func TestFleetNATSStoppedEntirely(t *testing.T) {
 	t.Logf("NATS down: the loads (%d connections on h2 and h3, %d on h4) ended %v after it stopped, every connection accepted",
 		busyConns, outageConns, time.Since(down).Round(time.Millisecond))
 	// What the daemons had acknowledged when NATS stopped, read once
-	// their last answers are in: it must not move until NATS is back.
+	// their last answers are in (h2's and h3's flights ended, as their
+	// logs say; h4 had none awaited): it must not move until NATS is back.
+	for _, h := range busy {
+		testkit.EventuallyWithin(t, clusterGuard, func() bool {
+			return strings.Count(ds[h].stderr.String(), failedLog) > failedLogs[h]
+		}, h+"'s publisher failing")
+	}
 	downAcked := map[string]float64{}
 	for _, h := range hosts {
 		downAcked[h] = metric(t, met[h], "listenerd_fleet_acked_sequence")
@@ -225,7 +237,7 @@ func TestFleetNATSStoppedEntirely(t *testing.T) {
 	c.restart(old)
 	t.Logf("the cluster restarted on its stores %v after it stopped", time.Since(down).Round(time.Millisecond))
 	n := c.waitMsgs(stored, "the stream's messages back from the stores", func() bool { return false })
-	t.Logf("the restarted stream holds %d messages: %d stored before the load, %d during it", n, stored, n-stored)
+	t.Logf("the restarted stream holds %d messages: %d stored before the outage's load, %d of it", n, stored, n-stored)
 	after := fmt.Sprintf("hosts:\n"+
 		"  h2:\n    listeners:\n      web: %s\n      api: %s\n"+
 		"  h3:\n    listeners:\n      web: %s\n"+
