@@ -62,19 +62,32 @@ func startNATSCluster(t *testing.T) *natsCluster {
 			natstest.Stop(s)
 		}
 	})
-	testkit.EventuallyWithin(t, clusterGuard, func() bool {
-		return ss[0].JetStreamIsLeader() || ss[1].JetStreamIsLeader() || ss[2].JetStreamIsLeader()
+	c.connect()
+	return c
+}
+
+// connect waits for c.ss's JetStream meta leader, connects the test's
+// client to c.url and opens (or makes) the bucket, within clusterGuard.
+func (c *natsCluster) connect() {
+	c.t.Helper()
+	testkit.EventuallyWithin(c.t, clusterGuard, func() bool {
+		for _, s := range c.ss {
+			if s.JetStreamIsLeader() {
+				return true
+			}
+		}
+		return false
 	}, "a JetStream meta leader")
-	c.js = natstest.JetStream(t, c.url)
-	testkit.EventuallyWithin(t, clusterGuard, func() bool {
+	c.js = natstest.JetStream(c.t, c.url)
+	testkit.EventuallyWithin(c.t, clusterGuard, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		var err error
 		if c.kv, err = fleet.OpenBucket(ctx, c.js, 3); err != nil {
-			t.Logf("bucket: %v", err)
+			c.t.Logf("bucket: %v", err)
 		}
 		return err == nil
 	}, "the bucket "+fleet.Bucket)
-	return c
 }
 
 // waitStream waits until the daemons created the events stream.
@@ -133,6 +146,7 @@ type fleetMsg struct {
 	streamSeq   uint64
 	subject, id string
 	ev          *listenerdv1.Event // nil for a gap record
+	gap         *fleet.Gap         // a gap record's
 }
 
 // readFleet reads every message of the stream whose subject matches
@@ -182,6 +196,8 @@ func (c *natsCluster) readFleet(filter string) []fleetMsg {
 				if err := protojson.Unmarshal(m.Data(), fm.ev); err != nil {
 					c.t.Fatalf("message %d: %s: %v", last, m.Data(), err)
 				}
+			} else if fm.gap, err = fleet.ParseGap(m.Data()); err != nil {
+				c.t.Fatalf("gap record %d: %s: %v", last, m.Data(), err)
 			}
 			out = append(out, fm)
 		}
@@ -320,15 +336,15 @@ func (l *clientLoad) made() (addrs map[string]int, n int) {
 	return addrs, n
 }
 
-// apply writes text as a fleet file and runs ctl fleet apply on it; it
-// returns the plan ctl printed.
-func (c *natsCluster) apply(d *daemon, text string) string {
+// apply writes text as a fleet file and runs ctl fleet apply on it, with
+// flags (--prune) when given; it returns the plan ctl printed.
+func (c *natsCluster) apply(d *daemon, text string, flags ...string) string {
 	c.t.Helper()
 	file := filepath.Join(c.t.TempDir(), "fleet.yaml")
 	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
-	return d.mustCtl("fleet", "apply", "--nats", c.url, "-f", file)
+	return d.mustCtl(append([]string{"fleet", "apply", "--nats", c.url, "-f", file}, flags...)...)
 }
 
 // waitListening waits until host's daemon reports its listener name

@@ -53,7 +53,7 @@ func startFleet(cfg FleetConfig, bus *events.Bus, met *metrics.Metrics, log *slo
 		return nil, func() {}, nil
 	}
 	cfg.Name = "listenerd " + cfg.Host
-	nc, err = cfg.Connect(nats.RetryOnFailedConnect(true))
+	nc, err = cfg.Connect(nats.RetryOnFailedConnect(true), nats.ErrorHandler(natsErrors(log)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("--nats: %w", err)
 	}
@@ -72,4 +72,16 @@ func startFleet(cfg FleetConfig, bus *events.Bus, met *metrics.Metrics, log *slo
 		pub.Stop(fleetFlush)
 		nc.Close()
 	}, nil
+}
+
+// natsErrors logs what the NATS client reports asynchronously (a slow
+// consumer; a watch's consumer that stopped answering while NATS was
+// away), as a warning: without it the client writes a bare line to
+// stderr, outside the daemon's log. The subscription's subject is not
+// read: the client rewrites it, under a lock of its own, when an ordered
+// consumer (a bucket's watch) starts again.
+func natsErrors(log *slog.Logger) nats.ErrHandler {
+	return func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		log.Warn("nats: asynchronous error", "err", err)
+	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/fleet/natstest"
 	"github.com/listenerd/listenerd/internal/testkit"
@@ -86,4 +88,44 @@ func TestFleetConfigErrors(t *testing.T) {
 	if err := ok.check(); err != nil {
 		t.Errorf("%+v: %v", ok, err)
 	}
+}
+
+// What the NATS client reports asynchronously on the daemon's connection
+// (a slow consumer; a watch's consumer that stopped answering while NATS
+// was away) goes to the daemon's log, as a warning with its time, not as
+// a bare line on stderr.
+func TestFleetNATSAsyncErrorsLogged(t *testing.T) {
+	s, err := natstest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { natstest.Stop(s) })
+	var logs testkit.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	nc, stop, err := startFleet(FleetConfig{ConnConfig: fleet.ConnConfig{URL: s.ClientURL()}, Host: "h", Replicas: 1},
+		events.NewBus(events.Options{}), nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	release := make(chan struct{})
+	sub, err := nc.Subscribe("slow", func(*nats.Msg) { <-release })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer close(release)
+	if err := sub.SetPendingLimits(1, -1); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // one taken, one pending, one over the limit
+		if err := nc.Publish("slow", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	testkit.EventuallyWithin(t, time.Minute, func() bool {
+		return strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), nats.ErrSlowConsumer.Error())
+	}, "the slow consumer in the log")
 }

@@ -3,7 +3,8 @@
 // cluster on loopback, and a front, an address held for a whole test
 // that forwards to whichever server serves at the moment, so that a
 // server can stop and another start on the same store while the clients
-// keep their URL.
+// keep their URL. A cluster stopped entirely starts again on its stores
+// (Restart).
 package natstest
 
 import (
@@ -47,6 +48,18 @@ func start(o *server.Options) (*server.Server, error) {
 	return s, nil
 }
 
+// started holds what each server of a cluster was started with, for
+// Restart; Restart drops the servers it replaces.
+var (
+	startedMu sync.Mutex
+	started   = map[*server.Server]startedAs{}
+)
+
+type startedAs struct {
+	opts   *server.Options
+	client string // the client address it listened on
+}
+
 // Stop shuts s down and waits until it has.
 func Stop(s *server.Server) {
 	s.Shutdown()
@@ -77,15 +90,84 @@ func cluster(dir string, n int) ([]*server.Server, error) {
 	for _, p := range ports {
 		routes = append(routes, &url.URL{Scheme: "nats", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(p))})
 	}
-	ss := make([]*server.Server, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
+	opts := make([]*server.Options, n)
 	for i := range n {
-		wg.Go(func() { // together: each waits for the others to elect a meta leader
-			ss[i], errs[i] = start(&server.Options{ServerName: "n" + strconv.Itoa(i+1), Host: "127.0.0.1", Port: -1,
-				JetStream: true, StoreDir: filepath.Join(dir, strconv.Itoa(i)), NoLog: true, NoSigs: true,
-				Cluster: server.ClusterOpts{Name: "fleet", Host: "127.0.0.1", Port: ports[i]}, Routes: routes})
-		})
+		opts[i] = &server.Options{ServerName: "n" + strconv.Itoa(i+1), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: filepath.Join(dir, strconv.Itoa(i)), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "fleet", Host: "127.0.0.1", Port: ports[i]}, Routes: routes}
+	}
+	return startAll(opts)
+}
+
+// Restart starts the stopped servers ss of a cluster again, together, each
+// with its name, store directory, cluster port and routes: the cluster's
+// streams and buckets come back from their stores. Each listens for
+// clients on a new port, none of them one a server of ss listened on, so
+// that a client holding the old addresses (given, or learned from the
+// servers) reaches the new servers only through what points it there, a
+// Front. It returns the new servers in the order of ss.
+func Restart(ss ...*server.Server) ([]*server.Server, error) {
+	old := map[string]bool{}
+	var opts []*server.Options
+	startedMu.Lock()
+	for _, s := range ss {
+		as, ok := started[s]
+		if ok {
+			old[as.client] = true
+			opts = append(opts, as.opts)
+		}
+	}
+	startedMu.Unlock()
+	if len(opts) != len(ss) {
+		return nil, errors.New("natstest: Restart of a server natstest did not start")
+	}
+	for _, s := range ss {
+		if s.Running() {
+			return nil, fmt.Errorf("natstest: Restart of %s, which is running", s.Name())
+		}
+	}
+	var err error
+	for range 3 { // a new client port that was an old one: again
+		var again []*server.Server
+		if again, err = startAll(opts); err != nil {
+			return nil, err
+		}
+		reused := false
+		for _, s := range again {
+			reused = reused || old[s.Addr().String()]
+		}
+		if !reused {
+			startedMu.Lock()
+			for _, s := range ss {
+				delete(started, s)
+			}
+			startedMu.Unlock()
+			return again, nil
+		}
+		startedMu.Lock()
+		for _, s := range again {
+			delete(started, s)
+		}
+		startedMu.Unlock()
+		for _, s := range again {
+			Stop(s)
+		}
+		err = errors.New("natstest: the restarted servers took an old client port each time")
+	}
+	return nil, err
+}
+
+// startAll starts a server on a clone of each of opts, together (each
+// waits for the others to elect a meta leader), on a free client port, and
+// notes what for Restart; on a failure it stops those that started.
+func startAll(opts []*server.Options) ([]*server.Server, error) {
+	ss := make([]*server.Server, len(opts))
+	errs := make([]error, len(opts))
+	var wg sync.WaitGroup
+	for i, o := range opts {
+		o = o.Clone() // the server fills in what it leaves to it
+		o.Port = -1
+		wg.Go(func() { ss[i], errs[i] = start(o) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -96,6 +178,11 @@ func cluster(dir string, n int) ([]*server.Server, error) {
 		}
 		return nil, err
 	}
+	startedMu.Lock()
+	for i, s := range ss {
+		started[s] = startedAs{opts: opts[i], client: s.Addr().String()}
+	}
+	startedMu.Unlock()
 	return ss, nil
 }
 
