@@ -30,7 +30,7 @@ const (
 	// every publishLinger or so, and the first event after a quiet spell
 	// goes out at once.
 	publishLinger = 5 * time.Millisecond
-	maxBackoff    = 2 * time.Second
+	retryWait     = 100 * time.Millisecond
 )
 
 // Options configure a Publisher.
@@ -41,6 +41,10 @@ type Options struct {
 	Duplicates time.Duration // the stream's duplicate window; 0: DefaultDuplicates
 	MaxPending int           // publishes awaiting their ack at most; 0: DefaultMaxPending
 	AckTimeout time.Duration // a publish not acknowledged by then is retried; 0: DefaultAckTimeout
+	// RetryWait is the wait before the first retry after a failure,
+	// doubled at each failure that follows up to 20 times it; a reconnect
+	// to NATS ends the wait at once. 0: 100 ms.
+	RetryWait time.Duration
 	// Encode appends an event's payload (the API's Event as protojson)
 	// to dst. The publisher reuses dst once the message is sent.
 	Encode func(dst []byte, e *events.Event) ([]byte, error)
@@ -119,6 +123,7 @@ func Start(nc *nats.Conn, bus *events.Bus, opts Options) (*Publisher, error) {
 	}
 	opts.MaxPending = cmpInt(opts.MaxPending, DefaultMaxPending)
 	opts.AckTimeout = cmp(opts.AckTimeout, DefaultAckTimeout)
+	opts.RetryWait = cmp(opts.RetryWait, retryWait)
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
@@ -178,9 +183,13 @@ func (p *Publisher) Stop(timeout time.Duration) {
 func (p *Publisher) run(ctx context.Context) {
 	defer close(p.done)
 	defer p.cancel()
-	backoff := 100 * time.Millisecond
+	backoff := p.opts.RetryWait
 	failing := false
 	located := false
+	// A reconnect ends the wait before a retry: the events missed while
+	// NATS was away go out as soon as it answers again.
+	reconnected := p.nc.StatusChanged(nats.CONNECTED)
+	defer p.nc.RemoveStatusListener(reconnected)
 	for ctx.Err() == nil {
 		err := p.ensureStream(ctx)
 		if err == nil && !located {
@@ -198,7 +207,7 @@ func (p *Publisher) run(ctx context.Context) {
 			return
 		}
 		if err == nil || progressed {
-			backoff, failing = 100*time.Millisecond, false
+			backoff, failing = p.opts.RetryWait, false
 		}
 		if err == nil {
 			continue
@@ -214,9 +223,11 @@ func (p *Publisher) run(ctx context.Context) {
 		case <-p.stopping.Done():
 			p.drain(ctx)
 			return
+		case <-reconnected:
+			continue
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, maxBackoff)
+		backoff = min(2*backoff, 20*p.opts.RetryWait)
 	}
 }
 

@@ -349,6 +349,26 @@ func TestResumesAfterNATSRestart(t *testing.T) {
 	t.Logf("stats after the restart: %+v", r.pub.Stats())
 }
 
+// A reconnect ends the publisher's wait before its retry: with a wait of
+// an hour, the events recorded while NATS was away are still published as
+// soon as it answers again.
+func TestRetriesAtOnceOnReconnect(t *testing.T) {
+	dir := t.TempDir()
+	n := startFronted(t, dir)
+	r := newRigWith(t, n.front.URL(), "kappa", events.Options{}, fleet.Options{RetryWait: time.Hour})
+	r.connect(5)
+	waitStream(t, n.s.ClientURL(), r.bus.Head())
+
+	n.stop()
+	r.connect(10) // the flight fails on the disconnect: the publisher waits its hour
+	n.start()
+	head := r.bus.Head()
+	gaps := checkOnce(t, waitStream(t, n.s.ClientURL(), head), "kappa", r.bus.BootID(), head)
+	if len(gaps) != 0 {
+		t.Fatalf("gap records %+v: the history held every missed event", gaps)
+	}
+}
+
 // With a history too small to hold what NATS missed, one gap record names
 // the lost events, and the gap counter says 1.
 func TestGapRecordWhenHistoryLost(t *testing.T) {
