@@ -77,7 +77,17 @@ type Desired struct {
 	// long a burst of listener changes is gathered before the statuses
 	// are written; 0: declare.DefaultQuiet.
 	Quiet time.Duration
+	// Heartbeat is how often the host key (HostKey) is written, besides
+	// once at start and at each reconnect; 0: DefaultHeartbeat. Boot and
+	// Version go into it (Host).
+	Heartbeat time.Duration
+	Boot      string
+	Version   string
 }
+
+// stopWait bounds the last write of the host key, Stopped, at shutdown:
+// a NATS that does not answer holds the shutdown no longer.
+const stopWait = 2 * time.Second
 
 // desiredRetry is how long Run waits to watch again after a failure while
 // NATS stays connected (a bucket not created yet in a cluster electing its
@@ -106,10 +116,14 @@ var errReconnected = errors.New("reconnected to NATS")
 // close ended.
 var statusKinds = []events.Kind{events.KindListenerStarted, events.KindAcceptError, events.KindListenerClosed}
 
-// Run watches and reconciles until ctx ends.
+// Run watches and reconciles, and writes the host key, until ctx ends;
+// then it writes the host key once more, Stopped (see heartbeat).
 func (d *Desired) Run(ctx context.Context) {
 	connected := d.Conn.StatusChanged(nats.CONNECTED)
 	defer d.Conn.RemoveStatusListener(connected)
+	var hb sync.WaitGroup
+	hb.Go(func() { d.heartbeat(ctx) })
+	defer hb.Wait()
 	ch := &changes{poke: make(chan struct{}, 1), closed: map[string]bool{}}
 	if d.Bus != nil {
 		ectx, cancel := context.WithCancel(ctx)
@@ -139,6 +153,98 @@ func (d *Desired) Run(ctx context.Context) {
 		case <-retry.C:
 		}
 	}
+}
+
+// heartbeat writes the host key (Host) at once, at each reconnect and
+// every Heartbeat until ctx ends, apart from the watch: a long reconcile
+// does not hold it. A write that fails is logged once and tried again at
+// the next beat. Once ctx ends (the daemon stops), it writes the key once
+// more with Stopped, within stopWait and only while NATS is connected,
+// and only over its own last write: a daemon that wrote the key since (an
+// upgrade's new process, which keeps the boot id) is not marked stopped.
+func (d *Desired) heartbeat(ctx context.Context) {
+	every := d.Heartbeat
+	if every <= 0 {
+		every = DefaultHeartbeat
+	}
+	connected := d.Conn.StatusChanged(nats.CONNECTED)
+	defer d.Conn.RemoveStatusListener(connected)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	key := HostKey(d.Host)
+	value := func(stopped bool) []byte {
+		b, _ := json.Marshal(Host{Boot: d.Boot, Interval: every.String(), Version: d.Version, Stopped: stopped,
+			Updated: time.Now().UTC()})
+		return b
+	}
+	var kv jetstream.KeyValue
+	var rev uint64 // of the last write acknowledged; 0: none
+	failing := false
+	for {
+		r, err := d.beat(ctx, &kv, key, value(false))
+		if err == nil {
+			rev = r
+		} else {
+			kv = nil // opened again at the next beat: the bucket may be new (a NATS restarted without its store)
+		}
+		switch {
+		case err == nil:
+			failing = false
+		case ctx.Err() != nil:
+		case !failing && d.Conn.IsConnected() && d.Log != nil:
+			failing = true
+			d.Log.Warn("desired listeners: host key not written; trying again at each heartbeat", "key", key, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			if rev != 0 && d.Conn.IsConnected() {
+				d.stopped(key, value(true), rev)
+			}
+			return
+		case <-connected:
+		case <-tick.C:
+		}
+	}
+}
+
+// stopped writes the host key's last value, over revision rev only,
+// within stopWait.
+func (d *Desired) stopped(key string, value []byte, rev uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), stopWait)
+	defer cancel()
+	js, err := jetstream.New(d.Conn)
+	if err != nil {
+		return
+	}
+	kv, err := js.KeyValue(ctx, Bucket)
+	if err == nil {
+		_, err = kv.Update(ctx, key, value, rev)
+	}
+	if err != nil && d.Log != nil {
+		d.Log.Info("desired listeners: host key not marked stopped", "key", key, "err", err)
+	}
+}
+
+// beat opens the bucket into *kv if it is not yet, and puts value under
+// key.
+func (d *Desired) beat(ctx context.Context, kv *jetstream.KeyValue, key string, value []byte) (uint64, error) {
+	if !d.Conn.IsConnected() {
+		return 0, nats.ErrDisconnected
+	}
+	octx, cancel := context.WithTimeout(ctx, opWait)
+	defer cancel()
+	if *kv == nil {
+		js, err := jetstream.New(d.Conn)
+		if err != nil {
+			return 0, err
+		}
+		b, err := OpenBucket(octx, js, d.Replicas)
+		if err != nil {
+			return 0, fmt.Errorf("bucket %s: %w", Bucket, err)
+		}
+		*kv = b
+	}
+	return (*kv).Put(octx, key, value)
 }
 
 // changes is what the events goroutine tells the watch: poke, that
