@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -160,8 +161,9 @@ func (d *Desired) Run(ctx context.Context) {
 // does not hold it. A write that fails is logged once and tried again at
 // the next beat. Once ctx ends (the daemon stops), it writes the key once
 // more with Stopped, within stopWait and only while NATS is connected,
-// and only over its own last write: a daemon that wrote the key since (an
-// upgrade's new process, which keeps the boot id) is not marked stopped.
+// and only over a value this process wrote (its boot id and pid): a
+// process that wrote the key since (an upgrade's new process, which keeps
+// the boot id) is not marked stopped.
 func (d *Desired) heartbeat(ctx context.Context) {
 	every := d.Heartbeat
 	if every <= 0 {
@@ -172,33 +174,32 @@ func (d *Desired) heartbeat(ctx context.Context) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	key := HostKey(d.Host)
+	me := Host{Boot: d.Boot, PID: os.Getpid(), Interval: every.String(), Version: d.Version}
 	value := func(stopped bool) []byte {
-		b, _ := json.Marshal(Host{Boot: d.Boot, Interval: every.String(), Version: d.Version, Stopped: stopped,
-			Updated: time.Now().UTC()})
+		h := me
+		h.Stopped, h.Updated = stopped, time.Now().UTC()
+		b, _ := json.Marshal(h)
 		return b
 	}
 	var kv jetstream.KeyValue
-	var rev uint64 // of the last write acknowledged; 0: none
 	failing := false
 	for {
-		r, err := d.beat(ctx, &kv, key, value(false))
-		if err == nil {
-			rev = r
-		} else {
-			kv = nil // opened again at the next beat: the bucket may be new (a NATS restarted without its store)
-		}
+		err := d.beat(ctx, &kv, key, value(false))
 		switch {
 		case err == nil:
 			failing = false
 		case ctx.Err() != nil:
-		case !failing && d.Conn.IsConnected() && d.Log != nil:
-			failing = true
-			d.Log.Warn("desired listeners: host key not written; trying again at each heartbeat", "key", key, "err", err)
+		default:
+			kv = nil // opened again at the next beat: the bucket may be new (a NATS restarted without its store)
+			if !failing && d.Conn.IsConnected() && d.Log != nil {
+				failing = true
+				d.Log.Warn("desired listeners: host key not written; trying again at each heartbeat", "key", key, "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
-			if rev != 0 && d.Conn.IsConnected() {
-				d.stopped(key, value(true), rev)
+			if d.Conn.IsConnected() {
+				d.stopped(key, me, value(true))
 			}
 			return
 		case <-connected:
@@ -207,9 +208,9 @@ func (d *Desired) heartbeat(ctx context.Context) {
 	}
 }
 
-// stopped writes the host key's last value, over revision rev only,
-// within stopWait.
-func (d *Desired) stopped(key string, value []byte, rev uint64) {
+// stopped writes the host key's last value, over a value of me's process
+// only, within stopWait.
+func (d *Desired) stopped(key string, me Host, value []byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), stopWait)
 	defer cancel()
 	js, err := jetstream.New(d.Conn)
@@ -217,8 +218,20 @@ func (d *Desired) stopped(key string, value []byte, rev uint64) {
 		return
 	}
 	kv, err := js.KeyValue(ctx, Bucket)
-	if err == nil {
-		_, err = kv.Update(ctx, key, value, rev)
+	// Again when the key changed between the read and the write: a beat
+	// cancelled by the shutdown may still be stored.
+	for i := 0; err == nil && i < 3; i++ {
+		var e jetstream.KeyValueEntry
+		if e, err = kv.Get(ctx, key); err != nil {
+			break
+		}
+		var h Host
+		if json.Unmarshal(e.Value(), &h) != nil || h.Boot != me.Boot || h.PID != me.PID {
+			return // another process's
+		}
+		if _, err = kv.Update(ctx, key, value, e.Revision()); !errors.Is(err, jetstream.ErrKeyExists) {
+			break
+		}
 	}
 	if err != nil && d.Log != nil {
 		d.Log.Info("desired listeners: host key not marked stopped", "key", key, "err", err)
@@ -227,24 +240,25 @@ func (d *Desired) stopped(key string, value []byte, rev uint64) {
 
 // beat opens the bucket into *kv if it is not yet, and puts value under
 // key.
-func (d *Desired) beat(ctx context.Context, kv *jetstream.KeyValue, key string, value []byte) (uint64, error) {
+func (d *Desired) beat(ctx context.Context, kv *jetstream.KeyValue, key string, value []byte) error {
 	if !d.Conn.IsConnected() {
-		return 0, nats.ErrDisconnected
+		return nats.ErrDisconnected
 	}
 	octx, cancel := context.WithTimeout(ctx, opWait)
 	defer cancel()
 	if *kv == nil {
 		js, err := jetstream.New(d.Conn)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		b, err := OpenBucket(octx, js, d.Replicas)
 		if err != nil {
-			return 0, fmt.Errorf("bucket %s: %w", Bucket, err)
+			return fmt.Errorf("bucket %s: %w", Bucket, err)
 		}
 		*kv = b
 	}
-	return (*kv).Put(octx, key, value)
+	_, err := (*kv).Put(octx, key, value)
+	return err
 }
 
 // changes is what the events goroutine tells the watch: poke, that

@@ -88,7 +88,8 @@ const MissedBeats = 3
 // starts watching the bucket, at every heartbeat, and once more with
 // Stopped on a clean shutdown.
 type Host struct {
-	Boot     string `json:"boot"`     // the daemon's boot id
+	Boot     string `json:"boot"`     // the daemon's boot id (an upgrade keeps it)
+	PID      int    `json:"pid"`      // the daemon's process id
 	Interval string `json:"interval"` // its heartbeat, as time.Duration writes it ("10s")
 	Version  string `json:"version"`  // the daemon's version
 	Stopped  bool   `json:"stopped"`  // written by a clean shutdown: no more heartbeats
