@@ -389,10 +389,10 @@ func (a *app) fleetLsCmd() *cobra.Command {
 		Long: `List the desired listeners of every host (or of --host) in the NATS key-value
 bucket ` + fleet.Bucket + `, with what each host's daemon last reported of them:
 
-  HOST  NAME  STATE      ADDRESS          ERROR
-  east  web   listening  127.0.0.1:8080   -
-  west  api   pending    -                -
-  north db    gone       127.0.0.1:5432   -
+  HOST   NAME  STATE      ADDRESS          ERROR
+  east   web   listening  127.0.0.1:8080   -
+  west   api   pending    -                -
+  north  db    gone       127.0.0.1:5432   -
 
 STATE is the listener's state as its daemon reported it: listening,
 failed, draining (closing: its connections drain), missing (its create
@@ -403,8 +403,9 @@ key was deleted is listed, draining, until its daemon has closed it.
 
 Each daemon writes its host key (` + fleet.HostPrefix + `.<host>) when it starts watching
 the bucket and every --nats-heartbeat (10s by default), and once more,
-stopped, when it shuts down cleanly. STATE is then, for every listener of
-the host, whatever its daemon last reported:
+stopped, when it shuts down cleanly. For every listener of a host that is
+not up, STATE says so in place of what its daemon last reported (which
+-o json keeps):
 
   gone      its host key was last written more than ` + fmt.Sprint(fleet.MissedBeats) + ` heartbeat intervals
             ago: the daemon was killed, its machine lost, or it is cut
