@@ -122,10 +122,10 @@ var statusKinds = []events.Kind{events.KindListenerStarted, events.KindAcceptErr
 func (d *Desired) Run(ctx context.Context) {
 	connected := d.Conn.StatusChanged(nats.CONNECTED)
 	defer d.Conn.RemoveStatusListener(connected)
+	ch := &changes{poke: make(chan struct{}, 1), closed: map[string]bool{}, opened: make(chan struct{}, 1)}
 	var hb sync.WaitGroup
-	hb.Go(func() { d.heartbeat(ctx) })
+	hb.Go(func() { d.heartbeat(ctx, ch.opened) })
 	defer hb.Wait()
-	ch := &changes{poke: make(chan struct{}, 1), closed: map[string]bool{}}
 	if d.Bus != nil {
 		ectx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
@@ -156,21 +156,21 @@ func (d *Desired) Run(ctx context.Context) {
 	}
 }
 
-// heartbeat writes the host key (Host) at once, at each reconnect and
-// every Heartbeat until ctx ends, apart from the watch: a long reconcile
-// does not hold it. A write that fails is logged once and tried again at
-// the next beat. Once ctx ends (the daemon stops), it writes the key once
+// heartbeat writes the host key (Host) at once, each time the watch
+// opened the bucket (opened: at start and after each reconnect), and
+// every Heartbeat until ctx ends, apart from the watch: a long
+// reconcile does not hold it. It never creates the bucket (the watch
+// does: two creates at once are not wanted); a write that fails is
+// logged once and tried again at the next beat. Once ctx ends (the daemon stops), it writes the key once
 // more with Stopped, within stopWait and only while NATS is connected,
 // and only over a value this process wrote (its boot id and pid): a
 // process that wrote the key since (an upgrade's new process, which keeps
 // the boot id) is not marked stopped.
-func (d *Desired) heartbeat(ctx context.Context) {
+func (d *Desired) heartbeat(ctx context.Context, opened <-chan struct{}) {
 	every := d.Heartbeat
 	if every <= 0 {
 		every = DefaultHeartbeat
 	}
-	connected := d.Conn.StatusChanged(nats.CONNECTED)
-	defer d.Conn.RemoveStatusListener(connected)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	key := HostKey(d.Host)
@@ -189,6 +189,8 @@ func (d *Desired) heartbeat(ctx context.Context) {
 		case err == nil:
 			failing = false
 		case ctx.Err() != nil:
+		case errors.Is(err, jetstream.ErrBucketNotFound):
+			kv = nil // the watch creates it, and says so (opened)
 		default:
 			kv = nil // opened again at the next beat: the bucket may be new (a NATS restarted without its store)
 			if !failing && d.Conn.IsConnected() && d.Log != nil {
@@ -202,7 +204,7 @@ func (d *Desired) heartbeat(ctx context.Context) {
 				d.stopped(key, me, value(true))
 			}
 			return
-		case <-connected:
+		case <-opened:
 		case <-tick.C:
 		}
 	}
@@ -238,8 +240,8 @@ func (d *Desired) stopped(key string, me Host, value []byte) {
 	}
 }
 
-// beat opens the bucket into *kv if it is not yet, and puts value under
-// key.
+// beat opens the bucket into *kv if it is not yet (ErrBucketNotFound when
+// there is none), and puts value under key.
 func (d *Desired) beat(ctx context.Context, kv *jetstream.KeyValue, key string, value []byte) error {
 	if !d.Conn.IsConnected() {
 		return nats.ErrDisconnected
@@ -251,7 +253,7 @@ func (d *Desired) beat(ctx context.Context, kv *jetstream.KeyValue, key string, 
 		if err != nil {
 			return err
 		}
-		b, err := OpenBucket(octx, js, d.Replicas)
+		b, err := js.KeyValue(octx, Bucket)
 		if err != nil {
 			return fmt.Errorf("bucket %s: %w", Bucket, err)
 		}
@@ -269,6 +271,9 @@ type changes struct {
 	poke   chan struct{}
 	mu     sync.Mutex
 	closed map[string]bool
+	// opened tells the heartbeat that the watch opened the bucket (and
+	// created it if need be): the host key is written then.
+	opened chan struct{}
 }
 
 func (c *changes) changed() {
@@ -380,6 +385,10 @@ func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status, ch *c
 	cancel()
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", Bucket, err)
+	}
+	select {
+	case ch.opened <- struct{}{}:
+	default:
 	}
 	w, err := kv.Watch(ctx, HostKeys(DesiredPrefix, d.Host))
 	if err != nil {
