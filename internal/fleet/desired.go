@@ -156,12 +156,12 @@ func (d *Desired) Run(ctx context.Context) {
 	}
 }
 
-// heartbeat writes the host key (Host) at once, each time the watch
-// opened the bucket (opened: at start and after each reconnect), and
-// every Heartbeat until ctx ends, apart from the watch: a long
-// reconcile does not hold it. It never creates the bucket (the watch
-// does: two creates at once are not wanted); a write that fails is
-// logged once and tried again at the next beat. Once ctx ends (the daemon stops), it writes the key once
+// heartbeat writes the host key (Host) each time the watch opened the
+// bucket (opened: at start and after each reconnect), and every Heartbeat
+// until ctx ends, apart from the watch: a long reconcile does not hold
+// it. It never creates the bucket (the watch does: two creates at once
+// are not wanted); a write that fails is logged once and tried again at
+// the next beat. Once ctx ends (the daemon stops), it writes the key once
 // more with Stopped, within stopWait and only while NATS is connected,
 // and only over a value this process wrote (its boot id and pid): a
 // process that wrote the key since (an upgrade's new process, which keeps
@@ -184,6 +184,15 @@ func (d *Desired) heartbeat(ctx context.Context, opened <-chan struct{}) {
 	var kv jetstream.KeyValue
 	failing := false
 	for {
+		select {
+		case <-ctx.Done():
+			if d.Conn.IsConnected() {
+				d.stopped(key, me, value(true))
+			}
+			return
+		case <-opened:
+		case <-tick.C:
+		}
 		err := d.beat(ctx, &kv, key, value(false))
 		switch {
 		case err == nil:
@@ -197,15 +206,6 @@ func (d *Desired) heartbeat(ctx context.Context, opened <-chan struct{}) {
 				failing = true
 				d.Log.Warn("desired listeners: host key not written; trying again at each heartbeat", "key", key, "err", err)
 			}
-		}
-		select {
-		case <-ctx.Done():
-			if d.Conn.IsConnected() {
-				d.stopped(key, me, value(true))
-			}
-			return
-		case <-opened:
-		case <-tick.C:
 		}
 	}
 }
