@@ -54,6 +54,8 @@ func TestErrors(t *testing.T) {
 		{nil, "allow-hosts: 10.1.2.3/8\n", nil, "--allow-hosts: "},
 		{nil, "", []string{"-socket", "/tmp/s"}, "(long flags take two dashes: --socket)"},
 		{nil, "", []string{"config", "extra"}, `unknown command "extra"`},
+		{nil, "", []string{"--nats", "nats://127.0.0.1:4222", "--nats-heartbeat", "0s"}, "--nats-heartbeat 0s: must be positive"},
+		{nil, "nats: nats://127.0.0.1:4222\nnats-heartbeat: -1s\n", nil, "--nats-heartbeat -1s: must be positive"},
 	} {
 		args := tc.args
 		if tc.file != "" {
@@ -63,6 +65,22 @@ func TestErrors(t *testing.T) {
 		if code != 2 || s != nil || stdout != "" || !strings.Contains(stderr, tc.want) || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("%v %v: exit %d, stdout %q, stderr %q; want exit 2 and one line with %q", tc.env, args, code, stdout, stderr, tc.want)
 		}
+	}
+}
+
+// --nats-heartbeat: 10s unless given, on the command line or in the
+// config file as the other --nats-* flags.
+func TestNATSHeartbeat(t *testing.T) {
+	code, s, _, stderr := run(t, nil, "--nats", "nats://127.0.0.1:4222")
+	if code != 0 || s.cfg.Fleet.Heartbeat != 10*time.Second {
+		t.Fatalf("default: exit %d (%s), heartbeat %v", code, stderr, s.cfg.Fleet.Heartbeat)
+	}
+	path := testkit.WriteFile(t, "f.yaml", "nats: nats://127.0.0.1:4222\nnats-heartbeat: 250ms\n")
+	if code, s, _, stderr = run(t, nil, "--config", path); code != 0 || s.cfg.Fleet.Heartbeat != 250*time.Millisecond {
+		t.Fatalf("from the file: exit %d (%s), heartbeat %v", code, stderr, s.cfg.Fleet.Heartbeat)
+	}
+	if code, s, _, stderr = run(t, map[string]string{"LISTENERD_NATS_HEARTBEAT": "3s"}, "--config", path); code != 0 || s.cfg.Fleet.Heartbeat != 3*time.Second {
+		t.Fatalf("from the environment: exit %d (%s), heartbeat %v", code, stderr, s.cfg.Fleet.Heartbeat)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"strings"
@@ -65,6 +66,7 @@ func declareFlags(fs *pflag.FlagSet, s *settings) {
 	fs.BoolVar(&cfg.Fleet.Desired, "nats-desired", true, "with --nats, reconcile this host's desired listeners from the NATS bucket "+fleet.Bucket+" (keys "+fleet.DesiredPrefix+".<host-name>.<name>; false: only publish events, e.g. beside --listeners)")
 	fs.IntVar(&cfg.Fleet.Replicas, "nats-replicas", 1, "replicas of the events stream when listenerd creates it (1-5)")
 	fs.DurationVar(&cfg.Fleet.MaxAge, "nats-max-age", fleet.DefaultMaxAge, "how long the events stream keeps an event, when listenerd creates it")
+	fs.DurationVar(&cfg.Fleet.Heartbeat, "nats-heartbeat", fleet.DefaultHeartbeat, "with --nats-desired, write this host's key "+fleet.HostPrefix+".<host-name> in the bucket this often (ctl fleet ls shows a host gone after "+fmt.Sprint(fleet.MissedBeats)+" missed beats); positive")
 	fs.StringVar(&s.ports, "allow-ports", "", "ports listeners may bind, as a list of ports and ranges (e.g. 0,8000-8999; 0 allows ephemeral ports); empty: any")
 	fs.StringVar(&s.hosts, "allow-hosts", "", "addresses listeners may bind, as a list of IPs and CIDRs (e.g. 127.0.0.1,::1,10.0.0.0/8); 0.0.0.0 and :: only when listed; empty: any")
 	fs.BoolVar(&s.allowPrivileged, "allow-privileged", true, "allow ports below 1024 when the process may bind them (false refuses them whatever the rights)")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/fleet/natstest"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 // fleetLsRow is one row of ctl fleet ls -o json.
@@ -18,6 +19,9 @@ type fleetLsRow struct {
 	Status  *fleet.Status `json:"status"`
 	Pending bool          `json:"pending"`
 	Deleted bool          `json:"deleted"`
+	// HostState is the liveness of the host's daemon: up, gone, stopped,
+	// unknown.
+	HostState string `json:"hostState"`
 }
 
 // fleetLs runs ctl fleet ls -o json and returns its rows by name.
@@ -111,5 +115,51 @@ func echoOnce(t *testing.T, c io.ReadWriter) {
 	b := make([]byte, 1)
 	if _, err := io.ReadFull(c, b); err != nil || b[0] != 'x' {
 		t.Fatalf("echo: %q, %v", b, err)
+	}
+}
+
+// A daemon killed (SIGKILL) stops writing its host key: its listeners turn
+// gone in ctl fleet ls after three heartbeats; a daemon stopped (SIGTERM)
+// marks its key stopped on the way out. Both keep what they last reported
+// in -o json.
+func TestFleetLsHostGoneOrStopped(t *testing.T) {
+	s, err := natstest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { natstest.Stop(s) })
+	url := s.ClientURL()
+	killed := startDaemon(t, "--nats", url, "--host-name", "h-kill", "--nats-heartbeat", "200ms")
+	stopped := startDaemon(t, "--nats", url, "--host-name", "h-term", "--nats-heartbeat", "200ms")
+	path := filepath.Join(t.TempDir(), "fleet.yaml")
+	if err := os.WriteFile(path, []byte("hosts:\n  h-kill:\n    listeners:\n      k: {spec: {port: 0, handler: {echo: {}}}}\n"+
+		"  h-term:\n    listeners:\n      s: {spec: {port: 0, handler: {echo: {}}}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	killed.mustCtl("fleet", "apply", "--nats", url, "-f", path)
+	var rows map[string]fleetLsRow
+	eventually(t, func() bool {
+		rows = fleetLs(t, killed, url)
+		up := func(r fleetLsRow) bool {
+			return r.Status != nil && !r.Pending && r.Status.State == "listening" && r.HostState == "up"
+		}
+		return up(rows["k"]) && up(rows["s"])
+	}, "k and s listening, their hosts up, in fleet ls")
+	k, st := *rows["k"].Status, *rows["s"].Status
+
+	killed.kill()
+	stopped.stop()
+	// Generous: gone comes three heartbeats (600 ms) after the last write.
+	testkit.EventuallyWithin(t, 2*guard, func() bool {
+		rows = fleetLs(t, stopped, url)
+		return rows["k"].HostState == "gone" && rows["s"].HostState == "stopped"
+	}, "h-kill gone and h-term stopped in fleet ls")
+	if rows["k"].Status == nil || rows["k"].Status.State != "listening" || rows["k"].Status.Address != k.Address ||
+		rows["s"].Status == nil || rows["s"].Status.State != "listening" || rows["s"].Status.Address != st.Address {
+		t.Fatalf("rows %+v: want the statuses as last reported", rows)
+	}
+	ls := stopped.mustCtl("fleet", "ls", "--nats", url)
+	if !containsRow(ls, "h-kill", "k", "gone", k.Address, "-") || !containsRow(ls, "h-term", "s", "stopped", st.Address, "-") {
+		t.Fatalf("fleet ls: %q, want k gone and s stopped", ls)
 	}
 }

@@ -29,10 +29,11 @@ const natsWait = 10 * time.Second
 type bucketKey struct {
 	value    []byte
 	revision uint64
+	created  time.Time // the server's time of the write
 }
 
 // openFleetBucket connects and returns the bucket, and its keys of kind
-// (fleet.DesiredPrefix, fleet.StatusPrefix) by key. create makes a bucket
+// (fleet.DesiredPrefix, fleet.StatusPrefix, fleet.HostPrefix) by key. create makes a bucket
 // that does not exist yet (with replicas); without it, a missing bucket
 // has no keys and kv is nil.
 func openFleetBucket(ctx context.Context, conn fleet.ConnConfig, create bool, replicas int, kinds ...string) (nc *nats.Conn, kv jetstream.KeyValue, keys map[string]bucketKey, err error) {
@@ -61,7 +62,11 @@ func openFleetBucket(ctx context.Context, conn fleet.ConnConfig, create bool, re
 	}
 	var patterns []string
 	for _, k := range kinds {
-		patterns = append(patterns, fleet.HostKeys(k, "*"))
+		if k == fleet.HostPrefix {
+			patterns = append(patterns, fleet.AllHostKeys)
+		} else {
+			patterns = append(patterns, fleet.HostKeys(k, "*"))
+		}
 	}
 	w, err := kv.WatchFiltered(octx, patterns, jetstream.IgnoreDeletes())
 	if err != nil {
@@ -78,7 +83,7 @@ func openFleetBucket(ctx context.Context, conn fleet.ConnConfig, create bool, re
 			if e == nil {
 				return nc, kv, keys, nil
 			}
-			keys[e.Key()] = bucketKey{value: e.Value(), revision: e.Revision()}
+			keys[e.Key()] = bucketKey{value: e.Value(), revision: e.Revision(), created: e.Created()}
 		case <-octx.Done():
 			if ctx.Err() != nil {
 				return nil, nil, nil, ctx.Err()
@@ -330,6 +335,49 @@ type lsRow struct {
 	// Deleted: the desired key is deleted, and the daemon still reports
 	// the listener (it drains); Desired is null.
 	Deleted bool `json:"deleted"`
+	// HostState is the liveness of the host's daemon (fleet.HostUp,
+	// HostGone, HostStopped, HostUnknown); HostSeen the NATS server's
+	// time of its host key's last write, absent without one.
+	HostState string     `json:"hostState"`
+	HostSeen  *time.Time `json:"hostSeen,omitempty"`
+}
+
+// lsHost is one host key in ctl fleet ls -o json.
+type lsHost struct {
+	Host  string    `json:"host"`
+	State string    `json:"state"`
+	Seen  time.Time `json:"seen"` // the NATS server's time of the key's last write
+	// What the key holds.
+	Boot     string    `json:"boot"`
+	PID      int       `json:"pid"`
+	Interval string    `json:"interval"`
+	Version  string    `json:"version"`
+	Stopped  bool      `json:"stopped"`
+	Updated  time.Time `json:"updated"` // the daemon's clock at the write
+}
+
+// lsNow is the time ctl fleet ls judges liveness at: the NATS server's
+// clock when it tells it (a stream info's timestamp), never earlier than
+// the newest host key write the bucket shows; without it, ctl's own
+// clock, likewise. Every write time is the server's, so with the server's
+// clock the clock of ctl's machine does not matter.
+func lsNow(ctx context.Context, kv jetstream.KeyValue, keys map[string]bucketKey) time.Time {
+	now := time.Now()
+	if kv != nil {
+		octx, cancel := context.WithTimeout(ctx, natsWait)
+		defer cancel()
+		if st, err := kv.Status(octx); err == nil {
+			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil && !bs.StreamInfo().TimeStamp.IsZero() {
+				now = bs.StreamInfo().TimeStamp
+			}
+		}
+	}
+	for key, k := range keys {
+		if strings.HasPrefix(key, fleet.HostPrefix+".") && k.created.After(now) {
+			now = k.created
+		}
+	}
+	return now
 }
 
 func (a *app) fleetLsCmd() *cobra.Command {
@@ -341,17 +389,42 @@ func (a *app) fleetLsCmd() *cobra.Command {
 		Long: `List the desired listeners of every host (or of --host) in the NATS key-value
 bucket ` + fleet.Bucket + `, with what each host's daemon last reported of them:
 
-  HOST  NAME  STATE      ADDRESS          ERROR
-  east  web   listening  127.0.0.1:8080   -
-  west  api   pending    -                -
+  HOST   NAME  STATE      ADDRESS          ERROR
+  east   web   listening  127.0.0.1:8080   -
+  west   api   pending    -                -
+  north  db    gone       127.0.0.1:5432   -
 
 STATE is the listener's state as its daemon reported it: listening,
 failed, draining (closing: its connections drain), missing (its create
 failed: see ERROR; or it was closed through the API, and the next
 reconcile puts it back), or pending when the daemon has not yet reported
 the key's latest revision (it is down, or busy). A listener whose desired
-key was deleted is listed, draining, until its daemon has closed it. It
-reads NATS directly: no daemon is asked. -o json prints one document.
+key was deleted is listed, draining, until its daemon has closed it.
+
+Each daemon writes its host key (` + fleet.HostPrefix + `.<host>) when it starts watching
+the bucket and every --nats-heartbeat (10s by default), and once more,
+stopped, when it shuts down cleanly. For every listener of a host that is
+not up, STATE says so in place of what its daemon last reported (which
+-o json keeps):
+
+  gone      its host key was last written more than ` + fmt.Sprint(fleet.MissedBeats) + ` heartbeat intervals
+            ago: the daemon was killed, its machine lost, or it is cut
+            off from NATS
+  stopped   its daemon shut down cleanly
+
+"Ago" is by the NATS server's clock: each write's time is the server's,
+and so is "now" (the time a stream info request is answered; never
+earlier than the newest host key write in the bucket). The clock of the
+machine ctl runs on does not matter; should the server not tell its
+time, ctl's own clock stands in. A host with no host key (a daemon older
+than host keys) is shown as before.
+
+It reads NATS directly: no daemon is asked. -o json prints one document:
+{"listeners": [...], "hosts": [...]}; each listener has its host's
+"hostState" (up, gone, stopped, or unknown: no host key) and "hostSeen"
+(the server's time of the host key's last write), beside the status its
+daemon last reported; each host has its state, "seen", and what its key
+holds (boot id, pid, interval, version, stopped).
 
 --nats and its credentials as for ctl fleet watch.`,
 		Example: `  ctl fleet ls
@@ -367,12 +440,14 @@ reads NATS directly: no daemon is asked. -o json prints one document.
 				}
 			}
 			conn.Name = "ctl fleet ls"
-			nc, _, keys, err := openFleetBucket(cmd.Context(), conn, false, 1, fleet.DesiredPrefix, fleet.StatusPrefix)
+			nc, kv, keys, err := openFleetBucket(cmd.Context(), conn, false, 1, fleet.DesiredPrefix, fleet.StatusPrefix, fleet.HostPrefix)
 			if err != nil {
 				return err
 			}
+			now := lsNow(cmd.Context(), kv, keys)
 			nc.Close()
-			return a.printFleetLs(fleetRows(keys, host))
+			rows, hosts := fleetRows(keys, host, now)
+			return a.printFleetLs(rows, hosts)
 		},
 	}
 	natsFlags(cmd.Flags(), &conn)
@@ -382,8 +457,24 @@ reads NATS directly: no daemon is asked. -o json prints one document.
 
 // fleetRows joins the desired keys with their status keys, by host and
 // name; a status key without a desired key (its listener drains after
-// the key's deletion) is a row of its own.
-func fleetRows(keys map[string]bucketKey, only string) []lsRow {
+// the key's deletion) is a row of its own. Each row has its host's
+// liveness at now (by the host keys); hosts are the host keys.
+func fleetRows(keys map[string]bucketKey, only string, now time.Time) ([]lsRow, []lsHost) {
+	hosts := []lsHost{}
+	byHost := map[string]*lsHost{}
+	for _, key := range slices.Sorted(maps.Keys(keys)) {
+		host, ok := strings.CutPrefix(key, fleet.HostPrefix+".")
+		if !ok || fleet.CheckToken("host", host) != nil || (only != "" && host != only) {
+			continue
+		}
+		k := keys[key]
+		h, state := fleet.Liveness(k.value, k.created, now)
+		hosts = append(hosts, lsHost{Host: host, State: state, Seen: k.created, Boot: h.Boot, PID: h.PID,
+			Interval: h.Interval, Version: h.Version, Stopped: h.Stopped, Updated: h.Updated})
+	}
+	for i := range hosts {
+		byHost[hosts[i].Host] = &hosts[i]
+	}
 	rows := []lsRow{}
 	for _, key := range slices.Sorted(maps.Keys(keys)) {
 		kind, host, name, ok := fleet.SplitKey(key)
@@ -414,19 +505,26 @@ func fleetRows(keys map[string]bucketKey, only string) []lsRow {
 		r.Pending = r.Status == nil || r.Status.Revision < k.revision
 		rows = append(rows, r)
 	}
+	for i := range rows {
+		rows[i].HostState = fleet.HostUnknown
+		if h := byHost[rows[i].Host]; h != nil {
+			rows[i].HostState, rows[i].HostSeen = h.State, &h.Seen
+		}
+	}
 	slices.SortStableFunc(rows, func(a, b lsRow) int {
 		return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Name, b.Name))
 	})
-	return rows
+	return rows, hosts
 }
 
-func (a *app) printFleetLs(rows []lsRow) error {
+func (a *app) printFleetLs(rows []lsRow, hosts []lsHost) error {
 	if a.json() {
 		enc := json.NewEncoder(a.stdout)
 		enc.SetEscapeHTML(false)
 		return enc.Encode(struct {
-			Listeners []lsRow `json:"listeners"`
-		}{rows})
+			Listeners []lsRow  `json:"listeners"`
+			Hosts     []lsHost `json:"hosts"`
+		}{rows, hosts})
 	}
 	t := newTable(a.stdout, a.noHeaders, "HOST", "NAME", "STATE", "ADDRESS", "ERROR")
 	for _, r := range rows {
@@ -436,6 +534,9 @@ func (a *app) printFleetLs(rows []lsRow) error {
 			if !r.Pending {
 				state = r.Status.State
 			}
+		}
+		if r.HostState == fleet.HostGone || r.HostState == fleet.HostStopped {
+			state = r.HostState // what it last reported is in -o json
 		}
 		t.row(r.Host, r.Name, state, addr, msg)
 	}

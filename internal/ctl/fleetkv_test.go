@@ -3,13 +3,18 @@ package ctl
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/fleet/natstest"
+	"github.com/listenerd/listenerd/internal/testkit"
 )
 
 func writeFleetFile(t *testing.T, text string) string {
@@ -187,5 +192,125 @@ func TestFleetLsListsDrainingDeleted(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || len(doc.Listeners) != 2 || !doc.Listeners[0].Deleted ||
 		doc.Listeners[0].Pending || doc.Listeners[0].Revision != 3 || string(doc.Listeners[0].Desired) != "null" || doc.Listeners[1].Deleted {
 		t.Fatalf("ls -o json: %q (%v)", r.stdout, err)
+	}
+}
+
+// ctl fleet ls shows, for each listener, its host's liveness by the host
+// keys: a host whose key is older than three of its intervals is gone, one
+// whose last write said so is stopped (in the table's STATE; -o json keeps
+// what the daemon reported and adds hostState and hostSeen), one with no
+// host key is unknown and shown as before.
+func TestFleetLsHostLiveness(t *testing.T) {
+	s, err := natstest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer natstest.Stop(s)
+	url := s.ClientURL()
+	ctx := context.Background()
+	kv, err := fleet.OpenBucket(ctx, natstest.JetStream(t, url), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(key string, v []byte) jetstream.KeyValueEntry {
+		t.Helper()
+		rev, err := kv.Put(ctx, key, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := kv.GetRevision(ctx, key, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	hostKey := func(h fleet.Host) []byte { b, _ := json.Marshal(h); return b }
+	for i, host := range []string{"fresh", "old", "down", "legacy"} {
+		rev := put(fleet.DesiredKey(host, "web"), []byte(`{"spec":{"port":8080,"handler":{"echo":{}}}}`)).Revision()
+		st, _ := json.Marshal(fleet.Status{State: "listening", Address: fmt.Sprintf("127.0.0.1:%d", 8080+i), ID: "ln-" + host, Revision: rev})
+		put(fleet.StatusKey(host, "web"), st)
+	}
+	put(fleet.HostKey("down"), hostKey(fleet.Host{Boot: "b-down", Interval: "1h", Stopped: true}))
+	// old's heartbeat is a nanosecond: gone once any later write is three
+	// nanoseconds on, by the server's clock. fresh's key is written until
+	// it is (ctl never judges at a time before the newest host key write).
+	old := put(fleet.HostKey("old"), hostKey(fleet.Host{Boot: "b-old", Interval: "1ns", Version: "v1"}))
+	testkit.EventuallyWithin(t, time.Minute, func() bool {
+		e := put(fleet.HostKey("fresh"), hostKey(fleet.Host{Boot: "b-fresh", Interval: "1h"}))
+		return e.Created().Sub(old.Created()) > 3*time.Nanosecond
+	}, "fresh's host key written 3ns after old's")
+
+	r := runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url)
+	want := []string{
+		"HOST NAME STATE ADDRESS ERROR",
+		"down web stopped 127.0.0.1:8082 -",
+		"fresh web listening 127.0.0.1:8080 -",
+		"legacy web listening 127.0.0.1:8083 -",
+		"old web gone 127.0.0.1:8081 -",
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	for i := range lines {
+		lines[i] = strings.Join(strings.Fields(lines[i]), " ")
+	}
+	if r.code != ExitOK || strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("ls: exit %d, %q %q; want\n%s", r.code, r.stdout, r.stderr, strings.Join(want, "\n"))
+	}
+
+	r = runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url, "-o", "json")
+	var doc struct {
+		Listeners []lsRow  `json:"listeners"`
+		Hosts     []lsHost `json:"hosts"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || len(doc.Listeners) != 4 || len(doc.Hosts) != 3 {
+		t.Fatalf("ls -o json: %q (%v)", r.stdout, err)
+	}
+	for _, row := range doc.Listeners {
+		want := map[string]string{"down": "stopped", "fresh": "up", "legacy": "unknown", "old": "gone"}[row.Host]
+		if row.HostState != want || (row.HostSeen == nil) != (row.Host == "legacy") ||
+			row.Status == nil || row.Status.State != "listening" || row.Pending {
+			t.Errorf("row %+v: hostState %q, want %s, the status as reported and hostSeen unless unknown", row, row.HostState, want)
+		}
+		if row.Host == "old" && !row.HostSeen.Equal(old.Created()) {
+			t.Errorf("old's hostSeen %v, want the write's %v", row.HostSeen, old.Created())
+		}
+	}
+	if h := doc.Hosts[1]; h.Host != "fresh" || h.State != "up" || h.Boot != "b-fresh" || h.Interval != "1h" {
+		t.Errorf("hosts[1]: %+v", h)
+	}
+	if h := doc.Hosts[2]; h.Host != "old" || h.State != "gone" || h.Version != "v1" || !h.Seen.Equal(old.Created()) {
+		t.Errorf("hosts[2]: %+v", h)
+	}
+	r = runCtl(t, "/nonexistent", "fleet", "ls", "--nats", url, "--host", "down", "-o", "json")
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || len(doc.Listeners) != 1 || len(doc.Hosts) != 1 ||
+		doc.Hosts[0].State != "stopped" || !doc.Hosts[0].Stopped {
+		t.Fatalf("ls --host down -o json: %q (%v)", r.stdout, err)
+	}
+}
+
+// Liveness is judged at the time given: up to three intervals after the
+// host key's write, up; past, gone.
+func TestFleetRowsLivenessAtATime(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	hb, _ := json.Marshal(fleet.Host{Boot: "b", Interval: "10s"})
+	st, _ := json.Marshal(fleet.Status{State: "listening", Revision: 1})
+	keys := map[string]bucketKey{
+		fleet.DesiredKey("east", "web"): {value: []byte(`{}`), revision: 1, created: at},
+		fleet.StatusKey("east", "web"):  {value: st, revision: 2, created: at},
+		fleet.HostKey("east"):           {value: hb, revision: 3, created: at},
+	}
+	for _, tc := range []struct {
+		now  time.Time
+		want string
+	}{{at, "up"}, {at.Add(30 * time.Second), "up"}, {at.Add(31 * time.Second), "gone"}} {
+		rows, hosts := fleetRows(keys, "", tc.now)
+		if len(rows) != 1 || rows[0].HostState != tc.want || len(hosts) != 1 || hosts[0].State != tc.want {
+			t.Errorf("at write+%v: rows %+v hosts %+v, want %s", tc.now.Sub(at), rows, hosts, tc.want)
+		}
+	}
+	// ctl's clock behind the server's: never judged before the newest
+	// host key write.
+	ahead := time.Now().Add(24 * time.Hour)
+	if now := lsNow(context.Background(), nil, map[string]bucketKey{fleet.HostKey("east"): {value: hb, created: ahead}}); !now.Equal(ahead) {
+		t.Errorf("lsNow with a host key written after ctl's now: %v", now)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -77,7 +78,17 @@ type Desired struct {
 	// long a burst of listener changes is gathered before the statuses
 	// are written; 0: declare.DefaultQuiet.
 	Quiet time.Duration
+	// Heartbeat is how often the host key (HostKey) is written, besides
+	// once at start and at each reconnect; 0: DefaultHeartbeat. Boot and
+	// Version go into it (Host).
+	Heartbeat time.Duration
+	Boot      string
+	Version   string
 }
+
+// stopWait bounds the last write of the host key, Stopped, at shutdown:
+// a NATS that does not answer holds the shutdown no longer.
+const stopWait = 2 * time.Second
 
 // desiredRetry is how long Run waits to watch again after a failure while
 // NATS stays connected (a bucket not created yet in a cluster electing its
@@ -106,11 +117,15 @@ var errReconnected = errors.New("reconnected to NATS")
 // close ended.
 var statusKinds = []events.Kind{events.KindListenerStarted, events.KindAcceptError, events.KindListenerClosed}
 
-// Run watches and reconciles until ctx ends.
+// Run watches and reconciles, and writes the host key, until ctx ends;
+// then it writes the host key once more, Stopped (see heartbeat).
 func (d *Desired) Run(ctx context.Context) {
 	connected := d.Conn.StatusChanged(nats.CONNECTED)
 	defer d.Conn.RemoveStatusListener(connected)
-	ch := &changes{poke: make(chan struct{}, 1), closed: map[string]bool{}}
+	ch := &changes{poke: make(chan struct{}, 1), closed: map[string]bool{}, opened: make(chan struct{}, 1)}
+	var hb sync.WaitGroup
+	hb.Go(func() { d.heartbeat(ctx, ch.opened) })
+	defer hb.Wait()
 	if d.Bus != nil {
 		ectx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
@@ -141,6 +156,113 @@ func (d *Desired) Run(ctx context.Context) {
 	}
 }
 
+// heartbeat writes the host key (Host) each time the watch opened the
+// bucket (opened: at start and after each reconnect), and every Heartbeat
+// until ctx ends, apart from the watch: a long reconcile does not hold
+// it. It never creates the bucket (the watch does: two creates at once
+// are not wanted); a write that fails is logged once and tried again at
+// the next beat. Once ctx ends (the daemon stops), it writes the key once
+// more with Stopped, within stopWait and only while NATS is connected,
+// and only over a value this process wrote (its boot id and pid): a
+// process that wrote the key since (an upgrade's new process, which keeps
+// the boot id) is not marked stopped.
+func (d *Desired) heartbeat(ctx context.Context, opened <-chan struct{}) {
+	every := d.Heartbeat
+	if every <= 0 {
+		every = DefaultHeartbeat
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	key := HostKey(d.Host)
+	me := Host{Boot: d.Boot, PID: os.Getpid(), Interval: every.String(), Version: d.Version}
+	value := func(stopped bool) []byte {
+		h := me
+		h.Stopped, h.Updated = stopped, time.Now().UTC()
+		b, _ := json.Marshal(h)
+		return b
+	}
+	var kv jetstream.KeyValue
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			if d.Conn.IsConnected() {
+				d.stopped(key, me, value(true))
+			}
+			return
+		case <-opened:
+		case <-tick.C:
+		}
+		err := d.beat(ctx, &kv, key, value(false))
+		switch {
+		case err == nil:
+			failing = false
+		case ctx.Err() != nil:
+		case errors.Is(err, jetstream.ErrBucketNotFound):
+			kv = nil // the watch creates it, and says so (opened)
+		default:
+			kv = nil // opened again at the next beat: the bucket may be new (a NATS restarted without its store)
+			if !failing && d.Conn.IsConnected() && d.Log != nil {
+				failing = true
+				d.Log.Warn("desired listeners: host key not written; trying again at each heartbeat", "key", key, "err", err)
+			}
+		}
+	}
+}
+
+// stopped writes the host key's last value, over a value of me's process
+// only, within stopWait.
+func (d *Desired) stopped(key string, me Host, value []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), stopWait)
+	defer cancel()
+	js, err := jetstream.New(d.Conn)
+	if err != nil {
+		return
+	}
+	kv, err := js.KeyValue(ctx, Bucket)
+	// Again when the key changed between the read and the write: a beat
+	// cancelled by the shutdown may still be stored.
+	for i := 0; err == nil && i < 3; i++ {
+		var e jetstream.KeyValueEntry
+		if e, err = kv.Get(ctx, key); err != nil {
+			break
+		}
+		var h Host
+		if json.Unmarshal(e.Value(), &h) != nil || h.Boot != me.Boot || h.PID != me.PID {
+			return // another process's
+		}
+		if _, err = kv.Update(ctx, key, value, e.Revision()); !errors.Is(err, jetstream.ErrKeyExists) {
+			break
+		}
+	}
+	if err != nil && d.Log != nil {
+		d.Log.Info("desired listeners: host key not marked stopped", "key", key, "err", err)
+	}
+}
+
+// beat opens the bucket into *kv if it is not yet (ErrBucketNotFound when
+// there is none), and puts value under key.
+func (d *Desired) beat(ctx context.Context, kv *jetstream.KeyValue, key string, value []byte) error {
+	if !d.Conn.IsConnected() {
+		return nats.ErrDisconnected
+	}
+	octx, cancel := context.WithTimeout(ctx, opWait)
+	defer cancel()
+	if *kv == nil {
+		js, err := jetstream.New(d.Conn)
+		if err != nil {
+			return err
+		}
+		b, err := js.KeyValue(octx, Bucket)
+		if err != nil {
+			return fmt.Errorf("bucket %s: %w", Bucket, err)
+		}
+		*kv = b
+	}
+	_, err := (*kv).Put(octx, key, value)
+	return err
+}
+
 // changes is what the events goroutine tells the watch: poke, that
 // listeners changed, and closed, the ids of listeners whose
 // listener_closed event was published (one may still be listed a moment
@@ -149,6 +271,9 @@ type changes struct {
 	poke   chan struct{}
 	mu     sync.Mutex
 	closed map[string]bool
+	// opened tells the heartbeat that the watch opened the bucket (and
+	// created it if need be): the host key is written then.
+	opened chan struct{}
 }
 
 func (c *changes) changed() {
@@ -260,6 +385,10 @@ func (d *Desired) watch(ctx context.Context, connected <-chan nats.Status, ch *c
 	cancel()
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", Bucket, err)
+	}
+	select {
+	case ch.opened <- struct{}{}:
+	default:
 	}
 	w, err := kv.Watch(ctx, HostKeys(DesiredPrefix, d.Host))
 	if err != nil {

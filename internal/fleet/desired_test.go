@@ -31,6 +31,8 @@ type desiredRig struct {
 	decl *service.Declared
 	host string
 
+	stop func() // ends the Desired's Run, and waits for it
+
 	mu     sync.Mutex
 	drains map[string]time.Duration // listener id -> the drain its close was given
 }
@@ -60,6 +62,13 @@ func (r *desiredRig) drain(id string) (time.Duration, bool) {
 // test's end.
 func newDesiredRig(t *testing.T, url, host string) *desiredRig {
 	t.Helper()
+	return newDesiredRigWith(t, url, host, nil)
+}
+
+// newDesiredRigWith is newDesiredRig with the Desired set by with before
+// it runs; rig.stop stops it before the test's end.
+func newDesiredRigWith(t *testing.T, url, host string, with func(d *fleet.Desired)) *desiredRig {
+	t.Helper()
 	r := &desiredRig{t: t, bus: events.NewBus(events.Options{}), host: host, drains: map[string]time.Duration{}}
 	closing := make(chan struct{}, 1)
 	r.mgr = listener.NewManager(r.bus, nil, listener.Options{Closed: func(string) {
@@ -77,13 +86,17 @@ func newDesiredRig(t *testing.T, url, host string) *desiredRig {
 	t.Cleanup(nc.Close)
 	d := &fleet.Desired{Conn: nc, Host: host, Replicas: 1, Target: recordingTarget{r.decl, r}, List: r.decl.List,
 		Bus: r.bus, Closing: closing}
+	if with != nil {
+		with(d)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { d.Run(ctx) })
-	t.Cleanup(func() {
+	r.stop = sync.OnceFunc(func() {
 		cancel()
 		wg.Wait()
 	})
+	t.Cleanup(r.stop)
 	return r
 }
 

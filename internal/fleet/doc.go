@@ -40,5 +40,8 @@
 // listener's status back. Its Run goroutine does all the watching,
 // reconciling and writing; one more goroutine, which Run joins, watches
 // the bus's listener-level events and tells Run that listeners changed
-// (a poke and the ids of listeners closed, under a mutex).
+// (a poke and the ids of listeners closed, under a mutex). A third, also
+// joined by Run, writes the host key (heartbeat: HostKey, Host) at start,
+// at each reconnect and every Heartbeat, and once more, stopped, when
+// Run's context ends; ctl reads it with Liveness.
 package fleet

@@ -12,6 +12,7 @@ import (
 	"github.com/listenerd/listenerd/internal/fleet"
 	"github.com/listenerd/listenerd/internal/listener"
 	"github.com/listenerd/listenerd/internal/service"
+	"github.com/listenerd/listenerd/internal/version"
 )
 
 // newReconciler returns the reconcile of the daemon's --listeners file:
@@ -60,13 +61,15 @@ func reconcileEvents(bus *events.Bus, log *slog.Logger) (applied func(r declare.
 // newDesired returns the reconcile of this host's desired listeners in
 // the fleet's bucket (--nats): the same reconcile as the file's, and the
 // listeners' status written back, again after each listener-level event
-// and each close that begins (closing).
+// and each close that begins (closing), and the host key written every
+// --nats-heartbeat.
 func newDesired(cfg FleetConfig, resync time.Duration, nc *nats.Conn, mgr *listener.Manager, closing <-chan struct{}, log *slog.Logger) *fleet.Desired {
 	d := service.NewDeclared(mgr)
 	log = log.With("bucket", fleet.Bucket)
 	applied, failed := reconcileEvents(mgr.Bus(), log)
 	return &fleet.Desired{Conn: nc, Host: cfg.Host, Replicas: cfg.Replicas, Log: log, Resync: resync,
 		Target: d, List: d.List, Bus: mgr.Bus(), Closing: closing,
+		Heartbeat: cfg.Heartbeat, Boot: mgr.Bus().BootID(), Version: version.Get().String(),
 		Applied: func(r declare.Result) { applied(r, fleet.BucketSource, false) },
 		Invalid: func(err error) { failed(err, fleet.BucketSource) },
 	}

@@ -95,7 +95,7 @@ func (b *bucketClient) reconciledAt(host, name string, rev uint64) *fleet.Status
 func fleetDaemon(t testing.TB, url, host string, stateDir string) *testDaemon {
 	return startRun(t, Config{Ephemeral: stateDir == "", StateDir: stateDir, History: 1000, ShutdownTimeout: guard,
 		ListenersResync: 200 * time.Millisecond, // retries a failed create without a change
-		Fleet:           FleetConfig{ConnConfig: fleet.ConnConfig{URL: url}, Host: host, Replicas: 1, Desired: true}})
+		Fleet:           FleetConfig{ConnConfig: fleet.ConnConfig{URL: url}, Host: host, Replicas: 1, Desired: true, Heartbeat: fleet.DefaultHeartbeat}})
 }
 
 // names lists the open listeners of d by name.
@@ -265,7 +265,7 @@ func TestDesiredListenersNATSDownAtStart(t *testing.T) {
 }
 
 func TestDesiredWithListenersFileRefused(t *testing.T) {
-	cfg := Config{Listeners: "l.yaml", Fleet: FleetConfig{ConnConfig: fleet.ConnConfig{URL: "nats://127.0.0.1:4222"}, Host: "h", Replicas: 1, Desired: true}}
+	cfg := Config{Listeners: "l.yaml", Fleet: FleetConfig{ConnConfig: fleet.ConnConfig{URL: "nats://127.0.0.1:4222"}, Host: "h", Replicas: 1, Desired: true, Heartbeat: fleet.DefaultHeartbeat}}
 	if err := cfg.checkDeclaredSource(); err == nil || !strings.Contains(err.Error(), "--listeners and --nats") || !strings.Contains(err.Error(), "--nats-desired=false") {
 		t.Fatalf("check: %v", err)
 	}

@@ -19,6 +19,9 @@ type FleetConfig struct {
 	Host             string        // --host-name: the subjects' host token
 	Replicas         int           // --nats-replicas of the stream when it is created
 	MaxAge           time.Duration // --nats-max-age of the stream when it is created
+	// Heartbeat: how often the host key is written in the bucket
+	// (--nats-heartbeat), while the desired listeners are reconciled.
+	Heartbeat time.Duration
 	// Desired: reconcile this host's desired listeners in the bucket
 	// (--nats-desired).
 	Desired bool
@@ -40,6 +43,9 @@ func (c FleetConfig) check() error {
 	}
 	if c.MaxAge < 0 {
 		return fmt.Errorf("--nats-max-age %v: must not be negative (0: %v)", c.MaxAge, fleet.DefaultMaxAge)
+	}
+	if c.Heartbeat <= 0 {
+		return fmt.Errorf("--nats-heartbeat %v: must be positive (default %v)", c.Heartbeat, fleet.DefaultHeartbeat)
 	}
 	return nil
 }

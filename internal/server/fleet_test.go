@@ -27,7 +27,7 @@ func TestRunPublishesToNATS(t *testing.T) {
 	var lnID string
 	t.Run("daemon", func(t *testing.T) { // its cleanup stops the daemon
 		d := startRun(t, Config{Ephemeral: true, ShutdownTimeout: 5 * time.Second,
-			Fleet: FleetConfig{ConnConfig: fleet.ConnConfig{URL: s.ClientURL()}, Host: "srv", Replicas: 1}})
+			Fleet: FleetConfig{ConnConfig: fleet.ConnConfig{URL: s.ClientURL()}, Host: "srv", Replicas: 1, Heartbeat: fleet.DefaultHeartbeat}})
 		resp, err := d.unix.CreateListener(testContext(t), &listenerdv1.CreateListenerRequest{Spec: &listenerdv1.ListenerSpec{}})
 		if err != nil {
 			t.Fatal(err)
@@ -65,7 +65,7 @@ func TestRunPublishesToNATS(t *testing.T) {
 }
 
 func TestFleetConfigErrors(t *testing.T) {
-	ok := FleetConfig{ConnConfig: fleet.ConnConfig{URL: "nats://127.0.0.1:4222"}, Host: "h", Replicas: 1}
+	ok := FleetConfig{ConnConfig: fleet.ConnConfig{URL: "nats://127.0.0.1:4222"}, Host: "h", Replicas: 1, Heartbeat: time.Second}
 	for _, tc := range []struct {
 		mod  func(*FleetConfig)
 		flag string
@@ -74,6 +74,8 @@ func TestFleetConfigErrors(t *testing.T) {
 		{func(c *FleetConfig) { c.Host = "" }, "--host-name"},
 		{func(c *FleetConfig) { c.Replicas = 7 }, "--nats-replicas"},
 		{func(c *FleetConfig) { c.MaxAge = -time.Second }, "--nats-max-age"},
+		{func(c *FleetConfig) { c.Heartbeat = 0 }, "--nats-heartbeat"},
+		{func(c *FleetConfig) { c.Heartbeat = -time.Second }, "--nats-heartbeat"},
 		{func(c *FleetConfig) { c.URL = "nats://192.0.2.1:4222" }, "--nats"},
 		{func(c *FleetConfig) { c.URL = "http://127.0.0.1:4222" }, "--nats"},
 		{func(c *FleetConfig) { c.Creds, c.TokenFile = "a", "b" }, "--nats-creds"},
