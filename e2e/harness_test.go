@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/fleet/natstest"
 	"github.com/listenerd/listenerd/internal/testkit"
 )
 
@@ -51,7 +52,7 @@ func TestMain(m *testing.M) {
 	code := 0
 	func() {
 		defer os.RemoveAll(dir)
-		goleak.VerifyTestMain(exitCatcher{&code, m})
+		goleak.VerifyTestMain(exitCatcher{&code, m}, natstest.Leaks)
 	}()
 	os.Exit(code)
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/fleet/natstest"
 	"github.com/listenerd/listenerd/internal/testkit"
 )
 
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) {
 	if err := os.Setenv(CtlConfigEnv, "/nonexistent/listenerd/ctl.yaml"); err != nil {
 		panic(err)
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, natstest.Leaks)
 }
 
 // fakeService is a ListenerService whose RPCs are whatever a test sets; an

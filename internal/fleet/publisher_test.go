@@ -26,7 +26,7 @@ import (
 	"github.com/listenerd/listenerd/internal/testkit"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, natstest.Leaks) }
 
 // guard bounds every wait: a safety net, never a timing.
 const guard = 2 * time.Minute

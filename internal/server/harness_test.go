@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/fleet/natstest"
 	"github.com/listenerd/listenerd/internal/state"
 	"github.com/listenerd/listenerd/internal/testkit"
 )
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(childConnectEnv); path != "" {
 		childConnect(path) // re-executed as another user; never returns
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, natstest.Leaks)
 }
 
 // lineWriter hands each complete line written to it to a channel: Run's
