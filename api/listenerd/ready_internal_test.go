@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -85,5 +86,68 @@ func TestReadyStreamsServeWithoutOffers(t *testing.T) {
 	echoThrough(t, off, 3)
 	if n := off.offered.Load(); n != 3 {
 		t.Fatalf("without streams ahead %d connections were offered, want 3", n)
+	}
+}
+
+// A process with streams ahead and one taking offers share a listener;
+// when the first closes (detaches), its parked streams end and every
+// connection after goes to the second.
+func TestReadyStreamsMixedAndDetach(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := readyClient(t)
+	owner, err := c.Listen(ctx, "127.0.0.1:0", WithReadyStreams(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	ahead, err := readyClient(t).Attach(ctx, owner.ID(), WithReadyStreams(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, func() bool { return ahead.parked.Load() == 2 }, "two streams parked")
+
+	// Both serve: each connection held open goes to the least loaded,
+	// the owner (attached first) on ties.
+	served := make(chan net.Conn, 4)
+	var wg sync.WaitGroup
+	for _, l := range []*Listener{owner, ahead} {
+		wg.Go(func() {
+			for range 2 {
+				a, err := l.Accept()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				served <- a
+			}
+		})
+	}
+	var held []net.Conn
+	for range 4 {
+		p, err := net.Dial("tcp", owner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, p)
+	}
+	wg.Wait()
+	if owner.offered.Load() != 2 || ahead.offered.Load() != 0 {
+		t.Fatalf("offers: %d to the owner, %d to the process with streams ahead; want 2 and 0", owner.offered.Load(), ahead.offered.Load())
+	}
+	for _, p := range held {
+		_ = p.Close()
+		_ = (<-served).Close()
+	}
+
+	if err := ahead.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := ahead.parked.Load(); n != 0 {
+		t.Fatalf("%d streams still parked after Close", n)
+	}
+	echoThrough(t, owner, 4)
+	if n := owner.offered.Load(); n != 6 {
+		t.Fatalf("the owner was offered %d connections, want 6", n)
 	}
 }
