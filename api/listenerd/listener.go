@@ -85,16 +85,24 @@ func WithLimits(l *listenerdv1.Limits) ListenOption { return func(c *listenConfi
 func WithConcurrency(n int) ListenOption { return func(c *listenConfig) { c.max = n } }
 
 // WithReadyStreams sets how many connection streams this process keeps
-// open ahead on the daemon (0: the default, 4 or the concurrency if less;
-// negative: none). The daemon binds a new connection chosen for this
-// process to one of them and opens it at once: no offer, no take round
-// trip. Without them (or with a daemon that predates them), each
-// connection is offered and taken.
+// open ahead on the daemon (0: the default, see defaultReady; negative:
+// none). The daemon binds a new connection chosen for this process to one
+// of them and opens it at once: no offer, no take round trip. Without
+// them (or with a daemon that predates them), each connection is offered
+// and taken. They share the client connection's 128 streams with the
+// connections being served: more than 128 less the concurrency would
+// make a take wait for a stream.
 func WithReadyStreams(n int) ListenOption { return func(c *listenConfig) { c.ready = n } }
 
 // defaultReady is how many streams a listener keeps open ahead unless
-// told otherwise.
-const defaultReady = 4
+// told otherwise, at most: no more than the concurrency, nor than the
+// client connection's streams leave beside it (maxStreams less the
+// concurrency), so that a take never waits for a stream.
+const defaultReady = 64
+
+// maxStreams is how many streams the daemon serves on one client
+// connection at once.
+const maxStreams = 128
 
 // WithLabel labels this process in the daemon's events.
 func WithLabel(label string) ListenOption { return func(c *listenConfig) { c.label = label } }
@@ -190,7 +198,8 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 	if !handover {
 		n := cfg.ready
 		if n == 0 {
-			n = min(defaultReady, cmp.Or(cfg.max, 64))
+			conc := cmp.Or(cfg.max, 64)
+			n = min(defaultReady, conc, maxStreams-conc)
 		}
 		for range max(n, 0) {
 			l.readyWG.Add(1)
