@@ -353,7 +353,10 @@ func (l *Listener) take(o *listenerdv1.Offer) (*Conn, error) {
 
 // Close stops accepting: it detaches from the listener and, for a listener
 // made by Listen, closes it on the daemon (its open connections drain, as
-// CloseListener's default says). Connections already accepted go on.
+// CloseListener's default says). Connections already accepted go on. The
+// daemon ends the streams kept open ahead once it sees the detach; a
+// connection it had bound to one just before, and that Accept never
+// returned, is reset, as a closed socket's backlog is.
 func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
