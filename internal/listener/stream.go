@@ -217,14 +217,19 @@ func (m *Manager) Attach(ref string, max int, label string, handover bool) (*Att
 		m.secrets[a.secret] = a
 		m.mu.Unlock()
 	}
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		return nil, fmt.Errorf("listener %s is closing: %w", l.id, ErrNotListening)
-	}
+	// Known to ready takes before the hub has it (they check the hub), so
+	// that m.mu is never taken under h.mu.
 	m.mu.Lock()
 	m.attached[a.id] = a
 	m.mu.Unlock()
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		m.mu.Lock()
+		delete(m.attached, a.id)
+		m.mu.Unlock()
+		return nil, fmt.Errorf("listener %s is closing: %w", l.id, ErrNotListening)
+	}
 	h.handlers[a.id] = a
 	h.order = append(h.order, a)
 	for _, w := range h.queue {
