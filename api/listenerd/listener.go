@@ -1,13 +1,17 @@
 package listenerd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -29,13 +33,22 @@ type Listener struct {
 	owned  bool // made by Listen: Close closes it on the daemon too
 	handle string
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	offers chan *listenerdv1.Offer
-	handed chan *TCPConn // handover: the sockets themselves
-	side   *net.UnixConn
-	done   chan struct{} // the attach stream ended
-	err    error         // why, once done is closed
+	ctx     context.Context
+	cancel  context.CancelFunc
+	offers  chan *listenerdv1.Offer
+	opened  chan *Conn // from the streams opened ahead
+	closing chan struct{}
+	// Streams opened ahead: their goroutines, and what cancels those still
+	// parked if the daemon does not end them after Close.
+	readyWG    sync.WaitGroup
+	parked     atomic.Int32 // streams the daemon said are parked (its headers came)
+	offered    atomic.Int64 // offers received: connections that came the other way
+	readyAbort context.Context
+	abortReady context.CancelFunc
+	handed     chan *TCPConn // handover: the sockets themselves
+	side       *net.UnixConn
+	done       chan struct{} // the attach stream ended
+	err        error         // why, once done is closed
 
 	closeOnce sync.Once
 
@@ -49,6 +62,7 @@ type ListenOption func(*listenConfig)
 
 type listenConfig struct {
 	noHandover bool
+	ready      int
 	name       string
 	max        int
 	label      string
@@ -69,6 +83,26 @@ func WithLimits(l *listenerdv1.Limits) ListenOption { return func(c *listenConfi
 // WithConcurrency sets how many connections this process serves at once
 // (0: the daemon's default, 64).
 func WithConcurrency(n int) ListenOption { return func(c *listenConfig) { c.max = n } }
+
+// WithReadyStreams sets how many connection streams this process keeps
+// open ahead on the daemon (0: the default, see defaultReady; negative:
+// none). The daemon binds a new connection chosen for this process to one
+// of them and opens it at once: no offer, no take round trip. Without
+// them (or with a daemon that predates them), each connection is offered
+// and taken. They share the client connection's 128 streams with the
+// connections being served: more than 128 less the concurrency would
+// make a take wait for a stream.
+func WithReadyStreams(n int) ListenOption { return func(c *listenConfig) { c.ready = n } }
+
+// defaultReady is how many streams a listener keeps open ahead unless
+// told otherwise, at most: no more than the concurrency, nor than the
+// client connection's streams leave beside it (maxStreams less the
+// concurrency), so that a take never waits for a stream.
+const defaultReady = 64
+
+// maxStreams is how many streams the daemon serves on one client
+// connection at once.
+const maxStreams = 128
 
 // WithLabel labels this process in the daemon's events.
 func WithLabel(label string) ListenOption { return func(c *listenConfig) { c.label = label } }
@@ -148,7 +182,8 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 		return nil, err
 	}
 	l := &Listener{c: c, id: att.GetListenerId(), handle: att.GetHandlerId(), ctx: lctx, cancel: cancel,
-		offers: make(chan *listenerdv1.Offer), done: make(chan struct{})}
+		offers: make(chan *listenerdv1.Offer), opened: make(chan *Conn), closing: make(chan struct{}), done: make(chan struct{})}
+	l.readyAbort, l.abortReady = context.WithCancel(context.Background())
 	l.addr = tcpAddr(g.GetListener().GetStatus().GetBoundAddress())
 	if handover {
 		side, err := dialSide(att.GetHandoverPath(), att.GetHandoverSecret())
@@ -160,7 +195,71 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 		go l.readHanded()
 	}
 	go l.readOffers(st)
+	if !handover {
+		n := cfg.ready
+		if n == 0 {
+			conc := cmp.Or(cfg.max, 64)
+			n = min(defaultReady, conc, maxStreams-conc)
+		}
+		for range max(n, 0) {
+			l.readyWG.Add(1)
+			go l.ready()
+		}
+	}
 	return l, nil
+}
+
+// ready keeps one stream open ahead on the daemon: it waits there for a
+// connection, hands it to Accept, and opens the next. It stops when the
+// daemon ends the stream (the handler detached, the listener closed) or
+// refuses it (a daemon that predates ready streams says
+// INVALID_ARGUMENT): the connections then come as offers.
+func (l *Listener) ready() {
+	defer l.readyWG.Done()
+	for {
+		c, err := l.readyOne()
+		if err != nil || c == nil {
+			return
+		}
+		select {
+		case l.opened <- c:
+		case <-l.closing:
+			// Bound to this process before its detach reached the daemon,
+			// and never accepted: reset, as a closed socket's backlog is.
+			_ = c.Reset()
+			return
+		}
+	}
+}
+
+// readyOne opens a stream ahead and waits for its connection; nil when
+// the daemon ended the stream.
+func (l *Listener) readyOne() (*Conn, error) {
+	// A connection outlives its listener's Close, as a net.Conn does; a
+	// stream still parked is cancelled if the daemon does not end it.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(l.ctx))
+	stop := context.AfterFunc(l.readyAbort, cancel)
+	s, err := l.c.ServeConnection(ctx)
+	if err == nil {
+		err = s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+			Take: &listenerdv1.Take{HandlerId: l.handle}}})
+	}
+	var m *listenerdv1.ServeConnectionResponse
+	if err == nil {
+		if _, herr := s.Header(); herr == nil {
+			l.parked.Add(1)
+			defer l.parked.Add(-1)
+		}
+		m, err = s.Recv()
+	}
+	if !stop() || err != nil || m.GetOpened() == nil {
+		cancel()
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		return nil, err
+	}
+	return newConn(s, cancel, m.GetOpened()), nil
 }
 
 func (c *Client) attachStream(ctx context.Context, ref string, cfg listenConfig, handover bool) (listenerdv1.ListenerService_AttachHandlerClient, *listenerdv1.AttachHandlerResponse, error) {
@@ -185,6 +284,7 @@ func (l *Listener) readOffers(st listenerdv1.ListenerService_AttachHandlerClient
 			return
 		}
 		if o := r.GetOffer(); o != nil {
+			l.offered.Add(1)
 			select {
 			case l.offers <- o:
 			case <-l.ctx.Done():
@@ -203,6 +303,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 		select {
 		case h := <-l.handed:
 			return h, nil
+		case c := <-l.opened:
+			return c, nil
 		case o = <-l.offers:
 		case <-l.done:
 			if l.ctx.Err() != nil {
@@ -251,12 +353,29 @@ func (l *Listener) take(o *listenerdv1.Offer) (*Conn, error) {
 
 // Close stops accepting: it detaches from the listener and, for a listener
 // made by Listen, closes it on the daemon (its open connections drain, as
-// CloseListener's default says). Connections already accepted go on.
+// CloseListener's default says). Connections already accepted go on. The
+// daemon ends the streams kept open ahead once it sees the detach; a
+// connection it had bound to one just before, and that Accept never
+// returned, is reset, as a closed socket's backlog is.
 func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
+		close(l.closing)
 		l.cancel()
 		<-l.done
+		// The daemon ends the streams parked ahead once it has seen the
+		// detach; past a bound, they are cancelled.
+		readyDone := make(chan struct{})
+		go func() { l.readyWG.Wait(); close(readyDone) }()
+		t := time.NewTimer(rpcTimeout)
+		select {
+		case <-readyDone:
+		case <-t.C:
+			l.abortReady()
+			<-readyDone
+		}
+		t.Stop()
+		l.abortReady()
 		if l.side != nil {
 			// Accepted sockets go on, and report their own close; the side
 			// connection goes once the last one has.

@@ -150,6 +150,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	}
 	fs.BoolVar(&cfg.floor, "floor", false, "cases h and i: in listenerd's column, the floor of the stream handler's design: a bare grpc-go relay, a stream a socket, and an echo at its other end (two processes of this binary, nothing else)")
 	fs.BoolVar(&cfg.handover, "handover", false, "cases h, i and j: the Go handler takes the sockets themselves (issue 16's handover) instead of their bytes through the API")
+	streamPer := fs.Int("stream-per", 0, "cases h, i and j: connections each client connection of the Go stream handler serves at once, its WithConcurrency (0: 100, or 40 with --quick)")
 	fs.StringVar(&cfg.profile, "profile", "", "after measuring, profile a variant of the daemon (same source, plus a pprof endpoint) under cases a, e and g, next to the Go baseline, and write the profiles to `DIR`")
 	fs.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (daemon log, binaries)")
@@ -177,6 +178,13 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		if !flagSet(fs, "timeout") {
 			cfg.timeout = 5 * time.Minute
 		}
+	}
+	if *streamPer < 0 || *streamPer > 65535 {
+		fmt.Fprintln(stderr, "bench: --stream-per must be 0-65535")
+		return 2
+	}
+	if *streamPer > 0 {
+		sz.streamPer = *streamPer
 	}
 	cases := strings.ReplaceAll(strings.ToLower(cfg.cases), ",", "")
 	for _, c := range cases {

@@ -48,6 +48,8 @@ type Manager struct {
 	secrets    map[string]*Attachment
 	sideWG     sync.WaitGroup
 
+	attached map[string]*Attachment // stream handlers by id, for ready takes; guarded by mu
+
 	mu       sync.Mutex
 	byID     map[string]*Listener
 	byName   map[string]*Listener
@@ -103,7 +105,7 @@ func NewManager(bus *events.Bus, log *slog.Logger, opts Options) *Manager {
 		maxConns: opts.MaxConnections, policy: opts.Policy, handlers: newHandlerTable(opts.Handlers),
 		onConnClosed: opts.ConnClosed, onQueueLeft: opts.QueueLeft, onBound: opts.Bound, onClosed: opts.Closed, fdLimit: opts.FDLimit, fdReserve: opts.FDReserve,
 		byID: map[string]*Listener{}, byName: map[string]*Listener{},
-		sides: map[*sideConn]bool{}, secrets: map[string]*Attachment{}}
+		sides: map[*sideConn]bool{}, secrets: map[string]*Attachment{}, attached: map[string]*Attachment{}}
 	if opts.Persister != nil {
 		m.saver = newSaver(opts.Persister, m.snapshot)
 	}

@@ -19,7 +19,9 @@ import (
 // its listener (Manager.Attach), which take it (Manager.Take) and serve
 // its bytes from afar: the API carries them, one stream per connection.
 // A connection waits, unread, until it is taken, for at most its claim
-// timeout.
+// timeout. A handler may also open streams ahead (Manager.Ready): the
+// next connection chosen for it is bound to one of them, with no offer
+// and no take.
 
 // Stream defaults and bounds.
 const (
@@ -70,8 +72,9 @@ type waiting struct {
 	c          *Conn
 	to         *Attachment // offered to; nil while queued
 	taken      chan *Session
-	sawHandler bool // a handler was attached at some time during the wait
-	gone       bool // timed out or killed: no longer takeable
+	slot       *Ready // bound to this ready stream, not claimed yet; guarded by hub.mu
+	sawHandler bool   // a handler was attached at some time during the wait
+	gone       bool   // timed out or killed: no longer takeable
 }
 
 // Offer is a connection offered to one handler.
@@ -89,6 +92,8 @@ type Attachment struct {
 	done      chan struct{}
 	load      int // offered or taken, not yet ended; guarded by hub.mu
 	once      sync.Once
+	ready     []*Ready // streams parked ahead, oldest first; guarded by hub.mu
+	detached  bool     // guarded by hub.mu
 
 	// Handover: the sockets themselves go over a side connection.
 	m        *Manager
@@ -117,11 +122,14 @@ func (a *Attachment) Done() <-chan struct{} { return a.done }
 // Detach ends the attachment: offers it has not taken go to the other
 // handlers (or wait for one). Connections it took are unaffected.
 func (a *Attachment) Detach(reason string) {
+	a.m.mu.Lock()
 	if a.secret != "" {
-		a.m.mu.Lock()
 		delete(a.m.secrets, a.secret)
-		a.m.mu.Unlock()
 	}
+	if a.m.attached[a.id] == a {
+		delete(a.m.attached, a.id)
+	}
+	a.m.mu.Unlock()
 	h := a.hub
 	h.mu.Lock()
 	if h.handlers[a.id] != a {
@@ -129,6 +137,8 @@ func (a *Attachment) Detach(reason string) {
 		return
 	}
 	delete(h.handlers, a.id)
+	a.detached = true
+	a.endReadyLocked()
 	for i, o := range h.order {
 		if o == a {
 			h.order = append(h.order[:i:i], h.order[i+1:]...)
@@ -153,6 +163,16 @@ func (a *Attachment) Detach(reason string) {
 }
 
 func (a *Attachment) end() { a.once.Do(func() { close(a.done) }) }
+
+// endReadyLocked ends the streams parked ahead: they serve nothing now.
+// hub.mu must be held.
+func (a *Attachment) endReadyLocked() {
+	for _, r := range a.ready {
+		r.ended = true
+		r.signal()
+	}
+	a.ready = nil
+}
 
 func newHandlerID() string {
 	var b [4]byte
@@ -197,9 +217,17 @@ func (m *Manager) Attach(ref string, max int, label string, handover bool) (*Att
 		m.secrets[a.secret] = a
 		m.mu.Unlock()
 	}
+	// Known to ready takes before the hub has it (they check the hub), so
+	// that m.mu is never taken under h.mu.
+	m.mu.Lock()
+	m.attached[a.id] = a
+	m.mu.Unlock()
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
+		m.mu.Lock()
+		delete(m.attached, a.id)
+		m.mu.Unlock()
 		return nil, fmt.Errorf("listener %s is closing: %w", l.id, ErrNotListening)
 	}
 	h.handlers[a.id] = a
@@ -239,6 +267,13 @@ func (h *streamHub) dispatchLocked() {
 			h.l.bus.Publish(events.Event{Listener: h.l.id, Kind: events.KindConnectionTaken, Conn: w.c.n, Detail: &events.Detail{Handler: best.id}})
 			continue
 		}
+		if len(best.ready) > 0 { // a stream opened ahead: no offer, no take
+			r := best.ready[0]
+			best.ready = best.ready[1:]
+			r.w, w.slot = w, r
+			r.signal()
+			continue
+		}
 		h.offered[w.c.n] = w
 		best.offers <- Offer{ConnID: w.c.ID(), Tuple: w.c.tuple} // room: load <= max
 	}
@@ -254,8 +289,16 @@ func (h *streamHub) close() {
 	h.closed = true
 	list := h.order
 	h.order, h.handlers = nil, map[string]*Attachment{}
+	for _, a := range list {
+		a.endReadyLocked()
+	}
 	h.mu.Unlock()
 	for _, a := range list {
+		a.m.mu.Lock()
+		if a.m.attached[a.id] == a {
+			delete(a.m.attached, a.id)
+		}
+		a.m.mu.Unlock()
 		a.end()
 	}
 }
@@ -311,6 +354,9 @@ func (h *streamHub) Serve(c *Conn) error {
 // dropLocked takes w out of the hub; h.mu must be held.
 func (h *streamHub) dropLocked(w *waiting) {
 	if w.to != nil {
+		if r := w.slot; r != nil { // bound to a ready stream: it waits on
+			r.w, w.slot = nil, nil
+		}
 		delete(h.offered, w.c.n)
 		w.to.load--
 		w.to = nil
@@ -358,11 +404,138 @@ func (m *Manager) Take(connID, handler string) (*Session, error) {
 		return nil, fmt.Errorf("connection %q was offered to another handler: %w", connID, ErrOfferedElsewhere)
 	}
 	delete(h.offered, n)
+	return h.takeLocked(w), nil
+}
+
+// takeLocked gives w to the handler it was offered or bound to; h.mu
+// must be held.
+func (h *streamHub) takeLocked(w *waiting) *Session {
 	s := &Session{c: w.c, to: w.to, start: make(chan Sink, 1), handlerEnd: make(chan struct{}), done: make(chan struct{})}
 	w.c.session = s
 	w.taken <- s
-	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindConnectionTaken, Conn: n, Detail: &events.Detail{Handler: handler}})
-	return s, nil
+	h.l.bus.Publish(events.Event{Listener: h.l.id, Kind: events.KindConnectionTaken, Conn: w.c.n, Detail: &events.Detail{Handler: w.to.id}})
+	return s
+}
+
+// ErrHandoverHandler is a ready stream of a handler that takes sockets by
+// handover: its connections never go through a stream.
+var ErrHandoverHandler = errors.New("the handler takes sockets by handover")
+
+// Ready is a handler's stream opened ahead of its connections (a take
+// that names only the handler): the next connection chosen for the
+// handler is bound to it, and its stream serves that connection. A
+// parked Ready is not a connection: it does not count toward the
+// handler's max_connections.
+type Ready struct {
+	a     *Attachment
+	wake  chan struct{} // capacity 1: a connection was bound, or the stream ended
+	w     *waiting      // bound, not claimed yet; guarded by hub.mu
+	ended bool          // guarded by hub.mu
+}
+
+func (r *Ready) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ErrReadyEnded ends a ready stream that serves no connection: its
+// handler detached, or its listener closed.
+var ErrReadyEnded = errors.New("the handler's ready stream ended")
+
+// Ready parks a stream ahead for handler, at most its max_connections at
+// once.
+func (m *Manager) Ready(handler string) (*Ready, error) {
+	m.mu.Lock()
+	a := m.attached[handler]
+	m.mu.Unlock()
+	if a == nil {
+		return nil, fmt.Errorf("handler %q: no such handler (detached, or never attached): %w", Clip(handler), ErrNotFound)
+	}
+	if a.handover {
+		return nil, fmt.Errorf("handler %s: %w: its connections come on the side socket", a.id, ErrHandoverHandler)
+	}
+	h := a.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if a.detached || h.handlers[a.id] != a {
+		return nil, fmt.Errorf("handler %q: no such handler (detached, or never attached): %w", a.id, ErrNotFound)
+	}
+	if len(a.ready) >= a.max {
+		return nil, fmt.Errorf("handler %s has %d streams ready already, its max_connections: %w", a.id, len(a.ready), ErrLimit)
+	}
+	r := &Ready{a: a, wake: make(chan struct{}, 1)}
+	a.ready = append(a.ready, r)
+	h.dispatchLocked()
+	return r, nil
+}
+
+// Wake is signalled when a connection is bound to the stream or the
+// stream ended: then call Claim.
+func (r *Ready) Wake() <-chan struct{} { return r.wake }
+
+// Done is closed when the handler's attachment ends.
+func (r *Ready) Done() <-chan struct{} { return r.a.done }
+
+// Claim takes the connection bound to the stream. It returns
+// ErrReadyEnded when the stream serves nothing (its handler detached: a
+// connection bound to it meanwhile goes back to the queue, first), and
+// nil, nil when the connection bound to it went before it was claimed
+// (timed out, or killed): the stream is parked again.
+func (r *Ready) Claim() (*Session, error) {
+	h := r.a.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r.ended {
+		return nil, ErrReadyEnded
+	}
+	w := r.w
+	if r.a.detached || (w == nil && h.closed) {
+		r.ended = true
+		if w != nil {
+			h.requeueLocked(w)
+		}
+		return nil, ErrReadyEnded
+	}
+	if w == nil {
+		if !slices.Contains(r.a.ready, r) {
+			r.a.ready = append(r.a.ready, r)
+		}
+		h.dispatchLocked()
+		return nil, nil
+	}
+	r.w, w.slot = nil, nil
+	return h.takeLocked(w), nil
+}
+
+// Cancel ends a stream that got no connection (its handler went away): a
+// connection bound to it and not claimed goes back to the queue, first.
+func (r *Ready) Cancel() {
+	h := r.a.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r.ended {
+		return
+	}
+	r.ended = true
+	if w := r.w; w != nil {
+		h.requeueLocked(w)
+		return
+	}
+	if i := slices.Index(r.a.ready, r); i >= 0 {
+		r.a.ready = slices.Delete(r.a.ready, i, i+1)
+	}
+}
+
+// requeueLocked puts w, bound to a ready stream that will not serve it,
+// back at the head of the queue and offers it again; h.mu must be held.
+func (h *streamHub) requeueLocked(w *waiting) {
+	w.slot.w, w.slot = nil, nil
+	w.to.load--
+	w.to = nil
+	h.queue = append([]*waiting{w}, h.queue...)
+	h.dispatchLocked()
 }
 
 // ErrOfferedElsewhere is a take of a connection offered to another

@@ -44,6 +44,7 @@ var errorTable = []struct {
 	{listener.ErrNotStream, codes.FailedPrecondition, "NOT_STREAM"},
 	{listener.ErrNoHandover, codes.FailedPrecondition, "NO_HANDOVER"},
 	{listener.ErrOfferedElsewhere, codes.FailedPrecondition, "OFFERED_ELSEWHERE"},
+	{listener.ErrHandoverHandler, codes.FailedPrecondition, "HANDOVER_HANDLER"},
 	{listener.ErrPermission, codes.PermissionDenied, "PERMISSION_DENIED"},
 	{listener.ErrLimit, codes.ResourceExhausted, "LIMIT_REACHED"},
 	{events.ErrTooManyWatchers, codes.ResourceExhausted, "TOO_MANY_WATCHERS"},

@@ -76,15 +76,23 @@ func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.Se
 	if take == nil {
 		return s.err(listener.Invalid("take", "the first message must be take"))
 	}
-	if err := requireID("take.connection_id", take.GetConnectionId()); err != nil {
-		return s.err(err)
-	}
 	if err := requireID("take.handler_id", take.GetHandlerId()); err != nil {
 		return s.err(err)
 	}
-	sess, err := s.m.Take(take.GetConnectionId(), take.GetHandlerId())
-	if err != nil {
-		return s.err(err)
+	var sess *listener.Session
+	if take.GetConnectionId() == "" {
+		// Ready: the stream waits for the next connection chosen for
+		// this handler.
+		if sess, err = s.ready(stream, take.GetHandlerId()); sess == nil {
+			return err
+		}
+	} else {
+		if err := requireID("take.connection_id", take.GetConnectionId()); err != nil {
+			return s.err(err)
+		}
+		if sess, err = s.m.Take(take.GetConnectionId(), take.GetHandlerId()); err != nil {
+			return s.err(err)
+		}
 	}
 	if err := stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Opened{
 		Opened: &listenerdv1.ConnectionOpened{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple())}}}); err != nil {
@@ -108,6 +116,43 @@ func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.Se
 		Closed: &listenerdv1.ConnectionClosed{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple()),
 			BytesIn: r.BytesIn, BytesOut: r.BytesOut, Duration: durationpb.New(r.Duration),
 			Reason: listenerdv1.CloseReason(r.Reason), Error: r.Error}}})
+}
+
+// ready parks a stream opened ahead until a connection is bound to it. It
+// returns nil and the stream's end (nil: ended cleanly, the handler
+// detached or its listener closed) when none comes.
+func (s *Service) ready(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse], handler string) (*listener.Session, error) {
+	r, err := s.m.Ready(handler)
+	if err != nil {
+		return nil, s.err(err)
+	}
+	// The headers say the stream is parked: a client may wait for them.
+	if err := stream.SendHeader(nil); err != nil {
+		r.Cancel()
+		return nil, err
+	}
+	ctx := stream.Context()
+	for {
+		select {
+		case <-r.Wake():
+			sess, err := r.Claim()
+			if errors.Is(err, listener.ErrReadyEnded) {
+				return nil, nil
+			}
+			if sess != nil {
+				return sess, nil
+			}
+		case <-r.Done():
+			if sess, _ := r.Claim(); sess != nil {
+				return sess, nil // bound as its listener closed: it drains
+			}
+			r.Cancel()
+			return nil, nil
+		case <-ctx.Done():
+			r.Cancel()
+			return nil, s.err(ctx.Err())
+		}
+	}
 }
 
 // fromHandler carries the handler's messages to the connection until the

@@ -4723,12 +4723,16 @@ func (*ServeConnectionRequest_End) isServeConnectionRequest_Kind() {}
 
 func (*ServeConnectionRequest_Reset_) isServeConnectionRequest_Kind() {}
 
-// Take takes an offered connection.
+// Take takes an offered connection, or, naming only the handler, opens a
+// stream ahead for the next connection the daemon chooses for it.
 type Take struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. The offer's connection id.
+	// The offer's connection id. Empty: a ready stream, served the next
+	// connection chosen for handler_id with no offer and no take (it is not
+	// a connection until then, and does not count toward the handler's
+	// max_connections; a handler may have at most max_connections ready).
 	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
-	// Required. The handler it was offered to.
+	// Required. The handler it was offered to, or whose stream this is.
 	HandlerId     string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

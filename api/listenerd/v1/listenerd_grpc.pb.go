@@ -152,8 +152,19 @@ type ListenerServiceClient interface {
 	// (half-close) and reset flow from the handler, and opened, data, end and
 	// closed from the daemon. The stream ends after closed. If the stream
 	// breaks, the connection is reset (RST) and closes with HANDLER_GONE.
+	// A take that names only the handler opens the stream ahead ("ready"):
+	// it waits, with no message, until the daemon chooses this handler for a
+	// new connection and binds it to the stream (no offer is sent for it),
+	// then opened follows as above. The daemon sends the response headers
+	// once the stream is parked (a client may wait for them). It ends
+	// cleanly (OK, no message) if the handler detaches or the listener closes
+	// first; one cancelled before a connection came loses none (the
+	// connection goes to a handler again).
 	// Errors: INVALID_ARGUMENT, NOT_FOUND (no such offer: taken, expired or
-	// closed), FAILED_PRECONDITION (offered to another handler).
+	// closed; or, for a ready take, no such handler attached),
+	// FAILED_PRECONDITION (offered to another handler; a ready take of a
+	// handover handler), RESOURCE_EXHAUSTED (a ready take of a handler with
+	// max_connections streams ready already).
 	ServeConnection(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ServeConnectionRequest, ServeConnectionResponse], error)
 }
 
@@ -470,8 +481,19 @@ type ListenerServiceServer interface {
 	// (half-close) and reset flow from the handler, and opened, data, end and
 	// closed from the daemon. The stream ends after closed. If the stream
 	// breaks, the connection is reset (RST) and closes with HANDLER_GONE.
+	// A take that names only the handler opens the stream ahead ("ready"):
+	// it waits, with no message, until the daemon chooses this handler for a
+	// new connection and binds it to the stream (no offer is sent for it),
+	// then opened follows as above. The daemon sends the response headers
+	// once the stream is parked (a client may wait for them). It ends
+	// cleanly (OK, no message) if the handler detaches or the listener closes
+	// first; one cancelled before a connection came loses none (the
+	// connection goes to a handler again).
 	// Errors: INVALID_ARGUMENT, NOT_FOUND (no such offer: taken, expired or
-	// closed), FAILED_PRECONDITION (offered to another handler).
+	// closed; or, for a ready take, no such handler attached),
+	// FAILED_PRECONDITION (offered to another handler; a ready take of a
+	// handover handler), RESOURCE_EXHAUSTED (a ready take of a handler with
+	// max_connections streams ready already).
 	ServeConnection(grpc.BidiStreamingServer[ServeConnectionRequest, ServeConnectionResponse]) error
 	mustEmbedUnimplementedListenerServiceServer()
 }
