@@ -678,14 +678,23 @@ func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
 	start := p.acked.Load()
 	after := start
 	w, _, err := p.bus.Watch(events.Filter{}, &after)
+	// The history lost events past start: watch from its oldest (again if
+	// it moved meanwhile), and publish the gap record once the first
+	// batch is read, so that events recorded while the record is
+	// published cannot push more out of the history unread (a second gap).
 	var re *events.RangeError
-	if errors.As(err, &re) && after+1 < re.Oldest {
-		return true, p.gap(ctx, after+1, re.Oldest-1)
+	for tries := 0; tries < 8 && errors.As(err, &re) && after+1 < re.Oldest; tries++ {
+		after = re.Oldest - 1
+		w, _, err = p.bus.Watch(events.Filter{}, &after)
 	}
 	if err != nil {
 		return false, err
 	}
 	defer w.Close()
+	gapTo := uint64(0)
+	if after > start {
+		gapTo = after
+	}
 	f, err := p.newFlight(ctx)
 	if err != nil {
 		return false, err
@@ -697,6 +706,12 @@ func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
 	var linger *time.Timer
 	for {
 		evs, through, werr := w.NextBatch(next, buf, 0)
+		if gapTo > 0 {
+			if err = p.gap(ctx, start+1, gapTo); err != nil {
+				break
+			}
+			gapTo = 0
+		}
 		if len(evs) > 0 || werr == nil {
 			if err := f.send(evs, through); err != nil {
 				break
