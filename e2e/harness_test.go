@@ -52,7 +52,7 @@ func TestMain(m *testing.M) {
 	code := 0
 	func() {
 		defer os.RemoveAll(dir)
-		goleak.VerifyTestMain(exitCatcher{&code, m}, natstest.Leaks)
+		goleak.VerifyTestMain(exitCatcher{&code, m}, natstest.Leaks...)
 	}()
 	os.Exit(code)
 }

@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 	if err := os.Setenv(CtlConfigEnv, "/nonexistent/listenerd/ctl.yaml"); err != nil {
 		panic(err)
 	}
-	goleak.VerifyTestMain(m, natstest.Leaks)
+	goleak.VerifyTestMain(m, natstest.Leaks...)
 }
 
 // fakeService is a ListenerService whose RPCs are whatever a test sets; an

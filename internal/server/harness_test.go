@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(childConnectEnv); path != "" {
 		childConnect(path) // re-executed as another user; never returns
 	}
-	goleak.VerifyTestMain(m, natstest.Leaks)
+	goleak.VerifyTestMain(m, natstest.Leaks...)
 }
 
 // lineWriter hands each complete line written to it to a channel: Run's

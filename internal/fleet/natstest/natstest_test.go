@@ -13,7 +13,7 @@ import (
 	"github.com/listenerd/listenerd/internal/fleet/natstest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, natstest.Leaks) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, natstest.Leaks...) }
 
 // guard bounds every wait on the cluster (an election, a placement): a
 // safety net, never a timing.
