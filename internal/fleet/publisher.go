@@ -103,6 +103,20 @@ type Publisher struct {
 	// does not publish them again (a copy sent after the stream's
 	// duplicate window would be stored twice).
 	stored map[uint64]bool
+	// uncertain holds the publishes that failed flights left unanswered:
+	// JetStream may have stored them (the ack was lost). A copy sent
+	// within the stream's duplicate window is dropped by JetStream; past
+	// half of it, verify reads what the stream holds first. uncertainFrom
+	// is a stream sequence before any of them, uncertainSince when the
+	// first of their flights began.
+	uncertain      map[uint64]bool
+	uncertainFrom  uint64
+	uncertainSince time.Time
+	// lastStored is the highest stream sequence known before the next
+	// flight starts (from acks and the stream's state): what the flight
+	// stores comes after it.
+	lastStored uint64
+	window     time.Duration // the stream's duplicate window
 
 	cancel context.CancelFunc
 	// stopping is done once Stop is called: publish the rest of the
@@ -239,16 +253,79 @@ func (p *Publisher) ensureStream(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.opts.AckTimeout)
 	defer cancel()
-	_, err := p.js.Stream(ctx, Stream)
+	st, err := p.js.Stream(ctx, Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		_, err = p.js.CreateStream(ctx, p.opts.StreamConfig())
+		st, err = p.js.CreateStream(ctx, p.opts.StreamConfig())
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			err = nil
+			st, err = p.js.Stream(ctx, Stream)
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", Stream, err)
 	}
+	info := st.CachedInfo()
+	p.lastStored = max(p.lastStored, info.State.LastSeq)
+	p.window = info.Config.Duplicates
+	return nil
+}
+
+// needVerify says whether the publishes left unanswered must be looked up
+// in the stream before they are sent again: some are neither acknowledged
+// since nor known stored, and their first flight began more than half the
+// duplicate window ago (JetStream counts the window from when it stored
+// a message, after that).
+func (p *Publisher) needVerify() bool {
+	for seq := range p.uncertain {
+		if seq <= p.acked.Load() || p.stored[seq] {
+			delete(p.uncertain, seq)
+		}
+	}
+	if len(p.uncertain) == 0 {
+		p.uncertain = nil
+		return false
+	}
+	return time.Since(p.uncertainSince) >= p.window/2
+}
+
+// verify reads this host's messages stored after uncertainFrom and marks
+// the unanswered publishes it finds there as stored, so that the next
+// flight does not send them again: past the duplicate window JetStream
+// would store a copy. What it does not find was not stored; it is sent
+// again.
+func (p *Publisher) verify(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.AckTimeout)
+	defer cancel()
+	st, err := p.js.Stream(ctx, Stream)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	boot, filter := p.bus.BootID(), HostSubjects(p.opts.Host)
+	found := 0
+	// Bounded: each answer is a later message of this host, all stored
+	// since the failed flights began.
+	for seq := p.uncertainFrom + 1; ; {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+		if b, n, ok := ParseMsgID(m.Header.Get(jetstream.MsgIDHeader)); ok && b == boot && p.uncertain[n] {
+			if p.stored == nil {
+				p.stored = map[uint64]bool{}
+			}
+			p.stored[n] = true
+			found++
+		}
+		seq = m.Sequence + 1
+	}
+	p.log.Info("fleet: looked up the publishes left unanswered past half the duplicate window",
+		"unanswered", len(p.uncertain), "stored", found)
+	p.uncertain = nil
 	return nil
 }
 
@@ -300,7 +377,9 @@ type flight struct {
 	parent context.Context // the run's: Stop gave up when it ends
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	inbox  string // the reply subjects' prefix, ending in '.'
+	inbox  string    // the reply subjects' prefix, ending in '.'
+	floor  uint64    // the stream's last sequence known when the flight began
+	began  time.Time // when the flight began
 	sub    *nats.Subscription
 	status chan nats.Status
 	done   chan struct{} // the watchdog returned
@@ -316,6 +395,7 @@ type flight struct {
 	tick    uint64        // the watchdog's clock, in quarters of the ack timeout
 	failed  bool          // no more publishes
 	ended   bool          // answers that come now are dropped
+	stored  uint64        // the highest stream sequence of the flight's acks so far: what is sent now is stored after it
 
 	// send's own, reused from one publish to the next
 	msg   nats.Msg
@@ -328,6 +408,7 @@ type flight struct {
 type pending struct {
 	seq   uint64
 	tick  uint64 // when it was sent, on the watchdog's clock
+	floor uint64 // a stream sequence before the one it gets if stored
 	mark  bool
 	state uint8 // awaiting, acked or refused
 }
@@ -348,6 +429,7 @@ const (
 func (p *Publisher) newFlight(ctx context.Context) (*flight, error) {
 	fctx, cancel := context.WithCancelCause(ctx)
 	f := &flight{p: p, parent: ctx, ctx: fctx, cancel: cancel, inbox: p.nc.NewInbox() + ".", done: make(chan struct{}),
+		floor: p.lastStored, began: time.Now(),
 		room: make(chan struct{}, 1), empty: make(chan struct{}, 1), idle: make(chan struct{}, 1), id: make([]string, 1)}
 	f.msg.Header = nats.Header{jetstream.MsgIDHeader: f.id}
 	f.reply = append(make([]byte, 0, len(f.inbox)+20), f.inbox...)
@@ -435,6 +517,7 @@ func (f *flight) answer(m *nats.Msg) {
 		return
 	}
 	f.q[i].state = acked
+	f.stored = max(f.stored, streamSeq(m.Data))
 	f.p.ackedN.Add(1)
 	if i == f.head {
 		f.advanceLocked()
@@ -460,6 +543,25 @@ func (f *flight) advanceLocked() {
 	} else if f.head >= 1024 && f.head >= len(f.q)/2 {
 		f.q, f.head = f.q[:copy(f.q, f.q[f.head:])], 0
 	}
+}
+
+var ackSeq = []byte(`"seq":`)
+
+// streamSeq is the stream sequence an ack names, or 0.
+func streamSeq(ack []byte) uint64 {
+	i := bytes.Index(ack, ackSeq)
+	if i < 0 {
+		return 0
+	}
+	ack = ack[i+len(ackSeq):]
+	var n uint64
+	for _, c := range ack {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n
 }
 
 // ackErr is why m does not acknowledge its publish, or nil.
@@ -563,13 +665,29 @@ func (f *flight) end() error {
 		}
 	}
 	for _, it := range f.q[f.head:] {
-		if !it.mark && it.state == acked { // acknowledged behind a failed one
+		switch {
+		case it.mark:
+		case it.state == acked: // acknowledged behind a failed one
 			if p.stored == nil {
 				p.stored = map[uint64]bool{}
 			}
 			p.stored[it.seq] = true
+		case it.state == awaiting: // unanswered: stored or not
+			// Sent at the tick's time or later (a late ticker only
+			// makes it look older).
+			sent := f.began.Add(time.Duration(it.tick) * (p.opts.AckTimeout / ticksPerTimeout))
+			if len(p.uncertain) == 0 {
+				p.uncertain = map[uint64]bool{}
+				p.uncertainFrom, p.uncertainSince = it.floor, sent
+			}
+			p.uncertain[it.seq] = true
+			p.uncertainFrom = min(p.uncertainFrom, it.floor)
+			if sent.Before(p.uncertainSince) {
+				p.uncertainSince = sent
+			}
 		}
 	}
+	p.lastStored = max(p.lastStored, f.stored)
 	f.mu.Unlock()
 	_ = f.sub.Unsubscribe()
 	f.p.nc.RemoveStatusListener(f.status)
@@ -624,7 +742,7 @@ func (f *flight) publish(seq uint64, subject, id string, data []byte) error {
 		f.mu.Unlock()
 		return context.Cause(f.ctx)
 	}
-	f.q = append(f.q, pending{seq: seq, tick: f.tick})
+	f.q = append(f.q, pending{seq: seq, tick: f.tick, floor: max(f.floor, f.stored)})
 	f.waiting++
 	f.mu.Unlock()
 
@@ -675,6 +793,11 @@ const maxSubjects = 4096
 // acknowledged sequence, until it fails, is cut, or the bus closes.
 // progressed reports that some publish was acknowledged.
 func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
+	if p.needVerify() {
+		if err := p.verify(ctx); err != nil {
+			return false, err
+		}
+	}
 	start := p.acked.Load()
 	after := start
 	w, _, err := p.bus.Watch(events.Filter{}, &after)
@@ -784,6 +907,9 @@ func (p *Publisher) gap(ctx context.Context, from, to uint64) error {
 func (p *Publisher) drain(ctx context.Context) {
 	for range 1 << 20 { // bounded: each round publishes or returns
 		if ctx.Err() != nil || !p.nc.IsConnected() {
+			return
+		}
+		if p.needVerify() && p.verify(ctx) != nil {
 			return
 		}
 		after := p.acked.Load()

@@ -705,3 +705,37 @@ func TestNeverRepublishesAcknowledged(t *testing.T) {
 			st, st.Published, head, st.Failed)
 	}
 }
+
+// A publish stored whose ack was lost is looked up in the stream before it
+// is sent again once half the stream's duplicate window has passed: past
+// the window JetStream would store the copy. Here the window is 100 ms and
+// the front holds what the server sends for far longer.
+func TestUnansweredLookedUpPastDuplicateWindow(t *testing.T) {
+	n := startFronted(t, t.TempDir())
+	js := jsClient(t, n.s.ClientURL())
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	cfg := fleet.Options{}.StreamConfig()
+	cfg.Duplicates = 100 * time.Millisecond
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	r := newRigWith(t, n.front.URL(), "lambda", events.Options{},
+		fleet.Options{AckTimeout: time.Second, RetryWait: 50 * time.Millisecond})
+	r.connect(5)
+	acked := r.bus.Head()
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == acked }, "the first events acknowledged")
+
+	n.front.Mute()
+	r.connect(5)
+	head := r.bus.Head()
+	waitStream(t, n.s.ClientURL(), head) // stored, their acks held by the front
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Stats().Failed >= head-acked },
+		"the unanswered publishes counted as failed")
+	n.front.Cut()
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == head }, "every event acknowledged")
+	checkOnce(t, waitStream(t, n.s.ClientURL(), head), "lambda", r.bus.BootID(), head)
+	if st := r.pub.Stats(); st.Published != head {
+		t.Fatalf("stats %+v: %d publishes for %d events, the stored ones sent again", st, st.Published, head)
+	}
+}

@@ -242,6 +242,7 @@ type Front struct {
 	target string
 	conns  map[net.Conn]struct{}
 	closed bool
+	muted  chan struct{} // while muted; closed by Cut and Close
 	wg     sync.WaitGroup
 }
 
@@ -271,12 +272,35 @@ func (f *Front) Point(addr string) {
 func (f *Front) Close() {
 	f.mu.Lock()
 	f.closed = true
+	f.mu.Unlock()
+	f.Cut()
+	f.ln.Close()
+	f.wg.Wait()
+}
+
+// Mute holds what the servers send until Cut, while what the clients send
+// still reaches them: a network that loses one direction. A publish is
+// stored and its ack never arrives.
+func (f *Front) Mute() {
+	f.mu.Lock()
+	if f.muted == nil {
+		f.muted = make(chan struct{})
+	}
+	f.mu.Unlock()
+}
+
+// Cut closes every connection (their clients reconnect through the front)
+// and ends a Mute: what it held is dropped with its connection.
+func (f *Front) Cut() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	for c := range f.conns {
 		c.Close()
 	}
-	f.mu.Unlock()
-	f.ln.Close()
-	f.wg.Wait()
+	if f.muted != nil {
+		close(f.muted)
+		f.muted = nil
+	}
 }
 
 func (f *Front) accept() {
@@ -300,8 +324,8 @@ func (f *Front) accept() {
 		if !f.track(c, up) {
 			continue
 		}
-		f.wg.Go(func() { f.pipe(c, up) })
-		f.wg.Go(func() { f.pipe(up, c) })
+		f.wg.Go(func() { f.pipe(c, up, true) })
+		f.wg.Go(func() { f.pipe(up, c, false) })
 	}
 }
 
@@ -321,15 +345,41 @@ func (f *Front) track(cs ...net.Conn) bool {
 }
 
 // pipe copies src to dst, then closes both: a server gone ends its
-// client's connection.
-func (f *Front) pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
+// client's connection. What a server sends (mutable) waits while the
+// front is muted.
+func (f *Front) pipe(dst, src net.Conn, mutable bool) {
+	if mutable {
+		f.copyMutable(dst, src)
+	} else {
+		_, _ = io.Copy(dst, src)
+	}
 	dst.Close()
 	src.Close()
 	f.mu.Lock()
 	delete(f.conns, dst)
 	delete(f.conns, src)
 	f.mu.Unlock()
+}
+
+func (f *Front) copyMutable(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			f.mu.Lock()
+			hold := f.muted
+			f.mu.Unlock()
+			if hold != nil {
+				<-hold // Cut: dst is closed, the write fails
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // JetStream connects to url for the test's duration (reconnecting for as
