@@ -28,7 +28,8 @@ import (
 // them (declare.ReconcileSet) and writes the status of each listener
 // back under its status key. When NATS goes and comes back, it watches
 // again from the start and reconciles then: what changed meanwhile is
-// caught up, and every status is written as it is now.
+// caught up, and each status the bucket holds is written again if it is
+// not what the listener says now.
 //
 // # Statuses
 //
@@ -561,20 +562,32 @@ func (d *Desired) reconcile(ctx context.Context, keys map[string]*keyState) {
 	}
 }
 
-// listStatus notes the status keys of this host in the bucket: those that
-// name neither a desired key nor a listener are deleted by the next
-// writeStatus. A failure is logged; the next watch lists them again.
+// listStatus notes the status keys of this host in the bucket and their
+// values: writeStatus writes only those that differ from what the
+// listeners say now (after a reconnect, none unless something changed),
+// and deletes those that name neither a desired key nor a listener. A
+// failure is logged; the next watch reads them again.
 func (d *Desired) listStatus(ctx context.Context, kv jetstream.KeyValue, keys map[string]*keyState) {
 	octx, cancel := context.WithTimeout(ctx, opWait)
 	defer cancel()
-	l, err := kv.ListKeysFiltered(octx, HostKeys(StatusPrefix, d.Host))
+	w, err := kv.Watch(octx, HostKeys(StatusPrefix, d.Host), jetstream.IgnoreDeletes())
 	if err != nil {
 		d.warnStatus(err)
 		return
 	}
-	defer func() { _ = l.Stop() }()
-	for key := range l.Keys() {
-		_, _, name, ok := SplitKey(key)
+	defer func() { _ = w.Stop() }()
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case e = <-w.Updates():
+		case <-octx.Done():
+			d.warnStatus(octx.Err())
+			return
+		}
+		if e == nil { // every value is in
+			return
+		}
+		_, _, name, ok := SplitKey(e.Key())
 		if !ok {
 			continue
 		}
@@ -584,6 +597,10 @@ func (d *Desired) listStatus(ctx context.Context, kv jetstream.KeyValue, keys ma
 			keys[name] = ks
 		}
 		ks.stored = true
+		var st Status
+		if json.Unmarshal(e.Value(), &st) == nil {
+			ks.reported = &st
+		}
 	}
 }
 
