@@ -75,6 +75,11 @@ type waiting struct {
 	slot       *Ready // bound to this ready stream, not claimed yet; guarded by hub.mu
 	sawHandler bool   // a handler was attached at some time during the wait
 	gone       bool   // timed out or killed: no longer takeable
+	// giving: a ready stream claimed it and is sending its opened
+	// message; that send decides (Session.Start or Session.GiveBack).
+	// late: its wait ended meanwhile, and Serve waits for the outcome.
+	// Both guarded by hub.mu.
+	giving, late bool
 }
 
 // Offer is a connection offered to one handler.
@@ -323,11 +328,21 @@ func (h *streamHub) Serve(c *Conn) error {
 	}
 	if s == nil {
 		h.mu.Lock()
-		select {
-		case s = <-w.taken: // taken as the wait ended
-		default:
-			w.gone = true
-			h.dropLocked(w)
+		if w.giving {
+			// A ready stream is sending it its opened message: it is
+			// given over (a session) or given back (nil) at once.
+			w.late = true
+			h.mu.Unlock()
+			s = <-w.taken
+			h.mu.Lock()
+		}
+		if s == nil {
+			select {
+			case s = <-w.taken: // taken as the wait ended
+			default:
+				w.gone = true
+				h.dropLocked(w)
+			}
 		}
 		saw := w.sawHandler
 		h.mu.Unlock()
@@ -483,6 +498,10 @@ func (r *Ready) Done() <-chan struct{} { return r.a.done }
 // connection bound to it meanwhile goes back to the queue, first), and
 // nil, nil when the connection bound to it went before it was claimed
 // (timed out, or killed): the stream is parked again.
+//
+// The connection is not the handler's yet: once the opened message is
+// sent, Start gives it over (connection_taken); if that send fails,
+// GiveBack returns it to the handlers. One of them must follow.
 func (r *Ready) Claim() (*Session, error) {
 	h := r.a.hub
 	h.mu.Lock()
@@ -506,7 +525,45 @@ func (r *Ready) Claim() (*Session, error) {
 		return nil, nil
 	}
 	r.w, w.slot = nil, nil
-	return h.takeLocked(w), nil
+	w.giving = true
+	return &Session{c: w.c, to: w.to, pending: w, start: make(chan Sink, 1), handlerEnd: make(chan struct{}), done: make(chan struct{})}, nil
+}
+
+// give gives a claimed connection over to the session's stream.
+func (s *Session) give() {
+	w := s.pending
+	h := s.to.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s.pending, w.giving = nil, false
+	w.c.session = s
+	w.taken <- s // Serve waits for it, even late
+	h.l.bus.Publish(events.Event{Listener: h.l.id, Kind: events.KindConnectionTaken, Conn: w.c.n, Detail: &events.Detail{Handler: s.to.id}})
+}
+
+// GiveBack returns a connection claimed by a ready stream whose opened
+// message could not be sent (the stream broke): the handler never had
+// it, so it goes back to the head of the queue, to a handler again, and
+// keeps its claim timeout. It reports false for a connection given over
+// already (taken by an offer, or started): that one is the handler's.
+func (s *Session) GiveBack() bool {
+	w := s.pending
+	if w == nil {
+		return false
+	}
+	h := s.to.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s.pending, w.giving = nil, false
+	if w.late { // its wait is over: Serve closes it with its reason
+		w.taken <- nil
+		return true
+	}
+	w.to.load--
+	w.to = nil
+	h.queue = append([]*waiting{w}, h.queue...)
+	h.dispatchLocked()
+	return true
 }
 
 // Cancel ends a stream that got no connection (its handler went away): a
@@ -554,6 +611,7 @@ type Sink interface {
 type Session struct {
 	c          *Conn
 	to         *Attachment
+	pending    *waiting  // claimed by a ready stream, not given over yet (Start or GiveBack); its stream's goroutine alone
 	side       *sideConn // handover: the descriptor goes there
 	start      chan Sink
 	endOnce    sync.Once
@@ -578,8 +636,14 @@ func (s *Session) ID() string { return s.c.ID() }
 // Tuple is the connection's five-tuple.
 func (s *Session) Tuple() events.Tuple { return s.c.tuple }
 
-// Start begins the flow of the peer's bytes to sink.
-func (s *Session) Start(sink Sink) { s.start <- sink }
+// Start begins the flow of the peer's bytes to sink; a connection claimed
+// by a ready stream is given over first.
+func (s *Session) Start(sink Sink) {
+	if s.pending != nil {
+		s.give()
+	}
+	s.start <- sink
+}
 
 // Write writes the handler's bytes to the peer (through the listener's
 // out filters); it blocks while the peer does not read.

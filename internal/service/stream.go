@@ -1,9 +1,11 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
@@ -16,6 +18,11 @@ import (
 
 // maxLabel bounds a handler's label.
 const maxLabel = 128
+
+// testHookReadyClaimed, when set by a test, runs as a ready stream has
+// claimed its connection, before the opened message is sent: a test
+// breaks the stream there, in a window no client can aim at.
+var testHookReadyClaimed atomic.Pointer[func(context.Context)]
 
 // AttachHandler implements ListenerService: it offers the listener's
 // connections to the caller until the caller goes or the listener closes.
@@ -86,6 +93,9 @@ func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.Se
 		if sess, err = s.ready(stream, take.GetHandlerId()); sess == nil {
 			return err
 		}
+		if hook := testHookReadyClaimed.Load(); hook != nil {
+			(*hook)(stream.Context())
+		}
 	} else {
 		if err := requireID("take.connection_id", take.GetConnectionId()); err != nil {
 			return s.err(err)
@@ -94,8 +104,17 @@ func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.Se
 			return s.err(err)
 		}
 	}
-	if err := stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Opened{
-		Opened: &listenerdv1.ConnectionOpened{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple())}}}); err != nil {
+	// A stream that broke before opened leaves its handler without the
+	// connection: one claimed by a ready stream goes to a handler again.
+	err = stream.Context().Err()
+	if err == nil {
+		err = stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Opened{
+			Opened: &listenerdv1.ConnectionOpened{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple())}}})
+	}
+	if err != nil {
+		if sess.GiveBack() {
+			return err
+		}
 		sess.Abort(err)
 		<-sess.Done()
 		return err
