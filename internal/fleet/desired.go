@@ -578,10 +578,23 @@ func (d *Desired) listStatus(ctx context.Context, kv jetstream.KeyValue, keys ma
 	defer func() { _ = w.Stop() }()
 	for {
 		var e jetstream.KeyValueEntry
+		ok := true
 		select {
-		case e = <-w.Updates():
+		case e, ok = <-w.Updates():
 		case <-octx.Done():
-			d.warnStatus(octx.Err())
+			ok = false
+		}
+		if !ok {
+			// Not all read: a status key of a name may be there unread,
+			// so writeStatus writes or deletes each.
+			why := octx.Err()
+			if why == nil {
+				why = errors.New("the watch ended")
+			}
+			d.warnStatus(fmt.Errorf("reading the statuses: %w", why))
+			for _, ks := range keys {
+				ks.stored = true
+			}
 			return
 		}
 		if e == nil { // every value is in

@@ -30,7 +30,9 @@ const (
 	// every publishLinger or so, and the first event after a quiet spell
 	// goes out at once.
 	publishLinger = 5 * time.Millisecond
-	retryWait     = 100 * time.Millisecond
+	// verifyBatch is how many messages verify reads a request.
+	verifyBatch = 512
+	retryWait   = 100 * time.Millisecond
 )
 
 // Options configure a Publisher.
@@ -117,6 +119,7 @@ type Publisher struct {
 	// stores comes after it.
 	lastStored uint64
 	window     time.Duration // the stream's duplicate window
+	created    time.Time     // the stream's creation, to tell a stream made again
 
 	cancel context.CancelFunc
 	// stopping is done once Stop is called: publish the rest of the
@@ -264,6 +267,12 @@ func (p *Publisher) ensureStream(ctx context.Context) error {
 		return fmt.Errorf("stream %s: %w", Stream, err)
 	}
 	info := st.CachedInfo()
+	if !info.Created.Equal(p.created) {
+		// A stream of its own (at start, or made again since): its
+		// sequences start anew, and it holds nothing left unanswered
+		// before it.
+		p.created, p.lastStored, p.uncertainFrom = info.Created, 0, 0
+	}
 	p.lastStored = max(p.lastStored, info.State.LastSeq)
 	p.window = info.Config.Duplicates
 	return nil
@@ -284,44 +293,77 @@ func (p *Publisher) needVerify() bool {
 		p.uncertain = nil
 		return false
 	}
-	return time.Since(p.uncertainSince) >= p.window/2
+	// The copies go out up to a flight's wait for room (an ack timeout)
+	// after this: count it, and as much again for their way to the server.
+	return time.Since(p.uncertainSince)+2*p.opts.AckTimeout >= p.window/2
 }
 
 // verify reads this host's messages stored after uncertainFrom and marks
 // the unanswered publishes it finds there as stored, so that the next
 // flight does not send them again: past the duplicate window JetStream
 // would store a copy. What it does not find was not stored; it is sent
-// again.
+// again. It reads through a consumer of its own (on the stream's leader,
+// headers only, in batches) up to the stream's last message when it
+// began, and keeps how far it read: a verify that fails goes on from
+// there the next time.
 func (p *Publisher) verify(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, p.opts.AckTimeout)
+	octx, cancel := context.WithTimeout(ctx, p.opts.AckTimeout)
 	defer cancel()
-	st, err := p.js.Stream(ctx, Stream)
+	st, err := p.js.Stream(octx, Stream)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
-	boot, filter := p.bus.BootID(), HostSubjects(p.opts.Host)
+	last := st.CachedInfo().State.LastSeq
 	found := 0
-	// Bounded: each answer is a later message of this host, all stored
-	// since the failed flights began.
-	for seq := p.uncertainFrom + 1; ; {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("verify: %w", err)
-		}
-		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
+	if last > p.uncertainFrom {
+		cons, err := st.CreateConsumer(octx, jetstream.ConsumerConfig{
+			FilterSubject: HostSubjects(p.opts.Host), DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq: p.uncertainFrom + 1, AckPolicy: jetstream.AckNonePolicy, HeadersOnly: true,
+			MemoryStorage: true, Replicas: 1, InactiveThreshold: time.Minute})
 		if err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
-		if b, n, ok := ParseMsgID(m.Header.Get(jetstream.MsgIDHeader)); ok && b == boot && p.uncertain[n] {
-			if p.stored == nil {
-				p.stored = map[uint64]bool{}
+		defer func() {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.opts.AckTimeout)
+			defer cancel()
+			_ = st.DeleteConsumer(dctx, cons.CachedInfo().Name)
+		}()
+		boot := p.bus.BootID()
+		// Bounded: each batch moves uncertainFrom on, to last at most.
+		for p.uncertainFrom < last {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			p.stored[n] = true
-			found++
+			batch, err := cons.Fetch(verifyBatch, jetstream.FetchMaxWait(p.opts.AckTimeout))
+			if err != nil {
+				return fmt.Errorf("verify: %w", err)
+			}
+			n := 0
+			for m := range batch.Messages() {
+				n++
+				md, err := m.Metadata()
+				if err != nil {
+					continue
+				}
+				if b, seq, ok := ParseMsgID(m.Headers().Get(jetstream.MsgIDHeader)); ok && b == boot && p.uncertain[seq] {
+					if p.stored == nil {
+						p.stored = map[uint64]bool{}
+					}
+					p.stored[seq] = true
+					found++
+				}
+				p.uncertainFrom = max(p.uncertainFrom, md.Sequence.Stream)
+				if md.NumPending == 0 { // nothing more of this host
+					p.uncertainFrom = max(p.uncertainFrom, last)
+				}
+			}
+			if err := batch.Error(); err != nil {
+				return fmt.Errorf("verify: %w", err)
+			}
+			if n == 0 { // none within the wait: nothing more of this host
+				break
+			}
 		}
-		seq = m.Sequence + 1
 	}
 	p.log.Info("fleet: looked up the publishes left unanswered past half the duplicate window",
 		"unanswered", len(p.uncertain), "stored", found)

@@ -721,13 +721,13 @@ func TestUnansweredLookedUpPastDuplicateWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := newRigWith(t, n.front.URL(), "lambda", events.Options{},
-		fleet.Options{AckTimeout: time.Second, RetryWait: 50 * time.Millisecond})
+		fleet.Options{AckTimeout: 2 * time.Second, RetryWait: 50 * time.Millisecond})
 	r.connect(5)
 	acked := r.bus.Head()
 	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == acked }, "the first events acknowledged")
 
 	n.front.Mute()
-	r.connect(5)
+	r.connect(300) // 600 publishes: more than one batch of the lookup
 	head := r.bus.Head()
 	waitStream(t, n.s.ClientURL(), head) // stored, their acks held by the front
 	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Stats().Failed >= head-acked },
