@@ -115,38 +115,71 @@ func (c *Conn) ID() string { return c.id }
 func (c *Conn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	for {
-		if len(c.rbuf) > 0 {
-			n := copy(p, c.rbuf)
-			c.rbuf = c.rbuf[n:]
-			return n, nil
-		}
-		select {
-		case <-c.gone:
-			return 0, c.opErr("read", net.ErrClosed)
-		default:
-		}
-		c.dmu.Lock()
-		dl, wake := c.rdl, c.rdlWake
-		c.dmu.Unlock()
-		var timeout <-chan time.Time
-		var t *time.Timer
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, c.opErr("read", os.ErrDeadlineExceeded)
-			}
-			t = time.NewTimer(d)
-			timeout = t.C
-		}
-		err := c.wait(timeout, wake)
-		if t != nil {
-			t.Stop()
-		}
-		if err != nil {
+	for len(c.rbuf) == 0 {
+		if err := c.next(); err != nil {
 			return 0, err
 		}
 	}
+	n := copy(p, c.rbuf)
+	c.rbuf = c.rbuf[n:]
+	return n, nil
+}
+
+// WriteTo writes the peer's bytes to w until the peer ends its side, as
+// io.Copy(w, c) does through Read, but each frame as it came, with no
+// buffer of its own: io.Copy(w, c) uses it. Read's deadline and Close
+// interrupt it as they do Read.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	var n int64
+	for {
+		if len(c.rbuf) > 0 {
+			m, err := w.Write(c.rbuf)
+			c.rbuf = c.rbuf[m:]
+			n += int64(m)
+			if err == nil && len(c.rbuf) > 0 {
+				err = io.ErrShortWrite
+			}
+			if err != nil {
+				return n, err
+			}
+		}
+		if err := c.next(); err != nil {
+			if err == io.EOF {
+				return n, nil
+			}
+			return n, err
+		}
+	}
+}
+
+// next waits for the next frame (into rbuf) under the read deadline; nil
+// to look at rbuf again (a frame came, or the deadline changed).
+func (c *Conn) next() error {
+	select {
+	case <-c.gone:
+		return c.opErr("read", net.ErrClosed)
+	default:
+	}
+	c.dmu.Lock()
+	dl, wake := c.rdl, c.rdlWake
+	c.dmu.Unlock()
+	var timeout <-chan time.Time
+	var t *time.Timer
+	if !dl.IsZero() {
+		d := time.Until(dl)
+		if d <= 0 {
+			return c.opErr("read", os.ErrDeadlineExceeded)
+		}
+		t = time.NewTimer(d)
+		timeout = t.C
+	}
+	err := c.wait(timeout, wake)
+	if t != nil {
+		t.Stop()
+	}
+	return err
 }
 
 // wait waits for the next frame (into rbuf), the peer's end, the
