@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/gopool"
 )
 
 // rpcTimeout bounds the short calls the package makes on its own.
@@ -55,14 +56,14 @@ type Conn struct {
 	closed sync.Once
 }
 
-func newConn(s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
+func newConn(pool *gopool.Pool, s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
 	t := o.GetTuple()
 	c := &Conn{s: s, cancel: cancel, id: o.GetConnectionId(),
 		local:  tcpAddr(net.JoinHostPort(t.GetLocalAddress(), itoa(t.GetLocalPort()))),
 		remote: tcpAddr(net.JoinHostPort(t.GetRemoteAddress(), itoa(t.GetRemotePort()))),
 		frames: make(chan []byte), peerEnd: make(chan struct{}), done: make(chan struct{}),
 		gone: make(chan struct{}), rdlWake: make(chan struct{})}
-	go c.recv()
+	pool.Go(c.recv)
 	return c
 }
 
