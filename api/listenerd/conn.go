@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
+	"github.com/listenerd/listenerd/internal/gopool"
 )
 
 // rpcTimeout bounds the short calls the package makes on its own.
@@ -55,14 +56,14 @@ type Conn struct {
 	closed sync.Once
 }
 
-func newConn(s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
+func newConn(pool *gopool.Pool, s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
 	t := o.GetTuple()
 	c := &Conn{s: s, cancel: cancel, id: o.GetConnectionId(),
 		local:  tcpAddr(net.JoinHostPort(t.GetLocalAddress(), itoa(t.GetLocalPort()))),
 		remote: tcpAddr(net.JoinHostPort(t.GetRemoteAddress(), itoa(t.GetRemotePort()))),
 		frames: make(chan []byte), peerEnd: make(chan struct{}), done: make(chan struct{}),
 		gone: make(chan struct{}), rdlWake: make(chan struct{})}
-	go c.recv()
+	pool.Go(c.recv)
 	return c
 }
 
@@ -115,38 +116,71 @@ func (c *Conn) ID() string { return c.id }
 func (c *Conn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	for {
-		if len(c.rbuf) > 0 {
-			n := copy(p, c.rbuf)
-			c.rbuf = c.rbuf[n:]
-			return n, nil
-		}
-		select {
-		case <-c.gone:
-			return 0, c.opErr("read", net.ErrClosed)
-		default:
-		}
-		c.dmu.Lock()
-		dl, wake := c.rdl, c.rdlWake
-		c.dmu.Unlock()
-		var timeout <-chan time.Time
-		var t *time.Timer
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, c.opErr("read", os.ErrDeadlineExceeded)
-			}
-			t = time.NewTimer(d)
-			timeout = t.C
-		}
-		err := c.wait(timeout, wake)
-		if t != nil {
-			t.Stop()
-		}
-		if err != nil {
+	for len(c.rbuf) == 0 {
+		if err := c.next(); err != nil {
 			return 0, err
 		}
 	}
+	n := copy(p, c.rbuf)
+	c.rbuf = c.rbuf[n:]
+	return n, nil
+}
+
+// WriteTo writes the peer's bytes to w until the peer ends its side, as
+// io.Copy(w, c) does through Read, but each frame as it came, with no
+// buffer of its own: io.Copy(w, c) uses it. Read's deadline and Close
+// interrupt it as they do Read.
+func (c *Conn) WriteTo(w io.Writer) (int64, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	var n int64
+	for {
+		if len(c.rbuf) > 0 {
+			m, err := w.Write(c.rbuf)
+			c.rbuf = c.rbuf[m:]
+			n += int64(m)
+			if err == nil && len(c.rbuf) > 0 {
+				err = io.ErrShortWrite
+			}
+			if err != nil {
+				return n, err
+			}
+		}
+		if err := c.next(); err != nil {
+			if err == io.EOF {
+				return n, nil
+			}
+			return n, err
+		}
+	}
+}
+
+// next waits for the next frame (into rbuf) under the read deadline; nil
+// to look at rbuf again (a frame came, or the deadline changed).
+func (c *Conn) next() error {
+	select {
+	case <-c.gone:
+		return c.opErr("read", net.ErrClosed)
+	default:
+	}
+	c.dmu.Lock()
+	dl, wake := c.rdl, c.rdlWake
+	c.dmu.Unlock()
+	var timeout <-chan time.Time
+	var t *time.Timer
+	if !dl.IsZero() {
+		d := time.Until(dl)
+		if d <= 0 {
+			return c.opErr("read", os.ErrDeadlineExceeded)
+		}
+		t = time.NewTimer(d)
+		timeout = t.C
+	}
+	err := c.wait(timeout, wake)
+	if t != nil {
+		t.Stop()
+	}
+	return err
 }
 
 // wait waits for the next frame (into rbuf), the peer's end, the

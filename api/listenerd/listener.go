@@ -259,7 +259,7 @@ func (l *Listener) readyOne() (*Conn, error) {
 		}
 		return nil, err
 	}
-	return newConn(s, cancel, m.GetOpened()), nil
+	return newConn(l.c.recvers, s, cancel, m.GetOpened()), nil
 }
 
 func (c *Client) attachStream(ctx context.Context, ref string, cfg listenConfig, handover bool) (listenerdv1.ListenerService_AttachHandlerClient, *listenerdv1.AttachHandlerResponse, error) {
@@ -348,7 +348,7 @@ func (l *Listener) take(o *listenerdv1.Offer) (*Conn, error) {
 		cancel()
 		return nil, errors.New("listenerd: the daemon answered a take with something other than opened")
 	}
-	return newConn(s, cancel, m.GetOpened()), nil
+	return newConn(l.c.recvers, s, cancel, m.GetOpened()), nil
 }
 
 // Close stops accepting: it detaches from the listener and, for a listener

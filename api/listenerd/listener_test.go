@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -294,3 +295,78 @@ func TestLimitsAndACLsApply(t *testing.T) {
 		t.Fatalf("status %v, %v: a denied source was accepted", g.GetListener().GetStatus(), err)
 	}
 }
+
+// io.Copy(c, c) echoes through WriteTo, frame by frame: every byte, in
+// order, across frames, and it ends cleanly at the peer's FIN.
+func TestCopyEchoesThroughWriteTo(t *testing.T) {
+	l := listen(t, dialClient(t))
+	peer := testkit.Dial(t, l.Addr().String())
+	c := accept(t, l)
+	if _, ok := net.Conn(c).(io.WriterTo); !ok {
+		t.Fatal("*Conn is not an io.WriterTo")
+	}
+	copied := make(chan error, 1)
+	var n int64
+	go func() {
+		var err error
+		n, err = io.Copy(c, c)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		copied <- err
+	}()
+	want := bytes.Repeat([]byte("0123456789abcdef"), 3*listenerd.MaxFrame/16+7)
+	go func() {
+		peer.Write(want)
+		peer.CloseWrite()
+	}()
+	got, err := io.ReadAll(peer)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("peer read %d bytes (%v), want the %d it sent", len(got), err, len(want))
+	}
+	if err := <-copied; err != nil || n != int64(len(want)) {
+		t.Fatalf("io.Copy: %d, %v; want %d, nil", n, err, len(want))
+	}
+}
+
+// A read deadline and Close interrupt a blocked WriteTo as they do Read;
+// a failing writer ends it with its error.
+func TestWriteToInterrupted(t *testing.T) {
+	l := listen(t, dialClient(t))
+	peer := testkit.Dial(t, l.Addr().String())
+	c := accept(t, l)
+	_ = c.SetReadDeadline(time.Time{})
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.WriteTo(io.Discard)
+		got <- err
+	}()
+	_ = c.SetReadDeadline(time.Now().Add(-time.Second))
+	if err := <-got; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WriteTo after the deadline: %v, want a deadline error", err)
+	}
+
+	_ = c.SetReadDeadline(time.Time{})
+	boom := errors.New("boom")
+	go func() {
+		_, err := c.WriteTo(failingWriter{boom})
+		got <- err
+	}()
+	peer.Write([]byte("x"))
+	if err := <-got; !errors.Is(err, boom) {
+		t.Fatalf("WriteTo to a failing writer: %v, want boom", err)
+	}
+
+	go func() {
+		_, err := c.WriteTo(io.Discard)
+		got <- err
+	}()
+	c.Close()
+	if err := <-got; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WriteTo after Close: %v, want net.ErrClosed", err)
+	}
+}
+
+type failingWriter struct{ err error }
+
+func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }

@@ -209,13 +209,27 @@ func (l *Listener) start(c *Conn) {
 }
 
 // run serves c on its own goroutine; c already holds its count of conWG
-// (start's, or the queue's).
+// (start's, or the queue's). The stream handler's connections run on
+// goroutines of the listener's pool: each sends its bytes through gRPC,
+// whose calls grow a new goroutine's stack several times (about a tenth
+// of the daemon's CPU in the bench's case i, short connections through
+// the stream handler); a reused one has grown already. The others keep a
+// goroutine of their own, which an idle connection keeps on its first,
+// small stack (see serve).
 func (l *Listener) run(c *Conn) {
 	if l.spec.Nagle {
 		_ = c.c.SetNoDelay(false)
 	}
+	if l.pool != nil {
+		l.pool.Go(c.serve)
+		return
+	}
 	go c.serve()
 }
+
+// poolIdle is how long a goroutine of a listener's pool waits for the next
+// connection before it ends.
+const poolIdle = 5 * time.Second
 
 // refuse returns why a new connection from addr must be rejected before
 // any limit is looked at, or RejectUnspecified: the ACL and the rate

@@ -165,6 +165,9 @@ func (h *Handoff) Drain(timeout time.Duration) {
 	}
 	for _, l := range h.handed {
 		l.conWG.Wait()
+		if l.pool != nil {
+			l.pool.Close()
+		}
 	}
 	m.wg.Wait()
 	m.endHandover()

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/gopool"
 )
 
 // owner is what a listener needs of the manager that owns it.
@@ -90,6 +91,9 @@ type Listener struct {
 	done       chan struct{} // closed when the listener is CLOSED
 	closeOnce  sync.Once
 	conWG      sync.WaitGroup
+	// The stream handler's connections run on goroutines reused from one
+	// connection to the next (nil for the other handlers): see run.
+	pool *gopool.Pool
 }
 
 // ID returns the listener's id.
@@ -382,6 +386,10 @@ func (l *Listener) drain(timeout time.Duration, reason events.CloseReason, open 
 	}
 	l.killAll(reason)
 	l.conWG.Wait()
+	if l.pool != nil {
+		l.pool.Close()
+		l.pool.Wait()
+	}
 	l.mu.Lock()
 	destroyed := l.destroyed
 	l.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/gopool"
 )
 
 // DefaultDrainTimeout is how long a closing listener's connections may
@@ -292,6 +293,9 @@ func (m *Manager) newListener(id, name string, spec Spec, h Handler, ln *net.TCP
 		done:       make(chan struct{}),
 	}
 	l.perSource = map[netip.Addr]int64{}
+	if _, ok := h.(*streamHub); ok {
+		l.pool = gopool.New(poolIdle)
+	}
 	if b, ok := h.(interface{ bind(*Listener) }); ok { // a handler that needs its listener
 		b.bind(l)
 	}

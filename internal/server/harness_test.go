@@ -79,6 +79,12 @@ type testDaemon struct {
 // without error.
 func startRun(t testing.TB, cfg Config) *testDaemon {
 	t.Helper()
+	return startRunAt(t, cfg, slog.LevelDebug)
+}
+
+// startRunAt is startRun with the daemon's log at level.
+func startRunAt(t testing.TB, cfg Config, level slog.Level) *testDaemon {
+	t.Helper()
 	dir := testkit.ShortDir(t)
 	if cfg.Socket == "" {
 		cfg.Socket = filepath.Join(dir, "run", "listenerd.sock")
@@ -88,7 +94,7 @@ func startRun(t testing.TB, cfg Config) *testDaemon {
 		cfg.StateDir = filepath.Join(dir, "state")
 	}
 	d.state = filepath.Join(cfg.StateDir, state.FileName)
-	cfg.Log = slog.New(slog.NewTextHandler(d.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.Log = slog.New(slog.NewTextHandler(d.log, &slog.HandlerOptions{Level: level}))
 	out := &lineWriter{lines: make(chan string, 8)}
 	cfg.Stdout = out
 	ctx, cancel := context.WithCancel(context.Background())

@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -67,4 +70,57 @@ func field(line, key string) string {
 		}
 	}
 	return ""
+}
+
+// TestServeConnectionLogAtInfo: with debug off, a ServeConnection that
+// ends well leaves no line (it would be at debug), and one that fails is
+// logged at its level, with the middleware's fields and its own start.
+func TestServeConnectionLogAtInfo(t *testing.T) {
+	d := startRunAt(t, Config{Ephemeral: true}, slog.LevelInfo)
+	addr := createStream(t, d, "s")
+	h := attach(t, d.unix, "s", 4)
+	before := time.Now().Truncate(time.Second)
+
+	c := testkit.Dial(t, addr)
+	s := h.take()
+	_ = c.CloseWrite()
+	recvUntilEnd(t, s)
+	if err := s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.Recv(); err != nil || m.GetClosed() == nil {
+		t.Fatalf("closed: %v, %v", m, err)
+	}
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("after closed: %v, want the call's end", err)
+	}
+
+	bad, err := d.unix.ServeConnection(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bad.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a first message other than take: %v, want InvalidArgument", err)
+	}
+
+	var lines []string
+	for _, line := range strings.Split(d.log.String(), "\n") {
+		if strings.Contains(line, `msg="finished call"`) && field(line, "grpc.method") == "ServeConnection" {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("ServeConnection lines %q, want the failed call's only", lines)
+	}
+	l := lines[0]
+	if field(l, "level") != "INFO" || field(l, "grpc.code") != "InvalidArgument" || field(l, "grpc.service") != "listenerd.v1.ListenerService" ||
+		field(l, "grpc.method_type") != "bidi_stream" || field(l, "grpc.time_ms") == "" || !strings.Contains(l, "grpc.error=") {
+		t.Fatalf("the failed call's line: %s", l)
+	}
+	if st, err := time.Parse(time.RFC3339, field(l, "grpc.start_time")); err != nil || st.Before(before) || st.After(time.Now()) {
+		t.Fatalf("grpc.start_time %q (%v), want the call's start", field(l, "grpc.start_time"), err)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -472,6 +473,9 @@ func stopGRPC(srv *grpc.Server, limit time.Duration) {
 func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr transport, met *metrics.Metrics) (*grpc.Server, *health.Server) {
 	log = log.With("api", tr.name)
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		if start, ok := ctx.Value(callStart{}).(time.Time); ok { // a quiet call's line, logged at its end
+			fields = withStart(fields, start)
+		}
 		if tr.refusals != nil && refusedCall(fields) { // anyone may make these: rate-limited
 			tr.refusals.refused(slog.Level(lvl), msg, fields...)
 			return
@@ -489,7 +493,7 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 			recovery.UnaryServerInterceptor(recoverOpts...),
 		),
 		grpc.ChainStreamInterceptor(
-			logging.StreamServerInterceptor(logger, logOpts...),
+			quietStreams(logging.StreamServerInterceptor(logger, logOpts...), log),
 			recovery.StreamServerInterceptor(recoverOpts...),
 		),
 	), tr.options()...)...)
@@ -501,6 +505,61 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 	reflection.Register(srv)
 	met.InitServer(srv)
 	return srv, hs
+}
+
+// quiet are the calls made once per connection of the stream handler,
+// whose log line, when they end well, goes to debug (see accessLevel).
+var quiet = map[string]bool{listenerdv1.ListenerService_ServeConnection_FullMethodName: true}
+
+// quietStreams passes the quiet calls by logging (the interceptor logs)
+// while debug is off: the middleware builds its fields, formats the start
+// time and wraps the stream for every call, about 7 % of the daemon's CPU
+// with short connections through the stream handler, for a line that is
+// then dropped. A quiet call that fails is logged all the same, once it
+// has returned: through logs, which then sees the call's error at once,
+// and with the call's own start time and duration (see withStart).
+func quietStreams(logs grpc.StreamServerInterceptor, log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !quiet[info.FullMethod] || log.Enabled(ss.Context(), slog.LevelDebug) {
+			return logs(srv, ss, info, handler)
+		}
+		start := time.Now()
+		err := handler(srv, ss)
+		if errors.Is(err, io.EOF) {
+			err = nil // as the middleware counts it
+		}
+		if c := status.Code(err); c == codes.OK || c == codes.Canceled {
+			return err // debug: dropped
+		}
+		return logs(srv, &startedStream{ss, context.WithValue(ss.Context(), callStart{}, start)}, info,
+			func(any, grpc.ServerStream) error { return err })
+	}
+}
+
+// callStart is the context key of a quiet call's start, for its line.
+type callStart struct{}
+
+type startedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *startedStream) Context() context.Context { return s.ctx }
+
+// withStart gives the fields of a quiet call's line the call's own start
+// time and duration, in the middleware's formats.
+func withStart(fields []any, start time.Time) []any {
+	out := slices.Clone(fields)
+	ms := logging.DurationToTimeMillisFields(time.Since(start))
+	for i := 0; i+1 < len(out); i += 2 {
+		switch out[i] {
+		case "grpc.start_time":
+			out[i+1] = start.Format(time.RFC3339)
+		case ms[0]:
+			out[i+1] = ms[1]
+		}
+	}
+	return out
 }
 
 // refusedCall reports whether a finished call's log fields say it was
