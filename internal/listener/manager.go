@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
-	"github.com/listenerd/listenerd/internal/gopool"
 )
 
 // DefaultDrainTimeout is how long a closing listener's connections may
@@ -293,9 +292,6 @@ func (m *Manager) newListener(id, name string, spec Spec, h Handler, ln *net.TCP
 		done:       make(chan struct{}),
 	}
 	l.perSource = map[netip.Addr]int64{}
-	if _, ok := h.(*streamHub); ok {
-		l.pool = gopool.New(poolIdle)
-	}
 	if b, ok := h.(interface{ bind(*Listener) }); ok { // a handler that needs its listener
 		b.bind(l)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/listenerd/listenerd/internal/events"
+	"github.com/listenerd/listenerd/internal/gopool"
 )
 
 // The stream handler offers each connection to the programs attached to
@@ -285,7 +286,12 @@ func (h *streamHub) dispatchLocked() {
 }
 
 // bind gives the hub its listener, before any connection or attach.
-func (h *streamHub) bind(l *Listener) { h.l = l }
+// bind also gives the listener its pool: the connections run on reused
+// goroutines (see Listener.run).
+func (h *streamHub) bind(l *Listener) {
+	h.l = l
+	l.pool = gopool.New(poolIdle)
+}
 
 // close ends every attachment: the listener is closing. Waiting
 // connections are closed with it.

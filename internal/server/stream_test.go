@@ -28,15 +28,7 @@ func attach(t *testing.T, c listenerdv1.ListenerServiceClient, ref string, max u
 	t.Helper()
 	ctx, cancel := context.WithCancel(testContext(t))
 	t.Cleanup(cancel)
-	st, err := c.AttachHandler(ctx, &listenerdv1.AttachHandlerRequest{ListenerId: ref, MaxConnections: max, Label: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := st.Recv()
-	if err != nil || first.GetAttached() == nil {
-		t.Fatalf("attach: %v, %v", first, err)
-	}
-	return &handler{t: t, c: c, id: first.GetAttached().GetHandlerId(), offers: st}
+	return attachOn(t, ctx, c, ref, max)
 }
 
 // take takes the next offer and returns its stream, past the opened
