@@ -24,6 +24,10 @@ const maxLabel = 128
 // breaks the stream there, in a window no client can aim at.
 var testHookReadyClaimed atomic.Pointer[func(context.Context)]
 
+// testHookParked, when set by a test, runs once a stream is parked (a
+// reused stream sends nothing then: a test waits for it here).
+var testHookParked atomic.Pointer[func()]
+
 // AttachHandler implements ListenerService: it offers the listener's
 // connections to the caller until the caller goes or the listener closes.
 func (s *Service) AttachHandler(req *listenerdv1.AttachHandlerRequest, stream grpc.ServerStreamingServer[listenerdv1.AttachHandlerResponse]) error {
@@ -73,35 +77,71 @@ func (s *Service) AttachHandler(req *listenerdv1.AttachHandlerRequest, stream gr
 }
 
 // ServeConnection implements ListenerService: one taken connection's bytes,
-// both ways, on one stream.
-func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]) error {
-	first, err := stream.Recv()
+// both ways, on one stream; with reuse, one connection after another.
+func (s *Service) ServeConnection(stream serveStream) error {
+	m, err := stream.Recv()
 	if err != nil {
 		return err
 	}
-	take := first.GetTake()
-	if take == nil {
-		return s.err(listener.Invalid("take", "the first message must be take"))
+	for first := true; ; first = false {
+		take := m.GetTake()
+		if take == nil {
+			return s.err(listener.Invalid("take", "the first message must be take"))
+		}
+		next, err := s.serveOne(stream, take, first)
+		if next == nil {
+			return err
+		}
+		// Reuse: the handler's next take, or the end of its stream.
+		select {
+		case h := <-next:
+			if h.err != nil {
+				if errors.Is(h.err, io.EOF) || stream.Context().Err() != nil {
+					return nil // the handler let the stream go after closed
+				}
+				return h.err
+			}
+			m = h.msg
+		case <-stream.Context().Done():
+			return nil // the handler let the stream go after closed
+		}
 	}
+}
+
+type serveStream = grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]
+
+// handlerNext is what the handler sent on a reused stream after its
+// connection closed: the next take, or the stream's end or failure.
+type handlerNext struct {
+	msg *listenerdv1.ServeConnectionRequest
+	err error
+}
+
+// serveOne serves the connection take names (or, naming none, the next
+// one chosen for its handler) until it closes; first: the stream's first
+// take. With reuse, it returns where the handler's next take (or the
+// stream's end) will come; nil and the stream's end otherwise.
+func (s *Service) serveOne(stream serveStream, take *listenerdv1.Take, first bool) (<-chan handlerNext, error) {
 	if err := requireID("take.handler_id", take.GetHandlerId()); err != nil {
-		return s.err(err)
+		return nil, s.err(err)
 	}
 	var sess *listener.Session
+	var err error
 	if take.GetConnectionId() == "" {
 		// Ready: the stream waits for the next connection chosen for
 		// this handler.
-		if sess, err = s.ready(stream, take.GetHandlerId()); sess == nil {
-			return err
+		if sess, err = s.ready(stream, take.GetHandlerId(), first); sess == nil {
+			return nil, err
 		}
 		if hook := testHookReadyClaimed.Load(); hook != nil {
 			(*hook)(stream.Context())
 		}
 	} else {
 		if err := requireID("take.connection_id", take.GetConnectionId()); err != nil {
-			return s.err(err)
+			return nil, s.err(err)
 		}
 		if sess, err = s.m.Take(take.GetConnectionId(), take.GetHandlerId()); err != nil {
-			return s.err(err)
+			return nil, s.err(err)
 		}
 	}
 	// A stream that broke before opened leaves its handler without the
@@ -113,14 +153,18 @@ func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.Se
 	}
 	if err != nil {
 		if sess.GiveBack() {
-			return err
+			return nil, err
 		}
 		sess.Abort(err)
 		<-sess.Done()
-		return err
+		return nil, err
 	}
 	sess.Start(streamSink{stream})
-	go s.fromHandler(stream, sess)
+	var next chan handlerNext
+	if take.GetReuse() {
+		next = make(chan handlerNext, 1)
+	}
+	go s.fromHandler(stream, sess, next)
 	// A handler that goes away (or cancels the call to reset) resets the
 	// socket even while a write to a peer that does not read blocks the
 	// reading of its messages.
@@ -131,24 +175,35 @@ func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.Se
 		<-sess.Done()
 	}
 	r := sess.Result()
-	return stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Closed{
+	err = stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Closed{
 		Closed: &listenerdv1.ConnectionClosed{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple()),
 			BytesIn: r.BytesIn, BytesOut: r.BytesOut, Duration: durationpb.New(r.Duration),
 			Reason: listenerdv1.CloseReason(r.Reason), Error: r.Error}}})
+	if err != nil || next == nil {
+		return nil, err
+	}
+	return next, nil
 }
 
-// ready parks a stream opened ahead until a connection is bound to it. It
-// returns nil and the stream's end (nil: ended cleanly, the handler
-// detached or its listener closed) when none comes.
-func (s *Service) ready(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse], handler string) (*listener.Session, error) {
+// ready parks a stream opened ahead (or reused) until a connection is
+// bound to it; first: the stream's first take. It returns nil and the
+// stream's end (nil: ended cleanly, the handler detached or its listener
+// closed) when none comes.
+func (s *Service) ready(stream serveStream, handler string, first bool) (*listener.Session, error) {
 	r, err := s.m.Ready(handler)
 	if err != nil {
 		return nil, s.err(err)
 	}
-	// The headers say the stream is parked: a client may wait for them.
-	if err := stream.SendHeader(nil); err != nil {
-		r.Cancel()
-		return nil, err
+	// The headers say the stream is parked: a client may wait for them
+	// (a reused stream's went with its first opened).
+	if first {
+		if err := stream.SendHeader(nil); err != nil {
+			r.Cancel()
+			return nil, err
+		}
+	}
+	if hook := testHookParked.Load(); hook != nil {
+		(*hook)()
 	}
 	ctx := stream.Context()
 	for {
@@ -176,29 +231,50 @@ func (s *Service) ready(stream grpc.BidiStreamingServer[listenerdv1.ServeConnect
 
 // fromHandler carries the handler's messages to the connection until the
 // handler ends its side, resets, or its stream ends. A stream that breaks
-// before the connection is done resets it.
-func (s *Service) fromHandler(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse], sess *listener.Session) {
-	ended := false
+// before the connection is done resets it. With next (reuse), it goes on
+// reading once the connection is done, dropping what the handler sent for
+// it, until the handler's next take or the stream's end, and hands that
+// over.
+func (s *Service) fromHandler(stream serveStream, sess *listener.Session, next chan<- handlerNext) {
+	ended, over := false, false // over: the connection takes no more
+	stop := func(err error) {   // the stream's end (io.EOF), failure, or a broken protocol
+		if next != nil {
+			next <- handlerNext{err: err}
+		}
+	}
 	for {
 		m, err := stream.Recv()
-		if errors.Is(err, io.EOF) && ended {
-			return // the handler is done sending; the connection goes on
-		}
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = errors.New("the handler closed its stream without end or reset")
-			}
-			sess.Abort(err)
+			if !errors.Is(err, io.EOF) {
+				sess.Abort(err)
+			} else if !ended && !over {
+				sess.Abort(errors.New("the handler closed its stream without end or reset"))
+			} // after end, the connection goes on
+			stop(err)
 			return
+		}
+		if next != nil && m.GetTake() != nil {
+			select {
+			case <-sess.Done():
+				next <- handlerNext{msg: m}
+			default:
+				sess.Abort(errors.New("take before closed"))
+				stop(s.err(listener.Invalid("take", "a reused stream's next take must follow closed")))
+			}
+			return
+		}
+		if over {
+			continue // the connection's leftovers, on a stream kept for reuse
 		}
 		switch k := m.GetKind().(type) {
 		case *listenerdv1.ServeConnectionRequest_Data:
 			if ended {
 				sess.Abort(errors.New("data after end"))
+				stop(s.err(listener.Invalid("data", "after end")))
 				return
 			}
 			if err := sess.Write(k.Data); err != nil {
-				return // the socket failed: the connection is closing
+				over = true // the socket failed: the connection is closing
 			}
 		case *listenerdv1.ServeConnectionRequest_End:
 			if !ended {
@@ -207,9 +283,13 @@ func (s *Service) fromHandler(stream grpc.BidiStreamingServer[listenerdv1.ServeC
 			}
 		case *listenerdv1.ServeConnectionRequest_Reset_:
 			sess.Reset()
-			return
+			over = true
 		default:
 			sess.Abort(errors.New("unexpected message from the handler"))
+			stop(s.err(listener.Invalid("kind", "data, end or reset while a connection is served")))
+			return
+		}
+		if over && next == nil {
 			return
 		}
 	}
@@ -219,7 +299,7 @@ func (s *Service) fromHandler(stream grpc.BidiStreamingServer[listenerdv1.ServeC
 // stream's flow-control window is full: the socket is not read meanwhile,
 // and its peer feels the backpressure.
 type streamSink struct {
-	stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]
+	stream serveStream
 }
 
 func (k streamSink) Data(p []byte) error {

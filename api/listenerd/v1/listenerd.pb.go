@@ -4733,7 +4733,13 @@ type Take struct {
 	// max_connections; a handler may have at most max_connections ready).
 	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	// Required. The handler it was offered to, or whose stream this is.
-	HandlerId     string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	HandlerId string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	// The stream may serve another connection after this one: after closed
+	// the daemon keeps it open and reads the handler's next take on it (or
+	// the stream's end; messages the handler sent for the connection before
+	// it saw closed are dropped). Saves a stream a connection. One
+	// connection at a time: a take before closed is refused.
+	Reuse         bool `protobuf:"varint,3,opt,name=reuse,proto3" json:"reuse,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4780,6 +4786,13 @@ func (x *Take) GetHandlerId() string {
 		return x.HandlerId
 	}
 	return ""
+}
+
+func (x *Take) GetReuse() bool {
+	if x != nil {
+		return x.Reuse
+	}
+	return false
 }
 
 // End is a half-close.
@@ -4965,7 +4978,8 @@ type ServeConnectionResponse_End struct {
 }
 
 type ServeConnectionResponse_Closed struct {
-	// The connection closed; the last message.
+	// The connection closed; the last message, unless the take asked for
+	// reuse: then the handler's next take on the stream starts another.
 	Closed *ConnectionClosed `protobuf:"bytes,4,opt,name=closed,proto3,oneof"`
 }
 
@@ -6293,11 +6307,12 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12%\n" +
 	"\x03end\x18\x03 \x01(\v2\x11.listenerd.v1.EndH\x00R\x03end\x12+\n" +
 	"\x05reset\x18\x04 \x01(\v2\x13.listenerd.v1.ResetH\x00R\x05resetB\x06\n" +
-	"\x04kind\"J\n" +
+	"\x04kind\"`\n" +
 	"\x04Take\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1d\n" +
 	"\n" +
-	"handler_id\x18\x02 \x01(\tR\thandlerId\"\x05\n" +
+	"handler_id\x18\x02 \x01(\tR\thandlerId\x12\x14\n" +
+	"\x05reuse\x18\x03 \x01(\bR\x05reuse\"\x05\n" +
 	"\x03End\"\a\n" +
 	"\x05Reset\"\xd2\x01\n" +
 	"\x17ServeConnectionResponse\x128\n" +
