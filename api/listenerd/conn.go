@@ -87,14 +87,16 @@ func itoa(n uint32) string {
 // recv hands the daemon's messages over, one frame at a time, until the
 // connection closes; then the stream goes back to its listener, or ends.
 func (c *Conn) recv() {
-	if c.serve() && c.l.reuse(c.s, c.cancel) {
+	if c.serve() {
+		c.l.reuse(&parking{s: c.s, cancel: c.cancel})
 		return
 	}
 	c.cancel()
 }
 
 // serve reads the stream until the stream ends, or, on a stream taken for
-// reuse, until closed: it then says the stream can serve another.
+// reuse, until closed: the daemon has parked the stream again then, and
+// serve says so.
 func (c *Conn) serve() (reusable bool) {
 	defer close(c.done)
 	ended := false

@@ -44,7 +44,8 @@ type Listener struct {
 	readyMu    sync.Mutex // readyWG.Add only while !readyShut, so Close's Wait sees every park
 	readyShut  bool
 	want       int32        // streams to keep parked: a served one parks again below it
-	parked     atomic.Int32 // streams the daemon said are parked (its headers came)
+	parked     atomic.Int32 // streams the daemon said are parked (its headers came, or closed on a reused one)
+	opens      atomic.Int64 // streams opened ahead (a reused one counts once)
 	offered    atomic.Int64 // offers received: connections that came the other way
 	readyAbort context.Context
 	abortReady context.CancelFunc
@@ -218,6 +219,7 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 type parking struct {
 	s      listenerdv1.ListenerService_ServeConnectionClient
 	cancel context.CancelFunc
+	fresh  bool // opened for this park: its take asks for reuse
 }
 
 // addReady counts one more stream parking, unless Close has begun.
@@ -231,15 +233,43 @@ func (l *Listener) addReady() bool {
 	return true
 }
 
-// reuse parks a stream whose connection has closed again, in the calling
-// goroutine, while fewer than want are parked; false when the stream is
-// not wanted and should end.
-func (l *Listener) reuse(s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc) bool {
-	if l.parked.Load() >= l.want || !l.addReady() {
-		return false
+// reuse answers the closed of a connection served on a reused stream,
+// which the daemon has parked again: the stream goes on serving, in the
+// calling goroutine, while fewer than want are parked; else it is
+// released.
+func (l *Listener) reuse(p *parking) {
+	if l.parked.Load() < l.want && l.addReady() {
+		l.ready(p)
+		return
 	}
-	l.ready(&parking{s, cancel})
-	return true
+	l.release(p)
+}
+
+// release ends a reused stream's parking. A connection the daemon opened
+// on it before the release came is served all the same, and the stream
+// ends after it.
+func (l *Listener) release(p *parking) {
+	err := p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Release{Release: &listenerdv1.Release{}}})
+	var m *listenerdv1.ServeConnectionResponse
+	if err == nil {
+		m, err = p.s.Recv()
+	}
+	if err != nil || m.GetOpened() == nil {
+		p.cancel()
+		return
+	}
+	l.deliver(newConn(l.c.recvers, nil, p.s, p.cancel, m.GetOpened()))
+}
+
+// deliver hands a connection to Accept.
+func (l *Listener) deliver(c *Conn) {
+	select {
+	case l.opened <- c:
+	case <-l.closing:
+		// Bound to this process before its detach reached the daemon,
+		// and never accepted: reset, as a closed socket's backlog is.
+		_ = c.Reset()
+	}
 }
 
 // ready parks a stream on the daemon (p, or a new one when p is nil): it
@@ -259,13 +289,7 @@ func (l *Listener) ready(p *parking) {
 	if l.parked.Load() < l.want/2 && l.addReady() {
 		go l.ready(nil)
 	}
-	select {
-	case l.opened <- c:
-	case <-l.closing:
-		// Bound to this process before its detach reached the daemon,
-		// and never accepted: reset, as a closed socket's backlog is.
-		_ = c.Reset()
-	}
+	l.deliver(c)
 }
 
 // readyOne parks p (a new stream when nil) and waits for its connection;
@@ -281,11 +305,14 @@ func (l *Listener) readyOne(p *parking) (*Conn, error) {
 			cancel()
 			return nil, err
 		}
-		p = &parking{s, cancel}
+		l.opens.Add(1)
+		p = &parking{s: s, cancel: cancel, fresh: true}
 	}
 	stop := context.AfterFunc(l.readyAbort, p.cancel)
+	// A new stream's take asks for reuse; a reused one's answers the
+	// closed before it: the daemon parked it again before that closed.
 	err := p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
-		Take: &listenerdv1.Take{HandlerId: l.handle, Reuse: true}}})
+		Take: &listenerdv1.Take{HandlerId: l.handle, Reuse: p.fresh}}})
 	var m *listenerdv1.ServeConnectionResponse
 	if err == nil {
 		if _, herr := p.s.Header(); herr == nil {

@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -61,28 +60,12 @@ func TestReusedStreamServesConnectionsInTurn(t *testing.T) {
 		}
 	}
 
-	// A reused stream sends nothing once parked again: the test waits
-	// for it to park before each connection, else that connection is
-	// offered (and nobody here takes offers).
-	parked := make(chan struct{}, 1)
-	hook := func() { parked <- struct{}{} }
-	testHookParked.Store(&hook)
-	t.Cleanup(func() { testHookParked.Store(nil) })
-	send = func(m *listenerdv1.ServeConnectionRequest) {
-		t.Helper()
-		if err := s.Send(m); err != nil {
-			t.Fatal(err)
-		}
-		if m.GetTake() != nil {
-			select {
-			case <-parked:
-			case <-time.After(30 * time.Second):
-				t.Fatal("the stream did not park after its take in 30s")
-			}
-		}
-	}
-
 	send(take)
+	if _, err := s.Header(); err != nil {
+		t.Fatal(err)
+	}
+	// The stream parks again before each closed: once the handler has
+	// read closed, the next connection comes on it.
 	for i, want := range []string{"one", "two", "three"} {
 		peer := testkit.Dial(t, addr)
 		id := opened(peer)
@@ -119,11 +102,28 @@ func TestReusedStreamServesConnectionsInTurn(t *testing.T) {
 	}
 	_ = next.Close()
 	closed()
-	if err := s.CloseSend(); err != nil {
-		t.Fatal(err)
+
+	// Parked again; a connection bound to the stream before the handler's
+	// release came is still served on it, and the stream ends after it.
+	last := testkit.Dial(t, addr)
+	opened(last)
+	send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Release{Release: &listenerdv1.Release{}}})
+	send(data("last"))
+	send(end)
+	if got, err := io.ReadAll(last); err != nil || string(got) != "last" {
+		t.Fatalf("the connection opened before the release: peer read %q, %v", got, err)
 	}
+	_ = last.Close()
+	closed()
 	if _, err := s.Recv(); err != io.EOF {
-		t.Fatalf("after the handler's end of stream: %v, want the stream ended cleanly", err)
+		t.Fatalf("after the release: %v, want the stream ended cleanly", err)
+	}
+	// The listener goes on: with no stream parked, a connection is
+	// offered.
+	peer = testkit.Dial(t, addr)
+	o, err := h.offers.Recv()
+	if err != nil || o.GetOffer().GetTuple().GetRemotePort() != uint32(peer.LocalAddr().(*net.TCPAddr).Port) {
+		t.Fatalf("offer %v, %v; want the new peer offered", o, err)
 	}
 }
 
@@ -157,10 +157,11 @@ func TestReusedStreamTakeBeforeClosed(t *testing.T) {
 		for {
 			m, err := s.Recv()
 			if err != nil {
-				// Without reuse a take is an unexpected message: it
-				// aborts the connection, and the stream ends after closed.
-				if cl == nil || (reuse && status.Code(err) != codes.InvalidArgument) || (!reuse && err != io.EOF) {
-					t.Fatalf("reuse %v: stream ended with %v after %v; want closed, then INVALID_ARGUMENT with reuse, a clean end without", reuse, err, cl)
+				// Without reuse a take is as unexpected as one before
+				// closed with it: the connection is reset, and the stream
+				// ends with closed, then INVALID_ARGUMENT.
+				if cl == nil || status.Code(err) != codes.InvalidArgument {
+					t.Fatalf("reuse %v: stream ended with %v after %v; want closed, then INVALID_ARGUMENT", reuse, err, cl)
 				}
 				break
 			}
