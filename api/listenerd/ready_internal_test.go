@@ -72,7 +72,7 @@ func TestReadyStreamsServeWithoutOffers(t *testing.T) {
 	}
 	defer l.Close()
 	for round := range 3 {
-		testkit.Eventually(t, func() bool { return l.parked.Load() == 3 }, "three streams parked")
+		testkit.Eventually(t, func() bool { return l.parked.Load() >= 3 }, "three streams parked") // a new one may park as the reused ones do: four
 		echoThrough(t, l, 3)
 		if n := l.offered.Load(); n != 0 {
 			t.Fatalf("round %d: %d connections were offered, want none", round, n)
