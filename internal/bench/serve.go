@@ -40,6 +40,7 @@ func serveMain(args []string) int {
 	clients := fs.Int("clients", 1, "stream: client connections to the daemon, each attached to the listener")
 	handover := fs.Bool("handover", false, "stream: take the sockets themselves (handover) instead of their bytes")
 	per := fs.Int("per", 100, "stream: connections each client connection takes at once (the API serves at most 128 streams a connection)")
+	reuse := fs.Bool("reuse", false, "relay: a socket takes an idle stream a socket finished with, if there is one (--floor-reuse)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address and print it")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -51,7 +52,7 @@ func serveMain(args []string) int {
 	case "stream":
 		return serveStream(*socket, *clients, *per, *handover)
 	case "relay":
-		return serveRelay(*socket)
+		return serveRelay(*socket, *reuse)
 	case "relayecho":
 		return serveGRPC(*socket, registerRelayEcho)
 	case "echo":
