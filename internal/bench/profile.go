@@ -295,12 +295,43 @@ func (b *bench) profileStream(ctx context.Context, dir, bin string) error {
 	dp.addr = h.addr
 	ps := []*profiled{dp, hp}
 	paths := []string{filepath.Join(dir, "daemon-i.cpu.pprof"), filepath.Join(dir, "handler-i.cpu.pprof")}
+	// The runtime's memory statistics before and after (at the end of the
+	// heap profile's text), and the allocations in between.
+	stats := func(when string) ([]map[string]int64, error) {
+		var out []map[string]int64
+		for _, p := range ps {
+			for _, f := range []struct{ url, path string }{
+				{"/debug/pprof/heap?debug=1", filepath.Join(dir, p.name+"-i.memstats-"+when+".txt")},
+				{"/debug/pprof/allocs", filepath.Join(dir, p.name+"-i.allocs-"+when+".pprof")},
+			} {
+				if err := fetch(ctx, "http://"+p.pprof+f.url, f.path, time.Minute); err != nil {
+					return nil, err
+				}
+			}
+			out = append(out, memStats(filepath.Join(dir, p.name+"-i.memstats-"+when+".txt")))
+		}
+		return out, nil
+	}
+	ms0, err := stats("before")
+	if err != nil {
+		return err
+	}
 	runs, perConn, err := b.profileUnderLoad(ctx, h.addr, ps, paths)
 	if err != nil {
 		return err
 	}
-	summary := fmt.Sprintf("profile i: %d runs of case i's load (%d connections, %d at a time, handler concurrency %d) during the %d s CPU profiles; CPU a connection over them: daemon %.0f µs, handler %.0f µs\n",
-		runs, b.sz.shortConns, b.sz.shortConc, b.sz.streamPer, b.sz.profileSeconds, perConn[0], perConn[1])
+	ms1, err := stats("after")
+	if err != nil {
+		return err
+	}
+	conns := float64(max(1, runs*b.sz.shortConns))
+	summary := fmt.Sprintf("profile i: %d runs of case i's load (%d connections, %d at a time, handler concurrency %d) during the %d s CPU profiles; per connection over them:\n",
+		runs, b.sz.shortConns, b.sz.shortConc, b.sz.streamPer, b.sz.profileSeconds)
+	for i, p := range ps {
+		d := func(k string) float64 { return float64(ms1[i][k]-ms0[i][k]) / conns }
+		summary += fmt.Sprintf("  %s: %.0f µs of CPU, %.0f B and %.0f objects allocated, %.4f GC cycles (a GC every %.0f connections)\n",
+			p.name, perConn[i], d("TotalAlloc"), d("Mallocs"), d("NumGC"), 1/max(d("NumGC"), 1/conns))
+	}
 	if err := b.perfStat(ctx, dir, h.addr, ps, &summary); err != nil {
 		b.logf("profile i: perf stat: %v", err)
 	}
@@ -317,6 +348,11 @@ func (b *bench) profileStream(ctx context.Context, dir, bin string) error {
 		}
 		flat := strings.TrimSuffix(paths[i], ".pprof") + ".flat.txt"
 		if err := b.pprofTo(ctx, p, paths[i], flat, "-top", "-nodecount=60"); err != nil {
+			return err
+		}
+		allocs := filepath.Join(dir, p.name+"-i.allocs")
+		if err := b.pprofTo(ctx, p, allocs+"-after.pprof", allocs+".top.txt", "-top", "-cum", "-nodecount=60",
+			"-sample_index=alloc_space", "-base", allocs+"-before.pprof"); err != nil {
 			return err
 		}
 	}
