@@ -295,6 +295,8 @@ func (b *bench) defineMetrics() {
 	switch {
 	case b.cfg.handover:
 		handler, hTarget, iTarget = "handover handler", 0.95, 0.7
+	case b.cfg.floorReuse:
+		handler = "bare grpc-go relay (floor, streams reused)"
 	case b.cfg.floor:
 		handler = "bare grpc-go relay (floor)"
 	}

@@ -108,3 +108,41 @@ func TestScan(t *testing.T) {
 		t.Error("scan of a truncated message: no error")
 	}
 }
+
+// TestPerfCSV checks the reading of perf stat's CSV output (-x ,) and the
+// list of system calls per connection made from it.
+func TestPerfCSV(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "perf.csv")
+	data := "# started on Thu Dec  3 06:51:19 2026\n\n" +
+		"8000,,context-switches,1300477,100.00,,\n" +
+		"68000,,raw_syscalls:sys_enter,1300477,100.00,,\n" +
+		"20000,,syscalls:sys_enter_setsockopt,1300477,100.00,,\n" +
+		"4000,,syscalls:sys_enter_shutdown,1300477,100.00,,\n" +
+		"12000,,syscalls:sys_enter_read,1300477,100.00,,\n" +
+		"12000,,syscalls:sys_enter_accept4,1300477,100.00,,\n" +
+		"100,,syscalls:sys_enter_madvise,1300477,100.00,,\n" +
+		"<not counted>,,syscalls:sys_enter_kill,0,100.00,,\n"
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	counts, err := readPerfCSV(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts["context-switches"] != 8000 || counts["raw_syscalls:sys_enter"] != 68000 {
+		t.Errorf("counts %v", counts)
+	}
+	if _, ok := counts["syscalls:sys_enter_kill"]; ok {
+		t.Error("an event not counted has a count")
+	}
+	// Most first, ties by name; under one in ten connections left out.
+	if got, want := syscallsPer(counts, 4000), " setsockopt 5.00 accept4 3.00 read 3.00 shutdown 1.00"; got != want {
+		t.Errorf("syscallsPer = %q, want %q", got, want)
+	}
+	if err := os.WriteFile(path, []byte("<not counted>,,raw_syscalls:sys_enter,0,100.00,,\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readPerfCSV(path); err == nil {
+		t.Error("no error for output without a count of system calls")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -33,6 +34,7 @@ import (
 // No events, limits, interceptors, offers or takes: the messages are the
 // stream handler's own (ServeConnectionRequest one way,
 // ServeConnectionResponse the other), on a service of the bench's.
+// --floor-reuse is the same floor with the streams reused (streamPool).
 
 // floorMethod is the bench's relay stream.
 const floorMethod = "/listenerd.bench.Relay/Pipe"
@@ -77,7 +79,7 @@ func relayEcho(ss grpc.ServerStream) error {
 
 // serveRelay serves the socket end of the floor: a TCP listener whose
 // sockets are relayed to relayecho at socket.
-func serveRelay(socket string) int {
+func serveRelay(socket string, reuse bool) int {
 	cc, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
@@ -94,13 +96,18 @@ func serveRelay(socket string) int {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		_ = ln.Close()
 	}()
-	acceptLoop(ln.AcceptTCP, func(c *net.TCPConn) { relay(cc, c) })
+	handle := relay
+	if reuse {
+		handle = new(streamPool).relay
+	}
+	acceptLoop(ln.AcceptTCP, func(c *net.TCPConn) { handle(cc, c) })
 	return 0
 }
 
 var frames = sync.Pool{New: func() any { b := make([]byte, listenerd.MaxFrame); return &b }}
 
-// relay carries c's bytes both ways on one stream until both sides ended.
+// relay carries c's bytes both ways on a stream of its own until both
+// sides ended.
 func relay(cc *grpc.ClientConn, c *net.TCPConn) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -108,9 +115,68 @@ func relay(cc *grpc.ClientConn, c *net.TCPConn) {
 	if err != nil {
 		return
 	}
-	back := make(chan struct{})
+	pipe(s, c, cancel, true)
+}
+
+// With --floor-reuse the relay keeps a stream whose socket is done and
+// gives it to the next socket (streamPool): one socket at a time on a
+// stream, and the stream handler's messages between them unchanged. The
+// ends are the marker: relayecho sends end back only after the socket's
+// end, and nothing after it, so once the relay has sent end and received
+// end the stream is empty both ways.
+type idleStream struct {
+	s      grpc.ClientStream
+	cancel context.CancelFunc
+}
+
+// streamPool is the relay's idle streams.
+type streamPool struct {
+	mu   sync.Mutex
+	idle []idleStream
+}
+
+// relay is relay on an idle stream if there is one, else a new one, which
+// goes back idle if c's socket ended cleanly on it.
+func (p *streamPool) relay(cc *grpc.ClientConn, c *net.TCPConn) {
+	p.mu.Lock()
+	var st idleStream
+	if n := len(p.idle); n > 0 {
+		st, p.idle = p.idle[n-1], p.idle[:n-1]
+	}
+	p.mu.Unlock()
+	if st.s == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		s, err := cc.NewStream(ctx, &floorDesc, floorMethod)
+		if err != nil {
+			cancel()
+			return
+		}
+		st = idleStream{s, cancel}
+	}
+	if !pipe(st.s, c, st.cancel, false) {
+		st.cancel()
+		return
+	}
+	p.mu.Lock()
+	p.idle = append(p.idle, st)
+	p.mu.Unlock()
+}
+
+// idleCount is how many streams are idle.
+func (p *streamPool) idleCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle)
+}
+
+// pipe carries c's bytes both ways on s until both sides ended, and
+// reports whether they did cleanly: end sent, and end received. The last
+// socket of s also closes its sending side and reads on to the trailers.
+func pipe(s grpc.ClientStream, c *net.TCPConn, cancel context.CancelFunc, last bool) bool {
+	back := make(chan bool)
 	go func() { // what comes back, to the socket
-		defer close(back)
+		ended := false
+		defer func() { back <- ended }()
 		for {
 			m := new(listenerdv1.ServeConnectionResponse)
 			if s.RecvMsg(m) != nil {
@@ -124,11 +190,16 @@ func relay(cc *grpc.ClientConn, c *net.TCPConn) {
 				}
 			case *listenerdv1.ServeConnectionResponse_End:
 				_ = c.CloseWrite()
+				ended = true
+				if !last {
+					return
+				}
 			}
 		}
 	}()
 	bp := frames.Get().(*[]byte)
 	defer frames.Put(bp)
+	sent := false
 	for {
 		n, err := c.Read(*bp)
 		if n > 0 {
@@ -137,12 +208,14 @@ func relay(cc *grpc.ClientConn, c *net.TCPConn) {
 			}
 		}
 		if err != nil {
-			_ = s.SendMsg(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}})
-			_ = s.CloseSend()
+			sent = s.SendMsg(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}}) == nil
+			if last {
+				_ = s.CloseSend()
+			}
 			break
 		}
 	}
-	<-back
+	return <-back && sent
 }
 
 // startFloor starts relayecho and relay: listenerd's column of h and i
@@ -154,7 +227,7 @@ func (b *bench) startFloor(ctx context.Context) error {
 		return fmt.Errorf("relayecho: %w", err)
 	}
 	b.cleanups = append(b.cleanups, func() { _ = echo.closeStdin(30 * time.Second) })
-	r, err := startGoServer(ctx, b.self, nil, b.log, "relay", "--socket", sock)
+	r, err := startGoServer(ctx, b.self, nil, b.log, "relay", "--socket", sock, "--reuse="+strconv.FormatBool(b.cfg.floorReuse))
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}

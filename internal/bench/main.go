@@ -63,19 +63,20 @@ func raiseNoFile() {
 
 // config is what the flags ask for.
 type config struct {
-	reps     int
-	quick    bool
-	cases    string
-	daemon   string            // prebuilt daemon binary; empty: build one
-	rev      string            // build the daemon from this git revision instead of the working tree
-	node     string            // node binary; empty: look it up; "off": none
-	peers    map[string]string // case c's forwardPeers by column, as node
-	profile  string            // directory for pprof profiles of cases a and e
-	handover bool              // cases h-j: the handler takes the sockets (handover), not their bytes
-	floor    bool              // cases h, i: a bare grpc-go relay in listenerd's place (floor.go)
-	timeout  time.Duration
-	keep     bool
-	progress bool
+	reps       int
+	quick      bool
+	cases      string
+	daemon     string            // prebuilt daemon binary; empty: build one
+	rev        string            // build the daemon from this git revision instead of the working tree
+	node       string            // node binary; empty: look it up; "off": none
+	peers      map[string]string // case c's forwardPeers by column, as node
+	profile    string            // directory for pprof profiles of cases a, e, g, i and k
+	handover   bool              // cases h-j: the handler takes the sockets (handover), not their bytes
+	floor      bool              // cases h, i: a bare grpc-go relay in listenerd's place (floor.go)
+	floorReuse bool              // with floor: the relay reuses finished streams
+	timeout    time.Duration
+	keep       bool
+	progress   bool
 }
 
 // sizes are the loads of the cases.
@@ -149,9 +150,10 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		peerFlags[fp.col] = fs.String(fp.col, "", fmt.Sprintf("%s binary for case c's %s peer (default: %s on PATH; \"off\": none)", fp.bin, fp.col, fp.bin))
 	}
 	fs.BoolVar(&cfg.floor, "floor", false, "cases h and i: in listenerd's column, the floor of the stream handler's design: a bare grpc-go relay, a stream a socket, and an echo at its other end (two processes of this binary, nothing else)")
+	fs.BoolVar(&cfg.floorReuse, "floor-reuse", false, "--floor with the relay's streams reused: a socket takes, if there is one, an idle stream whose socket ended (one socket at a time on a stream)")
 	fs.BoolVar(&cfg.handover, "handover", false, "cases h, i and j: the Go handler takes the sockets themselves (issue 16's handover) instead of their bytes through the API")
 	streamPer := fs.Int("stream-per", 0, "cases h, i and j: connections each client connection of the Go stream handler serves at once, its WithConcurrency (0: 64, the Go package's default, or 40 with --quick)")
-	fs.StringVar(&cfg.profile, "profile", "", "after measuring, profile a variant of the daemon (same source, plus a pprof endpoint) under cases a, e and g, next to the Go baseline, and write the profiles to `DIR`")
+	fs.StringVar(&cfg.profile, "profile", "", "after measuring, profile a variant of the daemon (same source, plus a pprof endpoint) under cases a, e, g, i and k (a and e next to the Go baseline; i with the Go stream handler, and perf stat's counts when perf is installed), and write the profiles to `DIR`")
 	fs.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (daemon log, binaries)")
 	fs.BoolVar(&cfg.progress, "progress", true, "print every measurement on stderr as it is taken")
@@ -165,6 +167,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bench: unexpected arguments %v\n", fs.Args())
 		return 2
 	}
+	cfg.floor = cfg.floor || cfg.floorReuse
 	cfg.peers = map[string]string{}
 	for col, v := range peerFlags {
 		cfg.peers[col] = *v

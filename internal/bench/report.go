@@ -135,14 +135,18 @@ func (b *bench) report() {
 	}
 	if b.has('h') || b.has('i') {
 		var parts []string
+		first, second, whose := "daemon", "handler", "the daemon's and the Go stream handler's"
+		if b.cfg.floor {
+			first, second, whose = "relay", "echo", "the floor's relay's and relayecho's"
+		}
 		for _, key := range []string{"h", "i", "i50"} {
 			if m := b.metrics[key]; b.has(key[0]) {
-				parts = append(parts, fmt.Sprintf("%s daemon %s + handler %s %s", key,
-					num(median(m.aux["daemonCPU"])), num(median(m.aux["handlerCPU"])), m.cpuUnit))
+				parts = append(parts, fmt.Sprintf("%s %s %s + %s %s %s", key,
+					first, num(median(m.aux["daemonCPU"])), second, num(median(m.aux["handlerCPU"])), m.cpuUnit))
 			}
 		}
-		fmt.Fprintf(b.out, "h, i: listenerd's server CPU is the daemon's and the Go stream handler's together (medians): %s\n\n",
-			strings.Join(parts, "; "))
+		fmt.Fprintf(b.out, "h, i: listenerd's server CPU is %s together (medians): %s\n\n",
+			whose, strings.Join(parts, "; "))
 	}
 	if b.cfg.quick {
 		fmt.Fprintln(b.out, "--quick: tiny sizes, one repetition; the numbers above prove the bench runs, not how fast anything is")

@@ -7,7 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	_ "net/http/pprof" // served only with --pprof, for profiling the baseline next to the daemon
+	_ "net/http/pprof" // served only with --pprof, for profiling the baseline and the stream handler next to the daemon
 	"os"
 	"runtime"
 	"strconv"
@@ -40,7 +40,8 @@ func serveMain(args []string) int {
 	clients := fs.Int("clients", 1, "stream: client connections to the daemon, each attached to the listener")
 	handover := fs.Bool("handover", false, "stream: take the sockets themselves (handover) instead of their bytes")
 	per := fs.Int("per", 100, "stream: connections each client connection takes at once (the API serves at most 128 streams a connection)")
-	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address and print it")
+	reuse := fs.Bool("reuse", false, "relay: a socket takes an idle stream a socket finished with, if there is one (--floor-reuse)")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address and print it (every mode but grpc, relay and relayecho)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -49,9 +50,9 @@ func serveMain(args []string) int {
 	case "grpc":
 		return serveGRPC(*socket, func(srv *grpc.Server) { healthpb.RegisterHealthServer(srv, health.NewServer()) })
 	case "stream":
-		return serveStream(*socket, *clients, *per, *handover)
+		return serveStream(*socket, *clients, *per, *handover, *pprofAddr)
 	case "relay":
-		return serveRelay(*socket)
+		return serveRelay(*socket, *reuse)
 	case "relayecho":
 		return serveGRPC(*socket, registerRelayEcho)
 	case "echo":
@@ -74,17 +75,9 @@ func serveMain(args []string) int {
 		return 1
 	}
 	fmt.Println(ln.Addr())
-	if *pprofAddr != "" {
-		if r, err := strconv.Atoi(os.Getenv("LISTENERD_BENCH_MEMPROFILERATE")); err == nil {
-			runtime.MemProfileRate = r
-		}
-		pl, err := net.Listen("tcp", *pprofAddr)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "serve:", err)
-			return 1
-		}
-		fmt.Println("pprof " + pl.Addr().String())
-		go func() { _ = http.Serve(pl, nil) }()
+	if err := servePprof(*pprofAddr); err != nil {
+		fmt.Fprintln(os.Stderr, "serve:", err)
+		return 1
 	}
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
@@ -92,6 +85,25 @@ func serveMain(args []string) int {
 	}()
 	acceptLoop(ln.AcceptTCP, handle)
 	return 0
+}
+
+// servePprof serves net/http/pprof on addr, if not empty, and prints
+// "pprof ADDR" once it listens; a server prints it after its own address,
+// the first line the bench reads.
+func servePprof(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	if r, err := strconv.Atoi(os.Getenv("LISTENERD_BENCH_MEMPROFILERATE")); err == nil {
+		runtime.MemProfileRate = r
+	}
+	pl, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println("pprof " + pl.Addr().String())
+	go func() { _ = http.Serve(pl, nil) }()
+	return nil
 }
 
 // acceptLoop accepts until the listener closes (or the process ends),

@@ -26,9 +26,10 @@ import (
 // connections of its own to it with Attach (the API serves at most 128
 // streams on one client connection, one a socket), each taking per
 // connections at once, prints the listener's address and echoes every
-// connection with io.Copy(c, c), as the bare Go server does. It serves
-// until its stdin closes, then closes the listener on the daemon.
-func serveStream(socket string, clients, per int, handover bool) int {
+// connection with io.Copy(c, c), as the bare Go server does. With
+// pprofAddr it serves net/http/pprof there too (--profile, case i). It
+// serves until its stdin closes, then closes the listener on the daemon.
+func serveStream(socket string, clients, per int, handover bool, pprofAddr string) int {
 	if socket == "" || clients < 1 || per < 1 {
 		fmt.Fprintln(os.Stderr, "serve: --mode stream needs --socket, --clients >= 1 and --per >= 1")
 		return 2
@@ -65,6 +66,9 @@ func serveStream(socket string, clients, per int, handover bool) int {
 		ls = append(ls, l)
 	}
 	fmt.Println(ls[0].Addr())
+	if err := servePprof(pprofAddr); err != nil {
+		return fail(err)
+	}
 	for _, l := range ls {
 		// As the bare Go echo server serves its own: a goroutine each,
 		// io.Copy(c, c), then Close.
@@ -83,12 +87,13 @@ func serveStream(socket string, clients, per int, handover bool) int {
 }
 
 // startHandler starts the Go stream handler on d, with enough client
-// connections to take conns connections at once.
-func (b *bench) startHandler(ctx context.Context, d *daemonProc, conns int) (*server, error) {
+// connections to take conns connections at once; extra are more flags
+// of serve.
+func (b *bench) startHandler(ctx context.Context, d *daemonProc, conns int, extra ...string) (*server, error) {
 	per := b.sz.streamPer
 	clients := max(1, (conns+per-1)/per)
-	return startGoServer(ctx, b.self, nil, b.log, "stream", "--socket", d.socket,
-		"--clients", itoa(clients), "--per", itoa(per), "--handover="+strconv.FormatBool(b.cfg.handover))
+	return startGoServer(ctx, b.self, nil, b.log, "stream", append([]string{"--socket", d.socket,
+		"--clients", itoa(clients), "--per", itoa(per), "--handover=" + strconv.FormatBool(b.cfg.handover)}, extra...)...)
 }
 
 // streamAddr returns the address and the processes of a column of h and

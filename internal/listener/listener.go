@@ -374,8 +374,10 @@ func (l *Listener) beginClose() (first bool) {
 }
 
 // drain waits for the connections to end by themselves until the timeout,
-// destroys what is left with reason, then reports the listener closed.
-func (l *Listener) drain(timeout time.Duration, reason events.CloseReason, open uint64) {
+// destroys what is left with reason, then reports the listener closed;
+// gone runs just before, so that whoever hears of the close finds the
+// listener gone.
+func (l *Listener) drain(timeout time.Duration, reason events.CloseReason, open uint64, gone func()) {
 	if timeout > 0 {
 		t := time.NewTimer(timeout)
 		select {
@@ -393,11 +395,12 @@ func (l *Listener) drain(timeout time.Duration, reason events.CloseReason, open 
 	l.mu.Lock()
 	destroyed := l.destroyed
 	l.mu.Unlock()
-	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindListenerClosed,
-		Detail: &events.Detail{Drained: open - min(open, destroyed), Destroyed: destroyed}})
 	if State(l.state.Load()) != StateFailed {
 		l.state.Store(int32(StateClosed))
 	}
+	gone()
+	l.bus.Publish(events.Event{Listener: l.id, Kind: events.KindListenerClosed,
+		Detail: &events.Detail{Drained: open - min(open, destroyed), Destroyed: destroyed}})
 	l.log.Info("listener closed", "drained", open-min(open, destroyed), "destroyed", destroyed)
 	close(l.done)
 }

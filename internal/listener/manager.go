@@ -497,15 +497,17 @@ func (m *Manager) startDrain(l *Listener, drain time.Duration, reason events.Clo
 	return true, info
 }
 
-// finishDrain drains l and drops it from the table.
+// finishDrain drains l and drops it from the table, before its
+// listener_closed event.
 func (m *Manager) finishDrain(l *Listener, drain time.Duration, reason events.CloseReason, open uint64) {
 	defer m.wg.Done()
-	l.drain(drain, reason, open)
-	m.mu.Lock()
-	if m.byID[l.id] == l {
-		delete(m.byID, l.id)
-	}
-	m.mu.Unlock()
+	l.drain(drain, reason, open, func() {
+		m.mu.Lock()
+		if m.byID[l.id] == l {
+			delete(m.byID, l.id)
+		}
+		m.mu.Unlock()
+	})
 }
 
 // freeNameLocked gives l's name up; m.mu must be held.
