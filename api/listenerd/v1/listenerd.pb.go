@@ -4790,8 +4790,9 @@ type Take struct {
 	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	// Required. The handler it was offered to, or whose stream this is.
 	HandlerId string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
-	// The stream serves one connection after another (a ready take only;
-	// it saves a stream a connection). After each connection the daemon
+	// The stream serves one connection after another (it saves a stream a
+	// connection; a stream that took an offer becomes a ready one after
+	// its connection). After each connection the daemon
 	// parks the stream again, then sends closed; the next connection chosen
 	// for the handler may then be opened on it at any time. The handler
 	// answers each closed with a take naming only itself (it goes on) or a
