@@ -177,3 +177,50 @@ func TestReusedStreamTakeBeforeClosed(t *testing.T) {
 		}
 	}
 }
+
+// A stream that took an offer with reuse is parked after its connection:
+// the next connection comes on it, with no offer.
+func TestReusedStreamAfterTakenOffer(t *testing.T) {
+	c := tcpClient(t)
+	lid, addr := createStreamListener(t, c, "offered", 0)
+	h := attachRaw(t, c, ctx(t), lid)
+	first := testkit.Dial(t, addr)
+	o, err := h.offers.Recv()
+	if err != nil || o.GetOffer() == nil {
+		t.Fatalf("offer: %v, %v", o, err)
+	}
+	s, err := c.ServeConnection(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(m *listenerdv1.ServeConnectionRequest) {
+		t.Helper()
+		if err := s.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end := &listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}}
+	send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+		Take: &listenerdv1.Take{ConnectionId: o.GetOffer().GetConnectionId(), HandlerId: h.id, Reuse: true}}})
+	for i, peer := range []*net.TCPConn{first, nil} {
+		if peer == nil {
+			peer = testkit.Dial(t, addr) // parked before the first's closed: it comes here
+		}
+		m, err := s.Recv()
+		if err != nil || m.GetOpened().GetTuple().GetRemotePort() != uint32(peer.LocalAddr().(*net.TCPAddr).Port) {
+			t.Fatalf("connection %d: %v, %v; want opened for it", i, m, err)
+		}
+		send(end)
+		if b, err := io.ReadAll(peer); err != nil || len(b) != 0 {
+			t.Fatalf("connection %d: peer read %q, %v", i, b, err)
+		}
+		_ = peer.Close()
+		for m == nil || m.GetClosed() == nil {
+			if m, err = s.Recv(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+			Take: &listenerdv1.Take{HandlerId: h.id}}})
+	}
+}
