@@ -33,6 +33,7 @@ const MaxFrame = 32752
 type Conn struct {
 	s      listenerdv1.ListenerService_ServeConnectionClient
 	cancel context.CancelFunc
+	l      *Listener // the stream was taken for reuse: it goes back to l after closed
 	id     string
 	local  *net.TCPAddr
 	remote *net.TCPAddr
@@ -51,14 +52,17 @@ type Conn struct {
 	rdl, wdl time.Time
 	rdlWake  chan struct{} // closed and replaced when the read deadline changes
 
-	wmu    sync.Mutex
-	wended bool
-	closed sync.Once
+	wmu      sync.Mutex
+	wended   bool
+	released bool // closed, and the stream given back: nothing more is sent on it
+	closed   sync.Once
 }
 
-func newConn(pool *gopool.Pool, s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
+// newConn serves the connection o opened on stream s; with l, the stream
+// goes back to l once the connection has closed.
+func newConn(pool *gopool.Pool, l *Listener, s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
 	t := o.GetTuple()
-	c := &Conn{s: s, cancel: cancel, id: o.GetConnectionId(),
+	c := &Conn{s: s, cancel: cancel, l: l, id: o.GetConnectionId(),
 		local:  tcpAddr(net.JoinHostPort(t.GetLocalAddress(), itoa(t.GetLocalPort()))),
 		remote: tcpAddr(net.JoinHostPort(t.GetRemoteAddress(), itoa(t.GetRemotePort()))),
 		frames: make(chan []byte), peerEnd: make(chan struct{}), done: make(chan struct{}),
@@ -81,16 +85,26 @@ func itoa(n uint32) string {
 }
 
 // recv hands the daemon's messages over, one frame at a time, until the
-// stream ends.
+// connection closes; then the stream goes back to its listener, or ends.
 func (c *Conn) recv() {
+	if c.serve() {
+		c.l.reuse(&parking{s: c.s, cancel: c.cancel})
+		return
+	}
+	c.cancel()
+}
+
+// serve reads the stream until the stream ends, or, on a stream taken for
+// reuse, until closed: the daemon has parked the stream again then, and
+// serve says so.
+func (c *Conn) serve() (reusable bool) {
 	defer close(c.done)
-	defer c.cancel()
 	ended := false
 	for {
 		m, err := c.s.Recv()
 		if err != nil {
 			c.recvErr = err
-			return
+			return false
 		}
 		switch k := m.GetKind().(type) {
 		case *listenerdv1.ServeConnectionResponse_Data:
@@ -105,6 +119,14 @@ func (c *Conn) recv() {
 			}
 		case *listenerdv1.ServeConnectionResponse_Closed:
 			c.result = k.Closed
+			if c.l != nil {
+				// What this Conn sent is on the stream before the next
+				// take; from now on it sends nothing.
+				c.wmu.Lock()
+				c.released = true
+				c.wmu.Unlock()
+				return true
+			}
 		}
 	}
 }
@@ -212,6 +234,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if c.wended {
 		return 0, c.opErr("write", net.ErrClosed)
 	}
+	if c.released {
+		return 0, c.endErr("write")
+	}
 	done := 0
 	for done < len(p) {
 		c.dmu.Lock()
@@ -238,12 +263,15 @@ func (c *Conn) CloseWrite() error {
 }
 
 func (c *Conn) endLocked() error {
-	if c.wended {
+	if c.wended || c.released {
 		return nil
 	}
 	c.wended = true
 	if err := c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}}); err != nil {
 		return c.endErr("close")
+	}
+	if c.l != nil {
+		return nil // the stream stays open for the next take
 	}
 	return c.s.CloseSend()
 }
@@ -253,10 +281,12 @@ func (c *Conn) endLocked() error {
 func (c *Conn) Reset() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if !c.wended {
+	if !c.wended && !c.released {
 		c.wended = true
 		_ = c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Reset_{Reset_: &listenerdv1.Reset{}}})
-		_ = c.s.CloseSend()
+		if c.l == nil {
+			_ = c.s.CloseSend()
+		}
 	}
 	c.closed.Do(func() { close(c.gone) })
 	return nil

@@ -41,7 +41,11 @@ type Listener struct {
 	// Streams opened ahead: their goroutines, and what cancels those still
 	// parked if the daemon does not end them after Close.
 	readyWG    sync.WaitGroup
-	parked     atomic.Int32 // streams the daemon said are parked (its headers came)
+	readyMu    sync.Mutex // readyWG.Add only while !readyShut, so Close's Wait sees every park
+	readyShut  bool
+	want       int32        // streams to keep parked: a served one parks again below it
+	parked     atomic.Int32 // streams the daemon said are parked (its headers came, or closed on a reused one)
+	opens      atomic.Int64 // streams opened ahead (a reused one counts once)
 	offered    atomic.Int64 // offers received: connections that came the other way
 	readyAbort context.Context
 	abortReady context.CancelFunc
@@ -201,65 +205,130 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 			conc := cmp.Or(cfg.max, 64)
 			n = min(defaultReady, conc, maxStreams-conc)
 		}
-		for range max(n, 0) {
+		l.want = int32(max(n, 0))
+		for range l.want {
 			l.readyWG.Add(1)
-			go l.ready()
+			go l.ready(nil)
 		}
 	}
 	return l, nil
 }
 
-// ready keeps one stream open ahead on the daemon: it waits there for a
-// connection, hands it to Accept, and opens the next. It stops when the
-// daemon ends the stream (the handler detached, the listener closed) or
-// refuses it (a daemon that predates ready streams says
-// INVALID_ARGUMENT): the connections then come as offers.
-func (l *Listener) ready() {
-	defer l.readyWG.Done()
-	for {
-		c, err := l.readyOne()
-		if err != nil || c == nil {
-			return
-		}
-		select {
-		case l.opened <- c:
-		case <-l.closing:
-			// Bound to this process before its detach reached the daemon,
-			// and never accepted: reset, as a closed socket's backlog is.
-			_ = c.Reset()
-			return
-		}
+// parking is a stream opened ahead, or one whose connection closed and
+// that serves the next.
+type parking struct {
+	s      listenerdv1.ListenerService_ServeConnectionClient
+	cancel context.CancelFunc
+	fresh  bool // opened for this park: its take asks for reuse
+}
+
+// addReady counts one more stream parking, unless Close has begun.
+func (l *Listener) addReady() bool {
+	l.readyMu.Lock()
+	defer l.readyMu.Unlock()
+	if l.readyShut {
+		return false
+	}
+	l.readyWG.Add(1)
+	return true
+}
+
+// reuse answers the closed of a connection served on a reused stream,
+// which the daemon has parked again: the stream goes on serving, in the
+// calling goroutine, while fewer than want are parked; else it is
+// released.
+func (l *Listener) reuse(p *parking) {
+	if l.parked.Load() < l.want && l.addReady() {
+		l.ready(p)
+		return
+	}
+	l.release(p)
+}
+
+// release ends a reused stream's parking. A connection the daemon opened
+// on it before the release came is served all the same, and the stream
+// ends after it.
+func (l *Listener) release(p *parking) {
+	err := p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Release{Release: &listenerdv1.Release{}}})
+	var m *listenerdv1.ServeConnectionResponse
+	if err == nil {
+		m, err = p.s.Recv()
+	}
+	if err != nil || m.GetOpened() == nil {
+		p.cancel()
+		return
+	}
+	l.deliver(newConn(l.c.recvers, nil, p.s, p.cancel, m.GetOpened()))
+}
+
+// deliver hands a connection to Accept.
+func (l *Listener) deliver(c *Conn) {
+	select {
+	case l.opened <- c:
+	case <-l.closing:
+		// Bound to this process before its detach reached the daemon,
+		// and never accepted: reset, as a closed socket's backlog is.
+		_ = c.Reset()
 	}
 }
 
-// readyOne opens a stream ahead and waits for its connection; nil when
-// the daemon ended the stream.
-func (l *Listener) readyOne() (*Conn, error) {
-	// A connection outlives its listener's Close, as a net.Conn does; a
-	// stream still parked is cancelled if the daemon does not end it.
-	ctx, cancel := context.WithCancel(context.WithoutCancel(l.ctx))
-	stop := context.AfterFunc(l.readyAbort, cancel)
-	s, err := l.c.ServeConnection(ctx)
-	if err == nil {
-		err = s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
-			Take: &listenerdv1.Take{HandlerId: l.handle}}})
+// ready parks a stream on the daemon (p, or a new one when p is nil): it
+// waits there for a connection and hands it to Accept. The connection's
+// stream parks again once it has closed (Conn.recv), so that a stream
+// serves connection after connection; a new one is opened when fewer than
+// half of want are parked. It stops when the daemon ends the stream (the
+// handler detached, the listener closed) or refuses it (a daemon that
+// predates ready streams says INVALID_ARGUMENT): the connections then
+// come as offers.
+func (l *Listener) ready(p *parking) {
+	defer l.readyWG.Done()
+	c, err := l.readyOne(p)
+	if err != nil || c == nil {
+		return
 	}
+	if l.parked.Load() < l.want/2 && l.addReady() {
+		go l.ready(nil)
+	}
+	l.deliver(c)
+}
+
+// readyOne parks p (a new stream when nil) and waits for its connection;
+// nil when the daemon ended the stream.
+func (l *Listener) readyOne(p *parking) (*Conn, error) {
+	if p == nil {
+		// A connection outlives its listener's Close, as a net.Conn does;
+		// a stream still parked is cancelled if the daemon does not end
+		// it.
+		ctx, cancel := context.WithCancel(context.WithoutCancel(l.ctx))
+		s, err := l.c.ServeConnection(ctx)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		l.opens.Add(1)
+		p = &parking{s: s, cancel: cancel, fresh: true}
+	}
+	stop := context.AfterFunc(l.readyAbort, p.cancel)
+	// A new stream's take asks for reuse; a reused one's answers the
+	// closed before it: the daemon parked it again before that closed.
+	err := p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+		Take: &listenerdv1.Take{HandlerId: l.handle, Reuse: p.fresh}}})
 	var m *listenerdv1.ServeConnectionResponse
 	if err == nil {
-		if _, herr := s.Header(); herr == nil {
+		if _, herr := p.s.Header(); herr == nil {
 			l.parked.Add(1)
 			defer l.parked.Add(-1)
 		}
-		m, err = s.Recv()
+		m, err = p.s.Recv()
 	}
 	if !stop() || err != nil || m.GetOpened() == nil {
-		cancel()
+		p.cancel()
 		if errors.Is(err, io.EOF) {
 			err = nil
 		}
 		return nil, err
 	}
-	return newConn(l.c.recvers, s, cancel, m.GetOpened()), nil
+	return newConn(l.c.recvers, l, p.s, p.cancel, m.GetOpened()), nil
 }
 
 func (c *Client) attachStream(ctx context.Context, ref string, cfg listenConfig, handover bool) (listenerdv1.ListenerService_AttachHandlerClient, *listenerdv1.AttachHandlerResponse, error) {
@@ -348,7 +417,7 @@ func (l *Listener) take(o *listenerdv1.Offer) (*Conn, error) {
 		cancel()
 		return nil, errors.New("listenerd: the daemon answered a take with something other than opened")
 	}
-	return newConn(l.c.recvers, s, cancel, m.GetOpened()), nil
+	return newConn(l.c.recvers, nil, s, cancel, m.GetOpened()), nil
 }
 
 // Close stops accepting: it detaches from the listener and, for a listener
@@ -361,6 +430,9 @@ func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
 		close(l.closing)
+		l.readyMu.Lock()
+		l.readyShut = true
+		l.readyMu.Unlock()
 		l.cancel()
 		<-l.done
 		// The daemon ends the streams parked ahead once it has seen the

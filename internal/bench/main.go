@@ -108,7 +108,7 @@ func fullSizes() sizes {
 		// A held stream connection cost about 34 KB in the daemon and 23
 		// KB in the handler when this was written: 4,000 are about 230 MB.
 		streamHold: 4000,
-		streamPer:  100,
+		streamPer:  64, // the Go package's default concurrency, as a program gets it
 		deadline:   3 * time.Minute,
 		settle:     time.Second,
 		// Long enough to cover several case-a runs.
@@ -152,7 +152,7 @@ func benchMain(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.floor, "floor", false, "cases h and i: in listenerd's column, the floor of the stream handler's design: a bare grpc-go relay, a stream a socket, and an echo at its other end (two processes of this binary, nothing else)")
 	fs.BoolVar(&cfg.floorReuse, "floor-reuse", false, "--floor with the relay's streams reused: a socket takes, if there is one, an idle stream whose socket ended (one socket at a time on a stream)")
 	fs.BoolVar(&cfg.handover, "handover", false, "cases h, i and j: the Go handler takes the sockets themselves (issue 16's handover) instead of their bytes through the API")
-	streamPer := fs.Int("stream-per", 0, "cases h, i and j: connections each client connection of the Go stream handler serves at once, its WithConcurrency (0: 100, or 40 with --quick)")
+	streamPer := fs.Int("stream-per", 0, "cases h, i and j: connections each client connection of the Go stream handler serves at once, its WithConcurrency (0: 64, the Go package's default, or 40 with --quick)")
 	fs.StringVar(&cfg.profile, "profile", "", "after measuring, profile a variant of the daemon (same source, plus a pprof endpoint) under cases a, e, g, i and k (a and e next to the Go baseline; i with the Go stream handler, and perf stat's counts when perf is installed), and write the profiles to `DIR`")
 	fs.DurationVar(&cfg.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	fs.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (daemon log, binaries)")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"unicode/utf8"
 
@@ -72,91 +73,122 @@ func (s *Service) AttachHandler(req *listenerdv1.AttachHandlerRequest, stream gr
 	}
 }
 
-// ServeConnection implements ListenerService: one taken connection's bytes,
-// both ways, on one stream.
-func (s *Service) ServeConnection(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]) error {
-	first, err := stream.Recv()
+// ServeConnection implements ListenerService: a taken connection's bytes,
+// both ways, on one stream; with take.reuse, one connection after another.
+func (s *Service) ServeConnection(stream serveStream) error {
+	m, err := stream.Recv()
 	if err != nil {
 		return err
 	}
-	take := first.GetTake()
+	take := m.GetTake()
 	if take == nil {
 		return s.err(listener.Invalid("take", "the first message must be take"))
 	}
 	if err := requireID("take.handler_id", take.GetHandlerId()); err != nil {
 		return s.err(err)
 	}
+	handler, reuse := take.GetHandlerId(), take.GetReuse()
 	var sess *listener.Session
+	var r *listener.Ready
 	if take.GetConnectionId() == "" {
 		// Ready: the stream waits for the next connection chosen for
 		// this handler.
-		if sess, err = s.ready(stream, take.GetHandlerId()); sess == nil {
-			return err
+		if r, err = s.m.Ready(handler); err != nil {
+			return s.err(err)
 		}
-		if hook := testHookReadyClaimed.Load(); hook != nil {
-			(*hook)(stream.Context())
+		// The headers say the stream is parked: a client may wait for
+		// them.
+		if err := stream.SendHeader(nil); err != nil {
+			r.Cancel()
+			return err
 		}
 	} else {
 		if err := requireID("take.connection_id", take.GetConnectionId()); err != nil {
 			return s.err(err)
 		}
-		if sess, err = s.m.Take(take.GetConnectionId(), take.GetHandlerId()); err != nil {
+		if sess, err = s.m.Take(take.GetConnectionId(), handler); err != nil {
 			return s.err(err)
 		}
 	}
-	// A stream that broke before opened leaves its handler without the
-	// connection: one claimed by a ready stream goes to a handler again.
-	err = stream.Context().Err()
-	if err == nil {
-		err = stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Opened{
-			Opened: &listenerdv1.ConnectionOpened{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple())}}})
-	}
-	if err != nil {
-		if sess.GiveBack() {
+	rd := newHandlerReader(s, stream, reuse)
+	go rd.run()
+	ctx := stream.Context()
+	for {
+		if sess == nil {
+			if sess, err = s.claim(ctx, r, rd); sess == nil {
+				return err
+			}
+			if hook := testHookReadyClaimed.Load(); hook != nil {
+				(*hook)(ctx)
+			}
+		}
+		// A stream that broke before opened leaves its handler without
+		// the connection: one claimed by a ready stream goes to a handler
+		// again.
+		err = ctx.Err()
+		if err == nil && !rd.serve(sess) {
+			err = errors.New("the handler's stream ended")
+		}
+		if err == nil {
+			err = stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Opened{
+				Opened: &listenerdv1.ConnectionOpened{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple())}}})
+		}
+		if err != nil {
+			if sess.GiveBack() {
+				return err
+			}
+			sess.Abort(err)
+			<-sess.Done()
 			return err
 		}
-		sess.Abort(err)
-		<-sess.Done()
-		return err
+		sess.Start(streamSink{stream})
+		// A handler that goes away (or cancels the call to reset) resets
+		// the socket even while a write to a peer that does not read
+		// blocks the reading of its messages.
+		select {
+		case <-sess.Done():
+		case <-ctx.Done():
+			sess.Abort(ctx.Err())
+			<-sess.Done()
+		}
+		// Reuse: the stream parks again before closed goes, so that the
+		// handler, reading closed, knows it is parked.
+		r = nil
+		if reuse && rd.open() {
+			r, _ = s.m.Ready(handler) // none (detached, at its limit): the stream ends after closed
+		}
+		res := sess.Result()
+		rd.closing()
+		err = stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Closed{
+			Closed: &listenerdv1.ConnectionClosed{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple()),
+				BytesIn: res.BytesIn, BytesOut: res.BytesOut, Duration: durationpb.New(res.Duration),
+				Reason: listenerdv1.CloseReason(res.Reason), Error: res.Error}}})
+		if r == nil || err != nil {
+			if r != nil {
+				r.Cancel()
+			}
+			if err == nil {
+				err = rd.failure()
+			}
+			return err
+		}
+		sess = nil
 	}
-	sess.Start(streamSink{stream})
-	go s.fromHandler(stream, sess)
-	// A handler that goes away (or cancels the call to reset) resets the
-	// socket even while a write to a peer that does not read blocks the
-	// reading of its messages.
-	select {
-	case <-sess.Done():
-	case <-stream.Context().Done():
-		sess.Abort(stream.Context().Err())
-		<-sess.Done()
-	}
-	r := sess.Result()
-	return stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Closed{
-		Closed: &listenerdv1.ConnectionClosed{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple()),
-			BytesIn: r.BytesIn, BytesOut: r.BytesOut, Duration: durationpb.New(r.Duration),
-			Reason: listenerdv1.CloseReason(r.Reason), Error: r.Error}}})
 }
 
-// ready parks a stream opened ahead until a connection is bound to it. It
-// returns nil and the stream's end (nil: ended cleanly, the handler
-// detached or its listener closed) when none comes.
-func (s *Service) ready(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse], handler string) (*listener.Session, error) {
-	r, err := s.m.Ready(handler)
-	if err != nil {
-		return nil, s.err(err)
-	}
-	// The headers say the stream is parked: a client may wait for them.
-	if err := stream.SendHeader(nil); err != nil {
-		r.Cancel()
-		return nil, err
-	}
-	ctx := stream.Context()
+type serveStream = grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]
+
+// claim waits on the parked stream r until a connection is bound to it.
+// It returns nil and the stream's end (nil: ended cleanly: the handler
+// detached or released the stream, or its listener closed) when none
+// comes.
+func (s *Service) claim(ctx context.Context, r *listener.Ready, rd *handlerReader) (*listener.Session, error) {
 	for {
 		select {
 		case <-r.Wake():
 			sess, err := r.Claim()
 			if errors.Is(err, listener.ErrReadyEnded) {
-				return nil, nil
+				return nil, rd.failure()
 			}
 			if sess != nil {
 				return sess, nil
@@ -166,7 +198,15 @@ func (s *Service) ready(stream grpc.BidiStreamingServer[listenerdv1.ServeConnect
 				return sess, nil // bound as its listener closed: it drains
 			}
 			r.Cancel()
-			return nil, nil
+			return nil, rd.failure()
+		case <-rd.released:
+			r.Cancel()
+			return nil, rd.failure()
+		case <-rd.gone:
+			// The handler ended its side of the stream, or broke it: no
+			// connection could be served on it.
+			r.Cancel()
+			return nil, rd.failure()
 		case <-ctx.Done():
 			r.Cancel()
 			return nil, s.err(ctx.Err())
@@ -174,42 +214,186 @@ func (s *Service) ready(stream grpc.BidiStreamingServer[listenerdv1.ServeConnect
 	}
 }
 
-// fromHandler carries the handler's messages to the connection until the
-// handler ends its side, resets, or its stream ends. A stream that breaks
-// before the connection is done resets it.
-func (s *Service) fromHandler(stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse], sess *listener.Session) {
-	ended := false
-	for {
-		m, err := stream.Recv()
-		if errors.Is(err, io.EOF) && ended {
-			return // the handler is done sending; the connection goes on
+// handlerReader reads the handler's messages on a stream and carries them
+// to the connection they are for. On a stream taken with reuse, take and
+// release mark the end of a closed connection's messages: what the
+// handler sent for it before it saw closed is dropped, and the messages
+// after the mark are for the next connection opened on the stream.
+type handlerReader struct {
+	s      *Service
+	stream serveStream
+	reuse  bool
+
+	mu       sync.Mutex
+	opened   []*listener.Session // opened, in order, not yet answered by a mark: the first is the one messages are for
+	stopped  bool                // reading stopped: a connection opened now has no handler
+	closed   int                 // closed messages sent (or about to be): marks may answer as many
+	err      error               // a broken protocol: the stream's status
+	released chan struct{}       // closed on the handler's release
+	gone     chan struct{}       // closed when reading stops
+}
+
+func newHandlerReader(s *Service, stream serveStream, reuse bool) *handlerReader {
+	return &handlerReader{s: s, stream: stream, reuse: reuse, released: make(chan struct{}), gone: make(chan struct{})}
+}
+
+// serve adds a connection about to be opened on the stream: the
+// handler's messages are for it once every connection opened before it
+// has been answered by a mark. It reports false when reading has
+// stopped: the handler can send the connection nothing.
+func (rd *handlerReader) serve(sess *listener.Session) bool {
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	if rd.stopped {
+		return false
+	}
+	rd.opened = append(rd.opened, sess)
+	return true
+}
+
+// closing counts a closed message about to be sent: the handler may
+// answer it with a mark.
+func (rd *handlerReader) closing() {
+	rd.mu.Lock()
+	rd.closed++
+	rd.mu.Unlock()
+}
+
+// stop ends the reading: a connection opened on the stream and not yet
+// heard from (all but cur) is reset, as nothing the handler sends can
+// reach it now.
+func (rd *handlerReader) stop(cur *listener.Session) {
+	rd.mu.Lock()
+	rd.stopped = true
+	left := rd.opened
+	rd.opened = nil
+	rd.mu.Unlock()
+	for _, n := range left {
+		if n != cur {
+			n.Abort(errors.New("the handler's stream ended without end or reset"))
 		}
+	}
+	close(rd.gone)
+}
+
+// open says whether the stream can serve another connection: the handler
+// neither released it nor stopped sending on it.
+func (rd *handlerReader) open() bool {
+	select {
+	case <-rd.released:
+		return false
+	case <-rd.gone:
+		return false
+	default:
+		return true
+	}
+}
+
+// failure is the broken protocol that stopped the reading, if any.
+func (rd *handlerReader) failure() error {
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	return rd.err
+}
+
+// broke records a broken protocol, aborting the connection it was for.
+func (rd *handlerReader) broke(cur *listener.Session, field, why string) {
+	rd.mu.Lock()
+	rd.err = rd.s.err(listener.Invalid(field, "%s", why)) // before the abort wakes the stream's goroutine
+	rd.mu.Unlock()
+	if cur != nil {
+		cur.Abort(errors.New(why))
+	}
+}
+
+// run reads until the stream ends or the protocol breaks. A stream that
+// breaks before its connection is done resets the connection; one whose
+// handler ended its side (end, then the end of its stream) leaves the
+// connection going.
+func (rd *handlerReader) run() {
+	var cur *listener.Session // nil: before the first message for the connection they are for
+	defer func() { rd.stop(cur) }()
+	ended, over := false, false // over: cur takes no more
+	marks := 0                  // takes and releases read after the first take
+	for {
+		m, err := rd.stream.Recv()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = errors.New("the handler closed its stream without end or reset")
+			if cur != nil && !over {
+				if !errors.Is(err, io.EOF) {
+					cur.Abort(err)
+				} else if !ended {
+					cur.Abort(errors.New("the handler closed its stream without end or reset"))
+				}
 			}
-			sess.Abort(err)
 			return
+		}
+		if rd.reuse {
+			switch k := m.GetKind().(type) {
+			case *listenerdv1.ServeConnectionRequest_Take, *listenerdv1.ServeConnectionRequest_Release:
+				rd.mu.Lock()
+				marks++
+				early := marks > rd.closed
+				var answered *listener.Session
+				if len(rd.opened) > 0 {
+					answered, rd.opened = rd.opened[0], rd.opened[1:]
+				}
+				rd.mu.Unlock()
+				if early {
+					rd.broke(answered, "take", "a take or release on a reused stream answers closed: none came yet")
+					return
+				}
+				if t := m.GetTake(); t != nil && t.GetConnectionId() != "" {
+					rd.broke(nil, "take.connection_id", "must be empty in a reused stream's later takes")
+					return
+				}
+				if _, ok := k.(*listenerdv1.ServeConnectionRequest_Release); ok {
+					select {
+					case <-rd.released:
+					default:
+						close(rd.released)
+					}
+				}
+				cur, ended, over = nil, false, true
+				continue
+			}
+		}
+		if cur == nil {
+			rd.mu.Lock()
+			if len(rd.opened) > 0 {
+				cur = rd.opened[0]
+			}
+			rd.mu.Unlock()
+			if cur == nil {
+				rd.broke(nil, "kind", "data, end or reset before opened")
+				return
+			}
+			ended, over = false, false
+		}
+		if over {
+			continue // the closed connection's leftovers, before the mark
 		}
 		switch k := m.GetKind().(type) {
 		case *listenerdv1.ServeConnectionRequest_Data:
 			if ended {
-				sess.Abort(errors.New("data after end"))
+				rd.broke(cur, "data", "data after end")
 				return
 			}
-			if err := sess.Write(k.Data); err != nil {
-				return // the socket failed: the connection is closing
+			if err := cur.Write(k.Data); err != nil {
+				over = true // the socket failed: the connection is closing
 			}
 		case *listenerdv1.ServeConnectionRequest_End:
 			if !ended {
 				ended = true
-				_ = sess.CloseWrite()
+				_ = cur.CloseWrite()
 			}
 		case *listenerdv1.ServeConnectionRequest_Reset_:
-			sess.Reset()
-			return
+			cur.Reset()
+			over = true
 		default:
-			sess.Abort(errors.New("unexpected message from the handler"))
+			rd.broke(cur, "kind", "data, end or reset while a connection is served")
+			return
+		}
+		if over && !rd.reuse {
 			return
 		}
 	}
@@ -219,7 +403,7 @@ func (s *Service) fromHandler(stream grpc.BidiStreamingServer[listenerdv1.ServeC
 // stream's flow-control window is full: the socket is not read meanwhile,
 // and its peer feels the backpressure.
 type streamSink struct {
-	stream grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]
+	stream serveStream
 }
 
 func (k streamSink) Data(p []byte) error {

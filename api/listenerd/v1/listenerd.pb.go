@@ -4612,6 +4612,7 @@ type ServeConnectionRequest struct {
 	//	*ServeConnectionRequest_Data
 	//	*ServeConnectionRequest_End
 	//	*ServeConnectionRequest_Reset_
+	//	*ServeConnectionRequest_Release
 	Kind          isServeConnectionRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4690,6 +4691,15 @@ func (x *ServeConnectionRequest) GetReset_() *Reset {
 	return nil
 }
 
+func (x *ServeConnectionRequest) GetRelease() *Release {
+	if x != nil {
+		if x, ok := x.Kind.(*ServeConnectionRequest_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
 type isServeConnectionRequest_Kind interface {
 	isServeConnectionRequest_Kind()
 }
@@ -4715,6 +4725,13 @@ type ServeConnectionRequest_Reset_ struct {
 	Reset_ *Reset `protobuf:"bytes,4,opt,name=reset,proto3,oneof"`
 }
 
+type ServeConnectionRequest_Release struct {
+	// On a stream taken with reuse, after closed: park it no more. A
+	// connection bound to it before the release came is still opened on
+	// it, and the stream ends after that one's closed.
+	Release *Release `protobuf:"bytes,5,opt,name=release,proto3,oneof"`
+}
+
 func (*ServeConnectionRequest_Take) isServeConnectionRequest_Kind() {}
 
 func (*ServeConnectionRequest_Data) isServeConnectionRequest_Kind() {}
@@ -4722,6 +4739,45 @@ func (*ServeConnectionRequest_Data) isServeConnectionRequest_Kind() {}
 func (*ServeConnectionRequest_End) isServeConnectionRequest_Kind() {}
 
 func (*ServeConnectionRequest_Reset_) isServeConnectionRequest_Kind() {}
+
+func (*ServeConnectionRequest_Release) isServeConnectionRequest_Kind() {}
+
+// Release ends a reused stream's parking.
+type Release struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Release) Reset() {
+	*x = Release{}
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Release) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Release) ProtoMessage() {}
+
+func (x *Release) ProtoReflect() protoreflect.Message {
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Release.ProtoReflect.Descriptor instead.
+func (*Release) Descriptor() ([]byte, []int) {
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
+}
 
 // Take takes an offered connection, or, naming only the handler, opens a
 // stream ahead for the next connection the daemon chooses for it.
@@ -4733,14 +4789,25 @@ type Take struct {
 	// max_connections; a handler may have at most max_connections ready).
 	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	// Required. The handler it was offered to, or whose stream this is.
-	HandlerId     string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	HandlerId string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
+	// The stream serves one connection after another (it saves a stream a
+	// connection; a stream that took an offer becomes a ready one after
+	// its connection). After each connection the daemon
+	// parks the stream again, then sends closed; the next connection chosen
+	// for the handler may then be opened on it at any time. The handler
+	// answers each closed with a take naming only itself (it goes on) or a
+	// release (it stops: the stream ends after any connection opened before
+	// the release came). Its messages for the closed connection sent before
+	// that answer are dropped; those after it are for the next connection.
+	// A take or release before closed is refused (INVALID_ARGUMENT).
+	Reuse         bool `protobuf:"varint,3,opt,name=reuse,proto3" json:"reuse,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Take) Reset() {
 	*x = Take{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4752,7 +4819,7 @@ func (x *Take) String() string {
 func (*Take) ProtoMessage() {}
 
 func (x *Take) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[53]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4765,7 +4832,7 @@ func (x *Take) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Take.ProtoReflect.Descriptor instead.
 func (*Take) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{53}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *Take) GetConnectionId() string {
@@ -4782,6 +4849,13 @@ func (x *Take) GetHandlerId() string {
 	return ""
 }
 
+func (x *Take) GetReuse() bool {
+	if x != nil {
+		return x.Reuse
+	}
+	return false
+}
+
 // End is a half-close.
 type End struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -4791,7 +4865,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4803,7 +4877,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[54]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4816,7 +4890,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{54}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
 }
 
 // Reset is an abortive close.
@@ -4828,7 +4902,7 @@ type Reset struct {
 
 func (x *Reset) Reset() {
 	*x = Reset{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4840,7 +4914,7 @@ func (x *Reset) String() string {
 func (*Reset) ProtoMessage() {}
 
 func (x *Reset) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[55]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4853,7 +4927,7 @@ func (x *Reset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reset.ProtoReflect.Descriptor instead.
 func (*Reset) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
 }
 
 // ServeConnectionResponse is what the daemon sends on a connection's stream.
@@ -4874,7 +4948,7 @@ type ServeConnectionResponse struct {
 
 func (x *ServeConnectionResponse) Reset() {
 	*x = ServeConnectionResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4886,7 +4960,7 @@ func (x *ServeConnectionResponse) String() string {
 func (*ServeConnectionResponse) ProtoMessage() {}
 
 func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[56]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4899,7 +4973,7 @@ func (x *ServeConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServeConnectionResponse.ProtoReflect.Descriptor instead.
 func (*ServeConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{56}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ServeConnectionResponse) GetKind() isServeConnectionResponse_Kind {
@@ -4965,7 +5039,8 @@ type ServeConnectionResponse_End struct {
 }
 
 type ServeConnectionResponse_Closed struct {
-	// The connection closed; the last message.
+	// The connection closed; the last message, unless the take asked for
+	// reuse: the stream is then parked for the next connection.
 	Closed *ConnectionClosed `protobuf:"bytes,4,opt,name=closed,proto3,oneof"`
 }
 
@@ -4990,7 +5065,7 @@ type UpgradeDaemonRequest struct {
 
 func (x *UpgradeDaemonRequest) Reset() {
 	*x = UpgradeDaemonRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5002,7 +5077,7 @@ func (x *UpgradeDaemonRequest) String() string {
 func (*UpgradeDaemonRequest) ProtoMessage() {}
 
 func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[57]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5015,7 +5090,7 @@ func (x *UpgradeDaemonRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeDaemonRequest.ProtoReflect.Descriptor instead.
 func (*UpgradeDaemonRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{57}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *UpgradeDaemonRequest) GetBinary() string {
@@ -5048,7 +5123,7 @@ type UpgradeDaemonResponse struct {
 
 func (x *UpgradeDaemonResponse) Reset() {
 	*x = UpgradeDaemonResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5060,7 +5135,7 @@ func (x *UpgradeDaemonResponse) String() string {
 func (*UpgradeDaemonResponse) ProtoMessage() {}
 
 func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[58]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5073,7 +5148,7 @@ func (x *UpgradeDaemonResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpgradeDaemonResponse.ProtoReflect.Descriptor instead.
 func (*UpgradeDaemonResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{58}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *UpgradeDaemonResponse) GetPid() int64 {
@@ -5171,7 +5246,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5183,7 +5258,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[59]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5196,7 +5271,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{59}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Fault) GetName() string {
@@ -5320,7 +5395,7 @@ type FaultScope struct {
 
 func (x *FaultScope) Reset() {
 	*x = FaultScope{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5332,7 +5407,7 @@ func (x *FaultScope) String() string {
 func (*FaultScope) ProtoMessage() {}
 
 func (x *FaultScope) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[60]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5345,7 +5420,7 @@ func (x *FaultScope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultScope.ProtoReflect.Descriptor instead.
 func (*FaultScope) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{60}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *FaultScope) GetNewOnly() bool {
@@ -5386,7 +5461,7 @@ type ConnectionFault struct {
 
 func (x *ConnectionFault) Reset() {
 	*x = ConnectionFault{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5398,7 +5473,7 @@ func (x *ConnectionFault) String() string {
 func (*ConnectionFault) ProtoMessage() {}
 
 func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[61]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5411,7 +5486,7 @@ func (x *ConnectionFault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionFault.ProtoReflect.Descriptor instead.
 func (*ConnectionFault) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{61}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ConnectionFault) GetFault() string {
@@ -5446,7 +5521,7 @@ type FaultAdded struct {
 
 func (x *FaultAdded) Reset() {
 	*x = FaultAdded{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5458,7 +5533,7 @@ func (x *FaultAdded) String() string {
 func (*FaultAdded) ProtoMessage() {}
 
 func (x *FaultAdded) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[62]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5471,7 +5546,7 @@ func (x *FaultAdded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultAdded.ProtoReflect.Descriptor instead.
 func (*FaultAdded) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{62}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *FaultAdded) GetFault() *Fault {
@@ -5496,7 +5571,7 @@ type FaultRemoved struct {
 
 func (x *FaultRemoved) Reset() {
 	*x = FaultRemoved{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5508,7 +5583,7 @@ func (x *FaultRemoved) String() string {
 func (*FaultRemoved) ProtoMessage() {}
 
 func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[63]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5521,7 +5596,7 @@ func (x *FaultRemoved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultRemoved.ProtoReflect.Descriptor instead.
 func (*FaultRemoved) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{63}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *FaultRemoved) GetName() string {
@@ -5565,7 +5640,7 @@ type FaultApplied struct {
 
 func (x *FaultApplied) Reset() {
 	*x = FaultApplied{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5577,7 +5652,7 @@ func (x *FaultApplied) String() string {
 func (*FaultApplied) ProtoMessage() {}
 
 func (x *FaultApplied) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[64]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5590,7 +5665,7 @@ func (x *FaultApplied) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultApplied.ProtoReflect.Descriptor instead.
 func (*FaultApplied) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{64}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *FaultApplied) GetName() string {
@@ -5641,7 +5716,7 @@ type AddFaultRequest struct {
 
 func (x *AddFaultRequest) Reset() {
 	*x = AddFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5653,7 +5728,7 @@ func (x *AddFaultRequest) String() string {
 func (*AddFaultRequest) ProtoMessage() {}
 
 func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[65]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5666,7 +5741,7 @@ func (x *AddFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFaultRequest.ProtoReflect.Descriptor instead.
 func (*AddFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{65}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *AddFaultRequest) GetListenerId() string {
@@ -5694,7 +5769,7 @@ type AddFaultResponse struct {
 
 func (x *AddFaultResponse) Reset() {
 	*x = AddFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5706,7 +5781,7 @@ func (x *AddFaultResponse) String() string {
 func (*AddFaultResponse) ProtoMessage() {}
 
 func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[66]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5719,7 +5794,7 @@ func (x *AddFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFaultResponse.ProtoReflect.Descriptor instead.
 func (*AddFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{66}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *AddFaultResponse) GetFault() *Fault {
@@ -5742,7 +5817,7 @@ type UpdateFaultRequest struct {
 
 func (x *UpdateFaultRequest) Reset() {
 	*x = UpdateFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5754,7 +5829,7 @@ func (x *UpdateFaultRequest) String() string {
 func (*UpdateFaultRequest) ProtoMessage() {}
 
 func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[67]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5767,7 +5842,7 @@ func (x *UpdateFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFaultRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{67}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *UpdateFaultRequest) GetListenerId() string {
@@ -5795,7 +5870,7 @@ type UpdateFaultResponse struct {
 
 func (x *UpdateFaultResponse) Reset() {
 	*x = UpdateFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5807,7 +5882,7 @@ func (x *UpdateFaultResponse) String() string {
 func (*UpdateFaultResponse) ProtoMessage() {}
 
 func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[68]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5820,7 +5895,7 @@ func (x *UpdateFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateFaultResponse.ProtoReflect.Descriptor instead.
 func (*UpdateFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{68}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *UpdateFaultResponse) GetFault() *Fault {
@@ -5843,7 +5918,7 @@ type RemoveFaultRequest struct {
 
 func (x *RemoveFaultRequest) Reset() {
 	*x = RemoveFaultRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5855,7 +5930,7 @@ func (x *RemoveFaultRequest) String() string {
 func (*RemoveFaultRequest) ProtoMessage() {}
 
 func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[69]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5868,7 +5943,7 @@ func (x *RemoveFaultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFaultRequest.ProtoReflect.Descriptor instead.
 func (*RemoveFaultRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{69}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *RemoveFaultRequest) GetListenerId() string {
@@ -5894,7 +5969,7 @@ type RemoveFaultResponse struct {
 
 func (x *RemoveFaultResponse) Reset() {
 	*x = RemoveFaultResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5906,7 +5981,7 @@ func (x *RemoveFaultResponse) String() string {
 func (*RemoveFaultResponse) ProtoMessage() {}
 
 func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[70]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5919,7 +5994,7 @@ func (x *RemoveFaultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFaultResponse.ProtoReflect.Descriptor instead.
 func (*RemoveFaultResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{70}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{71}
 }
 
 // ListFaultsRequest names a listener.
@@ -5933,7 +6008,7 @@ type ListFaultsRequest struct {
 
 func (x *ListFaultsRequest) Reset() {
 	*x = ListFaultsRequest{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5945,7 +6020,7 @@ func (x *ListFaultsRequest) String() string {
 func (*ListFaultsRequest) ProtoMessage() {}
 
 func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[71]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5958,7 +6033,7 @@ func (x *ListFaultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFaultsRequest.ProtoReflect.Descriptor instead.
 func (*ListFaultsRequest) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{71}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ListFaultsRequest) GetListenerId() string {
@@ -5979,7 +6054,7 @@ type ListFaultsResponse struct {
 
 func (x *ListFaultsResponse) Reset() {
 	*x = ListFaultsResponse{}
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[72]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5991,7 +6066,7 @@ func (x *ListFaultsResponse) String() string {
 func (*ListFaultsResponse) ProtoMessage() {}
 
 func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_listenerd_v1_listenerd_proto_msgTypes[72]
+	mi := &file_listenerd_v1_listenerd_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6004,7 +6079,7 @@ func (x *ListFaultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFaultsResponse.ProtoReflect.Descriptor instead.
 func (*ListFaultsResponse) Descriptor() ([]byte, []int) {
-	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{72}
+	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ListFaultsResponse) GetFaults() []*Fault {
@@ -6287,17 +6362,20 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x0fhandover_secret\x18\x04 \x01(\tR\x0ehandoverSecret\"[\n" +
 	"\x05Offer\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12-\n" +
-	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\"\xb4\x01\n" +
+	"\x05tuple\x18\x02 \x01(\v2\x17.listenerd.v1.FiveTupleR\x05tuple\"\xe7\x01\n" +
 	"\x16ServeConnectionRequest\x12(\n" +
 	"\x04take\x18\x01 \x01(\v2\x12.listenerd.v1.TakeH\x00R\x04take\x12\x14\n" +
 	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12%\n" +
 	"\x03end\x18\x03 \x01(\v2\x11.listenerd.v1.EndH\x00R\x03end\x12+\n" +
-	"\x05reset\x18\x04 \x01(\v2\x13.listenerd.v1.ResetH\x00R\x05resetB\x06\n" +
-	"\x04kind\"J\n" +
+	"\x05reset\x18\x04 \x01(\v2\x13.listenerd.v1.ResetH\x00R\x05reset\x121\n" +
+	"\arelease\x18\x05 \x01(\v2\x15.listenerd.v1.ReleaseH\x00R\areleaseB\x06\n" +
+	"\x04kind\"\t\n" +
+	"\aRelease\"`\n" +
 	"\x04Take\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1d\n" +
 	"\n" +
-	"handler_id\x18\x02 \x01(\tR\thandlerId\"\x05\n" +
+	"handler_id\x18\x02 \x01(\tR\thandlerId\x12\x14\n" +
+	"\x05reuse\x18\x03 \x01(\bR\x05reuse\"\x05\n" +
 	"\x03End\"\a\n" +
 	"\x05Reset\"\xd2\x01\n" +
 	"\x17ServeConnectionResponse\x128\n" +
@@ -6502,7 +6580,7 @@ func file_listenerd_v1_listenerd_proto_rawDescGZIP() []byte {
 }
 
 var file_listenerd_v1_listenerd_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
+var file_listenerd_v1_listenerd_proto_msgTypes = make([]protoimpl.MessageInfo, 74)
 var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(OverflowPolicy)(0),             // 0: listenerd.v1.OverflowPolicy
 	(State)(0),                      // 1: listenerd.v1.State
@@ -6567,68 +6645,69 @@ var file_listenerd_v1_listenerd_proto_goTypes = []any{
 	(*Attached)(nil),                // 60: listenerd.v1.Attached
 	(*Offer)(nil),                   // 61: listenerd.v1.Offer
 	(*ServeConnectionRequest)(nil),  // 62: listenerd.v1.ServeConnectionRequest
-	(*Take)(nil),                    // 63: listenerd.v1.Take
-	(*End)(nil),                     // 64: listenerd.v1.End
-	(*Reset)(nil),                   // 65: listenerd.v1.Reset
-	(*ServeConnectionResponse)(nil), // 66: listenerd.v1.ServeConnectionResponse
-	(*UpgradeDaemonRequest)(nil),    // 67: listenerd.v1.UpgradeDaemonRequest
-	(*UpgradeDaemonResponse)(nil),   // 68: listenerd.v1.UpgradeDaemonResponse
-	(*Fault)(nil),                   // 69: listenerd.v1.Fault
-	(*FaultScope)(nil),              // 70: listenerd.v1.FaultScope
-	(*ConnectionFault)(nil),         // 71: listenerd.v1.ConnectionFault
-	(*FaultAdded)(nil),              // 72: listenerd.v1.FaultAdded
-	(*FaultRemoved)(nil),            // 73: listenerd.v1.FaultRemoved
-	(*FaultApplied)(nil),            // 74: listenerd.v1.FaultApplied
-	(*AddFaultRequest)(nil),         // 75: listenerd.v1.AddFaultRequest
-	(*AddFaultResponse)(nil),        // 76: listenerd.v1.AddFaultResponse
-	(*UpdateFaultRequest)(nil),      // 77: listenerd.v1.UpdateFaultRequest
-	(*UpdateFaultResponse)(nil),     // 78: listenerd.v1.UpdateFaultResponse
-	(*RemoveFaultRequest)(nil),      // 79: listenerd.v1.RemoveFaultRequest
-	(*RemoveFaultResponse)(nil),     // 80: listenerd.v1.RemoveFaultResponse
-	(*ListFaultsRequest)(nil),       // 81: listenerd.v1.ListFaultsRequest
-	(*ListFaultsResponse)(nil),      // 82: listenerd.v1.ListFaultsResponse
-	(*durationpb.Duration)(nil),     // 83: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 84: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),   // 85: google.protobuf.FieldMask
+	(*Release)(nil),                 // 63: listenerd.v1.Release
+	(*Take)(nil),                    // 64: listenerd.v1.Take
+	(*End)(nil),                     // 65: listenerd.v1.End
+	(*Reset)(nil),                   // 66: listenerd.v1.Reset
+	(*ServeConnectionResponse)(nil), // 67: listenerd.v1.ServeConnectionResponse
+	(*UpgradeDaemonRequest)(nil),    // 68: listenerd.v1.UpgradeDaemonRequest
+	(*UpgradeDaemonResponse)(nil),   // 69: listenerd.v1.UpgradeDaemonResponse
+	(*Fault)(nil),                   // 70: listenerd.v1.Fault
+	(*FaultScope)(nil),              // 71: listenerd.v1.FaultScope
+	(*ConnectionFault)(nil),         // 72: listenerd.v1.ConnectionFault
+	(*FaultAdded)(nil),              // 73: listenerd.v1.FaultAdded
+	(*FaultRemoved)(nil),            // 74: listenerd.v1.FaultRemoved
+	(*FaultApplied)(nil),            // 75: listenerd.v1.FaultApplied
+	(*AddFaultRequest)(nil),         // 76: listenerd.v1.AddFaultRequest
+	(*AddFaultResponse)(nil),        // 77: listenerd.v1.AddFaultResponse
+	(*UpdateFaultRequest)(nil),      // 78: listenerd.v1.UpdateFaultRequest
+	(*UpdateFaultResponse)(nil),     // 79: listenerd.v1.UpdateFaultResponse
+	(*RemoveFaultRequest)(nil),      // 80: listenerd.v1.RemoveFaultRequest
+	(*RemoveFaultResponse)(nil),     // 81: listenerd.v1.RemoveFaultResponse
+	(*ListFaultsRequest)(nil),       // 82: listenerd.v1.ListFaultsRequest
+	(*ListFaultsResponse)(nil),      // 83: listenerd.v1.ListFaultsResponse
+	(*durationpb.Duration)(nil),     // 84: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 85: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),   // 86: google.protobuf.FieldMask
 }
 var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	11,  // 0: listenerd.v1.Listener.spec:type_name -> listenerd.v1.ListenerSpec
 	18,  // 1: listenerd.v1.Listener.status:type_name -> listenerd.v1.ListenerStatus
 	12,  // 2: listenerd.v1.ListenerSpec.limits:type_name -> listenerd.v1.Limits
 	13,  // 3: listenerd.v1.ListenerSpec.handler:type_name -> listenerd.v1.Handler
-	83,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
-	69,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
+	84,  // 4: listenerd.v1.ListenerSpec.keepalive:type_name -> google.protobuf.Duration
+	70,  // 5: listenerd.v1.ListenerSpec.faults:type_name -> listenerd.v1.Fault
 	0,   // 6: listenerd.v1.Limits.overflow:type_name -> listenerd.v1.OverflowPolicy
-	83,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
-	83,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
-	83,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
+	84,  // 7: listenerd.v1.Limits.idle_timeout:type_name -> google.protobuf.Duration
+	84,  // 8: listenerd.v1.Limits.max_lifetime:type_name -> google.protobuf.Duration
+	84,  // 9: listenerd.v1.Limits.queue_timeout:type_name -> google.protobuf.Duration
 	14,  // 10: listenerd.v1.Handler.discard:type_name -> listenerd.v1.DiscardHandler
 	15,  // 11: listenerd.v1.Handler.echo:type_name -> listenerd.v1.EchoHandler
 	16,  // 12: listenerd.v1.Handler.forward:type_name -> listenerd.v1.ForwardHandler
 	17,  // 13: listenerd.v1.Handler.stream:type_name -> listenerd.v1.StreamHandler
-	83,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
-	83,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
+	84,  // 14: listenerd.v1.ForwardHandler.connect_timeout:type_name -> google.protobuf.Duration
+	84,  // 15: listenerd.v1.StreamHandler.claim_timeout:type_name -> google.protobuf.Duration
 	1,   // 16: listenerd.v1.ListenerStatus.state:type_name -> listenerd.v1.State
-	84,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
-	84,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
+	85,  // 17: listenerd.v1.ListenerStatus.create_time:type_name -> google.protobuf.Timestamp
+	85,  // 18: listenerd.v1.ListenerStatus.close_time:type_name -> google.protobuf.Timestamp
 	2,   // 19: listenerd.v1.FiveTuple.family:type_name -> listenerd.v1.Family
 	19,  // 20: listenerd.v1.Connection.tuple:type_name -> listenerd.v1.FiveTuple
-	84,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
+	85,  // 21: listenerd.v1.Connection.open_time:type_name -> google.protobuf.Timestamp
 	3,   // 22: listenerd.v1.Connection.state:type_name -> listenerd.v1.ConnectionState
-	83,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
-	71,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
+	84,  // 23: listenerd.v1.Connection.queue_wait:type_name -> google.protobuf.Duration
+	72,  // 24: listenerd.v1.Connection.faults:type_name -> listenerd.v1.ConnectionFault
 	11,  // 25: listenerd.v1.CreateListenerRequest.spec:type_name -> listenerd.v1.ListenerSpec
 	10,  // 26: listenerd.v1.CreateListenerResponse.listener:type_name -> listenerd.v1.Listener
 	10,  // 27: listenerd.v1.GetListenerResponse.listener:type_name -> listenerd.v1.Listener
 	10,  // 28: listenerd.v1.ListListenersResponse.listeners:type_name -> listenerd.v1.Listener
 	10,  // 29: listenerd.v1.UpdateListenerRequest.listener:type_name -> listenerd.v1.Listener
-	85,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	86,  // 30: listenerd.v1.UpdateListenerRequest.update_mask:type_name -> google.protobuf.FieldMask
 	10,  // 31: listenerd.v1.UpdateListenerResponse.listener:type_name -> listenerd.v1.Listener
-	83,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
+	84,  // 32: listenerd.v1.CloseListenerRequest.drain_timeout:type_name -> google.protobuf.Duration
 	10,  // 33: listenerd.v1.CloseListenerResponse.listener:type_name -> listenerd.v1.Listener
 	20,  // 34: listenerd.v1.ListConnectionsResponse.connections:type_name -> listenerd.v1.Connection
 	10,  // 35: listenerd.v1.RebindListenerResponse.listener:type_name -> listenerd.v1.Listener
-	84,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	85,  // 36: listenerd.v1.Event.time:type_name -> google.protobuf.Timestamp
 	39,  // 37: listenerd.v1.Event.listener_started:type_name -> listenerd.v1.ListenerStarted
 	41,  // 38: listenerd.v1.Event.connection_opened:type_name -> listenerd.v1.ConnectionOpened
 	42,  // 39: listenerd.v1.Event.connection_closed:type_name -> listenerd.v1.ConnectionClosed
@@ -6642,91 +6721,92 @@ var file_listenerd_v1_listenerd_proto_depIdxs = []int32{
 	55,  // 47: listenerd.v1.Event.handler_attached:type_name -> listenerd.v1.HandlerAttached
 	56,  // 48: listenerd.v1.Event.handler_detached:type_name -> listenerd.v1.HandlerDetached
 	57,  // 49: listenerd.v1.Event.connection_taken:type_name -> listenerd.v1.ConnectionTaken
-	72,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
-	73,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
-	74,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
+	73,  // 50: listenerd.v1.Event.fault_added:type_name -> listenerd.v1.FaultAdded
+	74,  // 51: listenerd.v1.Event.fault_removed:type_name -> listenerd.v1.FaultRemoved
+	75,  // 52: listenerd.v1.Event.fault_applied:type_name -> listenerd.v1.FaultApplied
 	40,  // 53: listenerd.v1.Event.listener_reconciled:type_name -> listenerd.v1.ListenerReconciled
 	7,   // 54: listenerd.v1.ConnectionData.direction:type_name -> listenerd.v1.Direction
 	19,  // 55: listenerd.v1.ConnectionOpened.tuple:type_name -> listenerd.v1.FiveTuple
 	19,  // 56: listenerd.v1.ConnectionClosed.tuple:type_name -> listenerd.v1.FiveTuple
-	83,  // 57: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
+	84,  // 57: listenerd.v1.ConnectionClosed.duration:type_name -> google.protobuf.Duration
 	5,   // 58: listenerd.v1.ConnectionClosed.reason:type_name -> listenerd.v1.CloseReason
 	19,  // 59: listenerd.v1.ConnectionRejected.tuple:type_name -> listenerd.v1.FiveTuple
 	6,   // 60: listenerd.v1.ConnectionRejected.reason:type_name -> listenerd.v1.RejectReason
-	83,  // 61: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
+	84,  // 61: listenerd.v1.ConnectionRejected.queue_wait:type_name -> google.protobuf.Duration
 	19,  // 62: listenerd.v1.ConnectionQueued.tuple:type_name -> listenerd.v1.FiveTuple
-	83,  // 63: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
+	84,  // 63: listenerd.v1.AcceptError.backoff:type_name -> google.protobuf.Duration
 	12,  // 64: listenerd.v1.LimitsChanged.limits:type_name -> listenerd.v1.Limits
 	4,   // 65: listenerd.v1.WatchEventsRequest.kinds:type_name -> listenerd.v1.EventKind
 	37,  // 66: listenerd.v1.WatchEventsResponse.events:type_name -> listenerd.v1.Event
 	53,  // 67: listenerd.v1.GetDaemonStatusResponse.status:type_name -> listenerd.v1.DaemonStatus
 	54,  // 68: listenerd.v1.DaemonStatus.build:type_name -> listenerd.v1.BuildInfo
-	84,  // 69: listenerd.v1.BuildInfo.revision_time:type_name -> google.protobuf.Timestamp
+	85,  // 69: listenerd.v1.BuildInfo.revision_time:type_name -> google.protobuf.Timestamp
 	60,  // 70: listenerd.v1.AttachHandlerResponse.attached:type_name -> listenerd.v1.Attached
 	61,  // 71: listenerd.v1.AttachHandlerResponse.offer:type_name -> listenerd.v1.Offer
 	19,  // 72: listenerd.v1.Offer.tuple:type_name -> listenerd.v1.FiveTuple
-	63,  // 73: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
-	64,  // 74: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
-	65,  // 75: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
-	41,  // 76: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
-	64,  // 77: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
-	42,  // 78: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
-	8,   // 79: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
-	9,   // 80: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
-	70,  // 81: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
-	83,  // 82: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
-	84,  // 83: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
-	83,  // 84: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
-	83,  // 85: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
-	83,  // 86: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
-	69,  // 87: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
-	8,   // 88: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
-	8,   // 89: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
-	19,  // 90: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
-	69,  // 91: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
-	69,  // 92: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
-	69,  // 93: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
-	69,  // 94: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
-	69,  // 95: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
-	51,  // 96: listenerd.v1.ListenerService.GetDaemonStatus:input_type -> listenerd.v1.GetDaemonStatusRequest
-	67,  // 97: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
-	75,  // 98: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
-	77,  // 99: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
-	79,  // 100: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
-	81,  // 101: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
-	21,  // 102: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
-	23,  // 103: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
-	25,  // 104: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
-	27,  // 105: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
-	29,  // 106: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
-	31,  // 107: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
-	33,  // 108: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
-	35,  // 109: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
-	49,  // 110: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
-	58,  // 111: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
-	62,  // 112: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
-	52,  // 113: listenerd.v1.ListenerService.GetDaemonStatus:output_type -> listenerd.v1.GetDaemonStatusResponse
-	68,  // 114: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
-	76,  // 115: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
-	78,  // 116: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
-	80,  // 117: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
-	82,  // 118: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
-	22,  // 119: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
-	24,  // 120: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
-	26,  // 121: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
-	28,  // 122: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
-	30,  // 123: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
-	32,  // 124: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
-	34,  // 125: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
-	36,  // 126: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
-	50,  // 127: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
-	59,  // 128: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
-	66,  // 129: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
-	113, // [113:130] is the sub-list for method output_type
-	96,  // [96:113] is the sub-list for method input_type
-	96,  // [96:96] is the sub-list for extension type_name
-	96,  // [96:96] is the sub-list for extension extendee
-	0,   // [0:96] is the sub-list for field type_name
+	64,  // 73: listenerd.v1.ServeConnectionRequest.take:type_name -> listenerd.v1.Take
+	65,  // 74: listenerd.v1.ServeConnectionRequest.end:type_name -> listenerd.v1.End
+	66,  // 75: listenerd.v1.ServeConnectionRequest.reset:type_name -> listenerd.v1.Reset
+	63,  // 76: listenerd.v1.ServeConnectionRequest.release:type_name -> listenerd.v1.Release
+	41,  // 77: listenerd.v1.ServeConnectionResponse.opened:type_name -> listenerd.v1.ConnectionOpened
+	65,  // 78: listenerd.v1.ServeConnectionResponse.end:type_name -> listenerd.v1.End
+	42,  // 79: listenerd.v1.ServeConnectionResponse.closed:type_name -> listenerd.v1.ConnectionClosed
+	8,   // 80: listenerd.v1.Fault.kind:type_name -> listenerd.v1.FaultKind
+	9,   // 81: listenerd.v1.Fault.direction:type_name -> listenerd.v1.FaultDirection
+	71,  // 82: listenerd.v1.Fault.scope:type_name -> listenerd.v1.FaultScope
+	84,  // 83: listenerd.v1.Fault.ttl:type_name -> google.protobuf.Duration
+	85,  // 84: listenerd.v1.Fault.expire_time:type_name -> google.protobuf.Timestamp
+	84,  // 85: listenerd.v1.Fault.latency:type_name -> google.protobuf.Duration
+	84,  // 86: listenerd.v1.Fault.jitter:type_name -> google.protobuf.Duration
+	84,  // 87: listenerd.v1.Fault.delay:type_name -> google.protobuf.Duration
+	70,  // 88: listenerd.v1.FaultAdded.fault:type_name -> listenerd.v1.Fault
+	8,   // 89: listenerd.v1.FaultRemoved.kind:type_name -> listenerd.v1.FaultKind
+	8,   // 90: listenerd.v1.FaultApplied.kind:type_name -> listenerd.v1.FaultKind
+	19,  // 91: listenerd.v1.FaultApplied.tuple:type_name -> listenerd.v1.FiveTuple
+	70,  // 92: listenerd.v1.AddFaultRequest.fault:type_name -> listenerd.v1.Fault
+	70,  // 93: listenerd.v1.AddFaultResponse.fault:type_name -> listenerd.v1.Fault
+	70,  // 94: listenerd.v1.UpdateFaultRequest.fault:type_name -> listenerd.v1.Fault
+	70,  // 95: listenerd.v1.UpdateFaultResponse.fault:type_name -> listenerd.v1.Fault
+	70,  // 96: listenerd.v1.ListFaultsResponse.faults:type_name -> listenerd.v1.Fault
+	51,  // 97: listenerd.v1.ListenerService.GetDaemonStatus:input_type -> listenerd.v1.GetDaemonStatusRequest
+	68,  // 98: listenerd.v1.ListenerService.UpgradeDaemon:input_type -> listenerd.v1.UpgradeDaemonRequest
+	76,  // 99: listenerd.v1.ListenerService.AddFault:input_type -> listenerd.v1.AddFaultRequest
+	78,  // 100: listenerd.v1.ListenerService.UpdateFault:input_type -> listenerd.v1.UpdateFaultRequest
+	80,  // 101: listenerd.v1.ListenerService.RemoveFault:input_type -> listenerd.v1.RemoveFaultRequest
+	82,  // 102: listenerd.v1.ListenerService.ListFaults:input_type -> listenerd.v1.ListFaultsRequest
+	21,  // 103: listenerd.v1.ListenerService.CreateListener:input_type -> listenerd.v1.CreateListenerRequest
+	23,  // 104: listenerd.v1.ListenerService.GetListener:input_type -> listenerd.v1.GetListenerRequest
+	25,  // 105: listenerd.v1.ListenerService.ListListeners:input_type -> listenerd.v1.ListListenersRequest
+	27,  // 106: listenerd.v1.ListenerService.UpdateListener:input_type -> listenerd.v1.UpdateListenerRequest
+	29,  // 107: listenerd.v1.ListenerService.CloseListener:input_type -> listenerd.v1.CloseListenerRequest
+	31,  // 108: listenerd.v1.ListenerService.ListConnections:input_type -> listenerd.v1.ListConnectionsRequest
+	33,  // 109: listenerd.v1.ListenerService.CloseConnection:input_type -> listenerd.v1.CloseConnectionRequest
+	35,  // 110: listenerd.v1.ListenerService.RebindListener:input_type -> listenerd.v1.RebindListenerRequest
+	49,  // 111: listenerd.v1.ListenerService.WatchEvents:input_type -> listenerd.v1.WatchEventsRequest
+	58,  // 112: listenerd.v1.ListenerService.AttachHandler:input_type -> listenerd.v1.AttachHandlerRequest
+	62,  // 113: listenerd.v1.ListenerService.ServeConnection:input_type -> listenerd.v1.ServeConnectionRequest
+	52,  // 114: listenerd.v1.ListenerService.GetDaemonStatus:output_type -> listenerd.v1.GetDaemonStatusResponse
+	69,  // 115: listenerd.v1.ListenerService.UpgradeDaemon:output_type -> listenerd.v1.UpgradeDaemonResponse
+	77,  // 116: listenerd.v1.ListenerService.AddFault:output_type -> listenerd.v1.AddFaultResponse
+	79,  // 117: listenerd.v1.ListenerService.UpdateFault:output_type -> listenerd.v1.UpdateFaultResponse
+	81,  // 118: listenerd.v1.ListenerService.RemoveFault:output_type -> listenerd.v1.RemoveFaultResponse
+	83,  // 119: listenerd.v1.ListenerService.ListFaults:output_type -> listenerd.v1.ListFaultsResponse
+	22,  // 120: listenerd.v1.ListenerService.CreateListener:output_type -> listenerd.v1.CreateListenerResponse
+	24,  // 121: listenerd.v1.ListenerService.GetListener:output_type -> listenerd.v1.GetListenerResponse
+	26,  // 122: listenerd.v1.ListenerService.ListListeners:output_type -> listenerd.v1.ListListenersResponse
+	28,  // 123: listenerd.v1.ListenerService.UpdateListener:output_type -> listenerd.v1.UpdateListenerResponse
+	30,  // 124: listenerd.v1.ListenerService.CloseListener:output_type -> listenerd.v1.CloseListenerResponse
+	32,  // 125: listenerd.v1.ListenerService.ListConnections:output_type -> listenerd.v1.ListConnectionsResponse
+	34,  // 126: listenerd.v1.ListenerService.CloseConnection:output_type -> listenerd.v1.CloseConnectionResponse
+	36,  // 127: listenerd.v1.ListenerService.RebindListener:output_type -> listenerd.v1.RebindListenerResponse
+	50,  // 128: listenerd.v1.ListenerService.WatchEvents:output_type -> listenerd.v1.WatchEventsResponse
+	59,  // 129: listenerd.v1.ListenerService.AttachHandler:output_type -> listenerd.v1.AttachHandlerResponse
+	67,  // 130: listenerd.v1.ListenerService.ServeConnection:output_type -> listenerd.v1.ServeConnectionResponse
+	114, // [114:131] is the sub-list for method output_type
+	97,  // [97:114] is the sub-list for method input_type
+	97,  // [97:97] is the sub-list for extension type_name
+	97,  // [97:97] is the sub-list for extension extendee
+	0,   // [0:97] is the sub-list for field type_name
 }
 
 func init() { file_listenerd_v1_listenerd_proto_init() }
@@ -6772,21 +6852,22 @@ func file_listenerd_v1_listenerd_proto_init() {
 		(*ServeConnectionRequest_Data)(nil),
 		(*ServeConnectionRequest_End)(nil),
 		(*ServeConnectionRequest_Reset_)(nil),
+		(*ServeConnectionRequest_Release)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[56].OneofWrappers = []any{
+	file_listenerd_v1_listenerd_proto_msgTypes[57].OneofWrappers = []any{
 		(*ServeConnectionResponse_Opened)(nil),
 		(*ServeConnectionResponse_Data)(nil),
 		(*ServeConnectionResponse_End)(nil),
 		(*ServeConnectionResponse_Closed)(nil),
 	}
-	file_listenerd_v1_listenerd_proto_msgTypes[59].OneofWrappers = []any{}
+	file_listenerd_v1_listenerd_proto_msgTypes[60].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_listenerd_v1_listenerd_proto_rawDesc), len(file_listenerd_v1_listenerd_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   73,
+			NumMessages:   74,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
