@@ -250,7 +250,15 @@ func (a *app) dial() (*listenerd.Client, error) {
 		return nil, err
 	}
 	// Reconnect about as fast as watch retries, instead of grpc's default
-	// of 1s growing to 2 minutes.
+	// of 1s growing to 2 minutes. A connection attempt (TCP, then TLS)
+	// may take the whole --timeout: a daemon whose TCP API is flooded
+	// with connections that never authenticate answers a token holder,
+	// but its handshake can take seconds on a busy machine
+	// (a refused connection fails at once, whatever this says).
+	connect := a.timeout
+	if connect <= 0 {
+		connect = time.Minute
+	}
 	o.DialOptions = []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff: backoff.Config{
 			BaseDelay:  defaultRetry.initial,
@@ -258,7 +266,7 @@ func (a *app) dial() (*listenerd.Client, error) {
 			Jitter:     0.2,
 			MaxDelay:   defaultRetry.max,
 		},
-		MinConnectTimeout: 5 * time.Second,
+		MinConnectTimeout: max(connect, 5*time.Second),
 	})}
 	c, err := listenerd.Dial(o)
 	if err != nil {
