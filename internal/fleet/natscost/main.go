@@ -32,7 +32,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/fleet"
@@ -423,7 +422,7 @@ func fastBatch(nc *nats.Conn, withID, one bool) error {
 	for seq < uint64(*n) {
 		k := min(*burst, *n-int(seq))
 		if !one || id == "" {
-			id, bseq = nuid.Next(), 0
+			id, bseq = strings.TrimPrefix(nats.NewInbox(), nats.InboxPrefix), 0
 		}
 		for i := 0; i < k; i++ {
 			seq++
@@ -471,7 +470,7 @@ func atomicBatch(nc *nats.Conn) error {
 	seq := uint64(0)
 	for seq < uint64(*n) {
 		k := min(*burst, *n-int(seq))
-		id := nuid.Next()
+		id := strings.TrimPrefix(nats.NewInbox(), nats.InboxPrefix)
 		for i := 1; i <= k; i++ {
 			seq++
 			m := msgFor(seq, true)
