@@ -283,7 +283,8 @@ func (l *Listener) deliver(c *Conn) {
 // the stream (the handler detached, the listener closed) or refuses it (a
 // daemon that predates ready streams says INVALID_ARGUMENT): the
 // connections then come as offers. The caller has counted it in readyWG;
-// it is counted only while it parks, not while it serves a connection.
+// it is counted while it parks and delivers, not while it serves a
+// connection.
 func (l *Listener) ready(p *parking) {
 	for {
 		c, err := l.readyOne(p)
@@ -296,8 +297,8 @@ func (l *Listener) ready(p *parking) {
 			// in gRPC's calls.
 			l.c.recvers.Go(l.readyNew)
 		}
-		l.readyWG.Done()
 		l.deliver(c)
+		l.readyWG.Done() // Close waits for a connection bound to it to be accepted or reset
 		if p = c.recvReused(); p == nil {
 			return
 		}
