@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
-	"github.com/listenerd/listenerd/internal/gopool"
 )
 
 // rpcTimeout bounds the short calls the package makes on its own.
@@ -35,8 +34,11 @@ type Conn struct {
 	cancel context.CancelFunc
 	l      *Listener // the stream was taken for reuse: it goes back to l after closed
 	id     string
-	local  *net.TCPAddr
-	remote *net.TCPAddr
+	tuple  *listenerdv1.FiveTuple
+	// The addresses, made from tuple when first asked for: most
+	// connections never are.
+	addrOnce      sync.Once
+	local, remote *net.TCPAddr
 
 	frames  chan []byte   // from recv, one at a time: Read takes each
 	peerEnd chan struct{} // the peer's FIN, after its last frame
@@ -59,16 +61,20 @@ type Conn struct {
 }
 
 // newConn serves the connection o opened on stream s; with l, the stream
-// goes back to l once the connection has closed.
-func newConn(pool *gopool.Pool, l *Listener, s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
-	t := o.GetTuple()
-	c := &Conn{s: s, cancel: cancel, l: l, id: o.GetConnectionId(),
-		local:  tcpAddr(net.JoinHostPort(t.GetLocalAddress(), itoa(t.GetLocalPort()))),
-		remote: tcpAddr(net.JoinHostPort(t.GetRemoteAddress(), itoa(t.GetRemotePort()))),
+// goes back to l once the connection has closed. Its stream is read by
+// recv (l nil) or recvReused (l set), which the caller runs.
+func newConn(l *Listener, s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
+	c := &Conn{s: s, cancel: cancel, l: l, id: o.GetConnectionId(), tuple: o.GetTuple(),
 		frames: make(chan []byte), peerEnd: make(chan struct{}), done: make(chan struct{}),
 		gone: make(chan struct{}), rdlWake: make(chan struct{})}
-	pool.Go(c.recv)
 	return c
+}
+
+// addrs makes the addresses from the tuple, once.
+func (c *Conn) addrs() {
+	t := c.tuple
+	c.local = tcpAddr(net.JoinHostPort(t.GetLocalAddress(), itoa(t.GetLocalPort())))
+	c.remote = tcpAddr(net.JoinHostPort(t.GetRemoteAddress(), itoa(t.GetRemotePort())))
 }
 
 func itoa(n uint32) string {
@@ -85,13 +91,21 @@ func itoa(n uint32) string {
 }
 
 // recv hands the daemon's messages over, one frame at a time, until the
-// connection closes; then the stream goes back to its listener, or ends.
+// stream ends.
 func (c *Conn) recv() {
+	c.serve()
+	c.cancel()
+}
+
+// recvReused hands the daemon's messages over, one frame at a time, until
+// the connection closes; then it returns the stream to park again, or nil
+// when the stream was released or ended.
+func (c *Conn) recvReused() *parking {
 	if c.serve() {
-		c.l.reuse(&parking{s: c.s, cancel: c.cancel})
-		return
+		return c.l.reuse(&parking{s: c.s, cancel: c.cancel})
 	}
 	c.cancel()
+	return nil
 }
 
 // serve reads the stream until the stream ends, or, on a stream taken for
@@ -351,14 +365,21 @@ func errorSuffix(s string) string {
 }
 
 func (c *Conn) opErr(op string, err error) error {
+	c.addrOnce.Do(c.addrs)
 	return &net.OpError{Op: op, Net: "tcp", Source: c.local, Addr: c.remote, Err: err}
 }
 
 // LocalAddr is the listener's side of the socket.
-func (c *Conn) LocalAddr() net.Addr { return c.local }
+func (c *Conn) LocalAddr() net.Addr {
+	c.addrOnce.Do(c.addrs)
+	return c.local
+}
 
 // RemoteAddr is the peer's address.
-func (c *Conn) RemoteAddr() net.Addr { return c.remote }
+func (c *Conn) RemoteAddr() net.Addr {
+	c.addrOnce.Do(c.addrs)
+	return c.remote
+}
 
 // SetDeadline sets the read and write deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {

@@ -234,15 +234,15 @@ func (l *Listener) addReady() bool {
 }
 
 // reuse answers the closed of a connection served on a reused stream,
-// which the daemon has parked again: the stream goes on serving, in the
-// calling goroutine, while fewer than want are parked; else it is
-// released.
-func (l *Listener) reuse(p *parking) {
+// which the daemon has parked again: the stream goes on serving while
+// fewer than want are parked (it is returned, counted in readyWG, for its
+// goroutine to park); else it is released (nil).
+func (l *Listener) reuse(p *parking) *parking {
 	if l.parked.Load() < l.want && l.addReady() {
-		l.ready(p)
-		return
+		return p
 	}
 	l.release(p)
+	return nil
 }
 
 // release ends a reused stream's parking. A connection the daemon opened
@@ -258,7 +258,9 @@ func (l *Listener) release(p *parking) {
 		p.cancel()
 		return
 	}
-	l.deliver(newConn(l.c.recvers, nil, p.s, p.cancel, m.GetOpened()))
+	c := newConn(nil, p.s, p.cancel, m.GetOpened())
+	l.deliver(c)
+	c.recv() // the stream ends after it
 }
 
 // deliver hands a connection to Accept.
@@ -273,24 +275,38 @@ func (l *Listener) deliver(c *Conn) {
 }
 
 // ready parks a stream on the daemon (p, or a new one when p is nil): it
-// waits there for a connection and hands it to Accept. The connection's
-// stream parks again once it has closed (Conn.recv), so that a stream
-// serves connection after connection; a new one is opened when fewer than
-// half of want are parked. It stops when the daemon ends the stream (the
-// handler detached, the listener closed) or refuses it (a daemon that
-// predates ready streams says INVALID_ARGUMENT): the connections then
-// come as offers.
+// waits there for a connection, hands it to Accept and reads its stream
+// (Conn.serve), in this goroutine: no hand-over to another per
+// connection. The stream parks again once its connection has closed, so
+// that a stream serves connection after connection; a new one is opened
+// when fewer than half of want are parked. It stops when the daemon ends
+// the stream (the handler detached, the listener closed) or refuses it (a
+// daemon that predates ready streams says INVALID_ARGUMENT): the
+// connections then come as offers. The caller has counted it in readyWG;
+// it is counted while it parks and delivers, not while it serves a
+// connection.
 func (l *Listener) ready(p *parking) {
-	defer l.readyWG.Done()
-	c, err := l.readyOne(p)
-	if err != nil || c == nil {
-		return
+	for {
+		c, err := l.readyOne(p)
+		if err != nil || c == nil {
+			l.readyWG.Done()
+			return
+		}
+		if l.parked.Load() < l.want/2 && l.addReady() {
+			// On the client's reused goroutines: a new one grows its stack
+			// in gRPC's calls.
+			l.c.recvers.Go(l.readyNew)
+		}
+		l.deliver(c)
+		l.readyWG.Done() // Close waits for a connection bound to it to be accepted or reset
+		if p = c.recvReused(); p == nil {
+			return
+		}
 	}
-	if l.parked.Load() < l.want/2 && l.addReady() {
-		go l.ready(nil)
-	}
-	l.deliver(c)
 }
+
+// readyNew parks a new stream (see ready).
+func (l *Listener) readyNew() { l.ready(nil) }
 
 // readyOne parks p (a new stream when nil) and waits for its connection;
 // nil when the daemon ended the stream.
@@ -328,7 +344,7 @@ func (l *Listener) readyOne(p *parking) (*Conn, error) {
 		}
 		return nil, err
 	}
-	return newConn(l.c.recvers, l, p.s, p.cancel, m.GetOpened()), nil
+	return newConn(l, p.s, p.cancel, m.GetOpened()), nil
 }
 
 func (c *Client) attachStream(ctx context.Context, ref string, cfg listenConfig, handover bool) (listenerdv1.ListenerService_AttachHandlerClient, *listenerdv1.AttachHandlerResponse, error) {
@@ -417,7 +433,9 @@ func (l *Listener) take(o *listenerdv1.Offer) (*Conn, error) {
 		cancel()
 		return nil, errors.New("listenerd: the daemon answered a take with something other than opened")
 	}
-	return newConn(l.c.recvers, nil, s, cancel, m.GetOpened()), nil
+	c := newConn(nil, s, cancel, m.GetOpened())
+	l.c.recvers.Go(c.recv)
+	return c, nil
 }
 
 // Close stops accepting: it detaches from the listener and, for a listener

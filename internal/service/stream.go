@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
@@ -112,6 +113,7 @@ func (s *Service) ServeConnection(stream serveStream) error {
 	}
 	rd := newHandlerReader(s, stream, reuse)
 	go rd.run()
+	msgs := newResponses(stream)
 	ctx := stream.Context()
 	for {
 		if sess == nil {
@@ -129,9 +131,9 @@ func (s *Service) ServeConnection(stream serveStream) error {
 		if err == nil && !rd.serve(sess) {
 			err = errors.New("the handler's stream ended")
 		}
+		tuple := tupleToProto(sess.Tuple()) // for opened and closed
 		if err == nil {
-			err = stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Opened{
-				Opened: &listenerdv1.ConnectionOpened{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple())}}})
+			err = stream.Send(msgs.opened(sess.ID(), tuple))
 		}
 		if err != nil {
 			if sess.GiveBack() {
@@ -141,7 +143,7 @@ func (s *Service) ServeConnection(stream serveStream) error {
 			<-sess.Done()
 			return err
 		}
-		sess.Start(streamSink{stream})
+		sess.Start(&msgs.sink)
 		// A handler that goes away (or cancels the call to reset) resets
 		// the socket even while a write to a peer that does not read
 		// blocks the reading of its messages.
@@ -159,10 +161,7 @@ func (s *Service) ServeConnection(stream serveStream) error {
 		}
 		res := sess.Result()
 		rd.closing()
-		err = stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Closed{
-			Closed: &listenerdv1.ConnectionClosed{ConnectionId: sess.ID(), Tuple: tupleToProto(sess.Tuple()),
-				BytesIn: res.BytesIn, BytesOut: res.BytesOut, Duration: durationpb.New(res.Duration),
-				Reason: listenerdv1.CloseReason(res.Reason), Error: res.Error}}})
+		err = stream.Send(msgs.closed(sess.ID(), tuple, res))
 		if r == nil || err != nil {
 			if r != nil {
 				r.Cancel()
@@ -399,17 +398,63 @@ func (rd *handlerReader) run() {
 	}
 }
 
+// responses are a stream's messages to the handler, made once and filled
+// anew for each connection it serves: Send marshals a message before it
+// returns, and a stream's sends never overlap (opened goes before the
+// connection's bytes flow, closed after they stopped).
+type responses struct {
+	openedResp, closedResp listenerdv1.ServeConnectionResponse
+	openedKind             listenerdv1.ServeConnectionResponse_Opened
+	closedKind             listenerdv1.ServeConnectionResponse_Closed
+	openedMsg              listenerdv1.ConnectionOpened
+	closedMsg              listenerdv1.ConnectionClosed
+	duration               durationpb.Duration
+	sink                   streamSink
+}
+
+func newResponses(stream serveStream) *responses {
+	r := &responses{}
+	r.openedKind.Opened, r.openedResp.Kind = &r.openedMsg, &r.openedKind
+	r.closedKind.Closed, r.closedResp.Kind = &r.closedMsg, &r.closedKind
+	r.sink.stream = stream
+	r.sink.dataResp.Kind = &r.sink.data
+	r.sink.end.End = &listenerdv1.End{}
+	r.sink.endResp.Kind = &r.sink.end
+	return r
+}
+
+func (r *responses) opened(id string, tuple *listenerdv1.FiveTuple) *listenerdv1.ServeConnectionResponse {
+	r.openedMsg.ConnectionId, r.openedMsg.Tuple = id, tuple
+	return &r.openedResp
+}
+
+func (r *responses) closed(id string, tuple *listenerdv1.FiveTuple, res listener.ConnResult) *listenerdv1.ServeConnectionResponse {
+	r.duration.Seconds = int64(res.Duration / time.Second)
+	r.duration.Nanos = int32(res.Duration % time.Second)
+	m := &r.closedMsg
+	m.ConnectionId, m.Tuple, m.BytesIn, m.BytesOut, m.Duration = id, tuple, res.BytesIn, res.BytesOut, &r.duration
+	m.Reason, m.Error = listenerdv1.CloseReason(res.Reason), res.Error
+	return &r.closedResp
+}
+
 // streamSink sends the peer's bytes to the handler. Send blocks while the
 // stream's flow-control window is full: the socket is not read meanwhile,
-// and its peer feels the backpressure.
+// and its peer feels the backpressure. Its messages are reused, as
+// responses' are: one connection's Data and End at a time.
 type streamSink struct {
-	stream serveStream
+	stream            serveStream
+	dataResp, endResp listenerdv1.ServeConnectionResponse
+	data              listenerdv1.ServeConnectionResponse_Data
+	end               listenerdv1.ServeConnectionResponse_End
 }
 
-func (k streamSink) Data(p []byte) error {
-	return k.stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_Data{Data: p}})
+func (k *streamSink) Data(p []byte) error {
+	k.data.Data = p
+	err := k.stream.Send(&k.dataResp)
+	k.data.Data = nil // keeps nothing of p
+	return err
 }
 
-func (k streamSink) End() error {
-	return k.stream.Send(&listenerdv1.ServeConnectionResponse{Kind: &listenerdv1.ServeConnectionResponse_End{End: &listenerdv1.End{}}})
+func (k *streamSink) End() error {
+	return k.stream.Send(&k.endResp)
 }
