@@ -160,7 +160,6 @@ func (s *Service) ServeConnection(stream serveStream) error {
 			r, _ = s.m.Ready(handler) // none (detached, at its limit): the stream ends after closed
 		}
 		res := sess.Result()
-		rd.closing()
 		err = stream.Send(msgs.closed(sess.ID(), tuple, res))
 		if r == nil || err != nil {
 			if r != nil {
@@ -226,7 +225,6 @@ type handlerReader struct {
 	mu       sync.Mutex
 	opened   []*listener.Session // opened, in order, not yet answered by a mark: the first is the one messages are for
 	stopped  bool                // reading stopped: a connection opened now has no handler
-	closed   int                 // closed messages sent (or about to be): marks may answer as many
 	err      error               // a broken protocol: the stream's status
 	released chan struct{}       // closed on the handler's release
 	gone     chan struct{}       // closed when reading stops
@@ -248,14 +246,6 @@ func (rd *handlerReader) serve(sess *listener.Session) bool {
 	}
 	rd.opened = append(rd.opened, sess)
 	return true
-}
-
-// closing counts a closed message about to be sent: the handler may
-// answer it with a mark.
-func (rd *handlerReader) closing() {
-	rd.mu.Lock()
-	rd.closed++
-	rd.mu.Unlock()
 }
 
 // stop ends the reading: a connection opened on the stream and not yet
@@ -288,6 +278,16 @@ func (rd *handlerReader) open() bool {
 	}
 }
 
+// isDone says whether s is closed.
+func isDone(s *listener.Session) bool {
+	select {
+	case <-s.Done():
+		return true
+	default:
+		return false
+	}
+}
+
 // failure is the broken protocol that stopped the reading, if any.
 func (rd *handlerReader) failure() error {
 	rd.mu.Lock()
@@ -313,7 +313,6 @@ func (rd *handlerReader) run() {
 	var cur *listener.Session // nil: before the first message for the connection they are for
 	defer func() { rd.stop(cur) }()
 	ended, over := false, false // over: cur takes no more
-	marks := 0                  // takes and releases read after the first take
 	for {
 		m, err := rd.stream.Recv()
 		if err != nil {
@@ -329,15 +328,15 @@ func (rd *handlerReader) run() {
 		if rd.reuse {
 			switch k := m.GetKind().(type) {
 			case *listenerdv1.ServeConnectionRequest_Take, *listenerdv1.ServeConnectionRequest_Release:
+				// A mark answers the closed of the oldest connection
+				// opened and not yet answered: it must be done.
 				rd.mu.Lock()
-				marks++
-				early := marks > rd.closed
 				var answered *listener.Session
 				if len(rd.opened) > 0 {
 					answered, rd.opened = rd.opened[0], rd.opened[1:]
 				}
 				rd.mu.Unlock()
-				if early {
+				if answered == nil || !isDone(answered) {
 					rd.broke(answered, "take", "a take or release on a reused stream answers closed: none came yet")
 					return
 				}
