@@ -165,9 +165,7 @@ func (h *Handoff) Drain(timeout time.Duration) {
 	}
 	for _, l := range h.handed {
 		l.conWG.Wait()
-		if l.pool != nil {
-			l.pool.Close()
-		}
+		l.stopPool()
 	}
 	m.wg.Wait()
 	m.endHandover()

@@ -96,6 +96,15 @@ type Listener struct {
 	pool *gopool.Pool
 }
 
+// stopPool ends the goroutines of the listener's pool, if it has one,
+// once its connections are done (conWG).
+func (l *Listener) stopPool() {
+	if l.pool != nil {
+		l.pool.Close()
+		l.pool.Wait()
+	}
+}
+
 // ID returns the listener's id.
 func (l *Listener) ID() string { return l.id }
 
@@ -388,10 +397,7 @@ func (l *Listener) drain(timeout time.Duration, reason events.CloseReason, open 
 	}
 	l.killAll(reason)
 	l.conWG.Wait()
-	if l.pool != nil {
-		l.pool.Close()
-		l.pool.Wait()
-	}
+	l.stopPool()
 	l.mu.Lock()
 	destroyed := l.destroyed
 	l.mu.Unlock()

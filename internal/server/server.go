@@ -507,9 +507,9 @@ func newGRPCServer(svc listenerdv1.ListenerServiceServer, log *slog.Logger, tr t
 	return srv, hs
 }
 
-// quiet are the calls made once per connection of the stream handler,
-// whose log line, when they end well, goes to debug (see accessLevel).
-var quiet = map[string]bool{listenerdv1.ListenerService_ServeConnection_FullMethodName: true}
+// quiet is the call made for connections of the stream handler, whose
+// log line, when it ends well, goes to debug (see accessLevel).
+const quiet = listenerdv1.ListenerService_ServeConnection_FullMethodName
 
 // quietStreams passes the quiet calls by logging (the interceptor logs)
 // while debug is off: the middleware builds its fields, formats the start
@@ -520,7 +520,7 @@ var quiet = map[string]bool{listenerdv1.ListenerService_ServeConnection_FullMeth
 // and with the call's own start time and duration (see withStart).
 func quietStreams(logs grpc.StreamServerInterceptor, log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if !quiet[info.FullMethod] || log.Enabled(ss.Context(), slog.LevelDebug) {
+		if info.FullMethod != quiet || log.Enabled(ss.Context(), slog.LevelDebug) {
 			return logs(srv, ss, info, handler)
 		}
 		start := time.Now()
