@@ -147,11 +147,20 @@ func (s *Service) ServeConnection(stream serveStream) error {
 		// A handler that goes away (or cancels the call to reset) resets
 		// the socket even while a write to a peer that does not read
 		// blocks the reading of its messages.
-		select {
-		case <-sess.Done():
-		case <-ctx.Done():
-			sess.Abort(ctx.Err())
-			<-sess.Done()
+		for gone := rd.gone; ; {
+			select {
+			case <-sess.Done():
+			case <-ctx.Done():
+				sess.Abort(ctx.Err())
+				<-sess.Done()
+			case <-gone:
+				gone = nil // the handler sends nothing more; a connection it ended goes on
+				if why := rd.orphaned(sess); why != nil {
+					sess.Abort(why)
+				}
+				continue
+			}
+			break
 		}
 		// Reuse: the stream parks again before closed goes, so that the
 		// handler, reading closed, knows it is parked.
@@ -223,11 +232,12 @@ type handlerReader struct {
 	reuse  bool
 
 	mu       sync.Mutex
-	opened   []*listener.Session // opened, in order, not yet answered by a mark: the first is the one messages are for
-	stopped  bool                // reading stopped: a connection opened now has no handler
-	err      error               // a broken protocol: the stream's status
-	released chan struct{}       // closed on the handler's release
-	gone     chan struct{}       // closed when reading stops
+	opened   []*listener.Session         // opened, in order, not yet answered by a mark: the first is the one messages are for
+	stopped  bool                        // reading stopped: a connection opened now has no handler
+	orphans  map[*listener.Session]error // once reading stopped: the connections to reset, and why
+	err      error                       // a broken protocol: the stream's status
+	released chan struct{}               // closed on the handler's release
+	gone     chan struct{}               // closed when reading stops
 }
 
 func newHandlerReader(s *Service, stream serveStream, reuse bool) *handlerReader {
@@ -248,21 +258,34 @@ func (rd *handlerReader) serve(sess *listener.Session) bool {
 	return true
 }
 
-// stop ends the reading: a connection opened on the stream and not yet
-// heard from (all but cur) is reset, as nothing the handler sends can
-// reach it now.
-func (rd *handlerReader) stop(cur *listener.Session) {
+// stop ends the reading. A connection opened on the stream and not yet
+// heard from (all but cur) is left orphaned: nothing the handler sends
+// can reach it now, and the stream's goroutine resets it (orphaned), once
+// it has given it over, so that it never resets a connection that was
+// not the handler's.
+func (rd *handlerReader) stop(cur *listener.Session, why error) {
 	rd.mu.Lock()
 	rd.stopped = true
-	left := rd.opened
-	rd.opened = nil
-	rd.mu.Unlock()
-	for _, n := range left {
+	rd.orphans = map[*listener.Session]error{}
+	for _, n := range rd.opened {
 		if n != cur {
-			n.Abort(errors.New("the handler's stream ended without end or reset"))
+			rd.orphans[n] = errors.New("the handler's stream ended without end or reset")
 		}
 	}
+	if cur != nil && why != nil {
+		rd.orphans[cur] = why
+	}
+	rd.opened = nil
+	rd.mu.Unlock()
 	close(rd.gone)
+}
+
+// orphaned says why sess must be reset now that reading stopped (nil: it
+// goes on, its handler having ended its side).
+func (rd *handlerReader) orphaned(sess *listener.Session) error {
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	return rd.orphans[sess]
 }
 
 // open says whether the stream can serve another connection: the handler
@@ -311,16 +334,17 @@ func (rd *handlerReader) broke(cur *listener.Session, field, why string) {
 // connection going.
 func (rd *handlerReader) run() {
 	var cur *listener.Session // nil: before the first message for the connection they are for
-	defer func() { rd.stop(cur) }()
+	var why error             // cur must be reset: the stream broke, or ended before its end
+	defer func() { rd.stop(cur, why) }()
 	ended, over := false, false // over: cur takes no more
 	for {
 		m, err := rd.stream.Recv()
 		if err != nil {
 			if cur != nil && !over {
 				if !errors.Is(err, io.EOF) {
-					cur.Abort(err)
+					why = err
 				} else if !ended {
-					cur.Abort(errors.New("the handler closed its stream without end or reset"))
+					why = errors.New("the handler closed its stream without end or reset")
 				}
 			}
 			return
