@@ -233,7 +233,11 @@ func (o *jsonOut) timestamp(k string, t *timestamppb.Timestamp) {
 	if t == nil {
 		return
 	}
-	secs, nanos := t.GetSeconds(), int64(t.GetNanos())
+	o.timeParts(k, t.GetSeconds(), int64(t.GetNanos()))
+}
+
+// timeParts writes a Timestamp of secs and nanos.
+func (o *jsonOut) timeParts(k string, secs, nanos int64) {
 	if secs < minTimestampSeconds || secs > maxTimestampSeconds || nanos < 0 || nanos > maxNanos {
 		o.refused = true
 		return
@@ -250,7 +254,11 @@ func (o *jsonOut) duration(k string, d *durationpb.Duration) {
 	if d == nil {
 		return
 	}
-	secs, nanos := d.GetSeconds(), int64(d.GetNanos())
+	o.durationParts(k, d.GetSeconds(), int64(d.GetNanos()))
+}
+
+// durationParts writes a Duration of secs and nanos.
+func (o *jsonOut) durationParts(k string, secs, nanos int64) {
 	if secs < -maxDurationSeconds || secs > maxDurationSeconds || nanos < -maxNanos || nanos > maxNanos ||
 		(secs > 0 && nanos < 0) || (secs < 0 && nanos > 0) {
 		o.refused = true
@@ -292,7 +300,7 @@ func appendFraction(b []byte, nanos int64) []byte {
 
 // appendJSONString quotes valid UTF-8 as protojson does: only '"', '\\'
 // and control characters are escaped.
-func appendJSONString(b []byte, s string) []byte {
+func appendJSONString[T string | []byte](b []byte, s T) []byte {
 	b = append(b, '"')
 	for i := 0; i < len(s); i++ {
 		c := s[i]
