@@ -244,9 +244,20 @@ func (o *jsonOut) timeParts(k string, secs, nanos int64) {
 	}
 	o.key(k)
 	o.b = append(o.b, '"')
-	o.b = time.Unix(secs, 0).UTC().AppendFormat(o.b, "2006-01-02T15:04:05")
+	o.b = appendDateTime(o.b, time.Unix(secs, 0).UTC())
 	o.b = appendFraction(o.b, nanos)
 	o.b = append(o.b, 'Z', '"')
+}
+
+// appendDateTime appends t as "2006-01-02T15:04:05", its year within 1
+// and 9999 (the Timestamp's bounds): AppendFormat's output, without its
+// layout parsing.
+func appendDateTime(b []byte, t time.Time) []byte {
+	y, mo, d := t.Date()
+	h, mi, s := t.Clock()
+	b = append(b, byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), '-')
+	b = append(b, byte('0'+mo/10), byte('0'+mo%10), '-', byte('0'+d/10), byte('0'+d%10), 'T')
+	return append(b, byte('0'+h/10), byte('0'+h%10), ':', byte('0'+mi/10), byte('0'+mi%10), ':', byte('0'+s/10), byte('0'+s%10))
 }
 
 // duration writes seconds with 0, 3, 6 or 9 fractional digits and "s".
