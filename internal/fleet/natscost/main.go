@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +36,7 @@ import (
 
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/fleet"
+	"github.com/listenerd/listenerd/internal/service"
 )
 
 var (
@@ -80,6 +82,7 @@ func main() {
 }
 
 var desc = map[string]string{
+	"pub": "the daemon's fleet.Publisher on a bus, connection events",
 	"a":   "daemon now: reply per msg, Nats-Msg-Id, file",
 	"b":   "as a, no Nats-Msg-Id",
 	"c":   "fast batch per burst (flow 500, gap fail, commit EOB), Msg-Id",
@@ -233,7 +236,7 @@ func runOne(v string, profile bool) (serverUs, clientUs float64, err error) {
 	// warm up: a few messages the same way, not counted? Keep it simple:
 	// measure everything from here.
 	pid := cmd.Process.Pid
-	s0, c0 := procCPU(pid), selfCPU()
+	s0, c0, w0 := procCPU(pid), selfCPU(), syscw()
 	switch v {
 	case "a", "b", "e", "f", "g", "h", "i", "w", "w60":
 		err = perMsg(nc, v != "b", false)
@@ -255,6 +258,8 @@ func runOne(v string, profile bool) (serverUs, clientUs float64, err error) {
 		err = fastBatch(nc, true, true)
 	case "t":
 		err = atomicBatch(nc)
+	case "pub":
+		err = realPublisher(nc)
 	default:
 		err = fmt.Errorf("unknown variant %q", v)
 	}
@@ -276,7 +281,63 @@ func runOne(v string, profile bool) (serverUs, clientUs float64, err error) {
 	if got := st.CachedInfo().State.Msgs; got != uint64(*n) && got != uint64(*n/2) && got != uint64(*n/8) {
 		return 0, 0, fmt.Errorf("stream holds %d messages, want %d", got, *n)
 	}
+	if v == "pub" {
+		fmt.Printf("   pub: %.3f write syscalls an event (this process)\n", float64(syscw()-w0)/float64(*n))
+	}
 	return float64((s1 - s0).Microseconds()) / float64(*n), float64((c1 - c0).Microseconds()) / float64(*n), nil
+}
+
+// syscw is this process's write syscalls so far.
+func syscw() int64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "syscw: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// realPublisher runs the daemon's publisher (fleet.Start, the service's
+// encoder) on a bus and publishes -n connection events (opened, closed,
+// as a's load makes them) recorded in bursts of -burst every -linger,
+// until all are acknowledged. The client's CPU is the publisher's (and the
+// bus's, small), with no listener in the process.
+func realPublisher(nc *nats.Conn) error {
+	bus := events.NewBus(events.Options{History: 1 << 17})
+	defer bus.Close()
+	pub, err := fleet.Start(nc, bus, fleet.Options{Host: "bench", Encode: func(dst []byte, e *events.Event) ([]byte, error) {
+		return service.AppendEventJSON(dst, e, bus.BootID())
+	}})
+	if err != nil {
+		return err
+	}
+	defer pub.Stop(10 * time.Second)
+	local := netip.MustParseAddrPort("127.0.0.1:41234")
+	for i := 0; i < *n; {
+		for k := 0; k < *burst && i < *n; k, i = k+1, i+1 {
+			conn := uint64(i/2 + 1)
+			e := events.Event{Listener: "l-7f3a9c", Kind: events.KindConnectionOpened, Conn: conn,
+				Tuple: events.Tuple{Remote: netip.AddrPortFrom(local.Addr(), uint16(30000+conn%30000)), Local: local}}
+			if i%2 == 1 {
+				e.Kind, e.Close, e.BytesIn, e.BytesOut, e.Duration = events.KindConnectionClosed, events.ClosePeerClosed, 16, 16, 300*time.Microsecond
+			}
+			bus.Publish(e)
+		}
+		time.Sleep(*linger)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for pub.Acked() < bus.Head() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("acked %d of %d", pub.Acked(), bus.Head())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
 }
 
 var idMode string
