@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -82,26 +83,28 @@ func main() {
 }
 
 var desc = map[string]string{
-	"pub": "the daemon's fleet.Publisher on a bus, connection events",
-	"a":   "daemon now: reply per msg, Nats-Msg-Id, file",
-	"b":   "as a, no Nats-Msg-Id",
-	"c":   "fast batch per burst (flow 500, gap fail, commit EOB), Msg-Id",
-	"cn":  "fast batch, no Nats-Msg-Id",
-	"c1":  "one fast batch for all N (commit EOB at the end), Msg-Id",
-	"t":   "atomic batch per burst, Msg-Id",
-	"d":   "reply on the burst's last msg only, Msg-Id",
-	"e":   "as a, memory storage",
-	"f":   "as a, PersistMode async",
-	"fc":  "fast batch per burst + PersistMode async",
-	"g":   "as a, duplicates window 30s",
-	"h":   "as a, sync interval 10s (server option)",
-	"i":   "as a, sync always (server option)",
-	"s":   "as a, short Nats-Msg-Id (b1-<seq>)",
-	"x":   "as b plus a header X-Seq (no Msg-Id)",
-	"w":   "as a, duplicates window 5s",
-	"w60": "as a, duplicates window 60s",
-	"p2":  "as a, 2 events per message (µs per event)",
-	"p8":  "as a, 8 events per message (µs per event)",
+	"pub":  "the daemon's fleet.Publisher on a bus, connection events",
+	"raw1": "as a over a plain socket, each burst one write",
+	"raw0": "as a over a plain socket, each message its own write",
+	"a":    "daemon now: reply per msg, Nats-Msg-Id, file",
+	"b":    "as a, no Nats-Msg-Id",
+	"c":    "fast batch per burst (flow 500, gap fail, commit EOB), Msg-Id",
+	"cn":   "fast batch, no Nats-Msg-Id",
+	"c1":   "one fast batch for all N (commit EOB at the end), Msg-Id",
+	"t":    "atomic batch per burst, Msg-Id",
+	"d":    "reply on the burst's last msg only, Msg-Id",
+	"e":    "as a, memory storage",
+	"f":    "as a, PersistMode async",
+	"fc":   "fast batch per burst + PersistMode async",
+	"g":    "as a, duplicates window 30s",
+	"h":    "as a, sync interval 10s (server option)",
+	"i":    "as a, sync always (server option)",
+	"s":    "as a, short Nats-Msg-Id (b1-<seq>)",
+	"x":    "as b plus a header X-Seq (no Msg-Id)",
+	"w":    "as a, duplicates window 5s",
+	"w60":  "as a, duplicates window 60s",
+	"p2":   "as a, 2 events per message (µs per event)",
+	"p8":   "as a, 8 events per message (µs per event)",
 }
 
 func median(xs []float64) float64 {
@@ -260,6 +263,8 @@ func runOne(v string, profile bool) (serverUs, clientUs float64, err error) {
 		err = atomicBatch(nc)
 	case "pub":
 		err = realPublisher(nc)
+	case "raw1", "raw0":
+		err = rawPerMsg(strings.TrimSpace(url), v == "raw1")
 	default:
 		err = fmt.Errorf("unknown variant %q", v)
 	}
@@ -553,6 +558,100 @@ func atomicBatch(nc *nats.Conn) error {
 			}
 		}
 		time.Sleep(*linger)
+	}
+	return nil
+}
+
+// rawPerMsg publishes as perMsg does (reply per message, Nats-Msg-Id) over
+// a plain TCP connection speaking the protocol, each burst in one write
+// (oneWrite) or each message in a write of its own: what the server pays
+// for the bursts arriving in pieces.
+func rawPerMsg(url string, oneWrite bool) error {
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "nats://"))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil { // INFO
+		return err
+	}
+	inbox := "_INBOX.raw."
+	if _, err := fmt.Fprintf(c, "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1}\r\nSUB %s* 1\r\nPING\r\n", inbox); err != nil {
+		return err
+	}
+	if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "PONG") {
+		return fmt.Errorf("connect: %q %v", l, err)
+	}
+	var acked atomic.Int64
+	var bad atomic.Int64
+	ch := make(chan struct{}, 1)
+	go func() {
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if !strings.HasPrefix(l, "MSG ") {
+				if strings.HasPrefix(l, "PING") {
+					fmt.Fprint(c, "PONG\r\n")
+				}
+				continue
+			}
+			f := strings.Fields(l)
+			size, _ := strconv.Atoi(f[len(f)-1])
+			body := make([]byte, size+2)
+			if _, err := io.ReadFull(r, body); err != nil {
+				return
+			}
+			if !strings.HasPrefix(string(body), `{"stream":`) || strings.Contains(string(body), `"error"`) {
+				bad.Add(1)
+			}
+			acked.Add(1)
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	var buf []byte
+	seq := uint64(0)
+	for seq < uint64(*n) {
+		k := min(*burst, *n-int(seq))
+		buf = buf[:0]
+		for i := 0; i < k; i++ {
+			seq++
+			for int64(seq)-1-acked.Load() >= 1024 {
+				<-ch
+			}
+			m := msgFor(seq, true)
+			hdr := "NATS/1.0\r\n" + jetstream.MsgIDHeader + ": " + m.Header.Get(jetstream.MsgIDHeader) + "\r\n\r\n"
+			buf = fmt.Appendf(buf, "HPUB %s %s%d %d %d\r\n%s", m.Subject, inbox, seq, len(hdr), len(hdr)+len(m.Data), hdr)
+			buf = append(append(buf, m.Data...), '\r', '\n')
+			if !oneWrite {
+				if _, err := c.Write(buf); err != nil {
+					return err
+				}
+				buf = buf[:0]
+			}
+		}
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+		time.Sleep(*linger)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for acked.Load() < int64(*n) {
+		select {
+		case <-ch:
+		case <-time.After(time.Second):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("acked %d of %d", acked.Load(), *n)
+		}
+	}
+	if bad.Load() > 0 {
+		return fmt.Errorf("%d bad acks", bad.Load())
 	}
 	return nil
 }
