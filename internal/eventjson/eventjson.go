@@ -313,7 +313,12 @@ func appendFraction(b []byte, nanos int64) []byte {
 // and control characters are escaped.
 func appendJSONString[T string | []byte](b []byte, s T) []byte {
 	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
+	i := 0
+	for i < len(s) && s[i] >= ' ' && s[i] != '"' && s[i] != '\\' {
+		i++
+	}
+	b = append(b, s[:i]...)
+	for ; i < len(s); i++ {
 		c := s[i]
 		if c >= ' ' && c != '"' && c != '\\' {
 			b = append(b, c)
