@@ -52,6 +52,7 @@ var (
 	linger   = flag.Duration("linger", 5*time.Millisecond, "wait between batches")
 	reps     = flag.Int("reps", 5, "repetitions")
 	variants = flag.String("variants", "a,b,c,d,e,f", "variants")
+	wbuf     = flag.Int("wbuf", 0, "the client's nats.WriteBufferSize (0: nats.go's 32 KB)")
 	profVar  = flag.String("profile", "", "variant to profile (server), writes $TMPDIR/natscost-<v>.prof")
 )
 
@@ -207,7 +208,7 @@ func runOne(v string, profile bool) (serverUs, clientUs float64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	nc, err := nats.Connect(strings.TrimSpace(url))
+	nc, err := nats.Connect(strings.TrimSpace(url), nats.WriteBufferSize(*wbuf))
 	if err != nil {
 		return 0, 0, err
 	}
