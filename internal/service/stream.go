@@ -361,7 +361,11 @@ func (rd *handlerReader) run() {
 				}
 				rd.mu.Unlock()
 				if answered == nil || !isDone(answered) {
-					rd.broke(answered, "take", "a take or release on a reused stream answers closed: none came yet")
+					field := "take"
+					if _, ok := k.(*listenerdv1.ServeConnectionRequest_Release); ok {
+						field = "release"
+					}
+					rd.broke(answered, field, "a take or release on a reused stream answers closed: none came yet")
 					return
 				}
 				if t := m.GetTake(); t != nil && t.GetConnectionId() != "" {
