@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -681,6 +682,26 @@ func (s *Session) Abort(err error) {
 	}
 	s.failure.Store(&err)
 	s.c.close(events.CloseHandlerGone, true)
+	s.endOnce.Do(func() { close(s.handlerEnd) })
+}
+
+// Fail closes the connection whose socket failed a write of the
+// handler's bytes (the peer reset it, or took nothing for the idle
+// timeout). The socket will not say it again: a write that failed on a
+// reset took the error, and the next read sees an end.
+func (s *Session) Fail(err error) {
+	select {
+	case <-s.done:
+		return // closed already
+	default:
+	}
+	reason := events.CloseReset
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		reason = events.CloseIdleTimeout
+	} else {
+		s.failure.Store(&err)
+	}
+	s.c.close(reason, false)
 	s.endOnce.Do(func() { close(s.handlerEnd) })
 }
 

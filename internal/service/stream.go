@@ -405,7 +405,8 @@ func (rd *handlerReader) run() {
 				return
 			}
 			if err := cur.Write(k.Data); err != nil {
-				over = true // the socket failed: the connection is closing
+				cur.Fail(err) // the socket failed: the connection closes
+				over = true
 			}
 		case *listenerdv1.ServeConnectionRequest_End:
 			if !ended {
