@@ -698,10 +698,16 @@ func (s *Session) Fail(err error) {
 	reason := events.CloseReset
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		reason = events.CloseIdleTimeout
-	} else {
-		s.failure.Store(&err)
 	}
-	s.c.close(reason, false)
+	// Its reason, and the error, only if nothing closed it first (a kick,
+	// a fault, its listener): a write to a socket closed by the daemon
+	// fails too.
+	if s.c.reason.CompareAndSwap(0, uint32(reason)) {
+		if reason == events.CloseReset {
+			s.failure.Store(&err) // before the close wakes the connection's goroutine
+		}
+		s.c.close(reason, false)
+	}
 	s.endOnce.Do(func() { close(s.handlerEnd) })
 }
 
