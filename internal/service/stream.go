@@ -362,7 +362,7 @@ func (rd *handlerReader) run() {
 				rd.mu.Unlock()
 				if answered == nil || !isDone(answered) {
 					field := "take"
-					if _, ok := k.(*listenerdv1.ServeConnectionRequest_Release); ok {
+					if m.GetRelease() != nil {
 						field = "release"
 					}
 					rd.broke(answered, field, "a take or release on a reused stream answers closed: none came yet")
