@@ -46,6 +46,11 @@ type Conn struct {
 	result  *listenerdv1.ConnectionClosed
 	recvErr error
 	gone    chan struct{} // Close: frames are dropped from now on
+	// A send failed (sendFailed), and the reader holds a frame nobody
+	// reads (stuck): the stream's end lies behind it, and a failed Write
+	// does not wait for it.
+	sendFailed, stuck   chan struct{}
+	failOnce, stuckOnce sync.Once
 
 	rmu  sync.Mutex // one Read at a time
 	rbuf []byte
@@ -66,7 +71,7 @@ type Conn struct {
 func newConn(l *Listener, s listenerdv1.ListenerService_ServeConnectionClient, cancel context.CancelFunc, o *listenerdv1.ConnectionOpened) *Conn {
 	c := &Conn{s: s, cancel: cancel, l: l, id: o.GetConnectionId(), tuple: o.GetTuple(),
 		frames: make(chan []byte), peerEnd: make(chan struct{}), done: make(chan struct{}),
-		gone: make(chan struct{}), rdlWake: make(chan struct{})}
+		gone: make(chan struct{}), rdlWake: make(chan struct{}), sendFailed: make(chan struct{}), stuck: make(chan struct{})}
 	return c
 }
 
@@ -122,10 +127,7 @@ func (c *Conn) serve() (reusable bool) {
 		}
 		switch k := m.GetKind().(type) {
 		case *listenerdv1.ServeConnectionResponse_Data:
-			select {
-			case c.frames <- k.Data:
-			case <-c.gone:
-			}
+			c.deliver(k.Data)
 		case *listenerdv1.ServeConnectionResponse_End:
 			if !ended {
 				ended = true
@@ -143,6 +145,30 @@ func (c *Conn) serve() (reusable bool) {
 			}
 		}
 	}
+}
+
+// deliver hands a frame to Read, or drops it after Close. A send that
+// failed meanwhile is told that the frame waits (stuck): the stream's end
+// cannot be read past it until Read takes it.
+func (c *Conn) deliver(f []byte) {
+	select {
+	case c.frames <- f:
+		return
+	case <-c.gone:
+		return
+	case <-c.sendFailed:
+	}
+	c.stuckOnce.Do(func() { close(c.stuck) })
+	select {
+	case c.frames <- f:
+	case <-c.gone:
+	}
+}
+
+// sendErr is the error of a send that failed: the stream ended.
+func (c *Conn) sendErr(op string) error {
+	c.failOnce.Do(func() { close(c.sendFailed) })
+	return c.endErr(op)
 }
 
 // ID is the connection's id on the daemon.
@@ -261,7 +287,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 		n := min(len(p)-done, MaxFrame)
 		if err := c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Data{Data: p[done : done+n]}}); err != nil {
-			return done, c.endErr("write")
+			return done, c.sendErr("write")
 		}
 		done += n
 	}
@@ -282,7 +308,7 @@ func (c *Conn) endLocked() error {
 	}
 	c.wended = true
 	if err := c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}}); err != nil {
-		return c.endErr("close")
+		return c.sendErr("close")
 	}
 	if c.l != nil {
 		return nil // the stream stays open for the next take
@@ -342,9 +368,21 @@ func (c *Conn) Closed() *listenerdv1.ConnectionClosed {
 	}
 }
 
+// errUnreadAhead is the error of a send on a stream that ended while the
+// peer's bytes before its end are not read yet.
+var errUnreadAhead = errors.New("the connection's stream ended (the peer's last bytes are not read yet)")
+
 // endErr is the error of a read or write on a stream that has ended.
 func (c *Conn) endErr(op string) error {
-	<-c.done
+	select {
+	case <-c.done:
+	default:
+		select {
+		case <-c.done:
+		case <-c.stuck:
+			return c.opErr(op, errUnreadAhead)
+		}
+	}
 	if r := c.result; r != nil {
 		if r.GetReason() == listenerdv1.CloseReason_CLOSE_REASON_PEER_CLOSED {
 			return io.EOF

@@ -361,7 +361,11 @@ func (rd *handlerReader) run() {
 				}
 				rd.mu.Unlock()
 				if answered == nil || !isDone(answered) {
-					rd.broke(answered, "take", "a take or release on a reused stream answers closed: none came yet")
+					field := "take"
+					if m.GetRelease() != nil {
+						field = "release"
+					}
+					rd.broke(answered, field, "a take or release on a reused stream answers closed: none came yet")
 					return
 				}
 				if t := m.GetTake(); t != nil && t.GetConnectionId() != "" {
@@ -401,7 +405,8 @@ func (rd *handlerReader) run() {
 				return
 			}
 			if err := cur.Write(k.Data); err != nil {
-				over = true // the socket failed: the connection is closing
+				cur.Fail(err) // the socket failed: the connection closes
+				over = true
 			}
 		case *listenerdv1.ServeConnectionRequest_End:
 			if !ended {
