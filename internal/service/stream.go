@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -95,6 +96,12 @@ func (s *Service) ServeConnection(stream serveStream) error {
 	}
 	handler, reuse := take.GetHandlerId(), take.GetReuse()
 	rd := newHandlerReader(s, stream, reuse)
+	if reuse && take.GetEndMarks() {
+		rd.endMarks = true
+		// Sent with the headers: the handler may leave out the take
+		// after a connection it ended.
+		_ = stream.SetHeader(endMarksHeader)
+	}
 	o := &opener{rd: rd, stream: stream, msgs: newResponses(stream), mu: make(chan struct{}, 1)}
 	var sess *listener.Session
 	var r *listener.Ready
@@ -192,6 +199,10 @@ func (s *Service) ServeConnection(stream serveStream) error {
 		sess = nil
 	}
 }
+
+// endMarksHeader, in a stream's response headers, says the daemon takes
+// the handler's end or reset as its mark (Take.end_marks).
+var endMarksHeader = metadata.Pairs("listenerd-end-marks", "1")
 
 type serveStream = grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]
 
@@ -322,11 +333,14 @@ func (o *opener) failure() error {
 // to the connection they are for. On a stream taken with reuse, take and
 // release mark the end of a closed connection's messages: what the
 // handler sent for it before it saw closed is dropped, and the messages
-// after the mark are for the next connection opened on the stream.
+// after the mark are for the next connection opened on the stream. With
+// end marks, the handler's end or reset is a mark too, and release is
+// none.
 type handlerReader struct {
-	s      *Service
-	stream serveStream
-	reuse  bool
+	s        *Service
+	stream   serveStream
+	reuse    bool
+	endMarks bool // set before run
 
 	mu       sync.Mutex
 	opened   []*listener.Session         // opened, in order, not yet answered by a mark: the first is the one messages are for
@@ -447,8 +461,13 @@ func (rd *handlerReader) run() {
 			return
 		}
 		if rd.reuse {
-			switch k := m.GetKind().(type) {
-			case *listenerdv1.ServeConnectionRequest_Take, *listenerdv1.ServeConnectionRequest_Release:
+			_, release := m.GetKind().(*listenerdv1.ServeConnectionRequest_Release)
+			_, take := m.GetKind().(*listenerdv1.ServeConnectionRequest_Take)
+			if release && rd.endMarks {
+				rd.release() // no mark: the parking ends
+				continue
+			}
+			if take || release {
 				// A mark answers the closed of the oldest connection
 				// opened and not yet answered: it must be done.
 				rd.mu.Lock()
@@ -465,12 +484,8 @@ func (rd *handlerReader) run() {
 					rd.broke(nil, "take.connection_id", "must be empty in a reused stream's later takes")
 					return
 				}
-				if _, ok := k.(*listenerdv1.ServeConnectionRequest_Release); ok {
-					select {
-					case <-rd.released:
-					default:
-						close(rd.released)
-					}
+				if release {
+					rd.release()
 				}
 				cur, ended, over = nil, false, true
 				continue
@@ -489,8 +504,16 @@ func (rd *handlerReader) run() {
 			ended, over = false, false
 		}
 		if over {
+			if rd.endMarks {
+				switch m.GetKind().(type) {
+				case *listenerdv1.ServeConnectionRequest_End, *listenerdv1.ServeConnectionRequest_Reset_:
+					rd.marked(cur) // the mark, after leftovers
+					cur, ended = nil, false
+				}
+			}
 			continue // the closed connection's leftovers, before the mark
 		}
+		mark := false // end marks: this end or reset is the mark
 		switch k := m.GetKind().(type) {
 		case *listenerdv1.ServeConnectionRequest_Data:
 			if ended {
@@ -505,9 +528,10 @@ func (rd *handlerReader) run() {
 				ended = true
 				_ = cur.CloseWrite()
 			}
+			mark = rd.endMarks
 		case *listenerdv1.ServeConnectionRequest_Reset_:
 			cur.Reset()
-			over = true
+			over, mark = true, rd.endMarks
 		default:
 			rd.broke(cur, "kind", "data, end or reset while a connection is served")
 			return
@@ -515,7 +539,32 @@ func (rd *handlerReader) run() {
 		if over && !rd.reuse {
 			return
 		}
+		if mark {
+			// End or reset: the mark. What follows is for the next
+			// connection.
+			rd.marked(cur)
+			cur, ended, over = nil, false, true
+		}
 	}
+}
+
+// release ends the stream's parking, once.
+func (rd *handlerReader) release() {
+	select {
+	case <-rd.released:
+	default:
+		close(rd.released)
+	}
+}
+
+// marked answers cur, the oldest connection opened and not answered, by
+// the handler's end or reset (end marks).
+func (rd *handlerReader) marked(cur *listener.Session) {
+	rd.mu.Lock()
+	if len(rd.opened) > 0 && rd.opened[0] == cur {
+		rd.opened = rd.opened[1:]
+	}
+	rd.mu.Unlock()
 }
 
 // responses are a stream's messages to the handler, made once and filled
