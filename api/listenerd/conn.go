@@ -33,8 +33,11 @@ type Conn struct {
 	s      listenerdv1.ListenerService_ServeConnectionClient
 	cancel context.CancelFunc
 	l      *Listener // the stream was taken for reuse: it goes back to l after closed
-	id     string
-	tuple  *listenerdv1.FiveTuple
+	// endMarks: the daemon takes our end or reset as the mark of this
+	// connection's end on a reused stream (Take.end_marks).
+	endMarks bool
+	id       string
+	tuple    *listenerdv1.FiveTuple
 	// The addresses, made from tuple when first asked for: most
 	// connections never are.
 	addrOnce      sync.Once
@@ -62,6 +65,7 @@ type Conn struct {
 	wmu      sync.Mutex
 	wended   bool
 	released bool // closed, and the stream given back: nothing more is sent on it
+	marked   bool // once released: our end or reset went first, and was the mark (endMarks)
 	closed   sync.Once
 }
 
@@ -107,7 +111,7 @@ func (c *Conn) recv() {
 // when the stream was released or ended.
 func (c *Conn) recvReused() *parking {
 	if c.serve() {
-		return c.l.reuse(&parking{s: c.s, cancel: c.cancel})
+		return c.l.reuse(&parking{s: c.s, cancel: c.cancel, endMarks: c.endMarks, marked: c.marked})
 	}
 	c.cancel()
 	return nil
@@ -140,6 +144,7 @@ func (c *Conn) serve() (reusable bool) {
 				// take; from now on it sends nothing.
 				c.wmu.Lock()
 				c.released = true
+				c.marked = c.endMarks && c.wended
 				c.wmu.Unlock()
 				return true
 			}

@@ -217,9 +217,11 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 // parking is a stream opened ahead, or one whose connection closed and
 // that serves the next.
 type parking struct {
-	s      listenerdv1.ListenerService_ServeConnectionClient
-	cancel context.CancelFunc
-	fresh  bool // opened for this park: its take asks for reuse
+	s        listenerdv1.ListenerService_ServeConnectionClient
+	cancel   context.CancelFunc
+	fresh    bool // opened for this park: its take asks for reuse
+	endMarks bool // the daemon takes our end or reset as the mark (Take.end_marks)
+	marked   bool // the connection it served was ended or reset: no take answers its closed
 }
 
 // addReady counts one more stream parking, unless Close has begun.
@@ -249,7 +251,16 @@ func (l *Listener) reuse(p *parking) *parking {
 // on it before the release came is served all the same, and the stream
 // ends after it.
 func (l *Listener) release(p *parking) {
-	err := p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Release{Release: &listenerdv1.Release{}}})
+	var err error
+	if p.endMarks && !p.marked {
+		// With end marks a release is no mark: a take answers the closed
+		// first.
+		err = p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+			Take: &listenerdv1.Take{HandlerId: l.handle}}})
+	}
+	if err == nil {
+		err = p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Release{Release: &listenerdv1.Release{}}})
+	}
 	var m *listenerdv1.ServeConnectionResponse
 	if err == nil {
 		m, err = p.s.Recv()
@@ -325,13 +336,21 @@ func (l *Listener) readyOne(p *parking) (*Conn, error) {
 		p = &parking{s: s, cancel: cancel, fresh: true}
 	}
 	stop := context.AfterFunc(l.readyAbort, p.cancel)
-	// A new stream's take asks for reuse; a reused one's answers the
-	// closed before it: the daemon parked it again before that closed.
-	err := p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
-		Take: &listenerdv1.Take{HandlerId: l.handle, Reuse: p.fresh}}})
+	// A new stream's take asks for reuse, with end marks; a reused one's
+	// answers the closed before it (the daemon parked it again before
+	// that closed), unless our end or reset did (end marks).
+	var err error
+	if p.fresh || !p.endMarks || !p.marked {
+		err = p.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+			Take: &listenerdv1.Take{HandlerId: l.handle, Reuse: p.fresh, EndMarks: p.fresh}}})
+	}
 	var m *listenerdv1.ServeConnectionResponse
 	if err == nil {
-		if _, herr := p.s.Header(); herr == nil {
+		if md, herr := p.s.Header(); herr == nil {
+			if p.fresh {
+				// An older daemon does not say it, and needs the take.
+				p.endMarks = len(md.Get(endMarksHeader)) > 0
+			}
 			l.parked.Add(1)
 			defer l.parked.Add(-1)
 		}
@@ -344,8 +363,14 @@ func (l *Listener) readyOne(p *parking) (*Conn, error) {
 		}
 		return nil, err
 	}
-	return newConn(l, p.s, p.cancel, m.GetOpened()), nil
+	c := newConn(l, p.s, p.cancel, m.GetOpened())
+	c.endMarks = p.endMarks
+	return c, nil
 }
+
+// endMarksHeader, in a ServeConnection stream's response headers, says
+// the daemon takes our end or reset as the mark (Take.end_marks).
+const endMarksHeader = "listenerd-end-marks"
 
 func (c *Client) attachStream(ctx context.Context, ref string, cfg listenConfig, handover bool) (listenerdv1.ListenerService_AttachHandlerClient, *listenerdv1.AttachHandlerResponse, error) {
 	st, err := c.AttachHandler(ctx, &listenerdv1.AttachHandlerRequest{ListenerId: ref, MaxConnections: uint32(cfg.max),

@@ -254,6 +254,9 @@ func (l *Listener) finish(c *Conn, reason events.CloseReason, errText string) {
 	if s := c.session; s != nil {
 		s.result = ConnResult{Reason: reason, Error: errText, BytesIn: in, BytesOut: out, Duration: dur}
 		close(s.done)
+		if r := s.ready; r != nil {
+			r.signal() // its stream's goroutine sends closed
+		}
 	}
 	l.startPromoted(promoted, pseq)
 	l.signalSlot()

@@ -71,16 +71,10 @@ type streamHub struct {
 // waiting is a connection waiting to be taken.
 type waiting struct {
 	c          *Conn
-	to         *Attachment // offered to; nil while queued
-	taken      chan *Session
-	slot       *Ready // bound to this ready stream, not claimed yet; guarded by hub.mu
-	sawHandler bool   // a handler was attached at some time during the wait
-	gone       bool   // timed out or killed: no longer takeable
-	// giving: a ready stream claimed it and is sending its opened
-	// message; that send decides (Session.Start or Session.GiveBack).
-	// late: its wait ended meanwhile, and Serve waits for the outcome.
-	// Both guarded by hub.mu.
-	giving, late bool
+	to         *Attachment   // offered to; nil while queued
+	taken      chan *Session // taken, or bound to a ready stream (Session.ready): Serve opens it
+	sawHandler bool          // a handler was attached at some time during the wait
+	gone       bool          // timed out or killed: no longer takeable
 }
 
 // Offer is a connection offered to one handler.
@@ -174,7 +168,7 @@ func (a *Attachment) end() { a.once.Do(func() { close(a.done) }) }
 // hub.mu must be held.
 func (a *Attachment) endReadyLocked() {
 	for _, r := range a.ready {
-		r.ended = true
+		r.state = readyEnded
 		r.signal()
 	}
 	a.ready = nil
@@ -276,8 +270,9 @@ func (h *streamHub) dispatchLocked() {
 		if len(best.ready) > 0 { // a stream opened ahead: no offer, no take
 			r := best.ready[0]
 			best.ready = best.ready[1:]
-			r.w, w.slot = w, r
-			r.signal()
+			s := &Session{c: w.c, to: best, pending: w, ready: r, handlerEnd: make(chan struct{}), done: make(chan struct{})}
+			r.state, r.cur = readyBound, s
+			w.taken <- s // room: one binding at a time; Serve opens it on its own goroutine
 			continue
 		}
 		h.offered[w.c.n] = w
@@ -315,7 +310,8 @@ func (h *streamHub) close() {
 }
 
 // Serve waits until a handler takes the connection, then lets it pump
-// the bytes.
+// the bytes. A connection bound to a ready stream is opened from here, on
+// the connection's goroutine: the stream's goroutine is not woken for it.
 func (h *streamHub) Serve(c *Conn) error {
 	w := &waiting{c: c, taken: make(chan *Session, 1)}
 	h.mu.Lock()
@@ -324,41 +320,30 @@ func (h *streamHub) Serve(c *Conn) error {
 	h.dispatchLocked()
 	h.mu.Unlock()
 
-	t := time.NewTimer(h.timeout)
+	t := time.NewTimer(h.timeout) // given back to the queue, it keeps its claim timeout
 	defer t.Stop()
 	var s *Session
-	select {
-	case s = <-w.taken:
-	case <-t.C:
-	case <-c.killed():
-	}
-	if s == nil {
-		h.mu.Lock()
-		if w.giving {
-			// A ready stream is sending it its opened message: it is
-			// given over (a session) or given back (nil) at once.
-			w.late = true
-			h.mu.Unlock()
-			s = <-w.taken
-			h.mu.Lock()
+	var sink Sink
+	for s == nil {
+		select {
+		case s = <-w.taken:
+		case <-t.C:
+		case <-c.killed():
 		}
-		if s == nil {
-			select {
-			case s = <-w.taken: // taken as the wait ended
-			default:
-				w.gone = true
-				h.dropLocked(w)
+		var bound *Session
+		if s != nil && s.ready != nil {
+			var abandoned bool
+			if sink, abandoned = h.open(s, t.C); sink == nil && !abandoned {
+				s = nil // given back, to a handler again
+				continue
+			} else if abandoned {
+				s, bound = nil, s
 			}
 		}
-		saw := w.sawHandler
-		h.mu.Unlock()
 		if s == nil {
-			reason := events.CloseNoHandler
-			if saw {
-				reason = events.CloseClaimTimeout
+			if s = h.waitEnded(w, bound); s == nil {
+				return nil
 			}
-			c.close(reason, false) // a kill's reason, set first, wins
-			return nil
 		}
 	}
 	defer h.ended(s)
@@ -369,15 +354,109 @@ func (h *streamHub) Serve(c *Conn) error {
 	if fc := c.fc.Load(); fc != nil && fc.socketOnly.Load() {
 		fc.served()
 	}
-	return s.pump()
+	if sink == nil { // a taken offer: its stream's goroutine starts it
+		select {
+		case sink = <-s.start:
+		case <-c.killed():
+			return nil
+		}
+	}
+	return s.pump(sink)
+}
+
+// waitEnded closes a connection whose wait ended (claim timeout, or
+// killed) with no handler serving it, unless it was taken meanwhile: that
+// session is returned. bound: a session bound to a ready stream that was
+// not opened: the stream parks again.
+func (h *streamHub) waitEnded(w *waiting, bound *Session) *Session {
+	h.mu.Lock()
+	if bound != nil {
+		h.unbindLocked(bound)
+	}
+	var s *Session
+	select {
+	case s = <-w.taken: // taken as the wait ended
+		if s.ready != nil { // only bound: the stream parks again
+			h.unbindLocked(s)
+			s = nil
+		}
+	default:
+	}
+	if s == nil {
+		w.gone = true
+		h.dropLocked(w)
+	}
+	saw := w.sawHandler
+	h.mu.Unlock()
+	if s != nil {
+		return s
+	}
+	reason := events.CloseNoHandler
+	if saw {
+		reason = events.CloseClaimTimeout
+	}
+	w.c.close(reason, false) // a kill's reason, set first, wins
+	return nil
+}
+
+// open opens s, bound to a ready stream, on the connection's goroutine:
+// the stream's Opener sends opened, and the connection is the handler's
+// (connection_taken). If the stream broke first, or its handler detached,
+// the handler never had it: it goes back to the head of the queue (nil,
+// false), and its wait goes on. abandoned: the wait ended (timeout, or
+// killed) while the stream was busy: the caller unbinds it.
+func (h *streamHub) open(s *Session, timeout <-chan time.Time) (sink Sink, abandoned bool) {
+	r, w := s.ready, s.pending
+	h.mu.Lock()
+	detached := r.a.detached
+	h.mu.Unlock()
+	err := ErrReadyEnded
+	if !detached {
+		sink, err = r.o.Open(s, timeout)
+		if errors.Is(err, ErrOpenAbandoned) {
+			return nil, true
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s.pending = nil
+	if err != nil {
+		r.state, r.cur = readyEnded, nil
+		r.signal() // its stream's goroutine ends
+		w.to.load--
+		w.to = nil
+		h.queue = append([]*waiting{w}, h.queue...)
+		h.dispatchLocked()
+		return nil, false
+	}
+	r.state = readyServing
+	w.c.session = s
+	if r.stopping {
+		r.signal() // its stream's goroutine watches it now
+	}
+	h.l.bus.Publish(events.Event{Listener: h.l.id, Kind: events.KindConnectionTaken, Conn: w.c.n, Detail: &events.Detail{Handler: s.to.id}})
+	return sink, false
+}
+
+// unbindLocked parks again the ready stream s was bound to and not
+// opened on (or ends it, if its goroutine is stopping it); h.mu must be
+// held. s.pending is left to the caller (dropLocked).
+func (h *streamHub) unbindLocked(s *Session) {
+	r := s.ready
+	s.pending = nil
+	r.cur = nil
+	if r.stopping {
+		r.state = readyEnded
+		r.signal()
+		return
+	}
+	r.state = readyParked
+	r.a.ready = append([]*Ready{r}, r.a.ready...)
 }
 
 // dropLocked takes w out of the hub; h.mu must be held.
 func (h *streamHub) dropLocked(w *waiting) {
 	if w.to != nil {
-		if r := w.slot; r != nil { // bound to a ready stream: it waits on
-			r.w, w.slot = nil, nil
-		}
 		delete(h.offered, w.c.n)
 		w.to.load--
 		w.to = nil
@@ -446,13 +525,44 @@ var ErrHandoverHandler = errors.New("the handler takes sockets by handover")
 // that names only the handler): the next connection chosen for the
 // handler is bound to it, and its stream serves that connection. A
 // parked Ready is not a connection: it does not count toward the
-// handler's max_connections.
+// handler's max_connections. A Ready serves one connection at most.
+//
+// The connection's goroutine opens it (Opener.Open), and pumps its
+// bytes; the stream's goroutine is woken once the connection is done
+// (Claim), or when it stops the stream (Stop) while one is bound or
+// served.
 type Ready struct {
-	a     *Attachment
-	wake  chan struct{} // capacity 1: a connection was bound, or the stream ended
-	w     *waiting      // bound, not claimed yet; guarded by hub.mu
-	ended bool          // guarded by hub.mu
+	a    *Attachment
+	o    Opener
+	wake chan struct{} // capacity 1: see Claim
+	// Guarded by hub.mu.
+	state    readyState
+	cur      *Session // bound or served
+	stopping bool     // its stream's goroutine stops it and waits for the outcome (Stop)
 }
+
+type readyState uint8
+
+const (
+	readyParked  readyState = iota // in its handler's ready list
+	readyBound                     // a connection is bound to it: its goroutine opens it
+	readyServing                   // opened: the connection is the handler's
+	readyEnded                     // serves nothing (more)
+)
+
+// Opener opens a connection bound to a ready stream: it sends the
+// connection's opened message on the stream, on the connection's
+// goroutine, and returns where the peer's bytes go. An error means the
+// handler never had the connection (its stream broke): it goes to a
+// handler again. ErrOpenAbandoned: timeout fired, or the connection was
+// killed, while the stream could not take the message yet.
+type Opener interface {
+	Open(s *Session, timeout <-chan time.Time) (Sink, error)
+}
+
+// ErrOpenAbandoned is an Opener's answer when the connection's wait
+// ended before the stream could open it.
+var ErrOpenAbandoned = errors.New("the connection's wait ended before its stream could open it")
 
 func (r *Ready) signal() {
 	select {
@@ -466,8 +576,8 @@ func (r *Ready) signal() {
 var ErrReadyEnded = errors.New("the handler's ready stream ended")
 
 // Ready parks a stream ahead for handler, at most its max_connections at
-// once.
-func (m *Manager) Ready(handler string) (*Ready, error) {
+// once; o opens the connection bound to it.
+func (m *Manager) Ready(handler string, o Opener) (*Ready, error) {
 	m.mu.Lock()
 	a := m.attached[handler]
 	m.mu.Unlock()
@@ -486,119 +596,73 @@ func (m *Manager) Ready(handler string) (*Ready, error) {
 	if len(a.ready) >= a.max {
 		return nil, fmt.Errorf("handler %s has %d streams ready already, its max_connections: %w", a.id, len(a.ready), ErrLimit)
 	}
-	r := &Ready{a: a, wake: make(chan struct{}, 1)}
+	r := &Ready{a: a, o: o, wake: make(chan struct{}, 1)}
 	a.ready = append(a.ready, r)
 	h.dispatchLocked()
 	return r, nil
 }
 
-// Wake is signalled when a connection is bound to the stream or the
-// stream ended: then call Claim.
+// Wake is signalled when the connection opened on the stream is done,
+// when the stream ended, or when a connection is opened on a stream that
+// is stopping: then call Claim.
 func (r *Ready) Wake() <-chan struct{} { return r.wake }
 
 // Done is closed when the handler's attachment ends.
 func (r *Ready) Done() <-chan struct{} { return r.a.done }
 
-// Claim takes the connection bound to the stream. It returns
-// ErrReadyEnded when the stream serves nothing (its handler detached: a
-// connection bound to it meanwhile goes back to the queue, first), and
-// nil, nil when the connection bound to it went before it was claimed
-// (timed out, or killed): the stream is parked again.
-//
-// The connection is not the handler's yet: once the opened message is
-// sent, Start gives it over (connection_taken); if that send fails,
-// GiveBack returns it to the handlers. One of them must follow.
+// Claim says what became of the stream once Wake was signalled: the
+// connection opened on it, once done (or, on a stream stopping, once
+// opened); ErrReadyEnded when it serves nothing (its handler detached,
+// or the connection bound to it went back to the queue); nil, nil: wait
+// on.
 func (r *Ready) Claim() (*Session, error) {
 	h := r.a.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if r.ended {
+	switch r.state {
+	case readyEnded:
 		return nil, ErrReadyEnded
-	}
-	w := r.w
-	if r.a.detached || (w == nil && h.closed) {
-		r.ended = true
-		if w != nil {
-			h.requeueLocked(w)
+	case readyServing:
+		if s := r.cur; r.stopping || isClosed(s.done) {
+			r.state, r.cur = readyEnded, nil
+			return s, nil
 		}
-		return nil, ErrReadyEnded
 	}
-	if w == nil {
-		if !slices.Contains(r.a.ready, r) {
-			r.a.ready = append(r.a.ready, r)
-		}
-		h.dispatchLocked()
-		return nil, nil
-	}
-	r.w, w.slot = nil, nil
-	w.giving = true
-	return &Session{c: w.c, to: w.to, pending: w, start: make(chan Sink, 1), handlerEnd: make(chan struct{}), done: make(chan struct{})}, nil
+	return nil, nil
 }
 
-// give gives a claimed connection over to the session's stream.
-func (s *Session) give() {
-	w := s.pending
-	h := s.to.hub
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	s.pending, w.giving = nil, false
-	w.c.session = s
-	w.taken <- s // Serve waits for it, even late
-	h.l.bus.Publish(events.Event{Listener: h.l.id, Kind: events.KindConnectionTaken, Conn: w.c.n, Detail: &events.Detail{Handler: s.to.id}})
-}
-
-// GiveBack returns a connection claimed by a ready stream whose opened
-// message could not be sent (the stream broke): the handler never had
-// it, so it goes back to the head of the queue, to a handler again, and
-// keeps its claim timeout. It reports false for a connection given over
-// already (taken by an offer, or started): that one is the handler's.
-func (s *Session) GiveBack() bool {
-	w := s.pending
-	if w == nil {
-		return false
-	}
-	h := s.to.hub
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	s.pending, w.giving = nil, false
-	if w.late { // its wait is over: Serve closes it with its reason
-		w.taken <- nil
-		return true
-	}
-	w.to.load--
-	w.to = nil
-	h.queue = append([]*waiting{w}, h.queue...)
-	h.dispatchLocked()
-	return true
-}
-
-// Cancel ends a stream that got no connection (its handler went away): a
-// connection bound to it and not claimed goes back to the queue, first.
-func (r *Ready) Cancel() {
+// Stop ends a stream's parking, at its goroutine's asking (the handler
+// released the stream, stopped sending, went away, or its attachment
+// ended). It returns the connection served on it, to watch until it is
+// done; or wait true when a connection is bound to it and being opened:
+// wait on Wake and Claim for the outcome. Neither: the stream serves
+// nothing.
+func (r *Ready) Stop() (s *Session, wait bool) {
 	h := r.a.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if r.ended {
-		return
+	switch r.state {
+	case readyParked:
+		if i := slices.Index(r.a.ready, r); i >= 0 {
+			r.a.ready = slices.Delete(r.a.ready, i, i+1)
+		}
+	case readyBound:
+		r.stopping = true
+		return nil, true
+	case readyServing:
+		s = r.cur
 	}
-	r.ended = true
-	if w := r.w; w != nil {
-		h.requeueLocked(w)
-		return
-	}
-	if i := slices.Index(r.a.ready, r); i >= 0 {
-		r.a.ready = slices.Delete(r.a.ready, i, i+1)
-	}
+	r.state, r.cur = readyEnded, nil
+	return s, false
 }
 
-// requeueLocked puts w, bound to a ready stream that will not serve it,
-// back at the head of the queue and offers it again; h.mu must be held.
-func (h *streamHub) requeueLocked(w *waiting) {
-	w.slot.w, w.slot = nil, nil
-	w.to.load--
-	w.to = nil
-	h.queue = append([]*waiting{w}, h.queue...)
-	h.dispatchLocked()
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // ErrOfferedElsewhere is a take of a connection offered to another
@@ -617,7 +681,8 @@ type Sink interface {
 type Session struct {
 	c          *Conn
 	to         *Attachment
-	pending    *waiting  // claimed by a ready stream, not given over yet (Start or GiveBack); its stream's goroutine alone
+	pending    *waiting  // bound to a ready stream, not opened yet; guarded by hub.mu
+	ready      *Ready    // the ready stream it is bound to, if it is
 	side       *sideConn // handover: the descriptor goes there
 	start      chan Sink
 	endOnce    sync.Once
@@ -642,12 +707,8 @@ func (s *Session) ID() string { return s.c.ID() }
 // Tuple is the connection's five-tuple.
 func (s *Session) Tuple() events.Tuple { return s.c.tuple }
 
-// Start begins the flow of the peer's bytes to sink; a connection claimed
-// by a ready stream is given over first.
+// Start begins the flow of the peer's bytes to sink, for a taken offer.
 func (s *Session) Start(sink Sink) {
-	if s.pending != nil {
-		s.give()
-	}
 	s.start <- sink
 }
 
@@ -684,21 +745,19 @@ func (s *Session) Abort(err error) {
 	s.endOnce.Do(func() { close(s.handlerEnd) })
 }
 
+// Killed is closed once the daemon closes the connection (a kill, a
+// timeout).
+func (s *Session) Killed() <-chan struct{} { return s.c.killed() }
+
 // Done is closed once the connection is closed; Result then says how.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
 // Result is how the connection ended, once Done is closed.
 func (s *Session) Result() ConnResult { return s.result }
 
-// pump runs on the connection's goroutine: the peer's bytes to the sink
+// pump runs on the connection's goroutine: the peer's bytes to sink
 // until the peer ends its side, then waits for the handler's end.
-func (s *Session) pump() error {
-	var sink Sink
-	select {
-	case sink = <-s.start:
-	case <-s.c.killed():
-		return nil
-	}
+func (s *Session) pump(sink Sink) error {
 	err := s.c.In(sinkStage{s, sink})
 	if err != nil {
 		return err

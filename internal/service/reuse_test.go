@@ -224,3 +224,206 @@ func TestReusedStreamAfterTakenOffer(t *testing.T) {
 			Take: &listenerdv1.Take{HandlerId: h.id}}})
 	}
 }
+
+// endMarksStream opens a stream taken with reuse, and with end marks if
+// asked, and waits until it is parked: it returns the stream and whether
+// the headers said end marks.
+func endMarksStream(t *testing.T, c listenerdv1.ListenerServiceClient, handler string, endMarks bool) (listenerdv1.ListenerService_ServeConnectionClient, bool) {
+	t.Helper()
+	s, err := c.ServeConnection(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+		Take: &listenerdv1.Take{HandlerId: handler, Reuse: true, EndMarks: endMarks}}}); err != nil {
+		t.Fatal(err)
+	}
+	md, err := s.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, len(md.Get("listenerd-end-marks")) > 0
+}
+
+// rawStream drives one ServeConnection stream from a test.
+type rawStream struct {
+	t *testing.T
+	s listenerdv1.ListenerService_ServeConnectionClient
+}
+
+func (r rawStream) send(m *listenerdv1.ServeConnectionRequest) {
+	r.t.Helper()
+	if err := r.s.Send(m); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r rawStream) data(b string) {
+	r.t.Helper()
+	r.send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Data{Data: []byte(b)}})
+}
+
+func (r rawStream) end() {
+	r.t.Helper()
+	r.send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}})
+}
+
+func (r rawStream) take(handler string) {
+	r.t.Helper()
+	r.send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
+		Take: &listenerdv1.Take{HandlerId: handler}}})
+}
+
+// opened waits for the next message, which must open the peer's
+// connection.
+func (r rawStream) opened(peer *net.TCPConn) {
+	r.t.Helper()
+	port := uint32(peer.LocalAddr().(*net.TCPAddr).Port)
+	if m, err := r.s.Recv(); err != nil || m.GetOpened().GetTuple().GetRemotePort() != port {
+		r.t.Fatalf("got %v, %v; want opened for port %d", m, err, port)
+	}
+}
+
+// closed reads to the next closed, past data and end.
+func (r rawStream) closed() *listenerdv1.ConnectionClosed {
+	r.t.Helper()
+	for {
+		m, err := r.s.Recv()
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if m.GetClosed() != nil {
+			return m.GetClosed()
+		}
+	}
+}
+
+// With end marks, the handler's end or reset ends its messages for a
+// connection: with no take after closed, what it sends next is for the
+// next connection opened on the stream. A release is then no mark: the
+// stream ends, and the listener offers the next connection.
+func TestReusedStreamEndMarks(t *testing.T) {
+	c := tcpClient(t)
+	lid, addr := createStreamListener(t, c, "endmarks", 0)
+	h := attachRaw(t, c, ctx(t), lid)
+	s, said := endMarksStream(t, c, h.id, true)
+	if !said {
+		t.Fatal("the headers do not say end marks")
+	}
+	r := rawStream{t, s}
+	for i, want := range []string{"one", "two", "three"} {
+		peer := testkit.Dial(t, addr)
+		r.opened(peer)
+		r.data(want)
+		r.end() // the mark: no take follows
+		if got, err := io.ReadAll(peer); err != nil || string(got) != want {
+			t.Fatalf("connection %d: peer read %q, %v; want %q", i, got, err, want)
+		}
+		_ = peer.Close()
+		if cl := r.closed(); cl.GetReason() != listenerdv1.CloseReason_CLOSE_REASON_PEER_CLOSED || cl.GetBytesOut() != uint64(len(want)) {
+			t.Fatalf("connection %d: closed %v", i, cl)
+		}
+	}
+	// A reset is a mark too.
+	peer := testkit.Dial(t, addr)
+	r.opened(peer)
+	r.send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Reset_{Reset_: &listenerdv1.Reset{}}})
+	if cl := r.closed(); cl.GetReason() != listenerdv1.CloseReason_CLOSE_REASON_HANDLER_RESET {
+		t.Fatalf("closed %v; want HANDLER_RESET", cl)
+	}
+	next := testkit.Dial(t, addr)
+	r.opened(next)
+	r.data("after the reset")
+	r.end()
+	if got, err := io.ReadAll(next); err != nil || string(got) != "after the reset" {
+		t.Fatalf("the connection after the reset: peer read %q, %v", got, err)
+	}
+	_ = next.Close()
+	r.closed()
+	r.send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Release{Release: &listenerdv1.Release{}}})
+	if _, err := s.Recv(); err != io.EOF {
+		t.Fatalf("after the release: %v, want the stream ended cleanly", err)
+	}
+	peer = testkit.Dial(t, addr)
+	o, err := h.offers.Recv()
+	if err != nil || o.GetOffer().GetTuple().GetRemotePort() != uint32(peer.LocalAddr().(*net.TCPAddr).Port) {
+		t.Fatalf("offer %v, %v; want the new peer offered", o, err)
+	}
+}
+
+// With end marks, a connection that closed before the handler ended it
+// still needs its mark: a take answers its closed, and what the handler
+// sent for it before is dropped; the next connection gets only its own
+// bytes.
+func TestReusedStreamEndMarksTakeAfterUnendedClose(t *testing.T) {
+	c := tcpClient(t)
+	lid, addr := createStreamListener(t, c, "unended", 0)
+	h := attachRaw(t, c, ctx(t), lid)
+	s, _ := endMarksStream(t, c, h.id, true)
+	r := rawStream{t, s}
+	peer := testkit.Dial(t, addr)
+	r.opened(peer)
+	_ = peer.SetLinger(0)
+	_ = peer.Close() // the peer resets: closed comes before the handler's end
+	r.closed()
+	r.data("stale")
+	r.take(h.id) // the mark
+	next := testkit.Dial(t, addr)
+	r.opened(next)
+	r.data("fresh")
+	r.end()
+	if got, err := io.ReadAll(next); err != nil || string(got) != "fresh" {
+		t.Fatalf("the next connection's peer read %q, %v; want only its own bytes", got, err)
+	}
+	_ = next.Close()
+	if cl := r.closed(); cl.GetBytesOut() != uint64(len("fresh")) {
+		t.Fatalf("closed %v; want %d bytes out", cl, len("fresh"))
+	}
+}
+
+// With end marks, a take after a connection the handler ended is the
+// mark of a next connection: with none closed, it is refused.
+func TestReusedStreamEndMarksTakeAfterEnd(t *testing.T) {
+	c := tcpClient(t)
+	lid, addr := createStreamListener(t, c, "twice", 0)
+	h := attachRaw(t, c, ctx(t), lid)
+	s, _ := endMarksStream(t, c, h.id, true)
+	r := rawStream{t, s}
+	peer := testkit.Dial(t, addr)
+	r.opened(peer)
+	r.end()
+	if got, err := io.ReadAll(peer); err != nil || len(got) != 0 {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+	_ = peer.Close()
+	r.closed()
+	r.take(h.id)
+	if _, err := s.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("after a take with no connection closed: %v; want INVALID_ARGUMENT", err)
+	}
+}
+
+// Without end marks (a handler from before them), the headers say
+// nothing, and an end is no mark: the take after closed is.
+func TestReusedStreamWithoutEndMarks(t *testing.T) {
+	c := tcpClient(t)
+	lid, addr := createStreamListener(t, c, "old", 0)
+	h := attachRaw(t, c, ctx(t), lid)
+	s, said := endMarksStream(t, c, h.id, false)
+	if said {
+		t.Fatal("the headers say end marks; the take did not ask")
+	}
+	r := rawStream{t, s}
+	for i, want := range []string{"one", "two"} {
+		peer := testkit.Dial(t, addr)
+		r.opened(peer)
+		r.data(want)
+		r.end()
+		if got, err := io.ReadAll(peer); err != nil || string(got) != want {
+			t.Fatalf("connection %d: peer read %q, %v; want %q", i, got, err, want)
+		}
+		_ = peer.Close()
+		r.closed()
+		r.take(h.id) // the mark, after the end
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -21,9 +22,10 @@ import (
 // maxLabel bounds a handler's label.
 const maxLabel = 128
 
-// testHookReadyClaimed, when set by a test, runs as a ready stream has
-// claimed its connection, before the opened message is sent: a test
-// breaks the stream there, in a window no client can aim at.
+// testHookReadyClaimed, when set by a test, runs as a connection bound
+// to a ready stream is about to be opened on it (on the connection's
+// goroutine), before the opened message is sent: a test breaks the stream
+// there, in a window no client can aim at.
 var testHookReadyClaimed atomic.Pointer[func(context.Context)]
 
 // AttachHandler implements ListenerService: it offers the listener's
@@ -76,6 +78,10 @@ func (s *Service) AttachHandler(req *listenerdv1.AttachHandlerRequest, stream gr
 
 // ServeConnection implements ListenerService: a taken connection's bytes,
 // both ways, on one stream; with take.reuse, one connection after another.
+// A connection bound to the stream while it is parked is opened, and its
+// bytes pumped, by the connection's own goroutine (opener.Open); this
+// goroutine waits until it is done, then parks the stream again and
+// sends closed.
 func (s *Service) ServeConnection(stream serveStream) error {
 	m, err := stream.Recv()
 	if err != nil {
@@ -89,20 +95,34 @@ func (s *Service) ServeConnection(stream serveStream) error {
 		return s.err(err)
 	}
 	handler, reuse := take.GetHandlerId(), take.GetReuse()
+	rd := newHandlerReader(s, stream, reuse)
+	if reuse && take.GetEndMarks() {
+		rd.endMarks = true
+		// Sent with the headers: the handler may leave out the take
+		// after a connection it ended.
+		_ = stream.SetHeader(endMarksHeader)
+	}
+	o := &opener{rd: rd, stream: stream, msgs: newResponses(stream), mu: make(chan struct{}, 1)}
 	var sess *listener.Session
 	var r *listener.Ready
 	if take.GetConnectionId() == "" {
 		// Ready: the stream waits for the next connection chosen for
-		// this handler.
-		if r, err = s.m.Ready(handler); err != nil {
+		// this handler. The headers say the stream is parked: a client
+		// may wait for them. A connection bound meanwhile is opened
+		// after them (o.mu).
+		o.lock()
+		if r, err = s.m.Ready(handler, o); err != nil {
+			o.unlock()
 			return s.err(err)
 		}
-		// The headers say the stream is parked: a client may wait for
-		// them.
 		if err := stream.SendHeader(nil); err != nil {
-			r.Cancel()
+			o.err = err
+			o.unlock()
+			drop(r)
 			return err
 		}
+		go rd.run()
+		o.unlock()
 	} else {
 		if err := requireID("take.connection_id", take.GetConnectionId()); err != nil {
 			return s.err(err)
@@ -110,44 +130,35 @@ func (s *Service) ServeConnection(stream serveStream) error {
 		if sess, err = s.m.Take(take.GetConnectionId(), handler); err != nil {
 			return s.err(err)
 		}
-	}
-	rd := newHandlerReader(s, stream, reuse)
-	go rd.run()
-	msgs := newResponses(stream)
-	ctx := stream.Context()
-	for {
-		if sess == nil {
-			if sess, err = s.claim(ctx, r, rd); sess == nil {
-				return err
-			}
-			if hook := testHookReadyClaimed.Load(); hook != nil {
-				(*hook)(ctx)
-			}
-		}
+		go rd.run()
 		// A stream that broke before opened leaves its handler without
-		// the connection: one claimed by a ready stream goes to a handler
-		// again.
-		err = ctx.Err()
+		// the connection: it is reset.
+		err = stream.Context().Err()
 		if err == nil && !rd.serve(sess) {
 			err = errors.New("the handler's stream ended")
 		}
-		tuple := tupleToProto(sess.Tuple()) // for opened and closed
+		o.tuple = tupleToProto(sess.Tuple()) // for opened and closed
 		if err == nil {
-			err = stream.Send(msgs.opened(sess.ID(), tuple))
+			err = stream.Send(o.msgs.opened(sess.ID(), o.tuple))
 		}
 		if err != nil {
-			if sess.GiveBack() {
-				return err
-			}
 			sess.Abort(err)
 			<-sess.Done()
 			return err
 		}
-		sess.Start(&msgs.sink)
+		sess.Start(&o.msgs.sink)
+	}
+	ctx := stream.Context()
+	for {
+		if sess == nil {
+			if sess, err = s.claim(ctx, r, o); sess == nil {
+				return err
+			}
+		}
 		// A handler that goes away (or cancels the call to reset) resets
 		// the socket even while a write to a peer that does not read
 		// blocks the reading of its messages.
-		for gone := rd.gone; ; {
+		for gone := rd.gone; !isDone(sess); {
 			select {
 			case <-sess.Done():
 			case <-ctx.Done():
@@ -163,16 +174,22 @@ func (s *Service) ServeConnection(stream serveStream) error {
 			break
 		}
 		// Reuse: the stream parks again before closed goes, so that the
-		// handler, reading closed, knows it is parked.
+		// handler, reading closed, knows it is parked; a connection bound
+		// to it meanwhile is opened after closed (o.mu).
+		res := sess.Result()
+		o.lock()
 		r = nil
 		if reuse && rd.open() {
-			r, _ = s.m.Ready(handler) // none (detached, at its limit): the stream ends after closed
+			r, _ = s.m.Ready(handler, o) // none (detached, at its limit): the stream ends after closed
 		}
-		res := sess.Result()
-		err = stream.Send(msgs.closed(sess.ID(), tuple, res))
+		err = stream.Send(o.msgs.closed(sess.ID(), o.tuple, res))
+		if err != nil {
+			o.err = err
+		}
+		o.unlock()
 		if r == nil || err != nil {
 			if r != nil {
-				r.Cancel()
+				drop(r)
 			}
 			if err == nil {
 				err = rd.failure()
@@ -183,53 +200,147 @@ func (s *Service) ServeConnection(stream serveStream) error {
 	}
 }
 
+// endMarksHeader, in a stream's response headers, says the daemon takes
+// the handler's end or reset as its mark (Take.end_marks).
+var endMarksHeader = metadata.Pairs("listenerd-end-marks", "1")
+
 type serveStream = grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]
 
-// claim waits on the parked stream r until a connection is bound to it.
-// It returns nil and the stream's end (nil: ended cleanly: the handler
+// claim waits on the parked stream r until the connection opened on it
+// is done (or, once the stream stops, opened: the caller watches it). It
+// returns nil and the stream's end (nil: ended cleanly: the handler
 // detached or released the stream, or its listener closed) when none
 // comes.
-func (s *Service) claim(ctx context.Context, r *listener.Ready, rd *handlerReader) (*listener.Session, error) {
+func (s *Service) claim(ctx context.Context, r *listener.Ready, o *opener) (*listener.Session, error) {
+	done, released, gone, cancelled := r.Done(), o.rd.released, o.rd.gone, ctx.Done()
 	for {
+		ended := false
 		select {
 		case <-r.Wake():
 			sess, err := r.Claim()
-			if errors.Is(err, listener.ErrReadyEnded) {
-				return nil, rd.failure()
-			}
 			if sess != nil {
 				return sess, nil
 			}
-		case <-r.Done():
-			if sess, _ := r.Claim(); sess != nil {
-				return sess, nil // bound as its listener closed: it drains
-			}
-			r.Cancel()
-			return nil, rd.failure()
-		case <-rd.released:
-			r.Cancel()
-			return nil, rd.failure()
-		case <-rd.gone:
+			ended = err != nil
+		case <-done: // bound as its listener closed, a connection drains
+			done = nil
+		case <-released:
+			released = nil
+		case <-gone:
 			// The handler ended its side of the stream, or broke it: no
 			// connection could be served on it.
-			r.Cancel()
-			return nil, rd.failure()
-		case <-ctx.Done():
-			r.Cancel()
-			return nil, s.err(ctx.Err())
+			gone = nil
+		case <-cancelled:
+			cancelled = nil
+		}
+		if !ended && (done == nil || released == nil || gone == nil || cancelled == nil) {
+			sess, wait := r.Stop()
+			if sess != nil {
+				return sess, nil
+			}
+			ended = !wait
+		}
+		if ended {
+			if cancelled == nil {
+				return nil, s.err(ctx.Err())
+			}
+			return nil, o.failure()
 		}
 	}
+}
+
+// drop ends the parked stream r once its stream broke (o.err set): a
+// connection bound to it goes back to the queue.
+func drop(r *listener.Ready) {
+	for _, wait := r.Stop(); wait; {
+		<-r.Wake()
+		sess, err := r.Claim()
+		wait = err == nil && sess == nil
+	}
+}
+
+// opener opens the connections bound to a stream parked ahead, on their
+// own goroutines (listener.Opener).
+type opener struct {
+	rd     *handlerReader
+	stream serveStream
+	msgs   *responses
+	// mu (capacity 1: a lock a connection's goroutine can stop waiting
+	// for) is held by whichever goroutine sends on the stream outside a
+	// connection's flow: the stream's while it parks the stream and sends
+	// the headers or closed, a connection's while it sends opened. It
+	// keeps opened after them, and the sends apart.
+	mu    chan struct{}
+	err   error                  // a send failed: the stream is broken; guarded by mu
+	tuple *listenerdv1.FiveTuple // the connection's, for opened and closed; guarded by mu
+}
+
+// Open sends opened for sess on the stream, from the connection's
+// goroutine; an error gives the connection back (the handler never had
+// it).
+func (o *opener) Open(sess *listener.Session, timeout <-chan time.Time) (listener.Sink, error) {
+	ctx := o.stream.Context()
+	if hook := testHookReadyClaimed.Load(); hook != nil {
+		(*hook)(ctx)
+	}
+	select {
+	case o.mu <- struct{}{}:
+	default:
+		// The stream's goroutine sends closed (or the headers): opened
+		// follows, unless the connection's wait ends first.
+		select {
+		case o.mu <- struct{}{}:
+		case <-timeout:
+			return nil, listener.ErrOpenAbandoned
+		case <-sess.Killed():
+			return nil, listener.ErrOpenAbandoned
+		}
+	}
+	defer o.unlock()
+	if o.err != nil {
+		return nil, o.err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !o.rd.serve(sess) {
+		return nil, errors.New("the handler's stream ended")
+	}
+	o.tuple = tupleToProto(sess.Tuple())
+	if err := o.stream.Send(o.msgs.opened(sess.ID(), o.tuple)); err != nil {
+		o.err = err
+		return nil, err
+	}
+	return &o.msgs.sink, nil
+}
+
+func (o *opener) lock()   { o.mu <- struct{}{} }
+func (o *opener) unlock() { <-o.mu }
+
+// failure is why the stream ended: a send that failed, or a broken
+// protocol (nil: cleanly).
+func (o *opener) failure() error {
+	o.lock()
+	err := o.err
+	o.unlock()
+	if err != nil {
+		return err
+	}
+	return o.rd.failure()
 }
 
 // handlerReader reads the handler's messages on a stream and carries them
 // to the connection they are for. On a stream taken with reuse, take and
 // release mark the end of a closed connection's messages: what the
 // handler sent for it before it saw closed is dropped, and the messages
-// after the mark are for the next connection opened on the stream.
+// after the mark are for the next connection opened on the stream. With
+// end marks, the handler's end or reset is a mark too, and release is
+// none.
 type handlerReader struct {
-	s      *Service
-	stream serveStream
-	reuse  bool
+	s        *Service
+	stream   serveStream
+	reuse    bool
+	endMarks bool // set before run
 
 	mu       sync.Mutex
 	opened   []*listener.Session         // opened, in order, not yet answered by a mark: the first is the one messages are for
@@ -350,8 +461,13 @@ func (rd *handlerReader) run() {
 			return
 		}
 		if rd.reuse {
-			switch k := m.GetKind().(type) {
-			case *listenerdv1.ServeConnectionRequest_Take, *listenerdv1.ServeConnectionRequest_Release:
+			_, release := m.GetKind().(*listenerdv1.ServeConnectionRequest_Release)
+			_, take := m.GetKind().(*listenerdv1.ServeConnectionRequest_Take)
+			if release && rd.endMarks {
+				rd.release() // no mark: the parking ends
+				continue
+			}
+			if take || release {
 				// A mark answers the closed of the oldest connection
 				// opened and not yet answered: it must be done.
 				rd.mu.Lock()
@@ -372,12 +488,8 @@ func (rd *handlerReader) run() {
 					rd.broke(nil, "take.connection_id", "must be empty in a reused stream's later takes")
 					return
 				}
-				if _, ok := k.(*listenerdv1.ServeConnectionRequest_Release); ok {
-					select {
-					case <-rd.released:
-					default:
-						close(rd.released)
-					}
+				if release {
+					rd.release()
 				}
 				cur, ended, over = nil, false, true
 				continue
@@ -396,8 +508,16 @@ func (rd *handlerReader) run() {
 			ended, over = false, false
 		}
 		if over {
+			if rd.endMarks {
+				switch m.GetKind().(type) {
+				case *listenerdv1.ServeConnectionRequest_End, *listenerdv1.ServeConnectionRequest_Reset_:
+					rd.marked(cur) // the mark, after leftovers
+					cur, ended = nil, false
+				}
+			}
 			continue // the closed connection's leftovers, before the mark
 		}
+		mark := false // end marks: this end or reset is the mark
 		switch k := m.GetKind().(type) {
 		case *listenerdv1.ServeConnectionRequest_Data:
 			if ended {
@@ -413,9 +533,10 @@ func (rd *handlerReader) run() {
 				ended = true
 				_ = cur.CloseWrite()
 			}
+			mark = rd.endMarks
 		case *listenerdv1.ServeConnectionRequest_Reset_:
 			cur.Reset()
-			over = true
+			over, mark = true, rd.endMarks
 		default:
 			rd.broke(cur, "kind", "data, end or reset while a connection is served")
 			return
@@ -423,7 +544,32 @@ func (rd *handlerReader) run() {
 		if over && !rd.reuse {
 			return
 		}
+		if mark {
+			// End or reset: the mark. What follows is for the next
+			// connection.
+			rd.marked(cur)
+			cur, ended, over = nil, false, true
+		}
 	}
+}
+
+// release ends the stream's parking, once.
+func (rd *handlerReader) release() {
+	select {
+	case <-rd.released:
+	default:
+		close(rd.released)
+	}
+}
+
+// marked answers cur, the oldest connection opened and not answered, by
+// the handler's end or reset (end marks).
+func (rd *handlerReader) marked(cur *listener.Session) {
+	rd.mu.Lock()
+	if len(rd.opened) > 0 && rd.opened[0] == cur {
+		rd.opened = rd.opened[1:]
+	}
+	rd.mu.Unlock()
 }
 
 // responses are a stream's messages to the handler, made once and filled

@@ -4728,7 +4728,8 @@ type ServeConnectionRequest_Reset_ struct {
 type ServeConnectionRequest_Release struct {
 	// On a stream taken with reuse, after closed: park it no more. A
 	// connection bound to it before the release came is still opened on
-	// it, and the stream ends after that one's closed.
+	// it, and the stream ends after that one's closed. With end_marks it
+	// is not a mark (see Take.end_marks).
 	Release *Release `protobuf:"bytes,5,opt,name=release,proto3,oneof"`
 }
 
@@ -4800,7 +4801,22 @@ type Take struct {
 	// the release came). Its messages for the closed connection sent before
 	// that answer are dropped; those after it are for the next connection.
 	// A take or release before closed is refused (INVALID_ARGUMENT).
-	Reuse         bool `protobuf:"varint,3,opt,name=reuse,proto3" json:"reuse,omitempty"`
+	Reuse bool `protobuf:"varint,3,opt,name=reuse,proto3" json:"reuse,omitempty"`
+	// With reuse, on the stream's first take: the handler's end or reset
+	// for a connection is also the end of its messages for it (a mark, as
+	// take is): what follows is for the next connection opened on the
+	// stream, and a connection the handler ended or reset needs no take
+	// after its closed (one message less a connection). A connection that
+	// closed before the handler ended or reset it is answered with take,
+	// as without end_marks; release is then no mark, only the end of the
+	// parking, and may come at any time after the handler's mark. Opt-in,
+	// so that a handler that answers every closed with take (as before
+	// end_marks) keeps its meaning: after an end, the daemon cannot tell a
+	// take meant as a redundant mark from the mark of a next connection
+	// that closed at once. A daemon that honours it says so in the
+	// stream's response headers: "listenerd-end-marks: 1"; one that does
+	// not (an older daemon) needs the take after every closed.
+	EndMarks      bool `protobuf:"varint,4,opt,name=end_marks,json=endMarks,proto3" json:"end_marks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4852,6 +4868,13 @@ func (x *Take) GetHandlerId() string {
 func (x *Take) GetReuse() bool {
 	if x != nil {
 		return x.Reuse
+	}
+	return false
+}
+
+func (x *Take) GetEndMarks() bool {
+	if x != nil {
+		return x.EndMarks
 	}
 	return false
 }
@@ -6370,12 +6393,13 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\x05reset\x18\x04 \x01(\v2\x13.listenerd.v1.ResetH\x00R\x05reset\x121\n" +
 	"\arelease\x18\x05 \x01(\v2\x15.listenerd.v1.ReleaseH\x00R\areleaseB\x06\n" +
 	"\x04kind\"\t\n" +
-	"\aRelease\"`\n" +
+	"\aRelease\"}\n" +
 	"\x04Take\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x1d\n" +
 	"\n" +
 	"handler_id\x18\x02 \x01(\tR\thandlerId\x12\x14\n" +
-	"\x05reuse\x18\x03 \x01(\bR\x05reuse\"\x05\n" +
+	"\x05reuse\x18\x03 \x01(\bR\x05reuse\x12\x1b\n" +
+	"\tend_marks\x18\x04 \x01(\bR\bendMarks\"\x05\n" +
 	"\x03End\"\a\n" +
 	"\x05Reset\"\xd2\x01\n" +
 	"\x17ServeConnectionResponse\x128\n" +
