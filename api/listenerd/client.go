@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -72,6 +73,27 @@ type Client struct {
 	// in gRPC's calls each time (about a tenth of a handler's CPU with
 	// short connections).
 	recvers *gopool.Pool
+	// The client connection's streams (maxStreams, the daemon's limit)
+	// reserved by its listeners: fixed for their attach streams and
+	// concurrencies, idleReady for their streams opened ahead that serve
+	// nothing (Listener.reserveIdle).
+	fixed     atomic.Int64
+	idleReady atomic.Int64
+}
+
+// reserveIdle counts one more stream opened ahead and serving nothing, if
+// the client connection has room for it beside its listeners' attach
+// streams and concurrencies: a take then finds a stream.
+func (c *Client) reserveIdle() bool {
+	for {
+		n := c.idleReady.Load()
+		if n >= maxStreams-c.fixed.Load() {
+			return false
+		}
+		if c.idleReady.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // Dial returns a client of the daemon; it connects lazily, on the first

@@ -33,17 +33,23 @@ type Listener struct {
 	owned  bool // made by Listen: Close closes it on the daemon too
 	handle string
 
-	ctx     context.Context
-	cancel  context.CancelFunc
-	offers  chan *listenerdv1.Offer
-	opened  chan *Conn // from the streams opened ahead
-	closing chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	opened chan *Conn // from the streams opened ahead, and the offers taken
+	// A take that failed (not NotFound), for Accept to return.
+	takeErrs chan error
+	closing  chan struct{}
 	// Streams opened ahead: their goroutines, and what cancels those still
 	// parked if the daemon does not end them after Close.
-	readyWG    sync.WaitGroup
-	readyMu    sync.Mutex // readyWG.Add only while !readyShut, so Close's Wait sees every park
-	readyShut  bool
-	want       int32        // streams to keep parked: a served one parks again below it
+	readyWG   sync.WaitGroup
+	readyMu   sync.Mutex // readyWG.Add only while !readyShut, so Close's Wait sees every park
+	readyShut bool
+	want      int32 // streams to keep parked: a served one parks again below it
+	// Streams opened ahead that serve no connection (opening, parked, or
+	// parking again), counted in the client's idleReady too: at most want,
+	// and within the client connection's room (Client.reserveIdle).
+	idle       atomic.Int32
+	fixed      int          // streams reserved on the client connection: the attach stream and the concurrency
 	parked     atomic.Int32 // streams the daemon said are parked (its headers came, or closed on a reused one)
 	opens      atomic.Int64 // streams opened ahead (a reused one counts once)
 	offered    atomic.Int64 // offers received: connections that came the other way
@@ -94,14 +100,17 @@ func WithConcurrency(n int) ListenOption { return func(c *listenConfig) { c.max 
 // of them and opens it at once: no offer, no take round trip. Without
 // them (or with a daemon that predates them), each connection is offered
 // and taken. They share the client connection's 128 streams with the
-// connections being served: more than 128 less the concurrency would
-// make a take wait for a stream.
+// connections being served and the attach streams, of every listener on
+// the client: fewer are kept parked when the others leave no room for
+// them, so that a take always finds a stream.
 func WithReadyStreams(n int) ListenOption { return func(c *listenConfig) { c.ready = n } }
 
 // defaultReady is how many streams a listener keeps open ahead unless
 // told otherwise, at most: no more than the concurrency, nor than the
 // client connection's streams leave beside it (maxStreams less the
-// concurrency), so that a take never waits for a stream.
+// concurrency and the attach stream), so that a take never waits for a
+// stream. With several listeners on one client, the client's room bounds
+// them all (Client.reserveIdle).
 const defaultReady = 64
 
 // maxStreams is how many streams the daemon serves on one client
@@ -186,7 +195,7 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 		return nil, err
 	}
 	l := &Listener{c: c, id: att.GetListenerId(), handle: att.GetHandlerId(), ctx: lctx, cancel: cancel,
-		offers: make(chan *listenerdv1.Offer), opened: make(chan *Conn), closing: make(chan struct{}), done: make(chan struct{})}
+		opened: make(chan *Conn), takeErrs: make(chan error), closing: make(chan struct{}), done: make(chan struct{})}
 	l.readyAbort, l.abortReady = context.WithCancel(context.Background())
 	l.addr = tcpAddr(g.GetListener().GetStatus().GetBoundAddress())
 	if handover {
@@ -198,15 +207,22 @@ func (c *Client) attach(ctx context.Context, ref string, cfg listenConfig) (*Lis
 		l.side, l.handed = side, make(chan *TCPConn)
 		go l.readHanded()
 	}
+	l.fixed = 1
+	if !handover {
+		l.fixed += cmp.Or(cfg.max, 64)
+	}
+	c.fixed.Add(int64(l.fixed))
 	go l.readOffers(st)
 	if !handover {
 		n := cfg.ready
 		if n == 0 {
-			conc := cmp.Or(cfg.max, 64)
-			n = min(defaultReady, conc, maxStreams-conc)
+			n = min(defaultReady, l.fixed-1, maxStreams-l.fixed)
 		}
 		l.want = int32(max(n, 0))
 		for range l.want {
+			if !l.reserveIdle() {
+				break
+			}
 			l.readyWG.Add(1)
 			go l.ready(nil)
 		}
@@ -222,6 +238,31 @@ type parking struct {
 	fresh    bool // opened for this park: its take asks for reuse
 	endMarks bool // the daemon takes our end or reset as the mark (Take.end_marks)
 	marked   bool // the connection it served was ended or reset: no take answers its closed
+}
+
+// reserveIdle counts one more stream opened ahead and serving nothing, if
+// fewer than want are and the client connection has room for it.
+func (l *Listener) reserveIdle() bool {
+	for {
+		n := l.idle.Load()
+		if n >= l.want {
+			return false
+		}
+		if !l.c.reserveIdle() {
+			return false
+		}
+		if l.idle.CompareAndSwap(n, n+1) {
+			return true
+		}
+		l.c.idleReady.Add(-1)
+	}
+}
+
+// unidle uncounts a stream reserveIdle counted: it serves a connection
+// now, or it ended.
+func (l *Listener) unidle() {
+	l.idle.Add(-1)
+	l.c.idleReady.Add(-1)
 }
 
 // addReady counts one more stream parking, unless Close has begun.
@@ -240,8 +281,11 @@ func (l *Listener) addReady() bool {
 // fewer than want are parked (it is returned, counted in readyWG, for its
 // goroutine to park); else it is released (nil).
 func (l *Listener) reuse(p *parking) *parking {
-	if l.parked.Load() < l.want && l.addReady() {
-		return p
+	if l.parked.Load() < l.want && l.reserveIdle() {
+		if l.addReady() {
+			return p
+		}
+		l.unidle()
 	}
 	l.release(p)
 	return nil
@@ -293,20 +337,25 @@ func (l *Listener) deliver(c *Conn) {
 // when fewer than half of want are parked. It stops when the daemon ends
 // the stream (the handler detached, the listener closed) or refuses it (a
 // daemon that predates ready streams says INVALID_ARGUMENT): the
-// connections then come as offers. The caller has counted it in readyWG;
-// it is counted while it parks and delivers, not while it serves a
-// connection.
+// connections then come as offers. The caller has counted it in readyWG
+// and in idle (reserveIdle); it is counted in readyWG while it parks and
+// delivers, and in idle while it parks, not while it serves a connection.
 func (l *Listener) ready(p *parking) {
 	for {
 		c, err := l.readyOne(p)
+		l.unidle()
 		if err != nil || c == nil {
 			l.readyWG.Done()
 			return
 		}
-		if l.parked.Load() < l.want/2 && l.addReady() {
-			// On the client's reused goroutines: a new one grows its stack
-			// in gRPC's calls.
-			l.c.recvers.Go(l.readyNew)
+		if l.parked.Load() < l.want/2 && l.reserveIdle() {
+			if l.addReady() {
+				// On the client's reused goroutines: a new one grows its
+				// stack in gRPC's calls.
+				l.c.recvers.Go(l.readyNew)
+			} else {
+				l.unidle()
+			}
 		}
 		l.deliver(c)
 		l.readyWG.Done() // Close waits for a connection bound to it to be accepted or reset
@@ -395,11 +444,14 @@ func (l *Listener) readOffers(st listenerdv1.ListenerService_AttachHandlerClient
 		}
 		if o := r.GetOffer(); o != nil {
 			l.offered.Add(1)
-			select {
-			case l.offers <- o:
-			case <-l.ctx.Done():
-				l.err = l.ctx.Err()
-				return
+			// Taken on a goroutine of its own, not Accept's: its stream
+			// may wait for room on the client connection, held by
+			// connections that wait for Accept (issue 15). The daemon
+			// offers no more than the concurrency at once. After Close the
+			// offer is left to the daemon, which gives it to another
+			// handler or drops it.
+			if l.addReady() {
+				l.c.recvers.Go(func() { l.takeOffer(o) })
 			}
 		}
 	}
@@ -408,37 +460,50 @@ func (l *Listener) readOffers(st listenerdv1.ListenerService_AttachHandlerClient
 // Accept waits for the daemon's next connection and takes it. The
 // net.Conn it returns is a *Conn.
 func (l *Listener) Accept() (net.Conn, error) {
-	for {
-		var o *listenerdv1.Offer
-		select {
-		case h := <-l.handed:
-			return h, nil
-		case c := <-l.opened:
-			return c, nil
-		case o = <-l.offers:
-		case <-l.done:
-			if l.ctx.Err() != nil {
-				return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
-			}
-			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: l.err}
-		}
-		c, err := l.take(o)
-		if status.Code(err) == codes.NotFound {
-			continue // gone meanwhile (its peer left, or it timed out): the next
-		}
-		if err != nil {
-			if l.ctx.Err() != nil {
-				return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
-			}
-			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
-		}
+	select {
+	case h := <-l.handed:
+		return h, nil
+	case c := <-l.opened:
 		return c, nil
+	case err := <-l.takeErrs:
+		if l.ctx.Err() != nil {
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+		}
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
+	case <-l.done:
+		if l.ctx.Err() != nil {
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+		}
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: l.err}
 	}
+}
+
+// takeOffer takes an offered connection and hands it to Accept (or its
+// error), then reads its stream, in this goroutine. The caller has counted
+// it in readyWG: Close waits for it to be accepted or reset.
+func (l *Listener) takeOffer(o *listenerdv1.Offer) {
+	c, err := l.take(o)
+	if err != nil {
+		if status.Code(err) != codes.NotFound { // NotFound: gone meanwhile (its peer left, or it timed out)
+			select {
+			case l.takeErrs <- err:
+			case <-l.closing:
+			}
+		}
+		l.readyWG.Done()
+		return
+	}
+	l.deliver(c)
+	l.readyWG.Done()
+	c.recv()
 }
 
 func (l *Listener) take(o *listenerdv1.Offer) (*Conn, error) {
 	// A connection outlives its listener's Close, as a net.Conn does.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(l.ctx))
+	// Past Close's bound, a take still waiting is cancelled.
+	stop := context.AfterFunc(l.readyAbort, cancel)
+	defer stop()
 	s, err := l.c.ServeConnection(ctx)
 	if err != nil {
 		cancel()
@@ -458,9 +523,11 @@ func (l *Listener) take(o *listenerdv1.Offer) (*Conn, error) {
 		cancel()
 		return nil, errors.New("listenerd: the daemon answered a take with something other than opened")
 	}
-	c := newConn(nil, s, cancel, m.GetOpened())
-	l.c.recvers.Go(c.recv)
-	return c, nil
+	if !stop() {
+		cancel()
+		return nil, context.Canceled
+	}
+	return newConn(nil, s, cancel, m.GetOpened()), nil
 }
 
 // Close stops accepting: it detaches from the listener and, for a listener
@@ -491,6 +558,7 @@ func (l *Listener) Close() error {
 		}
 		t.Stop()
 		l.abortReady()
+		l.c.fixed.Add(-int64(l.fixed))
 		if l.side != nil {
 			// Accepted sockets go on, and report their own close; the side
 			// connection goes once the last one has.
