@@ -104,3 +104,37 @@ func echoed(t *testing.T, addr string, c net.Conn) net.Conn {
 	_ = c.SetDeadline(time.Time{})
 	return c
 }
+
+// The streams kept parked ahead leave room on the client connection for
+// every listener's attach stream and concurrency: 63 beside a concurrency
+// of 64, none for a second such listener on the same client, whose
+// connections are offered and taken.
+func TestReadyStreamsWithinTheClientsRoom(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*testkit.Guard)
+	defer cancel()
+	c := readyClient(t)
+	first, err := c.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if first.want != maxStreams-1-64 {
+		t.Fatalf("streams wanted ahead: %d, want %d", first.want, maxStreams-1-64)
+	}
+	testkit.Eventually(t, func() bool { return first.parked.Load() == first.want }, "the first listener's streams parked")
+	second, err := c.Listen(ctx, "127.0.0.1:0", WithConcurrency(64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	echoThrough(t, second, 3)
+	if n := second.opens.Load(); n != 0 {
+		t.Fatalf("the second listener opened %d streams ahead, want none: the client connection has no room for them", n)
+	}
+	if n := second.offered.Load(); n != 3 {
+		t.Fatalf("%d connections offered to the second listener, want 3", n)
+	}
+	if n := c.idleReady.Load(); n != int64(first.want) {
+		t.Fatalf("%d streams counted ahead on the client, want the first listener's %d", n, first.want)
+	}
+}
