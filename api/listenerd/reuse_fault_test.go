@@ -2,6 +2,7 @@ package listenerd_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -11,8 +12,10 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,16 +185,18 @@ func (h *probeHandlerProc) detach() {
 
 // peerOutcome is what one peer saw.
 type peerOutcome struct {
-	id    uint64
-	mode  byte
-	port  uint32
-	ok    bool  // the whole echo, as asked
-	err   error // why not
-	alien bool  // it read a byte that was not its own
+	id     uint64
+	mode   byte
+	port   uint32
+	dialed int64 // its dial's place among the dials that returned a connection
+	ok     bool  // the whole echo, as asked
+	err    error // why not
+	alien  bool  // it read a byte that was not its own
 }
 
-// probePeer runs connection id in mode against addr.
-func probePeer(addr string, id uint64, mode byte, rng *rand.Rand) peerOutcome {
+// probePeer runs connection id in mode against addr; dials counts the
+// dials that returned a connection.
+func probePeer(addr string, id uint64, mode byte, rng *rand.Rand, dials *atomic.Int64) peerOutcome {
 	out := peerOutcome{id: id, mode: mode}
 	d := net.Dialer{Timeout: testkit.Guard}
 	nc, err := d.Dial("tcp", addr)
@@ -199,6 +204,7 @@ func probePeer(addr string, id uint64, mode byte, rng *rand.Rand) peerOutcome {
 		out.err = err
 		return out
 	}
+	out.dialed = dials.Add(1)
 	c := nc.(*net.TCPConn)
 	defer c.Close()
 	out.port = uint32(c.LocalAddr().(*net.TCPAddr).Port)
@@ -341,12 +347,67 @@ func watchProbe(t *testing.T, c *listenerd.Client, lid string) (*probeEvents, fu
 	}
 }
 
-// closedFor is the closed event of the last connection opened from port.
-func (ev *probeEvents) closedFor(port uint32) (string, *listenerdv1.ConnectionClosed) {
+// A peer's port does not name one connection of a run: once a port's
+// last connection is in TIME_WAIT for a second (net.ipv4.tcp_tw_reuse,
+// 2 by default: loopback), the kernel may give it to a later dial to the
+// same address, and it does when the ephemeral range wraps around (as on
+// a machine busy with other tests' connections). A port's connections
+// are in the order its peers dialed, though: a dial gets a port only once
+// its previous connection's socket is closed, and the daemon opens them
+// in accept order. So a peer's connection is the k-th opened from its
+// port when it is the k-th peer (by dial order) on that port. A dial the
+// daemon reset before it returned (see "no connection" below) opened a
+// connection from a port the test does not know, which may be one a peer
+// used before or after: r of them on a port make the k-th peer's
+// connection one of the k-th to the (k+r)-th.
+
+// portPeers numbers each peer on its port: its place among the peers that
+// dialed from that port (by dial order), and how many did.
+func portPeers(outcomes []peerOutcome) (place map[uint64]int, count map[uint32]int) {
+	byPort := map[uint32][]peerOutcome{}
+	for _, o := range outcomes {
+		if o.port != 0 {
+			byPort[o.port] = append(byPort[o.port], o)
+		}
+	}
+	place, count = map[uint64]int{}, map[uint32]int{}
+	for port, ps := range byPort {
+		slices.SortFunc(ps, func(a, b peerOutcome) int { return cmp.Compare(a.dialed, b.dialed) })
+		for k, o := range ps {
+			place[o.id] = k
+		}
+		count[port] = len(ps)
+	}
+	return place, count
+}
+
+// connsFor is the connections one of which is the k-th of n peers' on
+// port (see portPeers), once the daemon has opened as many from the port
+// as dialed from it; nil before.
+func (ev *probeEvents) connsFor(port uint32, k, n int) []string {
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
 	ids := ev.byPort[port]
-	if len(ids) == 0 {
+	if len(ids) < n {
+		return nil
+	}
+	return slices.Clone(ids[k : k+len(ids)-n+1])
+}
+
+// closedOf is the closed event of connection id, nil while it is open.
+func (ev *probeEvents) closedOf(id string) *listenerdv1.ConnectionClosed {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	return ev.closed[id]
+}
+
+// closedFor is the closed event of the last connection opened from port
+// that is not in old.
+func (ev *probeEvents) closedFor(port uint32, old map[string]bool) (string, *listenerdv1.ConnectionClosed) {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	ids := ev.byPort[port]
+	if len(ids) == 0 || old[ids[len(ids)-1]] {
 		return "", nil
 	}
 	id := ids[len(ids)-1]
@@ -385,7 +446,7 @@ func TestReusedStreamsUnderFaults(t *testing.T) {
 	// The load, and the kills as it goes: each after `every` more peers
 	// finished, not on a clock.
 	outcomes := make([]peerOutcome, conns)
-	var next, finished atomic.Int64
+	var next, finished, dials atomic.Int64
 	kick := make(chan struct{}, conns)
 	var wg sync.WaitGroup
 	for w := range atOnce {
@@ -399,7 +460,7 @@ func TestReusedStreamsUnderFaults(t *testing.T) {
 				if i >= conns {
 					return
 				}
-				outcomes[i] = probePeer(addr, uint64(i)+1, modes[rng.IntN(len(modes))], rng)
+				outcomes[i] = probePeer(addr, uint64(i)+1, modes[rng.IntN(len(modes))], rng, &dials)
 				if finished.Add(1)%every == 0 {
 					kick <- struct{}{}
 				}
@@ -430,6 +491,22 @@ func TestReusedStreamsUnderFaults(t *testing.T) {
 
 	// Every peer got its echo, or the daemon says why not.
 	fails := map[string]int{}
+	// The opened events of every connection the peers made are in first:
+	// those their dials returned, and those the daemon reset before they
+	// returned (ECONNRESET, "no connection" below). The peers are matched
+	// to them by port and order (see portPeers).
+	want := int(dials.Load())
+	for _, o := range outcomes {
+		if o.port == 0 && errors.Is(o.err, syscall.ECONNRESET) {
+			want++
+		}
+	}
+	testkit.Eventually(t, func() bool {
+		ev.mu.Lock()
+		defer ev.mu.Unlock()
+		return ev.opened >= want
+	}, "the opened events of the peers' connections")
+	place, onPort := portPeers(outcomes)
 	for _, o := range outcomes {
 		if o.alien {
 			t.Errorf("connection %d (mode %c): read bytes that were not its own: %v", o.id, o.mode, o.err)
@@ -443,10 +520,22 @@ func TestReusedStreamsUnderFaults(t *testing.T) {
 			fails["no connection"]++
 			continue
 		}
-		var cid string
-		var cl *listenerdv1.ConnectionClosed
-		if !waitFor(guardOr(30*time.Second), func() bool { cid, cl = ev.closedFor(o.port); return cl != nil }) {
-			t.Errorf("connection %d (%s, mode %c, port %d, ok %v, %v): no closed event; the daemon lists %v", o.id, cid, o.mode, o.port, o.ok, o.err, listConns(admin, lid))
+		// Its connection (one of cids, see portPeers), each closed.
+		var cids []string
+		var cls []*listenerdv1.ConnectionClosed
+		if !waitFor(guardOr(30*time.Second), func() bool {
+			if cids = ev.connsFor(o.port, place[o.id], onPort[o.port]); cids == nil {
+				return false
+			}
+			cls = cls[:0]
+			for _, cid := range cids {
+				if cl := ev.closedOf(cid); cl != nil {
+					cls = append(cls, cl)
+				}
+			}
+			return len(cls) == len(cids)
+		}) {
+			t.Errorf("connection %d (%v, mode %c, port %d, ok %v, %v): no closed event; the daemon lists %v", o.id, cids, o.mode, o.port, o.ok, o.err, listConns(admin, lid))
 			if f, err := os.Create("/tmp/rf_goroutines.txt"); err == nil {
 				_ = pprof.Lookup("goroutine").WriteTo(f, 2)
 				f.Close()
@@ -456,40 +545,53 @@ func TestReusedStreamsUnderFaults(t *testing.T) {
 		if o.ok {
 			continue
 		}
-		why := cl.GetReason()
-		fails[fmt.Sprintf("%c %s", o.mode, why)]++
-		switch why {
-		case listenerdv1.CloseReason_CLOSE_REASON_HANDLER_GONE:
-		case listenerdv1.CloseReason_CLOSE_REASON_HANDLER_RESET:
-			// A detaching handler resets a connection bound to its
-			// ready stream that Accept did not return (Listener.Close).
-		default:
-			t.Errorf("connection %d (%s, mode %c, port %d): %v; closed %v (%s): not a reason for a lost echo", o.id, cid, o.mode, o.port, o.err, why, cl.GetError())
+		for i, cl := range cls {
+			why := cl.GetReason()
+			if len(cls) == 1 {
+				fails[fmt.Sprintf("%c %s", o.mode, why)]++
+			}
+			switch why {
+			case listenerdv1.CloseReason_CLOSE_REASON_HANDLER_GONE:
+			case listenerdv1.CloseReason_CLOSE_REASON_HANDLER_RESET:
+				// A detaching handler resets a connection bound to its
+				// ready stream that Accept did not return (Listener.Close).
+			default:
+				t.Errorf("connection %d (%s of %v, mode %c, port %d): %v; closed %v (%s): not a reason for a lost echo", o.id, cids[i], cids, o.mode, o.port, o.err, why, cl.GetError())
+			}
+		}
+		if len(cls) > 1 {
+			fails[fmt.Sprintf("%c one of %d", o.mode, len(cls))]++
 		}
 	}
 	t.Logf("peers without their whole echo, by mode and close reason: %v", fails)
 	if n := fails["no connection"]; n > 0 {
 		// Connections the daemon opened that no peer's dial returned: their
-		// closes say what the refused dials were.
-		ports := map[uint32]bool{}
-		for _, o := range outcomes {
-			ports[o.port] = true
-		}
+		// closes say what the refused dials were. A port that peers used
+		// too has one connection more than its peers for each: as many of
+		// its connections at least closed so.
 		unclaimed := map[string]int{}
 		ev.mu.Lock()
 		for port, ids := range ev.byPort {
-			if !ports[port] {
-				for _, id := range ids {
-					why := ev.closed[id].GetReason()
-					unclaimed[why.String()]++
-					if why != listenerdv1.CloseReason_CLOSE_REASON_HANDLER_GONE {
-						t.Errorf("connection %s, which no dial returned, closed %v", id, why)
-					}
+			extra := len(ids) - onPort[port]
+			if extra <= 0 {
+				continue
+			}
+			gone := 0
+			for _, id := range ids {
+				why := ev.closed[id].GetReason()
+				if why == listenerdv1.CloseReason_CLOSE_REASON_HANDLER_GONE {
+					gone++
+				} else if onPort[port] == 0 {
+					t.Errorf("connection %s, which no dial returned, closed %v", id, why)
 				}
+			}
+			unclaimed[fmt.Sprintf("port of %d peers", onPort[port])] += extra
+			if gone < extra {
+				t.Errorf("port %d: %d connections for %d peers, %d of them closed HANDLER_GONE: a connection no dial returned closed otherwise", port, len(ids), onPort[port], gone)
 			}
 		}
 		ev.mu.Unlock()
-		t.Logf("%d dials refused; connections no dial returned, by close reason: %v", n, unclaimed)
+		t.Logf("%d dials refused; connections no dial returned, by their port's peers: %v", n, unclaimed)
 	}
 	badMu.Lock()
 	for _, b := range bads {
@@ -518,6 +620,12 @@ func TestReusedStreamsUnderFaults(t *testing.T) {
 	if opened != closed {
 		t.Errorf("%d connections opened, %d closed", opened, closed)
 	}
+	old := map[string]bool{} // the load's connections: the holds' ports may be theirs
+	ev.mu.Lock()
+	for id := range ev.closed {
+		old[id] = true
+	}
+	ev.mu.Unlock()
 
 	// The stable handler takes conc connections at once still: its load
 	// came back to zero.
@@ -544,7 +652,7 @@ func TestReusedStreamsUnderFaults(t *testing.T) {
 		_ = h.Close()
 		port := uint32(h.LocalAddr().(*net.TCPAddr).Port)
 		var cl *listenerdv1.ConnectionClosed
-		testkit.Eventually(t, func() bool { _, cl = ev.closedFor(port); return cl != nil }, "the held connection's closed event")
+		testkit.Eventually(t, func() bool { _, cl = ev.closedFor(port, old); return cl != nil }, "the held connection's closed event")
 		if cl.GetReason() != listenerdv1.CloseReason_CLOSE_REASON_LISTENER_CLOSED {
 			t.Errorf("held connection %d: closed %v; want LISTENER_CLOSED", i, cl.GetReason())
 		}
