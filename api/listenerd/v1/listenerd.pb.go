@@ -4726,10 +4726,11 @@ type ServeConnectionRequest_Reset_ struct {
 }
 
 type ServeConnectionRequest_Release struct {
-	// On a stream taken with reuse, after closed: park it no more. A
-	// connection bound to it before the release came is still opened on
-	// it, and the stream ends after that one's closed. With end_marks it
-	// is not a mark (see Take.end_marks).
+	// On a stream taken with reuse, after closed: park it no more (the
+	// stream ends). With end_marks it is not a mark (see Take.end_marks)
+	// and may come while the stream is parked: a connection bound to it
+	// before the release came is still opened on it, and the stream ends
+	// after that one's closed.
 	Release *Release `protobuf:"bytes,5,opt,name=release,proto3,oneof"`
 }
 
