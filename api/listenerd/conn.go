@@ -34,10 +34,12 @@ type Conn struct {
 	cancel context.CancelFunc
 	l      *Listener // the stream was taken for reuse: it goes back to l after closed
 	// endMarks: the daemon takes our end or reset as the mark of this
-	// connection's end on a reused stream (Take.end_marks).
-	endMarks bool
-	id       string
-	tuple    *listenerdv1.FiveTuple
+	// connection's end on a reused stream (Take.end_marks); doneMarks:
+	// only our end with done (Close) or reset, a plain end asking for the
+	// take after closed.
+	endMarks, doneMarks bool
+	id                  string
+	tuple               *listenerdv1.FiveTuple
 	// The addresses, made from tuple when first asked for: most
 	// connections never are.
 	addrOnce      sync.Once
@@ -66,6 +68,7 @@ type Conn struct {
 	wended   bool
 	released bool // closed, and the stream given back: nothing more is sent on it
 	marked   bool // once released: our end or reset went first, and was the mark (endMarks)
+	answered bool // our end with done, or reset, went: the mark (doneMarks)
 	closed   sync.Once
 }
 
@@ -111,7 +114,7 @@ func (c *Conn) recv() {
 // when the stream was released or ended.
 func (c *Conn) recvReused() *parking {
 	if c.serve() {
-		return c.l.reuse(&parking{s: c.s, cancel: c.cancel, endMarks: c.endMarks, marked: c.marked})
+		return c.l.reuse(&parking{s: c.s, cancel: c.cancel, endMarks: c.endMarks, doneMarks: c.doneMarks, marked: c.marked})
 	}
 	c.cancel()
 	return nil
@@ -144,7 +147,7 @@ func (c *Conn) serve() (reusable bool) {
 				// take; from now on it sends nothing.
 				c.wmu.Lock()
 				c.released = true
-				c.marked = c.endMarks && c.wended
+				c.marked = c.endMarks && (c.answered || !c.doneMarks && c.wended)
 				c.wmu.Unlock()
 				return true
 			}
@@ -304,15 +307,18 @@ func (c *Conn) Write(p []byte) (int, error) {
 func (c *Conn) CloseWrite() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	return c.endLocked()
+	return c.endLocked(false)
 }
 
-func (c *Conn) endLocked() error {
+// endLocked sends our end; done (Close): we are done with the connection,
+// and, on a reused stream, the daemon may park it again as soon as the
+// connection has closed, with no take after its closed.
+func (c *Conn) endLocked(done bool) error {
 	if c.wended || c.released {
 		return nil
 	}
-	c.wended = true
-	if err := c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}}); err != nil {
+	c.wended, c.answered = true, done
+	if err := c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{Done: done}}}); err != nil {
 		return c.sendErr("close")
 	}
 	if c.l != nil {
@@ -327,7 +333,7 @@ func (c *Conn) Reset() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if !c.wended && !c.released {
-		c.wended = true
+		c.wended, c.answered = true, true
 		_ = c.s.Send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Reset_{Reset_: &listenerdv1.Reset{}}})
 		if c.l == nil {
 			_ = c.s.CloseSend()
@@ -338,10 +344,12 @@ func (c *Conn) Reset() error {
 }
 
 // Close ends our side (FIN) and stops reading: bytes the peer still sends
-// are dropped, and the connection closes once the peer ends its side.
+// are dropped, and the connection closes once the peer ends its side. On
+// a reused stream, the daemon may then serve the next connection on the
+// stream as soon as this one has closed.
 func (c *Conn) Close() error {
 	c.wmu.Lock()
-	err := c.endLocked()
+	err := c.endLocked(true)
 	c.wmu.Unlock()
 	first := false
 	c.closed.Do(func() { close(c.gone); first = true })

@@ -237,7 +237,10 @@ type parking struct {
 	cancel   context.CancelFunc
 	fresh    bool // opened for this park: its take asks for reuse
 	endMarks bool // the daemon takes our end or reset as the mark (Take.end_marks)
-	marked   bool // the connection it served was ended or reset: no take answers its closed
+	// doneMarks: only our end with done, or reset: a plain end asks for
+	// the take after closed (the daemon's header says "2").
+	doneMarks bool
+	marked    bool // the connection it served was ended or reset: no take answers its closed
 }
 
 // reserveIdle counts one more stream opened ahead and serving nothing, if
@@ -398,7 +401,9 @@ func (l *Listener) readyOne(p *parking) (*Conn, error) {
 		if md, herr := p.s.Header(); herr == nil {
 			if p.fresh {
 				// An older daemon does not say it, and needs the take.
-				p.endMarks = len(md.Get(endMarksHeader)) > 0
+				v := md.Get(endMarksHeader)
+				p.endMarks = len(v) > 0
+				p.doneMarks = p.endMarks && v[0] != "1"
 			}
 			l.parked.Add(1)
 			defer l.parked.Add(-1)
@@ -413,7 +418,7 @@ func (l *Listener) readyOne(p *parking) (*Conn, error) {
 		return nil, err
 	}
 	c := newConn(l, p.s, p.cancel, m.GetOpened())
-	c.endMarks = p.endMarks
+	c.endMarks, c.doneMarks = p.endMarks, p.doneMarks
 	return c, nil
 }
 

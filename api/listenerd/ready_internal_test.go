@@ -156,7 +156,9 @@ func TestReadyStreamsMixedAndDetach(t *testing.T) {
 // A ready stream serves one connection after another: with one stream
 // ahead and one connection at a time, every connection comes on the same
 // stream, none is offered, and a Conn whose connection has closed cannot
-// write into the next one on its stream.
+// write into the next one on its stream. Each Conn is closed before its
+// peer leaves: Close's end says done, and the daemon parks the stream
+// again at closed, with no take after it.
 func TestReadyStreamReused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -167,7 +169,8 @@ func TestReadyStreamReused(t *testing.T) {
 	defer l.Close()
 	var prev *Conn
 	for i := range 10 {
-		// Parked: the daemon parks a reused stream before its closed.
+		// Parked: the daemon parks a reused stream before its closed when
+		// the Conn was closed first.
 		testkit.Eventually(t, func() bool { return l.parked.Load() == 1 }, "the stream parked")
 		peer, err := net.Dial("tcp", l.Addr().String())
 		if err != nil {
@@ -192,20 +195,18 @@ func TestReadyStreamReused(t *testing.T) {
 		if _, err := c.Write([]byte(want)); err != nil {
 			t.Fatal(err)
 		}
-		_ = c.CloseWrite()
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
 		got, err := io.ReadAll(peer)
 		if err != nil || string(got) != want {
 			t.Fatalf("connection %d: peer read %q, %v; want %q", i, got, err, want)
 		}
 		_ = peer.Close()
-		if _, err := io.Copy(io.Discard, c); err != nil {
-			t.Fatal(err)
-		}
 		<-c.Done()
 		if r := c.Closed(); r.GetConnectionId() != c.ID() || r.GetBytesOut() != uint64(len(want)) {
 			t.Fatalf("connection %d: closed %v; want %s with %d bytes out", i, r, c.ID(), len(want))
 		}
-		_ = c.Close()
 		prev = c
 	}
 	if n, o := l.opens.Load(), l.offered.Load(); n != 1 || o != 0 {

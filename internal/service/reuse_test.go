@@ -17,6 +17,7 @@ import (
 // for the first connection after it closed (here after its peer reset it)
 // is dropped, never written to the next.
 func TestReusedStreamServesConnectionsInTurn(t *testing.T) {
+	reparked := onReparked(t)
 	c := tcpClient(t)
 	lid, addr := createStreamListener(t, c, "reuse", 0)
 	h := attachRaw(t, c, ctx(t), lid)
@@ -64,8 +65,8 @@ func TestReusedStreamServesConnectionsInTurn(t *testing.T) {
 	if _, err := s.Header(); err != nil {
 		t.Fatal(err)
 	}
-	// The stream parks again before each closed: once the handler has
-	// read closed, the next connection comes on it.
+	// The stream parks again on each take after closed: the next
+	// connection comes on it.
 	for i, want := range []string{"one", "two", "three"} {
 		peer := testkit.Dial(t, addr)
 		id := opened(peer)
@@ -79,6 +80,7 @@ func TestReusedStreamServesConnectionsInTurn(t *testing.T) {
 			t.Fatalf("connection %d: closed %v; want %s closed by its peer, %d bytes out", i, cl, id, len(want))
 		}
 		send(take)
+		waitReparked(t, reparked)
 	}
 
 	// A peer that resets; the handler's data and end for it, sent before
@@ -93,6 +95,7 @@ func TestReusedStreamServesConnectionsInTurn(t *testing.T) {
 	send(data("stale"))
 	send(end)
 	send(take)
+	waitReparked(t, reparked)
 	next := testkit.Dial(t, addr)
 	opened(next)
 	send(data("fresh"))
@@ -102,19 +105,21 @@ func TestReusedStreamServesConnectionsInTurn(t *testing.T) {
 	}
 	_ = next.Close()
 	closed()
+	send(take)
+	waitReparked(t, reparked)
 
-	// Parked again; a connection bound to the stream before the handler's
-	// release came is still served on it, and the stream ends after it.
+	// Parked again; a release answers the last connection's closed: the
+	// stream ends after it.
 	last := testkit.Dial(t, addr)
 	opened(last)
-	send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Release{Release: &listenerdv1.Release{}}})
 	send(data("last"))
 	send(end)
 	if got, err := io.ReadAll(last); err != nil || string(got) != "last" {
-		t.Fatalf("the connection opened before the release: peer read %q, %v", got, err)
+		t.Fatalf("the last connection: peer read %q, %v", got, err)
 	}
 	_ = last.Close()
 	closed()
+	send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Release{Release: &listenerdv1.Release{}}})
 	if _, err := s.Recv(); err != io.EOF {
 		t.Fatalf("after the release: %v, want the stream ended cleanly", err)
 	}
@@ -181,6 +186,7 @@ func TestReusedStreamTakeBeforeClosed(t *testing.T) {
 // A stream that took an offer with reuse is parked after its connection:
 // the next connection comes on it, with no offer.
 func TestReusedStreamAfterTakenOffer(t *testing.T) {
+	reparked := onReparked(t)
 	c := tcpClient(t)
 	lid, addr := createStreamListener(t, c, "offered", 0)
 	h := attachRaw(t, c, ctx(t), lid)
@@ -204,7 +210,7 @@ func TestReusedStreamAfterTakenOffer(t *testing.T) {
 		Take: &listenerdv1.Take{ConnectionId: o.GetOffer().GetConnectionId(), HandlerId: h.id, Reuse: true}}})
 	for i, peer := range []*net.TCPConn{first, nil} {
 		if peer == nil {
-			peer = testkit.Dial(t, addr) // parked before the first's closed: it comes here
+			peer = testkit.Dial(t, addr) // parked on the take after the first's closed: it comes here
 		}
 		m, err := s.Recv()
 		if err != nil || m.GetOpened().GetTuple().GetRemotePort() != uint32(peer.LocalAddr().(*net.TCPAddr).Port) {
@@ -222,6 +228,9 @@ func TestReusedStreamAfterTakenOffer(t *testing.T) {
 		}
 		send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_Take{
 			Take: &listenerdv1.Take{HandlerId: h.id}}})
+		if i == 0 {
+			waitReparked(t, reparked)
+		}
 	}
 }
 
@@ -242,7 +251,11 @@ func endMarksStream(t *testing.T, c listenerdv1.ListenerServiceClient, handler s
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s, len(md.Get("listenerd-end-marks")) > 0
+	v := md.Get("listenerd-end-marks")
+	if len(v) > 0 && v[0] != "2" {
+		t.Fatalf("the headers say end marks %q; want 2 (end with done is the mark, plain end is not)", v)
+	}
+	return s, len(v) > 0
 }
 
 // rawStream drives one ServeConnection stream from a test.
@@ -266,6 +279,11 @@ func (r rawStream) data(b string) {
 func (r rawStream) end() {
 	r.t.Helper()
 	r.send(&listenerdv1.ServeConnectionRequest{Kind: &listenerdv1.ServeConnectionRequest_End{End: &listenerdv1.End{}}})
+}
+
+func (r rawStream) done() {
+	r.t.Helper()
+	r.send(doneEnd)
 }
 
 func (r rawStream) take(handler string) {
@@ -298,10 +316,11 @@ func (r rawStream) closed() *listenerdv1.ConnectionClosed {
 	}
 }
 
-// With end marks, the handler's end or reset ends its messages for a
-// connection: with no take after closed, what it sends next is for the
-// next connection opened on the stream. A release is then no mark: the
-// stream ends, and the listener offers the next connection.
+// With end marks, the handler's end with done, or its reset, ends its
+// messages for a connection and answers its closed: with no take after
+// closed, the stream is parked again at closed, and what the handler
+// sends next is for the next connection opened on it. A release is then
+// no mark: the stream ends, and the listener offers the next connection.
 func TestReusedStreamEndMarks(t *testing.T) {
 	c := tcpClient(t)
 	lid, addr := createStreamListener(t, c, "endmarks", 0)
@@ -315,7 +334,7 @@ func TestReusedStreamEndMarks(t *testing.T) {
 		peer := testkit.Dial(t, addr)
 		r.opened(peer)
 		r.data(want)
-		r.end() // the mark: no take follows
+		r.done() // the mark: no take follows
 		if got, err := io.ReadAll(peer); err != nil || string(got) != want {
 			t.Fatalf("connection %d: peer read %q, %v; want %q", i, got, err, want)
 		}
@@ -334,7 +353,7 @@ func TestReusedStreamEndMarks(t *testing.T) {
 	next := testkit.Dial(t, addr)
 	r.opened(next)
 	r.data("after the reset")
-	r.end()
+	r.done()
 	if got, err := io.ReadAll(next); err != nil || string(got) != "after the reset" {
 		t.Fatalf("the connection after the reset: peer read %q, %v", got, err)
 	}
@@ -352,10 +371,10 @@ func TestReusedStreamEndMarks(t *testing.T) {
 }
 
 // With end marks, a connection that closed before the handler ended it
-// still needs its mark: a take answers its closed, and what the handler
-// sent for it before is dropped; the next connection gets only its own
-// bytes.
+// still needs its mark: a take answers its closed, and the stream is
+// parked again on it; the next connection gets only its own bytes.
 func TestReusedStreamEndMarksTakeAfterUnendedClose(t *testing.T) {
+	reparked := onReparked(t)
 	c := tcpClient(t)
 	lid, addr := createStreamListener(t, c, "unended", 0)
 	h := attachRaw(t, c, ctx(t), lid)
@@ -366,8 +385,8 @@ func TestReusedStreamEndMarksTakeAfterUnendedClose(t *testing.T) {
 	_ = peer.SetLinger(0)
 	_ = peer.Close() // the peer resets: closed comes before the handler's end
 	r.closed()
-	r.data("stale")
 	r.take(h.id) // the mark
+	waitReparked(t, reparked)
 	next := testkit.Dial(t, addr)
 	r.opened(next)
 	r.data("fresh")
@@ -381,8 +400,8 @@ func TestReusedStreamEndMarksTakeAfterUnendedClose(t *testing.T) {
 	}
 }
 
-// With end marks, a take after a connection the handler ended is the
-// mark of a next connection: with none closed, it is refused.
+// With end marks, a take after a connection the handler ended with done
+// is the mark of a next connection: with none closed, it is refused.
 func TestReusedStreamEndMarksTakeAfterEnd(t *testing.T) {
 	c := tcpClient(t)
 	lid, addr := createStreamListener(t, c, "twice", 0)
@@ -391,7 +410,7 @@ func TestReusedStreamEndMarksTakeAfterEnd(t *testing.T) {
 	r := rawStream{t, s}
 	peer := testkit.Dial(t, addr)
 	r.opened(peer)
-	r.end()
+	r.done()
 	if got, err := io.ReadAll(peer); err != nil || len(got) != 0 {
 		t.Fatalf("peer read %q, %v", got, err)
 	}
@@ -406,6 +425,7 @@ func TestReusedStreamEndMarksTakeAfterEnd(t *testing.T) {
 // Without end marks (a handler from before them), the headers say
 // nothing, and an end is no mark: the take after closed is.
 func TestReusedStreamWithoutEndMarks(t *testing.T) {
+	reparked := onReparked(t)
 	c := tcpClient(t)
 	lid, addr := createStreamListener(t, c, "old", 0)
 	h := attachRaw(t, c, ctx(t), lid)
@@ -425,5 +445,6 @@ func TestReusedStreamWithoutEndMarks(t *testing.T) {
 		_ = peer.Close()
 		r.closed()
 		r.take(h.id) // the mark, after the end
+		waitReparked(t, reparked)
 	}
 }

@@ -28,6 +28,11 @@ const maxLabel = 128
 // there, in a window no client can aim at.
 var testHookReadyClaimed atomic.Pointer[func(context.Context)]
 
+// testHookReparked, when set by a test, runs once a reused stream is
+// parked again on the handler's answer after closed: nothing on the
+// stream says so, and a test's next connection must find it parked.
+var testHookReparked atomic.Pointer[func()]
+
 // AttachHandler implements ListenerService: it offers the listener's
 // connections to the caller until the caller goes or the listener closes.
 func (s *Service) AttachHandler(req *listenerdv1.AttachHandlerRequest, stream grpc.ServerStreamingServer[listenerdv1.AttachHandlerResponse]) error {
@@ -173,13 +178,18 @@ func (s *Service) ServeConnection(stream serveStream) error {
 			}
 			break
 		}
-		// Reuse: the stream parks again before closed goes, so that the
-		// handler, reading closed, knows it is parked; a connection bound
-		// to it meanwhile is opened after closed (o.mu).
+		// Reuse: the stream parks again once the connection is closed
+		// and the handler has answered it (its mark: end with done or
+		// reset with end marks, else a take after closed): a handler
+		// that has not, may not have read what came before closed, and
+		// a next connection's opened would wait behind it. Answered
+		// already, the stream parks before closed goes; a connection
+		// bound to it meanwhile is opened after closed (o.mu).
 		res := sess.Result()
+		answered := reuse && rd.answered()
 		o.lock()
 		r = nil
-		if reuse && rd.open() {
+		if answered && rd.open() {
 			r, _ = s.m.Ready(handler, o) // none (detached, at its limit): the stream ends after closed
 		}
 		err = stream.Send(o.msgs.closed(sess.ID(), o.tuple, res))
@@ -187,6 +197,23 @@ func (s *Service) ServeConnection(stream serveStream) error {
 			o.err = err
 		}
 		o.unlock()
+		if err == nil && reuse && !answered && rd.open() {
+			// The answer comes after closed: until then a connection
+			// goes to another parked stream, or as an offer.
+			select {
+			case <-rd.answer:
+				answered = true
+			case <-rd.released:
+			case <-rd.gone:
+			case <-ctx.Done():
+			}
+			if answered && rd.open() {
+				r, _ = s.m.Ready(handler, o)
+				if hook := testHookReparked.Load(); hook != nil && r != nil {
+					(*hook)()
+				}
+			}
+		}
 		if r == nil || err != nil {
 			if r != nil {
 				drop(r)
@@ -202,7 +229,9 @@ func (s *Service) ServeConnection(stream serveStream) error {
 
 // endMarksHeader, in a stream's response headers, says the daemon takes
 // the handler's end or reset as its mark (Take.end_marks).
-var endMarksHeader = metadata.Pairs("listenerd-end-marks", "1")
+// "2": a plain end is no mark (the handler answers closed with take), end
+// with done is.
+var endMarksHeader = metadata.Pairs("listenerd-end-marks", "2")
 
 type serveStream = grpc.BidiStreamingServer[listenerdv1.ServeConnectionRequest, listenerdv1.ServeConnectionResponse]
 
@@ -334,8 +363,9 @@ func (o *opener) failure() error {
 // release mark the end of a closed connection's messages: what the
 // handler sent for it before it saw closed is dropped, and the messages
 // after the mark are for the next connection opened on the stream. With
-// end marks, the handler's end or reset is a mark too, and release is
-// none.
+// end marks, the handler's end with done, or its reset, is a mark too,
+// and release is none. A mark is also the handler's answer to the
+// connection's closed (answer): the stream may park again.
 type handlerReader struct {
 	s        *Service
 	stream   serveStream
@@ -349,10 +379,14 @@ type handlerReader struct {
 	err      error                       // a broken protocol: the stream's status
 	released chan struct{}               // closed on the handler's release
 	gone     chan struct{}               // closed when reading stops
+	// answer gets one value a mark: the handler answered the connection
+	// it served (one at a time: the stream parks again only after it).
+	answer chan struct{}
 }
 
 func newHandlerReader(s *Service, stream serveStream, reuse bool) *handlerReader {
-	return &handlerReader{s: s, stream: stream, reuse: reuse, released: make(chan struct{}), gone: make(chan struct{})}
+	return &handlerReader{s: s, stream: stream, reuse: reuse, released: make(chan struct{}), gone: make(chan struct{}),
+		answer: make(chan struct{}, 1)}
 }
 
 // serve adds a connection about to be opened on the stream: the
@@ -412,6 +446,25 @@ func (rd *handlerReader) open() bool {
 	}
 }
 
+// answered says whether the handler has answered the connection it
+// served, taking the answer.
+func (rd *handlerReader) answered() bool {
+	select {
+	case <-rd.answer:
+		return true
+	default:
+		return false
+	}
+}
+
+// answers records the handler's mark for the connection it served.
+func (rd *handlerReader) answers() {
+	select {
+	case rd.answer <- struct{}{}:
+	default:
+	}
+}
+
 // isDone says whether s is closed.
 func isDone(s *listener.Session) bool {
 	select {
@@ -442,7 +495,10 @@ func (rd *handlerReader) broke(cur *listener.Session, field, why string) {
 // run reads until the stream ends or the protocol breaks. A stream that
 // breaks before its connection is done resets the connection; one whose
 // handler ended its side (end, then the end of its stream) leaves the
-// connection going.
+// connection going. With end marks, data the socket refuses (it closed)
+// stops the reading on a reused stream too: the stream ends after
+// closed, and the handler's next send fails, so that a handler that
+// writes and never reads (nor reads closed) learns that its peer left.
 func (rd *handlerReader) run() {
 	var cur *listener.Session // nil: before the first message for the connection they are for
 	var why error             // cur must be reset: the stream broke, or ended before its end
@@ -491,6 +547,7 @@ func (rd *handlerReader) run() {
 				if release {
 					rd.release()
 				}
+				rd.answers()
 				cur, ended, over = nil, false, true
 				continue
 			}
@@ -508,16 +565,24 @@ func (rd *handlerReader) run() {
 			ended, over = false, false
 		}
 		if over {
-			if rd.endMarks {
-				switch m.GetKind().(type) {
-				case *listenerdv1.ServeConnectionRequest_End, *listenerdv1.ServeConnectionRequest_Reset_:
-					rd.marked(cur) // the mark, after leftovers
-					cur, ended = nil, false
-				}
-			}
 			continue // the closed connection's leftovers, before the mark
 		}
-		mark := false // end marks: this end or reset is the mark
+		mark := false // end marks: this end with done, or reset, is the mark
+		if rd.endMarks {
+			// The answer goes before the end or reset it comes with: the
+			// stream's goroutine, woken by the connection's close, parks
+			// the stream before closed goes.
+			switch k := m.GetKind().(type) {
+			case *listenerdv1.ServeConnectionRequest_End:
+				mark = k.End.GetDone()
+			case *listenerdv1.ServeConnectionRequest_Reset_:
+				mark = true
+			}
+			if mark {
+				rd.marked(cur)
+				rd.answers()
+			}
+		}
 		switch k := m.GetKind().(type) {
 		case *listenerdv1.ServeConnectionRequest_Data:
 			if ended {
@@ -526,17 +591,19 @@ func (rd *handlerReader) run() {
 			}
 			if err := cur.Write(k.Data); err != nil {
 				cur.Fail(err) // the socket failed: the connection closes
-				over = true
+				if !rd.reuse || rd.endMarks {
+					return
+				}
+				over = true // before end marks: dropped until the take
 			}
 		case *listenerdv1.ServeConnectionRequest_End:
 			if !ended {
 				ended = true
 				_ = cur.CloseWrite()
 			}
-			mark = rd.endMarks
 		case *listenerdv1.ServeConnectionRequest_Reset_:
 			cur.Reset()
-			over, mark = true, rd.endMarks
+			over = true
 		default:
 			rd.broke(cur, "kind", "data, end or reset while a connection is served")
 			return
@@ -545,9 +612,8 @@ func (rd *handlerReader) run() {
 			return
 		}
 		if mark {
-			// End or reset: the mark. What follows is for the next
-			// connection.
-			rd.marked(cur)
+			// End with done, or reset: the mark, and the answer to the
+			// closed to come. What follows is for the next connection.
 			cur, ended, over = nil, false, true
 		}
 	}

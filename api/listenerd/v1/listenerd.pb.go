@@ -4726,10 +4726,11 @@ type ServeConnectionRequest_Reset_ struct {
 }
 
 type ServeConnectionRequest_Release struct {
-	// On a stream taken with reuse, after closed: park it no more. A
-	// connection bound to it before the release came is still opened on
-	// it, and the stream ends after that one's closed. With end_marks it
-	// is not a mark (see Take.end_marks).
+	// On a stream taken with reuse, after closed: park it no more (the
+	// stream ends). With end_marks it is not a mark (see Take.end_marks)
+	// and may come while the stream is parked: a connection bound to it
+	// before the release came is still opened on it, and the stream ends
+	// after that one's closed.
 	Release *Release `protobuf:"bytes,5,opt,name=release,proto3,oneof"`
 }
 
@@ -4793,29 +4794,36 @@ type Take struct {
 	HandlerId string `protobuf:"bytes,2,opt,name=handler_id,json=handlerId,proto3" json:"handler_id,omitempty"`
 	// The stream serves one connection after another (it saves a stream a
 	// connection; a stream that took an offer becomes a ready one after
-	// its connection). After each connection the daemon
-	// parks the stream again, then sends closed; the next connection chosen
-	// for the handler may then be opened on it at any time. The handler
-	// answers each closed with a take naming only itself (it goes on) or a
-	// release (it stops: the stream ends after any connection opened before
-	// the release came). Its messages for the closed connection sent before
-	// that answer are dropped; those after it are for the next connection.
-	// A take or release before closed is refused (INVALID_ARGUMENT).
+	// its connection). After each connection the daemon sends closed; it
+	// parks the stream again once the connection is closed and the handler
+	// has answered it, so that the next connection's opened never waits
+	// behind the closed connection's messages the handler has not read.
+	// The handler answers each closed with a take naming only itself (it
+	// goes on: the stream is parked on that take) or a release (it stops).
+	// Its messages for the closed connection sent before that answer are
+	// dropped (but see end_marks). A take or release before closed is
+	// refused (INVALID_ARGUMENT). A connection that comes while
+	// the stream is not parked goes to another stream or as an offer.
 	Reuse bool `protobuf:"varint,3,opt,name=reuse,proto3" json:"reuse,omitempty"`
-	// With reuse, on the stream's first take: the handler's end or reset
-	// for a connection is also the end of its messages for it (a mark, as
-	// take is): what follows is for the next connection opened on the
-	// stream, and a connection the handler ended or reset needs no take
-	// after its closed (one message less a connection). A connection that
-	// closed before the handler ended or reset it is answered with take,
-	// as without end_marks; release is then no mark, only the end of the
-	// parking, and may come at any time after the handler's mark. Opt-in,
-	// so that a handler that answers every closed with take (as before
-	// end_marks) keeps its meaning: after an end, the daemon cannot tell a
-	// take meant as a redundant mark from the mark of a next connection
-	// that closed at once. A daemon that honours it says so in the
-	// stream's response headers: "listenerd-end-marks: 1"; one that does
-	// not (an older daemon) needs the take after every closed.
+	// With reuse, on the stream's first take: the handler's end with done,
+	// or its reset, is also the end of its messages for the connection and
+	// the answer to its closed (a mark, as take is): what follows is for
+	// the next connection opened on the stream, no take follows that
+	// closed, and the stream is parked again as soon as the connection is
+	// closed. A plain end (a half-close) is no answer: the handler then
+	// answers closed with take (or ends with done, or resets), and sends no
+	// data between. Release is then no mark, only the end of the parking,
+	// and may come at any time after the handler's answer. Data written to
+	// a connection that closed ends the stream (after closed), as without
+	// reuse: a handler that writes and does not read learns that its peer
+	// left, from its next send. Opt-in, so that
+	// a handler that answers every closed with take (as before end_marks)
+	// keeps its meaning: after a reset, the daemon cannot tell a take meant
+	// as a redundant mark from the mark of a next connection that closed
+	// at once. A daemon that honours it says so in the stream's response
+	// headers: "listenerd-end-marks: 2" ("1": an older daemon, for which a
+	// plain end was the answer too); one that does not say it needs the
+	// take after every closed.
 	EndMarks      bool `protobuf:"varint,4,opt,name=end_marks,json=endMarks,proto3" json:"end_marks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4879,9 +4887,15 @@ func (x *Take) GetEndMarks() bool {
 	return false
 }
 
-// End is a half-close.
+// End is a half-close. From the daemon it has no field set.
 type End struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// From the handler: it is done with the connection: it sends and reads
+	// nothing more of it (a close, not a half-close). On a stream taken with
+	// reuse and end_marks it is also the answer to the connection's closed
+	// (no take follows): the stream is parked again as soon as the
+	// connection is closed.
+	Done          bool `protobuf:"varint,1,opt,name=done,proto3" json:"done,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4914,6 +4928,13 @@ func (x *End) ProtoReflect() protoreflect.Message {
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
 	return file_listenerd_v1_listenerd_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *End) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
 }
 
 // Reset is an abortive close.
@@ -5063,7 +5084,8 @@ type ServeConnectionResponse_End struct {
 
 type ServeConnectionResponse_Closed struct {
 	// The connection closed; the last message, unless the take asked for
-	// reuse: the stream is then parked for the next connection.
+	// reuse: the stream is then parked for the next connection once the
+	// handler has answered it (see Take.reuse).
 	Closed *ConnectionClosed `protobuf:"bytes,4,opt,name=closed,proto3,oneof"`
 }
 
@@ -6399,8 +6421,9 @@ const file_listenerd_v1_listenerd_proto_rawDesc = "" +
 	"\n" +
 	"handler_id\x18\x02 \x01(\tR\thandlerId\x12\x14\n" +
 	"\x05reuse\x18\x03 \x01(\bR\x05reuse\x12\x1b\n" +
-	"\tend_marks\x18\x04 \x01(\bR\bendMarks\"\x05\n" +
-	"\x03End\"\a\n" +
+	"\tend_marks\x18\x04 \x01(\bR\bendMarks\"\x19\n" +
+	"\x03End\x12\x12\n" +
+	"\x04done\x18\x01 \x01(\bR\x04done\"\a\n" +
 	"\x05Reset\"\xd2\x01\n" +
 	"\x17ServeConnectionResponse\x128\n" +
 	"\x06opened\x18\x01 \x01(\v2\x1e.listenerd.v1.ConnectionOpenedH\x00R\x06opened\x12\x14\n" +
