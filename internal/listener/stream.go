@@ -602,6 +602,21 @@ func (m *Manager) Ready(handler string, o Opener) (*Ready, error) {
 	return r, nil
 }
 
+// AttachmentDone is closed when handler's attachment ends (detached, or
+// its listener closed); closed already when it has none.
+func (m *Manager) AttachmentDone(handler string) <-chan struct{} {
+	m.mu.Lock()
+	a := m.attached[handler]
+	m.mu.Unlock()
+	if a == nil {
+		return closedChan
+	}
+	return a.done
+}
+
+// closedChan is a channel closed for good.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 // Wake is signalled when the connection opened on the stream is done,
 // when the stream ended, or when a connection is opened on a stream that
 // is stopping: then call Claim.

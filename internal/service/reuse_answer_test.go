@@ -140,3 +140,45 @@ func TestReusedStreamDoneParksAtClosed(t *testing.T) {
 		t.Fatalf("the last peer read %q, %v", got, err)
 	}
 }
+
+// A reused stream waiting for the handler's answer to closed ends when its
+// listener closes, as a parked one does: it does not wait for an answer
+// that a stuck handler may never send.
+func TestReusedStreamUnansweredEndsWithItsListener(t *testing.T) {
+	c := tcpClient(t)
+	lid, addr := createStreamListener(t, c, "unanswered", 0)
+	h := attachRaw(t, c, ctx(t), lid)
+	s, _ := endMarksStream(t, c, h.id, true)
+	r := rawStream{t, s}
+	peer := testkit.Dial(t, addr)
+	r.opened(peer)
+	r.end() // a plain end: no answer yet
+	if got, err := io.ReadAll(peer); err != nil || len(got) != 0 {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+	_ = peer.Close()
+	r.closed()
+	if _, err := c.CloseListener(ctx(t), &listenerdv1.CloseListenerRequest{Id: lid, Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := s.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-ended:
+		if err != io.EOF && status.Code(err) == codes.Unknown {
+			t.Fatalf("the stream ended with %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		// A generous guard: the stream ends at once. Without the wake on
+		// the attachment's end it lingered until the force close gave up
+		// on it, 30 s later.
+		t.Fatal("a stream waiting for the handler's answer outlived its listener")
+	}
+}

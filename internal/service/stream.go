@@ -199,13 +199,16 @@ func (s *Service) ServeConnection(stream serveStream) error {
 		o.unlock()
 		if err == nil && reuse && !answered && rd.open() {
 			// The answer comes after closed: until then a connection
-			// goes to another parked stream, or as an offer.
+			// goes to another parked stream, or as an offer. A handler
+			// detached, or its listener closed, meanwhile: the stream
+			// ends, as a parked one would.
 			select {
 			case <-rd.answer:
 				answered = true
 			case <-rd.released:
 			case <-rd.gone:
 			case <-ctx.Done():
+			case <-s.m.AttachmentDone(handler):
 			}
 			if answered && rd.open() {
 				r, _ = s.m.Ready(handler, o)
