@@ -245,12 +245,22 @@ func (c *Conn) end(err error) {
 		reason = events.ClosePeerClosed
 	case errors.Is(err, ErrUpstream): // before a deadline the upstream's error may wrap
 		reason, errText = events.CloseUpstreamFailed, err.Error()
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		reason = events.CloseIdleTimeout
 	default:
-		reason, errText = events.CloseReset, err.Error()
+		reason = socketReason(err)
+		if reason == events.CloseReset {
+			errText = err.Error()
+		}
 	}
 	c.l.finish(c, reason, errText)
+}
+
+// socketReason is why a connection whose socket failed with err closed:
+// an idle timeout on a deadline, else a reset.
+func socketReason(err error) events.CloseReason {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return events.CloseIdleTimeout
+	}
+	return events.CloseReset
 }
 
 // hold keeps the connection open, unread, until it is closed by the daemon

@@ -1,11 +1,6 @@
 package listener
 
-import (
-	"errors"
-	"os"
-
-	"github.com/listenerd/listenerd/internal/events"
-)
+import "github.com/listenerd/listenerd/internal/events"
 
 // Fail closes the connection whose socket failed a write of the
 // handler's bytes (the peer reset it, or took nothing for the idle
@@ -17,10 +12,7 @@ func (s *Session) Fail(err error) {
 		return // closed already
 	default:
 	}
-	reason := events.CloseReset
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		reason = events.CloseIdleTimeout
-	}
+	reason := socketReason(err)
 	// Its reason, and the error, only if nothing closed it first (a kick,
 	// a fault, its listener): a write to a socket closed by the daemon
 	// fails too.
