@@ -1,9 +1,11 @@
 package fleet
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"strconv"
 	"strings"
 	"time"
@@ -58,8 +60,33 @@ func KindWord(k events.Kind) string {
 	return strings.ToLower(strings.TrimPrefix(listenerdv1.EventKind(k).String(), "EVENT_KIND_"))
 }
 
-// MsgID is an event's Nats-Msg-Id: its boot id and sequence.
+// MsgID is a message's Nats-Msg-Id: the boot id and the sequence of its
+// (first) event.
 func MsgID(boot string, seq uint64) string { return boot + "-" + strconv.FormatUint(seq, 10) }
+
+// LastSeqHeader names the sequence of a message's last event when it
+// holds more than one.
+const LastSeqHeader = "Listenerd-Last-Seq"
+
+// DefaultPack is how many events of one subject a message holds at most
+// (Options.Pack), and packBytes about how many bytes.
+const (
+	DefaultPack = 64
+	packBytes   = 16 << 10
+)
+
+// Events yields each event of a message's payload: one event's JSON per
+// line, in sequence order, all of the message's subject. A payload of one
+// event is that event's JSON alone.
+func Events(data []byte) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for line := range bytes.SplitSeq(data, []byte{'\n'}) {
+			if len(line) > 0 && !yield(line) {
+				return
+			}
+		}
+	}
+}
 
 // ParseMsgID reads what MsgID wrote.
 func ParseMsgID(id string) (boot string, seq uint64, ok bool) {
