@@ -65,6 +65,7 @@ func declareFlags(fs *pflag.FlagSet, s *settings) {
 	fs.StringVar(&cfg.Fleet.Host, "host-name", defaultHostName(), "this daemon's name in the fleet's subjects (one NATS subject token: no '.', '*', '>' or spaces; default: the host name up to its first dot)")
 	fs.BoolVar(&cfg.Fleet.Desired, "nats-desired", true, "with --nats, reconcile this host's desired listeners from the NATS bucket "+fleet.Bucket+" (keys "+fleet.DesiredPrefix+".<host-name>.<name>; false: only publish events, e.g. beside --listeners)")
 	fs.IntVar(&cfg.Fleet.Replicas, "nats-replicas", 1, "replicas of the events stream when listenerd creates it (1-5)")
+	fs.IntVar(&cfg.Fleet.Pack, "nats-pack", fleet.DefaultPack, "events of one subject published together that one message holds at most (1: a message an event; up to "+fmt.Sprint(fleet.MaxPack)+")")
 	fs.DurationVar(&cfg.Fleet.MaxAge, "nats-max-age", fleet.DefaultMaxAge, "how long the events stream keeps an event, when listenerd creates it")
 	fs.DurationVar(&cfg.Fleet.Heartbeat, "nats-heartbeat", fleet.DefaultHeartbeat, "with --nats-desired, write this host's key "+fleet.HostPrefix+".<host-name> in the bucket this often (ctl fleet ls shows a host gone after "+fmt.Sprint(fleet.MissedBeats)+" missed beats); positive")
 	fs.StringVar(&s.ports, "allow-ports", "", "ports listeners may bind, as a list of ports and ranges (e.g. 0,8000-8999; 0 allows ephemeral ports); empty: any")

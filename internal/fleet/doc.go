@@ -11,12 +11,15 @@
 // publisher.go: a Publisher is one more watcher of the bus's history
 // (events.Bus.Watch), so the listeners never wait on it: when it falls
 // behind, the bus cuts it like any watcher. Its run goroutine reads
-// batches and publishes each event as a core NATS message with a reply
-// subject of its own (the flight's inbox and the event's sequence), at
-// most Options.MaxPending awaiting their answers. The stream's acks come
-// back to the flight's inbox subscription, whose goroutine advances Acked,
-// the last sequence up to which everything is in the stream, over the
-// acknowledged prefix. The first failure (an error answer, no answer
+// batches and publishes each batch's events of one subject together, as
+// one core NATS message (up to Options.Pack events, one JSON a line: see
+// Events) with a reply subject of its own (the flight's inbox and the
+// publish's number), at most Options.MaxPending awaiting their answers.
+// The stream's acks come back to the flight's inbox subscription, whose
+// goroutine advances Acked, the last sequence up to which everything is
+// in the stream, to the end of each batch whose messages are all
+// acknowledged. A message left unanswered is kept and sent again as it
+// was, so that its id stands for the same events. The first failure (an error answer, no answer
 // within AckTimeout, a disconnect) ends the flight; the run goroutine
 // takes the answers still in flight (events acknowledged behind the failed
 // one are not published again), then watches again from Acked once NATS

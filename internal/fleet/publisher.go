@@ -2,11 +2,14 @@ package fleet
 
 import (
 	"bytes"
+	stdcmp "cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -47,8 +50,12 @@ type Options struct {
 	// doubled at each failure that follows up to 20 times it; a reconnect
 	// to NATS ends the wait at once. 0: 100 ms.
 	RetryWait time.Duration
+	// Pack is how many events of one subject, published together, one
+	// message holds at most (about 16 KiB at most too); 1: one event a
+	// message. 0: DefaultPack.
+	Pack int
 	// Encode appends an event's payload (the API's Event as protojson)
-	// to dst. The publisher reuses dst once the message is sent.
+	// to dst, with no newline in it.
 	Encode func(dst []byte, e *events.Event) ([]byte, error)
 	Log    *slog.Logger
 }
@@ -74,11 +81,13 @@ func cmp(d, def time.Duration) time.Duration {
 
 // Stats are the publisher's counters, for metrics.
 type Stats struct {
-	Published uint64 // publishes sent, repeats after a failure included
-	Acked     uint64 // publishes JetStream acknowledged
-	Failed    uint64 // publishes that failed (no ack in time, disconnected, refused)
-	Gaps      uint64 // gap records published: events the history lost before they went out
-	Lag       uint64 // events recorded and not yet acknowledged
+	Published    uint64 // publishes (messages) sent, repeats after a failure included
+	Events       uint64 // events in them
+	Acked        uint64 // publishes JetStream acknowledged
+	Failed       uint64 // publishes that failed (no ack in time, disconnected, refused)
+	FailedEvents uint64 // events in them
+	Gaps         uint64 // gap records published: events the history lost before they went out
+	Lag          uint64 // events recorded and not yet acknowledged
 }
 
 // Publisher publishes the bus's events to JetStream, in order, from its
@@ -94,24 +103,28 @@ type Publisher struct {
 	opts Options
 	log  *slog.Logger
 
-	acked                            atomic.Uint64 // every event up to it is in the stream, or in a gap record
-	published, ackedN, failed, gapsN atomic.Uint64
+	acked                                     atomic.Uint64 // every event up to it is in the stream, or in a gap record
+	published, eventsN, ackedN, failed, gapsN atomic.Uint64
+	failedEvents                              atomic.Uint64
 
 	// the run goroutine's own
-	buf      []byte // the payload being sent
+	groups   map[string]*group // the messages being filled, by subject
+	filling  []*group          // those with events, oldest first event first
 	subjects map[subjectKey]string
 	// stored holds the events past acked that JetStream acknowledged
 	// after an earlier publish of their flight failed: the next flight
 	// does not publish them again (a copy sent after the stream's
 	// duplicate window would be stored twice).
 	stored map[uint64]bool
-	// uncertain holds the publishes that failed flights left unanswered:
-	// JetStream may have stored them (the ack was lost). A copy sent
-	// within the stream's duplicate window is dropped by JetStream; past
-	// half of it, verify reads what the stream holds first. uncertainFrom
-	// is a stream sequence before any of them, uncertainSince when the
-	// first of their flights began.
-	uncertain      map[uint64]bool
+	// uncertain holds the publishes that failed flights left unanswered,
+	// by their first event's sequence: JetStream may have stored them
+	// (the ack was lost). The next flight sends each again as it was, so
+	// that its message id stands for the same events: a copy sent within
+	// the stream's duplicate window is dropped by JetStream; past half of
+	// it, verify reads what the stream holds first. uncertainFrom is a
+	// stream sequence before any of them, uncertainSince when the first of
+	// their flights began.
+	uncertain      map[uint64]*outMsg
 	uncertainFrom  uint64
 	uncertainSince time.Time
 	// lastStored is the highest stream sequence known before the next
@@ -141,6 +154,7 @@ func Start(nc *nats.Conn, bus *events.Bus, opts Options) (*Publisher, error) {
 	opts.MaxPending = cmpInt(opts.MaxPending, DefaultMaxPending)
 	opts.AckTimeout = cmp(opts.AckTimeout, DefaultAckTimeout)
 	opts.RetryWait = cmp(opts.RetryWait, retryWait)
+	opts.Pack = cmpInt(opts.Pack, DefaultPack)
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
@@ -170,8 +184,8 @@ func (p *Publisher) Stats() Stats {
 	if h := p.bus.Head(); h > acked {
 		lag = h - acked
 	}
-	return Stats{Published: p.published.Load(), Acked: p.ackedN.Load(), Failed: p.failed.Load(),
-		Gaps: p.gapsN.Load(), Lag: lag}
+	return Stats{Published: p.published.Load(), Events: p.eventsN.Load(), Acked: p.ackedN.Load(),
+		Failed: p.failed.Load(), FailedEvents: p.failedEvents.Load(), Gaps: p.gapsN.Load(), Lag: lag}
 }
 
 // Acked returns the last sequence JetStream acknowledged: every event up
@@ -284,9 +298,9 @@ func (p *Publisher) ensureStream(ctx context.Context) error {
 // duplicate window ago (JetStream counts the window from when it stored
 // a message, after that).
 func (p *Publisher) needVerify() bool {
-	for seq := range p.uncertain {
-		if seq <= p.acked.Load() || p.stored[seq] {
-			delete(p.uncertain, seq)
+	for first, m := range p.uncertain {
+		if m.last() <= p.acked.Load() || p.stored[first] {
+			delete(p.uncertain, first)
 		}
 	}
 	if len(p.uncertain) == 0 {
@@ -345,11 +359,9 @@ func (p *Publisher) verify(ctx context.Context) error {
 				if err != nil {
 					continue
 				}
-				if b, seq, ok := ParseMsgID(m.Headers().Get(jetstream.MsgIDHeader)); ok && b == boot && p.uncertain[seq] {
-					if p.stored == nil {
-						p.stored = map[uint64]bool{}
-					}
-					p.stored[seq] = true
+				if b, seq, ok := ParseMsgID(m.Headers().Get(jetstream.MsgIDHeader)); ok && b == boot && p.uncertain[seq] != nil {
+					p.markStored(p.uncertain[seq].seqs)
+					delete(p.uncertain, seq)
 					found++
 				}
 				p.uncertainFrom = max(p.uncertainFrom, md.Sequence.Stream)
@@ -366,9 +378,22 @@ func (p *Publisher) verify(ctx context.Context) error {
 		}
 	}
 	p.log.Info("fleet: looked up the publishes left unanswered past half the duplicate window",
-		"unanswered", len(p.uncertain), "stored", found)
+		"unanswered", len(p.uncertain)+found, "stored", found)
+	// What was not found was not stored: the next flight builds those
+	// events' messages afresh.
 	p.uncertain = nil
 	return nil
+}
+
+// markStored notes that seqs are in the stream past acked: no flight
+// publishes them again.
+func (p *Publisher) markStored(seqs []uint64) {
+	if p.stored == nil {
+		p.stored = map[uint64]bool{}
+	}
+	for _, seq := range seqs {
+		p.stored[seq] = true
+	}
 }
 
 // locate starts after the last event of this boot that the stream holds:
@@ -396,6 +421,9 @@ func (p *Publisher) locate(ctx context.Context) error {
 		}
 	} else if boot, seq, ok := ParseMsgID(m.Header.Get(jetstream.MsgIDHeader)); ok && boot == p.bus.BootID() {
 		last = seq
+		if l, err := strconv.ParseUint(m.Header.Get(LastSeqHeader), 10, 64); err == nil && l > last {
+			last = l // a message of several events
+		}
 	}
 	if last > p.acked.Load() && last <= p.bus.Head() {
 		p.acked.Store(last)
@@ -404,8 +432,9 @@ func (p *Publisher) locate(ctx context.Context) error {
 	return nil
 }
 
-// flight is one run of publishes. Each is a core NATS publish whose reply
-// subject is the flight's inbox followed by the event's sequence: the
+// flight is one run of publishes. Each is a core NATS publish of a message
+// (outMsg: the events of one subject sent together) whose reply subject is
+// the flight's inbox followed by the publish's number in the flight: the
 // stream's ack comes back there. The acks are taken in the inbox
 // subscription's goroutine, in whatever order they come, and acked
 // advances over the run's acknowledged prefix. The first failure (an error
@@ -426,12 +455,15 @@ type flight struct {
 	status chan nats.Status
 	done   chan struct{} // the watchdog returned
 
-	mu      sync.Mutex
-	q       []pending // q[head:]: publishes and marks in sequence order, from the oldest not acknowledged
+	mu sync.Mutex
+	// q[head:]: publishes and marks in the order sent, from the first
+	// after the last mark reached; q[head:scan] are acknowledged (no mark
+	// among them), q[scan] is not.
+	q       []pending
 	head    int
+	scan    int
 	waiting int           // publishes awaiting their answer
 	room    chan struct{} // signalled when a slot of the MaxPending frees
-	empty   chan struct{} // signalled when q empties
 	idle    chan struct{} // signalled when waiting falls to 0
 	lost    bool          // the connection went: what awaits an answer gets none
 	tick    uint64        // the watchdog's clock, in quarters of the ack timeout
@@ -439,20 +471,50 @@ type flight struct {
 	ended   bool          // answers that come now are dropped
 	stored  uint64        // the highest stream sequence of the flight's acks so far: what is sent now is stored after it
 
+	next uint64 // the number of the next publish or mark
+	// resent holds the events of the messages the flight sent again as
+	// they were (Publisher.uncertain): send leaves them out.
+	resent map[uint64]bool
+
 	// send's own, reused from one publish to the next
 	msg   nats.Msg
 	id    []string // msg.Header's Nats-Msg-Id
+	last  []string // msg.Header's LastSeqHeader
 	reply []byte
 }
 
 // pending is a publish, or with mark, the sequence reached once every
 // publish before it is acknowledged.
 type pending struct {
-	seq   uint64
+	n     uint64 // its number in the flight, in the reply subject
+	seq   uint64 // a mark's sequence
+	out   *outMsg
 	tick  uint64 // when it was sent, on the watchdog's clock
-	floor uint64 // a stream sequence before the one it gets if stored
 	mark  bool
 	state uint8 // awaiting, acked or refused
+}
+
+// outMsg is one message: events of one subject, one JSON a line, its id
+// the first one's. Kept until answered: one left unanswered is sent again
+// as it was.
+type outMsg struct {
+	subject string
+	id      string // Nats-Msg-Id: MsgID of seqs[0]
+	data    []byte
+	seqs    []uint64
+	// When it was first sent, and a stream sequence before the one it
+	// got if stored then: a copy sent again stands for that publish.
+	sent  time.Time
+	floor uint64
+}
+
+func (m *outMsg) last() uint64 { return m.seqs[len(m.seqs)-1] }
+
+// group is a message being filled by send.
+type group struct {
+	subject string
+	data    []byte
+	seqs    []uint64
 }
 
 const (
@@ -472,9 +534,10 @@ func (p *Publisher) newFlight(ctx context.Context) (*flight, error) {
 	fctx, cancel := context.WithCancelCause(ctx)
 	f := &flight{p: p, parent: ctx, ctx: fctx, cancel: cancel, inbox: p.nc.NewInbox() + ".", done: make(chan struct{}),
 		floor: p.lastStored, began: time.Now(),
-		room: make(chan struct{}, 1), empty: make(chan struct{}, 1), idle: make(chan struct{}, 1), id: make([]string, 1)}
+		room: make(chan struct{}, 1), idle: make(chan struct{}, 1),
+		id: make([]string, 1), last: make([]string, 1)}
 	f.msg.Header = nats.Header{jetstream.MsgIDHeader: f.id}
-	f.reply = append(make([]byte, 0, len(f.inbox)+len(p.bus.BootID())+42), f.inbox...)
+	f.reply = append(make([]byte, 0, len(f.inbox)+21), f.inbox...)
 	sub, err := p.nc.Subscribe(f.inbox+"*", f.answer)
 	if err != nil {
 		cancel(nil)
@@ -506,8 +569,8 @@ func (f *flight) watchdog() {
 		case <-t.C:
 			f.mu.Lock()
 			f.tick++
-			if f.head < len(f.q) && f.q[f.head].tick+timeoutTicks <= f.tick {
-				f.failLocked(fmt.Errorf("publish of seq %d: %w", f.q[f.head].seq, jetstream.ErrAsyncPublishTimeout))
+			if it := f.oldestLocked(); it != nil && it.tick+timeoutTicks <= f.tick {
+				f.failLocked(fmt.Errorf("publish of %s: %w", it.name(), jetstream.ErrAsyncPublishTimeout))
 			}
 			f.mu.Unlock()
 		}
@@ -534,14 +597,14 @@ var (
 // answer takes JetStream's answer to one publish, in the inbox
 // subscription's goroutine.
 func (f *flight) answer(m *nats.Msg) {
-	seq, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, f.inbox), 10, 64)
+	n, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, f.inbox), 10, 64)
 	if err != nil {
 		return
 	}
 	aerr := ackErr(m)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	i, ok := f.find(seq)
+	i, ok := f.find(n)
 	if !ok || f.ended {
 		return
 	}
@@ -555,35 +618,52 @@ func (f *flight) answer(m *nats.Msg) {
 	if aerr != nil {
 		f.q[i].state = refused
 		f.p.failed.Add(1)
-		f.failLocked(fmt.Errorf("publish of seq %d: %w", seq, aerr))
+		f.p.failedEvents.Add(uint64(len(f.q[i].out.seqs)))
+		f.failLocked(fmt.Errorf("publish of %s: %w", f.q[i].name(), aerr))
 		return
 	}
 	f.q[i].state = acked
 	f.stored = max(f.stored, streamSeq(m.Data))
 	f.p.ackedN.Add(1)
-	if i == f.head {
+	if i == f.scan {
 		f.advanceLocked()
 	}
 }
 
-// advanceLocked moves past the acknowledged publishes and the marks at the
-// head and advances acked to the last of them: everything up to it is in
-// the stream, failure or not (a refused or unanswered publish stops it).
+// oldestLocked is the oldest publish awaiting its answer, or nil. f.mu is
+// held.
+func (f *flight) oldestLocked() *pending {
+	if f.scan < len(f.q) && !f.q[f.scan].mark && f.q[f.scan].state == awaiting {
+		return &f.q[f.scan]
+	}
+	return nil
+}
+
+// advanceLocked moves scan past the acknowledged publishes and the marks,
+// and head past the last of those marks, advancing acked to it: every
+// event up to it is in the stream, failure or not (a refused or unanswered
+// publish stops it). The publishes acknowledged after the last mark stay
+// in q: a failure before the next mark leaves their events known stored.
 // f.mu is held.
 func (f *flight) advanceLocked() {
-	var through uint64
-	for f.head < len(f.q) && (f.q[f.head].mark || f.q[f.head].state == acked) {
-		through = f.q[f.head].seq
-		f.head++
+	reached := -1
+	for ; f.scan < len(f.q) && (f.q[f.scan].mark || f.q[f.scan].state == acked); f.scan++ {
+		if f.q[f.scan].mark {
+			reached = f.scan
+		}
 	}
-	if through > 0 {
-		f.p.acked.Store(max(f.p.acked.Load(), through))
+	if reached < 0 {
+		return
 	}
+	f.p.acked.Store(max(f.p.acked.Load(), f.q[reached].seq))
+	clear(f.q[f.head : reached+1]) // the messages' bytes go
+	f.head = reached + 1
 	if f.head == len(f.q) {
-		f.q, f.head = f.q[:0], 0
-		signal(f.empty)
+		f.q, f.head, f.scan = f.q[:0], 0, 0
 	} else if f.head >= 1024 && f.head >= len(f.q)/2 {
-		f.q, f.head = f.q[:copy(f.q, f.q[f.head:])], 0
+		n := copy(f.q, f.q[f.head:])
+		clear(f.q[n:])
+		f.q, f.scan, f.head = f.q[:n], f.scan-f.head, 0
 	}
 }
 
@@ -630,18 +710,25 @@ func ackErr(m *nats.Msg) error {
 	return nil
 }
 
-// find is the index of seq's publish if it awaits its answer. f.mu is
-// held.
-func (f *flight) find(seq uint64) (int, bool) {
-	q := f.q[f.head:]
-	i := 0
-	if len(q) == 0 || q[0].seq != seq { // answers mostly come in order
-		i = sort.Search(len(q), func(i int) bool { return q[i].seq >= seq })
+// find is the index of publish n if it awaits its answer. f.mu is held.
+func (f *flight) find(n uint64) (int, bool) {
+	i := f.scan
+	if i >= len(f.q) || f.q[i].n != n { // answers mostly come in order
+		q := f.q[f.head:]
+		i = f.head + sort.Search(len(q), func(i int) bool { return q[i].n >= n })
 	}
-	if i == len(q) || q[i].seq != seq || q[i].mark || q[i].state != awaiting {
+	if i == len(f.q) || f.q[i].n != n || f.q[i].mark || f.q[i].state != awaiting {
 		return 0, false
 	}
-	return f.head + i, true
+	return i, true
+}
+
+// name names a publish in errors: its first event's sequence.
+func (it *pending) name() string {
+	if it.out == nil {
+		return "mark " + strconv.FormatUint(it.seq, 10)
+	}
+	return "seq " + strconv.FormatUint(it.out.seqs[0], 10)
 }
 
 func signal(c chan struct{}) {
@@ -660,13 +747,13 @@ func signal(c chan struct{}) {
 func (f *flight) end() error {
 	for {
 		f.mu.Lock()
-		empty := f.head == len(f.q)
+		answered := f.waiting == 0
 		f.mu.Unlock()
-		if empty || f.ctx.Err() != nil {
+		if answered || f.ctx.Err() != nil {
 			break
 		}
 		select {
-		case <-f.empty: // looked at again: it may be from before
+		case <-f.idle: // looked at again: it may be from before
 		case <-f.ctx.Done():
 		}
 	}
@@ -710,22 +797,18 @@ func (f *flight) end() error {
 		switch {
 		case it.mark:
 		case it.state == acked: // acknowledged behind a failed one
-			if p.stored == nil {
-				p.stored = map[uint64]bool{}
-			}
-			p.stored[it.seq] = true
+			p.markStored(it.out.seqs)
 		case it.state == awaiting: // unanswered: stored or not
-			// Sent at the tick's time or later (a late ticker only
-			// makes it look older).
-			sent := f.began.Add(time.Duration(it.tick) * (p.opts.AckTimeout / ticksPerTimeout))
+			m := it.out
+			p.failedEvents.Add(uint64(len(m.seqs)))
 			if len(p.uncertain) == 0 {
-				p.uncertain = map[uint64]bool{}
-				p.uncertainFrom, p.uncertainSince = it.floor, sent
+				p.uncertain = map[uint64]*outMsg{}
+				p.uncertainFrom, p.uncertainSince = m.floor, m.sent
 			}
-			p.uncertain[it.seq] = true
-			p.uncertainFrom = min(p.uncertainFrom, it.floor)
-			if sent.Before(p.uncertainSince) {
-				p.uncertainSince = sent
+			p.uncertain[m.seqs[0]] = m
+			p.uncertainFrom = min(p.uncertainFrom, m.floor)
+			if m.sent.Before(p.uncertainSince) {
+				p.uncertainSince = m.sent
 			}
 		}
 	}
@@ -737,39 +820,137 @@ func (f *flight) end() error {
 	return err
 }
 
-// send publishes evs, then marks through as reached once they are
-// acknowledged. It stops at the first failure.
-func (f *flight) send(evs []events.Event, through uint64) error {
+// send publishes evs, the events of one subject together in a message (up
+// to Options.Pack of them and about packBytes), then marks through as
+// reached once they are acknowledged. It stops at the first failure.
+func (f *flight) send(evs []events.Event, through uint64) (err error) {
 	p := f.p
-	boot := p.bus.BootID()
+	defer func() {
+		if err != nil { // the next flight starts again from acked
+			for _, g := range p.filling {
+				g.data, g.seqs = g.data[:0], g.seqs[:0]
+			}
+		}
+		p.filling = p.filling[:0]
+		if len(p.groups) > maxGroups { // many listeners: start again
+			p.groups = nil
+		}
+	}()
 	for i := range evs {
 		e := &evs[i]
-		if p.stored[e.Seq] { // acknowledged already, in a flight that failed
+		if p.stored[e.Seq] || f.resent[e.Seq] { // in the stream already, or sent again as it was
 			continue
 		}
-		data, err := p.opts.Encode(p.buf[:0], e)
+		g := p.group(p.subject(e))
+		n := len(g.data)
+		if len(g.seqs) > 0 {
+			g.data = append(g.data, '\n')
+		}
+		data, err := p.opts.Encode(g.data, e)
 		if err != nil { // never so for the daemon's own events: skip it, loudly
+			g.data = g.data[:n]
 			p.log.Error("fleet: event not encodable; skipped", "seq", e.Seq, "err", err)
 			continue
 		}
-		p.buf = data
-		if err := f.publish(e.Seq, p.subject(e), boot, data); err != nil {
+		g.data, g.seqs = data, append(g.seqs, e.Seq)
+		if len(g.seqs) >= p.opts.Pack || len(g.data) >= packBytes {
+			if err := f.flush(g); err != nil {
+				return err
+			}
+		}
+	}
+	// What is left, oldest first: a reader of a host's events sees them
+	// about in order.
+	slices.SortFunc(p.filling, func(a, b *group) int { return stdcmp.Compare(firstSeq(a), firstSeq(b)) })
+	for _, g := range p.filling {
+		if err := f.flush(g); err != nil {
 			return err
 		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.q = append(f.q, pending{seq: through, mark: true})
-	if f.head == len(f.q)-1 { // nothing awaited before it
+	f.q = append(f.q, pending{n: f.next, seq: through, mark: true})
+	f.next++
+	if f.scan == len(f.q)-1 { // nothing awaited before it
 		f.advanceLocked()
 	}
 	return context.Cause(f.ctx)
 }
 
-// publish sends one event, its Nats-Msg-Id MsgID(boot, seq), waiting
-// while MaxPending publishes await their answers. NATS copies the message
-// into its buffer: data is free again when it returns.
-func (f *flight) publish(seq uint64, subject, boot string, data []byte) error {
+func firstSeq(g *group) uint64 {
+	if len(g.seqs) == 0 {
+		return math.MaxUint64
+	}
+	return g.seqs[0]
+}
+
+// group is the message being filled for subject.
+func (p *Publisher) group(subject string) *group {
+	g := p.groups[subject]
+	if g == nil {
+		if p.groups == nil {
+			p.groups = map[string]*group{}
+		}
+		g = &group{subject: subject}
+		p.groups[subject] = g
+	}
+	if len(g.seqs) == 0 {
+		p.filling = append(p.filling, g)
+	}
+	return g
+}
+
+// maxGroups bounds the groups kept from one batch to the next.
+const maxGroups = 256
+
+// flush publishes g's events as one message and empties g. The message
+// keeps its bytes until answered; g takes a new buffer.
+func (f *flight) flush(g *group) error {
+	if len(g.seqs) == 0 {
+		return nil
+	}
+	m := &outMsg{subject: g.subject, id: MsgID(f.p.bus.BootID(), g.seqs[0]), data: g.data, seqs: g.seqs}
+	g.data, g.seqs = make([]byte, 0, cap(g.data)), nil
+	return f.publish(m)
+}
+
+// resend publishes again, as they were, the messages earlier flights left
+// unanswered (Publisher.uncertain), oldest first, but those whose events
+// are all acknowledged or named by a gap record (through gapTo).
+func (f *flight) resend(gapTo uint64) error {
+	p := f.p
+	if len(p.uncertain) == 0 {
+		return nil
+	}
+	ms := make([]*outMsg, 0, len(p.uncertain))
+	for _, m := range p.uncertain {
+		if m.last() > max(p.acked.Load(), gapTo) {
+			ms = append(ms, m)
+		}
+	}
+	p.uncertain = nil
+	slices.SortFunc(ms, func(a, b *outMsg) int { return stdcmp.Compare(a.seqs[0], b.seqs[0]) })
+	f.resent = map[uint64]bool{}
+	for _, m := range ms {
+		for _, seq := range m.seqs {
+			f.resent[seq] = true
+		}
+	}
+	for i, m := range ms {
+		if err := f.publish(m); err != nil {
+			// Those not sent stay unanswered, for the next flight.
+			p.uncertain = map[uint64]*outMsg{}
+			for _, m := range ms[i+1:] {
+				p.uncertain[m.seqs[0]] = m
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// publish sends m, waiting while MaxPending publishes await their answers.
+func (f *flight) publish(m *outMsg) error {
 	f.mu.Lock()
 	for f.waiting >= f.p.opts.MaxPending && !f.failed {
 		f.mu.Unlock()
@@ -784,29 +965,37 @@ func (f *flight) publish(seq uint64, subject, boot string, data []byte) error {
 		f.mu.Unlock()
 		return context.Cause(f.ctx)
 	}
-	f.q = append(f.q, pending{seq: seq, tick: f.tick, floor: max(f.floor, f.stored)})
+	if m.sent.IsZero() {
+		m.sent, m.floor = time.Now(), max(f.floor, f.stored)
+	}
+	n := f.next
+	f.next++
+	f.q = append(f.q, pending{n: n, out: m, tick: f.tick})
 	f.waiting++
 	f.mu.Unlock()
 
-	// The reply subject and the id in one string: one allocation, not two.
-	f.reply = strconv.AppendUint(f.reply[:len(f.inbox)], seq, 10)
-	n := len(f.reply)
-	f.reply = append(append(f.reply, boot...), '-')
-	f.reply = strconv.AppendUint(f.reply, seq, 10)
-	both := string(f.reply)
-	f.msg.Subject, f.msg.Reply, f.msg.Data = subject, both[:n], data
-	f.id[0] = both[n:]
+	f.reply = strconv.AppendUint(f.reply[:len(f.inbox)], n, 10)
+	f.msg.Subject, f.msg.Reply, f.msg.Data = m.subject, string(f.reply), m.data
+	f.id[0] = m.id
+	if len(m.seqs) > 1 {
+		f.last[0] = strconv.FormatUint(m.last(), 10)
+		f.msg.Header[LastSeqHeader] = f.last
+	} else {
+		delete(f.msg.Header, LastSeqHeader)
+	}
 	err := f.p.nc.PublishMsg(&f.msg)
 	f.msg.Data = nil
 	f.p.published.Add(1)
+	f.p.eventsN.Add(uint64(len(m.seqs)))
 	if err != nil {
 		f.mu.Lock()
-		if i, ok := f.find(seq); ok {
+		if i, ok := f.find(n); ok {
 			f.q[i].state = refused
 			f.waiting--
 			f.p.failed.Add(1)
+			f.p.failedEvents.Add(uint64(len(m.seqs)))
 		}
-		f.failLocked(fmt.Errorf("publish of seq %d: %w", seq, err))
+		f.failLocked(fmt.Errorf("publish of seq %d: %w", m.seqs[0], err))
 		f.mu.Unlock()
 		return context.Cause(f.ctx)
 	}
@@ -874,7 +1063,7 @@ func (p *Publisher) watch(ctx context.Context) (progressed bool, err error) {
 	defer cancel()
 	defer context.AfterFunc(p.stopping, cancel)()
 	var linger *time.Timer
-	for {
+	for err = f.resend(gapTo); err == nil; {
 		evs, through, werr := w.NextBatch(next, buf, 0)
 		if gapTo > 0 {
 			if err = p.gap(ctx, start+1, gapTo); err != nil {
@@ -981,7 +1170,10 @@ func (p *Publisher) drain(ctx context.Context) {
 				keep = append(keep, e)
 			}
 		}
-		serr := f.send(keep, evs[len(evs)-1].Seq)
+		serr := f.resend(0)
+		if serr == nil {
+			serr = f.send(keep, evs[len(evs)-1].Seq)
+		}
 		if f.end() != nil || serr != nil {
 			return
 		}

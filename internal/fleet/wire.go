@@ -69,9 +69,10 @@ func MsgID(boot string, seq uint64) string { return boot + "-" + strconv.FormatU
 const LastSeqHeader = "Listenerd-Last-Seq"
 
 // DefaultPack is how many events of one subject a message holds at most
-// (Options.Pack), and packBytes about how many bytes.
+// (Options.Pack, up to MaxPack), and packBytes about how many bytes.
 const (
 	DefaultPack = 64
+	MaxPack     = 1000
 	packBytes   = 16 << 10
 )
 

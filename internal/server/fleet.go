@@ -19,6 +19,7 @@ type FleetConfig struct {
 	Host             string        // --host-name: the subjects' host token
 	Replicas         int           // --nats-replicas of the stream when it is created
 	MaxAge           time.Duration // --nats-max-age of the stream when it is created
+	Pack             int           // --nats-pack: events of one subject a message holds at most
 	// Heartbeat: how often the host key is written in the bucket
 	// (--nats-heartbeat), while the desired listeners are reconciled.
 	Heartbeat time.Duration
@@ -40,6 +41,9 @@ func (c FleetConfig) check() error {
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		return fmt.Errorf("--nats-replicas %d: 1 to 5", c.Replicas)
+	}
+	if c.Pack < 0 || c.Pack > fleet.MaxPack {
+		return fmt.Errorf("--nats-pack %d: 1 to %d (0: %d)", c.Pack, fleet.MaxPack, fleet.DefaultPack)
 	}
 	if c.MaxAge < 0 {
 		return fmt.Errorf("--nats-max-age %v: must not be negative (0: %v)", c.MaxAge, fleet.DefaultMaxAge)
@@ -64,7 +68,7 @@ func startFleet(cfg FleetConfig, bus *events.Bus, met *metrics.Metrics, log *slo
 		return nil, nil, fmt.Errorf("--nats: %w", err)
 	}
 	boot := bus.BootID()
-	pub, err := fleet.Start(nc, bus, fleet.Options{Host: cfg.Host, Replicas: cfg.Replicas, MaxAge: cfg.MaxAge, Log: log,
+	pub, err := fleet.Start(nc, bus, fleet.Options{Host: cfg.Host, Replicas: cfg.Replicas, MaxAge: cfg.MaxAge, Pack: cfg.Pack, Log: log,
 		Encode: func(dst []byte, e *events.Event) ([]byte, error) { return service.AppendEventJSON(dst, e, boot) }})
 	if err != nil {
 		nc.Close()

@@ -74,6 +74,8 @@ func TestFleetConfigErrors(t *testing.T) {
 		{func(c *FleetConfig) { c.Host = "" }, "--host-name"},
 		{func(c *FleetConfig) { c.Replicas = 7 }, "--nats-replicas"},
 		{func(c *FleetConfig) { c.MaxAge = -time.Second }, "--nats-max-age"},
+		{func(c *FleetConfig) { c.Pack = -1 }, "--nats-pack"},
+		{func(c *FleetConfig) { c.Pack = fleet.MaxPack + 1 }, "--nats-pack"},
 		{func(c *FleetConfig) { c.Heartbeat = 0 }, "--nats-heartbeat"},
 		{func(c *FleetConfig) { c.Heartbeat = -time.Second }, "--nats-heartbeat"},
 		{func(c *FleetConfig) { c.URL = "nats://192.0.2.1:4222" }, "--nats"},
