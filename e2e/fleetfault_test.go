@@ -8,12 +8,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -141,20 +143,37 @@ func (c *natsCluster) streamLeader() string {
 	return leader
 }
 
-// fleetMsg is one message of the events stream.
-type fleetMsg struct {
-	streamSeq   uint64
-	subject, id string
+// fleetEvent is one event of the events stream, with the message that
+// holds it (a message packs one or more events of its subject), or a gap
+// record, one a message.
+type fleetEvent struct {
+	streamSeq   uint64             // the message's
+	subject, id string             // the message's subject and message id
+	first       bool               // the first event of its message (or a gap record)
 	ev          *listenerdv1.Event // nil for a gap record
 	gap         *fleet.Gap         // a gap record's
 }
 
+// messages counts the stream messages that held evs.
+func messages(evs []fleetEvent) (n int) {
+	for _, e := range evs {
+		if e.first {
+			n++
+		}
+	}
+	return n
+}
+
 // readFleet reads every message of the stream whose subject matches
-// filter, each once: a message the consumer delivers twice (the same
-// stream sequence) counts once, while a message stored twice (the same
-// message id at two stream sequences) is two messages. It checks that it
-// read as many as the stream says it holds.
-func (c *natsCluster) readFleet(filter string) []fleetMsg {
+// filter, each once, and returns their events: a message the consumer
+// delivers twice (the same stream sequence) counts once, while a message
+// stored twice (the same message id at two stream sequences) gives its
+// events twice. It checks that it read as many messages as the stream
+// says it holds, and that each message is as the publisher writes them:
+// its events of one boot in increasing sequence, its id the boot and the
+// first event's sequence, and with more than one event the last's
+// sequence in the header fleet.LastSeqHeader.
+func (c *natsCluster) readFleet(filter string) []fleetEvent {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), clusterGuard)
 	defer cancel()
@@ -171,13 +190,13 @@ func (c *natsCluster) readFleet(filter string) []fleetMsg {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	var out []fleetMsg
-	var last uint64
-	for tries := 0; uint64(len(out)) < want; tries++ {
+	var out []fleetEvent
+	var last, read uint64
+	for tries := 0; read < want; tries++ {
 		if tries > 10000 || ctx.Err() != nil {
-			c.t.Fatalf("read %d of the %d messages on %s", len(out), want, filter)
+			c.t.Fatalf("read %d of the %d messages on %s", read, want, filter)
 		}
-		batch, err := cons.Fetch(int(min(1000, want-uint64(len(out)))), jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(int(min(1000, want-read)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			c.t.Fatal(err)
 		}
@@ -190,43 +209,87 @@ func (c *natsCluster) readFleet(filter string) []fleetMsg {
 				continue // delivered again
 			}
 			last = md.Sequence.Stream
-			fm := fleetMsg{streamSeq: last, subject: m.Subject(), id: m.Headers().Get(jetstream.MsgIDHeader)}
-			if !strings.HasSuffix(fm.subject, "."+fleet.GapToken) {
-				fm.ev = &listenerdv1.Event{}
-				if err := protojson.Unmarshal(m.Data(), fm.ev); err != nil {
-					c.t.Fatalf("message %d: %s: %v", last, m.Data(), err)
+			read++
+			fe := fleetEvent{streamSeq: last, subject: m.Subject(), id: m.Headers().Get(jetstream.MsgIDHeader), first: true}
+			if strings.HasSuffix(fe.subject, "."+fleet.GapToken) {
+				if fe.gap, err = fleet.ParseGap(m.Data()); err != nil {
+					c.t.Fatalf("gap record %d: %s: %v", last, m.Data(), err)
 				}
-			} else if fm.gap, err = fleet.ParseGap(m.Data()); err != nil {
-				c.t.Fatalf("gap record %d: %s: %v", last, m.Data(), err)
+				out = append(out, fe)
+				continue
 			}
-			out = append(out, fm)
+			var evs []*listenerdv1.Event
+			for data := range fleet.Events(m.Data()) {
+				ev := &listenerdv1.Event{}
+				if err := protojson.Unmarshal(data, ev); err != nil {
+					c.t.Fatalf("message %d, event %d: %s: %v", last, len(evs)+1, data, err)
+				}
+				evs = append(evs, ev)
+			}
+			checkPacked(c.t, last, m.Headers(), evs)
+			for i, ev := range evs {
+				fe.ev, fe.first = ev, i == 0
+				out = append(out, fe)
+			}
 		}
 	}
 	return out
 }
 
-// connTally is what the stream holds of one listener's connections, a
-// message stored again under a message id already seen counted apart.
+// checkPacked fails the test unless the events evs of message streamSeq,
+// with its headers hdr, are a message as the publisher writes them.
+func checkPacked(t *testing.T, streamSeq uint64, hdr nats.Header, evs []*listenerdv1.Event) {
+	t.Helper()
+	if len(evs) == 0 {
+		t.Fatalf("message %d holds no event", streamSeq)
+	}
+	first, end := evs[0], evs[len(evs)-1]
+	for i, ev := range evs[1:] {
+		if ev.GetBootId() != first.GetBootId() || ev.GetSequence() <= evs[i].GetSequence() {
+			t.Fatalf("message %d: event %d is boot %s seq %d after boot %s seq %d, want the same boot, a later sequence",
+				streamSeq, i+2, ev.GetBootId(), ev.GetSequence(), evs[i].GetBootId(), evs[i].GetSequence())
+		}
+	}
+	if id, want := hdr.Get(jetstream.MsgIDHeader), fleet.MsgID(first.GetBootId(), first.GetSequence()); id != want {
+		t.Fatalf("message %d: id %q, want %q (the first of its %d events)", streamSeq, id, want, len(evs))
+	}
+	want := ""
+	if len(evs) > 1 {
+		want = strconv.FormatUint(end.GetSequence(), 10)
+	}
+	if got := hdr.Get(fleet.LastSeqHeader); got != want {
+		t.Fatalf("message %d of %d events: %s %q, want %q", streamSeq, len(evs), fleet.LastSeqHeader, got, want)
+	}
+}
+
+// connTally is what the stream holds of one listener's connections, an
+// event stored again (a sequence of the boot already seen, in a message
+// stored twice or in two messages) counted apart.
 type connTally struct {
 	opened, closed map[string]int    // by connection id
 	remote         map[string]string // connection id to the client's address
-	dups           int               // copies of a message id already seen
-	ids            int               // distinct message ids of the listener
+	dups           int               // copies of an event already seen
+	events         int               // distinct events of the listener
 }
 
-func tallyConns(msgs []fleetMsg, listenerID, boot string) connTally {
+func tallyConns(evs []fleetEvent, listenerID, boot string) connTally {
 	t := connTally{opened: map[string]int{}, closed: map[string]int{}, remote: map[string]string{}}
-	seen := map[string]bool{}
-	for _, m := range msgs {
+	type key struct {
+		boot string
+		seq  uint64
+	}
+	seen := map[key]bool{}
+	for _, m := range evs {
 		if m.ev == nil || m.ev.GetListenerId() != listenerID || (boot != "" && m.ev.GetBootId() != boot) {
 			continue
 		}
-		if seen[m.id] {
+		k := key{m.ev.GetBootId(), m.ev.GetSequence()}
+		if seen[k] {
 			t.dups++
 			continue
 		}
-		seen[m.id] = true
-		t.ids++
+		seen[k] = true
+		t.events++
 		var id string
 		var tuple *listenerdv1.FiveTuple
 		if o := m.ev.GetConnectionOpened(); o != nil {
@@ -244,7 +307,7 @@ func tallyConns(msgs []fleetMsg, listenerID, boot string) connTally {
 }
 
 // complete reports whether the stream holds an opened and a closed
-// message of every one of the client's connections (counted by the
+// event of every one of the client's connections (counted by the
 // client's address: loopback reuses ports).
 func (t connTally) complete(clients map[string]int) bool {
 	done := map[string]int{}
@@ -262,7 +325,7 @@ func (t connTally) complete(clients map[string]int) bool {
 }
 
 // check fails the test unless every connection in the stream has exactly
-// one opened and one closed message, and the stream's connections are the
+// one opened and one closed event, and the stream's connections are the
 // client's, as many from each address: nothing lost, nothing published
 // twice.
 func (t connTally) check(tb testing.TB, what string, clients map[string]int) {
@@ -271,7 +334,7 @@ func (t connTally) check(tb testing.TB, what string, clients map[string]int) {
 	for id, addr := range t.remote {
 		byAddr[addr]++
 		if t.opened[id] != 1 || t.closed[id] != 1 {
-			tb.Errorf("%s: connection %s (%s): %d opened and %d closed messages, want 1 and 1", what, id, addr,
+			tb.Errorf("%s: connection %s (%s): %d opened and %d closed events, want 1 and 1", what, id, addr,
 				t.opened[id], t.closed[id])
 		}
 	}
@@ -413,6 +476,30 @@ func echoes(addr string, made map[string]int) bool {
 	return err == nil && string(buf) == "hi"
 }
 
+// ackedEvents sums the acknowledged sequence of the hosts' daemons
+// (their metrics at met): how many of their events (of this boot) are in
+// the stream at least.
+func ackedEvents(t *testing.T, met map[string]string, hosts []string) uint64 {
+	t.Helper()
+	var n uint64
+	for _, h := range hosts {
+		n += uint64(metric(t, met[h], "listenerd_fleet_acked_sequence"))
+	}
+	return n
+}
+
+// waitAcked waits until ackedEvents of hosts is at least n, or stop says
+// to stop waiting, and returns it.
+func waitAcked(t *testing.T, met map[string]string, hosts []string, n uint64, what string, stop func() bool) uint64 {
+	t.Helper()
+	var have uint64
+	testkit.EventuallyWithin(t, clusterGuard, func() bool {
+		have = ackedEvents(t, met, hosts)
+		return have >= n || stop()
+	}, what)
+	return have
+}
+
 // metric reads one series of the daemon's metrics.
 func metric(t *testing.T, url, name string) float64 {
 	t.Helper()
@@ -428,7 +515,7 @@ func metric(t *testing.T, url, name string) float64 {
 // listeners, and the events stream's leader stopped while they go on
 // (so that the stream elects another). Afterwards every connection the
 // clients made has exactly one connection_opened and one
-// connection_closed message in the stream, counted per connection id.
+// connection_closed event in the stream, counted per connection id.
 func TestFleetNodeLostUnderLoad(t *testing.T) {
 	ips := loopbacks(t, "127.0.0.2", "127.0.0.3", "127.0.0.4")
 	c := startNATSCluster(t)
@@ -447,7 +534,10 @@ func TestFleetNodeLostUnderLoad(t *testing.T) {
 		web[h] = c.waitListening(h, "web")
 	}
 	c.waitStream()
-	base := c.waitMsgs(1, "the stream to answer", func() bool { return false })
+	c.waitMsgs(1, "the stream to answer", func() bool { return false })
+	// Progress is counted in events the daemons had acknowledged (each
+	// one in the stream), not in messages: a message may hold several.
+	base := ackedEvents(t, met, loaded)
 
 	// The load: short connections on both hosts until stopped, bounded.
 	const perHost = 6000
@@ -467,8 +557,8 @@ func TestFleetNodeLostUnderLoad(t *testing.T) {
 		}
 		return true
 	}
-	healthy := c.waitMsgs(base+1000, "the load's first events in the stream", loadsDone)
-	t.Logf("before the fault: %d messages stored in %v, %.0f a second", healthy-base, time.Since(start).Round(time.Millisecond),
+	healthy := waitAcked(t, met, loaded, base+1000, "the load's first events in the stream", loadsDone)
+	t.Logf("before the fault: %d events acknowledged in %v, %.0f a second", healthy-base, time.Since(start).Round(time.Millisecond),
 		float64(healthy-base)/time.Since(start).Seconds())
 	leader := c.streamLeader()
 	t.Logf("stopping %s, the stream's leader, under load", leader)
@@ -480,7 +570,7 @@ func TestFleetNodeLostUnderLoad(t *testing.T) {
 	}
 	after := c.waitMsgs(1, "the stream to answer after the node went", func() bool { return false })
 	t.Logf("the stream answers again with %d messages, %v after the load started", after, time.Since(start).Round(time.Millisecond))
-	c.waitMsgs(after+2000, "events stored after the node went", loadsDone)
+	waitAcked(t, met, loaded, ackedEvents(t, met, loaded)+2000, "events stored after the node went", loadsDone)
 	close(stop)
 	madeAfter := -madeBefore
 	for _, l := range loads {
@@ -508,10 +598,12 @@ func TestFleetNodeLostUnderLoad(t *testing.T) {
 		tally := tallyConns(msgs, web[h].ID, "")
 		tally.check(t, h, clients)
 		// A copy stored twice needs a publish repeated: never more copies
-		// than the daemon's repeats (publishes beyond one per event).
+		// than the daemon's repeats (publishes beyond one per message
+		// stored). Counted in messages (the first event of each), as the
+		// daemon counts its publishes.
 		ids, dups := map[string]bool{}, 0
 		for _, m := range msgs {
-			if strings.HasPrefix(m.subject, fleet.Prefix+"."+h+".") {
+			if m.first && strings.HasPrefix(m.subject, fleet.Prefix+"."+h+".") {
 				if ids[m.id] {
 					dups++
 				}
@@ -533,10 +625,10 @@ func TestFleetNodeLostUnderLoad(t *testing.T) {
 		conns, 2*conns, took.Round(time.Millisecond), float64(2*conns)/took.Seconds())
 }
 
-// ownEvents returns host's messages of boot, by event sequence (each
-// once), and how many were stored twice.
-func ownEvents(msgs []fleetMsg, host, boot string) (bySeq map[uint64]fleetMsg, dups int) {
-	bySeq = map[uint64]fleetMsg{}
+// ownEvents returns host's events of boot, by sequence (each once), and
+// how many were stored twice.
+func ownEvents(msgs []fleetEvent, host, boot string) (bySeq map[uint64]fleetEvent, dups int) {
+	bySeq = map[uint64]fleetEvent{}
 	for _, m := range msgs {
 		if m.ev == nil || !strings.HasPrefix(m.subject, fleet.Prefix+"."+host+".") || m.ev.GetBootId() != boot {
 			continue
@@ -552,7 +644,7 @@ func ownEvents(msgs []fleetMsg, host, boot string) (bySeq map[uint64]fleetMsg, d
 
 // bootOf returns the boot id of the daemon's events in msgs other than
 // those of the boots in not, failing unless there is one.
-func bootOf(t *testing.T, msgs []fleetMsg, host string, not ...string) string {
+func bootOf(t *testing.T, msgs []fleetEvent, host string, not ...string) string {
 	t.Helper()
 	boots := map[string]bool{}
 next:
@@ -619,7 +711,7 @@ func TestFleetDaemonKilledAndRestarted(t *testing.T) {
 	<-load.done
 	msgs := c.readFleet(fleet.HostSubjects("h2"))
 	boot1 := bootOf(t, msgs, "h2")
-	checkAcked := func(msgs []fleetMsg) {
+	checkAcked := func(msgs []fleetEvent) {
 		t.Helper()
 		bySeq, dups := ownEvents(msgs, "h2", boot1)
 		for seq := uint64(1); seq <= acked; seq++ {
@@ -681,9 +773,12 @@ func TestFleetDaemonKilledAndRestarted(t *testing.T) {
 		cn.Close()
 	}
 	var boot2 string
-	before := uint64(len(msgs)) // msgs is read again below: the count to wait for is fixed here
+	// msgs is read again below: the count to wait for is fixed here. The
+	// connections' events take two messages at least (opened and closed
+	// are two subjects; a message may pack several events of one).
+	before := uint64(messages(msgs))
 	testkit.EventuallyWithin(t, clusterGuard, func() bool {
-		if n, ok := c.msgs(); !ok || n < before+uint64(2*len(made)) {
+		if n, ok := c.msgs(); !ok || n < before+2 {
 			return false // not yet: read the stream once it may be there
 		}
 		msgs = c.readFleet(fleet.HostSubjects("h2"))
@@ -695,12 +790,7 @@ func TestFleetDaemonKilledAndRestarted(t *testing.T) {
 		return boot2 != "" && tallyConns(msgs, web.ID, boot2).complete(made)
 	}, "the restarted daemon's connections in the stream")
 	boot2 = bootOf(t, msgs, "h2", boot1)
-	tallyConns(msgs, web.ID, boot2).check(t, "after the restart", made)
-	for _, m := range msgs {
-		if m.ev != nil && m.ev.GetBootId() == boot2 && m.id != fleet.MsgID(boot2, m.ev.GetSequence()) {
-			t.Fatalf("message %d: id %q, want %q", m.streamSeq, m.id, fleet.MsgID(boot2, m.ev.GetSequence()))
-		}
-	}
+	tallyConns(msgs, web.ID, boot2).check(t, "after the restart", made) // readFleet checked each message's id
 	checkAcked(msgs)
 
 	// Killed again, and started while NATS is unreachable from it; the
@@ -730,9 +820,9 @@ func TestFleetDaemonKilledAndRestarted(t *testing.T) {
 		t.Fatalf("api does not answer at %s", api.Address)
 	}
 	var boot3 string
-	before = uint64(len(msgs))
+	before = uint64(messages(msgs))
 	testkit.EventuallyWithin(t, clusterGuard, func() bool {
-		if n, ok := c.msgs(); !ok || n < before+uint64(2*len(made)) {
+		if n, ok := c.msgs(); !ok || n < before+2 {
 			return false
 		}
 		msgs = c.readFleet(fleet.HostSubjects("h2"))

@@ -177,6 +177,7 @@ func TestFleetNATSStoppedEntirely(t *testing.T) {
 	// publishes in flight; then h4 takes its own. The daemons go on
 	// accepting.
 	busy := []string{"h2", "h3"}
+	busyAcked := ackedEvents(t, met, busy) // all they recorded: counted in events, as a message may hold several
 	loads := map[string]*clientLoad{}
 	for _, h := range busy {
 		loads[h] = startConnLoad(web[h].Address, busyConns, nil)
@@ -191,7 +192,7 @@ func TestFleetNATSStoppedEntirely(t *testing.T) {
 		}
 		return true
 	}
-	c.waitMsgs(stored+500, "the load's first events in the stream", busyDone)
+	waitAcked(t, met, busy, busyAcked+500, "the load's first events in the stream", busyDone)
 	const failedLog = "fleet: publishing to NATS failed"
 	failedLogs := map[string]int{}
 	for _, h := range busy {
@@ -367,10 +368,10 @@ func TestFleetNATSStoppedEntirely(t *testing.T) {
 // checkGap checks h4's events: one gap record, past what was acknowledged
 // before the outage (acked); every sequence up to last either in the
 // stream once or in the gap, never both; every connection of the stream
-// one of the client's, at most one opened and one closed message each;
+// one of the client's, at most one opened and one closed event each;
 // and the client's connections missing from the stream no more than the
 // gap's events account for.
-func checkGap(t *testing.T, msgs []fleetMsg, bySeq map[uint64]fleetMsg, tally connTally, clients map[string]int, acked, last uint64) {
+func checkGap(t *testing.T, msgs []fleetEvent, bySeq map[uint64]fleetEvent, tally connTally, clients map[string]int, acked, last uint64) {
 	t.Helper()
 	var g *fleet.Gap
 	for _, m := range msgs {
@@ -400,7 +401,7 @@ func checkGap(t *testing.T, msgs []fleetMsg, bySeq map[uint64]fleetMsg, tally co
 		byAddr[addr]++
 		streamed += tally.opened[id] + tally.closed[id]
 		if tally.opened[id] > 1 || tally.closed[id] > 1 {
-			t.Errorf("h4: connection %s (%s): %d opened and %d closed messages", id, addr, tally.opened[id], tally.closed[id])
+			t.Errorf("h4: connection %s (%s): %d opened and %d closed events", id, addr, tally.opened[id], tally.closed[id])
 		}
 	}
 	for addr, n := range byAddr {

@@ -170,7 +170,8 @@ func (a *app) runFleetWatch(ctx context.Context, fw *fleetWatch) error {
 	}
 }
 
-// printFleetMsg prints one message of the stream: an event or a gap record.
+// printFleetMsg prints one message of the stream: its events, one line
+// each, or a gap record.
 func (a *app) printFleetMsg(out *bufio.Writer, m jetstream.Msg) error {
 	rest := strings.TrimPrefix(m.Subject(), fleet.Prefix+".")
 	host, _, _ := strings.Cut(rest, ".")
@@ -187,10 +188,20 @@ func (a *app) printFleetMsg(out *bufio.Writer, m jetstream.Msg) error {
 		_, err = fmt.Fprintln(out, g.Line())
 		return err
 	}
-	data := m.Data()
+	for data := range fleet.Events(m.Data()) {
+		if err := a.printFleetEvent(out, host, m.Subject(), data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printFleetEvent prints one event of a message on subject: a message
+// holds one or more, one JSON a line (fleet.Events).
+func (a *app) printFleetEvent(out *bufio.Writer, host, subject string, data []byte) error {
 	if a.json() {
 		if len(data) < 2 || data[0] != '{' {
-			a.note("skipped a malformed event on %s", m.Subject())
+			a.note("skipped a malformed event on %s", subject)
 			return nil
 		}
 		sep := ","
@@ -202,7 +213,7 @@ func (a *app) printFleetMsg(out *bufio.Writer, m jetstream.Msg) error {
 	}
 	var ev listenerdv1.Event
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &ev); err != nil {
-		a.note("skipped a malformed event on %s: %v", m.Subject(), err)
+		a.note("skipped a malformed event on %s: %v", subject, err)
 		return nil
 	}
 	_, err := fmt.Fprintf(out, "host=%s %s\n", host, eventLine(&ev, a.wide()))

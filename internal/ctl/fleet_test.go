@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/fleet"
@@ -108,6 +111,88 @@ func TestFleetWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	runFleetUntil(t, "host=alpha boot=b00t gap: seq=4..9 lost", "--nats", url, "--since-seq", "1", "--host", "alpha")
+}
+
+// A message packing several events of one subject (the publisher's
+// batches: one event's JSON a line, the first event's sequence in its
+// message id, the last's in a header) is printed one line per event, in
+// text and in JSON.
+func TestFleetWatchPackedMessage(t *testing.T) {
+	s, err := natstest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer natstest.Stop(s)
+	url := s.ClientURL()
+	fleetDaemon(t, url, "alpha") // makes the stream, as a daemon does
+	const boot, ln = "b00t", "ln-0000beef"
+	var data []byte
+	seqs := []uint64{5, 7, 9}
+	for i, seq := range seqs {
+		if i > 0 {
+			data = append(data, '\n')
+		}
+		e := events.Event{Seq: seq, Time: time.Now().UnixNano(), Listener: ln, Kind: events.KindConnectionOpened, Conn: uint64(i + 1),
+			Tuple: events.Tuple{Remote: netip.MustParseAddrPort("127.0.0.1:4000" + strconv.Itoa(i)), Local: netip.MustParseAddrPort("127.0.0.1:80")}}
+		if data, err = service.AppendEventJSON(data, &e, boot); err != nil {
+			t.Fatal(err)
+		}
+	}
+	js := natstest.JetStream(t, url)
+	m := nats.NewMsg(fleet.Subject("gamma", ln, events.KindConnectionOpened))
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, fleet.MsgID(boot, seqs[0]))
+	m.Header.Set(fleet.LastSeqHeader, strconv.FormatUint(seqs[2], 10))
+	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	// Then a message of one event, as today's: what the watch reads up to.
+	e := events.Event{Seq: 10, Time: time.Now().UnixNano(), Listener: ln, Kind: events.KindListenerClosed}
+	if data, err = service.AppendEventJSON(nil, &e, boot); err != nil {
+		t.Fatal(err)
+	}
+	m = nats.NewMsg(fleet.Subject("gamma", ln, events.KindListenerClosed))
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, fleet.MsgID(boot, 10))
+	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	seqs = append(seqs, 10)
+
+	out := runFleetUntil(t, "host=gamma seq=10 ", "--nats", url, "--since-seq", "1", "--host", "gamma")
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("fleet watch printed %d lines for a message of 3 events and one of 1, want 4: %q", len(lines), out)
+	}
+	for i, l := range lines {
+		kind := "connection_opened"
+		if i == 3 {
+			kind = "listener_closed"
+		}
+		want := "host=gamma seq=" + strconv.FormatUint(seqs[i], 10) + " " + ln + " " + kind
+		if !strings.HasPrefix(l, want) {
+			t.Errorf("line %d: %q, want %q…", i+1, l, want)
+		}
+	}
+
+	out = runFleetUntil(t, `"sequence":"10"`, "--nats", url, "--since-seq", "1", "--host", "gamma", "-o", "json")
+	lines = strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("fleet watch -o json printed %d lines for a message of 3 events and one of 1, want 4: %q", len(lines), out)
+	}
+	for i, l := range lines {
+		var ev struct {
+			Host     string `json:"host"`
+			Sequence string `json:"sequence"`
+			Listener string `json:"listenerId"`
+		}
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("line %d: %q: %v", i+1, l, err)
+		}
+		if ev.Host != "gamma" || ev.Sequence != strconv.FormatUint(seqs[i], 10) || ev.Listener != ln {
+			t.Errorf("line %d: %q, want host gamma, sequence %d, listener %s", i+1, l, seqs[i], ln)
+		}
+	}
 }
 
 func TestFleetWatchUsage(t *testing.T) {

@@ -1,13 +1,16 @@
 package server
 
 import (
+	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
 	"github.com/listenerd/listenerd/internal/events"
@@ -50,17 +53,47 @@ func TestRunPublishesToNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// started, opened, closed, then the shutdown's listener_closed
-	m, err := st.GetLastMsgForSubject(ctx, fleet.HostSubjects("srv"))
+	// started, opened, closed, then the shutdown's listener_closed: each
+	// event once, in order, however the messages pack them.
+	info, err := st.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := fleet.Prefix + ".srv." + lnID + ".listener_closed"; m.Subject != want || !strings.HasSuffix(m.Header.Get(jetstream.MsgIDHeader), "-4") {
-		t.Fatalf("last message %s id %s, want %s, the 4th event", m.Subject, m.Header.Get(jetstream.MsgIDHeader), want)
+	cons, err := js.OrderedConsumer(ctx, fleet.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{fleet.HostSubjects("srv")}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	info, err := st.Info(ctx)
-	if err != nil || info.State.Msgs != 4 {
-		t.Fatalf("stream holds %v messages (%v), want 4", info, err)
+	batch, err := cons.Fetch(int(info.State.Msgs), jetstream.FetchMaxWait(30*time.Second)) // returns once all came; a guard
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var last jetstream.Msg
+	for m := range batch.Messages() {
+		last = m
+		for data := range fleet.Events(m.Data()) {
+			var ev listenerdv1.Event
+			if err := protojson.Unmarshal(data, &ev); err != nil {
+				t.Fatalf("message on %s: %q: %v", m.Subject(), data, err)
+			}
+			r := ev.ProtoReflect()
+			kind := r.WhichOneof(r.Descriptor().Oneofs().ByName("kind")) // listener_started…
+			if kind == nil {
+				t.Fatalf("message on %s: %q: no kind", m.Subject(), data)
+			}
+			got = append(got, fmt.Sprintf("%d %s %s", ev.GetSequence(), ev.GetListenerId(), kind.Name()))
+		}
+	}
+	if err := batch.Error(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"1 " + lnID + " listener_started", "2 " + lnID + " connection_opened", "3 " + lnID + " connection_closed",
+		"4 " + lnID + " listener_closed"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the stream's events %q, want %q", got, want)
+	}
+	if want := fleet.Prefix + ".srv." + lnID + ".listener_closed"; last.Subject() != want {
+		t.Fatalf("last message on %s, want %s", last.Subject(), want)
 	}
 }
 
