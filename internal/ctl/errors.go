@@ -144,6 +144,10 @@ func statusWords(st *status.Status, socket string, timeout fmt.Stringer) (string
 	if msg == "" {
 		msg = strings.ReplaceAll(strings.ToLower(st.Code().String()), "_", " ")
 	}
+	if rest, ok := strings.CutPrefix(msg, "nats: "); ok && (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded) {
+		// ctl fleet asks NATS, not the daemon.
+		return "cannot reach NATS (--nats): " + rest, ExitUnavailable
+	}
 	switch st.Code() {
 	case codes.InvalidArgument:
 		return "invalid input: " + msg, ExitUsage

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -205,6 +207,33 @@ func TestFleetWatchUsage(t *testing.T) {
 		r := runCtl(t, "/nonexistent", args...)
 		if r.code != ExitUsage || !strings.Contains(r.stderr, "--") {
 			t.Errorf("%v: exit %d, stderr %q; want a usage error naming the flag", args, r.code, r.stderr)
+		}
+	}
+}
+
+// With NATS unreachable, every ctl fleet command says so, with NATS's
+// own words, and does not send the user to start the daemon (which ctl
+// fleet does not ask).
+func TestFleetNATSUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "nats://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	file := filepath.Join(t.TempDir(), "fleet.yaml")
+	if err := os.WriteFile(file, []byte("hosts: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"fleet", "watch", "--nats", url},
+		{"fleet", "ls", "--nats", url},
+		{"fleet", "apply", "-f", file, "--nats", url, "--dry-run"},
+	} {
+		r := runCtl(t, "/nonexistent.sock", args...)
+		if r.code != ExitUnavailable || !strings.Contains(r.stderr, "cannot reach NATS") ||
+			strings.Contains(r.stderr, "listenerd") || strings.Contains(r.stderr, "go run ./daemon") {
+			t.Errorf("%v: exit %d, stderr %q; want %d and NATS named, not the daemon", args, r.code, r.stderr, ExitUnavailable)
 		}
 	}
 }
