@@ -201,12 +201,14 @@ func (p *Publisher) Stop(timeout time.Duration) {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case <-p.done:
+	case <-p.done: // all published, or NATS is not reachable
 	case <-t.C:
-		p.log.Warn("fleet: events left unpublished at shutdown", "acked", p.acked.Load(), "head", p.bus.Head())
 	}
 	p.cancel()
 	<-p.done
+	if acked, head := p.acked.Load(), p.bus.Head(); acked < head {
+		p.log.Warn("fleet: events left unpublished at shutdown", "acked", acked, "head", head)
+	}
 }
 
 // run publishes until Stop: one watch of the history after another, each

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"strings"
@@ -907,5 +908,25 @@ func TestUnansweredSentAgainAsTheyWere(t *testing.T) {
 	checkOnce(t, waitStream(t, n.s.ClientURL(), head), "mu", r.bus.BootID(), head)
 	if st := r.pub.Stats(); st.Events <= head {
 		t.Fatalf("stats %+v: nothing sent again", st)
+	}
+}
+
+// A shutdown with NATS unreachable gives up on the events left at once,
+// and says so in the log: how far JetStream acknowledged, and the head.
+func TestStopLogsWhatIsLeft(t *testing.T) {
+	n := startFronted(t, t.TempDir())
+	log := &testkit.Buffer{}
+	r := newRigWith(t, n.front.URL(), "nu", events.Options{},
+		fleet.Options{Log: slog.New(slog.NewTextHandler(log, nil))})
+	r.connect(2)
+	acked := r.bus.Head()
+	testkit.EventuallyWithin(t, guard, func() bool { return r.pub.Acked() == acked }, "the first events acknowledged")
+	n.stop()
+	testkit.EventuallyWithin(t, guard, func() bool { return !r.nc.IsConnected() }, "the publisher's connection lost")
+	r.connect(3)
+	r.pub.Stop(guard)
+	want := fmt.Sprintf("events left unpublished at shutdown\" nats_host=nu acked=%d head=%d", acked, r.bus.Head())
+	if !strings.Contains(log.String(), want) {
+		t.Fatalf("log:\n%s\nwant a line with %s", log, want)
 	}
 }
