@@ -2,13 +2,16 @@ package ctl
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -152,27 +155,80 @@ func (a *app) runFleetWatch(ctx context.Context, fw *fleetWatch) error {
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	out := bufio.NewWriterSize(a.stdout, 64<<10)
-	defer out.Flush()
+	var held fleetLines
+	defer func() { _ = held.print(out) }()
 	for {
-		m, err := it.Next()
+		var opts []jetstream.NextOpt
+		if len(held) > 0 { // print them once the stream pauses
+			opts = append(opts, jetstream.NextMaxWait(fleetReorderWait))
+		}
+		m, err := it.Next(opts...)
+		if errors.Is(err, nats.ErrTimeout) {
+			if err := held.print(out); err != nil {
+				return err
+			}
+			held = held[:0]
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
 			}
 			return err
 		}
-		if err := a.printFleetMsg(out, m); err != nil {
+		if err := a.fleetMsgLines(&held, m); err != nil {
 			return err
 		}
-		if err := out.Flush(); err != nil {
-			return err
+		if len(held) >= fleetReorderMax {
+			if err := held.print(out); err != nil {
+				return err
+			}
+			held = held[:0]
 		}
 	}
 }
 
-// printFleetMsg prints one message of the stream: its events, one line
-// each, or a gap record.
-func (a *app) printFleetMsg(out *bufio.Writer, m jetstream.Msg) error {
+// The watch prints a host's events in sequence order: the publisher packs
+// the events of one subject sent together into one message, so the
+// stream holds, say, a batch's connection_closed events before an older
+// connection_opened of the next message. It holds the lines read until
+// the stream pauses for fleetReorderWait (a batch's messages are sent back
+// to back), or fleetReorderMax are held (replaying), then prints them
+// sorted by host and sequence.
+const (
+	fleetReorderWait = 50 * time.Millisecond
+	fleetReorderMax  = 10000
+)
+
+// fleetLine is one line to print: an event or a gap record, with what
+// orders it.
+type fleetLine struct {
+	host string
+	seq  uint64
+	text []byte
+}
+
+type fleetLines []fleetLine
+
+// print writes the lines in order of host, then sequence, and flushes.
+func (ls fleetLines) print(out *bufio.Writer) error {
+	slices.SortStableFunc(ls, func(a, b fleetLine) int {
+		if c := strings.Compare(a.host, b.host); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
+	for _, l := range ls {
+		if _, err := out.Write(l.text); err != nil {
+			return err
+		}
+	}
+	return out.Flush()
+}
+
+// fleetMsgLines adds the lines of one message of the stream to held: its
+// events, one line each, or a gap record.
+func (a *app) fleetMsgLines(held *fleetLines, m jetstream.Msg) error {
 	rest := strings.TrimPrefix(m.Subject(), fleet.Prefix+".")
 	host, _, _ := strings.Cut(rest, ".")
 	if strings.HasSuffix(m.Subject(), "."+fleet.GapToken) {
@@ -181,43 +237,38 @@ func (a *app) printFleetMsg(out *bufio.Writer, m jetstream.Msg) error {
 			a.note("skipped a malformed gap record on %s: %v", m.Subject(), err)
 			return nil
 		}
+		text := fmt.Appendf(nil, "%s\n", g.Line())
 		if a.json() {
-			_, err = fmt.Fprintf(out, "%s\n", m.Data())
-			return err
+			text = fmt.Appendf(nil, "%s\n", m.Data())
 		}
-		_, err = fmt.Fprintln(out, g.Line())
-		return err
+		*held = append(*held, fleetLine{host: host, seq: g.From, text: text})
+		return nil
 	}
 	for data := range fleet.Events(m.Data()) {
-		if err := a.printFleetEvent(out, host, m.Subject(), data); err != nil {
-			return err
-		}
+		a.fleetEventLine(held, host, m.Subject(), data)
 	}
 	return nil
 }
 
-// printFleetEvent prints one event of a message on subject: a message
-// holds one or more, one JSON a line (fleet.Events).
-func (a *app) printFleetEvent(out *bufio.Writer, host, subject string, data []byte) error {
+// fleetEventLine adds the line of one event of a message on subject to
+// held: a message holds one or more, one JSON a line (fleet.Events).
+func (a *app) fleetEventLine(held *fleetLines, host, subject string, data []byte) {
+	var ev listenerdv1.Event
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &ev); err != nil {
+		a.note("skipped a malformed event on %s: %v", subject, err)
+		return
+	}
+	var text []byte
 	if a.json() {
-		if len(data) < 2 || data[0] != '{' {
-			a.note("skipped a malformed event on %s", subject)
-			return nil
-		}
 		sep := ","
 		if string(data) == "{}" {
 			sep = ""
 		}
-		_, err := fmt.Fprintf(out, "{\"host\":%q%s%s\n", host, sep, data[1:])
-		return err
+		text = fmt.Appendf(nil, "{\"host\":%q%s%s\n", host, sep, data[1:])
+	} else {
+		text = fmt.Appendf(nil, "host=%s %s\n", host, eventLine(&ev, a.wide()))
 	}
-	var ev listenerdv1.Event
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &ev); err != nil {
-		a.note("skipped a malformed event on %s: %v", subject, err)
-		return nil
-	}
-	_, err := fmt.Fprintf(out, "host=%s %s\n", host, eventLine(&ev, a.wide()))
-	return err
+	*held = append(*held, fleetLine{host: host, seq: ev.GetSequence(), text: text})
 }
 
 // natsFlags declares ctl's NATS flags, defaulting to their environment

@@ -118,7 +118,8 @@ func TestFleetWatch(t *testing.T) {
 // A message packing several events of one subject (the publisher's
 // batches: one event's JSON a line, the first event's sequence in its
 // message id, the last's in a header) is printed one line per event, in
-// text and in JSON.
+// text and in JSON, and in sequence order: the stream holds a message of
+// newer events (6, 8) before one of older (5, 7, 9).
 func TestFleetWatchPackedMessage(t *testing.T) {
 	s, err := natstest.Start(t.TempDir())
 	if err != nil {
@@ -128,48 +129,55 @@ func TestFleetWatchPackedMessage(t *testing.T) {
 	url := s.ClientURL()
 	fleetDaemon(t, url, "alpha") // makes the stream, as a daemon does
 	const boot, ln = "b00t", "ln-0000beef"
-	var data []byte
-	seqs := []uint64{5, 7, 9}
-	for i, seq := range seqs {
-		if i > 0 {
-			data = append(data, '\n')
+	js := natstest.JetStream(t, url)
+	pack := func(kind events.Kind, seqs ...uint64) {
+		var data []byte
+		for i, seq := range seqs {
+			if i > 0 {
+				data = append(data, '\n')
+			}
+			e := events.Event{Seq: seq, Time: time.Now().UnixNano(), Listener: ln, Kind: kind, Conn: uint64(i + 1),
+				Tuple: events.Tuple{Remote: netip.MustParseAddrPort("127.0.0.1:4000" + strconv.Itoa(i)), Local: netip.MustParseAddrPort("127.0.0.1:80")}}
+			if data, err = service.AppendEventJSON(data, &e, boot); err != nil {
+				t.Fatal(err)
+			}
 		}
-		e := events.Event{Seq: seq, Time: time.Now().UnixNano(), Listener: ln, Kind: events.KindConnectionOpened, Conn: uint64(i + 1),
-			Tuple: events.Tuple{Remote: netip.MustParseAddrPort("127.0.0.1:4000" + strconv.Itoa(i)), Local: netip.MustParseAddrPort("127.0.0.1:80")}}
-		if data, err = service.AppendEventJSON(data, &e, boot); err != nil {
+		m := nats.NewMsg(fleet.Subject("gamma", ln, kind))
+		m.Data = data
+		m.Header.Set(jetstream.MsgIDHeader, fleet.MsgID(boot, seqs[0]))
+		m.Header.Set(fleet.LastSeqHeader, strconv.FormatUint(seqs[len(seqs)-1], 10))
+		if _, err := js.PublishMsg(context.Background(), m); err != nil {
 			t.Fatal(err)
 		}
 	}
-	js := natstest.JetStream(t, url)
-	m := nats.NewMsg(fleet.Subject("gamma", ln, events.KindConnectionOpened))
-	m.Data = data
-	m.Header.Set(jetstream.MsgIDHeader, fleet.MsgID(boot, seqs[0]))
-	m.Header.Set(fleet.LastSeqHeader, strconv.FormatUint(seqs[2], 10))
-	if _, err := js.PublishMsg(context.Background(), m); err != nil {
-		t.Fatal(err)
-	}
+	pack(events.KindConnectionClosed, 6, 8)
+	pack(events.KindConnectionOpened, 5, 7, 9)
 	// Then a message of one event, as today's: what the watch reads up to.
 	e := events.Event{Seq: 10, Time: time.Now().UnixNano(), Listener: ln, Kind: events.KindListenerClosed}
-	if data, err = service.AppendEventJSON(nil, &e, boot); err != nil {
+	data, err := service.AppendEventJSON(nil, &e, boot)
+	if err != nil {
 		t.Fatal(err)
 	}
-	m = nats.NewMsg(fleet.Subject("gamma", ln, events.KindListenerClosed))
+	m := nats.NewMsg(fleet.Subject("gamma", ln, events.KindListenerClosed))
 	m.Data = data
 	m.Header.Set(jetstream.MsgIDHeader, fleet.MsgID(boot, 10))
 	if _, err := js.PublishMsg(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
-	seqs = append(seqs, 10)
+	seqs := []uint64{5, 6, 7, 8, 9, 10}
 
 	out := runFleetUntil(t, "host=gamma seq=10 ", "--nats", url, "--since-seq", "1", "--host", "gamma")
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if len(lines) != 4 {
-		t.Fatalf("fleet watch printed %d lines for a message of 3 events and one of 1, want 4: %q", len(lines), out)
+	if len(lines) != 6 {
+		t.Fatalf("fleet watch printed %d lines for messages of 2, 3 and 1 events, want 6: %q", len(lines), out)
 	}
 	for i, l := range lines {
 		kind := "connection_opened"
-		if i == 3 {
+		switch {
+		case i == 5:
 			kind = "listener_closed"
+		case i%2 == 1:
+			kind = "connection_closed"
 		}
 		want := "host=gamma seq=" + strconv.FormatUint(seqs[i], 10) + " " + ln + " " + kind
 		if !strings.HasPrefix(l, want) {
@@ -179,8 +187,8 @@ func TestFleetWatchPackedMessage(t *testing.T) {
 
 	out = runFleetUntil(t, `"sequence":"10"`, "--nats", url, "--since-seq", "1", "--host", "gamma", "-o", "json")
 	lines = strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if len(lines) != 4 {
-		t.Fatalf("fleet watch -o json printed %d lines for a message of 3 events and one of 1, want 4: %q", len(lines), out)
+	if len(lines) != 6 {
+		t.Fatalf("fleet watch -o json printed %d lines for messages of 2, 3 and 1 events, want 6: %q", len(lines), out)
 	}
 	for i, l := range lines {
 		var ev struct {
