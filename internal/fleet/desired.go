@@ -317,6 +317,10 @@ func (c *changes) forget(listed map[string]bool) {
 func (d *Desired) watchEvents(ctx context.Context, ch *changes) {
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	poll := time.NewTicker(statusPoll)
+	defer poll.Stop()
+	now, ended := context.WithCancel(ctx)
+	ended() // a context already ended: Next returns what is there at once
 	buf := make([]events.Event, 0, 64)
 	for ctx.Err() == nil {
 		w, _, err := d.Bus.Watch(events.Filter{Kinds: statusKinds}, nil)
@@ -337,8 +341,11 @@ func (d *Desired) watchEvents(ctx context.Context, ch *changes) {
 		}
 		ch.changed()
 		for {
-			evs, _, err := w.Next(ctx, buf)
-			if err != nil {
+			// What is there now, without waiting: polled, as a
+			// watcher waiting on the bus would be woken at every
+			// connection's events, to find none of its kinds.
+			evs, _, err := w.Next(now, buf)
+			if err != nil && !errors.Is(err, context.Canceled) { // cut, or the bus closed
 				break
 			}
 			for _, e := range evs {
@@ -346,11 +353,24 @@ func (d *Desired) watchEvents(ctx context.Context, ch *changes) {
 					ch.close(e.Listener)
 				}
 			}
-			ch.changed()
+			if len(evs) > 0 {
+				ch.changed()
+			}
+			select {
+			case <-ctx.Done():
+			case <-poll.C:
+			}
+			if ctx.Err() != nil {
+				break
+			}
 		}
 		w.Close()
 	}
 }
+
+// statusPoll is how often the desired listeners' watcher of the bus looks
+// for listener-level events (statusKinds).
+const statusPoll = 50 * time.Millisecond
 
 // keyState is what the watch knows of one name: its desired key, and its
 // status key.
