@@ -41,8 +41,9 @@
 // desired.go: a Desired watches its host's desired keys in the bucket
 // (kv.go), reconciles them (declare.ReconcileSet) and writes each
 // listener's status back. Its Run goroutine does all the watching,
-// reconciling and writing; one more goroutine, which Run joins, watches
-// the bus's listener-level events and tells Run that listeners changed
+// reconciling and writing; one more goroutine, which Run joins, polls a
+// watcher of the bus's listener-level events every 50 ms (waiting on it
+// would wake it at every connection's events) and tells Run that listeners changed
 // (a poke and the ids of listeners closed, under a mutex). A third, also
 // joined by Run, writes the host key (heartbeat: HostKey, Host) at start,
 // at each reconnect and every Heartbeat, and once more, stopped, when
