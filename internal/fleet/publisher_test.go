@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -929,4 +930,63 @@ func TestStopLogsWhatIsLeft(t *testing.T) {
 	if !strings.Contains(log.String(), want) {
 		t.Fatalf("log:\n%s\nwant a line with %s", log, want)
 	}
+}
+
+// BenchmarkPublishBacklog measures how fast a publisher catches up: a
+// history of 100,000 connection events (opened, closed, of one listener)
+// published to a fresh stream on a local nats-server, until every one is
+// acknowledged, packed (Options.Pack 0) and a message an event (1).
+//
+//	go test -run X -bench PublishBacklog -benchtime 3x ./internal/fleet/
+func BenchmarkPublishBacklog(b *testing.B) {
+	for _, pack := range []int{0, 1} {
+		b.Run(fmt.Sprint("pack=", pack), func(b *testing.B) {
+			var sent, took float64
+			for range b.N {
+				b.StopTimer()
+				s, err := natstest.Start(b.TempDir())
+				if err != nil {
+					b.Fatal(err)
+				}
+				bus := backlog(100000)
+				nc, err := fleet.ConnConfig{URL: s.ClientURL()}.Connect()
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				start := time.Now()
+				pub, err := fleet.Start(nc, bus, fleet.Options{Host: "bench", Pack: pack,
+					Encode: func(dst []byte, e *events.Event) ([]byte, error) {
+						return service.AppendEventJSON(dst, e, bus.BootID())
+					}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				testkit.EventuallyWithin(b, guard, func() bool { return pub.Acked() == bus.Head() }, "every event acknowledged")
+				sent, took = sent+float64(bus.Head()), took+time.Since(start).Seconds()
+				b.StopTimer()
+				pub.Stop(10 * time.Second)
+				nc.Close()
+				bus.Close()
+				natstest.Stop(s)
+			}
+			b.ReportMetric(sent/took, "events/s")
+		})
+	}
+}
+
+// backlog is a bus holding n connection events of one listener.
+func backlog(n int) *events.Bus {
+	bus := events.NewBus(events.Options{History: 2 * n})
+	local := netip.MustParseAddrPort("127.0.0.1:41234")
+	for i := range n {
+		conn := uint64(i/2 + 1)
+		e := events.Event{Listener: "ln-7f3a9c", Kind: events.KindConnectionOpened, Conn: conn,
+			Tuple: events.Tuple{Remote: netip.AddrPortFrom(local.Addr(), uint16(30000+conn%30000)), Local: local}}
+		if i%2 == 1 {
+			e.Kind, e.Close, e.BytesIn, e.BytesOut, e.Duration = events.KindConnectionClosed, events.ClosePeerClosed, 16, 16, 300*time.Microsecond
+		}
+		bus.Publish(e)
+	}
+	return bus
 }
