@@ -18,8 +18,8 @@
 // The stream's acks come back to the flight's inbox subscription, whose
 // goroutine advances Acked, the last sequence up to which everything is
 // in the stream, to the end of each batch whose messages are all
-// acknowledged. A message left unanswered is kept and sent again as it
-// was, so that its id stands for the same events. The first failure (an error answer, no answer
+// acknowledged. A message left unanswered (or refused) is kept and sent
+// again as it was, so that its id always stands for the same events. The first failure (an error answer, no answer
 // within AckTimeout, a disconnect) ends the flight; the run goroutine
 // takes the answers still in flight (events acknowledged behind the failed
 // one are not published again), then watches again from Acked once NATS

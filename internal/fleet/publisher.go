@@ -381,9 +381,13 @@ func (p *Publisher) verify(ctx context.Context) error {
 	}
 	p.log.Info("fleet: looked up the publishes left unanswered past half the duplicate window",
 		"unanswered", len(p.uncertain)+found, "stored", found)
-	// What was not found was not stored: the next flight builds those
-	// events' messages afresh.
-	p.uncertain = nil
+	// What was not found was not stored: the next flight sends it again
+	// as it was (its id is never reused for other events), as a new
+	// publish.
+	for _, m := range p.uncertain {
+		m.sent = time.Time{}
+	}
+	p.uncertainSince = time.Now()
 	return nil
 }
 
@@ -800,9 +804,16 @@ func (f *flight) end() error {
 		case it.mark:
 		case it.state == acked: // acknowledged behind a failed one
 			p.markStored(it.out.seqs)
-		case it.state == awaiting: // unanswered: stored or not
+		case it.state == awaiting, it.state == refused:
+			// Unanswered: stored or not. Refused: most likely not
+			// stored, but a stream leader that loses its leadership
+			// may refuse a publish its successor stores. Either way it
+			// is sent again as it was: its id must never stand for
+			// other events (a copy under it would be dropped).
 			m := it.out
-			p.failedEvents.Add(uint64(len(m.seqs)))
+			if it.state == awaiting { // a refusal was counted when it came
+				p.failedEvents.Add(uint64(len(m.seqs)))
+			}
 			if len(p.uncertain) == 0 {
 				p.uncertain = map[uint64]*outMsg{}
 				p.uncertainFrom, p.uncertainSince = m.floor, m.sent

@@ -163,6 +163,13 @@ func readStream(t *testing.T, url string, want uint64, exact bool) []stored {
 	}
 	for uint64(len(out)) < want {
 		if ctx.Err() != nil {
+			ictx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			info, err := js.Stream(ictx, fleet.Stream)
+			cancel()
+			if err == nil {
+				st := info.CachedInfo().State
+				t.Logf("the stream: %d messages, sequences %d to %d; read %d messages, the last %d", st.Msgs, st.FirstSeq, st.LastSeq, msgs, last)
+			}
 			t.Fatalf("read %d of %d events and gap records", len(out), want)
 		}
 		fetch()
