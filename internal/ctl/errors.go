@@ -144,10 +144,6 @@ func statusWords(st *status.Status, socket string, timeout fmt.Stringer) (string
 	if msg == "" {
 		msg = strings.ReplaceAll(strings.ToLower(st.Code().String()), "_", " ")
 	}
-	if rest, ok := strings.CutPrefix(msg, "nats: "); ok && (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded) {
-		// ctl fleet asks NATS, not the daemon.
-		return "cannot reach NATS (--nats): " + rest, ExitUnavailable
-	}
 	switch st.Code() {
 	case codes.InvalidArgument:
 		return "invalid input: " + msg, ExitUsage
@@ -193,6 +189,12 @@ type messageError struct {
 }
 
 func (e *messageError) Error() string { return e.msg }
+
+// natsError is ctl fleet's failure to reach or use NATS (it asks NATS,
+// not the daemon), phrased for the user.
+func natsError(format string, args ...any) error {
+	return &messageError{code: ExitUnavailable, msg: "NATS (--nats): " + fmt.Sprintf(format, args...)}
+}
 
 // oneLine folds a multi-line message into one line.
 func oneLine(s string) string {

@@ -15,8 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	listenerdv1 "github.com/listenerd/listenerd/api/listenerd/v1"
@@ -121,7 +119,7 @@ func (a *app) runFleetWatch(ctx context.Context, fw *fleetWatch) error {
 	fw.conn.Name = "ctl fleet watch"
 	nc, err := fw.conn.Connect()
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "nats: %v", err)
+		return natsError("cannot reach NATS: %v", err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -146,7 +144,7 @@ func (a *app) runFleetWatch(ctx context.Context, fw *fleetWatch) error {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("stream %s not found: no daemon has published yet (listenerd --nats)", fleet.Stream)
 		}
-		return status.Errorf(codes.Unavailable, "nats: %v", err)
+		return natsError("%v", err)
 	}
 	it, err := cons.Messages()
 	if err != nil {

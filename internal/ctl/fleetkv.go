@@ -39,7 +39,7 @@ type bucketKey struct {
 func openFleetBucket(ctx context.Context, conn fleet.ConnConfig, create bool, replicas int, kinds ...string) (nc *nats.Conn, kv jetstream.KeyValue, keys map[string]bucketKey, err error) {
 	nc, err = conn.Connect()
 	if err != nil {
-		return nil, nil, nil, status.Errorf(codes.Unavailable, "nats: %v", err)
+		return nil, nil, nil, natsError("cannot reach NATS: %v", err)
 	}
 	defer func() {
 		if err != nil {
@@ -58,7 +58,7 @@ func openFleetBucket(ctx context.Context, conn fleet.ConnConfig, create bool, re
 		return nc, nil, map[string]bucketKey{}, nil
 	}
 	if err != nil {
-		return nil, nil, nil, status.Errorf(codes.Unavailable, "nats: bucket %s: %v", fleet.Bucket, err)
+		return nil, nil, nil, natsError("bucket %s: %v", fleet.Bucket, err)
 	}
 	var patterns []string
 	for _, k := range kinds {
@@ -70,7 +70,7 @@ func openFleetBucket(ctx context.Context, conn fleet.ConnConfig, create bool, re
 	}
 	w, err := kv.WatchFiltered(octx, patterns, jetstream.IgnoreDeletes())
 	if err != nil {
-		return nil, nil, nil, status.Errorf(codes.Unavailable, "nats: watching %s: %v", fleet.Bucket, err)
+		return nil, nil, nil, natsError("watching %s: %v", fleet.Bucket, err)
 	}
 	defer func() { _ = w.Stop() }()
 	keys = map[string]bucketKey{}
@@ -78,7 +78,7 @@ func openFleetBucket(ctx context.Context, conn fleet.ConnConfig, create bool, re
 		select {
 		case e, ok := <-w.Updates():
 			if !ok {
-				return nil, nil, nil, status.Errorf(codes.Unavailable, "nats: the watch of %s ended", fleet.Bucket)
+				return nil, nil, nil, natsError("the watch of %s ended", fleet.Bucket)
 			}
 			if e == nil {
 				return nc, kv, keys, nil
@@ -88,7 +88,7 @@ func openFleetBucket(ctx context.Context, conn fleet.ConnConfig, create bool, re
 			if ctx.Err() != nil {
 				return nil, nil, nil, ctx.Err()
 			}
-			return nil, nil, nil, status.Errorf(codes.DeadlineExceeded, "nats: reading %s: no answer within %v", fleet.Bucket, natsWait)
+			return nil, nil, nil, natsError("reading %s: no answer within %v", fleet.Bucket, natsWait)
 		}
 	}
 }
@@ -186,7 +186,7 @@ func (c *keyChange) write(ctx context.Context, kv jetstream.KeyValue) error {
 		return status.Errorf(codes.Aborted, "%s changed since the plan was made: run ctl fleet apply again", c.Key)
 	}
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "nats: %s: %v", c.Key, err)
+		return natsError("%s: %v", c.Key, err)
 	}
 	return nil
 }
