@@ -109,7 +109,7 @@ type Publisher struct {
 
 	// the run goroutine's own
 	groups   map[string]*group // the messages being filled, by subject
-	filling  []*group          // those with events, oldest first event first
+	filling  []*group          // those given events in this send
 	subjects map[subjectKey]string
 	// stored holds the events past acked that JetStream acknowledged
 	// after an earlier publish of their flight failed: the next flight
@@ -521,6 +521,7 @@ type group struct {
 	subject string
 	data    []byte
 	seqs    []uint64
+	listed  bool // in Publisher.filling
 }
 
 const (
@@ -839,8 +840,9 @@ func (f *flight) end() error {
 func (f *flight) send(evs []events.Event, through uint64) (err error) {
 	p := f.p
 	defer func() {
-		if err != nil { // the next flight starts again from acked
-			for _, g := range p.filling {
+		for _, g := range p.filling {
+			g.listed = false
+			if err != nil { // the next flight starts again from acked
 				g.data, g.seqs = g.data[:0], g.seqs[:0]
 			}
 		}
@@ -907,7 +909,8 @@ func (p *Publisher) group(subject string) *group {
 		g = &group{subject: subject}
 		p.groups[subject] = g
 	}
-	if len(g.seqs) == 0 {
+	if !g.listed {
+		g.listed = true
 		p.filling = append(p.filling, g)
 	}
 	return g

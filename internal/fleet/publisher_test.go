@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -985,15 +984,8 @@ func BenchmarkPublishBacklog(b *testing.B) {
 // backlog is a bus holding n connection events of one listener.
 func backlog(n int) *events.Bus {
 	bus := events.NewBus(events.Options{History: 2 * n})
-	local := netip.MustParseAddrPort("127.0.0.1:41234")
 	for i := range n {
-		conn := uint64(i/2 + 1)
-		e := events.Event{Listener: "ln-7f3a9c", Kind: events.KindConnectionOpened, Conn: conn,
-			Tuple: events.Tuple{Remote: netip.AddrPortFrom(local.Addr(), uint16(30000+conn%30000)), Local: local}}
-		if i%2 == 1 {
-			e.Kind, e.Close, e.BytesIn, e.BytesOut, e.Duration = events.KindConnectionClosed, events.ClosePeerClosed, 16, 16, 300*time.Microsecond
-		}
-		bus.Publish(e)
+		bus.Publish(natstest.ConnEvent(i))
 	}
 	return bus
 }

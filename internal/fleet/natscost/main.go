@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,6 +36,7 @@ import (
 
 	"github.com/listenerd/listenerd/internal/events"
 	"github.com/listenerd/listenerd/internal/fleet"
+	"github.com/listenerd/listenerd/internal/fleet/natstest"
 	"github.com/listenerd/listenerd/internal/service"
 )
 
@@ -331,16 +331,9 @@ func realPublisher(nc *nats.Conn) error {
 		return err
 	}
 	defer pub.Stop(10 * time.Second)
-	local := netip.MustParseAddrPort("127.0.0.1:41234")
 	for i := 0; i < *n; {
 		for k := 0; k < *burst && i < *n; k, i = k+1, i+1 {
-			conn := uint64(i/2 + 1)
-			e := events.Event{Listener: "l-7f3a9c", Kind: events.KindConnectionOpened, Conn: conn,
-				Tuple: events.Tuple{Remote: netip.AddrPortFrom(local.Addr(), uint16(30000+conn%30000)), Local: local}}
-			if i%2 == 1 {
-				e.Kind, e.Close, e.BytesIn, e.BytesOut, e.Duration = events.KindConnectionClosed, events.ClosePeerClosed, 16, 16, 300*time.Microsecond
-			}
-			bus.Publish(e)
+			bus.Publish(natstest.ConnEvent(i))
 		}
 		time.Sleep(*linger)
 	}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
+
+	"github.com/listenerd/listenerd/internal/events"
 )
 
 // Leaks are the goroutines goleak must not count in a test process that
@@ -396,4 +399,18 @@ func JetStream(t testing.TB, url string) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// ConnEvent is the i-th event (from 0) of a load of short connections to
+// one listener, as case a of the bench makes them: connection i/2+1
+// opened (i even), then closed by its peer after 16 bytes each way.
+func ConnEvent(i int) events.Event {
+	local := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 41234)
+	conn := uint64(i/2 + 1)
+	e := events.Event{Listener: "ln-7f3a9c", Kind: events.KindConnectionOpened, Conn: conn,
+		Tuple: events.Tuple{Remote: netip.AddrPortFrom(local.Addr(), uint16(30000+conn%30000)), Local: local}}
+	if i%2 == 1 {
+		e.Kind, e.Close, e.BytesIn, e.BytesOut, e.Duration = events.KindConnectionClosed, events.ClosePeerClosed, 16, 16, 300*time.Microsecond
+	}
+	return e
 }
