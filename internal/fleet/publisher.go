@@ -108,9 +108,8 @@ type Publisher struct {
 	failedEvents                              atomic.Uint64
 
 	// the run goroutine's own
-	groups   map[string]*group // the messages being filled, by subject
-	filling  []*group          // those given events in this send
-	subjects map[subjectKey]string
+	groups  map[subjectKey]*group // the messages being filled, by subject
+	filling []*group              // those given events in this send
 	// stored holds the events past acked that JetStream acknowledged
 	// after an earlier publish of their flight failed: the next flight
 	// does not publish them again (a copy sent after the stream's
@@ -856,7 +855,7 @@ func (f *flight) send(evs []events.Event, through uint64) (err error) {
 		if p.stored[e.Seq] || f.resent[e.Seq] { // in the stream already, or sent again as it was
 			continue
 		}
-		g := p.group(p.subject(e))
+		g := p.group(e)
 		n := len(g.data)
 		if len(g.seqs) > 0 {
 			g.data = append(g.data, '\n')
@@ -899,15 +898,18 @@ func firstSeq(g *group) uint64 {
 	return g.seqs[0]
 }
 
-// group is the message being filled for subject.
-func (p *Publisher) group(subject string) *group {
-	g := p.groups[subject]
+// group is the message being filled for e's subject. The groups stay
+// from one send to the next, with their subjects: most events go to a
+// few.
+func (p *Publisher) group(e *events.Event) *group {
+	k := subjectKey{e.Listener, e.Kind}
+	g := p.groups[k]
 	if g == nil {
 		if p.groups == nil {
-			p.groups = map[string]*group{}
+			p.groups = map[subjectKey]*group{}
 		}
-		g = &group{subject: subject}
-		p.groups[subject] = g
+		g = &group{subject: Subject(p.opts.Host, e.Listener, e.Kind)}
+		p.groups[k] = g
 	}
 	if !g.listed {
 		g.listed = true
@@ -1022,24 +1024,6 @@ type subjectKey struct {
 	listener string
 	kind     events.Kind
 }
-
-// subject is Subject for e, from a cache: most events go to a few
-// subjects.
-func (p *Publisher) subject(e *events.Event) string {
-	k := subjectKey{e.Listener, e.Kind}
-	if s, ok := p.subjects[k]; ok {
-		return s
-	}
-	if p.subjects == nil || len(p.subjects) >= maxSubjects {
-		p.subjects = make(map[subjectKey]string)
-	}
-	s := Subject(p.opts.Host, e.Listener, e.Kind)
-	p.subjects[k] = s
-	return s
-}
-
-// maxSubjects bounds the subject cache: past it, it starts again.
-const maxSubjects = 4096
 
 // watch publishes from a watcher of the history, from the last
 // acknowledged sequence, until it fails, is cut, or the bus closes.
